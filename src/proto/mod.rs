@@ -1,0 +1,13 @@
+//! Pure protocol code: codecs and state machines. No sockets, no threads, no clock
+//! (time, where needed, is passed in by the caller).
+
+pub mod bencode;
+pub mod client_id;
+pub mod hex;
+pub mod http;
+pub mod krpc;
+pub mod magnet;
+pub mod metainfo;
+pub mod peer_wire;
+pub mod tracker_http;
+pub mod tracker_udp;
