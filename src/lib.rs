@@ -1,6 +1,12 @@
 //! swarmscan: a BitTorrent measurement scanner that counts confirmed downloads.
 //!
-//! `proto` is pure protocol code (bytes in, bytes/events out; no sockets, threads or clocks).
+//! `proto` is pure protocol code (bytes in, bytes/events out; no sockets, threads or clocks);
+//! `engine` is the only code that touches io_uring, sockets and time; `scan` decides what to
+//! probe and when; `store` owns the SQLite database.
 
 pub mod cli;
+pub mod config;
+pub mod engine;
 pub mod proto;
+pub mod scan;
+pub mod store;

@@ -1,0 +1,1 @@
+//! Configuration: TOML file + `--set key=value` overrides. (to be written)

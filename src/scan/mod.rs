@@ -1,0 +1,1 @@
+//! Scan policy: peer tables, revisits, discovery schedule, routing. (to be written)

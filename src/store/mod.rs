@@ -1,0 +1,1 @@
+//! SQLite store: schema, migrations, batched writer thread, report queries. (to be written)
