@@ -1,0 +1,796 @@
+//! One peer evaluation (a "probe"), as a sans-IO state machine.
+//!
+//! The engine feeds it connection events and received bytes with the current time; the probe
+//! says what to send and when it is done. It reads the peer's handshake, extension handshake
+//! and the progress it advertises (bitfield, have, have_all, have_none), plus PEX and its DHT
+//! port, and ends as soon as the answer is known:
+//! - `have_all` / `have_none` / `bitfield`: the answer; a short grace period follows to collect
+//!   trailing haves, the extension handshake and PEX. The grace is *not* extended by further
+//!   messages: a peer that is downloading sends haves without pause, and reading until it is
+//!   quiet would report progress it did not have when we came.
+//! - the quiet timeout (no message for that long; thesis: 6 s covered 93.9 % of gaps);
+//! - the message cap (thesis: 256).
+//!
+//! It never requests or sends content: the only messages it sends are the handshake, our
+//! extension handshake (so the peer tells us its client and listen port) and `port`.
+
+use std::net::{IpAddr, SocketAddr};
+
+use super::peer_wire::{
+    bitfield,
+    ext::{ExtHandshake, PexMessage, UT_PEX},
+    Handshake, Message, MessageReader, Reserved, WireError, DEFAULT_MAX_MESSAGE_LEN,
+};
+
+/// Milliseconds on the caller's clock.
+pub type Millis = u64;
+
+/// The extension id under which we ask peers to send us ut_pex.
+pub const OUR_UT_PEX_ID: u8 = 1;
+
+/// Most PEX addresses kept from one probe.
+pub const MAX_PEX_PEERS: usize = 500;
+
+/// Settings shared by every probe of a scan.
+#[derive(Debug, Clone)]
+pub struct ProbeSettings {
+    pub peer_id: [u8; 20],
+    /// Our TCP listen port, announced in the extension handshake (`p`), 0 = none.
+    pub listen_port: u16,
+    /// Our DHT port, sent in a `port` message before closing (0 = don't send).
+    pub dht_port: u16,
+    /// Client string in our extension handshake (`v`).
+    pub client: String,
+    pub quiet_timeout_ms: Millis,
+    pub grace_ms: Millis,
+    pub message_cap: u32,
+    /// Longest whole conversation, whatever happens (a bound on slow-drip peers).
+    pub max_duration_ms: Millis,
+}
+
+impl Default for ProbeSettings {
+    fn default() -> Self {
+        ProbeSettings {
+            peer_id: *b"-SS0100-000000000000",
+            listen_port: 0,
+            dht_port: 0,
+            client: concat!("swarmscan/", env!("CARGO_PKG_VERSION")).to_string(),
+            quiet_timeout_ms: 6000,
+            grace_ms: 500,
+            message_cap: 256,
+            max_duration_ms: 30_000,
+        }
+    }
+}
+
+/// How the probe learned the peer's progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProgressSource {
+    Bitfield,
+    HaveAll,
+    HaveNone,
+    /// No bitfield at all (BEP 3 allows omitting it for a peer with no pieces); only haves.
+    HavesOnly,
+}
+
+/// Why a probe ended.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "detail")]
+pub enum ProbeEnd {
+    /// Progress known and the grace period over.
+    Answered,
+    /// No message for the quiet timeout.
+    QuietTimeout,
+    /// The message cap was reached.
+    MessageCap,
+    /// The overall duration bound was reached.
+    MaxDuration,
+    /// The peer closed the connection (orderly EOF).
+    PeerClosed,
+    /// The connection failed with this errno (refused, reset, timed out, ...).
+    SocketError(i32),
+    /// The peer does not speak BitTorrent (wrong handshake).
+    UnknownProtocol,
+    /// The peer answered for another torrent (outgoing), or asked for one we do not scan
+    /// (incoming).
+    UnknownInfoHash,
+    /// The peer broke the protocol (bad message); what was wrong.
+    ProtocolError(String),
+}
+
+/// What one probe found. Progress fields are valid when `progress_source` is set.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ProbeReport {
+    pub end: ProbeEnd,
+    pub handshake: bool,
+    pub info_hash: Option<[u8; 20]>,
+    pub peer_id: Option<[u8; 20]>,
+    pub reserved: Option<[u8; 8]>,
+    /// Extension handshake `v`.
+    pub client: Option<String>,
+    /// Extension handshake `p`: the peer's listen port (identity of incoming peers).
+    pub listen_port: Option<u16>,
+    pub metadata_size: Option<i64>,
+    pub yourip: Option<IpAddr>,
+    pub upload_only: bool,
+    pub progress_source: Option<ProgressSource>,
+    pub pieces_have: u32,
+    pub piece_count: u32,
+    /// Bitfield had spare bits set (recorded, not fatal).
+    pub spare_bits_set: bool,
+    pub messages: u32,
+    pub haves: u32,
+    /// Milliseconds from connect to the first progress message.
+    pub answer_ms: Option<Millis>,
+    /// Longest gap between two received messages (thesis figure 5.1).
+    pub longest_gap_ms: Millis,
+    pub total_ms: Millis,
+    /// The peer's DHT port (`port` message).
+    pub dht_port: Option<u16>,
+    /// Addresses learned from ut_pex (capped at [`MAX_PEX_PEERS`]).
+    pub pex: Vec<SocketAddr>,
+}
+
+impl ProbeReport {
+    /// Progress as a fraction, when known.
+    pub fn progress(&self) -> Option<f64> {
+        match self.progress_source {
+            Some(_) if self.piece_count > 0 => {
+                Some(self.pieces_have as f64 / self.piece_count as f64)
+            }
+            _ => None,
+        }
+    }
+    /// True when the probe produced a progress value.
+    pub fn succeeded(&self) -> bool {
+        self.progress().is_some()
+    }
+}
+
+/// Which side opened the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// We dialled: we send our handshake first.
+    Outgoing { info_hash: [u8; 20], piece_count: u32 },
+    /// The peer dialled us: we read its handshake first and answer only if we know the torrent.
+    Incoming,
+}
+
+/// What the caller must do next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Continue,
+    /// Send what was appended, then close (without TIME_WAIT).
+    Finished,
+}
+
+/// Looks up a torrent by info-hash for incoming connections: its piece count, if we scan it.
+pub trait TorrentLookup {
+    fn piece_count(&self, info_hash: &[u8; 20]) -> Option<u32>;
+}
+
+impl<F: Fn(&[u8; 20]) -> Option<u32>> TorrentLookup for F {
+    fn piece_count(&self, info_hash: &[u8; 20]) -> Option<u32> {
+        self(info_hash)
+    }
+}
+
+/// One probe.
+#[derive(Debug)]
+pub struct Probe {
+    direction: Direction,
+    reader: MessageReader,
+    report: ProbeReport,
+    started: Millis,
+    last_message: Millis,
+    answered_at: Option<Millis>,
+    /// Piece bitset, only while the probe is live.
+    bits: Vec<u8>,
+    peer_ut_pex: bool,
+    sent_ext_handshake: bool,
+    done: bool,
+}
+
+impl Probe {
+    pub fn new(direction: Direction, now: Millis) -> Probe {
+        let (info_hash, piece_count) = match direction {
+            Direction::Outgoing {
+                info_hash,
+                piece_count,
+            } => (Some(info_hash), piece_count),
+            Direction::Incoming => (None, 0),
+        };
+        Probe {
+            direction,
+            reader: MessageReader::new(DEFAULT_MAX_MESSAGE_LEN),
+            report: ProbeReport {
+                end: ProbeEnd::QuietTimeout,
+                handshake: false,
+                info_hash,
+                peer_id: None,
+                reserved: None,
+                client: None,
+                listen_port: None,
+                metadata_size: None,
+                yourip: None,
+                upload_only: false,
+                progress_source: None,
+                pieces_have: 0,
+                piece_count,
+                spare_bits_set: false,
+                messages: 0,
+                haves: 0,
+                answer_ms: None,
+                longest_gap_ms: 0,
+                total_ms: 0,
+                dht_port: None,
+                pex: Vec::new(),
+            },
+            started: now,
+            last_message: now,
+            answered_at: None,
+            bits: Vec::new(),
+            peer_ut_pex: false,
+            sent_ext_handshake: false,
+            done: false,
+        }
+    }
+
+    pub fn report(&self) -> &ProbeReport {
+        &self.report
+    }
+
+    pub fn into_report(self) -> ProbeReport {
+        self.report
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    fn handshake_bytes(settings: &ProbeSettings, info_hash: &[u8; 20]) -> [u8; 68] {
+        let reserved = Reserved::NONE
+            .with_extended(true)
+            .with_fast(true)
+            .with_dht(settings.dht_port != 0);
+        super::peer_wire::encode_handshake(info_hash, &settings.peer_id, reserved)
+    }
+
+    /// The connection is up.
+    pub fn on_connected(&mut self, settings: &ProbeSettings, now: Millis, send: &mut Vec<u8>) {
+        self.started = now;
+        self.last_message = now;
+        if let Direction::Outgoing { info_hash, .. } = self.direction {
+            send.extend_from_slice(&Self::handshake_bytes(settings, &info_hash));
+        }
+    }
+
+    /// When the caller must call [`Probe::on_deadline`] if nothing arrives first.
+    pub fn deadline(&self, settings: &ProbeSettings) -> Millis {
+        let mut d = (self.last_message + settings.quiet_timeout_ms)
+            .min(self.started + settings.max_duration_ms);
+        if let Some(at) = self.answered_at {
+            d = d.min(at + settings.grace_ms);
+        }
+        d
+    }
+
+    /// The deadline passed.
+    pub fn on_deadline(
+        &mut self,
+        settings: &ProbeSettings,
+        now: Millis,
+        send: &mut Vec<u8>,
+    ) -> Step {
+        if self.done {
+            return Step::Finished;
+        }
+        if now < self.deadline(settings) {
+            return Step::Continue;
+        }
+        let end = if self.answered_at.is_some_and(|at| now >= at + settings.grace_ms) {
+            ProbeEnd::Answered
+        } else if now >= self.started + settings.max_duration_ms {
+            ProbeEnd::MaxDuration
+        } else {
+            ProbeEnd::QuietTimeout
+        };
+        if self.report.handshake && self.report.progress_source.is_none() && self.bits_known() {
+            // Handshake done, quiet, no bitfield: BEP 3 lets a peer with no pieces omit it.
+            self.report.progress_source = Some(ProgressSource::HavesOnly);
+        }
+        self.finish(settings, now, end, send)
+    }
+
+    fn bits_known(&self) -> bool {
+        self.report.piece_count > 0
+    }
+
+    /// The connection ended before the probe finished.
+    pub fn on_closed(&mut self, now: Millis, errno: Option<i32>) {
+        if self.done {
+            return;
+        }
+        self.report.end = match errno {
+            None => ProbeEnd::PeerClosed,
+            Some(e) => ProbeEnd::SocketError(e),
+        };
+        self.report.total_ms = now.saturating_sub(self.started);
+        self.done = true;
+        self.bits = Vec::new();
+    }
+
+    fn finish(
+        &mut self,
+        settings: &ProbeSettings,
+        now: Millis,
+        end: ProbeEnd,
+        send: &mut Vec<u8>,
+    ) -> Step {
+        let ok = matches!(
+            end,
+            ProbeEnd::Answered | ProbeEnd::QuietTimeout | ProbeEnd::MessageCap | ProbeEnd::MaxDuration
+        );
+        if ok
+            && self.report.handshake
+            && settings.dht_port != 0
+            && self.report.reserved.is_some_and(|r| Reserved(r).dht())
+        {
+            Message::Port(settings.dht_port).encode_into(send);
+        }
+        self.report.end = end;
+        self.report.total_ms = now.saturating_sub(self.started);
+        self.done = true;
+        self.bits = Vec::new();
+        Step::Finished
+    }
+
+    /// Bytes arrived. For incoming probes, `lookup` decides whether we scan the torrent.
+    pub fn on_bytes(
+        &mut self,
+        settings: &ProbeSettings,
+        lookup: &dyn TorrentLookup,
+        now: Millis,
+        bytes: &[u8],
+        send: &mut Vec<u8>,
+    ) -> Step {
+        if self.done {
+            return Step::Finished;
+        }
+        self.reader.feed(bytes);
+        if !self.report.handshake {
+            let hs = match self.reader.read_handshake() {
+                Ok(Some(h)) => h,
+                Ok(None) => return Step::Continue,
+                Err(WireError::NotBitTorrent { .. }) => {
+                    return self.finish(settings, now, ProbeEnd::UnknownProtocol, send)
+                }
+                Err(e) => {
+                    return self.finish(settings, now, ProbeEnd::ProtocolError(e.to_string()), send)
+                }
+            };
+            if let Some(step) = self.on_handshake(settings, lookup, now, hs, send) {
+                return step;
+            }
+        }
+        loop {
+            let msg = match self.reader.read_message() {
+                Ok(Some(m)) => m,
+                Ok(None) => return Step::Continue,
+                Err(e) => {
+                    let e = e.to_string();
+                    return self.finish(settings, now, ProbeEnd::ProtocolError(e), send);
+                }
+            };
+            // Copy out what the message says; `msg` borrows the reader.
+            let event = Event::from_message(&msg);
+            if let Some(step) = self.on_event(settings, now, event, send) {
+                return step;
+            }
+        }
+    }
+
+    fn on_handshake(
+        &mut self,
+        settings: &ProbeSettings,
+        lookup: &dyn TorrentLookup,
+        now: Millis,
+        hs: Handshake,
+        send: &mut Vec<u8>,
+    ) -> Option<Step> {
+        self.report.peer_id = Some(hs.peer_id);
+        self.report.reserved = Some(hs.reserved.0);
+        match self.direction {
+            Direction::Outgoing { info_hash, .. } => {
+                if hs.info_hash != info_hash {
+                    return Some(self.finish(settings, now, ProbeEnd::UnknownInfoHash, send));
+                }
+            }
+            Direction::Incoming => {
+                self.report.info_hash = Some(hs.info_hash);
+                match lookup.piece_count(&hs.info_hash) {
+                    // Drop at once: the thesis tool held these for the full quiet timeout.
+                    None => return Some(self.finish(settings, now, ProbeEnd::UnknownInfoHash, send)),
+                    Some(n) => {
+                        self.report.piece_count = n;
+                        send.extend_from_slice(&Self::handshake_bytes(settings, &hs.info_hash));
+                    }
+                }
+            }
+        }
+        self.report.handshake = true;
+        self.last_message = now;
+        if hs.reserved.extended() && !self.sent_ext_handshake {
+            self.sent_ext_handshake = true;
+            let ours = ExtHandshake {
+                m: vec![(UT_PEX.as_bytes(), OUR_UT_PEX_ID)],
+                v: Some(settings.client.as_bytes()),
+                p: (settings.listen_port != 0).then_some(settings.listen_port),
+                ..ExtHandshake::default()
+            };
+            send.extend_from_slice(&ours.to_message_bytes());
+        }
+        None
+    }
+
+    fn on_event(
+        &mut self,
+        settings: &ProbeSettings,
+        now: Millis,
+        event: Event,
+        send: &mut Vec<u8>,
+    ) -> Option<Step> {
+        self.report.messages += 1;
+        let gap = now.saturating_sub(self.last_message);
+        self.report.longest_gap_ms = self.report.longest_gap_ms.max(gap);
+        self.last_message = now;
+        let n = self.report.piece_count;
+        match event {
+            Event::Bitfield(bits) => {
+                if n > 0 {
+                    match bitfield::summarize(&bits, n) {
+                        Ok(summary) => {
+                            self.report.spare_bits_set = summary.spare_bits_set;
+                            // Haves that came first stay counted: OR them in.
+                            self.ensure_bits();
+                            for (mine, theirs) in self.bits.iter_mut().zip(&bits) {
+                                *mine |= theirs;
+                            }
+                            if summary.spare_bits_set {
+                                // Don't count spare bits from the OR.
+                                let last = self.bits.len() - 1;
+                                let spare = (self.bits.len() * 8 - n as usize) as u32;
+                                self.bits[last] &= !(((1u16 << spare) - 1) as u8);
+                            }
+                            self.report.pieces_have =
+                                self.bits.iter().map(|b| b.count_ones()).sum();
+                        }
+                        Err(e) => {
+                            return Some(self.finish(
+                                settings,
+                                now,
+                                ProbeEnd::ProtocolError(e.to_string()),
+                                send,
+                            ))
+                        }
+                    }
+                } else {
+                    self.report.pieces_have = bits.iter().map(|b| b.count_ones()).sum();
+                }
+                self.answered(now, ProgressSource::Bitfield);
+            }
+            Event::Have(index) => {
+                self.report.haves += 1;
+                if n > 0 {
+                    if index >= n {
+                        let e = bitfield::BitfieldError::IndexOutOfRange {
+                            index,
+                            piece_count: n,
+                        };
+                        return Some(self.finish(
+                            settings,
+                            now,
+                            ProbeEnd::ProtocolError(e.to_string()),
+                            send,
+                        ));
+                    }
+                    self.ensure_bits();
+                    if bitfield::set_piece(&mut self.bits, index) {
+                        self.report.pieces_have += 1;
+                    }
+                }
+            }
+            Event::HaveAll => {
+                self.report.pieces_have = n;
+                self.answered(now, ProgressSource::HaveAll);
+            }
+            Event::HaveNone => {
+                self.report.pieces_have = 0;
+                self.answered(now, ProgressSource::HaveNone);
+            }
+            Event::Port(p) => self.report.dht_port = Some(p),
+            Event::ExtHandshake(payload) => {
+                if let Ok(h) = ExtHandshake::decode(&payload) {
+                    self.report.client = h.client().map(str::to_string).or_else(|| {
+                        h.v.map(|v| String::from_utf8_lossy(v).into_owned())
+                    });
+                    self.report.listen_port = h.p.filter(|p| *p != 0);
+                    self.report.metadata_size = h.metadata_size;
+                    self.report.yourip = h.yourip;
+                    self.report.upload_only = h.upload_only.is_some_and(|u| u != 0);
+                    self.peer_ut_pex = h.id_of(UT_PEX).is_some_and(|id| id != 0);
+                }
+            }
+            Event::Extended(ext_id, payload) => {
+                if ext_id == OUR_UT_PEX_ID && self.report.pex.len() < MAX_PEX_PEERS {
+                    if let Ok(pex) = PexMessage::decode(&payload) {
+                        let room = MAX_PEX_PEERS - self.report.pex.len();
+                        self.report
+                            .pex
+                            .extend(pex.added.iter().take(room).map(|p| p.addr));
+                    }
+                }
+            }
+            Event::Other => {}
+        }
+        if self.report.messages >= settings.message_cap {
+            return Some(self.finish(settings, now, ProbeEnd::MessageCap, send));
+        }
+        None
+    }
+
+    fn ensure_bits(&mut self) {
+        if self.bits.is_empty() && self.report.piece_count > 0 {
+            self.bits = vec![0; bitfield::byte_len(self.report.piece_count)];
+        }
+    }
+
+    fn answered(&mut self, now: Millis, source: ProgressSource) {
+        if self.answered_at.is_none() {
+            self.answered_at = Some(now);
+            self.report.answer_ms = Some(now.saturating_sub(self.started));
+        }
+        self.report.progress_source = Some(source);
+    }
+}
+
+/// What a message means to a probe, owned (the message borrows the reader's buffer).
+enum Event {
+    Bitfield(Vec<u8>),
+    Have(u32),
+    HaveAll,
+    HaveNone,
+    Port(u16),
+    ExtHandshake(Vec<u8>),
+    Extended(u8, Vec<u8>),
+    Other,
+}
+
+impl Event {
+    fn from_message(m: &Message<'_>) -> Event {
+        match m {
+            Message::Bitfield(b) => Event::Bitfield(b.to_vec()),
+            Message::Have(i) => Event::Have(*i),
+            Message::HaveAll => Event::HaveAll,
+            Message::HaveNone => Event::HaveNone,
+            Message::Port(p) => Event::Port(*p),
+            Message::Extended { ext_id: 0, payload } => Event::ExtHandshake(payload.to_vec()),
+            Message::Extended { ext_id, payload } => Event::Extended(*ext_id, payload.to_vec()),
+            _ => Event::Other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::peer_wire::encode_handshake;
+
+    const HASH: [u8; 20] = [7; 20];
+
+    fn settings() -> ProbeSettings {
+        ProbeSettings {
+            dht_port: 6881,
+            listen_port: 51413,
+            ..ProbeSettings::default()
+        }
+    }
+
+    fn no_torrents(_: &[u8; 20]) -> Option<u32> {
+        None
+    }
+
+    fn peer_handshake(reserved: Reserved) -> Vec<u8> {
+        encode_handshake(&HASH, b"-qB4130-abcdefghijkl", reserved).to_vec()
+    }
+
+    fn msg(m: Message<'_>) -> Vec<u8> {
+        m.to_vec()
+    }
+
+    fn outgoing(pieces: u32) -> (Probe, ProbeSettings, Vec<u8>) {
+        let s = settings();
+        let mut p = Probe::new(
+            Direction::Outgoing {
+                info_hash: HASH,
+                piece_count: pieces,
+            },
+            0,
+        );
+        let mut send = Vec::new();
+        p.on_connected(&s, 0, &mut send);
+        (p, s, send)
+    }
+
+    #[test]
+    fn sends_handshake_and_reads_bitfield_then_grace() {
+        let (mut p, s, send) = outgoing(10);
+        assert_eq!(send.len(), 68);
+        let hs = Handshake::decode(&send).unwrap().0;
+        assert!(hs.reserved.extended() && hs.reserved.fast() && hs.reserved.dht());
+        assert_eq!(hs.info_hash, HASH);
+
+        let mut out = Vec::new();
+        let peer = peer_handshake(Reserved::PROBE);
+        assert_eq!(p.on_bytes(&s, &no_torrents, 10, &peer, &mut out), Step::Continue);
+        assert!(!out.is_empty(), "our extension handshake goes out");
+        out.clear();
+        // 10 pieces: bits 0..7 in byte 0, 8..9 in byte 1.
+        let bf = msg(Message::Bitfield(&[0b1111_0000, 0b1000_0000]));
+        assert_eq!(p.on_bytes(&s, &no_torrents, 20, &bf, &mut out), Step::Continue);
+        assert_eq!(p.deadline(&s), 20 + s.grace_ms);
+        // Haves keep coming during the grace; they count but don't extend it.
+        let have = msg(Message::Have(9));
+        p.on_bytes(&s, &no_torrents, 300, &have, &mut out);
+        p.on_bytes(&s, &no_torrents, 400, &msg(Message::Have(9)), &mut out);
+        assert_eq!(p.deadline(&s), 20 + s.grace_ms);
+        assert_eq!(p.on_deadline(&s, 520, &mut out), Step::Finished);
+        // A `port` message with our DHT port, since the peer set the DHT bit.
+        assert_eq!(out, msg(Message::Port(6881)));
+        let r = p.into_report();
+        assert_eq!(r.end, ProbeEnd::Answered);
+        assert_eq!(r.pieces_have, 6, "5 from the bitfield, piece 9 counted once");
+        assert_eq!(r.haves, 2);
+        assert_eq!(r.progress(), Some(0.6));
+        assert_eq!(r.answer_ms, Some(20));
+        assert_eq!(r.longest_gap_ms, 280);
+        assert_eq!(r.peer_id.as_ref().map(|p| &p[..8]), Some(&b"-qB4130-"[..]));
+    }
+
+    #[test]
+    fn works_on_any_chunking() {
+        let mut stream = peer_handshake(Reserved::PROBE);
+        let ext = ExtHandshake {
+            m: vec![(b"ut_pex".as_slice(), 2)],
+            v: Some(b"qBittorrent/4.1.3"),
+            p: Some(8999),
+            ..ExtHandshake::default()
+        };
+        stream.extend(ext.to_message_bytes());
+        stream.extend(msg(Message::HaveAll));
+        for chunk in [1, 2, 3, 7, 64, 1000] {
+            let (mut p, s, _) = outgoing(100);
+            let mut out = Vec::new();
+            for c in stream.chunks(chunk) {
+                assert_eq!(p.on_bytes(&s, &no_torrents, 5, c, &mut out), Step::Continue);
+            }
+            p.on_deadline(&s, 5 + s.grace_ms, &mut out);
+            let r = p.report();
+            assert_eq!(r.progress(), Some(1.0), "chunk {chunk}");
+            assert_eq!(r.client.as_deref(), Some("qBittorrent/4.1.3"));
+            assert_eq!(r.listen_port, Some(8999));
+            assert_eq!(r.progress_source, Some(ProgressSource::HaveAll));
+        }
+    }
+
+    #[test]
+    fn classifies_failures() {
+        let (mut p, s, _) = outgoing(10);
+        let mut out = Vec::new();
+        assert_eq!(
+            p.on_bytes(&s, &no_torrents, 1, b"HTTP/1.1 400 Bad Request\r\n", &mut out),
+            Step::Finished
+        );
+        assert_eq!(p.report().end, ProbeEnd::UnknownProtocol);
+
+        let (mut p, s, _) = outgoing(10);
+        let other = encode_handshake(&[9; 20], &[1; 20], Reserved::NONE);
+        assert_eq!(p.on_bytes(&s, &no_torrents, 1, &other, &mut out), Step::Finished);
+        assert_eq!(p.report().end, ProbeEnd::UnknownInfoHash);
+
+        let (mut p, s, _) = outgoing(10);
+        p.on_bytes(&s, &no_torrents, 1, &peer_handshake(Reserved::NONE), &mut out);
+        let huge = [0xff, 0xff, 0xff, 0xff, 5];
+        assert_eq!(p.on_bytes(&s, &no_torrents, 2, &huge, &mut out), Step::Finished);
+        assert!(matches!(p.report().end, ProbeEnd::ProtocolError(_)));
+
+        let (mut p, s, _) = outgoing(10);
+        p.on_bytes(&s, &no_torrents, 1, &peer_handshake(Reserved::NONE), &mut out);
+        let wrong_len = msg(Message::Bitfield(&[0xff; 3]));
+        assert_eq!(p.on_bytes(&s, &no_torrents, 2, &wrong_len, &mut out), Step::Finished);
+        assert!(matches!(p.report().end, ProbeEnd::ProtocolError(_)));
+
+        let (mut p, _, _) = outgoing(10);
+        p.on_closed(50, Some(libc_econnrefused()));
+        assert_eq!(p.report().end, ProbeEnd::SocketError(111));
+        assert!(!p.report().succeeded());
+    }
+
+    fn libc_econnrefused() -> i32 {
+        111
+    }
+
+    #[test]
+    fn quiet_peer_after_handshake_has_no_pieces() {
+        let (mut p, s, _) = outgoing(10);
+        let mut out = Vec::new();
+        p.on_bytes(&s, &no_torrents, 100, &peer_handshake(Reserved::NONE), &mut out);
+        assert_eq!(p.deadline(&s), 100 + s.quiet_timeout_ms);
+        assert_eq!(p.on_deadline(&s, 100 + s.quiet_timeout_ms, &mut out), Step::Finished);
+        let r = p.report();
+        assert_eq!(r.end, ProbeEnd::QuietTimeout);
+        assert_eq!(r.progress_source, Some(ProgressSource::HavesOnly));
+        assert_eq!(r.progress(), Some(0.0));
+    }
+
+    #[test]
+    fn message_cap_ends_a_chatty_peer() {
+        let (mut p, s, _) = outgoing(1000);
+        let mut out = Vec::new();
+        p.on_bytes(&s, &no_torrents, 1, &peer_handshake(Reserved::NONE), &mut out);
+        let mut step = Step::Continue;
+        for i in 0..300 {
+            step = p.on_bytes(&s, &no_torrents, 2, &msg(Message::Have(i)), &mut out);
+            if step == Step::Finished {
+                break;
+            }
+        }
+        assert_eq!(step, Step::Finished);
+        assert_eq!(p.report().end, ProbeEnd::MessageCap);
+        assert_eq!(p.report().messages, s.message_cap);
+        assert_eq!(p.report().pieces_have, s.message_cap);
+    }
+
+    #[test]
+    fn incoming_known_and_unknown_torrents() {
+        let s = settings();
+        let known = |h: &[u8; 20]| (h == &HASH).then_some(40u32);
+        let mut p = Probe::new(Direction::Incoming, 0);
+        let mut out = Vec::new();
+        p.on_connected(&s, 0, &mut out);
+        assert!(out.is_empty(), "incoming: the peer speaks first");
+        assert_eq!(p.on_bytes(&s, &known, 3, &peer_handshake(Reserved::PROBE), &mut out), Step::Continue);
+        assert_eq!(&out[28..48], &HASH, "we answer with the torrent's hash");
+        p.on_bytes(&s, &known, 4, &msg(Message::HaveNone), &mut out);
+        p.on_deadline(&s, 4 + s.grace_ms, &mut out);
+        assert_eq!(p.report().progress(), Some(0.0));
+        assert_eq!(p.report().info_hash, Some(HASH));
+
+        let mut p = Probe::new(Direction::Incoming, 0);
+        let mut out = Vec::new();
+        let unknown = encode_handshake(&[1; 20], &[2; 20], Reserved::NONE);
+        assert_eq!(p.on_bytes(&s, &known, 3, &unknown, &mut out), Step::Finished);
+        assert_eq!(p.report().end, ProbeEnd::UnknownInfoHash);
+        assert!(out.is_empty(), "nothing is sent to an unknown-torrent peer");
+    }
+
+    #[test]
+    fn collects_pex() {
+        let (mut p, s, _) = outgoing(8);
+        let mut out = Vec::new();
+        p.on_bytes(&s, &no_torrents, 1, &peer_handshake(Reserved::PROBE), &mut out);
+        let mut payload = b"d5:added12:".to_vec();
+        payload.extend_from_slice(&[10, 0, 0, 1, 0x1a, 0xe1, 10, 0, 0, 2, 0x1a, 0xe2]);
+        payload.extend_from_slice(b"e");
+        let pex = msg(Message::Extended {
+            ext_id: OUR_UT_PEX_ID,
+            payload: &payload,
+        });
+        p.on_bytes(&s, &no_torrents, 2, &pex, &mut out);
+        assert_eq!(
+            p.report().pex,
+            vec!["10.0.0.1:6881".parse().unwrap(), "10.0.0.2:6882".parse().unwrap()]
+        );
+    }
+}

@@ -1,0 +1,62 @@
+//! The torrents being scanned: read-mostly, shared by every worker.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// One torrent as the scan needs it.
+#[derive(Debug, Clone)]
+pub struct CatalogTorrent {
+    /// Row id in the store.
+    pub db_id: i64,
+    /// The 20-byte hash used on the wire (v1, or the truncated v2 hash of a v2-only torrent).
+    pub wire_hash: [u8; 20],
+    /// Other hash a hybrid torrent is also known under on the wire (truncated v2).
+    pub alt_hash: Option<[u8; 20]>,
+    pub name: String,
+    /// 0 when unknown (a bare info-hash or a magnet whose metadata we don't have).
+    pub piece_count: u32,
+    /// Tracker URLs by tier.
+    pub trackers: Vec<Vec<String>>,
+}
+
+/// All torrents of a scan, indexed by position (the `torrent` of a peer) and by hash.
+#[derive(Debug, Default)]
+pub struct Catalog {
+    pub torrents: Vec<CatalogTorrent>,
+    by_hash: HashMap<[u8; 20], u32>,
+}
+
+impl Catalog {
+    pub fn new(torrents: Vec<CatalogTorrent>) -> Arc<Catalog> {
+        let mut by_hash = HashMap::new();
+        for (i, t) in torrents.iter().enumerate() {
+            by_hash.insert(t.wire_hash, i as u32);
+            if let Some(alt) = t.alt_hash {
+                by_hash.insert(alt, i as u32);
+            }
+        }
+        Arc::new(Catalog { torrents, by_hash })
+    }
+
+    pub fn index_of(&self, hash: &[u8; 20]) -> Option<u32> {
+        self.by_hash.get(hash).copied()
+    }
+
+    pub fn get(&self, idx: u32) -> &CatalogTorrent {
+        &self.torrents[idx as usize]
+    }
+
+    pub fn len(&self) -> usize {
+        self.torrents.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.torrents.is_empty()
+    }
+}
+
+impl crate::proto::probe::TorrentLookup for Catalog {
+    fn piece_count(&self, info_hash: &[u8; 20]) -> Option<u32> {
+        self.index_of(info_hash).map(|i| self.get(i).piece_count)
+    }
+}
