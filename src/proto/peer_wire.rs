@@ -52,12 +52,13 @@ pub enum WireError {
     #[error("need {0} more bytes")]
     NeedMore(usize),
     /// The handshake does not start with `\x13BitTorrent protocol` (unknown protocol, or an
-    /// encrypted stream). `got` holds the first bytes seen (up to 20).
+    /// encrypted stream). `got` is the input up to and including the first wrong byte, at
+    /// `offset`; it does not depend on how the input was split.
     #[error(
-        "not a BitTorrent handshake: first bytes {}",
+        "not a BitTorrent handshake: byte {offset} wrong in {}",
         crate::proto::bencode::DebugBytes(got)
     )]
-    NotBitTorrent { got: Vec<u8> },
+    NotBitTorrent { offset: usize, got: Vec<u8> },
     /// A length prefix larger than the configured cap.
     #[error("message length {len} exceeds the cap of {max} bytes")]
     TooLong { len: u32, max: u32 },
@@ -164,13 +165,17 @@ impl Handshake {
     /// A wrong first byte or protocol string is reported as soon as the bytes seen so far
     /// disagree, so a non-BitTorrent peer is classified without waiting for 68 bytes.
     pub fn decode(buf: &[u8]) -> Result<(Handshake, usize), WireError> {
-        let seen = buf.len().min(20);
         let mut expected = [0u8; 20];
         expected[0] = PROTOCOL.len() as u8;
         expected[1..].copy_from_slice(PROTOCOL);
-        if buf[..seen] != expected[..seen] {
+        if let Some(offset) = buf
+            .iter()
+            .zip(expected)
+            .position(|(got, want)| *got != want)
+        {
             return Err(WireError::NotBitTorrent {
-                got: buf[..seen].to_vec(),
+                offset,
+                got: buf[..=offset].to_vec(),
             });
         }
         if buf.len() < HANDSHAKE_LEN {

@@ -64,19 +64,39 @@ fn wrong_protocol_is_classified_early() {
         &[0x16, 0x03, 0x01],
         &[0xa5, 0xe3],
     ] {
-        match Handshake::decode(junk) {
-            Err(WireError::NotBitTorrent { got }) => assert_eq!(got, junk),
-            other => panic!("{other:?}"),
-        }
+        let err = Handshake::decode(junk).unwrap_err();
+        assert_eq!(
+            err,
+            WireError::NotBitTorrent {
+                offset: 0,
+                got: junk[..1].to_vec()
+            }
+        );
     }
     let mut almost = hs_bytes();
     almost[19] = b'X'; // "BitTorrent protocoX"
     let err = Handshake::decode(&almost[..25]).unwrap_err();
-    assert!(matches!(err, WireError::NotBitTorrent { ref got } if got.len() == 20));
+    assert!(matches!(err, WireError::NotBitTorrent { offset: 19, ref got } if got.len() == 20));
     assert!(
-        err.to_string().contains("not a BitTorrent handshake"),
+        err.to_string()
+            .starts_with("not a BitTorrent handshake: byte 19 wrong in 0x13426974"),
         "{err}"
     );
+}
+
+#[test]
+fn wrong_protocol_error_does_not_depend_on_split() {
+    // Regression (fuzz/peer_wire): the error used to carry "whatever had arrived", so a
+    // byte-by-byte reader reported different bytes than a whole-buffer decode.
+    let mut stream = hs_bytes().to_vec();
+    stream[12] = b'?';
+    let whole = read_stream(&stream, &[stream.len()]);
+    assert_eq!(whole, read_stream(&stream, &[1]));
+    assert_eq!(whole, read_stream(&stream, &[10, 3]));
+    assert!(matches!(
+        whole.2,
+        Some(WireError::NotBitTorrent { offset: 12, .. })
+    ));
 }
 
 /// Messages written out by hand from the BEP 3 / 5 / 6 / 10 layouts: length prefix, id, payload.
