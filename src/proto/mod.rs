@@ -9,5 +9,6 @@ pub mod krpc;
 pub mod magnet;
 pub mod metainfo;
 pub mod peer_wire;
+pub mod probe;
 pub mod tracker_http;
 pub mod tracker_udp;

@@ -152,7 +152,10 @@ impl ProbeReport {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
     /// We dialled: we send our handshake first.
-    Outgoing { info_hash: [u8; 20], piece_count: u32 },
+    Outgoing {
+        info_hash: [u8; 20],
+        piece_count: u32,
+    },
     /// The peer dialled us: we read its handshake first and answer only if we know the torrent.
     Incoming,
 }
@@ -289,7 +292,10 @@ impl Probe {
         if now < self.deadline(settings) {
             return Step::Continue;
         }
-        let end = if self.answered_at.is_some_and(|at| now >= at + settings.grace_ms) {
+        let end = if self
+            .answered_at
+            .is_some_and(|at| now >= at + settings.grace_ms)
+        {
             ProbeEnd::Answered
         } else if now >= self.started + settings.max_duration_ms {
             ProbeEnd::MaxDuration
@@ -330,7 +336,10 @@ impl Probe {
     ) -> Step {
         let ok = matches!(
             end,
-            ProbeEnd::Answered | ProbeEnd::QuietTimeout | ProbeEnd::MessageCap | ProbeEnd::MaxDuration
+            ProbeEnd::Answered
+                | ProbeEnd::QuietTimeout
+                | ProbeEnd::MessageCap
+                | ProbeEnd::MaxDuration
         );
         if ok
             && self.report.handshake
@@ -411,7 +420,9 @@ impl Probe {
                 self.report.info_hash = Some(hs.info_hash);
                 match lookup.piece_count(&hs.info_hash) {
                     // Drop at once: the thesis tool held these for the full quiet timeout.
-                    None => return Some(self.finish(settings, now, ProbeEnd::UnknownInfoHash, send)),
+                    None => {
+                        return Some(self.finish(settings, now, ProbeEnd::UnknownInfoHash, send))
+                    }
                     Some(n) => {
                         self.report.piece_count = n;
                         send.extend_from_slice(&Self::handshake_bytes(settings, &hs.info_hash));
@@ -496,7 +507,10 @@ impl Probe {
                         ));
                     }
                     self.ensure_bits();
-                    if bitfield::set_piece(&mut self.bits, index) {
+                    // Count a piece once, however often it is announced (the thesis tool's
+                    // bit-setting bug made haves undercount).
+                    if !bitfield::has_piece(&self.bits, index) {
+                        bitfield::set_piece(&mut self.bits, index);
                         self.report.pieces_have += 1;
                     }
                 }
@@ -512,9 +526,10 @@ impl Probe {
             Event::Port(p) => self.report.dht_port = Some(p),
             Event::ExtHandshake(payload) => {
                 if let Ok(h) = ExtHandshake::decode(&payload) {
-                    self.report.client = h.client().map(str::to_string).or_else(|| {
-                        h.v.map(|v| String::from_utf8_lossy(v).into_owned())
-                    });
+                    self.report.client = h
+                        .client()
+                        .map(str::to_string)
+                        .or_else(|| h.v.map(|v| String::from_utf8_lossy(v).into_owned()));
                     self.report.listen_port = h.p.filter(|p| *p != 0);
                     self.report.metadata_size = h.metadata_size;
                     self.report.yourip = h.yourip;
@@ -633,12 +648,18 @@ mod tests {
 
         let mut out = Vec::new();
         let peer = peer_handshake(Reserved::PROBE);
-        assert_eq!(p.on_bytes(&s, &no_torrents, 10, &peer, &mut out), Step::Continue);
+        assert_eq!(
+            p.on_bytes(&s, &no_torrents, 10, &peer, &mut out),
+            Step::Continue
+        );
         assert!(!out.is_empty(), "our extension handshake goes out");
         out.clear();
         // 10 pieces: bits 0..7 in byte 0, 8..9 in byte 1.
         let bf = msg(Message::Bitfield(&[0b1111_0000, 0b1000_0000]));
-        assert_eq!(p.on_bytes(&s, &no_torrents, 20, &bf, &mut out), Step::Continue);
+        assert_eq!(
+            p.on_bytes(&s, &no_torrents, 20, &bf, &mut out),
+            Step::Continue
+        );
         assert_eq!(p.deadline(&s), 20 + s.grace_ms);
         // Haves keep coming during the grace; they count but don't extend it.
         let have = msg(Message::Have(9));
@@ -650,7 +671,10 @@ mod tests {
         assert_eq!(out, msg(Message::Port(6881)));
         let r = p.into_report();
         assert_eq!(r.end, ProbeEnd::Answered);
-        assert_eq!(r.pieces_have, 6, "5 from the bitfield, piece 9 counted once");
+        assert_eq!(
+            r.pieces_have, 6,
+            "5 from the bitfield, piece 9 counted once"
+        );
         assert_eq!(r.haves, 2);
         assert_eq!(r.progress(), Some(0.6));
         assert_eq!(r.answer_ms, Some(20));
@@ -689,26 +713,53 @@ mod tests {
         let (mut p, s, _) = outgoing(10);
         let mut out = Vec::new();
         assert_eq!(
-            p.on_bytes(&s, &no_torrents, 1, b"HTTP/1.1 400 Bad Request\r\n", &mut out),
+            p.on_bytes(
+                &s,
+                &no_torrents,
+                1,
+                b"HTTP/1.1 400 Bad Request\r\n",
+                &mut out
+            ),
             Step::Finished
         );
         assert_eq!(p.report().end, ProbeEnd::UnknownProtocol);
 
         let (mut p, s, _) = outgoing(10);
         let other = encode_handshake(&[9; 20], &[1; 20], Reserved::NONE);
-        assert_eq!(p.on_bytes(&s, &no_torrents, 1, &other, &mut out), Step::Finished);
+        assert_eq!(
+            p.on_bytes(&s, &no_torrents, 1, &other, &mut out),
+            Step::Finished
+        );
         assert_eq!(p.report().end, ProbeEnd::UnknownInfoHash);
 
         let (mut p, s, _) = outgoing(10);
-        p.on_bytes(&s, &no_torrents, 1, &peer_handshake(Reserved::NONE), &mut out);
+        p.on_bytes(
+            &s,
+            &no_torrents,
+            1,
+            &peer_handshake(Reserved::NONE),
+            &mut out,
+        );
         let huge = [0xff, 0xff, 0xff, 0xff, 5];
-        assert_eq!(p.on_bytes(&s, &no_torrents, 2, &huge, &mut out), Step::Finished);
+        assert_eq!(
+            p.on_bytes(&s, &no_torrents, 2, &huge, &mut out),
+            Step::Finished
+        );
         assert!(matches!(p.report().end, ProbeEnd::ProtocolError(_)));
 
         let (mut p, s, _) = outgoing(10);
-        p.on_bytes(&s, &no_torrents, 1, &peer_handshake(Reserved::NONE), &mut out);
+        p.on_bytes(
+            &s,
+            &no_torrents,
+            1,
+            &peer_handshake(Reserved::NONE),
+            &mut out,
+        );
         let wrong_len = msg(Message::Bitfield(&[0xff; 3]));
-        assert_eq!(p.on_bytes(&s, &no_torrents, 2, &wrong_len, &mut out), Step::Finished);
+        assert_eq!(
+            p.on_bytes(&s, &no_torrents, 2, &wrong_len, &mut out),
+            Step::Finished
+        );
         assert!(matches!(p.report().end, ProbeEnd::ProtocolError(_)));
 
         let (mut p, _, _) = outgoing(10);
@@ -725,9 +776,18 @@ mod tests {
     fn quiet_peer_after_handshake_has_no_pieces() {
         let (mut p, s, _) = outgoing(10);
         let mut out = Vec::new();
-        p.on_bytes(&s, &no_torrents, 100, &peer_handshake(Reserved::NONE), &mut out);
+        p.on_bytes(
+            &s,
+            &no_torrents,
+            100,
+            &peer_handshake(Reserved::NONE),
+            &mut out,
+        );
         assert_eq!(p.deadline(&s), 100 + s.quiet_timeout_ms);
-        assert_eq!(p.on_deadline(&s, 100 + s.quiet_timeout_ms, &mut out), Step::Finished);
+        assert_eq!(
+            p.on_deadline(&s, 100 + s.quiet_timeout_ms, &mut out),
+            Step::Finished
+        );
         let r = p.report();
         assert_eq!(r.end, ProbeEnd::QuietTimeout);
         assert_eq!(r.progress_source, Some(ProgressSource::HavesOnly));
@@ -738,7 +798,13 @@ mod tests {
     fn message_cap_ends_a_chatty_peer() {
         let (mut p, s, _) = outgoing(1000);
         let mut out = Vec::new();
-        p.on_bytes(&s, &no_torrents, 1, &peer_handshake(Reserved::NONE), &mut out);
+        p.on_bytes(
+            &s,
+            &no_torrents,
+            1,
+            &peer_handshake(Reserved::NONE),
+            &mut out,
+        );
         let mut step = Step::Continue;
         for i in 0..300 {
             step = p.on_bytes(&s, &no_torrents, 2, &msg(Message::Have(i)), &mut out);
@@ -760,7 +826,10 @@ mod tests {
         let mut out = Vec::new();
         p.on_connected(&s, 0, &mut out);
         assert!(out.is_empty(), "incoming: the peer speaks first");
-        assert_eq!(p.on_bytes(&s, &known, 3, &peer_handshake(Reserved::PROBE), &mut out), Step::Continue);
+        assert_eq!(
+            p.on_bytes(&s, &known, 3, &peer_handshake(Reserved::PROBE), &mut out),
+            Step::Continue
+        );
         assert_eq!(&out[28..48], &HASH, "we answer with the torrent's hash");
         p.on_bytes(&s, &known, 4, &msg(Message::HaveNone), &mut out);
         p.on_deadline(&s, 4 + s.grace_ms, &mut out);
@@ -770,7 +839,10 @@ mod tests {
         let mut p = Probe::new(Direction::Incoming, 0);
         let mut out = Vec::new();
         let unknown = encode_handshake(&[1; 20], &[2; 20], Reserved::NONE);
-        assert_eq!(p.on_bytes(&s, &known, 3, &unknown, &mut out), Step::Finished);
+        assert_eq!(
+            p.on_bytes(&s, &known, 3, &unknown, &mut out),
+            Step::Finished
+        );
         assert_eq!(p.report().end, ProbeEnd::UnknownInfoHash);
         assert!(out.is_empty(), "nothing is sent to an unknown-torrent peer");
     }
@@ -779,7 +851,13 @@ mod tests {
     fn collects_pex() {
         let (mut p, s, _) = outgoing(8);
         let mut out = Vec::new();
-        p.on_bytes(&s, &no_torrents, 1, &peer_handshake(Reserved::PROBE), &mut out);
+        p.on_bytes(
+            &s,
+            &no_torrents,
+            1,
+            &peer_handshake(Reserved::PROBE),
+            &mut out,
+        );
         let mut payload = b"d5:added12:".to_vec();
         payload.extend_from_slice(&[10, 0, 0, 1, 0x1a, 0xe1, 10, 0, 0, 2, 0x1a, 0xe2]);
         payload.extend_from_slice(b"e");
@@ -790,7 +868,10 @@ mod tests {
         p.on_bytes(&s, &no_torrents, 2, &pex, &mut out);
         assert_eq!(
             p.report().pex,
-            vec!["10.0.0.1:6881".parse().unwrap(), "10.0.0.2:6882".parse().unwrap()]
+            vec![
+                "10.0.0.1:6881".parse().unwrap(),
+                "10.0.0.2:6882".parse().unwrap()
+            ]
         );
     }
 }
