@@ -23,14 +23,12 @@ fn drive(stream: &[u8], cuts: &[usize], pieces: u32) -> Probe {
     let mut out = Vec::new();
     p.on_connected(&s, 0, &mut out);
     let mut at = 0;
-    let mut now = 1;
-    for &c in cuts.iter().chain(std::iter::once(&stream.len())) {
+    for (now, &c) in (1..).zip(cuts.iter().chain(std::iter::once(&stream.len()))) {
         let end = c.clamp(at, stream.len());
         if p.on_bytes(&s, &lookup, now, &stream[at..end], &mut out) == Step::Finished {
             return p;
         }
         at = end;
-        now += 1;
     }
     let mut guard = 0;
     while p.on_deadline(&s, p.deadline(&s), &mut out) == Step::Continue {
