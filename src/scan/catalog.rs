@@ -15,6 +15,8 @@ pub struct CatalogTorrent {
     pub name: String,
     /// 0 when unknown (a bare info-hash or a magnet whose metadata we don't have).
     pub piece_count: u32,
+    /// Total size in bytes (0 when unknown).
+    pub total_size: u64,
     /// Tracker URLs by tier.
     pub trackers: Vec<Vec<String>>,
 }

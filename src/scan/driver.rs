@@ -125,6 +125,10 @@ pub enum Observation {
     DiscoveryCounts { request: u64, new: u32, duplicate: u32 },
     /// An incoming connection asked for a torrent we do not scan.
     UnknownInfoHash { remote: SocketAddr, info_hash: Option<[u8; 20]>, at_ms: Millis },
+    /// One tracker announce.
+    Discovery(Box<super::discovery::DiscoveryObservation>),
+    /// One tracker scrape result for one torrent.
+    Scrape(Box<super::discovery::ScrapeObservation>),
 }
 
 /// One finished probe.

@@ -1,0 +1,595 @@
+//! Peer discovery from HTTP and UDP trackers: announces on an interval (respecting the
+//! tracker's `interval` / `min interval`), scrapes for the reported download counts, and hands
+//! the addresses to the workers that own them.
+//!
+//! Tracker traffic is a few requests per torrent every few minutes, far from the hot path, so
+//! it runs on a small pool of threads with blocking sockets and timeouts (bounded: every
+//! request ends within its timeout, and the pool stops with the scan).
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs, UdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+
+use super::catalog::Catalog;
+use super::driver::{Observation, WorkerMsg};
+use super::peer_table::{owner_worker, source};
+use crate::proto::http::{self, ResponseLimits, ResponseReader};
+use crate::proto::tracker_http::{self, AnnounceParams, Event};
+use crate::proto::tracker_udp::{self, AddressFamily, ConnectionIdCache};
+
+/// Settings of discovery (from the `tracker.*` config keys).
+#[derive(Debug, Clone)]
+pub struct DiscoveryConfig {
+    /// Our announce interval in seconds (the tracker's min interval wins if longer).
+    pub announce_secs: f64,
+    /// Scrape interval in seconds (0 = never scrape).
+    pub scrape_secs: f64,
+    pub numwant: u32,
+    /// Port announced to trackers (where incoming peers reach us); 0 = none listening.
+    pub listen_port: u16,
+    pub peer_id: [u8; 20],
+    pub timeout: Duration,
+    pub threads: usize,
+    pub user_agent: String,
+}
+
+impl Default for DiscoveryConfig {
+    fn default() -> Self {
+        DiscoveryConfig {
+            announce_secs: 300.0,
+            scrape_secs: 300.0,
+            numwant: 200,
+            listen_port: 0,
+            peer_id: *b"-SS0100-000000000000",
+            timeout: Duration::from_secs(15),
+            threads: 4,
+            user_agent: concat!("swarmscan/", env!("CARGO_PKG_VERSION")).to_string(),
+        }
+    }
+}
+
+/// What the store records about one discovery request.
+#[derive(Debug, Clone)]
+pub struct DiscoveryObservation {
+    pub request: u64,
+    pub torrent: u32,
+    /// `source::TRACKER_HTTP` or `source::TRACKER_UDP`.
+    pub source: u8,
+    pub url: String,
+    pub at_ms: u64,
+    pub duration_ms: u64,
+    pub received: u32,
+    pub error: Option<String>,
+    pub interval: Option<u32>,
+    pub complete: Option<u64>,
+    pub incomplete: Option<u64>,
+    pub downloaded: Option<u64>,
+}
+
+/// A scrape result for one torrent at one tracker.
+#[derive(Debug, Clone)]
+pub struct ScrapeObservation {
+    pub torrent: u32,
+    pub url: String,
+    pub at_ms: u64,
+    pub complete: Option<u64>,
+    pub incomplete: Option<u64>,
+    pub downloaded: Option<u64>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Http,
+    Udp,
+}
+
+/// One (torrent, tracker URL) pair with its schedule.
+struct Target {
+    torrent: u32,
+    url: String,
+    kind: Kind,
+    next_announce: Instant,
+    started: bool,
+    failures: u32,
+    busy: bool,
+}
+
+enum Job {
+    Announce { target: usize, request: u64, url: String, params: AnnounceParams },
+    Scrape { url: String, kind: Kind, torrents: Vec<(u32, [u8; 20])> },
+}
+
+enum JobResult {
+    Announce { target: usize, next_in: Duration, ok: bool },
+    Scraped,
+}
+
+/// Handle to the running discovery threads.
+pub struct Discovery {
+    threads: Vec<JoinHandle<()>>,
+    pub requests: Arc<AtomicU64>,
+}
+
+impl Discovery {
+    /// Starts discovery for every tracker of every torrent in `catalog`.
+    pub fn start(
+        cfg: DiscoveryConfig,
+        catalog: Arc<Catalog>,
+        route: Vec<Sender<WorkerMsg>>,
+        sink: Sender<Observation>,
+        epoch: Instant,
+        stop: Arc<AtomicBool>,
+    ) -> std::io::Result<Discovery> {
+        let now = Instant::now();
+        let mut targets = Vec::new();
+        for (i, t) in catalog.torrents.iter().enumerate() {
+            let mut seen = std::collections::HashSet::new();
+            // Every tracker of every tier: a measurement wants all the peers it can get.
+            for url in t.trackers.iter().flatten() {
+                let kind = if url.starts_with("udp://") {
+                    Kind::Udp
+                } else if url.starts_with("http://") {
+                    Kind::Http
+                } else {
+                    continue; // https:// and others are reported at load time
+                };
+                if seen.insert(url.clone()) {
+                    targets.push(Target {
+                        torrent: i as u32,
+                        url: url.clone(),
+                        kind,
+                        next_announce: now,
+                        started: false,
+                        failures: 0,
+                        busy: false,
+                    });
+                }
+            }
+        }
+        let (job_tx, job_rx) = crossbeam_channel::unbounded::<Job>();
+        let (res_tx, res_rx) = crossbeam_channel::unbounded::<JobResult>();
+        let shared = Arc::new(Shared {
+            cfg: cfg.clone(),
+            catalog: catalog.clone(),
+            route,
+            sink,
+            epoch,
+            stop: stop.clone(),
+            udp_ids: Mutex::new(ConnectionIdCache::new(4096)),
+        });
+        let mut threads = Vec::new();
+        for n in 0..cfg.threads.max(1) {
+            let (shared, job_rx, res_tx) = (shared.clone(), job_rx.clone(), res_tx.clone());
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("discovery-{n}"))
+                    .spawn(move || {
+                        while let Ok(job) = job_rx.recv() {
+                            if shared.stop.load(Ordering::Relaxed) {
+                                break;
+                            }
+                            let r = shared.run(job);
+                            let _ = res_tx.send(r);
+                        }
+                    })?,
+            );
+        }
+        let requests = Arc::new(AtomicU64::new(0));
+        let reqs = requests.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("discovery".into())
+                .spawn(move || schedule_loop(cfg, catalog, targets, job_tx, res_rx, stop, reqs))?,
+        );
+        Ok(Discovery { threads, requests })
+    }
+
+    /// Waits for the threads (they end within one request timeout of the stop flag).
+    pub fn join(self) {
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+fn schedule_loop(
+    cfg: DiscoveryConfig,
+    catalog: Arc<Catalog>,
+    mut targets: Vec<Target>,
+    jobs: Sender<Job>,
+    results: Receiver<JobResult>,
+    stop: Arc<AtomicBool>,
+    requests: Arc<AtomicU64>,
+) {
+    let mut next_request = 1u64;
+    let mut next_scrape = Instant::now() + Duration::from_secs(5);
+    while !stop.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        for (i, t) in targets.iter_mut().enumerate() {
+            if t.busy || t.next_announce > now {
+                continue;
+            }
+            let torrent = catalog.get(t.torrent);
+            let mut params = AnnounceParams::new(torrent.wire_hash, cfg.peer_id, cfg.listen_port);
+            // Announce as a leecher so trackers hand out seeders too.
+            params.left = torrent.total_size.max(1);
+            params.numwant = Some(cfg.numwant);
+            params.event = if t.started { Event::None } else { Event::Started };
+            params.key = Some(0x5353_0001);
+            t.busy = true;
+            requests.fetch_add(1, Ordering::Relaxed);
+            let _ = jobs.send(Job::Announce {
+                target: i,
+                request: next_request,
+                url: t.url.clone(),
+                params,
+            });
+            next_request += 1;
+        }
+        if cfg.scrape_secs > 0.0 && now >= next_scrape {
+            next_scrape = now + Duration::from_secs_f64(cfg.scrape_secs);
+            let mut by_url: HashMap<(String, bool), Vec<(u32, [u8; 20])>> = HashMap::new();
+            for t in &targets {
+                let h = catalog.get(t.torrent).wire_hash;
+                by_url
+                    .entry((t.url.clone(), t.kind == Kind::Udp))
+                    .or_default()
+                    .push((t.torrent, h));
+            }
+            for ((url, udp), torrents) in by_url {
+                let chunk = if udp { tracker_udp::MAX_SCRAPE_HASHES } else { 50 };
+                for part in torrents.chunks(chunk) {
+                    let kind = if udp { Kind::Udp } else { Kind::Http };
+                    let _ = jobs.send(Job::Scrape { url: url.clone(), kind, torrents: part.to_vec() });
+                }
+            }
+        }
+        while let Ok(r) = results.recv_timeout(Duration::from_millis(100)) {
+            if let JobResult::Announce { target, next_in, ok } = r {
+                let t = &mut targets[target];
+                t.busy = false;
+                if ok {
+                    t.started = true;
+                    t.failures = 0;
+                    t.next_announce = Instant::now() + next_in;
+                } else {
+                    t.failures += 1;
+                    // Back off: 1, 2, 4 ... minutes, at most an hour.
+                    let backoff = 60.0 * 2f64.powi(t.failures.min(6) as i32 - 1);
+                    t.next_announce = Instant::now() + Duration::from_secs_f64(backoff.min(3600.0));
+                }
+            }
+        }
+    }
+    // Dropping `jobs` ends the pool threads once their current request is done.
+}
+
+struct Shared {
+    cfg: DiscoveryConfig,
+    catalog: Arc<Catalog>,
+    route: Vec<Sender<WorkerMsg>>,
+    sink: Sender<Observation>,
+    epoch: Instant,
+    stop: Arc<AtomicBool>,
+    udp_ids: Mutex<ConnectionIdCache>,
+}
+
+/// An announce's outcome in one shape for both protocols.
+struct Announced {
+    peers: Vec<SocketAddr>,
+    interval: Option<u32>,
+    min_interval: Option<u32>,
+    complete: Option<u64>,
+    incomplete: Option<u64>,
+    downloaded: Option<u64>,
+}
+
+impl Shared {
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn run(&self, job: Job) -> JobResult {
+        match job {
+            Job::Announce { target, request, url, params } => self.announce(target, request, url, params),
+            Job::Scrape { url, kind, torrents } => {
+                self.scrape(&url, kind, &torrents);
+                JobResult::Scraped
+            }
+        }
+    }
+
+    fn torrent_of(&self, hash: &[u8; 20]) -> u32 {
+        self.catalog.index_of(hash).unwrap_or(0)
+    }
+
+    fn announce(&self, target: usize, request: u64, url: String, params: AnnounceParams) -> JobResult {
+        let torrent = self.torrent_of(&params.info_hash);
+        let started = Instant::now();
+        let at_ms = self.now_ms();
+        let kind = if url.starts_with("udp://") { Kind::Udp } else { Kind::Http };
+        let result = match kind {
+            Kind::Http => self.announce_http(&url, &params),
+            Kind::Udp => self.announce_udp(&url, &params),
+        };
+        let duration_ms = started.elapsed().as_millis() as u64;
+        let src = if kind == Kind::Udp { source::TRACKER_UDP } else { source::TRACKER_HTTP };
+        let (next_in, ok) = match &result {
+            Ok(a) => {
+                // Respect the tracker: never sooner than its min interval (or, when it gives
+                // none, its interval); otherwise our own announce interval.
+                let floor = a.min_interval.or(a.interval).unwrap_or(0) as f64;
+                (Duration::from_secs_f64(self.cfg.announce_secs.max(floor)), true)
+            }
+            Err(_) => (Duration::ZERO, false),
+        };
+        let obs = match result {
+            Ok(a) => {
+                self.route_peers(torrent, src, request, &a.peers);
+                DiscoveryObservation {
+                    request,
+                    torrent,
+                    source: src,
+                    url,
+                    at_ms,
+                    duration_ms,
+                    received: a.peers.len() as u32,
+                    error: None,
+                    interval: a.interval,
+                    complete: a.complete,
+                    incomplete: a.incomplete,
+                    downloaded: a.downloaded,
+                }
+            }
+            Err(e) => DiscoveryObservation {
+                request,
+                torrent,
+                source: src,
+                url,
+                at_ms,
+                duration_ms,
+                received: 0,
+                error: Some(e),
+                interval: None,
+                complete: None,
+                incomplete: None,
+                downloaded: None,
+            },
+        };
+        let _ = self.sink.send(Observation::Discovery(Box::new(obs)));
+        JobResult::Announce { target, next_in, ok }
+    }
+
+    fn route_peers(&self, torrent: u32, src: u8, request: u64, peers: &[SocketAddr]) {
+        let workers = self.route.len();
+        let mut per: Vec<Vec<SocketAddr>> = vec![Vec::new(); workers];
+        for &p in peers {
+            if p.port() == 0 || p.ip().is_unspecified() {
+                continue;
+            }
+            per[owner_worker(torrent, p, workers)].push(p);
+        }
+        for (w, addrs) in per.into_iter().enumerate() {
+            // Every owner answers with its new/duplicate counts, even for an empty part, so
+            // the request's totals are complete.
+            let _ = self.route[w].send(WorkerMsg::Peers {
+                torrent,
+                source: src,
+                addrs,
+                request: Some(request),
+            });
+        }
+    }
+
+    fn resolve(&self, host: &str, port: u16) -> Result<SocketAddr, String> {
+        (host, port)
+            .to_socket_addrs()
+            .map_err(|e| format!("resolving {host}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("resolving {host}: no address"))
+    }
+
+    fn http_get(&self, url: &str) -> Result<Vec<u8>, String> {
+        let mut url = url.to_string();
+        for _redirect in 0..4 {
+            let u = tracker_http::parse_http_url(&url).map_err(|e| e.to_string())?;
+            let addr = self.resolve(&u.host, u.port)?;
+            let mut s = TcpStream::connect_timeout(&addr, self.cfg.timeout)
+                .map_err(|e| format!("connect {addr}: {e}"))?;
+            let _ = s.set_read_timeout(Some(self.cfg.timeout));
+            let _ = s.set_write_timeout(Some(self.cfg.timeout));
+            let req = http::build_get_request(&u.host, u.port, &u.path_and_query, &self.cfg.user_agent)
+                .map_err(|e| e.to_string())?;
+            s.write_all(&req).map_err(|e| format!("send: {e}"))?;
+            let mut reader = ResponseReader::new(ResponseLimits::default());
+            let mut buf = [0u8; 16384];
+            let deadline = Instant::now() + self.cfg.timeout;
+            loop {
+                if Instant::now() > deadline {
+                    return Err("timed out reading the response".into());
+                }
+                let n = s.read(&mut buf).map_err(|e| format!("receive: {e}"))?;
+                let progress = if n == 0 {
+                    reader.finish().map_err(|e| e.to_string())?
+                } else {
+                    reader.feed(&buf[..n]).map_err(|e| e.to_string())?
+                };
+                if progress == http::Progress::Done {
+                    break;
+                }
+                if n == 0 {
+                    return Err("connection closed before the response was complete".into());
+                }
+            }
+            let resp = reader.into_response().ok_or("incomplete response")?;
+            if let Some(loc) = resp.redirect_location() {
+                url = loc.to_string();
+                continue;
+            }
+            if !resp.is_success() {
+                return Err(format!("HTTP {} {}", resp.status, resp.reason));
+            }
+            return Ok(resp.body);
+        }
+        Err("too many redirects".into())
+    }
+
+    fn announce_http(&self, url: &str, params: &AnnounceParams) -> Result<Announced, String> {
+        let full = tracker_http::announce_url(url, params).map_err(|e| e.to_string())?;
+        let body = self.http_get(&full)?;
+        let r = tracker_http::parse_announce_response(&body).map_err(|e| e.to_string())?;
+        Ok(Announced {
+            peers: r.peers,
+            interval: r.interval,
+            min_interval: r.min_interval,
+            complete: r.complete,
+            incomplete: r.incomplete,
+            downloaded: r.downloaded,
+        })
+    }
+
+    fn udp_exchange(&self, sock: &UdpSocket, tracker: SocketAddr, req: &tracker_udp::Request) -> Result<tracker_udp::Response, String> {
+        let bytes = req.to_bytes();
+        let family = AddressFamily::of(&tracker);
+        let mut buf = vec![0u8; 65536];
+        // BEP 15 retransmits after 15·2ⁿ s; a measurement keeps it short: two tries.
+        for _attempt in 0..2 {
+            sock.send_to(&bytes, tracker).map_err(|e| format!("send: {e}"))?;
+            let deadline = Instant::now() + self.cfg.timeout / 2;
+            while Instant::now() < deadline {
+                let _ = sock.set_read_timeout(Some(deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1))));
+                let (n, from) = match sock.recv_from(&mut buf) {
+                    Ok(x) => x,
+                    Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => break,
+                    Err(e) => return Err(format!("receive: {e}")),
+                };
+                if from != tracker || tracker_udp::peek_transaction_id(&buf[..n]) != Some(req.transaction_id()) {
+                    continue; // not ours: keyed validation by transaction id
+                }
+                let resp = tracker_udp::Response::decode(&buf[..n], family).map_err(|e| e.to_string())?;
+                return match resp {
+                    tracker_udp::Response::Error { message, .. } => Err(format!("tracker error: {message}")),
+                    r => r.check_answers(req).map_err(|e| e.to_string()),
+                };
+            }
+        }
+        Err("timed out".into())
+    }
+
+    fn udp_connection(&self, sock: &UdpSocket, tracker: SocketAddr) -> Result<u64, String> {
+        if let Some(id) = self.udp_ids.lock().ok().and_then(|c| c.get(&tracker, Instant::now())) {
+            return Ok(id);
+        }
+        let tid = transaction_id();
+        match self.udp_exchange(sock, tracker, &tracker_udp::Request::Connect { transaction_id: tid })? {
+            tracker_udp::Response::Connect { connection_id, .. } => {
+                if let Ok(mut c) = self.udp_ids.lock() {
+                    c.insert(tracker, connection_id, Instant::now());
+                }
+                Ok(connection_id)
+            }
+            _ => Err("unexpected reply to connect".into()),
+        }
+    }
+
+    fn udp_socket(&self, url: &str) -> Result<(UdpSocket, SocketAddr, Vec<u8>), String> {
+        let u = tracker_udp::parse_udp_url(url).map_err(|e| e.to_string())?;
+        let tracker = self.resolve(&u.host, u.port)?;
+        let bind: SocketAddr = if tracker.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("literal");
+        let sock = UdpSocket::bind(bind).map_err(|e| format!("bind: {e}"))?;
+        Ok((sock, tracker, u.path_and_query.into_bytes()))
+    }
+
+    fn announce_udp(&self, url: &str, params: &AnnounceParams) -> Result<Announced, String> {
+        let (sock, tracker, url_data) = self.udp_socket(url)?;
+        let cid = self.udp_connection(&sock, tracker)?;
+        let req = tracker_udp::Request::Announce(tracker_udp::AnnounceRequest::from_params(cid, transaction_id(), params, &url_data));
+        match self.udp_exchange(&sock, tracker, &req) {
+            Ok(tracker_udp::Response::Announce(a)) => Ok(Announced {
+                peers: a.peers,
+                interval: Some(a.interval),
+                min_interval: None,
+                complete: Some(a.seeders as u64),
+                incomplete: Some(a.leechers as u64),
+                downloaded: None,
+            }),
+            Ok(_) => Err("unexpected reply to announce".into()),
+            Err(e) => {
+                // A stale connection id is the usual cause of an error here: forget it.
+                if let Ok(mut c) = self.udp_ids.lock() {
+                    c.remove(&tracker);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn scrape(&self, url: &str, kind: Kind, torrents: &[(u32, [u8; 20])]) {
+        let at_ms = self.now_ms();
+        let hashes: Vec<[u8; 20]> = torrents.iter().map(|t| t.1).collect();
+        let result: Result<Vec<(Option<u64>, Option<u64>, Option<u64>)>, String> = match kind {
+            Kind::Http => (|| {
+                let surl = tracker_http::scrape_url(url).ok_or("tracker URL does not support scrape (BEP 48)")?;
+                let body = self.http_get(&tracker_http::scrape_request_url(&surl, &hashes))?;
+                let r = tracker_http::parse_scrape_response(&body).map_err(|e| e.to_string())?;
+                Ok(hashes
+                    .iter()
+                    .map(|h| match r.get(h) {
+                        Some(e) => (e.complete, e.incomplete, e.downloaded),
+                        None => (None, None, None),
+                    })
+                    .collect())
+            })(),
+            Kind::Udp => (|| {
+                let (sock, tracker, _) = self.udp_socket(url)?;
+                let cid = self.udp_connection(&sock, tracker)?;
+                let req = tracker_udp::Request::Scrape(tracker_udp::ScrapeRequest {
+                    connection_id: cid,
+                    transaction_id: transaction_id(),
+                    info_hashes: hashes.clone(),
+                });
+                match self.udp_exchange(&sock, tracker, &req)? {
+                    tracker_udp::Response::Scrape { stats, .. } => Ok(stats
+                        .iter()
+                        .map(|s| (Some(s.seeders as u64), Some(s.leechers as u64), Some(s.completed as u64)))
+                        .collect()),
+                    _ => Err("unexpected reply to scrape".into()),
+                }
+            })(),
+        };
+        for (i, (torrent, _)) in torrents.iter().enumerate() {
+            let (complete, incomplete, downloaded, error) = match &result {
+                Ok(v) => {
+                    let (c, inc, d) = v.get(i).copied().unwrap_or((None, None, None));
+                    (c, inc, d, None)
+                }
+                Err(e) => (None, None, None, Some(e.clone())),
+            };
+            let _ = self.sink.send(Observation::Scrape(Box::new(ScrapeObservation {
+                torrent: *torrent,
+                url: url.to_string(),
+                at_ms,
+                complete,
+                incomplete,
+                downloaded,
+                error,
+            })));
+        }
+    }
+}
+
+/// A transaction id that differs between requests (keyed validation of UDP replies).
+fn transaction_id() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    h.finish() as u32
+}
