@@ -1,0 +1,1 @@
+//! Probe throughput benchmark (fake swarm, kernel floor, engine run).
