@@ -129,6 +129,15 @@ fn step_until(
     }
 }
 
+/// Steps until every slot is closed and freed (so peers see the reset).
+fn settle(worker: &mut Worker<Recorder>, driver: &mut TestDriver) {
+    let limit = Instant::now() + Duration::from_secs(10);
+    while worker.in_flight() > 0 {
+        assert!(Instant::now() < limit, "slots never freed");
+        worker.step(driver, 20).unwrap();
+    }
+}
+
 fn probe(addr: SocketAddr, token: u64, conv: Recorder) -> ProbeRequest<Recorder> {
     ProbeRequest { addr, token, conv }
 }
@@ -253,10 +262,10 @@ fn silent_peer_triggers_on_deadline_near_the_deadline() {
     let late = fired - connected;
     assert!((300..400).contains(&late), "fired {late} ms after connect");
     assert!(done.conv.closed.is_none());
+    settle(&mut worker, &mut driver);
     let got = server.join().unwrap();
     assert!(got[0].starts_with(b"hello"), "peer got {:?}", got[0]);
-    // Drain until the slot is free again.
-    step_until(&mut worker, &mut driver, "slot freed", |_| true);
+    settle(&mut worker, &mut driver);
 }
 
 #[test]
@@ -293,6 +302,7 @@ fn bytes_in_many_small_chunks_arrive_in_order() {
     assert_eq!(done.ending, Ending::Finished);
     assert_eq!(done.conv.received, pattern);
     assert!(done.connect_ms.is_some());
+    settle(&mut worker, &mut driver);
     assert_eq!(&server.join().unwrap()[0][..5], b"hello");
 }
 
@@ -319,9 +329,12 @@ fn tiny_buffer_ring_never_drops_data() {
             .queue
             .push_back(probe(addr, t as u64, Recorder::new(b"go", EACH, 8000)));
     }
+    let t0 = Instant::now();
     step_until(&mut worker, &mut driver, "all peers", |d| {
         d.done.len() == PEERS
     });
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    assert!(worker.stats().recv_enobufs > 0, "the test must exercise an empty buffer ring");
     for done in &driver.done {
         assert_eq!(done.ending, Ending::Finished, "token {}", done.token);
         assert_eq!(done.conv.received.len(), EACH);
@@ -333,6 +346,7 @@ fn tiny_buffer_ring_never_drops_data() {
             .enumerate()
             .all(|(k, &b)| b as usize == (k + first) % 256));
     }
+    settle(&mut worker, &mut driver);
     server.join().unwrap();
 }
 
@@ -429,6 +443,7 @@ fn stale_generation_completions_are_ignored_after_slot_reuse() {
     });
     assert_eq!(driver.done[1].ending, Ending::Finished);
     assert_eq!(driver.done[1].conv.received, b"abcd");
+    settle(&mut worker, &mut driver);
     server.join().unwrap();
 }
 
