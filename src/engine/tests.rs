@@ -334,7 +334,10 @@ fn tiny_buffer_ring_never_drops_data() {
         d.done.len() == PEERS
     });
     assert!(t0.elapsed() < Duration::from_secs(5));
-    assert!(worker.stats().recv_enobufs > 0, "the test must exercise an empty buffer ring");
+    assert!(
+        worker.stats().recv_enobufs > 0,
+        "the test must exercise an empty buffer ring"
+    );
     for done in &driver.done {
         assert_eq!(done.ending, Ending::Finished, "token {}", done.token);
         assert_eq!(done.conv.received.len(), EACH);
