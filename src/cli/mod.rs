@@ -19,6 +19,8 @@ struct Cli {
 enum Command {
     /// Show what a torrent file, magnet link or info-hash contains.
     Inspect(inspect::InspectArgs),
+    /// Benchmarks: probe throughput of the engine against a fake swarm.
+    Bench(crate::engine::bench::BenchArgs),
 }
 
 /// Runs the CLI and returns the process exit code.
@@ -32,5 +34,6 @@ pub fn main() -> i32 {
     };
     match cli.command {
         Command::Inspect(args) => inspect::run(&args),
+        Command::Bench(args) => crate::engine::bench::run(&args),
     }
 }

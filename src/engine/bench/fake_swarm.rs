@@ -1,0 +1,317 @@
+//! A fake swarm of many peers on 127.x addresses, served by a few epoll threads.
+//!
+//! One listening socket per thread is bound to 0.0.0.0:port with SO_BINDTODEVICE "lo" (so only
+//! loopback traffic can reach it) and SO_REUSEPORT; it accepts connections to any
+//! 127.a.b.c:port, and the peer is identified by the accepted socket's local address. Each peer
+//! reads the 68-byte handshake, waits `delay_ms` (timer wheel, no sleeping threads), answers
+//! with a handshake echoing the info-hash and a bitfield, then holds the connection until the
+//! prober closes it.
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::engine::net;
+use crate::engine::wheel::{TimerEntry, TimerWheel};
+use crate::engine::Millis;
+
+use super::conv::{handshake, HANDSHAKE_LEN};
+
+/// Fake swarm settings.
+#[derive(Debug, Clone)]
+pub struct SwarmConfig {
+    /// TCP port (0 = pick one).
+    pub port: u16,
+    /// Serving threads.
+    pub threads: usize,
+    /// Delay between the prober's handshake and the answer.
+    pub delay_ms: u64,
+    /// Pieces in the torrent (bitfield length = ceil(pieces / 8)).
+    pub pieces: u32,
+}
+
+#[derive(Clone, Copy, Default)]
+struct Conn {
+    generation: u32,
+    live: bool,
+    answered: bool,
+    seen: u8,
+    info_hash: [u8; 20],
+}
+
+/// Binds the listeners; returns them and the port.
+pub fn bind(cfg: &SwarmConfig) -> io::Result<(Vec<socket2::Socket>, u16)> {
+    let mut port = cfg.port;
+    let mut listeners = Vec::new();
+    for _ in 0..cfg.threads.max(1) {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+        // Safety: plain setsockopt calls with valid pointers and lengths.
+        unsafe {
+            let one: i32 = 1;
+            let p = (&one as *const i32).cast();
+            let l = std::mem::size_of::<i32>() as libc::socklen_t;
+            if libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_REUSEADDR,
+                p,
+                l,
+            ) != 0
+                || libc::setsockopt(
+                    socket.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_REUSEPORT,
+                    p,
+                    l,
+                ) != 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            let dev = b"lo\0";
+            if libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_BINDTODEVICE,
+                dev.as_ptr().cast(),
+                dev.len() as libc::socklen_t,
+            ) != 0
+            {
+                let e = io::Error::last_os_error();
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("fake swarm: SO_BINDTODEVICE lo failed ({e}); refusing to listen on 0.0.0.0 without it"),
+                ));
+            }
+        }
+        socket.set_nonblocking(true)?;
+        let addr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port));
+        socket.bind(&addr.into())?;
+        socket.listen(4096)?;
+        if port == 0 {
+            port = net::local_addr(socket.as_raw_fd())?.port();
+        }
+        listeners.push(socket);
+    }
+    Ok((listeners, port))
+}
+
+/// Serves on `listeners` (one thread each) until `stop` is set.
+pub fn serve(
+    cfg: &SwarmConfig,
+    listeners: Vec<socket2::Socket>,
+    stop: Arc<AtomicBool>,
+) -> io::Result<()> {
+    let threads: Vec<_> = listeners
+        .into_iter()
+        .map(|listener| {
+            let cfg = cfg.clone();
+            let stop = stop.clone();
+            std::thread::spawn(move || serve_one(&cfg, listener, &stop))
+        })
+        .collect();
+    for t in threads {
+        t.join()
+            .map_err(|_| io::Error::other("fake swarm thread panicked"))??;
+    }
+    Ok(())
+}
+
+fn bitfield_for(peer: u32, pieces: u32) -> Vec<u8> {
+    let len = pieces.div_ceil(8) as usize;
+    let mut state = (peer as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut bits: Vec<u8> = (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+    // Spare bits at the end must be zero.
+    let spare = (len * 8) as u32 - pieces;
+    if let Some(last) = bits.last_mut() {
+        *last &= 0xffu8.checked_shl(spare).unwrap_or(0);
+    }
+    bits
+}
+
+fn serve_one(cfg: &SwarmConfig, listener: socket2::Socket, stop: &AtomicBool) -> io::Result<()> {
+    let epoch = Instant::now();
+    let now = || epoch.elapsed().as_millis() as Millis;
+    // Safety: epoll_create1 has no pointer arguments.
+    let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    if ep < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let lfd = listener.as_raw_fd();
+    let add = |fd: RawFd| -> io::Result<()> {
+        let mut ev = libc::epoll_event {
+            events: (libc::EPOLLIN | libc::EPOLLRDHUP) as u32,
+            u64: fd as u64,
+        };
+        // Safety: valid epoll fd, valid event pointer.
+        if unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    add(lfd)?;
+    let mut conns: Vec<Conn> = Vec::new();
+    let mut wheel = TimerWheel::new(now());
+    let mut due = Vec::new();
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 1024];
+    let mut buf = [0u8; 4096];
+    let close = |conns: &mut Vec<Conn>, fd: RawFd| {
+        if let Some(c) = conns.get_mut(fd as usize) {
+            c.live = false;
+            c.generation = c.generation.wrapping_add(1) & crate::engine::user_data::GENERATION_MASK;
+        }
+        // Safety: fd is a connection we accepted and still own.
+        unsafe { libc::close(fd) };
+    };
+    let answer = |fd: RawFd, conn: &Conn| {
+        let peer = match net::local_addr(fd) {
+            Ok(SocketAddr::V4(a)) => u32::from(*a.ip()),
+            _ => 0,
+        };
+        let mut reply = handshake(&conn.info_hash, &[b'F'; 20]).to_vec();
+        let bits = bitfield_for(peer, cfg.pieces);
+        reply.extend_from_slice(&(bits.len() as u32 + 1).to_be_bytes());
+        reply.push(5);
+        reply.extend_from_slice(&bits);
+        // Safety: writing from a live buffer of the given length.
+        unsafe { libc::write(fd, reply.as_ptr().cast(), reply.len()) };
+    };
+    while !stop.load(Ordering::Relaxed) {
+        let t = now();
+        due.clear();
+        wheel.expire(t, &mut due);
+        for e in &due {
+            if let Some(c) = conns.get_mut(e.slot as usize) {
+                if c.live && c.generation == e.generation && !c.answered {
+                    c.answered = true;
+                    let c = *c;
+                    answer(e.slot as RawFd, &c);
+                }
+            }
+        }
+        let wait = wheel
+            .next_deadline()
+            .map_or(100, |d| d.saturating_sub(now()).min(100)) as i32;
+        // Safety: events buffer is valid for `len` entries.
+        let n = unsafe { libc::epoll_wait(ep, events.as_mut_ptr(), events.len() as i32, wait) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return Err(e);
+        }
+        for ev in &events[..n as usize] {
+            let fd = ev.u64 as RawFd;
+            if fd == lfd {
+                for _ in 0..256 {
+                    // Safety: accept4 without address output.
+                    let cfd = unsafe {
+                        libc::accept4(
+                            lfd,
+                            std::ptr::null_mut(),
+                            std::ptr::null_mut(),
+                            libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                        )
+                    };
+                    if cfd < 0 {
+                        break;
+                    }
+                    if conns.len() <= cfd as usize {
+                        conns.resize(cfd as usize + 1024, Conn::default());
+                    }
+                    let c = &mut conns[cfd as usize];
+                    c.live = true;
+                    c.answered = false;
+                    c.seen = 0;
+                    if add(cfd).is_err() {
+                        close(&mut conns, cfd);
+                    }
+                }
+                continue;
+            }
+            // Readable or hung up: read what is there (bounded), then act.
+            let mut closed = false;
+            for _ in 0..16 {
+                // Safety: reading into a live stack buffer.
+                let r = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+                if r == 0 {
+                    closed = true;
+                    break;
+                }
+                if r < 0 {
+                    let errno = io::Error::last_os_error().raw_os_error();
+                    closed = errno != Some(libc::EAGAIN);
+                    break;
+                }
+                let c = &mut conns[fd as usize];
+                let mut data = &buf[..r as usize];
+                if (c.seen as usize) < HANDSHAKE_LEN {
+                    let take = (HANDSHAKE_LEN - c.seen as usize).min(data.len());
+                    for (k, &b) in data[..take].iter().enumerate() {
+                        let pos = c.seen as usize + k;
+                        if (28..48).contains(&pos) {
+                            c.info_hash[pos - 28] = b;
+                        }
+                    }
+                    c.seen += take as u8;
+                    data = &data[take..];
+                    if c.seen as usize == HANDSHAKE_LEN {
+                        if cfg.delay_ms == 0 {
+                            c.answered = true;
+                            let c = *c;
+                            answer(fd, &c);
+                        } else {
+                            wheel.insert(TimerEntry {
+                                slot: fd as u32,
+                                generation: c.generation,
+                                at: now() + cfg.delay_ms,
+                            });
+                        }
+                    }
+                }
+                let _ = data; // anything after the handshake is ignored
+                if (r as usize) < buf.len() {
+                    break;
+                }
+            }
+            if closed {
+                close(&mut conns, fd);
+            }
+        }
+    }
+    for (fd, c) in conns.iter().enumerate() {
+        if c.live {
+            // Safety: closing descriptors we own at exit.
+            unsafe { libc::close(fd as RawFd) };
+        }
+    }
+    // Safety: our epoll descriptor.
+    unsafe { libc::close(ep) };
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bitfield_spare_bits_are_zero_and_peers_differ() {
+        let a = bitfield_for(0x7f0a_0001, 1000);
+        let b = bitfield_for(0x7f0a_0002, 1000);
+        assert_eq!(a.len(), 125);
+        assert_ne!(a, b);
+        let c = bitfield_for(5, 1001);
+        assert_eq!(c.len(), 126);
+        assert_eq!(c[125] & 0x7f, 0);
+    }
+}

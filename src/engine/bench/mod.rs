@@ -1,0 +1,516 @@
+//! Probe throughput benchmark: a fake swarm in a child process, the real engine with
+//! [`BenchConversation`], and the kernel floor (cheapest possible loop) in the same run.
+//!
+//! `swarmscan bench probes --seconds 10 --peers 20000 --in-flight 1000 --workers 2 --json`
+
+pub mod conv;
+pub mod fake_swarm;
+pub mod floor;
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::engine::{self, Ending, EngineConfig, Millis, ProbeDone, ProbeRequest, WorkerDriver};
+
+pub use conv::{BenchConversation, BenchOutcome};
+
+/// `swarmscan bench ...`
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    command: BenchCommand,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum BenchCommand {
+    /// Probe throughput of the engine against a fake swarm, relative to the kernel floor.
+    Probes(ProbesArgs),
+    /// (internal) The fake swarm, run as a child process by `bench probes`.
+    #[command(hide = true)]
+    FakeSwarm(FakeSwarmArgs),
+}
+
+/// Options of `bench probes`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ProbesArgs {
+    /// Measured seconds per side (engine and floor), split over the rounds.
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Fake peers (distinct 127.x addresses).
+    #[arg(long, default_value_t = 20_000)]
+    peers: u32,
+    /// Probes in flight (over all workers).
+    #[arg(long, default_value_t = 1000)]
+    in_flight: usize,
+    /// Delay before a fake peer answers the handshake.
+    #[arg(long, default_value_t = 0)]
+    peer_delay_ms: u64,
+    /// Engine workers (and floor threads).
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Fake swarm threads.
+    #[arg(long, default_value_t = 2)]
+    swarm_threads: usize,
+    /// Alternating engine/floor rounds (evens out machine noise).
+    #[arg(long, default_value_t = 2)]
+    rounds: u32,
+    /// Pieces in the fake torrent (bitfield size).
+    #[arg(long, default_value_t = 1000)]
+    pieces: u32,
+    /// Connects per second (0 = unlimited).
+    #[arg(long, default_value_t = 0)]
+    connect_rate: u64,
+    /// Receive buffers per worker ring (power of two) × 4 KiB.
+    #[arg(long, default_value_t = 1024)]
+    recv_buffers: u16,
+    /// Pin workers to cores.
+    #[arg(long)]
+    pin: bool,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Options of the hidden fake swarm.
+#[derive(clap::Args, Debug, Clone)]
+pub struct FakeSwarmArgs {
+    /// Serving threads.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Answer delay.
+    #[arg(long, default_value_t = 0)]
+    delay_ms: u64,
+    /// Pieces in the torrent.
+    #[arg(long, default_value_t = 1000)]
+    pieces: u32,
+    /// Exit after this many seconds at the latest.
+    #[arg(long, default_value_t = 600)]
+    max_seconds: u64,
+}
+
+/// Runs a bench subcommand; returns the exit code.
+pub fn run(args: &BenchArgs) -> i32 {
+    let result = match &args.command {
+        BenchCommand::Probes(a) => run_probes(a),
+        BenchCommand::FakeSwarm(a) => run_fake_swarm(a),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("bench: {e}");
+            1
+        }
+    }
+}
+
+fn run_fake_swarm(args: &FakeSwarmArgs) -> std::io::Result<()> {
+    let _ = engine::net::raise_nofile_limit(1024, "the fake swarm");
+    let cfg = fake_swarm::SwarmConfig {
+        port: 0,
+        threads: args.threads,
+        delay_ms: args.delay_ms,
+        pieces: args.pieces,
+    };
+    let (listeners, port) = fake_swarm::bind(&cfg)?;
+    println!("READY {port}");
+    let stop = Arc::new(AtomicBool::new(false));
+    // Stop when the parent closes our stdin (or dies), or at the time limit.
+    let watcher_stop = stop.clone();
+    std::thread::spawn(move || {
+        let mut sink = [0u8; 64];
+        let mut stdin = std::io::stdin();
+        while let Ok(n) = stdin.read(&mut sink) {
+            if n == 0 {
+                break;
+            }
+        }
+        watcher_stop.store(true, Ordering::Relaxed);
+    });
+    let limit_stop = stop.clone();
+    let max = Duration::from_secs(args.max_seconds);
+    std::thread::spawn(move || {
+        let until = Instant::now() + max;
+        while !limit_stop.load(Ordering::Relaxed) && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        limit_stop.store(true, Ordering::Relaxed);
+    });
+    fake_swarm::serve(&cfg, listeners, stop)
+}
+
+/// The address of fake peer `i` (127.10.0.1 upwards).
+fn peer_addr(i: u64, peers: u32, port: u16) -> SocketAddr {
+    let ip = 0x7F0A_0001u32 + (i % peers as u64) as u32;
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::from(ip), port))
+}
+
+#[derive(Default)]
+struct Shared {
+    ok: AtomicU64,
+    refused: AtomicU64,
+    reset: AtomicU64,
+    connect_timeout: AtomicU64,
+    quiet_timeout: AtomicU64,
+    eof: AtomicU64,
+    bad_handshake: AtomicU64,
+    other: AtomicU64,
+    cancelled_at_stop: AtomicU64,
+    in_flight: AtomicUsize,
+    in_flight_max: AtomicUsize,
+    connect_ms_sum: AtomicU64,
+}
+
+struct BenchDriver {
+    shared: Arc<Shared>,
+    next: u64,
+    stride: u64,
+    peers: u32,
+    port: u16,
+    quiet_ms: Millis,
+}
+
+impl WorkerDriver for BenchDriver {
+    type Conv = BenchConversation;
+
+    fn next_probe(&mut self, _now: Millis) -> Option<ProbeRequest<BenchConversation>> {
+        let token = self.next;
+        self.next += self.stride;
+        let cur = self.shared.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        self.shared.in_flight_max.fetch_max(cur, Ordering::Relaxed);
+        Some(ProbeRequest {
+            addr: peer_addr(token, self.peers, self.port),
+            token,
+            conv: BenchConversation::new([0xAB; 20], self.quiet_ms),
+        })
+    }
+
+    fn probe_done(&mut self, _now: Millis, done: ProbeDone<BenchConversation>) {
+        self.shared.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let s = &self.shared;
+        let counter = match (done.ending, done.conv.outcome) {
+            (Ending::Finished, Some(BenchOutcome::Bitfield { .. })) => {
+                s.connect_ms_sum
+                    .fetch_add(done.connect_ms.unwrap_or(0), Ordering::Relaxed);
+                &s.ok
+            }
+            (_, Some(BenchOutcome::QuietTimeout)) => &s.quiet_timeout,
+            (_, Some(BenchOutcome::BadHandshake)) => &s.bad_handshake,
+            (Ending::Closed(Some(libc::ECANCELED)), _) => &s.cancelled_at_stop,
+            (Ending::Closed(Some(libc::ECONNREFUSED)), _) => &s.refused,
+            (Ending::Closed(Some(libc::ECONNRESET)), _) => &s.reset,
+            (Ending::Closed(Some(libc::ETIMEDOUT)), _) => &s.connect_timeout,
+            (Ending::Closed(None), _) => &s.eof,
+            _ => &s.other,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn incoming(
+        &mut self,
+        _: Millis,
+        _: SocketAddr,
+        _: SocketAddr,
+    ) -> Option<(u64, BenchConversation)> {
+        None
+    }
+}
+
+fn status_field(name: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn cpu_secs() -> f64 {
+    // Safety: rusage is POD; getrusage fills it.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // Safety: valid pointer.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+struct SwarmChild {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for SwarmChild {
+    fn drop(&mut self) {
+        // Closing stdin tells the child to stop; wait (bounded), then kill our own child.
+        drop(self.child.stdin.take());
+        let until = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < until {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn_swarm(args: &ProbesArgs, max_seconds: u64) -> std::io::Result<SwarmChild> {
+    let exe = std::env::current_exe()?;
+    let mut child = Command::new(exe)
+        .args(["bench", "fake-swarm", "--threads"])
+        .arg(args.swarm_threads.to_string())
+        .arg("--delay-ms")
+        .arg(args.peer_delay_ms.to_string())
+        .arg("--pieces")
+        .arg(args.pieces.to_string())
+        .arg("--max-seconds")
+        .arg(max_seconds.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let stdout = child.stdout.take().expect("piped");
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line)?;
+    let port = line
+        .trim()
+        .strip_prefix("READY ")
+        .and_then(|p| p.parse::<u16>().ok())
+        .ok_or_else(|| {
+            std::io::Error::other(format!("fake swarm did not start (said {line:?})"))
+        })?;
+    Ok(SwarmChild { child, port })
+}
+
+struct EnginePhase {
+    ok: u64,
+    cpu: f64,
+    rss_max: u64,
+    stats: Vec<engine::WorkerStats>,
+}
+
+fn engine_phase(
+    args: &ProbesArgs,
+    port: u16,
+    secs: f64,
+    shared: &Arc<Shared>,
+    first: u64,
+) -> std::io::Result<EnginePhase> {
+    let cfg = EngineConfig {
+        workers: args.workers,
+        max_in_flight: args.in_flight,
+        connects_per_sec: args.connect_rate,
+        connect_timeout_ms: 10_000,
+        pin_cores: args.pin,
+        recv_buffers: args.recv_buffers,
+        recv_buffer_size: 4096,
+        ring_entries: 4096,
+        listen: Vec::new(),
+    };
+    let quiet_ms = args.peer_delay_ms + 5000;
+    let drivers: Vec<_> = (0..args.workers)
+        .map(|w| BenchDriver {
+            shared: shared.clone(),
+            next: first + w as u64,
+            stride: args.workers as u64,
+            peers: args.peers,
+            port,
+            quiet_ms,
+        })
+        .collect();
+    let stop = AtomicBool::new(false);
+    let sampling = AtomicBool::new(true);
+    let ok_before = shared.ok.load(Ordering::Relaxed);
+    let cpu_before = cpu_secs();
+    let (result, rss_max, ok) = std::thread::scope(|scope| {
+        let sampler = scope.spawn(|| {
+            let mut max = 0;
+            while sampling.load(Ordering::Relaxed) {
+                max = max.max(status_field("VmRSS:"));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            max
+        });
+        let runner = scope.spawn(|| engine::run_workers(&cfg, drivers, &stop));
+        std::thread::sleep(Duration::from_secs_f64(secs));
+        let ok = shared.ok.load(Ordering::Relaxed) - ok_before;
+        stop.store(true, Ordering::Relaxed);
+        let result = runner
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("engine panicked")));
+        sampling.store(false, Ordering::Relaxed);
+        (result, sampler.join().unwrap_or(0), ok)
+    });
+    let cpu = cpu_secs() - cpu_before;
+    let stats = result?.into_iter().map(|(_, s)| s).collect();
+    Ok(EnginePhase {
+        ok,
+        cpu,
+        rss_max,
+        stats,
+    })
+}
+
+fn floor_phase(
+    args: &ProbesArgs,
+    port: u16,
+    secs: f64,
+    first: u64,
+) -> std::io::Result<(u64, u64, f64)> {
+    let answer_len = conv::HANDSHAKE_LEN + 5 + args.pieces.div_ceil(8) as usize;
+    let stop = AtomicBool::new(false);
+    let done = AtomicU64::new(0);
+    let errors = AtomicU64::new(0);
+    let cpu_before = cpu_secs();
+    let per = (args.in_flight / args.workers.max(1)).max(1);
+    let (ok, result) = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..args.workers)
+            .map(|w| {
+                let (stop, done, errors) = (&stop, &done, &errors);
+                let peers = args.peers;
+                let pin = args.pin;
+                scope.spawn(move || {
+                    if pin {
+                        let _ = engine::net::pin_current_thread(w);
+                    }
+                    let peer = move |i: u64| peer_addr(i, peers, port);
+                    floor::run(
+                        per,
+                        answer_len,
+                        &peer,
+                        first + w as u64 * 1_000_000,
+                        stop,
+                        done,
+                        errors,
+                    )
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_secs_f64(secs));
+        let ok = done.load(Ordering::Relaxed);
+        stop.store(true, Ordering::Relaxed);
+        let mut result = Ok(());
+        for h in handles {
+            if let Err(e) = h
+                .join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("floor panicked")))
+            {
+                result = Err(e);
+            }
+        }
+        (ok, result)
+    });
+    result?;
+    Ok((ok, errors.load(Ordering::Relaxed), cpu_secs() - cpu_before))
+}
+
+fn run_probes(args: &ProbesArgs) -> std::io::Result<()> {
+    if args.workers == 0 || args.in_flight == 0 || args.peers == 0 || args.rounds == 0 {
+        return Err(std::io::Error::other(
+            "workers, in-flight, peers and rounds must be positive",
+        ));
+    }
+    if args.peers > 0x00F5_FFFE {
+        return Err(std::io::Error::other(
+            "at most 16 million peers (127.10.0.1 upwards)",
+        ));
+    }
+    let needed = EngineConfig {
+        workers: args.workers,
+        max_in_flight: args.in_flight,
+        ..Default::default()
+    }
+    .descriptors_needed();
+    engine::net::raise_nofile_limit(needed, &format!("--in-flight {}", args.in_flight))
+        .map_err(std::io::Error::other)?;
+    let per_round = args.seconds / args.rounds as f64;
+    let budget = (args.seconds * 2.0 + 60.0 + args.rounds as f64 * 20.0) as u64;
+    let swarm = spawn_swarm(args, budget)?;
+    let shared = Arc::new(Shared::default());
+    let baseline_rss = status_field("VmRSS:");
+    let (mut engine_ok, mut engine_cpu, mut rss_max) = (0u64, 0.0f64, 0u64);
+    let (mut floor_ok, mut floor_errors, mut floor_cpu) = (0u64, 0u64, 0.0f64);
+    let mut stats = Vec::new();
+    for round in 0..args.rounds as u64 {
+        let phase = engine_phase(args, swarm.port, per_round, &shared, round * 100_000_000)?;
+        engine_ok += phase.ok;
+        engine_cpu += phase.cpu;
+        rss_max = rss_max.max(phase.rss_max);
+        stats = phase.stats;
+        // Let the fake swarm see the resets before the next phase.
+        std::thread::sleep(Duration::from_millis(300));
+        let (ok, errors, cpu) = floor_phase(
+            args,
+            swarm.port,
+            per_round,
+            round * 100_000_000 + 50_000_000,
+        )?;
+        floor_ok += ok;
+        floor_errors += errors;
+        floor_cpu += cpu;
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    drop(swarm);
+    let probes_per_sec = engine_ok as f64 / args.seconds;
+    let floor_per_sec = floor_ok as f64 / args.seconds;
+    let in_flight_max = shared.in_flight_max.load(Ordering::Relaxed);
+    let per_in_flight = rss_max.saturating_sub(baseline_rss) as f64 / in_flight_max.max(1) as f64;
+    let s = &shared;
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let out = serde_json::json!({
+        "bench": "probes",
+        "probes_per_sec": round2(probes_per_sec),
+        "floor_probes_per_sec": round2(floor_per_sec),
+        "ratio": if floor_per_sec > 0.0 { round3(probes_per_sec / floor_per_sec) } else { 0.0 },
+        "probes_total": engine_ok,
+        "floor_probes_total": floor_ok,
+        "in_flight_target": args.in_flight,
+        "in_flight_max": in_flight_max,
+        "rss_baseline_bytes": baseline_rss,
+        "rss_max_bytes": rss_max,
+        "vm_hwm_bytes": status_field("VmHWM:"),
+        "rss_per_in_flight_bytes": per_in_flight.round(),
+        "cpu_secs_per_1k_probes": if engine_ok > 0 { round3(engine_cpu * 1000.0 / engine_ok as f64) } else { 0.0 },
+        "floor_cpu_secs_per_1k_probes": if floor_ok > 0 { round3(floor_cpu * 1000.0 / floor_ok as f64) } else { 0.0 },
+        "mean_connect_ms": if load(&s.ok) > 0 { round2(load(&s.connect_ms_sum) as f64 / load(&s.ok) as f64) } else { 0.0 },
+        "errors": {
+            "refused": load(&s.refused),
+            "reset": load(&s.reset),
+            "connect_timeout": load(&s.connect_timeout),
+            "quiet_timeout": load(&s.quiet_timeout),
+            "eof": load(&s.eof),
+            "bad_handshake": load(&s.bad_handshake),
+            "other": load(&s.other),
+            "floor": floor_errors,
+        },
+        "cancelled_at_stop": load(&s.cancelled_at_stop),
+        "engine_last_round": stats,
+        "peers": args.peers,
+        "peer_delay_ms": args.peer_delay_ms,
+        "workers": args.workers,
+        "swarm_threads": args.swarm_threads,
+        "rounds": args.rounds,
+        "seconds": args.seconds,
+        "recv_buffers_per_worker": args.recv_buffers,
+        "kernel": engine::ring::kernel_release(),
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+    });
+    if args.json {
+        println!("{out}");
+    } else {
+        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+    }
+    Ok(())
+}
+
+fn round2(v: f64) -> f64 {
+    (v * 100.0).round() / 100.0
+}
+
+fn round3(v: f64) -> f64 {
+    (v * 1000.0).round() / 1000.0
+}
