@@ -1,11 +1,17 @@
 //! Command-line interface.
 
+pub mod config_cmd;
 pub mod inspect;
+pub mod report_cmd;
 
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "swarmscan", version, about = "BitTorrent measurement scanner: counts confirmed downloads of swarms")]
+#[command(
+    name = "swarmscan",
+    version,
+    about = "BitTorrent measurement scanner: counts confirmed downloads of swarms"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -15,6 +21,12 @@ struct Cli {
 enum Command {
     /// Show what a torrent file, magnet link or info-hash contains.
     Inspect(inspect::InspectArgs),
+    /// Print the documented default configuration (or the effective one with --config/--set; --check FILE validates).
+    Config(config_cmd::ConfigCmdArgs),
+    /// Confirmed downloads per torrent, peer sources and probe outcomes (thesis tables 5.5-5.7).
+    Report(report_cmd::ReportArgs),
+    /// One line per peer: address, progress, threshold crossing, source, client, transport.
+    Peers(report_cmd::PeersArgs),
 }
 
 /// Runs the CLI and returns the process exit code.
@@ -28,5 +40,8 @@ pub fn main() -> i32 {
     };
     match cli.command {
         Command::Inspect(args) => inspect::run(&args),
+        Command::Config(args) => config_cmd::run(&args),
+        Command::Report(args) => report_cmd::run_report(&args),
+        Command::Peers(args) => report_cmd::run_peers(&args),
     }
 }
