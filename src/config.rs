@@ -1,1 +1,1017 @@
-//! Configuration: TOML file + `--set key=value` overrides. (to be written)
+//! Configuration: a TOML file plus `--set section.key=value` overrides.
+//!
+//! One source of truth: the structs below carry the defaults (`Default` impls) and
+//! [`KEY_DOCS`] carries one documentation string per key. `swarmscan config` prints the
+//! default configuration by serialising `Config::default()` and writing each key under its
+//! documentation; a test checks that every key has a doc, every doc has a key, and that the
+//! printed text parses back to `Config::default()`.
+//!
+//! Loading ([`Config::load`]) parses the file into a `toml::Table`, merges the overrides at their
+//! dotted paths, checks every leaf against the known keys (so an unknown key is an error that
+//! names it: "unknown config key `peer.treshold`"), deserialises leaf by leaf over the default
+//! table (so a type error names its key and the expected type), then validates ranges.
+
+use serde::{Deserialize, Serialize};
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// SQLite database file (created if missing).
+    pub database: PathBuf,
+    /// Worker threads and io_uring sizes.
+    pub engine: EngineConfig,
+    /// Sockets: listeners, address families, transports.
+    pub net: NetConfig,
+    /// How peers are probed and revisited.
+    pub peer: PeerConfig,
+    /// Tracker announces and scrapes.
+    pub tracker: TrackerConfig,
+    /// DHT lookups.
+    pub dht: DhtConfig,
+    /// The batched SQLite writer.
+    pub store: StoreConfig,
+    /// How peer IP addresses are stored.
+    pub privacy: PrivacyConfig,
+    /// Periodic statistics.
+    pub stats: StatsConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            database: PathBuf::from("swarmscan.sqlite"),
+            engine: EngineConfig::default(),
+            net: NetConfig::default(),
+            peer: PeerConfig::default(),
+            tracker: TrackerConfig::default(),
+            dht: DhtConfig::default(),
+            store: StoreConfig::default(),
+            privacy: PrivacyConfig::default(),
+            stats: StatsConfig::default(),
+        }
+    }
+}
+
+/// `[engine]`: threads and io_uring sizes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineConfig {
+    /// Worker threads; 0 = one per available core.
+    pub workers: usize,
+    /// Pin each worker to its own core.
+    pub pin_workers: bool,
+    /// Submission queue entries per worker ring (power of two).
+    pub ring_entries: u32,
+    /// Receive buffers in each worker's provided-buffer ring (power of two).
+    pub recv_buffers: u32,
+    /// Size of one receive buffer in bytes.
+    pub recv_buffer_size: u32,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            workers: 0,
+            pin_workers: true,
+            ring_entries: 4096,
+            recv_buffers: 4096,
+            recv_buffer_size: 16384,
+        }
+    }
+}
+
+/// How to use BitTorrent protocol encryption (MSE/PE, BEP 8) when probing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Encryption {
+    /// Plaintext only.
+    Off,
+    /// Plaintext first; MSE when plaintext fails; remember per peer what worked.
+    Fallback,
+    /// MSE first; plaintext when MSE fails; remember per peer what worked.
+    Prefer,
+    /// MSE only.
+    Require,
+}
+
+/// `[net]`: listeners and transports.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetConfig {
+    /// TCP listeners for incoming peers.
+    pub listen: Vec<SocketAddr>,
+    /// Probe IPv6 peers.
+    pub ipv6: bool,
+    /// Probe over uTP (BEP 29) as well as TCP.
+    pub utp: bool,
+    /// MSE/PE use.
+    pub encryption: Encryption,
+    /// Port announced to trackers and sent in the `port` message.
+    pub announce_port: u16,
+    /// Opt-out blocklist file (one address or CIDR per line); "" = none.
+    pub blocklist_file: PathBuf,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        NetConfig {
+            // Loopback by default: a fresh install must not open a publicly reachable port
+            // before its operator decided to run a measurement. Real scans set
+            // ["0.0.0.0:6881", "[::]:6881"] (incoming peers are the only way to see NAT'd ones).
+            listen: vec![
+                SocketAddr::from(([127, 0, 0, 1], 6881)),
+                "[::1]:6881".parse().expect("literal address"),
+            ],
+            ipv6: true,
+            utp: false,
+            encryption: Encryption::Fallback,
+            announce_port: 6881,
+            blocklist_file: PathBuf::new(),
+        }
+    }
+}
+
+/// `[peer]`: probing and revisiting peers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PeerConfig {
+    /// Completion fraction counted as "downloaded".
+    pub threshold: f64,
+    /// Base interval between visits of one peer, seconds.
+    pub revisit_secs: f64,
+    /// Stop revisiting a peer once it is at or above the threshold.
+    pub stop_at_threshold: bool,
+    /// End a probe after this long without a message, ms.
+    pub quiet_timeout_ms: u64,
+    /// Give up a connect after this long, ms.
+    pub connect_timeout_ms: u64,
+    /// End a probe after this many messages.
+    pub message_cap: u32,
+    /// After a bitfield, wait this long for trailing `have`s, ms.
+    pub bitfield_grace_ms: u64,
+    /// Concurrent probes, all workers together.
+    pub max_in_flight: u32,
+    /// New connections per second, all workers together.
+    pub connects_per_sec: u32,
+    /// First retry delay after a failed probe, seconds.
+    pub retry_backoff_secs: f64,
+    /// Factor applied to the retry delay after each further failure.
+    pub retry_backoff_factor: f64,
+    /// Longest retry delay, seconds.
+    pub retry_backoff_max_secs: f64,
+    /// Drop a peer after this many consecutive failures; 0 = never.
+    pub max_failures: u32,
+    /// Read peer exchange (BEP 11) messages.
+    pub pex: bool,
+    /// First 8 bytes of our peer-id (Azureus style), so peers can tell what we are.
+    pub peer_id_prefix: String,
+}
+
+impl Default for PeerConfig {
+    fn default() -> Self {
+        PeerConfig {
+            threshold: 0.98,
+            revisit_secs: 300.0,
+            stop_at_threshold: true,
+            quiet_timeout_ms: 6000,
+            connect_timeout_ms: 5000,
+            message_cap: 256,
+            bitfield_grace_ms: 500,
+            max_in_flight: 4096,
+            connects_per_sec: 1000,
+            retry_backoff_secs: 300.0,
+            retry_backoff_factor: 2.0,
+            retry_backoff_max_secs: 3600.0,
+            max_failures: 0,
+            pex: true,
+            peer_id_prefix: "-SW0001-".to_string(),
+        }
+    }
+}
+
+/// `[tracker]`: announces and scrapes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrackerConfig {
+    /// Interval between announces to one tracker, seconds.
+    pub announce_secs: f64,
+    /// Use the tracker's `interval` when it asks for a longer one.
+    pub respect_interval: bool,
+    /// Peers asked for per announce.
+    pub numwant: u32,
+    /// Interval between scrapes of one tracker, seconds; 0 = never scrape.
+    pub scrape_secs: f64,
+    /// Request timeout, ms.
+    pub timeout_ms: u64,
+}
+
+impl Default for TrackerConfig {
+    fn default() -> Self {
+        TrackerConfig {
+            announce_secs: 300.0,
+            respect_interval: true,
+            numwant: 200,
+            scrape_secs: 300.0,
+            timeout_ms: 15000,
+        }
+    }
+}
+
+/// `[dht]`: DHT lookups.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DhtConfig {
+    /// Run a DHT node and look torrents up.
+    pub enabled: bool,
+    /// Bootstrap nodes, "host:port".
+    pub bootstrap: Vec<String>,
+    /// Interval between lookups of one torrent, seconds.
+    pub lookup_secs: f64,
+    /// Outgoing DHT queries per second, all workers together.
+    pub queries_per_sec: u32,
+}
+
+impl Default for DhtConfig {
+    fn default() -> Self {
+        DhtConfig {
+            enabled: true,
+            bootstrap: Vec::new(),
+            lookup_secs: 300.0,
+            queries_per_sec: 100,
+        }
+    }
+}
+
+/// `[store]`: the batched writer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Commit after this many records...
+    pub batch_rows: usize,
+    /// ...or this many milliseconds after the first uncommitted record, whichever first.
+    pub batch_ms: u64,
+    /// Records the channel to the writer holds before producers keep them in overflow.
+    pub channel_capacity: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            batch_rows: 5000,
+            batch_ms: 500,
+            channel_capacity: 65536,
+        }
+    }
+}
+
+/// How peer IP addresses are written to the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IpMode {
+    /// The address as it is.
+    Full,
+    /// IPv4 /24 and IPv6 /48 networks only (peers are still told apart by a keyed hash).
+    Truncate,
+    /// A keyed HMAC-SHA256 of the address (hex); the key never leaves the key file.
+    Hmac,
+}
+
+impl IpMode {
+    /// The name used in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IpMode::Full => "full",
+            IpMode::Truncate => "truncate",
+            IpMode::Hmac => "hmac",
+        }
+    }
+}
+
+/// `[privacy]`: anonymisation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PrivacyConfig {
+    /// How IP addresses are stored.
+    pub ip: IpMode,
+    /// HMAC key file (32 random bytes, created if missing); "" = the database path + ".key".
+    pub hmac_key_file: PathBuf,
+}
+
+impl Default for PrivacyConfig {
+    fn default() -> Self {
+        PrivacyConfig {
+            ip: IpMode::Hmac,
+            hmac_key_file: PathBuf::new(),
+        }
+    }
+}
+
+impl Config {
+    /// The HMAC key file actually used: `privacy.hmac_key_file`, or `<database>.key` when empty.
+    pub fn hmac_key_path(&self) -> PathBuf {
+        if self.privacy.hmac_key_file.as_os_str().is_empty() {
+            let mut path = self.database.clone().into_os_string();
+            path.push(".key");
+            PathBuf::from(path)
+        } else {
+            self.privacy.hmac_key_file.clone()
+        }
+    }
+}
+
+/// `[stats]`: periodic statistics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StatsConfig {
+    /// Interval between statistics rows (and log lines), seconds.
+    pub interval_secs: f64,
+}
+
+impl Default for StatsConfig {
+    fn default() -> Self {
+        StatsConfig {
+            interval_secs: 10.0,
+        }
+    }
+}
+
+/// Documentation of every section (printed above `[section]`).
+pub const SECTION_DOCS: &[(&str, &str)] = &[
+    (
+        "engine",
+        "Worker threads (one io_uring each) and ring sizes.",
+    ),
+    (
+        "net",
+        "Sockets: listeners for incoming peers, address families, transports.",
+    ),
+    (
+        "peer",
+        "Probing peers: what counts as downloaded, when to revisit, how long to wait.",
+    ),
+    ("tracker", "HTTP and UDP tracker announces and scrapes."),
+    ("dht", "Mainline DHT (BEP 5) lookups."),
+    (
+        "store",
+        "The SQLite writer thread: records are committed in batches.",
+    ),
+    ("privacy", "How peer addresses are stored."),
+    ("stats", "Periodic statistics (stats table and log)."),
+];
+
+/// Documentation of every key, in the order `swarmscan config` prints them.
+pub const KEY_DOCS: &[(&str, &str)] = &[
+    ("database", "SQLite database file; created if missing, resumed if present."),
+    ("engine.workers", "Worker threads, each with its own io_uring and shard of peers; 0 = one per core."),
+    ("engine.pin_workers", "Pin each worker to its own core."),
+    ("engine.ring_entries", "Submission queue entries per worker ring (power of two)."),
+    ("engine.recv_buffers", "Buffers in each worker's provided-buffer ring (power of two)."),
+    ("engine.recv_buffer_size", "Size of one receive buffer, bytes."),
+    (
+        "net.listen",
+        "TCP listeners for incoming peers (the only way to see peers behind NAT).\n\
+         Loopback by default so that nothing is reachable from outside until you decide;\n\
+         for a real scan use [\"0.0.0.0:6881\", \"[::]:6881\"].",
+    ),
+    ("net.ipv6", "Probe IPv6 peers too."),
+    ("net.utp", "Probe over uTP (BEP 29) as well as TCP."),
+    (
+        "net.encryption",
+        "Protocol encryption (MSE/PE): \"off\", \"fallback\" (plaintext first, MSE when it fails),\n\
+         \"prefer\" (MSE first, plaintext when it fails) or \"require\". What worked is remembered per peer.",
+    ),
+    ("net.announce_port", "Port announced to trackers and sent to peers in the `port` message."),
+    ("net.blocklist_file", "Opt-out blocklist: one address or CIDR per line, never contacted; \"\" = none."),
+    ("peer.threshold", "Completion fraction in (0, 1] counted as downloaded (thesis: 0.98, since clients often quit on finishing)."),
+    ("peer.revisit_secs", "Base interval between two visits of one peer, seconds (fractions allowed)."),
+    ("peer.stop_at_threshold", "Stop revisiting a peer once it is at or above the threshold."),
+    ("peer.quiet_timeout_ms", "End a probe after this long without a message, ms (6 s covered 93.9 % of message gaps in the thesis)."),
+    ("peer.connect_timeout_ms", "Give up a connect after this long, ms."),
+    ("peer.message_cap", "End a probe after this many messages."),
+    ("peer.bitfield_grace_ms", "After the bitfield, wait this long for trailing `have` messages, ms."),
+    ("peer.max_in_flight", "Concurrent probes, all workers together."),
+    ("peer.connects_per_sec", "New outgoing connections per second, all workers together."),
+    ("peer.retry_backoff_secs", "Retry delay after a failed probe, seconds."),
+    ("peer.retry_backoff_factor", "Factor applied to the retry delay after each further consecutive failure (>= 1)."),
+    ("peer.retry_backoff_max_secs", "Longest retry delay, seconds."),
+    ("peer.max_failures", "Forget a peer after this many consecutive failures; 0 = keep retrying forever."),
+    ("peer.pex", "Read peer exchange (BEP 11) messages as a peer source."),
+    ("peer.peer_id_prefix", "First 8 bytes of our peer-id (Azureus style \"-XXnnnn-\"), so peers can see what we are."),
+    ("tracker.announce_secs", "Interval between announces to one tracker, seconds."),
+    ("tracker.respect_interval", "Wait the tracker's own `interval` instead when it is longer."),
+    ("tracker.numwant", "Peers asked for per announce."),
+    ("tracker.scrape_secs", "Interval between scrapes of one tracker, seconds; 0 = never scrape."),
+    ("tracker.timeout_ms", "Timeout of one tracker request, ms."),
+    ("dht.enabled", "Run a DHT node and look the torrents up."),
+    (
+        "dht.bootstrap",
+        "Bootstrap nodes as \"host:port\". Empty by default (nothing is contacted unless you say so);\n\
+         public routers are e.g. \"router.bittorrent.com:6881\" and \"dht.transmissionbt.com:6881\".",
+    ),
+    ("dht.lookup_secs", "Interval between get_peers lookups of one torrent, seconds."),
+    ("dht.queries_per_sec", "Outgoing DHT queries per second, all workers together."),
+    ("store.batch_rows", "Commit after this many records..."),
+    ("store.batch_ms", "...or this many ms after the first uncommitted record, whichever comes first."),
+    (
+        "store.channel_capacity",
+        "Records the channel to the writer holds; when it is full, producers keep records in their\n\
+         own overflow and retry (counted as writer back-pressure), they never block or drop.",
+    ),
+    (
+        "privacy.ip",
+        "How peer IP addresses are stored: \"full\", \"truncate\" (IPv4 /24, IPv6 /48; peers told apart\n\
+         by a keyed hash) or \"hmac\" (keyed HMAC-SHA256, hex). A database keeps the mode it was made with.",
+    ),
+    ("privacy.hmac_key_file", "HMAC key file (32 random bytes, created if missing); \"\" = the database path + \".key\"."),
+    ("stats.interval_secs", "Interval between statistics rows and log lines, seconds."),
+];
+
+/// A configuration error; the message names the key (or file) at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML.
+    #[error("config file {path} is not valid TOML: {message}")]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// The TOML parser's message.
+        message: String,
+    },
+    /// A `--set` argument without `=`.
+    #[error("--set {0:?}: expected KEY=VALUE, e.g. --set peer.threshold=0.9")]
+    SetSyntax(String),
+    /// A key that does not exist.
+    #[error("unknown config key `{key}`{hint}")]
+    UnknownKey {
+        /// The dotted key.
+        key: String,
+        /// " (did you mean `...`?)" or "".
+        hint: String,
+    },
+    /// A value of the wrong type or form.
+    #[error("config key `{key}`: {message}")]
+    Invalid {
+        /// The dotted key.
+        key: String,
+        /// What was wrong.
+        message: String,
+    },
+}
+
+impl Config {
+    /// Loads `file` (or the defaults when `None`) and applies `overrides` (`"section.key=value"`).
+    pub fn load(file: Option<&Path>, overrides: &[String]) -> Result<Config, ConfigError> {
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                text.parse::<toml::Table>()
+                    .map_err(|e| ConfigError::Syntax {
+                        path: path.to_path_buf(),
+                        message: e.to_string(),
+                    })?
+            }
+            None => toml::Table::new(),
+        };
+        for set in overrides {
+            let (key, value) = parse_set(set)?;
+            insert_dotted(&mut table, &key, value)?;
+        }
+        Config::from_table(table)
+    }
+
+    /// Parses a configuration from TOML text (no overrides).
+    pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
+        let table = text
+            .parse::<toml::Table>()
+            .map_err(|e| ConfigError::Syntax {
+                path: PathBuf::from("<string>"),
+                message: e.to_string(),
+            })?;
+        Config::from_table(table)
+    }
+
+    /// Builds a configuration from a parsed table: unknown keys and type errors name the key.
+    pub fn from_table(table: toml::Table) -> Result<Config, ConfigError> {
+        let defaults = default_table();
+        let mut leaves = Vec::new();
+        collect_leaves(&table, "", &mut leaves);
+        let mut merged = defaults.clone();
+        for (key, value) in leaves {
+            let default_value = lookup(&defaults, &key).ok_or_else(|| unknown_key(&key))?;
+            if default_value.is_table() {
+                // Only reached for an empty table given for a section (`peer = {}`): nothing to set.
+                if value.as_table().is_some_and(|t| t.is_empty()) {
+                    continue;
+                }
+                return Err(ConfigError::Invalid {
+                    key,
+                    message: "expected a table (section)".to_string(),
+                });
+            }
+            // Each leaf is tried alone over the defaults so that a deserialisation error can
+            // name the key it came from (the TOML deserialiser of a table has no path).
+            let mut trial = defaults.clone();
+            insert_dotted(&mut trial, &key, value.clone())?;
+            if let Err(e) = trial.try_into::<Config>() {
+                return Err(ConfigError::Invalid {
+                    key,
+                    message: clean_serde_message(&e.to_string()),
+                });
+            }
+            insert_dotted(&mut merged, &key, value)?;
+        }
+        let config: Config = merged.try_into().map_err(|e| ConfigError::Invalid {
+            key: "<config>".to_string(),
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks value ranges; the error names the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn bad(key: &str, message: &str) -> Result<(), ConfigError> {
+            Err(ConfigError::Invalid {
+                key: key.to_string(),
+                message: message.to_string(),
+            })
+        }
+        fn positive_secs(key: &str, v: f64) -> Result<(), ConfigError> {
+            if !(v.is_finite() && v > 0.0) {
+                return bad(
+                    key,
+                    &format!("must be a positive number of seconds, got {v}"),
+                );
+            }
+            Ok(())
+        }
+        let p = &self.peer;
+        if !(p.threshold > 0.0 && p.threshold <= 1.0) {
+            return bad(
+                "peer.threshold",
+                &format!("must be in (0, 1], got {}", p.threshold),
+            );
+        }
+        positive_secs("peer.revisit_secs", p.revisit_secs)?;
+        positive_secs("peer.retry_backoff_secs", p.retry_backoff_secs)?;
+        positive_secs("peer.retry_backoff_max_secs", p.retry_backoff_max_secs)?;
+        if !(p.retry_backoff_factor.is_finite() && p.retry_backoff_factor >= 1.0) {
+            return bad(
+                "peer.retry_backoff_factor",
+                &format!("must be >= 1, got {}", p.retry_backoff_factor),
+            );
+        }
+        if p.retry_backoff_max_secs < p.retry_backoff_secs {
+            return bad(
+                "peer.retry_backoff_max_secs",
+                "must be >= peer.retry_backoff_secs",
+            );
+        }
+        for (key, v) in [
+            ("peer.quiet_timeout_ms", p.quiet_timeout_ms),
+            ("peer.connect_timeout_ms", p.connect_timeout_ms),
+            ("tracker.timeout_ms", self.tracker.timeout_ms),
+            ("store.batch_ms", self.store.batch_ms),
+        ] {
+            if v == 0 {
+                return bad(key, "must be > 0 ms");
+            }
+        }
+        for (key, v) in [
+            ("peer.message_cap", p.message_cap as u64),
+            ("peer.max_in_flight", p.max_in_flight as u64),
+            ("peer.connects_per_sec", p.connects_per_sec as u64),
+            ("tracker.numwant", self.tracker.numwant as u64),
+            ("dht.queries_per_sec", self.dht.queries_per_sec as u64),
+            ("store.batch_rows", self.store.batch_rows as u64),
+            ("store.channel_capacity", self.store.channel_capacity as u64),
+            (
+                "engine.recv_buffer_size",
+                self.engine.recv_buffer_size as u64,
+            ),
+        ] {
+            if v == 0 {
+                return bad(key, "must be > 0");
+            }
+        }
+        for (key, v) in [
+            ("engine.ring_entries", self.engine.ring_entries),
+            ("engine.recv_buffers", self.engine.recv_buffers),
+        ] {
+            if !v.is_power_of_two() || v > 32768 {
+                return bad(key, &format!("must be a power of two up to 32768, got {v}"));
+            }
+        }
+        if p.peer_id_prefix.len() > 20 {
+            return bad(
+                "peer.peer_id_prefix",
+                "must be at most 20 bytes (a peer-id is 20 bytes)",
+            );
+        }
+        positive_secs("tracker.announce_secs", self.tracker.announce_secs)?;
+        if !(self.tracker.scrape_secs.is_finite() && self.tracker.scrape_secs >= 0.0) {
+            return bad("tracker.scrape_secs", "must be >= 0 (0 = never scrape)");
+        }
+        positive_secs("dht.lookup_secs", self.dht.lookup_secs)?;
+        positive_secs("stats.interval_secs", self.stats.interval_secs)?;
+        if self.database.as_os_str().is_empty() {
+            return bad("database", "must not be empty");
+        }
+        Ok(())
+    }
+
+    /// The documented default configuration as TOML text (what `swarmscan config` prints).
+    pub fn default_toml() -> String {
+        let defaults = default_table();
+        let mut out = String::new();
+        out.push_str(
+            "# swarmscan configuration. Every key is optional; shown here with its default.\n\
+             # Override single keys on the command line: --set section.key=value\n",
+        );
+        let mut current_section = "";
+        for (key, doc) in KEY_DOCS {
+            let (section, name) = match key.split_once('.') {
+                Some((s, n)) => (s, n),
+                None => ("", *key),
+            };
+            if section != current_section {
+                current_section = section;
+                let section_doc = SECTION_DOCS
+                    .iter()
+                    .find(|(s, _)| *s == section)
+                    .map(|(_, d)| *d)
+                    .unwrap_or("");
+                out.push('\n');
+                for line in section_doc.lines() {
+                    let _ = writeln!(out, "# {line}");
+                }
+                let _ = writeln!(out, "[{section}]");
+            } else {
+                out.push('\n');
+            }
+            for line in doc.lines() {
+                let _ = writeln!(out, "# {line}");
+            }
+            let value = lookup(&defaults, key).expect("KEY_DOCS names a key of Config");
+            let _ = writeln!(out, "{name} = {value}");
+        }
+        out
+    }
+}
+
+/// `Config::default()` as a TOML table.
+fn default_table() -> toml::Table {
+    toml::Table::try_from(Config::default()).expect("the default config serialises")
+}
+
+/// Splits `key=value`; the value is a TOML value, or a string when it is not valid TOML or
+/// when the key holds a string and the value was not written as a TOML string.
+pub fn parse_set(arg: &str) -> Result<(String, toml::Value), ConfigError> {
+    let (key, raw) = arg
+        .split_once('=')
+        .ok_or_else(|| ConfigError::SetSyntax(arg.to_string()))?;
+    let key = key.trim();
+    if key.is_empty() || key.split('.').any(str::is_empty) {
+        return Err(ConfigError::SetSyntax(arg.to_string()));
+    }
+    let raw_trimmed = raw.trim();
+    let parsed = format!("v = {raw_trimmed}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"));
+    let target_is_string = lookup(&default_table(), key).is_some_and(|v| v.is_str());
+    let value = match parsed {
+        Some(v) if !(target_is_string && !v.is_str()) => v,
+        _ => toml::Value::String(raw.to_string()),
+    };
+    Ok((key.to_string(), value))
+}
+
+/// Sets `value` at the dotted path, creating sections as needed.
+fn insert_dotted(
+    table: &mut toml::Table,
+    key: &str,
+    value: toml::Value,
+) -> Result<(), ConfigError> {
+    let mut parts: Vec<&str> = key.split('.').collect();
+    let last = parts.pop().expect("split yields at least one part");
+    let mut current = table;
+    let mut walked = String::new();
+    for part in parts {
+        if !walked.is_empty() {
+            walked.push('.');
+        }
+        walked.push_str(part);
+        let entry = current
+            .entry(part.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        current = match entry {
+            toml::Value::Table(t) => t,
+            _ => {
+                return Err(match lookup(&default_table(), &walked) {
+                    Some(v) if !v.is_table() => unknown_key(key),
+                    _ => ConfigError::Invalid {
+                        key: walked,
+                        message: "expected a table (section)".to_string(),
+                    },
+                })
+            }
+        };
+    }
+    current.insert(last.to_string(), value);
+    Ok(())
+}
+
+/// The value at a dotted path.
+fn lookup<'a>(table: &'a toml::Table, key: &str) -> Option<&'a toml::Value> {
+    let mut parts = key.split('.');
+    let mut value = table.get(parts.next()?)?;
+    for part in parts {
+        value = value.as_table()?.get(part)?;
+    }
+    Some(value)
+}
+
+/// Every leaf (non-table value, or empty table) of `table` with its dotted path.
+fn collect_leaves(table: &toml::Table, prefix: &str, out: &mut Vec<(String, toml::Value)>) {
+    for (k, v) in table {
+        let path = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        match v {
+            toml::Value::Table(t) if !t.is_empty() => collect_leaves(t, &path, out),
+            _ => out.push((path, v.clone())),
+        }
+    }
+}
+
+fn unknown_key(key: &str) -> ConfigError {
+    let best = KEY_DOCS
+        .iter()
+        .map(|(k, _)| (edit_distance(k, key), *k))
+        .filter(|(d, _)| *d <= 3)
+        .min_by_key(|(d, _)| *d);
+    let hint = best
+        .map(|(_, k)| format!(" (did you mean `{k}`?)"))
+        .unwrap_or_default();
+    ConfigError::UnknownKey {
+        key: key.to_string(),
+        hint,
+    }
+}
+
+/// Levenshtein distance, for "did you mean" hints.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = if ca == *cb {
+                prev
+            } else {
+                1 + prev.min(cur).min(row[j])
+            };
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+/// Drops the TOML deserialiser's line breaks (its location preamble is meaningless here).
+fn clean_serde_message(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `--config FILE` and `--set KEY=VALUE`, shared by every subcommand that touches the database.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct ConfigArgs {
+    /// TOML configuration file (see `swarmscan config` for every key and its default).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Override one key, e.g. --set peer.threshold=0.9 or --set database=scan.sqlite (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+}
+
+impl ConfigArgs {
+    /// Loads the file (if any) and applies the overrides.
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        Config::load(self.config.as_deref(), &self.set)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    fn set(args: &[&str]) -> Result<Config, ConfigError> {
+        Config::load(
+            None,
+            &args.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        )
+    }
+
+    #[test]
+    fn printed_default_parses_back_to_default() {
+        let text = Config::default_toml();
+        let parsed = Config::from_toml_str(&text).unwrap();
+        assert_eq!(parsed, Config::default());
+        // Every key line has a comment line right above it.
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            if line.contains(" = ") && !line.starts_with('#') {
+                assert!(lines[i - 1].starts_with('#'), "undocumented line {line:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_key_has_a_doc_and_every_doc_a_key() {
+        let mut leaves = Vec::new();
+        collect_leaves(&default_table(), "", &mut leaves);
+        let keys: BTreeSet<String> = leaves.into_iter().map(|(k, _)| k).collect();
+        let docs: BTreeSet<String> = KEY_DOCS.iter().map(|(k, _)| k.to_string()).collect();
+        assert_eq!(keys, docs);
+        assert_eq!(docs.len(), KEY_DOCS.len(), "a key is documented twice");
+        let sections: BTreeSet<&str> = KEY_DOCS
+            .iter()
+            .filter_map(|(k, _)| k.split_once('.'))
+            .map(|(s, _)| s)
+            .collect();
+        let section_docs: BTreeSet<&str> = SECTION_DOCS.iter().map(|(s, _)| *s).collect();
+        assert_eq!(sections, section_docs);
+    }
+
+    #[test]
+    fn default_is_valid_and_has_the_briefed_values() {
+        let c = Config::default();
+        c.validate().unwrap();
+        assert_eq!(c.database, PathBuf::from("swarmscan.sqlite"));
+        assert_eq!(c.peer.threshold, 0.98);
+        assert_eq!(c.peer.revisit_secs, 300.0);
+        assert_eq!(c.peer.quiet_timeout_ms, 6000);
+        assert_eq!(c.peer.message_cap, 256);
+        assert_eq!(c.tracker.announce_secs, 300.0);
+        assert_eq!(c.privacy.ip, IpMode::Hmac);
+        assert!(c.net.listen.iter().all(|a| a.ip().is_loopback()));
+    }
+
+    #[test]
+    fn set_overrides_with_toml_values_and_bare_strings() {
+        let c = set(&[
+            "peer.threshold=0.9",
+            "net.listen=[\"127.0.0.1:7000\"]",
+            "database=\"scan.sqlite\"",
+            "privacy.ip=truncate",
+            "peer.revisit_secs=2",
+            "stats.interval_secs=0.5",
+        ])
+        .unwrap();
+        assert_eq!(c.peer.threshold, 0.9);
+        assert_eq!(
+            c.net.listen,
+            vec!["127.0.0.1:7000".parse::<SocketAddr>().unwrap()]
+        );
+        assert_eq!(c.database, PathBuf::from("scan.sqlite"));
+        assert_eq!(c.privacy.ip, IpMode::Truncate);
+        assert_eq!(c.peer.revisit_secs, 2.0);
+        assert_eq!(c.stats.interval_secs, 0.5);
+        // Bare word that is not TOML → string; a number given to a string key → string.
+        assert_eq!(
+            set(&["database=scan.sqlite"]).unwrap().database,
+            PathBuf::from("scan.sqlite")
+        );
+        assert_eq!(
+            set(&["database=2024"]).unwrap().database,
+            PathBuf::from("2024")
+        );
+        // Untouched keys keep their defaults.
+        assert_eq!(c.peer.quiet_timeout_ms, 6000);
+    }
+
+    #[test]
+    fn file_and_set_merge_and_set_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "database = \"a.sqlite\"\n[peer]\nthreshold = 0.5\nmessage_cap = 10\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&path), &["peer.threshold=0.75".to_string()]).unwrap();
+        assert_eq!(c.database, PathBuf::from("a.sqlite"));
+        assert_eq!(c.peer.threshold, 0.75);
+        assert_eq!(c.peer.message_cap, 10);
+        assert_eq!(c.peer.revisit_secs, 300.0);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = set(&["peer.treshold=0.9"]).unwrap_err().to_string();
+        assert!(e.contains("unknown config key `peer.treshold`"), "{e}");
+        assert!(e.contains("did you mean `peer.threshold`"), "{e}");
+        let e = Config::from_toml_str("[nope]\nx = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown config key `nope.x`"), "{e}");
+        let e = Config::from_toml_str("databse = \"x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`databse`"), "{e}");
+        // A key below a non-section key.
+        let e = set(&["database.x=1"]).unwrap_err().to_string();
+        assert!(e.contains("unknown config key `database.x`"), "{e}");
+    }
+
+    #[test]
+    fn type_errors_name_key_and_expected_type() {
+        let e = set(&["peer.threshold=\"high\""]).unwrap_err().to_string();
+        assert!(e.contains("`peer.threshold`") && e.contains("f64"), "{e}");
+        let e = set(&["peer.message_cap=-1"]).unwrap_err().to_string();
+        assert!(e.contains("`peer.message_cap`"), "{e}");
+        let e = set(&["net.listen=[\"not an address\"]"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`net.listen`") && e.contains("socket address"),
+            "{e}"
+        );
+        let e = set(&["privacy.ip=everything"]).unwrap_err().to_string();
+        assert!(e.contains("`privacy.ip`") && e.contains("hmac"), "{e}");
+        let e = Config::from_toml_str("peer = 3\n").unwrap_err().to_string();
+        assert!(e.contains("`peer`") && e.contains("table"), "{e}");
+    }
+
+    #[test]
+    fn ranges_are_checked_with_the_key_named() {
+        for (arg, key) in [
+            ("peer.threshold=0", "peer.threshold"),
+            ("peer.threshold=1.5", "peer.threshold"),
+            ("peer.revisit_secs=0", "peer.revisit_secs"),
+            ("peer.revisit_secs=-3", "peer.revisit_secs"),
+            ("peer.quiet_timeout_ms=0", "peer.quiet_timeout_ms"),
+            ("store.batch_rows=0", "store.batch_rows"),
+            ("engine.ring_entries=1000", "engine.ring_entries"),
+            ("peer.retry_backoff_factor=0.5", "peer.retry_backoff_factor"),
+        ] {
+            let e = set(&[arg]).unwrap_err().to_string();
+            assert!(e.contains(&format!("`{key}`")), "{arg}: {e}");
+        }
+        assert!(set(&["peer.threshold=1"]).is_ok());
+    }
+
+    #[test]
+    fn malformed_set_and_file_errors() {
+        assert!(matches!(
+            set(&["peer.threshold"]),
+            Err(ConfigError::SetSyntax(_))
+        ));
+        assert!(matches!(set(&["=1"]), Err(ConfigError::SetSyntax(_))));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "[peer\n").unwrap();
+        let e = Config::load(Some(&path), &[]).unwrap_err().to_string();
+        assert!(
+            e.contains("bad.toml") && e.contains("not valid TOML"),
+            "{e}"
+        );
+        let e = Config::load(Some(&dir.path().join("missing.toml")), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("missing.toml"), "{e}");
+    }
+
+    #[test]
+    fn key_file_defaults_next_to_the_database() {
+        let c = set(&["database=/tmp/x/scan.sqlite"]).unwrap();
+        assert_eq!(c.hmac_key_path(), PathBuf::from("/tmp/x/scan.sqlite.key"));
+        let c = set(&["privacy.hmac_key_file=/k"]).unwrap();
+        assert_eq!(c.hmac_key_path(), PathBuf::from("/k"));
+    }
+}

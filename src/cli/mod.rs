@@ -1,6 +1,8 @@
 //! Command-line interface.
 
+pub mod config_cmd;
 pub mod inspect;
+pub mod report_cmd;
 
 use clap::{Parser, Subcommand};
 
@@ -21,6 +23,12 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Benchmarks: probe throughput of the engine against a fake swarm.
     Bench(crate::engine::bench::BenchArgs),
+    /// Print the documented default configuration (or the effective one with --config/--set; --check FILE validates).
+    Config(config_cmd::ConfigCmdArgs),
+    /// Confirmed downloads per torrent, peer sources and probe outcomes (thesis tables 5.5-5.7).
+    Report(report_cmd::ReportArgs),
+    /// One line per peer: address, progress, threshold crossing, source, client, transport.
+    Peers(report_cmd::PeersArgs),
 }
 
 /// Runs the CLI and returns the process exit code.
@@ -35,5 +43,8 @@ pub fn main() -> i32 {
     match cli.command {
         Command::Inspect(args) => inspect::run(&args),
         Command::Bench(args) => crate::engine::bench::run(&args),
+        Command::Config(args) => config_cmd::run(&args),
+        Command::Report(args) => report_cmd::run_report(&args),
+        Command::Peers(args) => report_cmd::run_peers(&args),
     }
 }

@@ -1,1 +1,616 @@
-//! SQLite store: schema, migrations, batched writer thread, report queries. (to be written)
+//! SQLite store: schema and migrations, the batched writer thread, report queries.
+//!
+//! * [`Store`] opens (or creates) a database, migrates it to the current schema, registers
+//!   torrents, and answers read queries ([`Store::load_peers`] for restart resume, the
+//!   [`report`] functions, [`Store::for_each_peer`]).
+//! * [`Writer`] takes the connection over and runs it on one thread; producers send
+//!   [`Record`]s through [`RecordSender`]s (never blocking, never dropping).
+//!
+//! Times are Unix milliseconds (`INTEGER`). Progress values are fractions 0..=1 (`REAL`).
+//! Peer addresses are stored as the configured [`anon::Anonymizer`] says (`privacy.ip`); a
+//! database remembers the mode and key fingerprint it was made with and refuses another.
+
+pub mod anon;
+pub mod record;
+pub mod report;
+pub mod rules;
+pub mod writer;
+
+pub use record::*;
+pub use writer::{RecordSender, Writer, WriterCounts, WriterHandle, WriterMetrics, WriterOptions};
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+/// Schema version this build writes (`PRAGMA user_version`).
+pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
+
+/// Migration steps: `MIGRATIONS[i]` takes a database from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[
+    // v1: initial schema.
+    r#"
+    CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    CREATE TABLE torrents (
+        id           INTEGER PRIMARY KEY,
+        info_hash_v1 TEXT UNIQUE,            -- 40 hex digits
+        info_hash_v2 TEXT UNIQUE,            -- 64 hex digits
+        name         TEXT,
+        piece_count  INTEGER,
+        piece_length INTEGER,
+        total_size   INTEGER,
+        source       TEXT NOT NULL,          -- file | magnet | hash
+        added_at     INTEGER NOT NULL,
+        CHECK (info_hash_v1 IS NOT NULL OR info_hash_v2 IS NOT NULL)
+    );
+    CREATE TABLE peers (
+        id                   INTEGER PRIMARY KEY,
+        torrent_id           INTEGER NOT NULL REFERENCES torrents(id),
+        ip_key               TEXT NOT NULL,  -- identity (address, or keyed hash)
+        ip                   TEXT NOT NULL,  -- as shown: address, network or keyed hash
+        port                 INTEGER NOT NULL,
+        ipv6                 INTEGER NOT NULL,
+        peer_id              TEXT,           -- hex
+        client               TEXT,
+        sources              INTEGER NOT NULL, -- bit mask of PeerSource
+        first_source         INTEGER NOT NULL, -- PeerSource bit, 0 = unknown
+        first_seen_at        INTEGER NOT NULL,
+        first_contact_at     INTEGER,
+        first_progress       REAL,
+        last_contact_at      INTEGER,
+        last_progress        REAL,
+        last_have            INTEGER,
+        below_at             INTEGER,        -- last contact below the threshold (before crossing)
+        below_progress       REAL,
+        above_at             INTEGER,        -- first contact at or above the threshold
+        above_progress       REAL,
+        crossed_at           INTEGER,        -- interpolated crossing time (confirmed peers)
+        confirmed            INTEGER NOT NULL DEFAULT 0,
+        attempts             INTEGER NOT NULL DEFAULT 0,
+        contacts             INTEGER NOT NULL DEFAULT 0,
+        failures             INTEGER NOT NULL DEFAULT 0,
+        consecutive_failures INTEGER NOT NULL DEFAULT 0,
+        last_attempt_at      INTEGER,
+        max_speed            REAL,           -- pieces per second between two contacts
+        transport            INTEGER NOT NULL DEFAULT 0, -- union of Transport flags seen
+        last_error           TEXT,
+        next_visit_at        INTEGER,
+        UNIQUE (torrent_id, ip_key, port)
+    );
+    CREATE INDEX peers_by_torrent_confirmed ON peers (torrent_id, confirmed);
+    CREATE INDEX peers_by_sources ON peers (sources);
+    CREATE TABLE discovery_requests (
+        id          INTEGER PRIMARY KEY,
+        at          INTEGER NOT NULL,
+        torrent_id  INTEGER NOT NULL REFERENCES torrents(id),
+        source      INTEGER NOT NULL,        -- PeerSource bit
+        tracker     TEXT,
+        received    INTEGER NOT NULL,
+        new         INTEGER NOT NULL,
+        duplicate   INTEGER NOT NULL,
+        duration_ms INTEGER NOT NULL,
+        error       TEXT
+    );
+    CREATE INDEX discovery_by_source_time ON discovery_requests (source, at);
+    CREATE TABLE scrapes (
+        id         INTEGER PRIMARY KEY,
+        at         INTEGER NOT NULL,
+        torrent_id INTEGER NOT NULL REFERENCES torrents(id),
+        tracker    TEXT NOT NULL,
+        complete   INTEGER NOT NULL,
+        incomplete INTEGER NOT NULL,
+        downloaded INTEGER NOT NULL
+    );
+    CREATE INDEX scrapes_by_torrent_tracker_time ON scrapes (torrent_id, tracker, at);
+    CREATE TABLE outcome_counts (
+        torrent_id INTEGER NOT NULL REFERENCES torrents(id),
+        event      TEXT NOT NULL,            -- first_contact | later_contact | incoming
+        class      TEXT NOT NULL,            -- success | ErrorClass name
+        count      INTEGER NOT NULL,
+        PRIMARY KEY (torrent_id, event, class)
+    ) WITHOUT ROWID;
+    CREATE TABLE gap_histogram (
+        bucket_ms INTEGER PRIMARY KEY,       -- longest message gap per contact, 100 ms buckets
+        count     INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE stats (
+        at                  INTEGER NOT NULL,
+        peers_known         INTEGER NOT NULL,
+        in_flight           INTEGER NOT NULL,
+        probes_per_sec      REAL NOT NULL,
+        confirmed           INTEGER NOT NULL,
+        due_queue           INTEGER NOT NULL,
+        writer_overflow     INTEGER NOT NULL,
+        writer_backpressure INTEGER NOT NULL,
+        rss_bytes           INTEGER NOT NULL,
+        cpu_percent         REAL NOT NULL
+    );
+    CREATE INDEX stats_by_time ON stats (at);
+    CREATE TABLE runs (
+        id         INTEGER PRIMARY KEY,
+        started_at INTEGER,                  -- earliest activity record of this run
+        ended_at   INTEGER,                  -- latest activity record of this run
+        version    TEXT NOT NULL,
+        records    INTEGER NOT NULL DEFAULT 0
+    );
+    "#,
+];
+
+/// A store error; messages name the database file.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database file does not exist (read-only commands do not create one).
+    #[error("database {0} does not exist (set `database` in the config or --set database=FILE)")]
+    Missing(PathBuf),
+    /// The file is not an SQLite database.
+    #[error("{0} is not an SQLite database")]
+    NotADatabase(PathBuf),
+    /// Written by a newer swarmscan.
+    #[error("database schema version {found} is newer than this swarmscan ({supported}); upgrade swarmscan")]
+    TooNew {
+        /// Version in the file.
+        found: u32,
+        /// Version this build writes.
+        supported: u32,
+    },
+    /// Made with another `privacy.ip` mode or key.
+    #[error("database {path} was made with {what} {stored}, the configuration gives {configured}; peers would not match — use another database")]
+    PrivacyMismatch {
+        /// The database.
+        path: PathBuf,
+        /// "privacy.ip" or "HMAC key fingerprint".
+        what: &'static str,
+        /// What the database says.
+        stored: String,
+        /// What the configuration says.
+        configured: String,
+    },
+    /// No torrent with this info-hash.
+    #[error("no torrent with info-hash {0} in the database")]
+    UnknownTorrent(String),
+    /// Key file problem.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// SQLite said no.
+    #[error("database {path}: {source}")]
+    Sqlite {
+        /// The database.
+        path: PathBuf,
+        /// The SQLite error.
+        source: rusqlite::Error,
+    },
+}
+
+/// An open, migrated database.
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+/// A peer's resume information (see [`Store::load_peers`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerResume {
+    /// Torrent.
+    pub torrent_id: TorrentId,
+    /// Stored identity of the address ([`anon::StoredIp::key`]); compare it with the
+    /// anonymiser's output for a rediscovered address.
+    pub ip_key: String,
+    /// Port.
+    pub port: u16,
+    /// The address itself: only in `privacy.ip = "full"` databases (otherwise peers come back
+    /// through discovery and are matched by `ip_key`).
+    pub addr: Option<SocketAddr>,
+    /// When the next visit was due.
+    pub next_visit_at: Option<UnixMs>,
+    /// Whether the peer was ever reached.
+    pub contacted: bool,
+    /// Latest known progress.
+    pub last_progress: Option<f64>,
+    /// Confirmed download.
+    pub confirmed: bool,
+    /// Consecutive failed attempts (for back-off).
+    pub consecutive_failures: u32,
+}
+
+/// A torrent row.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct TorrentRow {
+    /// Row id.
+    pub id: TorrentId,
+    /// v1 info-hash, hex.
+    pub info_hash_v1: Option<String>,
+    /// v2 info-hash, hex.
+    pub info_hash_v2: Option<String>,
+    /// Name.
+    pub name: Option<String>,
+    /// Pieces.
+    pub piece_count: Option<u32>,
+    /// Piece length.
+    pub piece_length: Option<i64>,
+    /// Size.
+    pub total_size: Option<i64>,
+    /// file | magnet | hash.
+    pub source: String,
+    /// When added.
+    pub added_at: UnixMs,
+}
+
+impl TorrentRow {
+    /// The v1 info-hash if there is one, else the v2 one.
+    pub fn info_hash(&self) -> String {
+        self.info_hash_v1
+            .clone()
+            .or_else(|| self.info_hash_v2.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// One line of `swarmscan peers`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct PeerRow {
+    /// Torrent info-hash (v1, else v2).
+    pub info_hash: String,
+    /// Address as stored (full, network or keyed hash).
+    pub ip: String,
+    /// Port.
+    pub port: u16,
+    /// First time any source reported the peer.
+    pub first_seen_at: UnixMs,
+    /// Latest successful contact with known progress.
+    pub last_seen_at: Option<UnixMs>,
+    /// First successful contact with known progress.
+    pub first_contact_at: Option<UnixMs>,
+    /// Its progress (0..1).
+    pub first_progress: Option<f64>,
+    /// Latest progress (0..1).
+    pub last_progress: Option<f64>,
+    /// Estimated threshold crossing time.
+    pub crossed_at: Option<UnixMs>,
+    /// Confirmed download.
+    pub confirmed: bool,
+    /// Every source that reported it, "+"-joined.
+    pub sources: String,
+    /// The first source.
+    pub first_source: String,
+    /// Client name.
+    pub client: Option<String>,
+    /// Transports seen, "+"-joined.
+    pub transport: String,
+    /// Successful contacts.
+    pub contacts: i64,
+    /// Failed attempts.
+    pub failures: i64,
+    /// Highest speed between two contacts, pieces per second.
+    pub max_speed: Option<f64>,
+    /// Latest error class.
+    pub last_error: Option<String>,
+}
+
+fn is_not_a_database(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::NotADatabase)
+}
+
+impl Store {
+    /// Opens `path`, creating the database if it does not exist, and migrates it.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        Store::open_with(path, true)
+    }
+
+    /// Opens an existing database (error [`StoreError::Missing`] if there is none) and migrates it.
+    pub fn open_existing(path: &Path) -> Result<Store, StoreError> {
+        if !path.exists() {
+            return Err(StoreError::Missing(path.to_path_buf()));
+        }
+        Store::open_with(path, false)
+    }
+
+    fn open_with(path: &Path, create: bool) -> Result<Store, StoreError> {
+        let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        if create {
+            flags |= OpenFlags::SQLITE_OPEN_CREATE;
+        }
+        let sql_err = |source: rusqlite::Error| {
+            if is_not_a_database(&source) {
+                StoreError::NotADatabase(path.to_path_buf())
+            } else {
+                StoreError::Sqlite {
+                    path: path.to_path_buf(),
+                    source,
+                }
+            }
+        };
+        let conn = Connection::open_with_flags(path, flags).map_err(sql_err)?;
+        // Reading the version is the first access to the file: a non-SQLite file fails here.
+        let version: u32 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(sql_err)?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::TooNew {
+                found: version,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(sql_err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(sql_err)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(sql_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(sql_err)?;
+        let mut store = Store {
+            conn,
+            path: path.to_path_buf(),
+        };
+        store.migrate(version)?;
+        Ok(store)
+    }
+
+    fn migrate(&mut self, from: u32) -> Result<(), StoreError> {
+        for (step, sql) in MIGRATIONS.iter().enumerate().skip(from as usize) {
+            let path = self.path.clone();
+            let err = |source| StoreError::Sqlite {
+                path: path.clone(),
+                source,
+            };
+            let tx = self.conn.transaction().map_err(err)?;
+            tx.execute_batch(sql).map_err(err)?;
+            tx.pragma_update(None, "user_version", step as u32 + 1)
+                .map_err(err)?;
+            tx.commit().map_err(err)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn err(&self, source: rusqlite::Error) -> StoreError {
+        StoreError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The schema version of the open database.
+    pub fn schema_version(&self) -> Result<u32, StoreError> {
+        self.conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| self.err(e))
+    }
+
+    /// The underlying connection (for tests and ad-hoc queries).
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// Checks that the database was made with this anonymiser's mode and key, recording them
+    /// in a fresh database.
+    pub fn check_privacy(&self, anonymizer: &anon::Anonymizer) -> Result<(), StoreError> {
+        let mode = anonymizer.mode();
+        let checks: [(&'static str, &str, String); 2] = [
+            ("privacy.ip", "privacy.ip", mode.as_str().to_string()),
+            (
+                "HMAC key fingerprint",
+                "privacy.key_fingerprint",
+                if mode == crate::config::IpMode::Full {
+                    String::new()
+                } else {
+                    anonymizer.key_fingerprint()
+                },
+            ),
+        ];
+        for (what, key, configured) in checks {
+            let stored: Option<String> = self
+                .conn
+                .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+                .optional()
+                .map_err(|e| self.err(e))?;
+            match stored {
+                Some(stored) if stored != configured => {
+                    return Err(StoreError::PrivacyMismatch {
+                        path: self.path.clone(),
+                        what,
+                        stored,
+                        configured,
+                    })
+                }
+                Some(_) => {}
+                None => {
+                    self.conn
+                        .execute(
+                            "INSERT INTO meta (key, value) VALUES (?1, ?2)",
+                            params![key, configured],
+                        )
+                        .map_err(|e| self.err(e))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Registers a torrent or updates it (matched by either info-hash); returns its id.
+    pub fn upsert_torrent(&self, torrent: &TorrentRecord) -> Result<TorrentId, StoreError> {
+        upsert_torrent(&self.conn, torrent).map_err(|e| self.err(e))
+    }
+
+    /// Every torrent.
+    pub fn torrents(&self) -> Result<Vec<TorrentRow>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT id, info_hash_v1, info_hash_v2, name, piece_count, piece_length, total_size, source, added_at
+                 FROM torrents ORDER BY id",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(TorrentRow {
+                    id: r.get(0)?,
+                    info_hash_v1: r.get(1)?,
+                    info_hash_v2: r.get(2)?,
+                    name: r.get(3)?,
+                    piece_count: r.get(4)?,
+                    piece_length: r.get(5)?,
+                    total_size: r.get(6)?,
+                    source: r.get(7)?,
+                    added_at: r.get(8)?,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
+    }
+
+    /// The torrent with this hex info-hash (v1 or v2, any case).
+    pub fn torrent_by_hash(&self, hash: &str) -> Result<TorrentRow, StoreError> {
+        let wanted = hash.trim().to_ascii_lowercase();
+        self.torrents()?
+            .into_iter()
+            .find(|t| {
+                t.info_hash_v1.as_deref() == Some(&wanted)
+                    || t.info_hash_v2.as_deref() == Some(&wanted)
+            })
+            .ok_or_else(|| StoreError::UnknownTorrent(hash.to_string()))
+    }
+
+    /// Every peer with its next visit time, so that a restarted scan resumes its schedule.
+    pub fn load_peers(&self) -> Result<Vec<PeerResume>, StoreError> {
+        let full = self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = 'privacy.ip'", [], |r| {
+                r.get::<_, String>(0)
+            })
+            .optional()
+            .map_err(|e| self.err(e))?
+            .is_some_and(|m| m == "full");
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT torrent_id, ip_key, port, next_visit_at, contacts > 0, last_progress, confirmed, consecutive_failures
+                 FROM peers ORDER BY id",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                let ip_key: String = r.get(1)?;
+                let port: u16 = r.get(2)?;
+                let addr = if full {
+                    ip_key
+                        .parse::<IpAddr>()
+                        .ok()
+                        .map(|ip| SocketAddr::new(ip, port))
+                } else {
+                    None
+                };
+                Ok(PeerResume {
+                    torrent_id: r.get(0)?,
+                    ip_key,
+                    port,
+                    addr,
+                    next_visit_at: r.get(3)?,
+                    contacted: r.get(4)?,
+                    last_progress: r.get(5)?,
+                    confirmed: r.get(6)?,
+                    consecutive_failures: r.get(7)?,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Calls `f` for every peer (of one torrent, if given), in row order, without holding all
+    /// rows in memory.
+    pub fn for_each_peer(
+        &self,
+        torrent: Option<TorrentId>,
+        mut f: impl FnMut(PeerRow),
+    ) -> Result<(), StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT coalesce(t.info_hash_v1, t.info_hash_v2), p.ip, p.port, p.first_seen_at, p.last_contact_at,
+                        p.first_contact_at, p.first_progress, p.last_progress, p.crossed_at, p.confirmed, p.sources,
+                        p.first_source, p.client, p.transport, p.contacts, p.failures, p.max_speed, p.last_error
+                 FROM peers p JOIN torrents t ON t.id = p.torrent_id
+                 WHERE ?1 IS NULL OR p.torrent_id = ?1
+                 ORDER BY p.id",
+            )
+            .map_err(|e| self.err(e))?;
+        let mut rows = stmt.query([torrent]).map_err(|e| self.err(e))?;
+        while let Some(r) = rows.next().map_err(|e| self.err(e))? {
+            let read = || -> rusqlite::Result<PeerRow> {
+                Ok(PeerRow {
+                    info_hash: r.get(0)?,
+                    ip: r.get(1)?,
+                    port: r.get(2)?,
+                    first_seen_at: r.get(3)?,
+                    last_seen_at: r.get(4)?,
+                    first_contact_at: r.get(5)?,
+                    first_progress: r.get(6)?,
+                    last_progress: r.get(7)?,
+                    crossed_at: r.get(8)?,
+                    confirmed: r.get(9)?,
+                    sources: PeerSource::mask_names(r.get(10)?),
+                    first_source: PeerSource::from_bit(r.get(11)?)
+                        .map_or("unknown", |s| s.as_str())
+                        .to_string(),
+                    client: r.get(12)?,
+                    transport: Transport(r.get::<_, i64>(13)? as u8).names(),
+                    contacts: r.get(14)?,
+                    failures: r.get(15)?,
+                    max_speed: r.get(16)?,
+                    last_error: r.get(17)?,
+                })
+            };
+            f(read().map_err(|e| self.err(e))?);
+        }
+        Ok(())
+    }
+}
+
+/// Inserts or updates a torrent row; known fields are never overwritten by unknown ones.
+pub(crate) fn upsert_torrent(conn: &Connection, t: &TorrentRecord) -> rusqlite::Result<TorrentId> {
+    let v1 = t.info_hash_v1.map(|h| crate::proto::hex::encode(&h));
+    let v2 = t.info_hash_v2.map(|h| crate::proto::hex::encode(&h));
+    // SQLite integers are i64; sizes beyond 8 EiB are not torrents.
+    let piece_length = t.piece_length.map(|v| i64::try_from(v).unwrap_or(i64::MAX));
+    let total_size = t.total_size.map(|v| i64::try_from(v).unwrap_or(i64::MAX));
+    let existing: Option<TorrentId> = conn
+        .prepare_cached("SELECT id FROM torrents WHERE info_hash_v1 = ?1 OR info_hash_v2 = ?2")?
+        .query_row(params![v1, v2], |r| r.get(0))
+        .optional()?;
+    match existing {
+        Some(id) => {
+            conn.prepare_cached(
+                "UPDATE torrents SET info_hash_v1 = coalesce(info_hash_v1, ?2), info_hash_v2 = coalesce(info_hash_v2, ?3),
+                    name = coalesce(?4, name), piece_count = coalesce(?5, piece_count),
+                    piece_length = coalesce(?6, piece_length), total_size = coalesce(?7, total_size)
+                 WHERE id = ?1",
+            )?
+            .execute(params![id, v1, v2, t.name, t.piece_count, piece_length, total_size])?;
+            Ok(id)
+        }
+        None => {
+            conn.prepare_cached(
+                "INSERT INTO torrents (info_hash_v1, info_hash_v2, name, piece_count, piece_length, total_size, source, added_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?
+            .execute(params![v1, v2, t.name, t.piece_count, piece_length, total_size, t.source.as_str(), t.added_at])?;
+            Ok(conn.last_insert_rowid())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

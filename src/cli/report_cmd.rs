@@ -1,0 +1,324 @@
+//! `swarmscan report` (thesis tables 5.5, 5.6, 5.7) and `swarmscan peers` (one line per peer).
+//!
+//! Text output is aligned tables with UTC times. `report --json` prints one JSON object
+//! ([`crate::store::report::Report`]); `peers --json` prints JSON lines, one object per peer
+//! ([`crate::store::PeerRow`]), so that millions of peers stream without being held in memory
+//! and tools like `jq` read them line by line. JSON times are Unix milliseconds.
+//!
+//! Exit codes: 0 ok, 2 bad configuration or missing database, 1 other errors.
+
+use crate::config::ConfigArgs;
+use crate::store::report::Report;
+use crate::store::{PeerRow, Store, StoreError, UnixMs};
+use std::io::Write as _;
+
+/// Arguments of `swarmscan report`.
+#[derive(clap::Args, Debug)]
+pub struct ReportArgs {
+    /// Print one JSON object instead of text tables.
+    #[arg(long)]
+    pub json: bool,
+    /// Configuration (the database path comes from here).
+    #[command(flatten)]
+    pub config: ConfigArgs,
+}
+
+/// Arguments of `swarmscan peers`.
+#[derive(clap::Args, Debug)]
+pub struct PeersArgs {
+    /// Print JSON lines (one object per peer) instead of a text table.
+    #[arg(long)]
+    pub json: bool,
+    /// Only peers of the torrent with this info-hash (40 or 64 hex digits).
+    #[arg(long, value_name = "HASH")]
+    pub torrent: Option<String>,
+    /// Configuration (the database path comes from here).
+    #[command(flatten)]
+    pub config: ConfigArgs,
+}
+
+/// Opens the configured database read-for-report; prints the error and gives the exit code.
+fn open(config: &ConfigArgs) -> Result<Store, i32> {
+    let config = config.load().map_err(|e| {
+        eprintln!("swarmscan: {e}");
+        2
+    })?;
+    Store::open_existing(&config.database).map_err(|e| {
+        eprintln!("swarmscan: {e}");
+        match e {
+            StoreError::Missing(_) | StoreError::NotADatabase(_) | StoreError::TooNew { .. } => 2,
+            _ => 1,
+        }
+    })
+}
+
+/// Runs `swarmscan report`; returns the exit code.
+pub fn run_report(args: &ReportArgs) -> i32 {
+    let store = match open(&args.config) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let report = match store.report() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("swarmscan: {e}");
+            return 1;
+        }
+    };
+    if args.json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                eprintln!("swarmscan: {e}");
+                return 1;
+            }
+        }
+    } else {
+        print!("{}", render_report(&report));
+    }
+    0
+}
+
+/// Runs `swarmscan peers`; returns the exit code.
+pub fn run_peers(args: &PeersArgs) -> i32 {
+    let store = match open(&args.config) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let torrent = match &args.torrent {
+        Some(hash) => match store.torrent_by_hash(hash) {
+            Ok(t) => Some(t.id),
+            Err(e) => {
+                eprintln!("swarmscan: {e}");
+                return 2;
+            }
+        },
+        None => None,
+    };
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut write_failed = false;
+    if !args.json {
+        let _ = writeln!(out, "{}", peer_line_text(None));
+    }
+    let result = store.for_each_peer(torrent, |peer| {
+        if write_failed {
+            return;
+        }
+        let line = if args.json { serde_json::to_string(&peer).unwrap_or_default() } else { peer_line_text(Some(&peer)) };
+        // A closed pipe (`| head`) ends the listing quietly.
+        write_failed = writeln!(out, "{line}").is_err();
+    });
+    let _ = out.flush();
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("swarmscan: {e}");
+            1
+        }
+    }
+}
+
+/// One fixed-width text line of `swarmscan peers` (the header when `peer` is `None`).
+fn peer_line_text(peer: Option<&PeerRow>) -> String {
+    let cells: Vec<String> = match peer {
+        None => [
+            "info_hash", "ip", "port", "first_seen", "last_seen", "first", "last", "crossed_at", "conf", "sources", "client",
+            "transport",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect(),
+        Some(p) => vec![
+            p.info_hash.clone(),
+            p.ip.clone(),
+            p.port.to_string(),
+            iso_time(Some(p.first_seen_at)),
+            iso_time(p.last_seen_at),
+            percent(p.first_progress),
+            percent(p.last_progress),
+            iso_time(p.crossed_at),
+            if p.confirmed { "yes" } else { "no" }.to_string(),
+            p.sources.clone(),
+            p.client.clone().unwrap_or_else(|| "-".into()),
+            if p.transport.is_empty() { "-".into() } else { p.transport.clone() },
+        ],
+    };
+    // Widths fit a v1 info-hash, a full IPv6 address and a UTC time.
+    let widths = [40, 39, 5, 20, 20, 6, 6, 20, 4, 22, 24, 0];
+    let right = [false, false, true, false, false, true, true, false, false, false, false, false];
+    let mut line = String::new();
+    for (i, cell) in cells.iter().enumerate() {
+        if i > 0 {
+            line.push_str("  ");
+        }
+        if widths[i] == 0 {
+            line.push_str(cell);
+        } else if right[i] {
+            line.push_str(&format!("{cell:>w$}", w = widths[i]));
+        } else {
+            line.push_str(&format!("{cell:<w$}", w = widths[i]));
+        }
+    }
+    line.trim_end().to_string()
+}
+
+fn percent(p: Option<f64>) -> String {
+    p.map_or_else(|| "-".into(), |p| format!("{:.1}%", p * 100.0))
+}
+
+fn opt_f(v: Option<f64>, decimals: usize) -> String {
+    v.map_or_else(|| "-".into(), |v| format!("{v:.decimals$}"))
+}
+
+fn opt_i(v: Option<i64>) -> String {
+    v.map_or_else(|| "-".into(), |v| v.to_string())
+}
+
+/// Unix milliseconds as "YYYY-MM-DDTHH:MM:SSZ" (UTC), "-" for none.
+pub fn iso_time(ms: Option<UnixMs>) -> String {
+    let Some(ms) = ms else { return "-".into() };
+    let secs = ms.div_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+/// An aligned text table: numbers right-aligned (cells that parse as numbers or "-"/"%").
+fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let numeric = |s: &str| s == "-" || s.trim_end_matches('%').parse::<f64>().is_ok();
+    let mut out = String::new();
+    let push_row = |cells: Vec<&str>, out: &mut String| {
+        let mut line = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            if i > 0 {
+                line.push_str("  ");
+            }
+            let pad = widths[i].saturating_sub(cell.chars().count());
+            if i > 0 && numeric(cell) {
+                line.push_str(&" ".repeat(pad));
+                line.push_str(cell);
+            } else {
+                line.push_str(cell);
+                line.push_str(&" ".repeat(pad));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    };
+    push_row(headers.to_vec(), &mut out);
+    for row in rows {
+        push_row(row.iter().map(String::as_str).collect(), &mut out);
+    }
+    out
+}
+
+/// The text form of `swarmscan report`.
+pub fn render_report(r: &Report) -> String {
+    let mut out = String::new();
+    out.push_str(&format!("swarmscan report: {}\n", r.database));
+    out.push_str(&format!(
+        "scan window: {} .. {}, {:.2} h in {} run(s)\n\n",
+        iso_time(r.window.start),
+        iso_time(r.window.end),
+        r.window.hours,
+        r.window.runs
+    ));
+
+    out.push_str("Confirmed downloads per torrent (thesis table 5.6); reported = growth of the scrape `downloaded` count\n");
+    out.push_str("within the window (tracker with the largest growth), reported_total = its latest value\n");
+    let torrent_row = |t: &crate::store::report::TorrentReport| {
+        vec![
+            if t.info_hash.is_empty() { "total".to_string() } else { t.info_hash.clone() },
+            t.name.clone().unwrap_or_else(|| "-".into()),
+            t.peers_seen.to_string(),
+            t.peers_evaluated.to_string(),
+            t.confirmed.to_string(),
+            opt_i(t.reported),
+            opt_i(t.reported_total),
+            t.ratio.map_or_else(|| "-".into(), |v| format!("{:.1}%", v * 100.0)),
+            opt_f(t.confirmed_per_hour, 2),
+        ]
+    };
+    let mut rows: Vec<Vec<String>> = r.torrents.iter().map(torrent_row).collect();
+    rows.push(torrent_row(&r.total));
+    out.push_str(&table(
+        &["info_hash", "name", "peers", "evaluated", "confirmed", "reported", "reported_total", "ratio", "confirmed/h"],
+        &rows,
+    ));
+
+    out.push_str("\nPeer addresses per source (thesis table 5.5)\n");
+    let rows: Vec<Vec<String>> = r
+        .sources
+        .iter()
+        .map(|s| {
+            vec![
+                s.source.to_string(),
+                s.requests.to_string(),
+                s.failed_requests.to_string(),
+                s.received.to_string(),
+                s.new.to_string(),
+                s.share_new.map_or_else(|| "-".into(), |v| format!("{:.1}%", v * 100.0)),
+                s.unique.to_string(),
+                opt_f(s.unique_per_hour, 1),
+            ]
+        })
+        .collect();
+    out.push_str(&table(&["source", "requests", "failed", "received", "new", "share_new", "unique", "unique/h"], &rows));
+
+    out.push_str("\nOutcome of evaluation attempts (thesis table 5.7)\n");
+    let mut rows = Vec::new();
+    for e in &r.outcomes {
+        for c in &e.classes {
+            rows.push(vec![e.event.to_string(), c.class.clone(), c.count.to_string(), format!("{:.1}%", c.share * 100.0)]);
+        }
+        rows.push(vec![e.event.to_string(), "all".into(), e.attempts.to_string(), "100.0%".into()]);
+    }
+    out.push_str(&table(&["event", "outcome", "count", "share"], &rows));
+
+    let g = &r.gaps;
+    out.push_str(&format!(
+        "\nLongest message gap per contact (thesis figure 5.1): {} contacts, p50 {} ms, p90 {} ms, p99 {} ms\n",
+        g.contacts,
+        opt_i(g.p50_ms),
+        opt_i(g.p90_ms),
+        opt_i(g.p99_ms)
+    ));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iso_time_matches_known_dates() {
+        assert_eq!(iso_time(Some(0)), "1970-01-01T00:00:00Z");
+        assert_eq!(iso_time(Some(1_700_000_000_000)), "2023-11-14T22:13:20Z");
+        assert_eq!(iso_time(Some(951_782_400_000)), "2000-02-29T00:00:00Z");
+        assert_eq!(iso_time(Some(-1000)), "1969-12-31T23:59:59Z");
+        assert_eq!(iso_time(None), "-");
+    }
+
+    #[test]
+    fn table_aligns_columns() {
+        let t = table(&["a", "count"], &[vec!["xyz".into(), "5".into()], vec!["q".into(), "1234567".into()]]);
+        assert_eq!(t, "a    count\nxyz        5\nq    1234567\n");
+    }
+}

@@ -1,0 +1,412 @@
+//! Records producers send to the writer thread.
+//!
+//! Times are Unix time in milliseconds ([`UnixMs`]); the producer takes them from its own clock,
+//! so the store never reads a clock for data it records.
+
+use serde::Serialize;
+use std::net::SocketAddr;
+
+/// Unix time in milliseconds.
+pub type UnixMs = i64;
+
+/// Row id of a torrent in the `torrents` table.
+pub type TorrentId = i64;
+
+/// Where a torrent came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TorrentSource {
+    /// A .torrent file.
+    File,
+    /// A magnet link.
+    Magnet,
+    /// A bare info-hash.
+    Hash,
+}
+
+impl TorrentSource {
+    /// Name stored in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TorrentSource::File => "file",
+            TorrentSource::Magnet => "magnet",
+            TorrentSource::Hash => "hash",
+        }
+    }
+}
+
+/// A torrent to register (or update once its metadata is known; matched by info-hash).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TorrentRecord {
+    /// BitTorrent v1 info-hash (SHA-1), if the torrent has one.
+    pub info_hash_v1: Option<[u8; 20]>,
+    /// BitTorrent v2 info-hash (SHA-256), if the torrent has one.
+    pub info_hash_v2: Option<[u8; 32]>,
+    /// Display name, when known.
+    pub name: Option<String>,
+    /// Number of pieces, when the metadata is known.
+    pub piece_count: Option<u32>,
+    /// Piece length in bytes, when known.
+    pub piece_length: Option<u64>,
+    /// Total content size in bytes, when known.
+    pub total_size: Option<u64>,
+    /// Where it came from.
+    pub source: TorrentSource,
+    /// When it was added.
+    pub added_at: UnixMs,
+}
+
+/// A peer source. The values are bits of the `peers.sources` mask.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[repr(u8)]
+pub enum PeerSource {
+    /// HTTP(S) tracker announce.
+    TrackerHttp = 1,
+    /// UDP tracker announce.
+    TrackerUdp = 2,
+    /// DHT get_peers.
+    Dht = 4,
+    /// Peer exchange (BEP 11).
+    Pex = 8,
+    /// The peer connected to us.
+    Incoming = 16,
+}
+
+impl PeerSource {
+    /// All sources, in report order.
+    pub const ALL: [PeerSource; 5] = [
+        PeerSource::TrackerHttp,
+        PeerSource::TrackerUdp,
+        PeerSource::Dht,
+        PeerSource::Pex,
+        PeerSource::Incoming,
+    ];
+
+    /// The bit in `peers.sources`.
+    pub fn bit(self) -> i64 {
+        self as u8 as i64
+    }
+
+    /// Name used in reports and the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeerSource::TrackerHttp => "tracker_http",
+            PeerSource::TrackerUdp => "tracker_udp",
+            PeerSource::Dht => "dht",
+            PeerSource::Pex => "pex",
+            PeerSource::Incoming => "incoming",
+        }
+    }
+
+    /// The source with this bit value.
+    pub fn from_bit(bit: i64) -> Option<PeerSource> {
+        PeerSource::ALL.into_iter().find(|s| s.bit() == bit)
+    }
+
+    /// Names of every source in a mask, joined by `+`.
+    pub fn mask_names(mask: i64) -> String {
+        let names: Vec<&str> = PeerSource::ALL
+            .iter()
+            .filter(|s| mask & s.bit() != 0)
+            .map(|s| s.as_str())
+            .collect();
+        names.join("+")
+    }
+}
+
+/// One discovery request (announce, DHT lookup, PEX message, incoming connection) and the
+/// addresses it returned. The writer decides which addresses are new (it is the only place that
+/// knows every peer), so `discovery_requests.new/duplicate` are exact.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DiscoveryRecord {
+    /// When the request finished.
+    pub at: UnixMs,
+    /// The torrent asked about.
+    pub torrent_id: TorrentId,
+    /// Which source.
+    pub source: PeerSource,
+    /// Tracker URL (trackers only).
+    pub tracker: Option<String>,
+    /// How long the request took.
+    pub duration_ms: u32,
+    /// Why it failed, if it did (then `peers` is usually empty).
+    pub error: Option<String>,
+    /// Addresses received (duplicates within one answer count as duplicates).
+    pub peers: Vec<SocketAddr>,
+}
+
+/// A tracker scrape result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScrapeRecord {
+    /// When.
+    pub at: UnixMs,
+    /// Which torrent.
+    pub torrent_id: TorrentId,
+    /// Tracker URL.
+    pub tracker: String,
+    /// Seeders.
+    pub complete: i64,
+    /// Leechers.
+    pub incomplete: i64,
+    /// Completed downloads as counted by the tracker.
+    pub downloaded: i64,
+}
+
+/// Periodic statistics from the engine.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct StatsRecord {
+    /// When.
+    pub at: UnixMs,
+    /// Peers in the engine's tables.
+    pub peers_known: i64,
+    /// Probes in flight.
+    pub in_flight: i64,
+    /// Probes finished per second since the last stats record.
+    pub probes_per_sec: f64,
+    /// Confirmed downloads so far.
+    pub confirmed: i64,
+    /// Peers due but waiting for a connect token or slot.
+    pub due_queue: i64,
+    /// Records waiting in producers' overflow buffers.
+    pub writer_overflow: i64,
+    /// Times a producer found the writer channel full (cumulative).
+    pub writer_backpressure: i64,
+    /// Resident memory, bytes.
+    pub rss_bytes: i64,
+    /// CPU use since the last stats record, percent of one core.
+    pub cpu_percent: f64,
+}
+
+/// What kind of evaluation attempt a probe was (thesis table 5.7 rows).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProbeEvent {
+    /// First attempt to reach this peer.
+    FirstContact,
+    /// Any later attempt.
+    LaterContact,
+    /// The peer connected to us.
+    Incoming,
+}
+
+impl ProbeEvent {
+    /// All events, in report order.
+    pub const ALL: [ProbeEvent; 3] = [
+        ProbeEvent::FirstContact,
+        ProbeEvent::LaterContact,
+        ProbeEvent::Incoming,
+    ];
+
+    /// Name used in reports and the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProbeEvent::FirstContact => "first_contact",
+            ProbeEvent::LaterContact => "later_contact",
+            ProbeEvent::Incoming => "incoming",
+        }
+    }
+}
+
+/// Why a probe failed (thesis table 5.7 columns, plus the classes we add).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorClass {
+    /// Connect or quiet timeout with no usable answer.
+    TimedOut,
+    /// Connection refused (RST to SYN).
+    Refused,
+    /// Reset by peer.
+    Reset,
+    /// EOF or EPIPE in the middle of the conversation.
+    Broken,
+    /// No route to host.
+    NoRoute,
+    /// Network unreachable.
+    NetUnreachable,
+    /// The peer does not speak BitTorrent.
+    UnknownProtocol,
+    /// The peer does not know the torrent (or an incoming peer asked for one we do not scan).
+    UnknownInfoHash,
+    /// MSE/PE handshake failed.
+    MseFailed,
+    /// Any other OS error (errno).
+    Other(i32),
+}
+
+impl ErrorClass {
+    /// Name stored in the database and shown in reports (`other:<errno>` for [`ErrorClass::Other`]).
+    pub fn name(self) -> String {
+        match self {
+            ErrorClass::TimedOut => "timed_out".into(),
+            ErrorClass::Refused => "refused".into(),
+            ErrorClass::Reset => "reset".into(),
+            ErrorClass::Broken => "broken".into(),
+            ErrorClass::NoRoute => "no_route".into(),
+            ErrorClass::NetUnreachable => "net_unreachable".into(),
+            ErrorClass::UnknownProtocol => "unknown_protocol".into(),
+            ErrorClass::UnknownInfoHash => "unknown_info_hash".into(),
+            ErrorClass::MseFailed => "mse_failed".into(),
+            ErrorClass::Other(errno) => format!("other:{errno}"),
+        }
+    }
+
+    /// Classifies an OS error number (Linux values) from a failed connect/send/recv.
+    pub fn from_errno(errno: i32) -> ErrorClass {
+        match errno {
+            libc::ETIMEDOUT => ErrorClass::TimedOut,
+            libc::ECONNREFUSED => ErrorClass::Refused,
+            libc::ECONNRESET => ErrorClass::Reset,
+            libc::EPIPE => ErrorClass::Broken,
+            libc::EHOSTUNREACH => ErrorClass::NoRoute,
+            libc::ENETUNREACH => ErrorClass::NetUnreachable,
+            other => ErrorClass::Other(other),
+        }
+    }
+}
+
+/// Name of a successful probe in the outcome-count table.
+pub const SUCCESS_CLASS: &str = "success";
+
+/// Pieces a peer advertised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Progress {
+    /// Pieces the peer has (bitfield + haves, or all for have_all).
+    pub have: u32,
+    /// Pieces in the torrent; 0 when the metadata is not known yet (progress unknown).
+    pub pieces: u32,
+}
+
+impl Progress {
+    /// have / pieces, or `None` when the piece count is unknown.
+    pub fn fraction(self) -> Option<f64> {
+        (self.pieces > 0).then(|| f64::from(self.have.min(self.pieces)) / f64::from(self.pieces))
+    }
+}
+
+/// How a probe ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeResult {
+    /// The peer answered; what it advertised.
+    Success(Progress),
+    /// It did not.
+    Failed(ErrorClass),
+}
+
+/// Transport flags of a contact (bits of `peers.transport`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize)]
+pub struct Transport(pub u8);
+
+impl Transport {
+    /// TCP.
+    pub const TCP: Transport = Transport(1);
+    /// uTP.
+    pub const UTP: Transport = Transport(2);
+    /// MSE/PE encrypted.
+    pub const MSE: Transport = Transport(4);
+    /// IPv6.
+    pub const IPV6: Transport = Transport(8);
+    /// The peer connected to us.
+    pub const INCOMING: Transport = Transport(16);
+
+    /// Both sets of flags.
+    pub fn union(self, other: Transport) -> Transport {
+        Transport(self.0 | other.0)
+    }
+
+    /// Whether every flag of `other` is set.
+    pub fn contains(self, other: Transport) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// "tcp+mse+ipv6" style names.
+    pub fn names(self) -> String {
+        let all = [
+            (Self::TCP, "tcp"),
+            (Self::UTP, "utp"),
+            (Self::MSE, "mse"),
+            (Self::IPV6, "ipv6"),
+            (Self::INCOMING, "incoming"),
+        ];
+        let names: Vec<&str> = all
+            .iter()
+            .filter(|(f, _)| self.contains(*f))
+            .map(|(_, n)| *n)
+            .collect();
+        names.join("+")
+    }
+}
+
+impl std::ops::BitOr for Transport {
+    type Output = Transport;
+    fn bitor(self, rhs: Transport) -> Transport {
+        self.union(rhs)
+    }
+}
+
+/// The result of one peer evaluation attempt, filled by the scan code.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProbeOutcome {
+    /// The torrent.
+    pub torrent_id: TorrentId,
+    /// The peer's identity address: for outgoing probes the address dialled; for incoming
+    /// peers the IP with the listen port from the extension handshake (`p`) when known.
+    pub addr: SocketAddr,
+    /// First contact, later contact or incoming.
+    pub event: ProbeEvent,
+    /// When the probe ended.
+    pub at: UnixMs,
+    /// Progress or error class.
+    pub result: ProbeResult,
+    /// Client name (from peer-id or extension handshake `v`).
+    pub client: Option<String>,
+    /// The peer's 20-byte peer-id.
+    pub peer_id: Option<[u8; 20]>,
+    /// Transport flags of this contact.
+    pub transport: Transport,
+    /// Time to connect, ms (outgoing).
+    pub connect_ms: Option<u32>,
+    /// Whole probe, ms.
+    pub duration_ms: u32,
+    /// Longest gap between two messages, ms (thesis figure 5.1).
+    pub longest_gap_ms: Option<u32>,
+    /// Messages received.
+    pub messages: u32,
+    /// When the scheduler wants to visit again (None = not again); stored for restart resume.
+    pub next_visit_at: Option<UnixMs>,
+}
+
+/// Everything the writer accepts.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Record {
+    /// Register or update a torrent (matched by info-hash).
+    Torrent(TorrentRecord),
+    /// A discovery request and the addresses it returned.
+    Discovery(DiscoveryRecord),
+    /// A probe outcome.
+    Outcome(Box<ProbeOutcome>),
+    /// A scrape result.
+    Scrape(ScrapeRecord),
+    /// Periodic statistics.
+    Stats(StatsRecord),
+}
+
+impl Record {
+    /// The time of the scan activity the record reports (used to track the scan window);
+    /// `None` for torrent registrations, which are not scan activity.
+    pub fn activity_at(&self) -> Option<UnixMs> {
+        match self {
+            Record::Torrent(_) => None,
+            Record::Discovery(d) => Some(d.at),
+            Record::Outcome(o) => Some(o.at),
+            Record::Scrape(s) => Some(s.at),
+            Record::Stats(s) => Some(s.at),
+        }
+    }
+}
+
+impl From<ProbeOutcome> for Record {
+    fn from(o: ProbeOutcome) -> Record {
+        Record::Outcome(Box::new(o))
+    }
+}

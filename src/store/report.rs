@@ -1,0 +1,395 @@
+//! Report queries: the numbers of the thesis' tables 5.5 (peer addresses per source),
+//! 5.6 (confirmed against scrape-reported downloads per torrent) and 5.7 (outcome of every
+//! evaluation attempt by event and error), as serialisable structs.
+//!
+//! The scan window is the union of the writer runs: each run spans its earliest to its latest
+//! activity record (discovery, outcome, scrape, stats), so restarts do not count the time the
+//! scanner was down. Rates "per hour" divide by the summed run durations.
+//!
+//! Scrape-reported downloads: a tracker's `downloaded` counts every completion since the
+//! torrent was registered there, so the count comparable with ours is the growth within our
+//! window: latest minus first scrape of each tracker. Several trackers often serve one swarm,
+//! so their counts overlap; summing would double-count, so the report takes the tracker with
+//! the largest growth (and shows the largest latest value as `reported_total`).
+
+use super::record::{PeerSource, ProbeEvent, UnixMs, SUCCESS_CLASS};
+use super::{Store, StoreError};
+use rusqlite::params;
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// The scan window.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ScanWindow {
+    /// Earliest activity.
+    pub start: Option<UnixMs>,
+    /// Latest activity.
+    pub end: Option<UnixMs>,
+    /// Summed duration of all runs, hours.
+    pub hours: f64,
+    /// Writer runs (scanner starts).
+    pub runs: i64,
+}
+
+/// One torrent's line of table 5.6.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TorrentReport {
+    /// Torrent row id (0 for the totals line).
+    pub id: i64,
+    /// Name, if known.
+    pub name: Option<String>,
+    /// Info-hash, hex (v1, else v2).
+    pub info_hash: String,
+    /// Peers any source reported (rows in `peers`).
+    pub peers_seen: i64,
+    /// Peers reached at least once.
+    pub peers_evaluated: i64,
+    /// Confirmed downloads.
+    pub confirmed: i64,
+    /// Scrape-reported downloads within the window (see the module docs); `None` without scrapes.
+    pub reported: Option<i64>,
+    /// Largest latest `downloaded` of any tracker; `None` without scrapes.
+    pub reported_total: Option<i64>,
+    /// confirmed / reported.
+    pub ratio: Option<f64>,
+    /// confirmed / window hours.
+    pub confirmed_per_hour: Option<f64>,
+}
+
+/// One source's line of table 5.5.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SourceReport {
+    /// Source name.
+    pub source: &'static str,
+    /// Requests made (announces, lookups, PEX messages, incoming connections).
+    pub requests: i64,
+    /// Requests that failed.
+    pub failed_requests: i64,
+    /// Addresses received in total.
+    pub received: i64,
+    /// Addresses that were new to the database when received.
+    pub new: i64,
+    /// new / received.
+    pub share_new: Option<f64>,
+    /// Peers (torrent, address) this source reported at least once.
+    pub unique: i64,
+    /// unique / window hours.
+    pub unique_per_hour: Option<f64>,
+}
+
+/// One cell of table 5.7.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OutcomeCount {
+    /// "success" or an error class name.
+    pub class: String,
+    /// Attempts.
+    pub count: i64,
+    /// count / attempts of this event.
+    pub share: f64,
+}
+
+/// One event's column of table 5.7.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EventReport {
+    /// first_contact | later_contact | incoming.
+    pub event: &'static str,
+    /// Attempts.
+    pub attempts: i64,
+    /// Per class, largest first.
+    pub classes: Vec<OutcomeCount>,
+}
+
+/// Longest message gap per successful contact (thesis figure 5.1), from the 100 ms histogram.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GapReport {
+    /// Contacts with a measured gap.
+    pub contacts: i64,
+    /// Median, ms (bucket lower bound).
+    pub p50_ms: Option<i64>,
+    /// 90th percentile, ms.
+    pub p90_ms: Option<i64>,
+    /// 99th percentile, ms.
+    pub p99_ms: Option<i64>,
+}
+
+/// The whole report.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Report {
+    /// Database file.
+    pub database: String,
+    /// Scan window.
+    pub window: ScanWindow,
+    /// Table 5.6, per torrent.
+    pub torrents: Vec<TorrentReport>,
+    /// Table 5.6, all torrents together.
+    pub total: TorrentReport,
+    /// Table 5.5.
+    pub sources: Vec<SourceReport>,
+    /// Table 5.7.
+    pub outcomes: Vec<EventReport>,
+    /// Figure 5.1 summary.
+    pub gaps: GapReport,
+}
+
+fn per_hour(n: i64, hours: f64) -> Option<f64> {
+    (hours > 0.0).then(|| n as f64 / hours)
+}
+
+fn ratio(a: i64, b: Option<i64>) -> Option<f64> {
+    b.filter(|b| *b > 0).map(|b| a as f64 / b as f64)
+}
+
+impl Store {
+    /// The scan window (see the module docs).
+    pub fn scan_window(&self) -> Result<ScanWindow, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT min(started_at), max(ended_at), coalesce(sum(ended_at - started_at), 0), count(started_at) FROM runs",
+                [],
+                |r| Ok(ScanWindow { start: r.get(0)?, end: r.get(1)?, hours: r.get::<_, i64>(2)? as f64 / 3_600_000.0, runs: r.get(3)? }),
+            )
+            .map_err(|e| self.err(e))
+    }
+
+    /// Table 5.6 per torrent, and the totals line.
+    pub fn torrent_reports(
+        &self,
+        window: &ScanWindow,
+    ) -> Result<(Vec<TorrentReport>, TorrentReport), StoreError> {
+        let mut scrapes: BTreeMap<i64, (i64, i64)> = BTreeMap::new();
+        {
+            let mut stmt = self
+                .conn
+                .prepare(
+                    "SELECT torrent_id,
+                        (SELECT downloaded FROM scrapes l WHERE l.torrent_id = s.torrent_id AND l.tracker = s.tracker
+                         ORDER BY at DESC, id DESC LIMIT 1)
+                      - (SELECT downloaded FROM scrapes f WHERE f.torrent_id = s.torrent_id AND f.tracker = s.tracker
+                         ORDER BY at ASC, id ASC LIMIT 1),
+                        (SELECT downloaded FROM scrapes l WHERE l.torrent_id = s.torrent_id AND l.tracker = s.tracker
+                         ORDER BY at DESC, id DESC LIMIT 1)
+                     FROM scrapes s GROUP BY torrent_id, tracker",
+                )
+                .map_err(|e| self.err(e))?;
+            let mut rows = stmt.query([]).map_err(|e| self.err(e))?;
+            while let Some(r) = rows.next().map_err(|e| self.err(e))? {
+                let (torrent, growth, latest): (i64, i64, i64) = (
+                    r.get(0).map_err(|e| self.err(e))?,
+                    r.get(1).map_err(|e| self.err(e))?,
+                    r.get(2).map_err(|e| self.err(e))?,
+                );
+                let entry = scrapes.entry(torrent).or_insert((i64::MIN, i64::MIN));
+                entry.0 = entry.0.max(growth);
+                entry.1 = entry.1.max(latest);
+            }
+        }
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT t.id, t.name, coalesce(t.info_hash_v1, t.info_hash_v2),
+                        count(p.id), coalesce(sum(p.contacts > 0), 0), coalesce(sum(p.confirmed), 0)
+                 FROM torrents t LEFT JOIN peers p ON p.torrent_id = t.id
+                 GROUP BY t.id ORDER BY t.id",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, Option<String>>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            })
+            .map_err(|e| self.err(e))?;
+        let mut torrents = Vec::new();
+        let mut total = TorrentReport {
+            id: 0,
+            name: Some("all torrents".to_string()),
+            info_hash: String::new(),
+            peers_seen: 0,
+            peers_evaluated: 0,
+            confirmed: 0,
+            reported: None,
+            reported_total: None,
+            ratio: None,
+            confirmed_per_hour: None,
+        };
+        for row in rows {
+            let (id, name, info_hash, peers_seen, peers_evaluated, confirmed) =
+                row.map_err(|e| self.err(e))?;
+            let (reported, reported_total) = match scrapes.get(&id) {
+                Some(&(growth, latest)) => (Some(growth), Some(latest)),
+                None => (None, None),
+            };
+            total.peers_seen += peers_seen;
+            total.peers_evaluated += peers_evaluated;
+            total.confirmed += confirmed;
+            if let Some(r) = reported {
+                total.reported = Some(total.reported.unwrap_or(0) + r);
+            }
+            if let Some(r) = reported_total {
+                total.reported_total = Some(total.reported_total.unwrap_or(0) + r);
+            }
+            torrents.push(TorrentReport {
+                id,
+                name,
+                info_hash,
+                peers_seen,
+                peers_evaluated,
+                confirmed,
+                reported,
+                reported_total,
+                ratio: ratio(confirmed, reported),
+                confirmed_per_hour: per_hour(confirmed, window.hours),
+            });
+        }
+        total.ratio = ratio(total.confirmed, total.reported);
+        total.confirmed_per_hour = per_hour(total.confirmed, window.hours);
+        Ok((torrents, total))
+    }
+
+    /// Table 5.5: one line per source that reported anything.
+    pub fn source_reports(&self, window: &ScanWindow) -> Result<Vec<SourceReport>, StoreError> {
+        let mut out = Vec::new();
+        for source in PeerSource::ALL {
+            let (requests, failed, received, new): (i64, i64, i64, i64) = self
+                .conn
+                .query_row(
+                    "SELECT count(*), coalesce(sum(error IS NOT NULL), 0), coalesce(sum(received), 0), coalesce(sum(new), 0)
+                     FROM discovery_requests WHERE source = ?1",
+                    [source.bit()],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                )
+                .map_err(|e| self.err(e))?;
+            let unique: i64 = self
+                .conn
+                .query_row(
+                    "SELECT count(*) FROM peers WHERE sources & ?1 != 0",
+                    params![source.bit()],
+                    |r| r.get(0),
+                )
+                .map_err(|e| self.err(e))?;
+            if requests == 0 && unique == 0 {
+                continue;
+            }
+            out.push(SourceReport {
+                source: source.as_str(),
+                requests,
+                failed_requests: failed,
+                received,
+                new,
+                share_new: (received > 0).then(|| new as f64 / received as f64),
+                unique,
+                unique_per_hour: per_hour(unique, window.hours),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Table 5.7: attempts per event and class, with shares within the event.
+    pub fn outcome_reports(&self) -> Result<Vec<EventReport>, StoreError> {
+        let mut by_event: BTreeMap<&'static str, Vec<OutcomeCount>> = BTreeMap::new();
+        let mut stmt = self
+            .conn
+            .prepare("SELECT event, class, sum(count) FROM outcome_counts GROUP BY event, class")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            })
+            .map_err(|e| self.err(e))?;
+        for row in rows {
+            let (event, class, count) = row.map_err(|e| self.err(e))?;
+            let Some(event) = ProbeEvent::ALL.iter().find(|e| e.as_str() == event) else {
+                continue;
+            };
+            by_event
+                .entry(event.as_str())
+                .or_default()
+                .push(OutcomeCount {
+                    class,
+                    count,
+                    share: 0.0,
+                });
+        }
+        let mut out = Vec::new();
+        for event in ProbeEvent::ALL {
+            let Some(mut classes) = by_event.remove(event.as_str()) else {
+                continue;
+            };
+            let attempts: i64 = classes.iter().map(|c| c.count).sum();
+            for c in &mut classes {
+                c.share = c.count as f64 / attempts as f64;
+            }
+            // Success first, then errors by count (ties by name, for a stable order).
+            classes.sort_by(|a, b| {
+                (b.class == SUCCESS_CLASS)
+                    .cmp(&(a.class == SUCCESS_CLASS))
+                    .then(b.count.cmp(&a.count))
+                    .then(a.class.cmp(&b.class))
+            });
+            out.push(EventReport {
+                event: event.as_str(),
+                attempts,
+                classes,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Percentiles of the longest-gap histogram.
+    pub fn gap_report(&self) -> Result<GapReport, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT bucket_ms, count FROM gap_histogram ORDER BY bucket_ms")
+            .map_err(|e| self.err(e))?;
+        let buckets: Vec<(i64, i64)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(|e| self.err(e))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.err(e))?;
+        let contacts: i64 = buckets.iter().map(|b| b.1).sum();
+        let quantile = |q: f64| -> Option<i64> {
+            if contacts == 0 {
+                return None;
+            }
+            let rank = (q * contacts as f64).ceil().max(1.0) as i64;
+            let mut seen = 0;
+            buckets
+                .iter()
+                .find(|(_, c)| {
+                    seen += c;
+                    seen >= rank
+                })
+                .map(|b| b.0)
+        };
+        Ok(GapReport {
+            contacts,
+            p50_ms: quantile(0.5),
+            p90_ms: quantile(0.9),
+            p99_ms: quantile(0.99),
+        })
+    }
+
+    /// Everything `swarmscan report` shows.
+    pub fn report(&self) -> Result<Report, StoreError> {
+        let window = self.scan_window()?;
+        let (torrents, total) = self.torrent_reports(&window)?;
+        Ok(Report {
+            database: self.path.display().to_string(),
+            sources: self.source_reports(&window)?,
+            outcomes: self.outcome_reports()?,
+            gaps: self.gap_report()?,
+            torrents,
+            total,
+            window,
+        })
+    }
+}

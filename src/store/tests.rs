@@ -1,0 +1,830 @@
+//! Store tests: schema and migrations, the writer, a hand-built report scenario.
+
+use super::anon::Anonymizer;
+use super::*;
+use crate::config::IpMode;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+const T0: UnixMs = 1_700_000_000_000;
+
+fn options(batch_rows: usize, batch_ms: u64, channel_capacity: usize) -> WriterOptions {
+    WriterOptions {
+        batch_rows,
+        batch_ms,
+        channel_capacity,
+        threshold: 0.98,
+    }
+}
+
+fn full() -> Anonymizer {
+    Anonymizer::new(IpMode::Full, [0; 32])
+}
+
+fn torrent(byte: u8, pieces: Option<u32>) -> TorrentRecord {
+    TorrentRecord {
+        info_hash_v1: Some([byte; 20]),
+        info_hash_v2: None,
+        name: Some(format!("torrent {byte}")),
+        piece_count: pieces,
+        piece_length: pieces.map(|_| 262_144),
+        total_size: pieces.map(|p| u64::from(p) * 262_144),
+        source: TorrentSource::File,
+        added_at: T0 - 60_000,
+    }
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+fn outcome(
+    torrent_id: TorrentId,
+    peer: &str,
+    event: ProbeEvent,
+    at: UnixMs,
+    result: ProbeResult,
+) -> Record {
+    ProbeOutcome {
+        torrent_id,
+        addr: addr(peer),
+        event,
+        at,
+        result,
+        client: Some("libtorrent 2.0.11".into()),
+        peer_id: Some(*b"-LT20B0-abcdefghijkl"),
+        transport: Transport::TCP,
+        connect_ms: Some(12),
+        duration_ms: 800,
+        longest_gap_ms: None,
+        messages: 3,
+        next_visit_at: Some(at + 300_000),
+    }
+    .into()
+}
+
+fn ok(have: u32) -> ProbeResult {
+    ProbeResult::Success(Progress { have, pieces: 100 })
+}
+
+fn count(store: &Store, sql: &str) -> i64 {
+    store.connection().query_row(sql, [], |r| r.get(0)).unwrap()
+}
+
+#[test]
+fn creates_schema_on_a_new_and_on_an_empty_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("new.sqlite");
+    let store = Store::open(&path).unwrap();
+    assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
+    let mode: String = store
+        .connection()
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+    for table in [
+        "torrents",
+        "peers",
+        "discovery_requests",
+        "scrapes",
+        "outcome_counts",
+        "gap_histogram",
+        "stats",
+        "runs",
+        "meta",
+    ] {
+        let n = count(
+            &store,
+            &format!(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = '{table}'"
+            ),
+        );
+        assert_eq!(n, 1, "table {table}");
+    }
+    drop(store);
+    // Reopening keeps the version and does not re-run migrations.
+    assert_eq!(
+        Store::open(&path).unwrap().schema_version().unwrap(),
+        SCHEMA_VERSION
+    );
+
+    // A zero-byte file and an SQLite file at version 0 are migrated.
+    let empty = dir.path().join("empty.sqlite");
+    std::fs::write(&empty, b"").unwrap();
+    assert_eq!(
+        Store::open_existing(&empty)
+            .unwrap()
+            .schema_version()
+            .unwrap(),
+        SCHEMA_VERSION
+    );
+    let v0 = dir.path().join("v0.sqlite");
+    rusqlite::Connection::open(&v0)
+        .unwrap()
+        .execute_batch("CREATE TABLE unrelated (x);")
+        .unwrap();
+    let store = Store::open_existing(&v0).unwrap();
+    assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
+    assert_eq!(count(&store, "SELECT count(*) FROM peers"), 0);
+}
+
+#[test]
+fn refuses_future_versions_non_sqlite_files_and_missing_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let future = dir.path().join("future.sqlite");
+    rusqlite::Connection::open(&future)
+        .unwrap()
+        .pragma_update(None, "user_version", 7)
+        .unwrap();
+    let e = Store::open(&future).unwrap_err().to_string();
+    assert_eq!(e, format!("database schema version 7 is newer than this swarmscan ({SCHEMA_VERSION}); upgrade swarmscan"));
+
+    let text = dir.path().join("notes.txt");
+    std::fs::write(
+        &text,
+        "this is not a database, just some text that is long enough to fill a header ".repeat(20),
+    )
+    .unwrap();
+    let e = Store::open(&text).unwrap_err();
+    assert!(matches!(e, StoreError::NotADatabase(_)), "{e:?}");
+    assert!(e.to_string().contains("notes.txt"), "{e}");
+
+    let missing = dir.path().join("missing.sqlite");
+    let e = Store::open_existing(&missing).unwrap_err().to_string();
+    assert!(
+        e.contains("missing.sqlite") && e.contains("does not exist"),
+        "{e}"
+    );
+    assert!(!missing.exists(), "open_existing must not create the file");
+}
+
+#[test]
+fn torrent_upsert_matches_by_either_hash_and_fills_unknown_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("t.sqlite")).unwrap();
+    let mut magnet = torrent(1, None);
+    magnet.name = None;
+    magnet.source = TorrentSource::Magnet;
+    let id = store.upsert_torrent(&magnet).unwrap();
+    // Metadata arrives later, with the v2 hash too.
+    let mut meta = torrent(1, Some(100));
+    meta.info_hash_v2 = Some([9; 32]);
+    assert_eq!(store.upsert_torrent(&meta).unwrap(), id);
+    // A record with only the v2 hash is the same torrent; unknown fields do not erase known ones.
+    let v2_only = TorrentRecord {
+        info_hash_v1: None,
+        name: None,
+        piece_count: None,
+        ..meta.clone()
+    };
+    assert_eq!(store.upsert_torrent(&v2_only).unwrap(), id);
+    let rows = store.torrents().unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].piece_count, Some(100));
+    assert_eq!(rows[0].name.as_deref(), Some("torrent 1"));
+    assert_eq!(rows[0].source, "magnet");
+    assert_eq!(rows[0].info_hash_v2.as_deref(), Some(&*"09".repeat(32)));
+    assert_eq!(
+        store
+            .torrent_by_hash(&"01".repeat(20).to_uppercase())
+            .unwrap()
+            .id,
+        id
+    );
+    assert!(matches!(
+        store.torrent_by_hash(&"02".repeat(20)),
+        Err(StoreError::UnknownTorrent(_))
+    ));
+}
+
+#[test]
+fn writer_commits_by_row_count_by_time_and_on_finish() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("w.sqlite");
+    let store = Store::open(&path).unwrap();
+    let tid = store.upsert_torrent(&torrent(1, Some(100))).unwrap();
+
+    // Row count: 25 records with batch_rows = 10 → 2 full batches while running.
+    let writer = Writer::start(store, full(), options(10, 3_600_000, 1024)).unwrap();
+    let metrics = writer.metrics();
+    let mut tx = writer.sender();
+    for i in 0..25 {
+        tx.send(outcome(
+            tid,
+            &format!("127.0.0.1:{}", 1000 + i),
+            ProbeEvent::FirstContact,
+            T0 + i,
+            ok(10),
+        ));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metrics.batches.load(std::sync::atomic::Ordering::Relaxed) < 2
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(
+        metrics.committed.load(std::sync::atomic::Ordering::Relaxed),
+        20
+    );
+    let reader = Store::open_existing(&path).unwrap();
+    assert_eq!(
+        count(&reader, "SELECT count(*) FROM peers"),
+        20,
+        "the 5 records of the open batch are not committed yet"
+    );
+    // Shutdown: the last 5 arrive.
+    drop(tx);
+    let counts = writer.finish().unwrap();
+    assert_eq!(counts.outcomes, 25);
+    assert_eq!(counts.batches, 3);
+    assert_eq!(count(&reader, "SELECT count(*) FROM peers"), 25);
+
+    // Time: batch_ms = 50 commits a lone record without any further traffic.
+    let store = Store::open(&path).unwrap();
+    let writer = Writer::start(store, full(), options(1_000_000, 50, 1024)).unwrap();
+    let mut tx = writer.sender();
+    tx.send(outcome(
+        tid,
+        "127.0.0.2:1",
+        ProbeEvent::FirstContact,
+        T0,
+        ok(10),
+    ));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while count(&reader, "SELECT count(*) FROM peers") < 26 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(count(&reader, "SELECT count(*) FROM peers"), 26);
+    // Flush: committed on request.
+    tx.send(outcome(
+        tid,
+        "127.0.0.3:1",
+        ProbeEvent::FirstContact,
+        T0,
+        ok(10),
+    ));
+    writer.handle().flush().unwrap();
+    assert_eq!(count(&reader, "SELECT count(*) FROM peers"), 27);
+    drop(tx);
+    writer.finish().unwrap();
+    assert_eq!(count(&reader, "SELECT count(*) FROM runs"), 2);
+}
+
+#[test]
+fn full_channel_never_blocks_and_never_loses_a_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bp.sqlite");
+    let store = Store::open(&path).unwrap();
+    let tid = store.upsert_torrent(&torrent(1, Some(100))).unwrap();
+    // A channel of 2 and big batches: the producer outruns the writer.
+    let writer = Writer::start(store, full(), options(100_000, 3_600_000, 2)).unwrap();
+    let metrics = writer.metrics();
+    let mut tx = writer.sender();
+    let mut max_pending = 0;
+    for i in 0..5000u32 {
+        let peer = format!("127.0.{}.{}:6881", i / 250, i % 250 + 1);
+        tx.send(outcome(
+            tid,
+            &peer,
+            ProbeEvent::FirstContact,
+            T0 + i64::from(i),
+            ok(10),
+        ));
+        max_pending = max_pending.max(tx.pending());
+    }
+    assert!(max_pending > 0, "the channel of 2 must have filled up");
+    assert!(
+        metrics
+            .backpressure
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+    );
+    // Pump until the overflow is empty (what a producer does on each tick).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while tx.pump() > 0 && Instant::now() < deadline {
+        std::thread::yield_now();
+    }
+    assert_eq!(tx.pending(), 0);
+    // A second burst left in overflow is handed over by close().
+    for i in 0..500u32 {
+        tx.send(outcome(
+            tid,
+            &format!("127.1.{}.{}:6881", i / 250, i % 250 + 1),
+            ProbeEvent::FirstContact,
+            T0,
+            ok(1),
+        ));
+    }
+    tx.close();
+    let counts = writer.finish().unwrap();
+    assert_eq!(counts.outcomes, 5500);
+    assert!(counts.backpressure > 0);
+    assert_eq!(metrics.lost.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert_eq!(
+        metrics.overflow.load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    let reader = Store::open_existing(&path).unwrap();
+    assert_eq!(count(&reader, "SELECT count(*) FROM peers"), 5500);
+    assert_eq!(
+        count(&reader, "SELECT sum(count) FROM outcome_counts"),
+        5500
+    );
+}
+
+#[test]
+fn one_million_outcomes_from_two_threads_all_arrive() {
+    const PER_THREAD: u32 = 500_000;
+    const PEERS_PER_THREAD: u32 = 25_000;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("million.sqlite");
+    let store = Store::open(&path).unwrap();
+    let tid = store.upsert_torrent(&torrent(1, Some(1000))).unwrap();
+    let writer = Writer::start(store, full(), options(5000, 500, 65_536)).unwrap();
+    let started = Instant::now();
+    let producers: Vec<_> = (0..2u32)
+        .map(|thread| {
+            let mut tx = writer.sender();
+            std::thread::spawn(move || {
+                for i in 0..PER_THREAD {
+                    let peer = i % PEERS_PER_THREAD;
+                    let visit = i / PEERS_PER_THREAD;
+                    let ip = std::net::Ipv4Addr::from(0x7f00_0000 | (thread << 16) | peer);
+                    let result = if visit % 4 == 3 {
+                        ProbeResult::Failed(ErrorClass::TimedOut)
+                    } else {
+                        ProbeResult::Success(Progress {
+                            have: visit * 50,
+                            pieces: 1000,
+                        })
+                    };
+                    let event = if visit == 0 {
+                        ProbeEvent::FirstContact
+                    } else {
+                        ProbeEvent::LaterContact
+                    };
+                    let record = ProbeOutcome {
+                        torrent_id: tid,
+                        addr: SocketAddr::new(ip.into(), 6881),
+                        event,
+                        at: T0 + i64::from(visit) * 300_000,
+                        result,
+                        client: None,
+                        peer_id: None,
+                        transport: Transport::TCP,
+                        connect_ms: Some(1),
+                        duration_ms: 10,
+                        longest_gap_ms: Some(visit * 100),
+                        messages: 3,
+                        next_visit_at: None,
+                    };
+                    tx.send(record.into());
+                    if i % 1024 == 0 {
+                        tx.pump();
+                    }
+                }
+                tx.close();
+            })
+        })
+        .collect();
+    for p in producers {
+        p.join().unwrap();
+    }
+    let counts = writer.finish().unwrap();
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "writer: {} outcomes in {secs:.2} s = {:.0} rows/s ({} batches, {} back-pressure events)",
+        counts.outcomes,
+        counts.outcomes as f64 / secs,
+        counts.batches,
+        counts.backpressure
+    );
+    assert_eq!(counts.outcomes, 1_000_000);
+    assert_eq!(counts.errors, 0);
+    let reader = Store::open_existing(&path).unwrap();
+    assert_eq!(count(&reader, "SELECT count(*) FROM peers"), 50_000);
+    assert_eq!(count(&reader, "SELECT sum(attempts) FROM peers"), 1_000_000);
+    assert_eq!(
+        count(&reader, "SELECT sum(count) FROM outcome_counts"),
+        1_000_000
+    );
+    // Visits 0..19, failures at visits 3, 7, 11, 15, 19: 5 per peer.
+    assert_eq!(count(&reader, "SELECT sum(failures) FROM peers"), 250_000);
+    // Progress 0 → 0.9 by visit 18 (have = 18 * 50 = 900 of 1000): below 0.98, none confirmed.
+    assert_eq!(count(&reader, "SELECT sum(confirmed) FROM peers"), 0);
+    assert_eq!(
+        count(
+            &reader,
+            "SELECT count(*) FROM peers WHERE last_progress = 0.9"
+        ),
+        50_000
+    );
+}
+
+/// The hand-built scenario of `report_numbers_match_a_hand_built_scenario`.
+fn scenario(path: &std::path::Path) -> (TorrentId, TorrentId) {
+    let store = Store::open(path).unwrap();
+    let a = store.upsert_torrent(&torrent(0xaa, Some(100))).unwrap();
+    let b = store.upsert_torrent(&torrent(0xbb, Some(50))).unwrap();
+    let writer = Writer::start(store, full(), options(3, 3_600_000, 16)).unwrap();
+    let mut tx = writer.sender();
+    let (p1, p2, p3, p4, p5) = (
+        "10.0.0.1:6881",
+        "10.0.0.2:6881",
+        "10.0.0.3:6881",
+        "[2001:db8::4]:51413",
+        "10.0.0.5:7000",
+    );
+    tx.send(Record::Discovery(DiscoveryRecord {
+        at: T0,
+        torrent_id: a,
+        source: PeerSource::TrackerHttp,
+        tracker: Some("http://127.0.0.1:1/announce".into()),
+        duration_ms: 40,
+        error: None,
+        peers: vec![addr(p1), addr(p2), addr(p3)],
+    }));
+    tx.send(Record::Discovery(DiscoveryRecord {
+        at: T0 + 1000,
+        torrent_id: a,
+        source: PeerSource::Dht,
+        tracker: None,
+        duration_ms: 900,
+        error: None,
+        peers: vec![addr(p1), addr(p4), addr(p4)],
+    }));
+    tx.send(Record::Discovery(DiscoveryRecord {
+        at: T0 + 2000,
+        torrent_id: a,
+        source: PeerSource::TrackerUdp,
+        tracker: Some("udp://127.0.0.1:2".into()),
+        duration_ms: 15000,
+        error: Some("timed out".into()),
+        peers: vec![],
+    }));
+    let gaps = [100u32, 150, 250, 400, 900, 1200, 6100, 70_000];
+    let mut gap = gaps.iter();
+    let mut send = |r: Record| {
+        let r = match r {
+            Record::Outcome(mut o) => {
+                if matches!(o.result, ProbeResult::Success(_)) {
+                    o.longest_gap_ms = Some(*gap.next().unwrap());
+                }
+                Record::Outcome(o)
+            }
+            other => other,
+        };
+        tx.send(r);
+    };
+    use ProbeEvent::*;
+    // p1: 50 % → 90 % → 100 %: confirmed.
+    send(outcome(a, p1, FirstContact, T0 + 10_000, ok(50)));
+    send(outcome(a, p1, LaterContact, T0 + 310_000, ok(90)));
+    send(outcome(a, p1, LaterContact, T0 + 610_000, ok(100)));
+    // p2: a seeder.
+    send(outcome(a, p2, FirstContact, T0 + 10_000, ok(100)));
+    send(outcome(a, p2, LaterContact, T0 + 310_000, ok(100)));
+    // p3: never reached.
+    send(outcome(
+        a,
+        p3,
+        FirstContact,
+        T0 + 10_000,
+        ProbeResult::Failed(ErrorClass::TimedOut),
+    ));
+    send(outcome(
+        a,
+        p3,
+        LaterContact,
+        T0 + 310_000,
+        ProbeResult::Failed(ErrorClass::Refused),
+    ));
+    send(outcome(
+        a,
+        p3,
+        LaterContact,
+        T0 + 610_000,
+        ProbeResult::Failed(ErrorClass::TimedOut),
+    ));
+    // p4: 20 %, a reset, 99 %: confirmed; the failure in between changes nothing.
+    send(outcome(a, p4, FirstContact, T0 + 20_000, ok(20)));
+    send(outcome(
+        a,
+        p4,
+        LaterContact,
+        T0 + 320_000,
+        ProbeResult::Failed(ErrorClass::Reset),
+    ));
+    send(outcome(a, p4, LaterContact, T0 + 620_000, ok(99)));
+    // p5: connected to us, never announced.
+    send(outcome(a, p5, Incoming, T0 + 700_000, ok(0)));
+    // Scrapes of torrent a: tracker X grows 100 → 104, tracker Y 50 → 60.
+    for (at, tracker, downloaded) in [
+        (T0, "http://x", 100),
+        (T0 + 5000, "http://y", 50),
+        (T0 + 600_000, "http://x", 104),
+        (T0 + 605_000, "http://y", 60),
+    ] {
+        tx.send(Record::Scrape(ScrapeRecord {
+            at,
+            torrent_id: a,
+            tracker: tracker.into(),
+            complete: 5,
+            incomplete: 9,
+            downloaded,
+        }));
+    }
+    tx.send(Record::Stats(StatsRecord {
+        at: T0 + 720_000,
+        peers_known: 5,
+        ..Default::default()
+    }));
+    drop(tx);
+    let counts = writer.finish().unwrap();
+    assert_eq!(counts.errors, 0);
+    (a, b)
+}
+
+#[test]
+fn report_numbers_match_a_hand_built_scenario() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("scenario.sqlite");
+    let (a, b) = scenario(&path);
+    let store = Store::open_existing(&path).unwrap();
+    let report = store.report().unwrap();
+
+    // Window: first discovery at T0 to the stats row at T0 + 720 s = 0.2 h, one run.
+    assert_eq!(report.window.start, Some(T0));
+    assert_eq!(report.window.end, Some(T0 + 720_000));
+    assert!((report.window.hours - 0.2).abs() < 1e-12);
+    assert_eq!(report.window.runs, 1);
+
+    // Table 5.6. Torrent a: p1..p5 seen; p1, p2, p4, p5 reached; p1 and p4 confirmed.
+    let ta = &report.torrents[0];
+    assert_eq!(
+        (ta.id, ta.peers_seen, ta.peers_evaluated, ta.confirmed),
+        (a, 5, 4, 2)
+    );
+    assert_eq!(ta.info_hash, "aa".repeat(20));
+    // Largest tracker growth: y, 60 - 50 = 10; largest latest: x, 104.
+    assert_eq!(ta.reported, Some(10));
+    assert_eq!(ta.reported_total, Some(104));
+    assert!((ta.ratio.unwrap() - 0.2).abs() < 1e-12);
+    assert!((ta.confirmed_per_hour.unwrap() - 10.0).abs() < 1e-9);
+    let tb = &report.torrents[1];
+    assert_eq!(
+        (
+            tb.id,
+            tb.peers_seen,
+            tb.peers_evaluated,
+            tb.confirmed,
+            tb.reported,
+            tb.ratio
+        ),
+        (b, 0, 0, 0, None, None)
+    );
+    assert_eq!(
+        (
+            report.total.peers_seen,
+            report.total.confirmed,
+            report.total.reported
+        ),
+        (5, 2, Some(10))
+    );
+
+    // Table 5.5. HTTP tracker: 3 received, 3 new, unique 3 (p1, p2, p3) → 15 per hour.
+    // DHT: 3 received (p1, p4, p4), 1 new (p4), unique 2 (p1, p4) → 10 per hour.
+    // UDP tracker: one failed request. Incoming: no requests, 1 unique peer (p5).
+    let src = |name: &str| {
+        report
+            .sources
+            .iter()
+            .find(|s| s.source == name)
+            .unwrap()
+            .clone()
+    };
+    let http = src("tracker_http");
+    assert_eq!(
+        (http.requests, http.received, http.new, http.unique),
+        (1, 3, 3, 3)
+    );
+    assert_eq!(http.share_new, Some(1.0));
+    assert!((http.unique_per_hour.unwrap() - 15.0).abs() < 1e-9);
+    let dht = src("dht");
+    assert_eq!(
+        (dht.requests, dht.received, dht.new, dht.unique),
+        (1, 3, 1, 2)
+    );
+    assert!((dht.share_new.unwrap() - 1.0 / 3.0).abs() < 1e-12);
+    let udp = src("tracker_udp");
+    assert_eq!(
+        (
+            udp.requests,
+            udp.failed_requests,
+            udp.received,
+            udp.unique,
+            udp.share_new
+        ),
+        (1, 1, 0, 0, None)
+    );
+    let inc = src("incoming");
+    assert_eq!((inc.requests, inc.unique), (0, 1));
+    assert!(report.sources.iter().all(|s| s.source != "pex"));
+
+    // Table 5.7. First contact: p1, p2, p4 succeed, p3 times out.
+    let ev = |name: &str| {
+        report
+            .outcomes
+            .iter()
+            .find(|e| e.event == name)
+            .unwrap()
+            .clone()
+    };
+    let cells = |e: &report::EventReport| {
+        e.classes
+            .iter()
+            .map(|c| (c.class.clone(), c.count))
+            .collect::<Vec<_>>()
+    };
+    let first = ev("first_contact");
+    assert_eq!(first.attempts, 4);
+    assert_eq!(
+        cells(&first),
+        vec![("success".into(), 3), ("timed_out".into(), 1)]
+    );
+    assert_eq!(first.classes[0].share, 0.75);
+    // Later: p1 ×2, p2 ×1, p4 ×1 succeed; p3 refused + timed out; p4 reset.
+    let later = ev("later_contact");
+    assert_eq!(later.attempts, 7);
+    assert_eq!(
+        cells(&later),
+        vec![
+            ("success".into(), 4),
+            ("refused".into(), 1),
+            ("reset".into(), 1),
+            ("timed_out".into(), 1)
+        ]
+    );
+    assert_eq!(cells(&ev("incoming")), vec![("success".into(), 1)]);
+
+    // Figure 5.1: 8 successful contacts, buckets 100,100,200,400,900,1200,6100,60000.
+    assert_eq!(report.gaps.contacts, 8);
+    assert_eq!(report.gaps.p50_ms, Some(400));
+    assert_eq!(report.gaps.p90_ms, Some(60_000));
+
+    // Peer rows.
+    let mut peers = Vec::new();
+    store.for_each_peer(Some(a), |p| peers.push(p)).unwrap();
+    assert_eq!(peers.len(), 5);
+    let p1 = &peers[0];
+    assert_eq!(
+        (p1.ip.as_str(), p1.port, p1.confirmed),
+        ("10.0.0.1", 6881, true)
+    );
+    // 90 % at 310 s, 100 % at 610 s: 0.98 is 8/10 of the way → 310 + 240 = 550 s.
+    assert_eq!(p1.crossed_at, Some(T0 + 550_000));
+    assert_eq!(
+        (p1.first_progress, p1.last_progress),
+        (Some(0.5), Some(1.0))
+    );
+    assert_eq!(p1.sources, "tracker_http+dht");
+    assert_eq!(p1.first_source, "tracker_http");
+    assert_eq!(p1.client.as_deref(), Some("libtorrent 2.0.11"));
+    assert_eq!(p1.transport, "tcp");
+    let p2 = &peers[1];
+    assert!(!p2.confirmed && p2.crossed_at.is_none());
+    let p3 = &peers[2];
+    assert_eq!(
+        (
+            p3.contacts,
+            p3.failures,
+            p3.last_error.as_deref(),
+            p3.first_progress
+        ),
+        (0, 3, Some("timed_out"), None)
+    );
+    let p4 = &peers[3];
+    assert_eq!(
+        (p4.ip.as_str(), p4.contacts, p4.failures, p4.confirmed),
+        ("2001:db8::4", 2, 1, true)
+    );
+    // 20 % at 20 s, 99 % at 620 s: 600 s * (0.98 - 0.2) / (0.99 - 0.2) = 592.405 s.
+    assert_eq!(p4.crossed_at, Some(T0 + 20_000 + 592_405));
+    assert_eq!(p4.sources, "dht");
+    let p5 = &peers[4];
+    assert_eq!(
+        (p5.sources.as_str(), p5.first_source.as_str(), p5.port),
+        ("incoming", "incoming", 7000)
+    );
+
+    // Resume: next visits as the scan code set them; addresses come back in full mode.
+    let resume = store.load_peers().unwrap();
+    let r1 = resume.iter().find(|r| r.ip_key == "10.0.0.1").unwrap();
+    assert_eq!(r1.next_visit_at, Some(T0 + 610_000 + 300_000));
+    assert_eq!(r1.addr, Some(addr("10.0.0.1:6881")));
+    assert!(r1.confirmed && r1.contacted);
+    let r3 = resume.iter().find(|r| r.ip_key == "10.0.0.3").unwrap();
+    assert_eq!((r3.contacted, r3.consecutive_failures), (false, 3));
+}
+
+#[test]
+fn a_database_keeps_its_privacy_mode_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.sqlite");
+    let hmac = Anonymizer::new(IpMode::Hmac, [5; 32]);
+    let store = Store::open(&path).unwrap();
+    let tid = store.upsert_torrent(&torrent(1, Some(100))).unwrap();
+    let writer = Writer::start(store, hmac.clone(), options(10, 100, 16)).unwrap();
+    let mut tx = writer.sender();
+    tx.send(outcome(
+        tid,
+        "192.0.2.1:6881",
+        ProbeEvent::FirstContact,
+        T0,
+        ok(1),
+    ));
+    drop(tx);
+    writer.finish().unwrap();
+    let store = Store::open_existing(&path).unwrap();
+    let mut ips = Vec::new();
+    store.for_each_peer(None, |p| ips.push(p.ip)).unwrap();
+    assert_eq!(
+        ips,
+        vec![hmac.anonymize("192.0.2.1".parse().unwrap()).shown]
+    );
+    assert!(!ips[0].contains("192"));
+    assert_eq!(store.load_peers().unwrap()[0].addr, None);
+    // Another mode, or the same mode with another key, is refused.
+    let e = Writer::start(store, full(), options(10, 100, 16))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("privacy.ip hmac") && e.contains("full"), "{e}");
+    let store = Store::open_existing(&path).unwrap();
+    let e = Writer::start(
+        store,
+        Anonymizer::new(IpMode::Hmac, [6; 32]),
+        options(10, 100, 16),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("HMAC key fingerprint"), "{e}");
+    let store = Store::open_existing(&path).unwrap();
+    Writer::start(store, hmac, options(10, 100, 16))
+        .unwrap()
+        .finish()
+        .unwrap();
+}
+
+#[test]
+fn restart_adds_a_run_and_keeps_confirming_across_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.sqlite");
+    let store = Store::open(&path).unwrap();
+    let tid = store.upsert_torrent(&torrent(1, Some(100))).unwrap();
+    let writer = Writer::start(store, full(), options(10, 100, 16)).unwrap();
+    let mut tx = writer.sender();
+    tx.send(outcome(
+        tid,
+        "10.1.1.1:1",
+        ProbeEvent::FirstContact,
+        T0,
+        ok(10),
+    ));
+    tx.send(outcome(
+        tid,
+        "10.1.1.1:1",
+        ProbeEvent::LaterContact,
+        T0 + 3_600_000,
+        ok(20),
+    ));
+    drop(tx);
+    writer.finish().unwrap();
+    // The scanner was down for an hour; the second run sees the peer complete.
+    let store = Store::open(&path).unwrap();
+    let writer = Writer::start(store, full(), options(10, 100, 16)).unwrap();
+    let mut tx = writer.sender();
+    tx.send(outcome(
+        tid,
+        "10.1.1.1:1",
+        ProbeEvent::LaterContact,
+        T0 + 7_200_000,
+        ok(60),
+    ));
+    tx.send(outcome(
+        tid,
+        "10.1.1.1:1",
+        ProbeEvent::LaterContact,
+        T0 + 9_000_000,
+        ok(100),
+    ));
+    drop(tx);
+    writer.finish().unwrap();
+    let store = Store::open_existing(&path).unwrap();
+    let report = store.report().unwrap();
+    // Run 1: 1 h, run 2: 0.5 h; the hour in between does not count.
+    assert_eq!(report.window.runs, 2);
+    assert!((report.window.hours - 1.5).abs() < 1e-12);
+    assert_eq!(report.total.confirmed, 1);
+    assert!((report.total.confirmed_per_hour.unwrap() - 1.0 / 1.5).abs() < 1e-12);
+}
