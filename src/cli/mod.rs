@@ -5,7 +5,11 @@ pub mod inspect;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "swarmscan", version, about = "BitTorrent measurement scanner: counts confirmed downloads of swarms")]
+#[command(
+    name = "swarmscan",
+    version,
+    about = "BitTorrent measurement scanner: counts confirmed downloads of swarms"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

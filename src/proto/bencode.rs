@@ -368,12 +368,10 @@ impl<'a> Decoder<'a> {
 
     fn bytes(&mut self) -> Result<&'a [u8], DecodeError> {
         let start = self.pos;
-        let len = self
-            .integer(b':')
-            .map_err(|e| match e.kind {
-                ErrorKind::UnexpectedEof => e,
-                _ => self.err(start, ErrorKind::InvalidLength),
-            })?;
+        let len = self.integer(b':').map_err(|e| match e.kind {
+            ErrorKind::UnexpectedEof => e,
+            _ => self.err(start, ErrorKind::InvalidLength),
+        })?;
         let len = usize::try_from(len).map_err(|_| self.err(start, ErrorKind::InvalidLength))?;
         let end = self
             .pos
@@ -574,11 +572,24 @@ mod tests {
 
     #[test]
     fn rejects_bep3_invalid_integers() {
-        for bad in [&b"i-0e"[..], b"i03e", b"ie", b"i-e", b"i1x2e", b"i99999999999999999999e"] {
+        for bad in [
+            &b"i-0e"[..],
+            b"i03e",
+            b"ie",
+            b"i-e",
+            b"i1x2e",
+            b"i99999999999999999999e",
+        ] {
             assert!(decode(bad).is_err(), "{:?}", DebugBytes(bad));
         }
-        assert_eq!(decode(b"i9223372036854775807e").unwrap().as_int(), Some(i64::MAX));
-        assert_eq!(decode(b"i-9223372036854775808e").unwrap().as_int(), Some(i64::MIN));
+        assert_eq!(
+            decode(b"i9223372036854775807e").unwrap().as_int(),
+            Some(i64::MAX)
+        );
+        assert_eq!(
+            decode(b"i-9223372036854775808e").unwrap().as_int(),
+            Some(i64::MIN)
+        );
     }
 
     #[test]
@@ -663,7 +674,10 @@ mod tests {
             e.to_string(),
             "field `name` at byte 7: expected integer, found byte string"
         );
-        assert_eq!(v.req("missing").unwrap_err().to_string(), "missing field `missing`");
+        assert_eq!(
+            v.req("missing").unwrap_err().to_string(),
+            "missing field `missing`"
+        );
     }
 }
 
