@@ -231,7 +231,12 @@ impl fmt::Display for Magnet {
             param(&mut s, "ws", w);
         }
         for p in &self.peers {
-            param(&mut s, "x.pe", &p.to_string());
+            // Left readable: libtorrent does not percent-decode x.pe, and ':' '[' ']' are
+            // harmless in a query. Only a v6 scope id's '%' needs encoding.
+            s.push_str(sep);
+            s.push_str("x.pe=");
+            s.push_str(&p.to_string().replace('%', "%25"));
+            sep = "&";
         }
         f.write_str(&s)
     }
