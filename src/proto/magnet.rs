@@ -312,3 +312,213 @@ impl TorrentRef {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const HEX: &str = "c12fe1c06bba254a9dc9f519b335aa7c1367a88a";
+    // The same hash in base32 (computed with Python's base64.b32encode, and libtorrent's
+    // parse_magnet_uri reads it as HEX).
+    const BASE32: &str = "YEX6DQDLXISUVHOJ6UM3GNNKPQJWPKEK";
+    const V2: &str = "caf1e1c30e81cb361b9ee167c4aa64228a7fa4fa9f6105232b28ad099f3a302e";
+
+    #[test]
+    fn bep9_form_with_all_parameters() {
+        let link = format!(
+            "magnet:?xt=urn:btih:{HEX}&dn=Some%20Name&tr=http%3A%2F%2Ft.example%2Fa&tr=udp%3A%2F%2Fu.example%3A80\
+             &x.pe=10.0.0.1:6881&x.pe=[2001:db8::1]:51413&ws=http%3A%2F%2Fw.example%2F&so=0-3"
+        );
+        let m: Magnet = link.parse().unwrap();
+        assert_eq!(m.info_hashes.v1.unwrap().to_string(), HEX);
+        assert_eq!(m.info_hashes.v2, None);
+        assert_eq!(m.display_name.as_deref(), Some("Some Name"));
+        assert_eq!(m.trackers, ["http://t.example/a", "udp://u.example:80"]);
+        assert_eq!(
+            m.peers,
+            [
+                "10.0.0.1:6881".parse::<SocketAddr>().unwrap(),
+                "[2001:db8::1]:51413".parse().unwrap()
+            ]
+        );
+        assert_eq!(m.web_seeds, ["http://w.example/"]);
+    }
+
+    #[test]
+    fn base32_and_hex_agree() {
+        let a: Magnet = format!("magnet:?xt=urn:btih:{BASE32}").parse().unwrap();
+        let b: Magnet = format!("magnet:?xt=urn:btih:{}", BASE32.to_lowercase())
+            .parse()
+            .unwrap();
+        let c: Magnet = format!("magnet:?xt=urn:btih:{}", HEX.to_uppercase())
+            .parse()
+            .unwrap();
+        assert_eq!(a.info_hashes.v1.unwrap().to_string(), HEX);
+        assert_eq!(a, b);
+        assert_eq!(a, c);
+    }
+
+    #[test]
+    fn bep53_btmh_and_hybrid() {
+        let m: Magnet = format!("magnet:?xt=urn:btmh:1220{V2}&dn=bittorrent-v2-test")
+            .parse()
+            .unwrap();
+        assert_eq!(m.info_hashes.v1, None);
+        let v2 = m.info_hashes.v2.unwrap();
+        assert_eq!(v2.to_string(), V2);
+        assert_eq!(hex::encode(&v2.truncated()), &V2[..40]);
+        let hybrid: Magnet = format!("magnet:?xt=urn:btih:{HEX}&xt=urn:btmh:1220{V2}")
+            .parse()
+            .unwrap();
+        assert!(hybrid.info_hashes.v1.is_some() && hybrid.info_hashes.v2.is_some());
+        assert_eq!(
+            hybrid.to_string(),
+            format!("magnet:?xt=urn:btih:{HEX}&xt=urn:btmh:1220{V2}")
+        );
+        assert_eq!(hybrid.info_hashes.wire_ids().len(), 2);
+    }
+
+    #[test]
+    fn errors_are_specific() {
+        let e = |s: &str| s.parse::<Magnet>().unwrap_err();
+        assert_eq!(e("http://x"), MagnetError::NotMagnet);
+        assert_eq!(e("magnet:?dn=x&xt=urn:ed2k:abc"), MagnetError::NoInfoHash);
+        assert_eq!(
+            e("magnet:?xt=urn:btih:abc"),
+            MagnetError::BadHash("abc".into(), "btih must be 40 hex or 32 base32 characters")
+        );
+        assert!(
+            matches!(e(&format!("magnet:?xt=urn:btih:{HEX}&dn=%4")), MagnetError::BadPercent(p) if p == "dn")
+        );
+        assert!(matches!(
+            e(&format!("magnet:?xt=urn:btih:{HEX}&dn=%g0")),
+            MagnetError::BadPercent(_)
+        ));
+        assert_eq!(
+            e(&format!("magnet:?xt=urn:btih:{HEX}&xt=urn:btih:{BASE32}1")),
+            MagnetError::BadHash(
+                format!("{BASE32}1"),
+                "btih must be 40 hex or 32 base32 characters"
+            )
+        );
+        let other = "0".repeat(40);
+        assert_eq!(
+            e(&format!("magnet:?xt=urn:btih:{HEX}&xt=urn:btih:{other}")),
+            MagnetError::ConflictingHash("v1")
+        );
+        assert!(matches!(
+            e(&format!("magnet:?xt=urn:btih:{HEX}&x.pe=1.2.3.4")),
+            MagnetError::BadPeer(_)
+        ));
+        // The same hash twice (hex and base32) is not a conflict.
+        assert!(format!("magnet:?xt=urn:btih:{HEX}&xt=urn:btih:{BASE32}")
+            .parse::<Magnet>()
+            .is_ok());
+    }
+
+    #[test]
+    fn user_input_forms() {
+        let h = TorrentRef::parse_input(&format!("  {HEX}\n")).unwrap();
+        assert_eq!(h.info_hashes().v1.unwrap().to_string(), HEX);
+        assert!(matches!(
+            TorrentRef::parse_input(BASE32).unwrap(),
+            TorrentRef::InfoHash(_)
+        ));
+        let h2 = TorrentRef::parse_input(V2).unwrap();
+        assert_eq!(h2.info_hashes().v2.unwrap().to_string(), V2);
+        assert_eq!(h2.info_hashes().v1, None);
+        assert!(matches!(
+            TorrentRef::parse_input(&format!("MAGNET:?xt=urn:btih:{HEX}")).unwrap(),
+            TorrentRef::Magnet(_)
+        ));
+        assert!(matches!(
+            TorrentRef::parse_input("foo.torrent"),
+            Err(MagnetError::NotInput(_))
+        ));
+        assert!(TorrentRef::parse_input(&"g".repeat(40)).is_err());
+        assert!(TorrentRef::looks_like_input(HEX));
+        assert!(TorrentRef::looks_like_input(V2));
+        assert!(!TorrentRef::looks_like_input("foo.torrent"));
+        assert!(!TorrentRef::looks_like_input("ééééé"));
+    }
+
+    #[test]
+    fn build_encodes_reserved_characters() {
+        let m = Magnet {
+            info_hashes: InfoHashes {
+                v1: Some(InfoHashV1([0xab; 20])),
+                v2: None,
+            },
+            display_name: Some("a b&c=d%e/ü".into()),
+            trackers: vec!["http://t/?a=1&b=2".into()],
+            peers: vec!["[::1]:1".parse().unwrap()],
+            web_seeds: vec![],
+        };
+        let s = m.to_string();
+        assert_eq!(
+            s,
+            format!(
+                "magnet:?xt=urn:btih:{}&dn=a%20b%26c%3Dd%25e%2F%C3%BC&tr=http%3A%2F%2Ft%2F%3Fa%3D1%26b%3D2&x.pe=[::1]:1",
+                "ab".repeat(20)
+            )
+        );
+        assert_eq!(s.parse::<Magnet>().unwrap(), m);
+    }
+
+    fn url_like() -> impl Strategy<Value = String> {
+        "[ -~]{1,30}|[a-zA-Z0-9äöü€ &=%?#/:]{1,20}"
+    }
+
+    prop_compose! {
+        fn magnet()(
+            v1 in proptest::option::of(any::<[u8; 20]>()),
+            v2 in proptest::option::of(any::<[u8; 32]>()),
+            dn in proptest::option::of("\\PC{1,20}"),
+            trackers in proptest::collection::vec(url_like(), 0..4),
+            seeds in proptest::collection::vec(url_like(), 0..3),
+            peers in proptest::collection::vec(any::<SocketAddr>(), 0..3),
+        ) -> Magnet {
+            let v1 = if v1.is_none() && v2.is_none() { Some([1; 20]) } else { v1 };
+            let mut m = Magnet {
+                info_hashes: InfoHashes { v1: v1.map(InfoHashV1), v2: v2.map(InfoHashV2) },
+                display_name: dn,
+                ..Magnet::default()
+            };
+            // Same normalisation the parser applies: no duplicates, no empty values.
+            for t in trackers { push_unique(&mut m.trackers, t); }
+            for s in seeds { push_unique(&mut m.web_seeds, s); }
+            for p in peers {
+                // Flow info is not part of the text form.
+                let p = match p {
+                    SocketAddr::V6(mut v6) => { v6.set_flowinfo(0); SocketAddr::V6(v6) }
+                    v4 => v4,
+                };
+                if !m.peers.contains(&p) { m.peers.push(p); }
+            }
+            m
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn build_parse_round_trip(m in magnet()) {
+            let s = m.to_string();
+            prop_assert_eq!(s.parse::<Magnet>().unwrap(), m);
+        }
+
+        #[test]
+        fn parse_never_panics(s in "\\PC{0,200}") {
+            let _ = s.parse::<Magnet>();
+            let _ = TorrentRef::parse_input(&s);
+        }
+
+        #[test]
+        fn parse_never_panics_near_valid(tail in "[a-zA-Z0-9%&=.:\\[\\]]{0,120}") {
+            let s = format!("magnet:?xt=urn:btih:{HEX}&{tail}");
+            if let Ok(m) = s.parse::<Magnet>() {
+                prop_assert_eq!(m.to_string().parse::<Magnet>().unwrap(), m);
+            }
+        }
+    }
+}

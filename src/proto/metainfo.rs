@@ -725,3 +725,286 @@ impl Metainfo {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::bencode::OwnedValue;
+
+    fn pieces(n: usize) -> OwnedValue {
+        OwnedValue::Bytes(vec![0xaa; 20 * n])
+    }
+
+    fn v1_single(len: i64, plen: i64) -> OwnedValue {
+        OwnedValue::dict()
+            .with("name", "file.bin")
+            .with("length", len)
+            .with("piece length", plen)
+            .with("pieces", pieces(((len + plen - 1) / plen) as usize))
+    }
+
+    fn torrent(info: OwnedValue) -> OwnedValue {
+        OwnedValue::dict().with("info", info)
+    }
+
+    fn file(len: i64, path: &[&str]) -> OwnedValue {
+        OwnedValue::dict().with("length", len).with(
+            "path",
+            path.iter()
+                .map(|&c| OwnedValue::from(c))
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    fn parse(t: &OwnedValue) -> Result<Metainfo, MetainfoError> {
+        Metainfo::from_bytes(&t.encode())
+    }
+
+    #[test]
+    fn v1_hash_is_sha1_of_the_raw_info_bytes() {
+        // Keys out of order: a re-encoding would sort them and hash differently.
+        let info = b"d6:lengthi3e4:name1:x6:pieces20:aaaaaaaaaaaaaaaaaaaa12:piece lengthi16384ee";
+        let mut buf = b"d4:info".to_vec();
+        buf.extend_from_slice(info);
+        buf.push(b'e');
+        let m = Metainfo::from_bytes(&buf).unwrap();
+        let want: [u8; 20] = Sha1::digest(info).into();
+        assert_eq!(m.info_hashes.v1, Some(InfoHashV1(want)));
+        assert_eq!(m.info_hashes.v2, None);
+        assert_eq!(m.info_size, info.len());
+        assert_eq!((m.piece_count, m.total_size), (1, 3));
+        assert_eq!(
+            m.files,
+            [FileEntry {
+                path: vec!["x".into()],
+                length: 3
+            }]
+        );
+    }
+
+    #[test]
+    fn multi_file_with_pad_files() {
+        let files = vec![
+            file(10, &["a", "b.txt"]),
+            OwnedValue::dict()
+                .with("attr", "p")
+                .with("length", 16374)
+                .with("path", vec![OwnedValue::from(".pad"), "16374".into()]),
+            file(5, &["c"]),
+        ];
+        let info = OwnedValue::dict()
+            .with("name", "dir")
+            .with("files", files)
+            .with("piece length", 16384)
+            .with("pieces", pieces(2));
+        let m = parse(&torrent(info)).unwrap();
+        assert_eq!(m.files.len(), 2);
+        assert_eq!(m.files[0].display_path(), "dir/a/b.txt");
+        assert_eq!(m.files[1].display_path(), "dir/c");
+        assert_eq!(
+            (m.total_size, m.padding_size, m.pad_file_count),
+            (15, 16374, 1)
+        );
+        assert_eq!(m.piece_count, 2);
+        assert!(!m.single_file);
+    }
+
+    #[test]
+    fn errors_name_field_and_offset() {
+        let info = v1_single(3, 16384).with("piece length", "16384");
+        let buf = torrent(info).encode();
+        let at = buf.windows(7).position(|w| w == b"5:16384").unwrap();
+        let e = Metainfo::from_bytes(&buf).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("invalid torrent: field `piece length` at byte {at}: expected integer, found byte string")
+        );
+
+        let e = parse(&torrent(
+            v1_single(3, 16384).with("pieces", OwnedValue::Bytes(vec![0; 21])),
+        ))
+        .unwrap_err();
+        assert!(
+            e.to_string().ends_with("length 21 is not a multiple of 20"),
+            "{e}"
+        );
+        let e = parse(&torrent(v1_single(40000, 16384).with("pieces", pieces(2)))).unwrap_err();
+        assert!(
+            e.to_string()
+                .ends_with("2 piece hashes for 40000 bytes in pieces of 16384 (need 3)"),
+            "{e}"
+        );
+        let e = parse(&torrent(v1_single(-1, 16384))).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("invalid torrent: field `length` at byte"),
+            "{e}"
+        );
+        assert!(e.to_string().ends_with("negative (-1)"), "{e}");
+        let e = parse(&torrent(v1_single(3, 16384).with("piece length", 0))).unwrap_err();
+        assert!(e.to_string().ends_with(": zero"), "{e}");
+        let e = parse(&OwnedValue::dict().with("info", 1)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid torrent: field `info` at byte 7: expected dictionary, found integer"
+        );
+        let e = Metainfo::from_bytes(b"d4:infod").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "not a torrent: unexpected end of input at byte 8"
+        );
+    }
+
+    #[test]
+    fn path_traversal_is_rejected() {
+        for bad in [&[".."][..], &["a", ".."], &["a/b"], &["."], &[""], &[]] {
+            let info = OwnedValue::dict()
+                .with("name", "dir")
+                .with("files", vec![file(1, bad)])
+                .with("piece length", 16384)
+                .with("pieces", pieces(1));
+            let e = parse(&torrent(info)).unwrap_err();
+            assert!(e.to_string().contains("files[0].path"), "{bad:?}: {e}");
+        }
+        for bad_name in ["..", "a/b", ""] {
+            let e = parse(&torrent(v1_single(1, 16384).with("name", bad_name))).unwrap_err();
+            assert!(e.to_string().contains("field `name`"), "{bad_name:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn trackers_follow_bep12() {
+        let tier = |urls: &[&str]| OwnedValue::List(urls.iter().map(|&u| u.into()).collect());
+        let t = torrent(v1_single(1, 16384))
+            .with("announce", "http://ignored/")
+            .with(
+                "announce-list",
+                vec![
+                    tier(&["http://a/", "http://b/", "http://a/"]),
+                    tier(&[]),
+                    tier(&["udp://c:1", "http://b/"]),
+                ],
+            );
+        let m = parse(&t).unwrap();
+        assert_eq!(
+            m.trackers,
+            [vec!["http://a/", "http://b/"], vec!["udp://c:1"]]
+        );
+
+        let only_announce = torrent(v1_single(1, 16384)).with("announce", "http://x/");
+        assert_eq!(parse(&only_announce).unwrap().trackers, [vec!["http://x/"]]);
+        // An announce-list with nothing usable falls back to announce.
+        let empty_list = only_announce.with("announce-list", vec![tier(&[])]);
+        assert_eq!(parse(&empty_list).unwrap().trackers, [vec!["http://x/"]]);
+        let wrong = torrent(v1_single(1, 16384)).with("announce-list", "http://x/");
+        assert!(parse(&wrong)
+            .unwrap_err()
+            .to_string()
+            .contains("`announce-list`"));
+    }
+
+    #[test]
+    fn url_list_string_or_list_and_optional_fields() {
+        let one = torrent(v1_single(1, 16384)).with("url-list", "http://w/");
+        assert_eq!(parse(&one).unwrap().url_list, ["http://w/"]);
+        let many = torrent(v1_single(1, 16384)).with(
+            "url-list",
+            vec![OwnedValue::from("http://w/"), "http://v/".into(), "".into()],
+        );
+        assert_eq!(parse(&many).unwrap().url_list, ["http://w/", "http://v/"]);
+        let m = parse(
+            &torrent(v1_single(1, 16384).with("private", 1))
+                .with("creation date", 1700000000)
+                .with("comment", "hi")
+                .with("created by", 7), // wrong type: ignored, it is informational
+        )
+        .unwrap();
+        assert!(m.private);
+        assert_eq!(
+            (m.creation_date, m.comment.as_deref(), m.created_by),
+            (Some(1700000000), Some("hi"), None)
+        );
+        assert!(
+            !parse(&torrent(v1_single(1, 16384).with("private", 0)))
+                .unwrap()
+                .private
+        );
+    }
+
+    fn v2_file(len: i64) -> OwnedValue {
+        let props = OwnedValue::dict().with("length", len);
+        let props = if len > 0 {
+            props.with("pieces root", OwnedValue::Bytes(vec![1; 32]))
+        } else {
+            props
+        };
+        OwnedValue::dict().with("", props)
+    }
+
+    #[test]
+    fn v2_piece_count_and_checks() {
+        let tree = OwnedValue::dict().with("a", v2_file(40000)).with(
+            "d",
+            OwnedValue::dict()
+                .with("e", v2_file(0))
+                .with("f", v2_file(16384)),
+        );
+        let info = OwnedValue::dict()
+            .with("name", "top")
+            .with("meta version", 2)
+            .with("piece length", 16384)
+            .with("file tree", tree.clone());
+        let m = parse(&torrent(info.clone())).unwrap();
+        assert_eq!(m.version, MetaVersion::V2);
+        assert_eq!(m.piece_count, 3 + 0 + 1);
+        assert_eq!(m.total_size, 56384);
+        let paths: Vec<String> = m.files.iter().map(|f| f.display_path()).collect();
+        assert_eq!(paths, ["top/a", "top/d/e", "top/d/f"]);
+        let raw = torrent(info.clone()).encode();
+        let info_raw = bencode::decode(&raw)
+            .unwrap()
+            .get("info")
+            .unwrap()
+            .raw()
+            .to_vec();
+        assert_eq!(
+            m.info_hashes.v2,
+            Some(InfoHashV2(Sha256::digest(&info_raw).into()))
+        );
+
+        let e = parse(&torrent(info.clone().with("piece length", 20000))).unwrap_err();
+        assert!(e.to_string().contains("not a power of two"), "{e}");
+        let e = parse(&torrent(info.clone().with("meta version", 3))).unwrap_err();
+        assert!(e.to_string().contains("unsupported version 3"), "{e}");
+        let bad_root = OwnedValue::dict().with(
+            "a",
+            OwnedValue::dict().with(
+                "",
+                OwnedValue::dict()
+                    .with("length", 5)
+                    .with("pieces root", "short"),
+            ),
+        );
+        let e = parse(&torrent(info.clone().with("file tree", bad_root))).unwrap_err();
+        assert!(e.to_string().contains("length 5 instead of 32"), "{e}");
+        let traversal = OwnedValue::dict().with("..", v2_file(1));
+        let e = parse(&torrent(info.with("file tree", traversal))).unwrap_err();
+        assert!(e.to_string().contains("path traversal"), "{e}");
+    }
+
+    #[test]
+    fn hash_display_and_parse() {
+        let h: InfoHashV1 = "C12FE1C06BBA254A9DC9F519B335AA7C1367A88A".parse().unwrap();
+        assert_eq!(h.to_string(), "c12fe1c06bba254a9dc9f519b335aa7c1367a88a");
+        assert!("c12f".parse::<InfoHashV1>().is_err());
+        let v2 = InfoHashV2([0x11; 32]);
+        assert_eq!(v2.truncated(), [0x11; 20]);
+        let both = InfoHashes {
+            v1: Some(h),
+            v2: Some(v2),
+        };
+        assert_eq!(both.wire_ids(), [h.0, [0x11; 20]]);
+        assert_eq!(both.primary_wire_id(), Some(h.0));
+        assert_eq!(InfoHashes::default().primary_wire_id(), None);
+    }
+}
