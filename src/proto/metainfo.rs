@@ -956,7 +956,7 @@ mod tests {
             .with("file tree", tree.clone());
         let m = parse(&torrent(info.clone())).unwrap();
         assert_eq!(m.version, MetaVersion::V2);
-        assert_eq!(m.piece_count, 3 + 0 + 1);
+        assert_eq!(m.piece_count, 4, "3 for a, none for the empty e, 1 for f");
         assert_eq!(m.total_size, 56384);
         let paths: Vec<String> = m.files.iter().map(|f| f.display_path()).collect();
         assert_eq!(paths, ["top/a", "top/d/e", "top/d/f"]);
