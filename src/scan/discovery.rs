@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 
 use super::catalog::Catalog;
-use super::driver::{Observation, WorkerMsg};
+use super::driver::WorkerMsg;
+use crate::store::record::{DiscoveryRecord, PeerSource, Record, ScrapeRecord};
+use crate::store::writer::RecordSender;
 use super::peer_table::{owner_worker, source};
 use crate::proto::http::{self, ResponseLimits, ResponseReader};
 use crate::proto::tracker_http::{self, AnnounceParams, Event};
@@ -52,36 +54,6 @@ impl Default for DiscoveryConfig {
             user_agent: concat!("swarmscan/", env!("CARGO_PKG_VERSION")).to_string(),
         }
     }
-}
-
-/// What the store records about one discovery request.
-#[derive(Debug, Clone)]
-pub struct DiscoveryObservation {
-    pub request: u64,
-    pub torrent: u32,
-    /// `source::TRACKER_HTTP` or `source::TRACKER_UDP`.
-    pub source: u8,
-    pub url: String,
-    pub at_ms: u64,
-    pub duration_ms: u64,
-    pub received: u32,
-    pub error: Option<String>,
-    pub interval: Option<u32>,
-    pub complete: Option<u64>,
-    pub incomplete: Option<u64>,
-    pub downloaded: Option<u64>,
-}
-
-/// A scrape result for one torrent at one tracker.
-#[derive(Debug, Clone)]
-pub struct ScrapeObservation {
-    pub torrent: u32,
-    pub url: String,
-    pub at_ms: u64,
-    pub complete: Option<u64>,
-    pub incomplete: Option<u64>,
-    pub downloaded: Option<u64>,
-    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,7 +95,8 @@ impl Discovery {
         cfg: DiscoveryConfig,
         catalog: Arc<Catalog>,
         route: Vec<Sender<WorkerMsg>>,
-        sink: Sender<Observation>,
+        records: RecordSender,
+        epoch_unix_ms: i64,
         epoch: Instant,
         stop: Arc<AtomicBool>,
     ) -> std::io::Result<Discovery> {
@@ -159,7 +132,8 @@ impl Discovery {
             cfg: cfg.clone(),
             catalog: catalog.clone(),
             route,
-            sink,
+            records: Mutex::new(records),
+            epoch_unix_ms,
             epoch,
             stop: stop.clone(),
             udp_ids: Mutex::new(ConnectionIdCache::new(4096)),
@@ -275,7 +249,8 @@ struct Shared {
     cfg: DiscoveryConfig,
     catalog: Arc<Catalog>,
     route: Vec<Sender<WorkerMsg>>,
-    sink: Sender<Observation>,
+    records: Mutex<RecordSender>,
+    epoch_unix_ms: i64,
     epoch: Instant,
     stop: Arc<AtomicBool>,
     udp_ids: Mutex<ConnectionIdCache>,
@@ -330,44 +305,53 @@ impl Shared {
             }
             Err(_) => (Duration::ZERO, false),
         };
-        let obs = match result {
+        let record = match result {
             Ok(a) => {
-                self.route_peers(torrent, src, request, &a.peers);
-                DiscoveryObservation {
-                    request,
-                    torrent,
-                    source: src,
-                    url,
-                    at_ms,
-                    duration_ms,
-                    received: a.peers.len() as u32,
+                self.route_peers(torrent, src, &a.peers);
+                if let Some(downloaded) = a.downloaded {
+                    // Many HTTP trackers put scrape counts in the announce reply too.
+                    self.send(Record::Scrape(ScrapeRecord {
+                        at: self.epoch_unix_ms + at_ms as i64,
+                        torrent_id: self.catalog.get(torrent).db_id,
+                        tracker: url.clone(),
+                        complete: a.complete.unwrap_or(0) as i64,
+                        incomplete: a.incomplete.unwrap_or(0) as i64,
+                        downloaded: downloaded as i64,
+                    }));
+                }
+                DiscoveryRecord {
+                    at: self.epoch_unix_ms + at_ms as i64,
+                    torrent_id: self.catalog.get(torrent).db_id,
+                    source: if kind == Kind::Udp { PeerSource::TrackerUdp } else { PeerSource::TrackerHttp },
+                    tracker: Some(url),
+                    duration_ms: duration_ms.min(u32::MAX as u64) as u32,
                     error: None,
-                    interval: a.interval,
-                    complete: a.complete,
-                    incomplete: a.incomplete,
-                    downloaded: a.downloaded,
+                    peers: a.peers,
                 }
             }
-            Err(e) => DiscoveryObservation {
-                request,
-                torrent,
-                source: src,
-                url,
-                at_ms,
-                duration_ms,
-                received: 0,
+            Err(e) => DiscoveryRecord {
+                at: self.epoch_unix_ms + at_ms as i64,
+                torrent_id: self.catalog.get(torrent).db_id,
+                source: if kind == Kind::Udp { PeerSource::TrackerUdp } else { PeerSource::TrackerHttp },
+                tracker: Some(url),
+                duration_ms: duration_ms.min(u32::MAX as u64) as u32,
                 error: Some(e),
-                interval: None,
-                complete: None,
-                incomplete: None,
-                downloaded: None,
+                peers: Vec::new(),
             },
         };
-        let _ = self.sink.send(Observation::Discovery(Box::new(obs)));
+        let _ = request;
+        self.send(Record::Discovery(record));
         JobResult::Announce { target, next_in, ok }
     }
 
-    fn route_peers(&self, torrent: u32, src: u8, request: u64, peers: &[SocketAddr]) {
+    fn send(&self, record: Record) {
+        if let Ok(mut r) = self.records.lock() {
+            r.send(record);
+            r.pump();
+        }
+    }
+
+    fn route_peers(&self, torrent: u32, src: u8, peers: &[SocketAddr]) {
         let workers = self.route.len();
         let mut per: Vec<Vec<SocketAddr>> = vec![Vec::new(); workers];
         for &p in peers {
@@ -377,14 +361,9 @@ impl Shared {
             per[owner_worker(torrent, p, workers)].push(p);
         }
         for (w, addrs) in per.into_iter().enumerate() {
-            // Every owner answers with its new/duplicate counts, even for an empty part, so
-            // the request's totals are complete.
-            let _ = self.route[w].send(WorkerMsg::Peers {
-                torrent,
-                source: src,
-                addrs,
-                request: Some(request),
-            });
+            if !addrs.is_empty() {
+                let _ = self.route[w].send(WorkerMsg::Peers { torrent, source: src, addrs });
+            }
         }
     }
 
@@ -542,7 +521,7 @@ impl Shared {
                 Ok(hashes
                     .iter()
                     .map(|h| match r.get(h) {
-                        Some(e) => (e.complete, e.incomplete, e.downloaded),
+                        Some(e) => (Some(e.complete), Some(e.incomplete), Some(e.downloaded)),
                         None => (None, None, None),
                     })
                     .collect())
@@ -564,23 +543,22 @@ impl Shared {
                 }
             })(),
         };
-        for (i, (torrent, _)) in torrents.iter().enumerate() {
-            let (complete, incomplete, downloaded, error) = match &result {
-                Ok(v) => {
-                    let (c, inc, d) = v.get(i).copied().unwrap_or((None, None, None));
-                    (c, inc, d, None)
-                }
-                Err(e) => (None, None, None, Some(e.clone())),
-            };
-            let _ = self.sink.send(Observation::Scrape(Box::new(ScrapeObservation {
-                torrent: *torrent,
-                url: url.to_string(),
-                at_ms,
-                complete,
-                incomplete,
-                downloaded,
-                error,
-            })));
+        let Ok(rows) = result else {
+            // A failed scrape has nothing to compare; it shows in the logs only.
+            tracing::debug!(url, "scrape failed");
+            return;
+        };
+        for ((torrent, _), (complete, incomplete, downloaded)) in torrents.iter().zip(rows) {
+            // Only a tracker that reports `downloaded` can be compared with confirmations.
+            let Some(downloaded) = downloaded else { continue };
+            self.send(Record::Scrape(ScrapeRecord {
+                at: self.epoch_unix_ms + at_ms as i64,
+                torrent_id: self.catalog.get(*torrent).db_id,
+                tracker: url.to_string(),
+                complete: complete.unwrap_or(0) as i64,
+                incomplete: incomplete.unwrap_or(0) as i64,
+                downloaded: downloaded as i64,
+            }));
         }
     }
 }

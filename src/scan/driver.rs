@@ -5,14 +5,19 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::{Receiver, Sender};
 
 use super::catalog::Catalog;
 use super::peer_table::{flag, owner_worker, source, Inserted, PeerIdx, PeerTable, NOT_SCHEDULED};
 use super::revisit::{RevisitPolicy, RevisitWheel, VisitResult};
 use crate::engine::conversation::{Conversation, Millis, Verdict};
 use crate::engine::worker::{Ending, ProbeDone, ProbeRequest, WorkerDriver};
-use crate::proto::probe::{Direction, Probe, ProbeReport, ProbeSettings, Step};
+use crate::proto::probe::{Direction, Probe, ProbeEnd, ProbeReport, ProbeSettings, Step};
+use crate::store::record::{
+    DiscoveryRecord, ErrorClass, PeerSource, ProbeEvent, ProbeOutcome, ProbeResult, Progress,
+    Record, Transport,
+};
+use crate::store::writer::RecordSender;
 
 /// Which kind of contact a probe was (thesis table 5.7 rows).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
@@ -100,13 +105,11 @@ impl Conversation for ProbeConv {
 
 /// Messages between workers (and from discovery to workers).
 pub enum WorkerMsg {
-    /// Addresses for a torrent from one source. `request` ties them to a discovery request
-    /// so the owner can report how many were new.
+    /// Addresses for a torrent from one source.
     Peers {
         torrent: u32,
         source: u8,
         addrs: Vec<SocketAddr>,
-        request: Option<u64>,
     },
     /// An incoming connection evaluated a peer this worker owns.
     Visited {
@@ -115,37 +118,6 @@ pub enum WorkerMsg {
         report: Box<ProbeReport>,
         at_ms: Millis,
     },
-}
-
-/// What a worker tells the store. One per finished probe, plus discovery bookkeeping.
-#[derive(Debug, Clone)]
-pub enum Observation {
-    Probe(Box<ProbeObservation>),
-    /// How many addresses of a discovery request were new to the scan.
-    DiscoveryCounts { request: u64, new: u32, duplicate: u32 },
-    /// An incoming connection asked for a torrent we do not scan.
-    UnknownInfoHash { remote: SocketAddr, info_hash: Option<[u8; 20]>, at_ms: Millis },
-    /// One tracker announce.
-    Discovery(Box<super::discovery::DiscoveryObservation>),
-    /// One tracker scrape result for one torrent.
-    Scrape(Box<super::discovery::ScrapeObservation>),
-}
-
-/// One finished probe.
-#[derive(Debug, Clone)]
-pub struct ProbeObservation {
-    pub torrent: u32,
-    pub addr: SocketAddr,
-    pub kind: ContactKind,
-    pub sources: u8,
-    pub at_ms: Millis,
-    pub connect_ms: Option<Millis>,
-    pub report: ProbeReport,
-    /// Progress after this visit, and whether this visit confirmed a download.
-    pub newly_confirmed: bool,
-    pub speed: Option<f64>,
-    /// Seconds since the scan epoch of the next visit (None = not scheduled).
-    pub next_visit_secs: Option<u32>,
 }
 
 /// Counters a worker publishes for the status line (relaxed atomics, read by the stats thread).
@@ -157,56 +129,8 @@ pub struct WorkerCounters {
     pub confirmed: AtomicU64,
     pub in_flight: AtomicU64,
     pub table_full: AtomicU64,
+    pub unknown_info_hash: AtomicU64,
     pub sink_backlog: AtomicU64,
-}
-
-/// Where observations go: a bounded channel to the store writer. A full channel never blocks
-/// the probe loop and never loses a record: the driver keeps a backlog and retries each tick.
-pub struct ObservationSink {
-    tx: Sender<Observation>,
-    backlog: std::collections::VecDeque<Observation>,
-}
-
-impl ObservationSink {
-    pub fn new(tx: Sender<Observation>) -> Self {
-        ObservationSink {
-            tx,
-            backlog: Default::default(),
-        }
-    }
-    pub fn send(&mut self, o: Observation) {
-        if !self.backlog.is_empty() {
-            self.backlog.push_back(o);
-            return;
-        }
-        match self.tx.try_send(o) {
-            Ok(()) => {}
-            Err(TrySendError::Full(o)) => self.backlog.push_back(o),
-            Err(TrySendError::Disconnected(_)) => {} // the writer is gone: shutting down
-        }
-    }
-    /// Retries the backlog; returns how many are still waiting.
-    pub fn flush(&mut self) -> usize {
-        while let Some(o) = self.backlog.pop_front() {
-            match self.tx.try_send(o) {
-                Ok(()) => {}
-                Err(TrySendError::Full(o)) => {
-                    self.backlog.push_front(o);
-                    break;
-                }
-                Err(TrySendError::Disconnected(_)) => self.backlog.clear(),
-            }
-        }
-        self.backlog.len()
-    }
-    /// Blocks until the backlog is delivered (shutdown only).
-    pub fn flush_blocking(&mut self) {
-        while let Some(o) = self.backlog.pop_front() {
-            if self.tx.send(o).is_err() {
-                break;
-            }
-        }
-    }
 }
 
 /// One worker's scan state.
@@ -222,7 +146,9 @@ pub struct ScanDriver {
     /// One sender per worker, this one included, for routing PEX and incoming results.
     route: Vec<Sender<WorkerMsg>>,
     outbox: Vec<Vec<WorkerMsg>>,
-    sink: ObservationSink,
+    records: RecordSender,
+    /// Unix milliseconds at engine time 0, to stamp records.
+    epoch_unix_ms: i64,
     stop: Arc<AtomicBool>,
     last_tick: Millis,
     pub counters: Arc<WorkerCounters>,
@@ -241,7 +167,8 @@ impl ScanDriver {
         max_peers: u32,
         inbox: Receiver<WorkerMsg>,
         route: Vec<Sender<WorkerMsg>>,
-        sink: Sender<Observation>,
+        records: RecordSender,
+        epoch_unix_ms: i64,
         stop: Arc<AtomicBool>,
     ) -> ScanDriver {
         let workers = route.len();
@@ -256,7 +183,8 @@ impl ScanDriver {
             inbox,
             route,
             outbox: (0..workers).map(|_| Vec::new()).collect(),
-            sink: ObservationSink::new(sink),
+            records,
+            epoch_unix_ms,
             stop,
             last_tick: 0,
             counters: Arc::new(WorkerCounters::default()),
@@ -288,15 +216,11 @@ impl ScanDriver {
         (now / 1000) as u32
     }
 
-    fn add_peers(&mut self, torrent: u32, src: u8, addrs: &[SocketAddr], now: Millis) -> (u32, u32) {
-        let (mut new, mut dup) = (0, 0);
+    fn add_peers(&mut self, torrent: u32, src: u8, addrs: &[SocketAddr], now: Millis) {
         for &a in addrs {
             match self.table.insert(torrent, a, src, Self::secs(now)) {
-                Inserted::New(idx) => {
-                    new += 1;
-                    self.wheel.schedule(idx, Self::secs(now));
-                }
-                Inserted::Existing(_) => dup += 1,
+                Inserted::New(idx) => self.wheel.schedule(idx, Self::secs(now)),
+                Inserted::Existing(_) => {}
                 Inserted::Full => {
                     self.counters.table_full.fetch_add(1, Ordering::Relaxed);
                 }
@@ -305,7 +229,6 @@ impl ScanDriver {
         self.counters
             .known_peers
             .store(self.table.len() as u64, Ordering::Relaxed);
-        (new, dup)
     }
 
     fn route_peers(&mut self, torrent: u32, src: u8, addrs: impl Iterator<Item = SocketAddr>) {
@@ -313,12 +236,11 @@ impl ScanDriver {
         for a in addrs {
             let w = owner_worker(torrent, a, workers);
             match self.outbox[w].last_mut() {
-                Some(WorkerMsg::Peers { torrent: t, source: s, addrs, .. }) if *t == torrent && *s == src => addrs.push(a),
+                Some(WorkerMsg::Peers { torrent: t, source: s, addrs }) if *t == torrent && *s == src => addrs.push(a),
                 _ => self.outbox[w].push(WorkerMsg::Peers {
                     torrent,
                     source: src,
                     addrs: vec![a],
-                    request: None,
                 }),
             }
         }
@@ -375,20 +297,33 @@ impl ScanDriver {
         self.counters.probes_done.fetch_add(1, Ordering::Relaxed);
         if !report.pex.is_empty() {
             let pex = report.pex.clone();
+            self.records.send(Record::Discovery(DiscoveryRecord {
+                at: self.unix_ms(at_ms),
+                torrent_id: self.catalog.get(torrent).db_id,
+                source: PeerSource::Pex,
+                tracker: None,
+                duration_ms: 0,
+                error: None,
+                peers: pex.clone(),
+            }));
             self.route_peers(torrent, source::PEX, pex.into_iter());
         }
-        self.sink.send(Observation::Probe(Box::new(ProbeObservation {
-            torrent,
+        let _ = (sources, speed);
+        let next_visit_at = (next != NOT_SCHEDULED).then(|| self.unix_ms(next as u64 * 1000));
+        let outcome = outcome_record(
+            self.catalog.get(torrent).db_id,
             addr,
             kind,
-            sources,
-            at_ms,
+            self.unix_ms(at_ms),
             connect_ms,
-            report,
-            newly_confirmed,
-            speed,
-            next_visit_secs: (next != NOT_SCHEDULED).then_some(next),
-        })));
+            &report,
+            next_visit_at,
+        );
+        self.records.send(Record::Outcome(Box::new(outcome)));
+    }
+
+    fn unix_ms(&self, at_ms: Millis) -> i64 {
+        self.epoch_unix_ms + at_ms as i64
     }
 
     fn on_incoming_done(&mut self, done: ProbeDone<ProbeConv>, now: Millis) {
@@ -397,11 +332,10 @@ impl ScanDriver {
             return; // closed before a handshake: nothing to attribute
         };
         let Some(torrent) = self.catalog.index_of(&hash).filter(|_| report.handshake) else {
-            self.sink.send(Observation::UnknownInfoHash {
-                remote: done.peer,
-                info_hash: Some(hash),
-                at_ms: now,
-            });
+            // Counted in the outcome table; the peer itself is not stored (it is not in the
+            // study).
+            let _ = (hash, done.peer);
+            self.counters.unknown_info_hash.fetch_add(1, Ordering::Relaxed);
             return;
         };
         // Identity of an incoming peer: its listen port from the extension handshake, else
@@ -413,7 +347,6 @@ impl ScanDriver {
             torrent,
             source: source::INCOMING,
             addrs: vec![addr],
-            request: None,
         });
         self.outbox[owner].push(WorkerMsg::Visited {
             torrent,
@@ -427,11 +360,8 @@ impl ScanDriver {
         for _ in 0..INBOX_PER_TICK {
             let Ok(msg) = self.inbox.try_recv() else { break };
             match msg {
-                WorkerMsg::Peers { torrent, source, addrs, request } => {
-                    let (new, duplicate) = self.add_peers(torrent, source, &addrs, now);
-                    if let Some(request) = request {
-                        self.sink.send(Observation::DiscoveryCounts { request, new, duplicate });
-                    }
+                WorkerMsg::Peers { torrent, source, addrs } => {
+                    self.add_peers(torrent, source, &addrs, now);
                 }
                 WorkerMsg::Visited { torrent, addr, report, at_ms } => {
                     if let Some(idx) = self.table.find(torrent, addr) {
@@ -499,7 +429,7 @@ impl WorkerDriver for ScanDriver {
         self.last_tick = now;
         self.handle_inbox(now);
         self.flush_outbox();
-        let backlog = self.sink.flush();
+        let backlog = self.records.pump();
         self.counters.sink_backlog.store(backlog as u64, Ordering::Relaxed);
     }
 
@@ -516,7 +446,85 @@ impl WorkerDriver for ScanDriver {
 impl Drop for ScanDriver {
     fn drop(&mut self) {
         self.flush_outbox();
-        self.sink.flush_blocking();
         let _ = self.worker;
     }
+}
+
+/// The store's record of one finished probe.
+pub fn outcome_record(
+    torrent_id: i64,
+    addr: SocketAddr,
+    kind: ContactKind,
+    at: i64,
+    connect_ms: Option<Millis>,
+    report: &ProbeReport,
+    next_visit_at: Option<i64>,
+) -> ProbeOutcome {
+    let event = match kind {
+        ContactKind::First => ProbeEvent::FirstContact,
+        ContactKind::Later => ProbeEvent::LaterContact,
+        ContactKind::Incoming => ProbeEvent::Incoming,
+    };
+    let result = if report.handshake && report.progress_source.is_some() {
+        ProbeResult::Success(Progress {
+            have: report.pieces_have,
+            pieces: report.piece_count,
+        })
+    } else {
+        ProbeResult::Failed(error_class(report))
+    };
+    let mut transport = Transport::TCP;
+    if addr.is_ipv6() && addr.ip().to_canonical().is_ipv6() {
+        transport = transport | Transport::IPV6;
+    }
+    if kind == ContactKind::Incoming {
+        transport = transport | Transport::INCOMING;
+    }
+    ProbeOutcome {
+        torrent_id,
+        addr,
+        event,
+        at,
+        result,
+        client: describe_client(report),
+        peer_id: report.peer_id,
+        transport,
+        connect_ms: connect_ms.map(|c| c.min(u32::MAX as u64) as u32),
+        duration_ms: report.total_ms.min(u32::MAX as u64) as u32,
+        longest_gap_ms: (report.messages > 1).then_some(report.longest_gap_ms.min(u32::MAX as u64) as u32),
+        messages: report.messages,
+        next_visit_at,
+    }
+}
+
+/// The thesis' error classes (table 5.7) for a probe that learned no progress.
+pub fn error_class(report: &ProbeReport) -> ErrorClass {
+    match &report.end {
+        ProbeEnd::SocketError(e) => ErrorClass::from_errno(*e),
+        ProbeEnd::UnknownProtocol | ProbeEnd::ProtocolError(_) => ErrorClass::UnknownProtocol,
+        ProbeEnd::UnknownInfoHash => ErrorClass::UnknownInfoHash,
+        // Closed by the peer, or quiet after a handshake that never completed.
+        ProbeEnd::PeerClosed => ErrorClass::Broken,
+        ProbeEnd::QuietTimeout | ProbeEnd::MaxDuration => {
+            if report.handshake {
+                ErrorClass::Broken
+            } else {
+                ErrorClass::TimedOut
+            }
+        }
+        ProbeEnd::Answered | ProbeEnd::MessageCap => ErrorClass::Broken,
+    }
+}
+
+/// "qBittorrent 4.1.3" from the extension handshake's `v`, else from the peer-id.
+fn describe_client(report: &ProbeReport) -> Option<String> {
+    if report.peer_id.is_none() && report.client.is_none() {
+        return None;
+    }
+    let id = crate::proto::client_id::combine(
+        report.peer_id.as_ref().map(|p| &p[..]),
+        report.client.as_deref().map(str::as_bytes),
+    );
+    let text = id.client.to_string();
+    (!text.is_empty()).then_some(text)
 }

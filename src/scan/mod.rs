@@ -1,5 +1,9 @@
 //! Scan policy: which peer to probe and when. Per-worker peer tables, the revisit wheel and
-//! policy, and routing of peers to their owning worker. Pure data structures: time is passed in.
+//! policy, routing of peers to their owning worker, tracker discovery, and the per-worker
+//! driver the engine calls.
 
+pub mod catalog;
+pub mod discovery;
+pub mod driver;
 pub mod peer_table;
 pub mod revisit;
