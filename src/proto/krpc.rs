@@ -369,6 +369,13 @@ impl Message {
         }
     }
 
+    /// The sender's client and version, read from `v`.
+    pub fn client(&self) -> Option<crate::proto::client_id::ClientId> {
+        self.version
+            .as_deref()
+            .map(crate::proto::client_id::from_dht_version)
+    }
+
     /// Encode to bencode (canonical: keys sorted).
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(128);

@@ -4,9 +4,10 @@
 Two directions are captured into tests/data/dht/:
   lt_query_*.bin     queries libtorrent's DHT sends to our fake nodes (its bootstrap node is a
                      tiny UDP recorder on 127.0.0.1; we answer get_peers with values + token and
-                     more fake nodes, so it goes on to announce_peer; add_dht_node makes it ping).
-                     libtorrent 2.x bootstraps and refreshes with get_peers, so it sends no
-                     find_node here; its find_node *response* is recorded below.
+                     more fake nodes, so it goes on to announce_peer; dht_sample_infohashes
+                     makes it send sample_infohashes). libtorrent 2.x bootstraps, refreshes and
+                     even "pings" nodes given to add_dht_node with get_peers, so no ping or
+                     find_node query is recorded; its *responses* to both are (below).
   lt_response_*.bin  libtorrent's replies to queries we send to its DHT port
   lt_error_*.bin     libtorrent's error replies to bad queries we send it
 Only 127.0.0.1 is used; every loop is bounded by a deadline. Run:
@@ -92,7 +93,7 @@ def save(name, data):
 def main():
     os.makedirs(OUT, exist_ok=True)
     # Fake DHT nodes: the bootstrap node, two more it hands out in replies, and one it only
-    # learns of through add_dht_node (so it pings it).
+    # learns of through add_dht_node.
     nodes = []
     for i in range(4):
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -137,7 +138,7 @@ def main():
             ses.dht_sample_infohashes((HOST, nodes[1][0].getsockname()[1]), lt.sha1_hash(INFO_HASH))
             sampled = True
         if not pinged and time.time() > start + 5:
-            # A node libtorrent is told about gets a ping.
+            # A node libtorrent is told about gets contacted (with get_peers in 2.1.1).
             ses.add_dht_node((HOST, nodes[3][0].getsockname()[1]))
             pinged = True
         ready, _, _ = select.select([s for s, _ in nodes], [], [], 0.2)
@@ -167,7 +168,7 @@ def main():
                 r["nodes"] = others
             reply = {"t": msg[b"t"], "y": "r", "r": r, "ip": compact(addr[0], addr[1])}
             s.sendto(benc(reply), addr)
-        if all(("lt_query_" + k) in saved for k in ("ping", "get_peers", "announce_peer", "sample_infohashes")):
+        if all(("lt_query_" + k) in saved for k in ("get_peers", "announce_peer", "sample_infohashes")):
             break
 
     # Phase 2: query libtorrent ourselves and record its replies.

@@ -207,3 +207,28 @@ proptest! {
         let _ = c.to_string();
     }
 }
+
+proptest! {
+    /// Every listed Azureus-style code with a numeric version is recognised under its name
+    /// (Vuze/Azureus share one code), whatever the random tail holds.
+    #[test]
+    fn listed_codes_are_recognised(
+        entry in proptest::sample::select(AZUREUS),
+        ver in "[0-9]{4}",
+        tail in proptest::collection::vec(any::<u8>(), 12),
+    ) {
+        let (code, name, _) = entry;
+        let mut id = vec![b'-', code[0], code[1]];
+        id.extend_from_slice(ver.as_bytes());
+        id.push(b'-');
+        id.extend(tail);
+        let got = from_peer_id(&id);
+        let got_name = got.name().map(str::to_string);
+        prop_assert!(got.is_known(), "{:?}", got);
+        if code == b"AZ" {
+            prop_assert!(matches!(got_name.as_deref(), Some("Azureus" | "Vuze")));
+        } else {
+            prop_assert_eq!(got_name.as_deref(), Some(name));
+        }
+    }
+}

@@ -272,6 +272,7 @@ fn assert_libtorrent(msg: &Message) {
     assert_eq!(v, b"LT\x02\x11");
     let client = client_id::from_dht_version(v);
     assert_eq!(client.to_string(), "libtorrent 2.1.1");
+    assert_eq!(msg.client(), Some(client));
 }
 
 /// Decode, and check that our re-encoding decodes to the same message (libtorrent adds keys
