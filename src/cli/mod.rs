@@ -3,6 +3,7 @@
 pub mod config_cmd;
 pub mod inspect;
 pub mod report_cmd;
+pub mod run_cmd;
 
 use clap::{Parser, Subcommand};
 
@@ -19,6 +20,12 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Scan torrents in the foreground: discover peers, probe them again and again, store outcomes.
+    Run(run_cmd::RunArgs),
+    /// Add torrents to the database (scanned by every later `run` on it).
+    Add(run_cmd::AddArgs),
+    /// Probe one peer once and print the decoded conversation, like a capture.
+    Probe(run_cmd::ProbeArgs),
     /// Show what a torrent file, magnet link or info-hash contains.
     Inspect(inspect::InspectArgs),
     /// Benchmarks: probe throughput of the engine against a fake swarm.
@@ -41,6 +48,9 @@ pub fn main() -> i32 {
         }
     };
     match cli.command {
+        Command::Run(args) => run_cmd::run(&args),
+        Command::Add(args) => run_cmd::add(&args),
+        Command::Probe(args) => run_cmd::probe(&args),
         Command::Inspect(args) => inspect::run(&args),
         Command::Bench(args) => crate::engine::bench::run(&args),
         Command::Config(args) => config_cmd::run(&args),

@@ -18,12 +18,12 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::catalog::Catalog;
 use super::driver::WorkerMsg;
-use crate::store::record::{DiscoveryRecord, PeerSource, Record, ScrapeRecord};
-use crate::store::writer::RecordSender;
 use super::peer_table::{owner_worker, source};
 use crate::proto::http::{self, ResponseLimits, ResponseReader};
 use crate::proto::tracker_http::{self, AnnounceParams, Event};
 use crate::proto::tracker_udp::{self, AddressFamily, ConnectionIdCache};
+use crate::store::record::{DiscoveryRecord, PeerSource, Record, ScrapeRecord};
+use crate::store::writer::RecordSender;
 
 /// Settings of discovery (from the `tracker.*` config keys).
 #[derive(Debug, Clone)]
@@ -48,7 +48,7 @@ impl Default for DiscoveryConfig {
             scrape_secs: 300.0,
             numwant: 200,
             listen_port: 0,
-            peer_id: *b"-SS0100-000000000000",
+            peer_id: *b"-SW0001-000000000000",
             timeout: Duration::from_secs(15),
             threads: 4,
             user_agent: concat!("swarmscan/", env!("CARGO_PKG_VERSION")).to_string(),
@@ -74,12 +74,25 @@ struct Target {
 }
 
 enum Job {
-    Announce { target: usize, request: u64, url: String, params: AnnounceParams },
-    Scrape { url: String, kind: Kind, torrents: Vec<(u32, [u8; 20])> },
+    Announce {
+        target: usize,
+        request: u64,
+        url: String,
+        params: AnnounceParams,
+    },
+    Scrape {
+        url: String,
+        kind: Kind,
+        torrents: Vec<(u32, [u8; 20])>,
+    },
 }
 
 enum JobResult {
-    Announce { target: usize, next_in: Duration, ok: bool },
+    Announce {
+        target: usize,
+        next_in: Duration,
+        ok: bool,
+    },
     Scraped,
 }
 
@@ -195,7 +208,11 @@ fn schedule_loop(
             // Announce as a leecher so trackers hand out seeders too.
             params.left = torrent.total_size.max(1);
             params.numwant = Some(cfg.numwant);
-            params.event = if t.started { Event::None } else { Event::Started };
+            params.event = if t.started {
+                Event::None
+            } else {
+                Event::Started
+            };
             params.key = Some(0x5353_0001);
             t.busy = true;
             requests.fetch_add(1, Ordering::Relaxed);
@@ -218,15 +235,28 @@ fn schedule_loop(
                     .push((t.torrent, h));
             }
             for ((url, udp), torrents) in by_url {
-                let chunk = if udp { tracker_udp::MAX_SCRAPE_HASHES } else { 50 };
+                let chunk = if udp {
+                    tracker_udp::MAX_SCRAPE_HASHES
+                } else {
+                    50
+                };
                 for part in torrents.chunks(chunk) {
                     let kind = if udp { Kind::Udp } else { Kind::Http };
-                    let _ = jobs.send(Job::Scrape { url: url.clone(), kind, torrents: part.to_vec() });
+                    let _ = jobs.send(Job::Scrape {
+                        url: url.clone(),
+                        kind,
+                        torrents: part.to_vec(),
+                    });
                 }
             }
         }
         while let Ok(r) = results.recv_timeout(Duration::from_millis(100)) {
-            if let JobResult::Announce { target, next_in, ok } = r {
+            if let JobResult::Announce {
+                target,
+                next_in,
+                ok,
+            } = r
+            {
                 let t = &mut targets[target];
                 t.busy = false;
                 if ok {
@@ -273,8 +303,17 @@ impl Shared {
 
     fn run(&self, job: Job) -> JobResult {
         match job {
-            Job::Announce { target, request, url, params } => self.announce(target, request, url, params),
-            Job::Scrape { url, kind, torrents } => {
+            Job::Announce {
+                target,
+                request,
+                url,
+                params,
+            } => self.announce(target, request, url, params),
+            Job::Scrape {
+                url,
+                kind,
+                torrents,
+            } => {
                 self.scrape(&url, kind, &torrents);
                 JobResult::Scraped
             }
@@ -285,23 +324,40 @@ impl Shared {
         self.catalog.index_of(hash).unwrap_or(0)
     }
 
-    fn announce(&self, target: usize, request: u64, url: String, params: AnnounceParams) -> JobResult {
+    fn announce(
+        &self,
+        target: usize,
+        request: u64,
+        url: String,
+        params: AnnounceParams,
+    ) -> JobResult {
         let torrent = self.torrent_of(&params.info_hash);
         let started = Instant::now();
         let at_ms = self.now_ms();
-        let kind = if url.starts_with("udp://") { Kind::Udp } else { Kind::Http };
+        let kind = if url.starts_with("udp://") {
+            Kind::Udp
+        } else {
+            Kind::Http
+        };
         let result = match kind {
             Kind::Http => self.announce_http(&url, &params),
             Kind::Udp => self.announce_udp(&url, &params),
         };
         let duration_ms = started.elapsed().as_millis() as u64;
-        let src = if kind == Kind::Udp { source::TRACKER_UDP } else { source::TRACKER_HTTP };
+        let src = if kind == Kind::Udp {
+            source::TRACKER_UDP
+        } else {
+            source::TRACKER_HTTP
+        };
         let (next_in, ok) = match &result {
             Ok(a) => {
                 // Respect the tracker: never sooner than its min interval (or, when it gives
                 // none, its interval); otherwise our own announce interval.
                 let floor = a.min_interval.or(a.interval).unwrap_or(0) as f64;
-                (Duration::from_secs_f64(self.cfg.announce_secs.max(floor)), true)
+                (
+                    Duration::from_secs_f64(self.cfg.announce_secs.max(floor)),
+                    true,
+                )
             }
             Err(_) => (Duration::ZERO, false),
         };
@@ -322,7 +378,11 @@ impl Shared {
                 DiscoveryRecord {
                     at: self.epoch_unix_ms + at_ms as i64,
                     torrent_id: self.catalog.get(torrent).db_id,
-                    source: if kind == Kind::Udp { PeerSource::TrackerUdp } else { PeerSource::TrackerHttp },
+                    source: if kind == Kind::Udp {
+                        PeerSource::TrackerUdp
+                    } else {
+                        PeerSource::TrackerHttp
+                    },
                     tracker: Some(url),
                     duration_ms: duration_ms.min(u32::MAX as u64) as u32,
                     error: None,
@@ -332,7 +392,11 @@ impl Shared {
             Err(e) => DiscoveryRecord {
                 at: self.epoch_unix_ms + at_ms as i64,
                 torrent_id: self.catalog.get(torrent).db_id,
-                source: if kind == Kind::Udp { PeerSource::TrackerUdp } else { PeerSource::TrackerHttp },
+                source: if kind == Kind::Udp {
+                    PeerSource::TrackerUdp
+                } else {
+                    PeerSource::TrackerHttp
+                },
                 tracker: Some(url),
                 duration_ms: duration_ms.min(u32::MAX as u64) as u32,
                 error: Some(e),
@@ -341,7 +405,11 @@ impl Shared {
         };
         let _ = request;
         self.send(Record::Discovery(record));
-        JobResult::Announce { target, next_in, ok }
+        JobResult::Announce {
+            target,
+            next_in,
+            ok,
+        }
     }
 
     fn send(&self, record: Record) {
@@ -362,7 +430,11 @@ impl Shared {
         }
         for (w, addrs) in per.into_iter().enumerate() {
             if !addrs.is_empty() {
-                let _ = self.route[w].send(WorkerMsg::Peers { torrent, source: src, addrs });
+                let _ = self.route[w].send(WorkerMsg::Peers {
+                    torrent,
+                    source: src,
+                    addrs,
+                });
             }
         }
     }
@@ -384,8 +456,9 @@ impl Shared {
                 .map_err(|e| format!("connect {addr}: {e}"))?;
             let _ = s.set_read_timeout(Some(self.cfg.timeout));
             let _ = s.set_write_timeout(Some(self.cfg.timeout));
-            let req = http::build_get_request(&u.host, u.port, &u.path_and_query, &self.cfg.user_agent)
-                .map_err(|e| e.to_string())?;
+            let req =
+                http::build_get_request(&u.host, u.port, &u.path_and_query, &self.cfg.user_agent)
+                    .map_err(|e| e.to_string())?;
             s.write_all(&req).map_err(|e| format!("send: {e}"))?;
             let mut reader = ResponseReader::new(ResponseLimits::default());
             let mut buf = [0u8; 16384];
@@ -434,27 +507,49 @@ impl Shared {
         })
     }
 
-    fn udp_exchange(&self, sock: &UdpSocket, tracker: SocketAddr, req: &tracker_udp::Request) -> Result<tracker_udp::Response, String> {
+    fn udp_exchange(
+        &self,
+        sock: &UdpSocket,
+        tracker: SocketAddr,
+        req: &tracker_udp::Request,
+    ) -> Result<tracker_udp::Response, String> {
         let bytes = req.to_bytes();
         let family = AddressFamily::of(&tracker);
         let mut buf = vec![0u8; 65536];
         // BEP 15 retransmits after 15·2ⁿ s; a measurement keeps it short: two tries.
         for _attempt in 0..2 {
-            sock.send_to(&bytes, tracker).map_err(|e| format!("send: {e}"))?;
+            sock.send_to(&bytes, tracker)
+                .map_err(|e| format!("send: {e}"))?;
             let deadline = Instant::now() + self.cfg.timeout / 2;
             while Instant::now() < deadline {
-                let _ = sock.set_read_timeout(Some(deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1))));
+                let _ = sock.set_read_timeout(Some(
+                    deadline
+                        .saturating_duration_since(Instant::now())
+                        .max(Duration::from_millis(1)),
+                ));
                 let (n, from) = match sock.recv_from(&mut buf) {
                     Ok(x) => x,
-                    Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => break,
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) =>
+                    {
+                        break
+                    }
                     Err(e) => return Err(format!("receive: {e}")),
                 };
-                if from != tracker || tracker_udp::peek_transaction_id(&buf[..n]) != Some(req.transaction_id()) {
+                if from != tracker
+                    || tracker_udp::peek_transaction_id(&buf[..n]) != Some(req.transaction_id())
+                {
                     continue; // not ours: keyed validation by transaction id
                 }
-                let resp = tracker_udp::Response::decode(&buf[..n], family).map_err(|e| e.to_string())?;
+                let resp =
+                    tracker_udp::Response::decode(&buf[..n], family).map_err(|e| e.to_string())?;
                 return match resp {
-                    tracker_udp::Response::Error { message, .. } => Err(format!("tracker error: {message}")),
+                    tracker_udp::Response::Error { message, .. } => {
+                        Err(format!("tracker error: {message}"))
+                    }
                     r => r.check_answers(req).map_err(|e| e.to_string()),
                 };
             }
@@ -463,11 +558,22 @@ impl Shared {
     }
 
     fn udp_connection(&self, sock: &UdpSocket, tracker: SocketAddr) -> Result<u64, String> {
-        if let Some(id) = self.udp_ids.lock().ok().and_then(|c| c.get(&tracker, Instant::now())) {
+        if let Some(id) = self
+            .udp_ids
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&tracker, Instant::now()))
+        {
             return Ok(id);
         }
         let tid = transaction_id();
-        match self.udp_exchange(sock, tracker, &tracker_udp::Request::Connect { transaction_id: tid })? {
+        match self.udp_exchange(
+            sock,
+            tracker,
+            &tracker_udp::Request::Connect {
+                transaction_id: tid,
+            },
+        )? {
             tracker_udp::Response::Connect { connection_id, .. } => {
                 if let Ok(mut c) = self.udp_ids.lock() {
                     c.insert(tracker, connection_id, Instant::now());
@@ -481,7 +587,13 @@ impl Shared {
     fn udp_socket(&self, url: &str) -> Result<(UdpSocket, SocketAddr, Vec<u8>), String> {
         let u = tracker_udp::parse_udp_url(url).map_err(|e| e.to_string())?;
         let tracker = self.resolve(&u.host, u.port)?;
-        let bind: SocketAddr = if tracker.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("literal");
+        let bind: SocketAddr = if tracker.is_ipv4() {
+            "0.0.0.0:0"
+        } else {
+            "[::]:0"
+        }
+        .parse()
+        .expect("literal");
         let sock = UdpSocket::bind(bind).map_err(|e| format!("bind: {e}"))?;
         Ok((sock, tracker, u.path_and_query.into_bytes()))
     }
@@ -489,7 +601,12 @@ impl Shared {
     fn announce_udp(&self, url: &str, params: &AnnounceParams) -> Result<Announced, String> {
         let (sock, tracker, url_data) = self.udp_socket(url)?;
         let cid = self.udp_connection(&sock, tracker)?;
-        let req = tracker_udp::Request::Announce(tracker_udp::AnnounceRequest::from_params(cid, transaction_id(), params, &url_data));
+        let req = tracker_udp::Request::Announce(tracker_udp::AnnounceRequest::from_params(
+            cid,
+            transaction_id(),
+            params,
+            &url_data,
+        ));
         match self.udp_exchange(&sock, tracker, &req) {
             Ok(tracker_udp::Response::Announce(a)) => Ok(Announced {
                 peers: a.peers,
@@ -515,7 +632,8 @@ impl Shared {
         let hashes: Vec<[u8; 20]> = torrents.iter().map(|t| t.1).collect();
         let result: Result<Vec<(Option<u64>, Option<u64>, Option<u64>)>, String> = match kind {
             Kind::Http => (|| {
-                let surl = tracker_http::scrape_url(url).ok_or("tracker URL does not support scrape (BEP 48)")?;
+                let surl = tracker_http::scrape_url(url)
+                    .ok_or("tracker URL does not support scrape (BEP 48)")?;
                 let body = self.http_get(&tracker_http::scrape_request_url(&surl, &hashes))?;
                 let r = tracker_http::parse_scrape_response(&body).map_err(|e| e.to_string())?;
                 Ok(hashes
@@ -537,7 +655,13 @@ impl Shared {
                 match self.udp_exchange(&sock, tracker, &req)? {
                     tracker_udp::Response::Scrape { stats, .. } => Ok(stats
                         .iter()
-                        .map(|s| (Some(s.seeders as u64), Some(s.leechers as u64), Some(s.completed as u64)))
+                        .map(|s| {
+                            (
+                                Some(s.seeders as u64),
+                                Some(s.leechers as u64),
+                                Some(s.completed as u64),
+                            )
+                        })
                         .collect()),
                     _ => Err("unexpected reply to scrape".into()),
                 }
@@ -550,7 +674,9 @@ impl Shared {
         };
         for ((torrent, _), (complete, incomplete, downloaded)) in torrents.iter().zip(rows) {
             // Only a tracker that reports `downloaded` can be compared with confirmations.
-            let Some(downloaded) = downloaded else { continue };
+            let Some(downloaded) = downloaded else {
+                continue;
+            };
             self.send(Record::Scrape(ScrapeRecord {
                 at: self.epoch_unix_ms + at_ms as i64,
                 torrent_id: self.catalog.get(*torrent).db_id,

@@ -196,7 +196,16 @@ impl ScanDriver {
     }
 
     /// Adds a peer known from an earlier run, with its state and next visit.
-    pub fn restore(&mut self, torrent: u32, addr: SocketAddr, sources: u8, progress: u16, flags: u8, last_contact: u32, next_visit: Option<u32>) {
+    pub fn restore(
+        &mut self,
+        torrent: u32,
+        addr: SocketAddr,
+        sources: u8,
+        progress: u16,
+        flags: u8,
+        last_contact: u32,
+        next_visit: Option<u32>,
+    ) {
         if let Inserted::New(idx) = self.table.insert(torrent, addr, sources, 0) {
             let p = self.table.get_mut(idx);
             p.progress = progress;
@@ -236,7 +245,11 @@ impl ScanDriver {
         for a in addrs {
             let w = owner_worker(torrent, a, workers);
             match self.outbox[w].last_mut() {
-                Some(WorkerMsg::Peers { torrent: t, source: s, addrs }) if *t == torrent && *s == src => addrs.push(a),
+                Some(WorkerMsg::Peers {
+                    torrent: t,
+                    source: s,
+                    addrs,
+                }) if *t == torrent && *s == src => addrs.push(a),
                 _ => self.outbox[w].push(WorkerMsg::Peers {
                     torrent,
                     source: src,
@@ -256,7 +269,14 @@ impl ScanDriver {
     }
 
     /// Applies a visit to a peer this worker owns and reports it.
-    fn apply_visit(&mut self, idx: PeerIdx, report: ProbeReport, kind: ContactKind, at_ms: Millis, connect_ms: Option<Millis>) {
+    fn apply_visit(
+        &mut self,
+        idx: PeerIdx,
+        report: ProbeReport,
+        kind: ContactKind,
+        at_ms: Millis,
+        connect_ms: Option<Millis>,
+    ) {
         let now = Self::secs(at_ms);
         let entry = self.table.get_mut(idx);
         entry.flags &= !flag::IN_FLIGHT;
@@ -335,7 +355,9 @@ impl ScanDriver {
             // Counted in the outcome table; the peer itself is not stored (it is not in the
             // study).
             let _ = (hash, done.peer);
-            self.counters.unknown_info_hash.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .unknown_info_hash
+                .fetch_add(1, Ordering::Relaxed);
             return;
         };
         // Identity of an incoming peer: its listen port from the extension handshake, else
@@ -358,12 +380,23 @@ impl ScanDriver {
 
     fn handle_inbox(&mut self, now: Millis) {
         for _ in 0..INBOX_PER_TICK {
-            let Ok(msg) = self.inbox.try_recv() else { break };
+            let Ok(msg) = self.inbox.try_recv() else {
+                break;
+            };
             match msg {
-                WorkerMsg::Peers { torrent, source, addrs } => {
+                WorkerMsg::Peers {
+                    torrent,
+                    source,
+                    addrs,
+                } => {
                     self.add_peers(torrent, source, &addrs, now);
                 }
-                WorkerMsg::Visited { torrent, addr, report, at_ms } => {
+                WorkerMsg::Visited {
+                    torrent,
+                    addr,
+                    report,
+                    at_ms,
+                } => {
                     if let Some(idx) = self.table.find(torrent, addr) {
                         if self.table.get(idx).has(flag::IN_FLIGHT) {
                             // An outgoing probe is running too; its result will follow.
@@ -399,7 +432,13 @@ impl WorkerDriver for ScanDriver {
         Some(ProbeRequest {
             addr,
             token: idx as u64,
-            conv: ProbeConv::outgoing(self.settings.clone(), self.catalog.clone(), torrent, kind, now),
+            conv: ProbeConv::outgoing(
+                self.settings.clone(),
+                self.catalog.clone(),
+                torrent,
+                kind,
+                now,
+            ),
         })
     }
 
@@ -418,11 +457,25 @@ impl WorkerDriver for ScanDriver {
         }
         let kind = done.conv.kind;
         let report = done.conv.into_report();
-        self.apply_visit(done.token as PeerIdx, report, kind, done.started_at, done.connect_ms);
+        self.apply_visit(
+            done.token as PeerIdx,
+            report,
+            kind,
+            done.started_at,
+            done.connect_ms,
+        );
     }
 
-    fn incoming(&mut self, now: Millis, _remote: SocketAddr, _local: SocketAddr) -> Option<(u64, ProbeConv)> {
-        Some((u64::MAX, ProbeConv::incoming(self.settings.clone(), self.catalog.clone(), now)))
+    fn incoming(
+        &mut self,
+        now: Millis,
+        _remote: SocketAddr,
+        _local: SocketAddr,
+    ) -> Option<(u64, ProbeConv)> {
+        Some((
+            u64::MAX,
+            ProbeConv::incoming(self.settings.clone(), self.catalog.clone(), now),
+        ))
     }
 
     fn tick(&mut self, now: Millis) {
@@ -430,7 +483,9 @@ impl WorkerDriver for ScanDriver {
         self.handle_inbox(now);
         self.flush_outbox();
         let backlog = self.records.pump();
-        self.counters.sink_backlog.store(backlog as u64, Ordering::Relaxed);
+        self.counters
+            .sink_backlog
+            .store(backlog as u64, Ordering::Relaxed);
     }
 
     fn next_wakeup(&self) -> Option<Millis> {
@@ -491,7 +546,8 @@ pub fn outcome_record(
         transport,
         connect_ms: connect_ms.map(|c| c.min(u32::MAX as u64) as u32),
         duration_ms: report.total_ms.min(u32::MAX as u64) as u32,
-        longest_gap_ms: (report.messages > 1).then_some(report.longest_gap_ms.min(u32::MAX as u64) as u32),
+        longest_gap_ms: (report.messages > 1)
+            .then_some(report.longest_gap_ms.min(u32::MAX as u64) as u32),
         messages: report.messages,
         next_visit_at,
     }

@@ -1,0 +1,554 @@
+//! A scan, end to end: torrents in → discovery → workers probing over io_uring → the store.
+//!
+//! Threads: one engine worker per core (its own ring, peers and wheel), a discovery pool, the
+//! store's writer thread, and this thread, which prints the status line, writes periodic
+//! statistics, talks to systemd and watches for SIGINT/SIGTERM or the `--for` duration.
+//! Stopping: workers hand back every live probe (not counted as visits), every producer
+//! flushes its records, the writer commits them and closes the database.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::config::Config;
+use crate::engine::{EngineConfig, Worker};
+use crate::proto::magnet::TorrentRef;
+use crate::proto::metainfo::Metainfo;
+use crate::proto::probe::ProbeSettings;
+use crate::scan::catalog::{Catalog, CatalogTorrent};
+use crate::scan::discovery::{Discovery, DiscoveryConfig};
+use crate::scan::driver::{ScanDriver, WorkerCounters, WorkerMsg};
+use crate::scan::peer_table::{flag, owner_worker, source};
+use crate::scan::revisit::{progress_fixed, RevisitPolicy};
+use crate::store::record::{Record, StatsRecord, TorrentRecord, TorrentSource};
+use crate::store::writer::Writer;
+use crate::store::Store;
+
+/// One torrent to scan, however it was given.
+#[derive(Debug, Clone)]
+pub struct TorrentInput {
+    pub record: TorrentRecord,
+    pub name: String,
+    pub wire_hash: [u8; 20],
+    pub alt_hash: Option<[u8; 20]>,
+    pub piece_count: u32,
+    pub total_size: u64,
+    pub trackers: Vec<Vec<String>>,
+    /// Peers named by the input itself (magnet `x.pe`).
+    pub peers: Vec<SocketAddr>,
+}
+
+fn now_unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl TorrentInput {
+    pub fn from_metainfo(m: &Metainfo) -> Result<TorrentInput, String> {
+        let ids = m.info_hashes.wire_ids();
+        let wire_hash = *ids.first().ok_or("torrent has no info-hash")?;
+        Ok(TorrentInput {
+            record: TorrentRecord {
+                info_hash_v1: m.info_hashes.v1.map(|h| h.0),
+                info_hash_v2: m.info_hashes.v2.map(|h| h.0),
+                name: Some(m.name.clone()),
+                piece_count: u32::try_from(m.piece_count).ok(),
+                piece_length: Some(m.piece_length),
+                total_size: Some(m.total_size),
+                source: TorrentSource::File,
+                added_at: now_unix_ms(),
+            },
+            name: m.name.clone(),
+            wire_hash,
+            alt_hash: ids.get(1).copied(),
+            piece_count: u32::try_from(m.piece_count).map_err(|_| "too many pieces")?,
+            total_size: m.total_size,
+            trackers: m.trackers.clone(),
+            peers: Vec::new(),
+        })
+    }
+
+    pub fn from_ref(r: &TorrentRef) -> Result<TorrentInput, String> {
+        let hashes = r.info_hashes();
+        let ids = hashes.wire_ids();
+        let wire_hash = *ids.first().ok_or("no info-hash")?;
+        let (name, trackers, peers, source) = match r {
+            TorrentRef::Magnet(m) => (
+                m.display_name.clone(),
+                if m.trackers.is_empty() {
+                    vec![]
+                } else {
+                    vec![m.trackers.clone()]
+                },
+                m.peers.clone(),
+                TorrentSource::Magnet,
+            ),
+            TorrentRef::InfoHash(_) => (None, vec![], vec![], TorrentSource::Hash),
+        };
+        Ok(TorrentInput {
+            record: TorrentRecord {
+                info_hash_v1: hashes.v1.map(|h| h.0),
+                info_hash_v2: hashes.v2.map(|h| h.0),
+                name: name.clone(),
+                piece_count: None,
+                piece_length: None,
+                total_size: None,
+                source,
+                added_at: now_unix_ms(),
+            },
+            name: name.unwrap_or_else(|| crate::proto::hex::encode(&wire_hash)),
+            wire_hash,
+            alt_hash: ids.get(1).copied(),
+            piece_count: 0,
+            total_size: 0,
+            trackers,
+            peers,
+        })
+    }
+}
+
+/// Reads torrent inputs: `.torrent` files, directories of them, magnet links, info-hashes, and
+/// text files with one magnet link or info-hash per line. Every problem names its input.
+pub fn load_inputs(args: &[String]) -> Result<Vec<TorrentInput>, String> {
+    let mut out = Vec::new();
+    for arg in args {
+        if TorrentRef::looks_like_input(arg) {
+            let r = TorrentRef::parse_input(arg).map_err(|e| format!("{arg}: {e}"))?;
+            out.push(TorrentInput::from_ref(&r).map_err(|e| format!("{arg}: {e}"))?);
+            continue;
+        }
+        let path = Path::new(arg);
+        let meta = std::fs::metadata(path).map_err(|e| format!("{arg}: {e}"))?;
+        if meta.is_dir() {
+            let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
+                .map_err(|e| format!("{arg}: {e}"))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "torrent"))
+                .collect();
+            entries.sort();
+            if entries.is_empty() {
+                return Err(format!("{arg}: directory has no .torrent files"));
+            }
+            for p in entries {
+                out.push(load_torrent_file(&p)?);
+            }
+        } else if path
+            .extension()
+            .is_some_and(|x| x == "txt" || x == "magnets")
+        {
+            let text = std::fs::read_to_string(path).map_err(|e| format!("{arg}: {e}"))?;
+            for (n, line) in text.lines().enumerate() {
+                let line = line.trim();
+                if line.is_empty() || line.starts_with('#') {
+                    continue;
+                }
+                let r =
+                    TorrentRef::parse_input(line).map_err(|e| format!("{arg}:{}: {e}", n + 1))?;
+                out.push(TorrentInput::from_ref(&r).map_err(|e| format!("{arg}:{}: {e}", n + 1))?);
+            }
+        } else {
+            out.push(load_torrent_file(path)?);
+        }
+    }
+    Ok(out)
+}
+
+fn load_torrent_file(path: &Path) -> Result<TorrentInput, String> {
+    let shown = path.display();
+    let meta = std::fs::metadata(path).map_err(|e| format!("{shown}: {e}"))?;
+    if !meta.is_file() {
+        return Err(format!("{shown}: not a regular file"));
+    }
+    if meta.len() > 64 << 20 {
+        return Err(format!("{shown}: larger than 64 MiB, not a torrent file"));
+    }
+    let bytes = std::fs::read(path).map_err(|e| format!("{shown}: {e}"))?;
+    let m = Metainfo::from_bytes(&bytes).map_err(|e| format!("{shown}: not a torrent: {e}"))?;
+    TorrentInput::from_metainfo(&m).map_err(|e| format!("{shown}: {e}"))
+}
+
+/// How a scan is run.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Stop by itself after this long.
+    pub duration: Option<Duration>,
+    /// Print the live one-line status (default: when stderr is a terminal).
+    pub status_line: Option<bool>,
+    /// Extra peers to probe (tests, `x.pe`), per torrent index.
+    pub seed_peers: Vec<(usize, SocketAddr)>,
+}
+
+/// What a finished scan did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RunSummary {
+    pub seconds: f64,
+    pub torrents: usize,
+    pub peers_known: u64,
+    pub probes: u64,
+    pub probes_ok: u64,
+    pub confirmed_this_run: u64,
+    pub records_committed: u64,
+    pub listen: Vec<SocketAddr>,
+}
+
+/// Set by SIGINT/SIGTERM.
+fn register_signals(stop: &Arc<AtomicBool>) -> Result<(), String> {
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone())
+            .map_err(|e| format!("signal handler: {e}"))?;
+    }
+    Ok(())
+}
+
+fn our_peer_id(prefix: &str) -> [u8; 20] {
+    let mut id = [b'0'; 20];
+    let p = prefix.as_bytes();
+    id[..p.len().min(20)].copy_from_slice(&p[..p.len().min(20)]);
+    // The rest: random-looking digits so two scanners don't share a peer-id.
+    let mut x = now_unix_ms() as u64 ^ (std::process::id() as u64).rotate_left(32);
+    for b in id.iter_mut().skip(p.len().min(20)) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = b'0' + (x % 10) as u8;
+    }
+    id
+}
+
+/// Sends a message to systemd's notify socket, when running under systemd.
+fn sd_notify(msg: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let path = PathBuf::from(path);
+    if path.as_os_str().to_string_lossy().starts_with('@') {
+        return; // abstract sockets need a different address form; not used by systemd units here
+    }
+    if let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() {
+        let _ = sock.send_to(msg.as_bytes(), &path);
+    }
+}
+
+fn rss_bytes() -> i64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse::<i64>().ok())
+        })
+        .map(|pages| pages * 4096)
+        .unwrap_or(0)
+}
+
+/// Runs a scan of `inputs` (plus the torrents already in the database) until the duration
+/// passes or a signal arrives.
+pub fn run_scan(
+    config: &Config,
+    inputs: Vec<TorrentInput>,
+    opts: RunOptions,
+) -> Result<RunSummary, String> {
+    let stop = Arc::new(AtomicBool::new(false));
+    register_signals(&stop)?;
+    let started = Instant::now();
+
+    // Resume state, read before the writer takes the database.
+    let resume = {
+        let store = Store::open(&config.database).map_err(|e| e.to_string())?;
+        store.load_peers().map_err(|e| e.to_string())?
+    };
+
+    let writer = Writer::start_from_config(config).map_err(|e| e.to_string())?;
+    let handle = writer.handle();
+    let mut torrents = Vec::new();
+    for t in &inputs {
+        let db_id = handle.register_torrent(t.record.clone())?;
+        torrents.push(CatalogTorrent {
+            db_id,
+            wire_hash: t.wire_hash,
+            alt_hash: t.alt_hash,
+            name: t.name.clone(),
+            piece_count: t.piece_count,
+            total_size: t.total_size,
+            trackers: t.trackers.clone(),
+        });
+    }
+    if torrents.is_empty() {
+        return Err("nothing to scan: give .torrent files, magnet links or info-hashes".into());
+    }
+    let catalog = Catalog::new(torrents);
+
+    let workers = if config.engine.workers == 0 {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    } else {
+        config.engine.workers
+    };
+    let engine_cfg = EngineConfig {
+        workers,
+        max_in_flight: config.peer.max_in_flight as usize,
+        connects_per_sec: config.peer.connects_per_sec as u64,
+        connect_timeout_ms: config.peer.connect_timeout_ms,
+        listen: config.net.listen.clone(),
+        pin_cores: config.engine.pin_workers,
+        recv_buffers: config.engine.recv_buffers.min(32768) as u16,
+        recv_buffer_size: config.engine.recv_buffer_size,
+        ring_entries: config.engine.ring_entries,
+    };
+    crate::engine::net::raise_nofile_limit(
+        engine_cfg.descriptors_needed(),
+        &format!("peer.max_in_flight = {}", engine_cfg.max_in_flight),
+    )?;
+
+    let peer_id = our_peer_id(&config.peer.peer_id_prefix);
+    let listen_port = if config.net.announce_port != 0 {
+        config.net.announce_port
+    } else {
+        config.net.listen.first().map(|a| a.port()).unwrap_or(0)
+    };
+    let settings = Arc::new(ProbeSettings {
+        peer_id,
+        listen_port,
+        dht_port: 0, // no DHT node yet: send no `port` message
+        client: concat!("swarmscan/", env!("CARGO_PKG_VERSION")).to_string(),
+        quiet_timeout_ms: config.peer.quiet_timeout_ms,
+        grace_ms: config.peer.bitfield_grace_ms,
+        message_cap: config.peer.message_cap,
+        max_duration_ms: config.peer.quiet_timeout_ms.saturating_mul(5).max(10_000),
+    });
+    let policy = RevisitPolicy {
+        revisit_secs: config.peer.revisit_secs,
+        min_revisit_secs: (config.peer.revisit_secs / 10.0).max(1.0),
+        max_backoff_secs: config.peer.retry_backoff_max_secs,
+        threshold: config.peer.threshold,
+        done_revisit_secs: if config.peer.stop_at_threshold {
+            0.0
+        } else {
+            config.peer.revisit_secs
+        },
+    };
+
+    let epoch = Instant::now();
+    let epoch_unix_ms = now_unix_ms();
+    let (txs, rxs): (Vec<_>, Vec<_>) = (0..workers)
+        .map(|_| crossbeam_channel::unbounded::<WorkerMsg>())
+        .unzip();
+    let mut drivers: Vec<ScanDriver> = rxs
+        .into_iter()
+        .enumerate()
+        .map(|(i, rx)| {
+            ScanDriver::new(
+                i,
+                catalog.clone(),
+                settings.clone(),
+                policy,
+                (MAX_PEERS_PLACEHOLDER / workers as u64).min(u32::MAX as u64) as u32,
+                rx,
+                txs.clone(),
+                writer.sender(),
+                epoch_unix_ms,
+                stop.clone(),
+            )
+        })
+        .collect();
+
+    // Resume: peers of this database come back with their state and next visit time. In an
+    // anonymised database the addresses are not stored; those peers return through discovery.
+    let by_db_id: std::collections::HashMap<i64, u32> = catalog
+        .torrents
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.db_id, i as u32))
+        .collect();
+    let mut resumed = 0u64;
+    for p in resume {
+        let (Some(&t), Some(addr)) = (by_db_id.get(&p.torrent_id), p.addr) else {
+            continue;
+        };
+        let w = owner_worker(t, addr, workers);
+        let mut flags = 0;
+        if p.contacted {
+            flags |= flag::EVALUATED;
+        }
+        if p.confirmed {
+            flags |= flag::CONFIRMED | flag::SEEN_BELOW | flag::AT_THRESHOLD;
+        } else if p.last_progress.is_some_and(|x| x < config.peer.threshold) {
+            flags |= flag::SEEN_BELOW;
+        }
+        let next = p
+            .next_visit_at
+            .map(|at| ((at - epoch_unix_ms).max(0) / 1000) as u32)
+            .or((!p.confirmed).then_some(0));
+        let progress = progress_fixed(p.last_progress.unwrap_or(0.0));
+        drivers[w].restore(t, addr, source::CONFIG, progress, flags, 0, next);
+        resumed += 1;
+    }
+    if resumed > 0 {
+        tracing::info!(resumed, "peers resumed from the database");
+    }
+    for (i, t) in inputs.iter().enumerate() {
+        for &a in &t.peers {
+            let _ = txs[owner_worker(i as u32, a, workers)].send(WorkerMsg::Peers {
+                torrent: i as u32,
+                source: source::CONFIG,
+                addrs: vec![a],
+            });
+        }
+    }
+    for &(i, a) in &opts.seed_peers {
+        let _ = txs[owner_worker(i as u32, a, workers)].send(WorkerMsg::Peers {
+            torrent: i as u32,
+            source: source::CONFIG,
+            addrs: vec![a],
+        });
+    }
+
+    let counters: Vec<Arc<WorkerCounters>> = drivers.iter().map(|d| d.counters.clone()).collect();
+    let discovery = Discovery::start(
+        DiscoveryConfig {
+            announce_secs: config.tracker.announce_secs,
+            scrape_secs: config.tracker.scrape_secs,
+            numwant: config.tracker.numwant,
+            listen_port,
+            peer_id,
+            timeout: Duration::from_millis(config.tracker.timeout_ms),
+            threads: 4,
+            user_agent: concat!("swarmscan/", env!("CARGO_PKG_VERSION")).to_string(),
+        },
+        catalog.clone(),
+        txs.clone(),
+        writer.sender(),
+        epoch_unix_ms,
+        epoch,
+        stop.clone(),
+    )
+    .map_err(|e| format!("starting discovery: {e}"))?;
+
+    // Workers.
+    let (listen_tx, listen_rx) = crossbeam_channel::unbounded::<Vec<SocketAddr>>();
+    let mut worker_threads = Vec::new();
+    for (i, mut driver) in drivers.into_iter().enumerate() {
+        let wcfg = engine_cfg.worker(i);
+        let stop = stop.clone();
+        let listen_tx = listen_tx.clone();
+        worker_threads.push(
+            std::thread::Builder::new()
+                .name(format!("engine-{i}"))
+                .spawn(move || -> Result<crate::engine::WorkerStats, String> {
+                    let mut worker = Worker::<crate::scan::driver::ProbeConv>::new(wcfg, epoch)
+                        .map_err(|e| {
+                            stop.store(true, Ordering::SeqCst);
+                            format!("worker {i}: {e}")
+                        })?;
+                    let _ = listen_tx.send(worker.listen_addrs());
+                    let r = worker
+                        .run(&mut driver, &stop)
+                        .map_err(|e| format!("worker {i}: {e}"));
+                    drop(driver); // flushes its records
+                    r
+                })
+                .map_err(|e| format!("spawning worker: {e}"))?,
+        );
+    }
+    drop(listen_tx);
+    drop(txs);
+    let mut listen: Vec<SocketAddr> = Vec::new();
+    for addrs in listen_rx.iter().take(workers) {
+        for a in addrs {
+            if !listen.contains(&a) {
+                listen.push(a);
+            }
+        }
+    }
+    sd_notify("READY=1");
+
+    // Status, statistics, stop conditions.
+    let show_status = opts
+        .status_line
+        .unwrap_or_else(|| std::io::stderr().is_terminal());
+    let mut stats_sender = writer.sender();
+    let stats_every = Duration::from_secs_f64(config.stats.interval_secs.max(1.0));
+    let mut next_stats = Instant::now() + stats_every;
+    let mut last_probes = 0u64;
+    let mut last_at = Instant::now();
+    let mut rate = 0.0;
+    let sum = |f: fn(&WorkerCounters) -> u64| counters.iter().map(|c| f(c)).sum::<u64>();
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(200));
+        if opts.duration.is_some_and(|d| started.elapsed() >= d) {
+            break;
+        }
+        if worker_threads.iter().any(|t| t.is_finished()) {
+            break; // a worker failed: stop everything and report it below
+        }
+        let probes = sum(|c| c.probes_done.load(Ordering::Relaxed));
+        if last_at.elapsed() >= Duration::from_secs(1) {
+            rate = (probes - last_probes) as f64 / last_at.elapsed().as_secs_f64();
+            last_probes = probes;
+            last_at = Instant::now();
+            let known = sum(|c| c.known_peers.load(Ordering::Relaxed));
+            let in_flight = sum(|c| c.in_flight.load(Ordering::Relaxed));
+            let confirmed = sum(|c| c.confirmed.load(Ordering::Relaxed));
+            if show_status {
+                eprint!(
+                    "\r\x1b[2K{:>6.0}s  peers {known}  in flight {in_flight}  {rate:.0} probes/s  probes {probes}  confirmed {confirmed}",
+                    started.elapsed().as_secs_f64()
+                );
+            }
+            sd_notify(&format!("STATUS=peers {known}, in flight {in_flight}, {rate:.0} probes/s, confirmed {confirmed}\nWATCHDOG=1"));
+        }
+        if Instant::now() >= next_stats {
+            next_stats += stats_every;
+            let metrics = writer.metrics();
+            stats_sender.send(Record::Stats(StatsRecord {
+                at: now_unix_ms(),
+                peers_known: sum(|c| c.known_peers.load(Ordering::Relaxed)) as i64,
+                in_flight: sum(|c| c.in_flight.load(Ordering::Relaxed)) as i64,
+                probes_per_sec: rate,
+                confirmed: sum(|c| c.confirmed.load(Ordering::Relaxed)) as i64,
+                due_queue: 0,
+                writer_overflow: metrics.overflow.load(Ordering::Relaxed),
+                writer_backpressure: metrics.backpressure.load(Ordering::Relaxed) as i64,
+                rss_bytes: rss_bytes(),
+                cpu_percent: 0.0,
+            }));
+            stats_sender.pump();
+        }
+    }
+    if show_status {
+        eprintln!();
+    }
+    sd_notify("STOPPING=1");
+    stop.store(true, Ordering::SeqCst);
+    let mut worker_error = None;
+    for t in worker_threads {
+        match t.join() {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => worker_error = Some(e),
+            Err(_) => worker_error = Some("a worker thread panicked".into()),
+        }
+    }
+    discovery.join();
+    stats_sender.close();
+    let counts = writer.finish().map_err(|e| e.to_string())?;
+    if let Some(e) = worker_error {
+        return Err(e);
+    }
+    Ok(RunSummary {
+        seconds: started.elapsed().as_secs_f64(),
+        torrents: catalog.len(),
+        peers_known: sum(|c| c.known_peers.load(Ordering::Relaxed)),
+        probes: sum(|c| c.probes_done.load(Ordering::Relaxed)),
+        probes_ok: sum(|c| c.probes_ok.load(Ordering::Relaxed)),
+        confirmed_this_run: sum(|c| c.confirmed.load(Ordering::Relaxed)),
+        records_committed: counts.records,
+        listen,
+    })
+}
+const MAX_PEERS_PLACEHOLDER: u64 = 100_000_000;
