@@ -10,4 +10,5 @@ pub mod engine;
 pub mod proto;
 pub mod run;
 pub mod scan;
+pub mod sim;
 pub mod store;

@@ -139,6 +139,16 @@ impl Discovery {
                 }
             }
         }
+        let mut threads = Vec::new();
+        let mut mux_threads = Vec::new();
+        // A host without IPv6 simply has no v6 socket; requests to v6 trackers then fail clearly.
+        let mut mux = |bind: &str| {
+            UdpMux::start(bind, stop.clone()).ok().map(|(m, t)| {
+                mux_threads.push(t);
+                m
+            })
+        };
+        let (udp4, udp6) = (mux("0.0.0.0:0"), mux("[::]:0"));
         let (job_tx, job_rx) = crossbeam_channel::unbounded::<Job>();
         let (res_tx, res_rx) = crossbeam_channel::unbounded::<JobResult>();
         let shared = Arc::new(Shared {
@@ -150,8 +160,10 @@ impl Discovery {
             epoch,
             stop: stop.clone(),
             udp_ids: Mutex::new(ConnectionIdCache::new(4096)),
+            udp4,
+            udp6,
         });
-        let mut threads = Vec::new();
+        threads.extend(mux_threads);
         for n in 0..cfg.threads.max(1) {
             let (shared, job_rx, res_tx) = (shared.clone(), job_rx.clone(), res_tx.clone());
             threads.push(
@@ -284,6 +296,79 @@ struct Shared {
     epoch: Instant,
     stop: Arc<AtomicBool>,
     udp_ids: Mutex<ConnectionIdCache>,
+    /// One UDP socket per address family for every tracker request, so connection ids
+    /// (which trackers tie to the client's address and port) stay valid across requests.
+    udp4: Option<Arc<UdpMux>>,
+    udp6: Option<Arc<UdpMux>>,
+}
+
+/// A shared UDP socket whose replies are routed to the waiting request by transaction id.
+struct UdpMux {
+    sock: UdpSocket,
+    pending: Mutex<HashMap<u32, Sender<(SocketAddr, Vec<u8>)>>>,
+}
+
+impl UdpMux {
+    fn start(bind: &str, stop: Arc<AtomicBool>) -> std::io::Result<(Arc<UdpMux>, JoinHandle<()>)> {
+        let sock = UdpSocket::bind(bind)?;
+        sock.set_read_timeout(Some(Duration::from_millis(100)))?;
+        let mux = Arc::new(UdpMux {
+            sock,
+            pending: Mutex::new(HashMap::new()),
+        });
+        let m = mux.clone();
+        let thread = std::thread::Builder::new()
+            .name("tracker-udp".into())
+            .spawn(move || {
+                let mut buf = vec![0u8; 65536];
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok((n, from)) = m.sock.recv_from(&mut buf) else {
+                        continue;
+                    };
+                    // Keyed validation: only a reply to a transaction we are waiting for.
+                    let Some(tid) = tracker_udp::peek_transaction_id(&buf[..n]) else {
+                        continue;
+                    };
+                    let waiter = m.pending.lock().ok().and_then(|p| p.get(&tid).cloned());
+                    if let Some(tx) = waiter {
+                        let _ = tx.try_send((from, buf[..n].to_vec()));
+                    }
+                }
+            })?;
+        Ok((mux, thread))
+    }
+
+    /// Sends `bytes` and waits up to `timeout` for the reply to `tid` from `tracker`.
+    fn exchange(
+        &self,
+        tracker: SocketAddr,
+        bytes: &[u8],
+        tid: u32,
+        timeout: Duration,
+    ) -> Result<Option<Vec<u8>>, String> {
+        let (tx, rx) = crossbeam_channel::bounded(4);
+        if let Ok(mut p) = self.pending.lock() {
+            p.insert(tid, tx);
+        }
+        let result = (|| {
+            self.sock
+                .send_to(bytes, tracker)
+                .map_err(|e| format!("send to {tracker}: {e}"))?;
+            let deadline = Instant::now() + timeout;
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match rx.recv_timeout(left) {
+                    Ok((from, reply)) if from == tracker => return Ok(Some(reply)),
+                    Ok(_) => continue,
+                    Err(_) => return Ok(None),
+                }
+            }
+        })();
+        if let Ok(mut p) = self.pending.lock() {
+            p.remove(&tid);
+        }
+        result
+    }
 }
 
 /// An announce's outcome in one shape for both protocols.
@@ -509,55 +594,31 @@ impl Shared {
 
     fn udp_exchange(
         &self,
-        sock: &UdpSocket,
+        mux: &UdpMux,
         tracker: SocketAddr,
         req: &tracker_udp::Request,
     ) -> Result<tracker_udp::Response, String> {
         let bytes = req.to_bytes();
         let family = AddressFamily::of(&tracker);
-        let mut buf = vec![0u8; 65536];
         // BEP 15 retransmits after 15·2ⁿ s; a measurement keeps it short: two tries.
         for _attempt in 0..2 {
-            sock.send_to(&bytes, tracker)
-                .map_err(|e| format!("send: {e}"))?;
-            let deadline = Instant::now() + self.cfg.timeout / 2;
-            while Instant::now() < deadline {
-                let _ = sock.set_read_timeout(Some(
-                    deadline
-                        .saturating_duration_since(Instant::now())
-                        .max(Duration::from_millis(1)),
-                ));
-                let (n, from) = match sock.recv_from(&mut buf) {
-                    Ok(x) => x,
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                        ) =>
-                    {
-                        break
-                    }
-                    Err(e) => return Err(format!("receive: {e}")),
-                };
-                if from != tracker
-                    || tracker_udp::peek_transaction_id(&buf[..n]) != Some(req.transaction_id())
-                {
-                    continue; // not ours: keyed validation by transaction id
+            let Some(reply) =
+                mux.exchange(tracker, &bytes, req.transaction_id(), self.cfg.timeout / 2)?
+            else {
+                continue;
+            };
+            let resp = tracker_udp::Response::decode(&reply, family).map_err(|e| e.to_string())?;
+            return match resp {
+                tracker_udp::Response::Error { message, .. } => {
+                    Err(format!("tracker error: {message}"))
                 }
-                let resp =
-                    tracker_udp::Response::decode(&buf[..n], family).map_err(|e| e.to_string())?;
-                return match resp {
-                    tracker_udp::Response::Error { message, .. } => {
-                        Err(format!("tracker error: {message}"))
-                    }
-                    r => r.check_answers(req).map_err(|e| e.to_string()),
-                };
-            }
+                r => r.check_answers(req).map_err(|e| e.to_string()),
+            };
         }
         Err("timed out".into())
     }
 
-    fn udp_connection(&self, sock: &UdpSocket, tracker: SocketAddr) -> Result<u64, String> {
+    fn udp_connection(&self, sock: &UdpMux, tracker: SocketAddr) -> Result<u64, String> {
         if let Some(id) = self
             .udp_ids
             .lock()
@@ -584,18 +645,16 @@ impl Shared {
         }
     }
 
-    fn udp_socket(&self, url: &str) -> Result<(UdpSocket, SocketAddr, Vec<u8>), String> {
+    fn udp_socket(&self, url: &str) -> Result<(&UdpMux, SocketAddr, Vec<u8>), String> {
         let u = tracker_udp::parse_udp_url(url).map_err(|e| e.to_string())?;
         let tracker = self.resolve(&u.host, u.port)?;
-        let bind: SocketAddr = if tracker.is_ipv4() {
-            "0.0.0.0:0"
+        let mux = if tracker.is_ipv4() {
+            self.udp4.as_deref()
         } else {
-            "[::]:0"
-        }
-        .parse()
-        .expect("literal");
-        let sock = UdpSocket::bind(bind).map_err(|e| format!("bind: {e}"))?;
-        Ok((sock, tracker, u.path_and_query.into_bytes()))
+            self.udp6.as_deref()
+        };
+        let mux = mux.ok_or_else(|| format!("no UDP socket for {tracker}"))?;
+        Ok((mux, tracker, u.path_and_query.into_bytes()))
     }
 
     fn announce_udp(&self, url: &str, params: &AnnounceParams) -> Result<Announced, String> {

@@ -108,7 +108,13 @@ impl SplitMix {
 
 /// Plans a swarm: `per_torrent` peers for each torrent, with a mix of seeders, leechers that
 /// finish within `horizon_secs`, slow leechers, and misbehaving peers.
-pub fn plan(torrents: &[SimTorrent], per_torrent: usize, horizon_secs: f64, port: u16, seed: u64) -> Vec<SimPeer> {
+pub fn plan(
+    torrents: &[SimTorrent],
+    per_torrent: usize,
+    horizon_secs: f64,
+    port: u16,
+    seed: u64,
+) -> Vec<SimPeer> {
     let mut rng = SplitMix(seed);
     let mut peers = Vec::new();
     for (t, _) in torrents.iter().enumerate() {
@@ -122,12 +128,20 @@ pub fn plan(torrents: &[SimTorrent], per_torrent: usize, horizon_secs: f64, port
                 // Finishes inside the window (at 20–80 % of it), after being seen below.
                 let start = rng.unit() * 0.6;
                 let finish_at = horizon_secs * (0.2 + 0.6 * rng.unit());
-                let b = if rng.unit() < 0.3 { Behaviour::LeavesWhenDone } else { Behaviour::Normal };
+                let b = if rng.unit() < 0.3 {
+                    Behaviour::LeavesWhenDone
+                } else {
+                    Behaviour::Normal
+                };
                 (start, (1.0 - start) / finish_at, b)
             } else if roll < 0.80 {
                 // Slow: still downloading when the demo ends.
                 let start = rng.unit() * 0.5;
-                (start, (0.9 - start) / (horizon_secs * 4.0), Behaviour::Normal)
+                (
+                    start,
+                    (0.9 - start) / (horizon_secs * 4.0),
+                    Behaviour::Normal,
+                )
             } else if roll < 0.88 {
                 (0.0, 0.0, Behaviour::Refuses)
             } else if roll < 0.95 {
@@ -191,6 +205,11 @@ impl SimPeers {
             served,
             answers,
         })
+    }
+
+    /// When the simulation started (progress is a function of time since then).
+    pub fn epoch(&self) -> Instant {
+        self.epoch
     }
 
     pub fn elapsed(&self) -> f64 {
@@ -277,9 +296,6 @@ fn serve(shared: &Shared, i: usize, mut stream: TcpStream) {
     }
     let now = shared.epoch.elapsed().as_secs_f64();
     let progress = peer.progress_at(now);
-    if let Ok(mut a) = shared.answers.lock() {
-        a[i].push((now, progress));
-    }
     let mut peer_id = [b'0'; 20];
     peer_id[..8].copy_from_slice(&peer.client_prefix);
     peer_id[8..12].copy_from_slice(&(i as u32).to_be_bytes());
@@ -294,6 +310,15 @@ fn serve(shared: &Shared, i: usize, mut stream: TcpStream) {
     out.extend(ext.to_message_bytes());
     let n = torrent.piece_count;
     let have = ((progress * n as f64).floor() as u32).min(n);
+    // What this answer advertises: the bitfield plus the haves that follow it.
+    let advertised = if have == n || have == 0 {
+        have
+    } else {
+        (have + 3).min(n)
+    };
+    if let Ok(mut a) = shared.answers.lock() {
+        a[i].push((now, advertised as f64 / n as f64));
+    }
     if have == n {
         Message::HaveAll.encode_into(&mut out);
     } else if have == 0 {
@@ -324,7 +349,11 @@ fn read_exact_until(shared: &Shared, s: &mut TcpStream, buf: &mut [u8], deadline
         match s.read(&mut buf[got..]) {
             Ok(0) => return false,
             Ok(n) => got += n,
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
             Err(_) => return false,
         }
     }
@@ -337,7 +366,11 @@ fn drain_until_closed(shared: &Shared, s: &mut TcpStream, deadline: Instant) {
         match s.read(&mut sink) {
             Ok(0) => return,
             Ok(_) => {}
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
             Err(_) => return,
         }
     }

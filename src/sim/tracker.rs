@@ -1,0 +1,294 @@
+//! A simulated tracker on loopback, speaking HTTP (announce + scrape) and UDP (BEP 15), that
+//! hands out the simulated peers and reports a scrape `downloaded` count.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::proto::http::{self, ResponseLimits};
+use crate::proto::tracker_http::{self, AnnounceResponse, ScrapeEntry, ScrapeResponse};
+use crate::proto::tracker_udp::{self, AddressFamily, Request, Response, ScrapeStats};
+
+/// What the tracker knows about one torrent at a moment.
+pub trait SwarmView: Send + Sync + 'static {
+    /// Index of the torrent with this info-hash.
+    fn torrent(&self, info_hash: &[u8; 20]) -> Option<usize>;
+    /// Peers announced for the torrent (up to `max`), seeders, leechers, and completed downloads.
+    fn peers(&self, torrent: usize, max: usize) -> (Vec<SocketAddr>, u64, u64, u64);
+}
+
+/// Running tracker: `http_url()` and `udp_url()` go into the torrents' announce lists.
+pub struct SimTracker {
+    pub http_addr: SocketAddr,
+    pub udp_addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+    pub announces: Arc<AtomicU64>,
+    pub scrapes: Arc<AtomicU64>,
+}
+
+impl SimTracker {
+    pub fn start(view: Arc<dyn SwarmView>, interval_secs: u32) -> std::io::Result<SimTracker> {
+        let tcp = TcpListener::bind("127.0.0.1:0")?;
+        tcp.set_nonblocking(true)?;
+        let udp = UdpSocket::bind("127.0.0.1:0")?;
+        udp.set_read_timeout(Some(Duration::from_millis(50)))?;
+        let http_addr = tcp.local_addr()?;
+        let udp_addr = udp.local_addr()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let announces = Arc::new(AtomicU64::new(0));
+        let scrapes = Arc::new(AtomicU64::new(0));
+        let mut threads = Vec::new();
+        {
+            let (view, stop, announces, scrapes) = (
+                view.clone(),
+                stop.clone(),
+                announces.clone(),
+                scrapes.clone(),
+            );
+            threads.push(
+                std::thread::Builder::new()
+                    .name("sim-http-tracker".into())
+                    .spawn(move || {
+                        while !stop.load(Ordering::Relaxed) {
+                            match tcp.accept() {
+                                Ok((s, _)) => {
+                                    serve_http(&*view, s, interval_secs, &announces, &scrapes)
+                                }
+                                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                            }
+                        }
+                    })?,
+            );
+        }
+        {
+            let (view, stop, announces, scrapes) =
+                (view, stop.clone(), announces.clone(), scrapes.clone());
+            threads.push(
+                std::thread::Builder::new()
+                    .name("sim-udp-tracker".into())
+                    .spawn(move || {
+                        serve_udp(&*view, &udp, interval_secs, &stop, &announces, &scrapes)
+                    })?,
+            );
+        }
+        Ok(SimTracker {
+            http_addr,
+            udp_addr,
+            stop,
+            threads,
+            announces,
+            scrapes,
+        })
+    }
+
+    pub fn http_url(&self) -> String {
+        format!("http://{}/announce", self.http_addr)
+    }
+
+    pub fn udp_url(&self) -> String {
+        format!("udp://{}/announce", self.udp_addr)
+    }
+
+    pub fn stop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for SimTracker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn serve_http(
+    view: &dyn SwarmView,
+    mut s: TcpStream,
+    interval: u32,
+    announces: &AtomicU64,
+    scrapes: &AtomicU64,
+) {
+    let _ = s.set_nonblocking(false);
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let head = loop {
+        if Instant::now() > deadline {
+            return;
+        }
+        match http::parse_request_head(&buf, ResponseLimits::default()) {
+            Ok(Some((head, _))) => break head,
+            Ok(None) => {}
+            Err(_) => return,
+        }
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let (path, query) = head.target.split_once('?').unwrap_or((&head.target, ""));
+    let body = if path.ends_with("/announce") {
+        announces.fetch_add(1, Ordering::Relaxed);
+        match tracker_http::parse_announce_query(query) {
+            Ok(req) => match view.torrent(&req.params.info_hash) {
+                Some(t) => {
+                    let want = req.params.numwant.unwrap_or(50) as usize;
+                    let (peers, seeders, leechers, downloaded) = view.peers(t, want);
+                    AnnounceResponse {
+                        interval: Some(interval),
+                        min_interval: Some(interval / 2),
+                        complete: Some(seeders),
+                        incomplete: Some(leechers),
+                        downloaded: Some(downloaded),
+                        peers,
+                        ..AnnounceResponse::default()
+                    }
+                    .encode()
+                }
+                None => failure("unregistered torrent"),
+            },
+            Err(e) => failure(&e.to_string()),
+        }
+    } else if path.ends_with("/scrape") {
+        scrapes.fetch_add(1, Ordering::Relaxed);
+        match tracker_http::parse_scrape_query(query) {
+            Ok(hashes) => ScrapeResponse {
+                files: hashes
+                    .iter()
+                    .filter_map(|h| {
+                        let t = view.torrent(h)?;
+                        let (_, complete, incomplete, downloaded) = view.peers(t, 0);
+                        Some(ScrapeEntry {
+                            info_hash: *h,
+                            complete,
+                            downloaded,
+                            incomplete,
+                            name: None,
+                        })
+                    })
+                    .collect(),
+                min_request_interval: None,
+            }
+            .encode(),
+            Err(e) => failure(&e.to_string()),
+        }
+    } else {
+        let _ = s
+            .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        return;
+    };
+    let mut resp = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    resp.extend_from_slice(&body);
+    let _ = s.write_all(&resp);
+}
+
+fn failure(reason: &str) -> Vec<u8> {
+    tracker_http::TrackerFailure {
+        reason: reason.to_string(),
+        retry_in_minutes: None,
+        retry_never: false,
+    }
+    .encode()
+}
+
+fn serve_udp(
+    view: &dyn SwarmView,
+    sock: &UdpSocket,
+    interval: u32,
+    stop: &AtomicBool,
+    announces: &AtomicU64,
+    scrapes: &AtomicU64,
+) {
+    let mut buf = [0u8; 2048];
+    // Connection ids: a keyed value per client address, as real trackers do.
+    let key = 0x5eed_0000_1234_5678u64 ^ std::process::id() as u64;
+    let conn_id = |a: &SocketAddr| -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (key, a).hash(&mut h);
+        h.finish()
+    };
+    while !stop.load(Ordering::Relaxed) {
+        let Ok((n, from)) = sock.recv_from(&mut buf) else {
+            continue;
+        };
+        let Ok(req) = Request::decode(&buf[..n]) else {
+            continue;
+        };
+        let family = AddressFamily::of(&from);
+        let resp = match req {
+            Request::Connect { transaction_id } => Response::Connect {
+                transaction_id,
+                connection_id: conn_id(&from),
+            },
+            Request::Announce(a) if a.connection_id == conn_id(&from) => {
+                announces.fetch_add(1, Ordering::Relaxed);
+                match view.torrent(&a.info_hash) {
+                    Some(t) => {
+                        let want = if a.num_want < 0 {
+                            50
+                        } else {
+                            a.num_want as usize
+                        };
+                        let (peers, seeders, leechers, _) = view.peers(t, want);
+                        Response::Announce(tracker_udp::AnnounceResponse {
+                            transaction_id: a.transaction_id,
+                            interval,
+                            leechers: leechers as u32,
+                            seeders: seeders as u32,
+                            peers: peers
+                                .into_iter()
+                                .filter(|p| p.is_ipv4() == from.is_ipv4())
+                                .collect(),
+                        })
+                    }
+                    None => Response::Error {
+                        transaction_id: a.transaction_id,
+                        message: "unregistered torrent".into(),
+                    },
+                }
+            }
+            Request::Scrape(sc) if sc.connection_id == conn_id(&from) => {
+                scrapes.fetch_add(1, Ordering::Relaxed);
+                Response::Scrape {
+                    transaction_id: sc.transaction_id,
+                    stats: sc
+                        .info_hashes
+                        .iter()
+                        .map(|h| match view.torrent(h) {
+                            Some(t) => {
+                                let (_, seeders, leechers, completed) = view.peers(t, 0);
+                                ScrapeStats {
+                                    seeders: seeders as u32,
+                                    completed: completed as u32,
+                                    leechers: leechers as u32,
+                                }
+                            }
+                            None => ScrapeStats {
+                                seeders: 0,
+                                completed: 0,
+                                leechers: 0,
+                            },
+                        })
+                        .collect(),
+                }
+            }
+            other => Response::Error {
+                transaction_id: other.transaction_id(),
+                message: "invalid connection id".into(),
+            },
+        };
+        let _ = sock.send_to(&resp.to_bytes(family), from);
+    }
+}
