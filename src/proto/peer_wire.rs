@@ -11,6 +11,39 @@
 //!
 //! A peer's claimed message length is checked against a cap before anything is buffered or
 //! allocated, so a 4 GB length prefix is an error, not an allocation.
+//!
+//! A probe, in short:
+//!
+//! ```
+//! use swarmscan::proto::peer_wire::{self, bitfield, ext, Message, MessageReader, Reserved};
+//! let info_hash = [0xab; 20];
+//! let mut out =
+//!     peer_wire::encode_handshake(&info_hash, b"-SS0001-000000000000", Reserved::PROBE).to_vec();
+//! let ours = ext::ExtHandshake { m: vec![(b"ut_pex", 2)], ..Default::default() };
+//! out.extend_from_slice(&ours.to_message_bytes());
+//! // ... send `out`; feed whatever arrives (here: the same bytes plus a have_all).
+//! let mut reader = MessageReader::default();
+//! reader.feed(&out);
+//! reader.feed(&Message::HaveAll.to_vec());
+//! let theirs = reader.read_handshake()?.expect("68 bytes are here");
+//! assert!(theirs.info_hash == info_hash && theirs.reserved.extended());
+//! let mut seed = false;
+//! while let Some(msg) = reader.read_message()? {
+//!     match msg {
+//!         Message::Extended { ext_id: ext::HANDSHAKE_ID, payload } => {
+//!             let h = ext::ExtHandshake::decode(payload).expect("a dictionary");
+//!             assert_eq!(h.id_of(ext::UT_PEX), Some(2));
+//!         }
+//!         Message::HaveAll => seed = true,
+//!         Message::Bitfield(bits) => seed = bitfield::summarize(bits, 100).is_ok_and(|s| s.is_complete()),
+//!         _ => {}
+//!     }
+//! }
+//! assert!(seed);
+//! let port = Message::Port(6881).to_vec(); // then close
+//! # assert_eq!(port, [0, 0, 0, 3, 9, 0x1a, 0xe1]);
+//! # Ok::<(), peer_wire::WireError>(())
+//! ```
 
 pub mod bitfield;
 pub mod ext;

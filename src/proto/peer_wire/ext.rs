@@ -34,6 +34,8 @@ pub enum ExtError {
     NotDictionary(&'static str),
     #[error("{0}")]
     Field(#[from] FieldError),
+    /// BEP 9 says to ignore unknown message types: callers should drop the message, not
+    /// the connection.
     #[error("ut_metadata: unknown msg_type {0}")]
     UnknownMetadataType(i64),
     #[error("ut_metadata {kind}: {len} bytes after the dictionary, expected {expected}")]
