@@ -559,7 +559,9 @@ impl MessageReader {
         }
     }
 
-    /// Append received bytes.
+    /// Append received bytes. Take out what is complete (`read_*` until `Ok(None)`) before
+    /// feeding again: then the buffer never holds more than one incomplete message (at most
+    /// the length cap + 4 bytes) plus the newest chunk.
     pub fn feed(&mut self, chunk: &[u8]) {
         if self.start > 0 {
             // Drop what earlier messages used; the borrow they had ended with `&mut self`.
