@@ -249,6 +249,31 @@ pub fn parse_http_url(url: &str) -> Result<HttpTrackerUrl, UrlError> {
     })
 }
 
+/// Where a redirect leads: `location` is an absolute `http://` URL, or an absolute path
+/// (`/x?y`) on the same host and port as `current`. `https://` redirects fail with
+/// [`UrlError::HttpsNotSupported`]. The caller bounds the number of redirects it follows.
+pub fn redirect_target(
+    current: &HttpTrackerUrl,
+    location: &str,
+) -> Result<HttpTrackerUrl, UrlError> {
+    let location = location.trim();
+    if location.starts_with('/') && !location.starts_with("//") {
+        if location
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(UrlError::InvalidCharacters(location.to_string()));
+        }
+        let path = location.split('#').next().unwrap_or(location);
+        return Ok(HttpTrackerUrl {
+            host: current.host.clone(),
+            port: current.port,
+            path_and_query: path.to_string(),
+        });
+    }
+    parse_http_url(location)
+}
+
 // ---------------------------------------------------------------------------------------
 // Announce request
 

@@ -106,6 +106,30 @@ fn url_parsing() {
 }
 
 #[test]
+fn redirects() {
+    let cur = parse_http_url("http://[::1]:6969/announce?a=1").unwrap();
+    let rel = redirect_target(&cur, " /other?b=2#x").unwrap();
+    assert_eq!(
+        (rel.host.as_str(), rel.port, rel.path_and_query.as_str()),
+        ("::1", 6969, "/other?b=2")
+    );
+    let abs = redirect_target(&cur, "http://t2.example/announce").unwrap();
+    assert_eq!((abs.host.as_str(), abs.port), ("t2.example", 80));
+    assert!(matches!(
+        redirect_target(&cur, "https://t2.example/"),
+        Err(UrlError::HttpsNotSupported(_))
+    ));
+    assert!(matches!(
+        redirect_target(&cur, "//t2.example/"),
+        Err(UrlError::UnsupportedScheme { .. })
+    ));
+    assert!(matches!(
+        redirect_target(&cur, "/a b"),
+        Err(UrlError::InvalidCharacters(_))
+    ));
+}
+
+#[test]
 fn announce_url_appends_to_existing_query() {
     let mut p = AnnounceParams::new([0xab; 20], *b"-SW0001-abcdefghij~.", 6881);
     p.left = 100;
