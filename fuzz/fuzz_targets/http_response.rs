@@ -44,7 +44,9 @@ fuzz_target!(|data: &[u8]| {
     let _ = tracker_http::parse_scrape_response(body);
     if let Ok(text) = std::str::from_utf8(stream) {
         let _ = tracker_http::parse_announce_query(text);
-        let _ = tracker_http::parse_http_url(text);
+        if let Ok(url) = tracker_http::parse_http_url(text) {
+            let _ = tracker_http::redirect_target(&url, text);
+        }
         let _ = tracker_http::scrape_url(text);
         let _ = http::parse_request_head(stream, limits);
     }
