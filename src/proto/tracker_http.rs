@@ -249,6 +249,31 @@ pub fn parse_http_url(url: &str) -> Result<HttpTrackerUrl, UrlError> {
     })
 }
 
+/// Where a redirect leads: `location` is an absolute `http://` URL, or an absolute path
+/// (`/x?y`) on the same host and port as `current`. `https://` redirects fail with
+/// [`UrlError::HttpsNotSupported`]. The caller bounds the number of redirects it follows.
+pub fn redirect_target(
+    current: &HttpTrackerUrl,
+    location: &str,
+) -> Result<HttpTrackerUrl, UrlError> {
+    let location = location.trim();
+    if location.starts_with('/') && !location.starts_with("//") {
+        if location
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(UrlError::InvalidCharacters(location.to_string()));
+        }
+        let path = location.split('#').next().unwrap_or(location);
+        return Ok(HttpTrackerUrl {
+            host: current.host.clone(),
+            port: current.port,
+            path_and_query: path.to_string(),
+        });
+    }
+    parse_http_url(location)
+}
+
 // ---------------------------------------------------------------------------------------
 // Announce request
 
@@ -866,6 +891,9 @@ pub struct ScrapeResponse {
     pub files: Vec<ScrapeEntry>,
     /// `flags` → `min_request_interval` seconds, if given.
     pub min_request_interval: Option<u32>,
+    /// Entries skipped because their key was not a 20-byte hash. Real trackers do send such
+    /// keys: bittorrent-tracker 11 (npm) UTF-8-encodes hash bytes >= 0x80 in scrape replies.
+    pub skipped_keys: usize,
 }
 
 impl ScrapeResponse {
@@ -899,7 +927,8 @@ impl ScrapeResponse {
 }
 
 /// Parses a scrape response body. Counts missing from an entry are errors naming the field
-/// (`complete`, `downloaded`, `incomplete`), as are keys that are not 20-byte hashes.
+/// (`complete`, `downloaded`, `incomplete`). Keys that are not 20-byte hashes are skipped and
+/// counted in [`ScrapeResponse::skipped_keys`], so one bad entry does not hide the others.
 pub fn parse_scrape_response(body: &[u8]) -> Result<ScrapeResponse, TrackerError> {
     let root = bencode::decode_with(body, bencode::Limits::DEFAULT)?;
     if root.as_dict().is_none() {
@@ -912,13 +941,10 @@ pub fn parse_scrape_response(body: &[u8]) -> Result<ScrapeResponse, TrackerError
         .ok_or_else(|| FieldError::wrong_type("files", files_v, "dictionary"))?;
     let mut out = ScrapeResponse::default();
     for (key, entry) in files {
-        let info_hash: [u8; 20] = (*key).try_into().map_err(|_| {
-            FieldError::invalid(
-                "files",
-                entry,
-                format!("key of {} bytes is not a 20-byte info-hash", key.len()),
-            )
-        })?;
+        let Ok(info_hash) = <[u8; 20]>::try_from(*key) else {
+            out.skipped_keys += 1;
+            continue;
+        };
         if entry.as_dict().is_none() {
             return Err(FieldError::wrong_type("files entry", entry, "dictionary").into());
         }
