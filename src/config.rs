@@ -696,7 +696,7 @@ pub fn parse_set(arg: &str) -> Result<(String, toml::Value), ConfigError> {
         .and_then(|mut t| t.remove("v"));
     let target_is_string = lookup(&default_table(), key).is_some_and(|v| v.is_str());
     let value = match parsed {
-        Some(v) if !(target_is_string && !v.is_str()) => v,
+        Some(v) if !target_is_string || v.is_str() => v,
         _ => toml::Value::String(raw.to_string()),
     };
     Ok((key.to_string(), value))

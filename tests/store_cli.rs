@@ -10,7 +10,10 @@ use swarmscan::store::*;
 const T0: UnixMs = 1_700_000_000_000;
 
 fn swarmscan(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_swarmscan")).args(args).output().expect("run swarmscan")
+    Command::new(env!("CARGO_BIN_EXE_swarmscan"))
+        .args(args)
+        .output()
+        .expect("run swarmscan")
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -35,12 +38,21 @@ fn torrent(byte: u8, name: &str, source: TorrentSource) -> TorrentRecord {
 /// has one peer from the DHT.
 fn small_db(path: &Path) {
     let store = Store::open(path).unwrap();
-    let tid = store.upsert_torrent(&torrent(0x11, "demo", TorrentSource::File)).unwrap();
-    let other = store.upsert_torrent(&torrent(0x22, "other", TorrentSource::Magnet)).unwrap();
+    let tid = store
+        .upsert_torrent(&torrent(0x11, "demo", TorrentSource::File))
+        .unwrap();
+    let other = store
+        .upsert_torrent(&torrent(0x22, "other", TorrentSource::Magnet))
+        .unwrap();
     let writer = Writer::start(
         store,
         Anonymizer::new(IpMode::Full, [0; 32]),
-        WriterOptions { batch_rows: 100, batch_ms: 100, channel_capacity: 64, threshold: 0.98 },
+        WriterOptions {
+            batch_rows: 100,
+            batch_ms: 100,
+            channel_capacity: 64,
+            threshold: 0.98,
+        },
     )
     .unwrap();
     let mut tx = writer.sender();
@@ -86,8 +98,18 @@ fn small_db(path: &Path) {
     let progress = |have| ProbeResult::Success(Progress { have, pieces: 10 });
     tx.send(probe(a, ProbeEvent::FirstContact, T0 + 1000, progress(1)));
     tx.send(probe(b, ProbeEvent::FirstContact, T0 + 1000, progress(10)));
-    tx.send(probe(c, ProbeEvent::FirstContact, T0 + 1000, ProbeResult::Failed(ErrorClass::Refused)));
-    tx.send(probe(a, ProbeEvent::LaterContact, T0 + 1_801_000, progress(10)));
+    tx.send(probe(
+        c,
+        ProbeEvent::FirstContact,
+        T0 + 1000,
+        ProbeResult::Failed(ErrorClass::Refused),
+    ));
+    tx.send(probe(
+        a,
+        ProbeEvent::LaterContact,
+        T0 + 1_801_000,
+        progress(10),
+    ));
     for (at, downloaded) in [(T0, 7), (T0 + 3_600_000, 9)] {
         tx.send(Record::Scrape(ScrapeRecord {
             at,
@@ -113,7 +135,13 @@ fn config_prints_the_documented_defaults() {
 
 #[test]
 fn config_shows_the_effective_configuration_and_names_bad_keys() {
-    let out = swarmscan(&["config", "--set", "peer.threshold=0.5", "--set", "database=x.sqlite"]);
+    let out = swarmscan(&[
+        "config",
+        "--set",
+        "peer.threshold=0.5",
+        "--set",
+        "database=x.sqlite",
+    ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let effective = Config::from_toml_str(&text(&out.stdout)).unwrap();
     assert_eq!(effective.peer.threshold, 0.5);
@@ -121,7 +149,11 @@ fn config_shows_the_effective_configuration_and_names_bad_keys() {
 
     let out = swarmscan(&["config", "--set", "peer.treshold=0.5"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("unknown config key `peer.treshold`"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("unknown config key `peer.treshold`"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]
@@ -135,7 +167,11 @@ fn config_check_validates_a_file() {
     std::fs::write(&bad, "[peer]\nthreshold = 2.0\n").unwrap();
     let out = swarmscan(&["config", "--check", bad.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("`peer.threshold`"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("`peer.threshold`"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]
@@ -161,8 +197,16 @@ fn report_on_a_small_database() {
     assert_eq!(demo["confirmed_per_hour"], 1.0);
     assert_eq!(json["torrents"][1]["peers_seen"], 1);
     assert_eq!(json["total"]["peers_seen"], 4);
-    let udp = json["sources"].as_array().unwrap().iter().find(|s| s["source"] == "tracker_udp").unwrap();
-    assert_eq!((udp["received"].as_i64(), udp["unique"].as_i64()), (Some(3), Some(3)));
+    let udp = json["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["source"] == "tracker_udp")
+        .unwrap();
+    assert_eq!(
+        (udp["received"].as_i64(), udp["unique"].as_i64()),
+        (Some(3), Some(3))
+    );
     let first = &json["outcomes"][0];
     assert_eq!(first["event"], "first_contact");
     assert_eq!(first["attempts"], 3);
@@ -170,9 +214,15 @@ fn report_on_a_small_database() {
     let out = swarmscan(&["report", "--set", &set_db]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let report = text(&out.stdout);
-    let demo_line = report.lines().find(|l| l.starts_with(&"11".repeat(20))).expect("torrent line");
+    let demo_line = report
+        .lines()
+        .find(|l| l.starts_with(&"11".repeat(20)))
+        .expect("torrent line");
     let cells: Vec<&str> = demo_line.split_whitespace().collect();
-    assert_eq!(cells[1..], ["demo", "3", "2", "1", "2", "9", "50.0%", "1.00"]);
+    assert_eq!(
+        cells[1..],
+        ["demo", "3", "2", "1", "2", "9", "50.0%", "1.00"]
+    );
     assert!(report.contains("table 5.5") && report.contains("table 5.7"));
     assert!(report.contains("2023-11-14T22:13:20Z"));
 }
@@ -184,9 +234,19 @@ fn peers_lists_every_peer_as_text_or_json_lines() {
     small_db(&db);
     let set_db = format!("database={}", db.display());
 
-    let out = swarmscan(&["peers", "--json", "--set", &set_db, "--torrent", &"11".repeat(20)]);
+    let out = swarmscan(&[
+        "peers",
+        "--json",
+        "--set",
+        &set_db,
+        "--torrent",
+        &"11".repeat(20),
+    ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let lines: Vec<serde_json::Value> = text(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 3);
     assert_eq!(lines[0]["ip"], "127.0.0.2");
     assert_eq!(lines[0]["confirmed"], true);
@@ -195,6 +255,8 @@ fn peers_lists_every_peer_as_text_or_json_lines() {
     assert_eq!(lines[0]["transport"], "tcp+mse");
     assert_eq!(lines[1]["confirmed"], false);
     assert_eq!(lines[2]["last_error"], "refused");
+    // Only transports of successful contacts are recorded.
+    assert_eq!(lines[2]["transport"], "");
 
     let out = swarmscan(&["peers", "--set", &set_db]);
     assert!(out.status.success());
@@ -216,7 +278,10 @@ fn missing_database_is_a_clear_error() {
         let out = swarmscan(&[cmd, "--set", &format!("database={}", missing.display())]);
         assert_eq!(out.status.code(), Some(2), "{cmd}");
         let err = text(&out.stderr);
-        assert!(err.contains("nothing-here.sqlite") && err.contains("does not exist"), "{cmd}: {err}");
+        assert!(
+            err.contains("nothing-here.sqlite") && err.contains("does not exist"),
+            "{cmd}: {err}"
+        );
         assert!(!missing.exists(), "{cmd} must not create the database");
     }
 }

@@ -105,7 +105,11 @@ pub fn run_peers(args: &PeersArgs) -> i32 {
         if write_failed {
             return;
         }
-        let line = if args.json { serde_json::to_string(&peer).unwrap_or_default() } else { peer_line_text(Some(&peer)) };
+        let line = if args.json {
+            serde_json::to_string(&peer).unwrap_or_default()
+        } else {
+            peer_line_text(Some(&peer))
+        };
         // A closed pipe (`| head`) ends the listing quietly.
         write_failed = writeln!(out, "{line}").is_err();
     });
@@ -123,7 +127,17 @@ pub fn run_peers(args: &PeersArgs) -> i32 {
 fn peer_line_text(peer: Option<&PeerRow>) -> String {
     let cells: Vec<String> = match peer {
         None => [
-            "info_hash", "ip", "port", "first_seen", "last_seen", "first", "last", "crossed_at", "conf", "sources", "client",
+            "info_hash",
+            "ip",
+            "port",
+            "first_seen",
+            "last_seen",
+            "first",
+            "last",
+            "crossed_at",
+            "conf",
+            "sources",
+            "client",
             "transport",
         ]
         .iter()
@@ -141,12 +155,18 @@ fn peer_line_text(peer: Option<&PeerRow>) -> String {
             if p.confirmed { "yes" } else { "no" }.to_string(),
             p.sources.clone(),
             p.client.clone().unwrap_or_else(|| "-".into()),
-            if p.transport.is_empty() { "-".into() } else { p.transport.clone() },
+            if p.transport.is_empty() {
+                "-".into()
+            } else {
+                p.transport.clone()
+            },
         ],
     };
     // Widths fit a v1 info-hash, a full IPv6 address and a UTC time.
     let widths = [40, 39, 5, 20, 20, 6, 6, 20, 4, 22, 24, 0];
-    let right = [false, false, true, false, false, true, true, false, false, false, false, false];
+    let right = [
+        false, false, true, false, false, true, true, false, false, false, false, false,
+    ];
     let mut line = String::new();
     for (i, cell) in cells.iter().enumerate() {
         if i > 0 {
@@ -191,7 +211,12 @@ pub fn iso_time(ms: Option<UnixMs>) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 /// An aligned text table: numbers right-aligned (cells that parse as numbers or "-"/"%").
@@ -242,24 +267,41 @@ pub fn render_report(r: &Report) -> String {
     ));
 
     out.push_str("Confirmed downloads per torrent (thesis table 5.6); reported = growth of the scrape `downloaded` count\n");
-    out.push_str("within the window (tracker with the largest growth), reported_total = its latest value\n");
+    out.push_str(
+        "within the window (tracker with the largest growth), reported_total = its latest value\n",
+    );
     let torrent_row = |t: &crate::store::report::TorrentReport| {
         vec![
-            if t.info_hash.is_empty() { "total".to_string() } else { t.info_hash.clone() },
+            if t.info_hash.is_empty() {
+                "total".to_string()
+            } else {
+                t.info_hash.clone()
+            },
             t.name.clone().unwrap_or_else(|| "-".into()),
             t.peers_seen.to_string(),
             t.peers_evaluated.to_string(),
             t.confirmed.to_string(),
             opt_i(t.reported),
             opt_i(t.reported_total),
-            t.ratio.map_or_else(|| "-".into(), |v| format!("{:.1}%", v * 100.0)),
+            t.ratio
+                .map_or_else(|| "-".into(), |v| format!("{:.1}%", v * 100.0)),
             opt_f(t.confirmed_per_hour, 2),
         ]
     };
     let mut rows: Vec<Vec<String>> = r.torrents.iter().map(torrent_row).collect();
     rows.push(torrent_row(&r.total));
     out.push_str(&table(
-        &["info_hash", "name", "peers", "evaluated", "confirmed", "reported", "reported_total", "ratio", "confirmed/h"],
+        &[
+            "info_hash",
+            "name",
+            "peers",
+            "evaluated",
+            "confirmed",
+            "reported",
+            "reported_total",
+            "ratio",
+            "confirmed/h",
+        ],
         &rows,
     ));
 
@@ -274,27 +316,50 @@ pub fn render_report(r: &Report) -> String {
                 s.failed_requests.to_string(),
                 s.received.to_string(),
                 s.new.to_string(),
-                s.share_new.map_or_else(|| "-".into(), |v| format!("{:.1}%", v * 100.0)),
+                s.share_new
+                    .map_or_else(|| "-".into(), |v| format!("{:.1}%", v * 100.0)),
                 s.unique.to_string(),
                 opt_f(s.unique_per_hour, 1),
             ]
         })
         .collect();
-    out.push_str(&table(&["source", "requests", "failed", "received", "new", "share_new", "unique", "unique/h"], &rows));
+    out.push_str(&table(
+        &[
+            "source",
+            "requests",
+            "failed",
+            "received",
+            "new",
+            "share_new",
+            "unique",
+            "unique/h",
+        ],
+        &rows,
+    ));
 
     out.push_str("\nOutcome of evaluation attempts (thesis table 5.7)\n");
     let mut rows = Vec::new();
     for e in &r.outcomes {
         for c in &e.classes {
-            rows.push(vec![e.event.to_string(), c.class.clone(), c.count.to_string(), format!("{:.1}%", c.share * 100.0)]);
+            rows.push(vec![
+                e.event.to_string(),
+                c.class.clone(),
+                c.count.to_string(),
+                format!("{:.1}%", c.share * 100.0),
+            ]);
         }
-        rows.push(vec![e.event.to_string(), "all".into(), e.attempts.to_string(), "100.0%".into()]);
+        rows.push(vec![
+            e.event.to_string(),
+            "all".into(),
+            e.attempts.to_string(),
+            "100.0%".into(),
+        ]);
     }
     out.push_str(&table(&["event", "outcome", "count", "share"], &rows));
 
     let g = &r.gaps;
     out.push_str(&format!(
-        "\nLongest message gap per contact (thesis figure 5.1): {} contacts, p50 {} ms, p90 {} ms, p99 {} ms\n",
+        "\nLongest message gap per contact (thesis figure 5.1): {} contacts, p50 <= {} ms, p90 <= {} ms, p99 <= {} ms\n",
         g.contacts,
         opt_i(g.p50_ms),
         opt_i(g.p90_ms),
@@ -318,7 +383,13 @@ mod tests {
 
     #[test]
     fn table_aligns_columns() {
-        let t = table(&["a", "count"], &[vec!["xyz".into(), "5".into()], vec!["q".into(), "1234567".into()]]);
+        let t = table(
+            &["a", "count"],
+            &[
+                vec!["xyz".into(), "5".into()],
+                vec!["q".into(), "1234567".into()],
+            ],
+        );
         assert_eq!(t, "a    count\nxyz        5\nq    1234567\n");
     }
 }

@@ -75,7 +75,7 @@ const MIGRATIONS: &[&str] = &[
         consecutive_failures INTEGER NOT NULL DEFAULT 0,
         last_attempt_at      INTEGER,
         max_speed            REAL,           -- pieces per second between two contacts
-        transport            INTEGER NOT NULL DEFAULT 0, -- union of Transport flags seen
+        transport            INTEGER NOT NULL DEFAULT 0, -- union of Transport flags of successful contacts
         last_error           TEXT,
         next_visit_at        INTEGER,
         UNIQUE (torrent_id, ip_key, port)
@@ -283,7 +283,7 @@ pub struct PeerRow {
     pub first_source: String,
     /// Client name.
     pub client: Option<String>,
-    /// Transports seen, "+"-joined.
+    /// Transports of successful contacts, "+"-joined.
     pub transport: String,
     /// Successful contacts.
     pub contacts: i64,

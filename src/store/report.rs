@@ -13,6 +13,7 @@
 //! the largest growth (and shows the largest latest value as `reported_total`).
 
 use super::record::{PeerSource, ProbeEvent, UnixMs, SUCCESS_CLASS};
+use super::writer::{GAP_BUCKET_MS, GAP_LAST_BUCKET_MS};
 use super::{Store, StoreError};
 use rusqlite::params;
 use serde::Serialize;
@@ -100,11 +101,12 @@ pub struct EventReport {
 }
 
 /// Longest message gap per successful contact (thesis figure 5.1), from the 100 ms histogram.
+/// Percentiles are bucket upper bounds ("at most"); 60000 means "60 s or more".
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct GapReport {
     /// Contacts with a measured gap.
     pub contacts: i64,
-    /// Median, ms (bucket lower bound).
+    /// Median, ms.
     pub p50_ms: Option<i64>,
     /// 90th percentile, ms.
     pub p90_ms: Option<i64>,
@@ -368,7 +370,7 @@ impl Store {
                     seen += c;
                     seen >= rank
                 })
-                .map(|b| b.0)
+                .map(|b| (b.0 + GAP_BUCKET_MS).min(GAP_LAST_BUCKET_MS))
         };
         Ok(GapReport {
             contacts,

@@ -668,9 +668,10 @@ fn report_numbers_match_a_hand_built_scenario() {
     );
     assert_eq!(cells(&ev("incoming")), vec![("success".into(), 1)]);
 
-    // Figure 5.1: 8 successful contacts, buckets 100,100,200,400,900,1200,6100,60000.
+    // Figure 5.1: 8 successful contacts, buckets 100,100,200,400,900,1200,6100,60000; the
+    // 4th smallest is in bucket 400..500.
     assert_eq!(report.gaps.contacts, 8);
-    assert_eq!(report.gaps.p50_ms, Some(400));
+    assert_eq!(report.gaps.p50_ms, Some(500));
     assert_eq!(report.gaps.p90_ms, Some(60_000));
 
     // Peer rows.

@@ -314,9 +314,10 @@ impl Drop for RecordSender {
     }
 }
 
-/// Longest-gap histogram bucket width and last bucket.
-const GAP_BUCKET_MS: u32 = 100;
-const GAP_LAST_BUCKET_MS: u32 = 60_000;
+/// Width of a longest-gap histogram bucket, ms.
+pub(crate) const GAP_BUCKET_MS: i64 = 100;
+/// The last bucket holds every gap of at least this many ms.
+pub(crate) const GAP_LAST_BUCKET_MS: i64 = 60_000;
 
 struct WriterThread {
     store: Store,
@@ -329,7 +330,7 @@ struct WriterThread {
     /// Outcome counts of the open batch: (torrent, event, class) → count.
     outcome_counts: HashMap<(TorrentId, ProbeEvent, String), i64>,
     /// Gap histogram of the open batch: bucket → count.
-    gaps: HashMap<u32, i64>,
+    gaps: HashMap<i64, i64>,
     run_id: i64,
     run_window: Option<(UnixMs, UnixMs)>,
     run_records: i64,
@@ -619,7 +620,7 @@ impl WriterThread {
                 last_attempt_at = ?15,
                 client = coalesce(?16, client),
                 peer_id = coalesce(?17, peer_id),
-                transport = transport | ?18,
+                transport = transport | CASE WHEN ?14 THEN ?18 ELSE 0 END,
                 last_error = CASE WHEN ?14 THEN last_error ELSE ?19 END,
                 next_visit_at = ?20,
                 sources = sources | ?21
@@ -653,7 +654,7 @@ impl WriterThread {
             .entry((o.torrent_id, o.event, class))
             .or_insert(0) += 1;
         if let (true, Some(gap)) = (success, o.longest_gap_ms) {
-            let bucket = (gap.min(GAP_LAST_BUCKET_MS) / GAP_BUCKET_MS) * GAP_BUCKET_MS;
+            let bucket = (i64::from(gap).min(GAP_LAST_BUCKET_MS) / GAP_BUCKET_MS) * GAP_BUCKET_MS;
             *self.gaps.entry(bucket).or_insert(0) += 1;
         }
         self.counts.outcomes += 1;
