@@ -106,7 +106,7 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX scrapes_by_torrent_tracker_time ON scrapes (torrent_id, tracker, at);
     CREATE TABLE outcome_counts (
-        torrent_id INTEGER NOT NULL REFERENCES torrents(id),
+        torrent_id INTEGER NOT NULL,         -- 0 = incoming connection for no torrent we scan
         event      TEXT NOT NULL,            -- first_contact | later_contact | incoming
         class      TEXT NOT NULL,            -- success | ErrorClass name
         count      INTEGER NOT NULL,

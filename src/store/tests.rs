@@ -519,6 +519,11 @@ fn scenario(path: &std::path::Path) -> (TorrentId, TorrentId) {
     send(outcome(a, p4, LaterContact, T0 + 620_000, ok(99)));
     // p5: connected to us, never announced.
     send(outcome(a, p5, Incoming, T0 + 700_000, ok(0)));
+    // Someone connected asking for a torrent we do not scan.
+    send(Record::UnmatchedIncoming {
+        at: T0 + 710_000,
+        error: ErrorClass::UnknownInfoHash,
+    });
     // Scrapes of torrent a: tracker X grows 100 → 104, tracker Y 50 → 60.
     for (at, tracker, downloaded) in [
         (T0, "http://x", 100),
@@ -666,7 +671,12 @@ fn report_numbers_match_a_hand_built_scenario() {
             ("timed_out".into(), 1)
         ]
     );
-    assert_eq!(cells(&ev("incoming")), vec![("success".into(), 1)]);
+    let incoming = ev("incoming");
+    assert_eq!(
+        cells(&incoming),
+        vec![("success".into(), 1), ("unknown_info_hash".into(), 1)]
+    );
+    assert_eq!(incoming.classes[1].share, 0.5);
 
     // Figure 5.1: 8 successful contacts, buckets 100,100,200,400,900,1200,6100,60000; the
     // 4th smallest is in bucket 400..500.

@@ -122,6 +122,11 @@ impl Writer {
         options: WriterOptions,
     ) -> Result<Writer, StoreError> {
         store.check_privacy(&anonymizer)?;
+        // A bigger page cache than SQLite's 2 MB default: peer lookups hit random index pages.
+        store
+            .conn
+            .pragma_update(None, "cache_size", -65_536)
+            .map_err(|e| store.err(e))?;
         let (tx, rx) = bounded(options.channel_capacity.max(1));
         let metrics = Arc::new(WriterMetrics::default());
         let thread_metrics = metrics.clone();
@@ -480,6 +485,13 @@ impl WriterThread {
                     )?
                     .execute(params![s.at, s.torrent_id, s.tracker, s.complete, s.incomplete, s.downloaded])?;
                 self.counts.scrapes += 1;
+            }
+            Record::UnmatchedIncoming { error, .. } => {
+                *self
+                    .outcome_counts
+                    .entry((0, ProbeEvent::Incoming, error.name()))
+                    .or_insert(0) += 1;
+                self.counts.outcomes += 1;
             }
             Record::Stats(s) => {
                 self.store
