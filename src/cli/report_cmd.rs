@@ -346,6 +346,8 @@ pub fn render_report(r: &Report) -> String {
                 c.class.clone(),
                 c.count.to_string(),
                 format!("{:.1}%", c.share * 100.0),
+                opt_f(c.mean_duration_ms, 0),
+                opt_f(c.mean_connect_ms, 0),
             ]);
         }
         rows.push(vec![
@@ -353,9 +355,21 @@ pub fn render_report(r: &Report) -> String {
             "all".into(),
             e.attempts.to_string(),
             "100.0%".into(),
+            String::new(),
+            String::new(),
         ]);
     }
-    out.push_str(&table(&["event", "outcome", "count", "share"], &rows));
+    out.push_str(&table(
+        &[
+            "event",
+            "outcome",
+            "count",
+            "share",
+            "mean_ms",
+            "connect_ms",
+        ],
+        &rows,
+    ));
 
     let g = &r.gaps;
     out.push_str(&format!(

@@ -109,7 +109,11 @@ const MIGRATIONS: &[&str] = &[
         torrent_id INTEGER NOT NULL,         -- 0 = incoming connection for no torrent we scan
         event      TEXT NOT NULL,            -- first_contact | later_contact | incoming
         class      TEXT NOT NULL,            -- success | ErrorClass name
-        count      INTEGER NOT NULL,
+        count       INTEGER NOT NULL,
+        duration_ms INTEGER NOT NULL DEFAULT 0, -- sum over the attempts
+        connects    INTEGER NOT NULL DEFAULT 0, -- attempts with a measured connect time
+        connect_ms  INTEGER NOT NULL DEFAULT 0, -- sum of those connect times
+        messages    INTEGER NOT NULL DEFAULT 0, -- sum of messages received
         PRIMARY KEY (torrent_id, event, class)
     ) WITHOUT ROWID;
     CREATE TABLE gap_histogram (

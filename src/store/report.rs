@@ -87,6 +87,10 @@ pub struct OutcomeCount {
     pub count: i64,
     /// count / attempts of this event.
     pub share: f64,
+    /// Mean probe duration, ms (unmatched incoming connections count as 0).
+    pub mean_duration_ms: Option<f64>,
+    /// Mean connect time of the attempts that measured one, ms.
+    pub mean_connect_ms: Option<f64>,
 }
 
 /// One event's column of table 5.7.
@@ -296,7 +300,10 @@ impl Store {
         let mut by_event: BTreeMap<&'static str, Vec<OutcomeCount>> = BTreeMap::new();
         let mut stmt = self
             .conn
-            .prepare("SELECT event, class, sum(count) FROM outcome_counts GROUP BY event, class")
+            .prepare(
+                "SELECT event, class, sum(count), sum(duration_ms), sum(connects), sum(connect_ms)
+                 FROM outcome_counts GROUP BY event, class",
+            )
             .map_err(|e| self.err(e))?;
         let rows = stmt
             .query_map([], |r| {
@@ -304,11 +311,15 @@ impl Store {
                     r.get::<_, String>(0)?,
                     r.get::<_, String>(1)?,
                     r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, i64>(5)?,
                 ))
             })
             .map_err(|e| self.err(e))?;
         for row in rows {
-            let (event, class, count) = row.map_err(|e| self.err(e))?;
+            let (event, class, count, duration_ms, connects, connect_ms) =
+                row.map_err(|e| self.err(e))?;
             let Some(event) = ProbeEvent::ALL.iter().find(|e| e.as_str() == event) else {
                 continue;
             };
@@ -319,6 +330,8 @@ impl Store {
                     class,
                     count,
                     share: 0.0,
+                    mean_duration_ms: (count > 0).then(|| duration_ms as f64 / count as f64),
+                    mean_connect_ms: (connects > 0).then(|| connect_ms as f64 / connects as f64),
                 });
         }
         let mut out = Vec::new();

@@ -659,6 +659,14 @@ fn report_numbers_match_a_hand_built_scenario() {
         vec![("success".into(), 3), ("timed_out".into(), 1)]
     );
     assert_eq!(first.classes[0].share, 0.75);
+    // Every attempt in the scenario took 800 ms and connected in 12 ms.
+    assert_eq!(
+        (
+            first.classes[0].mean_duration_ms,
+            first.classes[0].mean_connect_ms
+        ),
+        (Some(800.0), Some(12.0))
+    );
     // Later: p1 ×2, p2 ×1, p4 ×1 succeed; p3 refused + timed out; p4 reset.
     let later = ev("later_contact");
     assert_eq!(later.attempts, 7);

@@ -319,6 +319,16 @@ impl Drop for RecordSender {
     }
 }
 
+/// Sums of one (torrent, event, class) cell of the open batch.
+#[derive(Default)]
+struct OutcomeSums {
+    count: i64,
+    duration_ms: i64,
+    connects: i64,
+    connect_ms: i64,
+    messages: i64,
+}
+
 /// Width of a longest-gap histogram bucket, ms.
 pub(crate) const GAP_BUCKET_MS: i64 = 100;
 /// The last bucket holds every gap of at least this many ms.
@@ -333,7 +343,7 @@ struct WriterThread {
     in_transaction: bool,
     uncommitted: usize,
     /// Outcome counts of the open batch: (torrent, event, class) → count.
-    outcome_counts: HashMap<(TorrentId, ProbeEvent, String), i64>,
+    outcome_counts: HashMap<(TorrentId, ProbeEvent, String), OutcomeSums>,
     /// Gap histogram of the open batch: bucket → count.
     gaps: HashMap<i64, i64>,
     run_id: i64,
@@ -487,10 +497,10 @@ impl WriterThread {
                 self.counts.scrapes += 1;
             }
             Record::UnmatchedIncoming { error, .. } => {
-                *self
-                    .outcome_counts
+                self.outcome_counts
                     .entry((0, ProbeEvent::Incoming, error.name()))
-                    .or_insert(0) += 1;
+                    .or_default()
+                    .count += 1;
                 self.counts.outcomes += 1;
             }
             Record::Stats(s) => {
@@ -661,10 +671,17 @@ impl WriterThread {
             o.next_visit_at,
             incoming_bit,
         ])?;
-        *self
+        let sums = self
             .outcome_counts
             .entry((o.torrent_id, o.event, class))
-            .or_insert(0) += 1;
+            .or_default();
+        sums.count += 1;
+        sums.duration_ms += i64::from(o.duration_ms);
+        sums.messages += i64::from(o.messages);
+        if let Some(connect_ms) = o.connect_ms {
+            sums.connects += 1;
+            sums.connect_ms += i64::from(connect_ms);
+        }
         if let (true, Some(gap)) = (success, o.longest_gap_ms) {
             let bucket = (i64::from(gap).min(GAP_LAST_BUCKET_MS) / GAP_BUCKET_MS) * GAP_BUCKET_MS;
             *self.gaps.entry(bucket).or_insert(0) += 1;
@@ -700,12 +717,25 @@ impl WriterThread {
 
     fn write_aggregates(&mut self) -> rusqlite::Result<()> {
         let conn = &self.store.conn;
-        for ((torrent, event, class), count) in self.outcome_counts.drain() {
+        for ((torrent, event, class), sums) in self.outcome_counts.drain() {
             conn.prepare_cached(
-                "INSERT INTO outcome_counts (torrent_id, event, class, count) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (torrent_id, event, class) DO UPDATE SET count = count + excluded.count",
+                "INSERT INTO outcome_counts (torrent_id, event, class, count, duration_ms, connects, connect_ms, messages)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT (torrent_id, event, class) DO UPDATE SET
+                    count = count + excluded.count, duration_ms = duration_ms + excluded.duration_ms,
+                    connects = connects + excluded.connects, connect_ms = connect_ms + excluded.connect_ms,
+                    messages = messages + excluded.messages",
             )?
-            .execute(params![torrent, event.as_str(), class, count])?;
+            .execute(params![
+                torrent,
+                event.as_str(),
+                class,
+                sums.count,
+                sums.duration_ms,
+                sums.connects,
+                sums.connect_ms,
+                sums.messages
+            ])?;
         }
         for (bucket, count) in self.gaps.drain() {
             conn.prepare_cached(
