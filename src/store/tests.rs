@@ -847,3 +847,44 @@ fn restart_adds_a_run_and_keeps_confirming_across_it() {
     assert_eq!(report.total.confirmed, 1);
     assert!((report.total.confirmed_per_hour.unwrap() - 1.0 / 1.5).abs() < 1e-12);
 }
+
+#[test]
+fn writer_registers_torrents_and_starts_from_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("c.sqlite");
+    let config =
+        crate::config::Config::load(None, &[format!("database={}", db.display())]).unwrap();
+    let writer = Writer::start_from_config(&config).unwrap();
+    // The default mode is hmac, with a key created next to the database.
+    assert_eq!(
+        std::fs::read(dir.path().join("c.sqlite.key"))
+            .unwrap()
+            .len(),
+        32
+    );
+    let handle = writer.handle();
+    let mut magnet = torrent(3, None);
+    magnet.source = TorrentSource::Magnet;
+    let id = handle.register_torrent(magnet).unwrap();
+    assert_eq!(handle.register_torrent(torrent(3, None)).unwrap(), id);
+    // Metadata arrives through the record stream.
+    let mut tx = writer.sender();
+    tx.send(Record::Torrent(torrent(3, Some(77))));
+    tx.send(outcome(
+        id,
+        "198.51.100.7:6881",
+        ProbeEvent::FirstContact,
+        T0,
+        ok(5),
+    ));
+    drop(tx);
+    let counts = writer.finish().unwrap();
+    assert_eq!((counts.torrents, counts.outcomes, counts.errors), (3, 1, 0));
+    let store = Store::open_existing(&db).unwrap();
+    let rows = store.torrents().unwrap();
+    assert_eq!((rows.len(), rows[0].piece_count), (1, Some(77)));
+    let mut ips = Vec::new();
+    store.for_each_peer(None, |p| ips.push(p.ip)).unwrap();
+    assert_eq!(ips.len(), 1);
+    assert_eq!(ips[0].len(), 32, "hmac hex, not the address: {}", ips[0]);
+}
