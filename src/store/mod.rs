@@ -489,7 +489,15 @@ impl Store {
     }
 
     /// Every peer with its next visit time, so that a restarted scan resumes its schedule.
+    /// (For very large databases prefer [`Store::for_each_peer_resume`], which streams.)
     pub fn load_peers(&self) -> Result<Vec<PeerResume>, StoreError> {
+        let mut peers = Vec::new();
+        self.for_each_peer_resume(|p| peers.push(p))?;
+        Ok(peers)
+    }
+
+    /// Calls `f` with every peer's resume information, in row order, without holding all rows.
+    pub fn for_each_peer_resume(&self, mut f: impl FnMut(PeerResume)) -> Result<(), StoreError> {
         let full = self
             .conn
             .query_row("SELECT value FROM meta WHERE key = 'privacy.ip'", [], |r| {
@@ -505,10 +513,13 @@ impl Store {
                  FROM peers ORDER BY id",
             )
             .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map([], |r| {
+        let mut rows = stmt.query([]).map_err(|e| self.err(e))?;
+        while let Some(r) = rows.next().map_err(|e| self.err(e))? {
+            let read = || -> rusqlite::Result<PeerResume> {
                 let ip_key: String = r.get(1)?;
                 let port: u16 = r.get(2)?;
+                // Only a `full` database holds addresses; elsewhere peers come back through
+                // discovery and are matched by `ip_key`.
                 let addr = if full {
                     ip_key
                         .parse::<IpAddr>()
@@ -528,9 +539,10 @@ impl Store {
                     confirmed: r.get(6)?,
                     consecutive_failures: r.get(7)?,
                 })
-            })
-            .map_err(|e| self.err(e))?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
+            };
+            f(read().map_err(|e| self.err(e))?);
+        }
+        Ok(())
     }
 
     /// Calls `f` for every peer (of one torrent, if given), in row order, without holding all
