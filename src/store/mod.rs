@@ -9,6 +9,50 @@
 //! Times are Unix milliseconds (`INTEGER`). Progress values are fractions 0..=1 (`REAL`).
 //! Peer addresses are stored as the configured [`anon::Anonymizer`] says (`privacy.ip`); a
 //! database remembers the mode and key fingerprint it was made with and refuses another.
+//!
+//! How a scan uses it:
+//!
+//! ```no_run
+//! use swarmscan::config::Config;
+//! use swarmscan::store::*;
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = Config::load(None, &["database=scan.sqlite".to_string()])?;
+//! let writer = Writer::start_from_config(&config)?;
+//! // Registration waits for the row id (not on the probe loop).
+//! let torrent = writer.handle().register_torrent(TorrentRecord {
+//!     info_hash_v1: Some([0xab; 20]),
+//!     info_hash_v2: None,
+//!     name: None,
+//!     piece_count: None,
+//!     piece_length: None,
+//!     total_size: None,
+//!     source: TorrentSource::Hash,
+//!     added_at: 1_700_000_000_000,
+//! })?;
+//! // Each worker owns a sender; `send` never blocks, `pump` once per loop tick.
+//! let mut records = writer.sender();
+//! records.send(ProbeOutcome {
+//!     torrent_id: torrent,
+//!     addr: "192.0.2.1:6881".parse()?,
+//!     event: ProbeEvent::FirstContact,
+//!     at: 1_700_000_010_000,
+//!     result: ProbeResult::Success(Progress { have: 12, pieces: 100 }),
+//!     client: Some("qBittorrent 4.6.0".into()),
+//!     peer_id: None,
+//!     transport: Transport::TCP,
+//!     connect_ms: Some(40),
+//!     duration_ms: 900,
+//!     longest_gap_ms: Some(120),
+//!     messages: 3,
+//!     next_visit_at: Some(1_700_000_310_000),
+//! }.into());
+//! if records.pump() > 0 { /* writer behind: delay new connects */ }
+//! // Shutdown: hand over overflow, then drain, commit and close.
+//! records.close();
+//! let counts = writer.finish()?;
+//! println!("{} outcomes stored", counts.outcomes);
+//! # Ok(()) }
+//! ```
 
 pub mod anon;
 pub mod record;
