@@ -118,6 +118,19 @@ pub struct GapReport {
     pub p99_ms: Option<i64>,
 }
 
+/// One point of a time series.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SeriesPoint {
+    /// Start of the time bucket.
+    pub at: UnixMs,
+    /// Torrent id (confirmed series) or source name (discovery series).
+    pub key: String,
+    /// Confirmed downloads, or addresses received, in the bucket.
+    pub count: i64,
+    /// Discovery series: addresses that were new (0 in the confirmed series).
+    pub new: i64,
+}
+
 /// The whole report.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Report {
@@ -391,6 +404,52 @@ impl Store {
             p90_ms: quantile(0.9),
             p99_ms: quantile(0.99),
         })
+    }
+
+    /// Figure 5.4 data: confirmed downloads per time bucket (by crossing time), per torrent.
+    pub fn confirmed_series(&self, bucket_ms: i64) -> Result<Vec<SeriesPoint>, StoreError> {
+        self.series(
+            "SELECT (crossed_at / ?1) * ?1 AS bucket, torrent_id, count(*), 0
+             FROM peers WHERE confirmed AND crossed_at IS NOT NULL
+             GROUP BY bucket, torrent_id ORDER BY bucket, torrent_id",
+            bucket_ms,
+            |key| key.to_string(),
+        )
+    }
+
+    /// Figure 5.3 data: addresses received and new per time bucket and source.
+    pub fn discovery_series(&self, bucket_ms: i64) -> Result<Vec<SeriesPoint>, StoreError> {
+        self.series(
+            "SELECT (at / ?1) * ?1 AS bucket, source, sum(received), sum(new)
+             FROM discovery_requests GROUP BY bucket, source ORDER BY bucket, source",
+            bucket_ms,
+            |key| {
+                PeerSource::from_bit(key)
+                    .map_or("unknown", |s| s.as_str())
+                    .to_string()
+            },
+        )
+    }
+
+    fn series(
+        &self,
+        sql: &str,
+        bucket_ms: i64,
+        name: impl Fn(i64) -> String,
+    ) -> Result<Vec<SeriesPoint>, StoreError> {
+        let bucket_ms = bucket_ms.max(1);
+        let mut stmt = self.conn.prepare(sql).map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([bucket_ms], |r| {
+                Ok(SeriesPoint {
+                    at: r.get(0)?,
+                    key: name(r.get(1)?),
+                    count: r.get(2)?,
+                    new: r.get(3)?,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
     }
 
     /// Everything `swarmscan report` shows.

@@ -692,6 +692,30 @@ fn report_numbers_match_a_hand_built_scenario() {
     assert_eq!(report.gaps.p50_ms, Some(500));
     assert_eq!(report.gaps.p90_ms, Some(60_000));
 
+    // Figure 5.4: both crossings (T0 + 550 s, T0 + 612.405 s) fall into one 10-minute bucket
+    // (buckets start at multiples of 600 s since the epoch: T0 + 400 s .. T0 + 1000 s).
+    let series = store.confirmed_series(600_000).unwrap();
+    assert_eq!(
+        series,
+        vec![report::SeriesPoint {
+            at: T0 + 400_000,
+            key: a.to_string(),
+            count: 2,
+            new: 0
+        }]
+    );
+    // Figure 5.3: per source, one bucket each (all requests within the first seconds).
+    let series = store.discovery_series(600_000).unwrap();
+    let by_source: Vec<(&str, i64, i64)> = series
+        .iter()
+        .map(|p| (p.key.as_str(), p.count, p.new))
+        .collect();
+    assert_eq!(
+        by_source,
+        vec![("tracker_http", 3, 3), ("tracker_udp", 0, 0), ("dht", 3, 1)]
+    );
+    assert!(series.iter().all(|p| p.at == T0 - 200_000));
+
     // Peer rows.
     let mut peers = Vec::new();
     store.for_each_peer(Some(a), |p| peers.push(p)).unwrap();
