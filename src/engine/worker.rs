@@ -380,7 +380,11 @@ impl<C: Conversation> Worker<C> {
 
     fn submit_and_wait(&mut self, wait_ms: u64) -> io::Result<()> {
         let result = if wait_ms == 0 {
-            self.ring.submit()
+            // A zero timeout still sets GETEVENTS, which DEFER_TASKRUN needs to run the
+            // deferred completions; plain submit() would leave them for the next wait.
+            let ts = types::Timespec::new();
+            let args = types::SubmitArgs::new().timespec(&ts);
+            self.ring.submitter().submit_with_args(1, &args)
         } else {
             let ts = types::Timespec::new()
                 .sec(wait_ms / 1000)
@@ -1207,7 +1211,10 @@ impl<C: Conversation> Drop for Worker<C> {
             let slots = std::mem::replace(&mut self.slots, Slab::with_capacity(0));
             std::mem::forget(slots);
         } else {
-            // Safety: dropped exactly once, here; no operation is outstanding.
+            // Unregister first so no receive can pick a buffer from memory we unmap.
+            let _ = self.ring.submitter().unregister_buf_ring(self.bufs.group());
+            // Safety: dropped exactly once, here; no slot is live, and the ring no longer
+            // knows the buffer group.
             unsafe { ManuallyDrop::drop(&mut self.bufs) };
         }
     }
