@@ -676,3 +676,32 @@ fn refused_incoming_connection_is_reset_and_counted() {
     );
     assert_eq!(worker.in_flight(), 0);
 }
+
+#[test]
+fn waker_ends_a_long_wait_early() {
+    let mut worker = Worker::<Recorder>::new(config(8), Instant::now()).unwrap();
+    let mut driver = TestDriver::default();
+    // First step arms the wake-up poll.
+    worker.step(&mut driver, 1).unwrap();
+    let waker = worker.waker();
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(50));
+        waker.wake();
+    });
+    let t0 = Instant::now();
+    worker.step(&mut driver, 5000).unwrap();
+    let waited = t0.elapsed();
+    t.join().unwrap();
+    assert!(
+        waited >= Duration::from_millis(40) && waited < Duration::from_millis(1000),
+        "waited {waited:?}"
+    );
+    // A second wake works too (the multishot poll stays armed).
+    worker.waker().wake();
+    let t0 = Instant::now();
+    worker.step(&mut driver, 5000).unwrap();
+    assert!(t0.elapsed() < Duration::from_millis(1000));
+    let stop = AtomicBool::new(true);
+    let stats = worker.run(&mut driver, &stop).unwrap();
+    assert_eq!(stats.leaked_slots, 0);
+}

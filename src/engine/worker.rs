@@ -6,8 +6,9 @@ use std::collections::VecDeque;
 use std::io;
 use std::mem::ManuallyDrop;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
@@ -213,6 +214,23 @@ struct Listener {
     rearm_at: Option<Millis>,
 }
 
+/// Wakes a worker from another thread (e.g. after pushing to its cross-core channel), so it
+/// does not sleep until its next deadline. Cheap to clone; `wake` is one eventfd write.
+#[derive(Clone)]
+pub struct Waker {
+    fd: Arc<OwnedFd>,
+}
+
+impl Waker {
+    /// Makes the worker's current (or next) wait return promptly.
+    pub fn wake(&self) {
+        let one: u64 = 1;
+        // Safety: writing 8 bytes from a live u64 to our eventfd; EAGAIN (counter saturated)
+        // means a wake-up is already pending, which is all we want.
+        unsafe { libc::write(self.fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+}
+
 /// One worker: ring, slab, wheel, buffer ring, listeners.
 pub struct Worker<C: Conversation> {
     // Field order matters for drop: the ring goes first, then the memory it may reference.
@@ -222,6 +240,8 @@ pub struct Worker<C: Conversation> {
     wheel: TimerWheel,
     budget: ConnectBudget,
     listeners: Vec<Listener>,
+    wake_fd: Arc<OwnedFd>,
+    wake_armed: bool,
     connect_timeout: Box<types::Timespec>,
     epoch: Instant,
     cfg: WorkerConfig,
@@ -264,6 +284,13 @@ impl<C: Conversation> Worker<C> {
                 rearm_at: Some(0),
             });
         }
+        // Safety: eventfd(2) with no pointers; the result is checked before use.
+        let efd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if efd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // Safety: efd is a fresh descriptor we own.
+        let wake_fd = Arc::new(unsafe { OwnedFd::from_raw_fd(efd) });
         let ms = cfg.connect_timeout_ms;
         let connect_timeout = Box::new(
             types::Timespec::new()
@@ -288,6 +315,8 @@ impl<C: Conversation> Worker<C> {
                 now,
             ),
             listeners,
+            wake_fd,
+            wake_armed: false,
             connect_timeout,
             epoch,
             cfg,
@@ -315,6 +344,13 @@ impl<C: Conversation> Worker<C> {
     /// Counters so far.
     pub fn stats(&self) -> &WorkerStats {
         &self.stats
+    }
+
+    /// A handle other threads use to wake this worker.
+    pub fn waker(&self) -> Waker {
+        Waker {
+            fd: self.wake_fd.clone(),
+        }
     }
 
     /// Local addresses of the listeners (useful when binding port 0).
@@ -456,6 +492,15 @@ impl<C: Conversation> Worker<C> {
         if self.stopping {
             return;
         }
+        if !self.wake_armed {
+            self.wake_armed = true;
+            let entry =
+                opcode::PollAdd::new(types::Fd(self.wake_fd.as_raw_fd()), libc::POLLIN as u32)
+                    .multi(true)
+                    .build()
+                    .user_data(UserData::new(OpKind::Wake, 0, 0).pack());
+            self.push(&[entry]);
+        }
         for i in 0..self.listeners.len() {
             let l = &self.listeners[i];
             if l.armed || l.rearm_at.map_or(true, |t| t > now) {
@@ -567,6 +612,23 @@ impl<C: Conversation> Worker<C> {
         match ud.kind {
             OpKind::ConnectTimeout | OpKind::Cancel | OpKind::CloseUntracked => {}
             OpKind::Accept => self.on_accept(driver, now, ud.slot as usize, res, flags),
+            OpKind::Wake => {
+                if res >= 0 {
+                    let mut counter: u64 = 0;
+                    // Safety: reading 8 bytes into a live u64 from our non-blocking eventfd.
+                    unsafe {
+                        libc::read(
+                            self.wake_fd.as_raw_fd(),
+                            (&mut counter as *mut u64).cast(),
+                            8,
+                        )
+                    };
+                }
+                if !cqueue::more(flags) {
+                    // Re-armed at the next step unless stopping.
+                    self.wake_armed = false;
+                }
+            }
             OpKind::Recv => {
                 // Whatever happens to the slot, a selected buffer goes back to the ring.
                 let bid = cqueue::buffer_select(flags);
@@ -1160,6 +1222,12 @@ impl<C: Conversation> Worker<C> {
                 self.push(&[cancel]);
             }
             self.listeners[i].rearm_at = None;
+        }
+        if self.wake_armed {
+            let cancel = opcode::AsyncCancel::new(UserData::new(OpKind::Wake, 0, 0).pack())
+                .build()
+                .user_data(UserData::new(OpKind::Cancel, 0, 0).pack());
+            self.push(&[cancel]);
         }
         for (i, g) in self.slots.handles() {
             let Some(slot) = self.slots.get(i, g) else {
