@@ -506,6 +506,7 @@ fn run_workers_splits_work_and_stops() {
         addr: SocketAddr,
         left: usize,
         done: usize,
+        started: bool,
     }
     impl WorkerDriver for Many {
         type Conv = Recorder;
@@ -530,6 +531,11 @@ fn run_workers_splits_work_and_stops() {
         fn should_stop(&self) -> bool {
             self.left == 0 && self.done == 100
         }
+        fn on_start(&mut self, waker: Waker, listening: &[SocketAddr]) {
+            assert!(listening.is_empty());
+            waker.wake();
+            self.started = true;
+        }
     }
     let addr = closed_port();
     let cfg = EngineConfig {
@@ -545,17 +551,20 @@ fn run_workers_splits_work_and_stops() {
             addr,
             left: 100,
             done: 0,
+            started: false,
         },
         Many {
             addr,
             left: 100,
             done: 0,
+            started: false,
         },
     ];
     let results = run_workers(&cfg, drivers, &stop).unwrap();
     assert_eq!(results.len(), 2);
     for (driver, stats) in results {
         assert_eq!(driver.done, 100);
+        assert!(driver.started);
         assert_eq!(stats.probes_started, 100);
         assert!(stats.in_flight_max <= 8);
     }

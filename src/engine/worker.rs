@@ -126,6 +126,9 @@ pub trait WorkerDriver {
         remote: SocketAddr,
         local: SocketAddr,
     ) -> Option<(u64, Self::Conv)>;
+    /// Called once when the worker starts running, with a handle that wakes it (give it to
+    /// whoever feeds this driver from other threads) and the listeners' local addresses.
+    fn on_start(&mut self, _waker: Waker, _listening: &[SocketAddr]) {}
     /// Called once per loop iteration.
     fn tick(&mut self, _now: Millis) {}
     /// When the driver wants `tick`/`next_probe` again at the latest (None = no wish).
@@ -368,6 +371,7 @@ impl<C: Conversation> Worker<C> {
         driver: &mut D,
         stop: &AtomicBool,
     ) -> io::Result<WorkerStats> {
+        driver.on_start(self.waker(), &self.listen_addrs());
         while !stop.load(Ordering::Relaxed) && !driver.should_stop() {
             self.step(driver, self.cfg.max_wait_ms)?;
         }
