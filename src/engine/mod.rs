@@ -26,7 +26,7 @@ use std::time::Instant;
 
 pub use conversation::{Conversation, Millis, Verdict};
 pub use worker::{
-    Ending, ProbeDone, ProbeRequest, Worker, WorkerConfig, WorkerDriver, WorkerStats,
+    Ending, ProbeDone, ProbeRequest, Waker, Worker, WorkerConfig, WorkerDriver, WorkerStats,
 };
 
 /// Settings for a set of workers (totals are split evenly).
