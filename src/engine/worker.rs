@@ -160,6 +160,8 @@ pub struct WorkerStats {
     pub recv_enobufs: u64,
     /// Completions ignored because their slot's generation moved on.
     pub stale_completions: u64,
+    /// Sends the kernel completed only in part (the rest was sent again).
+    pub partial_sends: u64,
     /// Times the submission queue was full and had to be flushed early.
     pub sq_full: u64,
     /// Listener accept errors (e.g. EMFILE).
@@ -1003,6 +1005,7 @@ impl<C: Conversation> Worker<C> {
         }
         slot.send_offset += res as usize;
         if slot.send_offset < slot.sending.len() {
+            self.stats.partial_sends += 1;
             self.submit_send(i, g, 0, None);
             return;
         }

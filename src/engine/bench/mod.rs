@@ -56,7 +56,7 @@ pub struct ProbesArgs {
     #[arg(long, default_value_t = 2)]
     swarm_threads: usize,
     /// Alternating engine/floor rounds (evens out machine noise).
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 4)]
     rounds: u32,
     /// Pieces in the fake torrent (bitfield size).
     #[arg(long, default_value_t = 1000)]
@@ -475,6 +475,11 @@ fn run_probes(args: &ProbesArgs) -> std::io::Result<()> {
         "vm_hwm_bytes": status_field("VmHWM:"),
         "rss_per_in_flight_bytes": per_in_flight.round(),
         "cpu_secs_per_1k_probes": if engine_ok > 0 { round3(engine_cpu * 1000.0 / engine_ok as f64) } else { 0.0 },
+        // CPU per probe of the floor over the engine's: less sensitive to other load on the
+        // machine than the throughput ratio (1.0 = the engine costs no more than the floor).
+        "cpu_ratio": if engine_ok > 0 && floor_ok > 0 && engine_cpu > 0.0 {
+            round3((floor_cpu / floor_ok as f64) / (engine_cpu / engine_ok as f64))
+        } else { 0.0 },
         "floor_cpu_secs_per_1k_probes": if floor_ok > 0 { round3(floor_cpu * 1000.0 / floor_ok as f64) } else { 0.0 },
         "mean_connect_ms": if load(&s.ok) > 0 { round2(load(&s.connect_ms_sum) as f64 / load(&s.ok) as f64) } else { 0.0 },
         "errors": {
