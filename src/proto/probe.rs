@@ -552,6 +552,10 @@ impl Probe {
         if self.report.messages >= settings.message_cap {
             return Some(self.finish(settings, now, ProbeEnd::MessageCap, send));
         }
+        if settings.grace_ms == 0 && self.answered_at.is_some() {
+            // No grace wanted: the answer is known now.
+            return Some(self.finish(settings, now, ProbeEnd::Answered, send));
+        }
         None
     }
 

@@ -29,6 +29,8 @@ pub struct BenchArgs {
 enum BenchCommand {
     /// Probe throughput of the engine against a fake swarm, relative to the kernel floor.
     Probes(ProbesArgs),
+    /// Engine memory per known peer (peer tables + revisit wheels), against a flat baseline.
+    Peers(crate::scan::bench_peers::PeersBenchArgs),
     /// (internal) The fake swarm, run as a child process by `bench probes`.
     #[command(hide = true)]
     FakeSwarm(FakeSwarmArgs),
@@ -96,6 +98,9 @@ pub struct FakeSwarmArgs {
 pub fn run(args: &BenchArgs) -> i32 {
     let result = match &args.command {
         BenchCommand::Probes(a) => run_probes(a),
+        BenchCommand::Peers(a) => {
+            return crate::scan::bench_peers::run(a);
+        }
         BenchCommand::FakeSwarm(a) => run_fake_swarm(a),
     };
     match result {
@@ -170,13 +175,18 @@ struct BenchDriver {
     stride: u64,
     peers: u32,
     port: u16,
-    quiet_ms: Millis,
+    /// The real probe logic, as a scan runs it (grace 0: end at the bitfield, like the floor).
+    settings: Arc<crate::proto::probe::ProbeSettings>,
+    catalog: Arc<crate::scan::catalog::Catalog>,
 }
 
-impl WorkerDriver for BenchDriver {
-    type Conv = BenchConversation;
+/// The scan's own conversation type: the engine benchmark drives the real probe.
+type RealProbe = crate::scan::driver::ProbeConv;
 
-    fn next_probe(&mut self, _now: Millis) -> Option<ProbeRequest<BenchConversation>> {
+impl WorkerDriver for BenchDriver {
+    type Conv = RealProbe;
+
+    fn next_probe(&mut self, now: Millis) -> Option<ProbeRequest<RealProbe>> {
         let token = self.next;
         self.next += self.stride;
         let cur = self.shared.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
@@ -184,21 +194,32 @@ impl WorkerDriver for BenchDriver {
         Some(ProbeRequest {
             addr: peer_addr(token, self.peers, self.port),
             token,
-            conv: BenchConversation::new([0xAB; 20], self.quiet_ms),
+            conv: RealProbe::outgoing(
+                self.settings.clone(),
+                self.catalog.clone(),
+                0,
+                crate::scan::driver::ContactKind::First,
+                now,
+            ),
         })
     }
 
-    fn probe_done(&mut self, _now: Millis, done: ProbeDone<BenchConversation>) {
+    fn probe_done(&mut self, _now: Millis, done: ProbeDone<RealProbe>) {
+        use crate::proto::probe::ProbeEnd;
         self.shared.in_flight.fetch_sub(1, Ordering::Relaxed);
         let s = &self.shared;
-        let counter = match (done.ending, done.conv.outcome) {
-            (Ending::Finished, Some(BenchOutcome::Bitfield { .. })) => {
+        let report = done.conv.report();
+        let counter = match (done.ending, &report.end) {
+            (Ending::Finished, _) if report.succeeded() && report.pieces_have > 0 => {
                 s.connect_ms_sum
                     .fetch_add(done.connect_ms.unwrap_or(0), Ordering::Relaxed);
                 &s.ok
             }
-            (_, Some(BenchOutcome::QuietTimeout)) => &s.quiet_timeout,
-            (_, Some(BenchOutcome::BadHandshake)) => &s.bad_handshake,
+            (_, ProbeEnd::QuietTimeout) => &s.quiet_timeout,
+            (
+                _,
+                ProbeEnd::UnknownProtocol | ProbeEnd::UnknownInfoHash | ProbeEnd::ProtocolError(_),
+            ) => &s.bad_handshake,
             (Ending::Closed(Some(libc::ECANCELED)), _) => &s.cancelled_at_stop,
             (Ending::Closed(Some(libc::ECONNREFUSED)), _) => &s.refused,
             (Ending::Closed(Some(libc::ECONNRESET)), _) => &s.reset,
@@ -209,12 +230,7 @@ impl WorkerDriver for BenchDriver {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn incoming(
-        &mut self,
-        _: Millis,
-        _: SocketAddr,
-        _: SocketAddr,
-    ) -> Option<(u64, BenchConversation)> {
+    fn incoming(&mut self, _: Millis, _: SocketAddr, _: SocketAddr) -> Option<(u64, RealProbe)> {
         None
     }
 }
@@ -311,7 +327,21 @@ fn engine_phase(
         ring_entries: 4096,
         listen: Vec::new(),
     };
-    let quiet_ms = args.peer_delay_ms + 5000;
+    let settings = Arc::new(crate::proto::probe::ProbeSettings {
+        quiet_timeout_ms: args.peer_delay_ms + 5000,
+        grace_ms: 0,
+        max_duration_ms: args.peer_delay_ms + 30_000,
+        ..Default::default()
+    });
+    let catalog = crate::scan::catalog::Catalog::new(vec![crate::scan::catalog::CatalogTorrent {
+        db_id: 0,
+        wire_hash: [0xAB; 20],
+        alt_hash: None,
+        name: "bench".into(),
+        piece_count: args.pieces,
+        total_size: 0,
+        trackers: Vec::new(),
+    }]);
     let drivers: Vec<_> = (0..args.workers)
         .map(|w| BenchDriver {
             shared: shared.clone(),
@@ -319,7 +349,8 @@ fn engine_phase(
             stride: args.workers as u64,
             peers: args.peers,
             port,
-            quiet_ms,
+            settings: settings.clone(),
+            catalog: catalog.clone(),
         })
         .collect();
     let stop = AtomicBool::new(false);
