@@ -708,12 +708,25 @@ fn decode_peer_list(
     Ok(())
 }
 
+/// Decodes a response body, allowing trailing ASCII whitespace: aquatic_http 0.9.0 counts a
+/// trailing CRLF into Content-Length. Any other trailing byte is an error.
+fn decode_body(body: &[u8]) -> Result<Value<'_>, bencode::DecodeError> {
+    let (root, used) = bencode::decode_prefix_with(body, bencode::Limits::DEFAULT)?;
+    if let Some(extra) = body[used..].iter().position(|b| !b.is_ascii_whitespace()) {
+        return Err(bencode::DecodeError {
+            offset: used + extra,
+            kind: bencode::ErrorKind::TrailingData,
+        });
+    }
+    Ok(root)
+}
+
 /// Parses an announce response body (bencoded dictionary).
 ///
 /// A `failure reason` becomes [`TrackerError::Failure`]. Missing optional fields are None;
 /// fields of the wrong type or out of range are errors naming the field.
 pub fn parse_announce_response(body: &[u8]) -> Result<AnnounceResponse, TrackerError> {
-    let root = bencode::decode_with(body, bencode::Limits::DEFAULT)?;
+    let root = decode_body(body)?;
     if root.as_dict().is_none() {
         return Err(FieldError::wrong_type("(response)", &root, "dictionary").into());
     }
@@ -930,7 +943,7 @@ impl ScrapeResponse {
 /// (`complete`, `downloaded`, `incomplete`). Keys that are not 20-byte hashes are skipped and
 /// counted in [`ScrapeResponse::skipped_keys`], so one bad entry does not hide the others.
 pub fn parse_scrape_response(body: &[u8]) -> Result<ScrapeResponse, TrackerError> {
-    let root = bencode::decode_with(body, bencode::Limits::DEFAULT)?;
+    let root = decode_body(body)?;
     if root.as_dict().is_none() {
         return Err(FieldError::wrong_type("(response)", &root, "dictionary").into());
     }

@@ -673,3 +673,68 @@ fn golden_webtorrent_failure_and_scrape() {
     // The unknown hash (20 bytes of 0xee) comes back UTF-8-mangled to 40 bytes: skipped.
     assert_eq!((r.files.len(), r.skipped_keys), (1, 1));
 }
+
+// Raw HTTP responses of aquatic_http 0.9.0 (crates.io), plain HTTP, recorded by
+// tests/data/record_aquatic_http.py with the same two-peer script as above.
+
+fn aquatic_body(raw: &[u8]) -> Vec<u8> {
+    let mut reader = http::ResponseReader::new(http::ResponseLimits::DEFAULT);
+    // Whole at once, then check that a byte-at-a-time feed agrees.
+    assert_eq!(reader.feed(raw).unwrap(), http::Progress::Done);
+    let resp = reader.into_response().unwrap();
+    let mut slow = http::ResponseReader::new(http::ResponseLimits::DEFAULT);
+    for b in raw {
+        slow.feed(std::slice::from_ref(b)).unwrap();
+    }
+    assert_eq!(slow.into_response().as_ref(), Some(&resp));
+    assert_eq!(resp.status, 200);
+    // aquatic pads the Content-Length value with spaces and counts a trailing CRLF in it.
+    assert!(resp.header("content-length").is_some());
+    assert!(resp.body.ends_with(b"e\r\n"));
+    resp.body
+}
+
+#[test]
+fn golden_aquatic_http() {
+    let first = parse_announce_response(&aquatic_body(include_bytes!(
+        "../../../tests/data/tracker/aquatic_http_announce_first.bin"
+    )))
+    .unwrap();
+    assert_eq!(first.interval, Some(120));
+    assert_eq!((first.complete, first.incomplete), (Some(0), Some(0)));
+    assert!(first.peers.is_empty());
+    // aquatic counts the swarm before adding the announcing peer and does not list it.
+    let second = parse_announce_response(&aquatic_body(include_bytes!(
+        "../../../tests/data/tracker/aquatic_http_announce_second.bin"
+    )))
+    .unwrap();
+    assert_eq!((second.complete, second.incomplete), (Some(1), Some(0)));
+    assert_eq!(
+        second.peers,
+        vec!["127.0.0.1:6881".parse::<SocketAddr>().unwrap()]
+    );
+    let v6 = parse_announce_response(&aquatic_body(include_bytes!(
+        "../../../tests/data/tracker/aquatic_http_announce_v6.bin"
+    )))
+    .unwrap();
+    assert_eq!(v6.peers, vec!["[::1]:6881".parse::<SocketAddr>().unwrap()]);
+
+    let scrape = parse_scrape_response(&aquatic_body(include_bytes!(
+        "../../../tests/data/tracker/aquatic_http_scrape.bin"
+    )))
+    .unwrap();
+    let e = scrape.get(&WT_INFO_HASH).unwrap();
+    // Both complete after B's "completed"; aquatic does not count downloads.
+    assert_eq!((e.complete, e.downloaded, e.incomplete), (2, 0, 0));
+    // The unknown hash comes back as a zero entry under its own (intact) key.
+    let unknown = scrape.get(&[0xee; 20]).unwrap();
+    assert_eq!(
+        (unknown.complete, unknown.downloaded, unknown.incomplete),
+        (0, 0, 0)
+    );
+    assert_eq!(scrape.skipped_keys, 0);
+    assert!(
+        include_str!("../../../tests/data/tracker/aquatic_http_meta.txt")
+            .contains("short_info_hash_response=none")
+    );
+}
