@@ -30,6 +30,7 @@ fn torrent(byte: u8, name: &str, source: TorrentSource) -> TorrentRecord {
         total_size: Some(163_840),
         source,
         added_at: T0,
+        trackers: vec![],
     }
 }
 

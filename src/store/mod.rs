@@ -28,6 +28,7 @@
 //!     total_size: None,
 //!     source: TorrentSource::Hash,
 //!     added_at: 1_700_000_000_000,
+//!     trackers: vec![],
 //! })?;
 //! // Each worker owns a sender; `send` never blocks, `pump` once per loop tick.
 //! let mut records = writer.sender();
@@ -88,6 +89,7 @@ const MIGRATIONS: &[&str] = &[
         total_size   INTEGER,
         source       TEXT NOT NULL,          -- file | magnet | hash
         added_at     INTEGER NOT NULL,
+        trackers     TEXT NOT NULL DEFAULT '[]', -- JSON list of tiers, each a list of URLs
         CHECK (info_hash_v1 IS NOT NULL OR info_hash_v2 IS NOT NULL)
     );
     CREATE TABLE peers (
@@ -290,6 +292,8 @@ pub struct TorrentRow {
     pub source: String,
     /// When added.
     pub added_at: UnixMs,
+    /// Tracker URLs by tier.
+    pub trackers: Vec<Vec<String>>,
 }
 
 impl TorrentRow {
@@ -498,7 +502,7 @@ impl Store {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT id, info_hash_v1, info_hash_v2, name, piece_count, piece_length, total_size, source, added_at
+                "SELECT id, info_hash_v1, info_hash_v2, name, piece_count, piece_length, total_size, source, added_at, trackers
                  FROM torrents ORDER BY id",
             )
             .map_err(|e| self.err(e))?;
@@ -514,6 +518,8 @@ impl Store {
                     total_size: r.get(6)?,
                     source: r.get(7)?,
                     added_at: r.get(8)?,
+                    // Written by us as JSON; an unreadable value means "no trackers".
+                    trackers: serde_json::from_str(&r.get::<_, String>(9)?).unwrap_or_default(),
                 })
             })
             .map_err(|e| self.err(e))?;
@@ -646,6 +652,9 @@ pub(crate) fn upsert_torrent(conn: &Connection, t: &TorrentRecord) -> rusqlite::
     // SQLite integers are i64; sizes beyond 8 EiB are not torrents.
     let piece_length = t.piece_length.map(|v| i64::try_from(v).unwrap_or(i64::MAX));
     let total_size = t.total_size.map(|v| i64::try_from(v).unwrap_or(i64::MAX));
+    // Known trackers are kept unless the new record names some.
+    let trackers = (!t.trackers.is_empty())
+        .then(|| serde_json::to_string(&t.trackers).unwrap_or_else(|_| "[]".into()));
     let existing: Option<TorrentId> = conn
         .prepare_cached("SELECT id FROM torrents WHERE info_hash_v1 = ?1 OR info_hash_v2 = ?2")?
         .query_row(params![v1, v2], |r| r.get(0))
@@ -655,18 +664,19 @@ pub(crate) fn upsert_torrent(conn: &Connection, t: &TorrentRecord) -> rusqlite::
             conn.prepare_cached(
                 "UPDATE torrents SET info_hash_v1 = coalesce(info_hash_v1, ?2), info_hash_v2 = coalesce(info_hash_v2, ?3),
                     name = coalesce(?4, name), piece_count = coalesce(?5, piece_count),
-                    piece_length = coalesce(?6, piece_length), total_size = coalesce(?7, total_size)
+                    piece_length = coalesce(?6, piece_length), total_size = coalesce(?7, total_size),
+                    trackers = coalesce(?8, trackers)
                  WHERE id = ?1",
             )?
-            .execute(params![id, v1, v2, t.name, t.piece_count, piece_length, total_size])?;
+            .execute(params![id, v1, v2, t.name, t.piece_count, piece_length, total_size, trackers])?;
             Ok(id)
         }
         None => {
             conn.prepare_cached(
-                "INSERT INTO torrents (info_hash_v1, info_hash_v2, name, piece_count, piece_length, total_size, source, added_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT INTO torrents (info_hash_v1, info_hash_v2, name, piece_count, piece_length, total_size, source, added_at, trackers)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, coalesce(?9, '[]'))",
             )?
-            .execute(params![v1, v2, t.name, t.piece_count, piece_length, total_size, t.source.as_str(), t.added_at])?;
+            .execute(params![v1, v2, t.name, t.piece_count, piece_length, total_size, t.source.as_str(), t.added_at, trackers])?;
             Ok(conn.last_insert_rowid())
         }
     }

@@ -54,6 +54,8 @@ pub struct TorrentRecord {
     pub source: TorrentSource,
     /// When it was added.
     pub added_at: UnixMs,
+    /// Tracker URLs by tier (BEP 12), so a later `run` on the database can announce.
+    pub trackers: Vec<Vec<String>>,
 }
 
 /// A peer source. The values are bits of the `peers.sources` mask.

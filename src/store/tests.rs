@@ -31,6 +31,7 @@ fn torrent(byte: u8, pieces: Option<u32>) -> TorrentRecord {
         total_size: pieces.map(|p| u64::from(p) * 262_144),
         source: TorrentSource::File,
         added_at: T0 - 60_000,
+        trackers: vec![vec!["udp://127.0.0.1:1/announce".into()]],
     }
 }
 
