@@ -191,7 +191,7 @@ impl Default for PeerConfig {
             retry_backoff_max_secs: 3600.0,
             max_failures: 0,
             pex: true,
-            peer_id_prefix: "-SS0100-".to_string(),
+            peer_id_prefix: "-SW0100-".to_string(),
         }
     }
 }

@@ -51,7 +51,7 @@ pub struct ProbeSettings {
 impl Default for ProbeSettings {
     fn default() -> Self {
         ProbeSettings {
-            peer_id: *b"-SW0001-000000000000",
+            peer_id: *b"-SW0100-000000000000",
             listen_port: 0,
             dht_port: 0,
             client: concat!("swarmscan/", env!("CARGO_PKG_VERSION")).to_string(),

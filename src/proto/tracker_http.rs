@@ -6,7 +6,7 @@
 //!
 //! ```
 //! use swarmscan::proto::{http, tracker_http::*};
-//! let params = AnnounceParams::new([1; 20], *b"-SW0001-abcdefghijkl", 6881);
+//! let params = AnnounceParams::new([1; 20], *b"-SW0100-abcdefghijkl", 6881);
 //! let url = announce_url("http://127.0.0.1:6969/announce", &params).unwrap();
 //! let target = parse_http_url(&url).unwrap();
 //! let request = http::build_get_request(&target.host, target.port, &target.path_and_query, "swarmscan").unwrap();

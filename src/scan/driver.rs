@@ -133,6 +133,21 @@ pub struct WorkerCounters {
     pub sink_backlog: AtomicU64,
 }
 
+/// A peer's state from an earlier run (see [`ScanDriver::restore`]).
+#[derive(Debug, Clone, Copy)]
+pub struct RestoredPeer {
+    pub torrent: u32,
+    pub addr: SocketAddr,
+    pub sources: u8,
+    /// Fixed-point progress at the last contact.
+    pub progress: u16,
+    pub flags: u8,
+    /// Seconds since this run's epoch (0 when it was before this run).
+    pub last_contact: u32,
+    /// Seconds since this run's epoch; None = not to be visited again.
+    pub next_visit: Option<u32>,
+}
+
 /// One worker's scan state.
 pub struct ScanDriver {
     worker: usize,
@@ -196,22 +211,13 @@ impl ScanDriver {
     }
 
     /// Adds a peer known from an earlier run, with its state and next visit.
-    pub fn restore(
-        &mut self,
-        torrent: u32,
-        addr: SocketAddr,
-        sources: u8,
-        progress: u16,
-        flags: u8,
-        last_contact: u32,
-        next_visit: Option<u32>,
-    ) {
-        if let Inserted::New(idx) = self.table.insert(torrent, addr, sources, 0) {
+    pub fn restore(&mut self, peer: RestoredPeer) {
+        if let Inserted::New(idx) = self.table.insert(peer.torrent, peer.addr, peer.sources, 0) {
             let p = self.table.get_mut(idx);
-            p.progress = progress;
-            p.flags = flags & !flag::IN_FLIGHT;
-            p.last_contact = last_contact;
-            match next_visit {
+            p.progress = peer.progress;
+            p.flags = peer.flags & !flag::IN_FLIGHT;
+            p.last_contact = peer.last_contact;
+            match peer.next_visit {
                 Some(t) => {
                     p.next_visit = t;
                     self.wheel.schedule(idx, t);
@@ -349,7 +355,12 @@ impl ScanDriver {
     fn on_incoming_done(&mut self, done: ProbeDone<ProbeConv>, now: Millis) {
         let report = done.conv.into_report();
         let Some(hash) = report.info_hash else {
-            return; // closed before a handshake: nothing to attribute
+            // Closed, or not BitTorrent (e.g. an encrypted handshake), before naming a torrent.
+            self.records.send(Record::UnmatchedIncoming {
+                at: self.unix_ms(now),
+                error: error_class(&report),
+            });
+            return;
         };
         let Some(torrent) = self.catalog.index_of(&hash).filter(|_| report.handshake) else {
             // Counted in the outcome table; the peer itself is not stored (it is not in the

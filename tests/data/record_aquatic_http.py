@@ -31,8 +31,8 @@ OUT = os.path.join(HERE, "tracker")
 ROOT = os.path.dirname(os.path.dirname(HERE))
 INFO_HASH = bytes(range(1, 21))
 UNKNOWN_HASH = b"\xee" * 20
-PEER_A = b"-SW0001-AAAAAAAAAAAA"
-PEER_B = b"-SW0001-BBBBBBBBBBBB"
+PEER_A = b"-SW0100-AAAAAAAAAAAA"
+PEER_B = b"-SW0100-BBBBBBBBBBBB"
 
 
 def enc(b):

@@ -28,8 +28,8 @@ const { default: Server } = await import(pathToFileURL(modulePath).href)
 
 const INFO_HASH = Buffer.from([...Array(20).keys()].map(i => i + 1))
 const UNKNOWN_HASH = Buffer.alloc(20, 0xee)
-const PEER_A = Buffer.from('-SW0001-AAAAAAAAAAAA')
-const PEER_B = Buffer.from('-SW0001-BBBBBBBBBBBB')
+const PEER_A = Buffer.from('-SW0100-AAAAAAAAAAAA')
+const PEER_B = Buffer.from('-SW0100-BBBBBBBBBBBB')
 
 // Percent-encode every byte, so the request does not depend on any URL library.
 const enc = b => [...b].map(x => '%' + x.toString(16).padStart(2, '0').toUpperCase()).join('')

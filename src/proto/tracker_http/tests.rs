@@ -131,7 +131,7 @@ fn redirects() {
 
 #[test]
 fn announce_url_appends_to_existing_query() {
-    let mut p = AnnounceParams::new([0xab; 20], *b"-SW0001-abcdefghij~.", 6881);
+    let mut p = AnnounceParams::new([0xab; 20], *b"-SW0100-abcdefghij~.", 6881);
     p.left = 100;
     p.event = Event::Started;
     p.numwant = Some(50);
@@ -143,7 +143,7 @@ fn announce_url_appends_to_existing_query() {
     assert_eq!(
         url,
         format!(
-            "http://t.example/announce?passkey=x&info_hash={ih}&peer_id=-SW0001-abcdefghij~.&port=6881&uploaded=0&downloaded=0&left=100&event=started&compact=1&numwant=50&key=0012ABCD&ipv6=2001%3Adb8%3A%3A1&trackerid=t%201"
+            "http://t.example/announce?passkey=x&info_hash={ih}&peer_id=-SW0100-abcdefghij~.&port=6881&uploaded=0&downloaded=0&left=100&event=started&compact=1&numwant=50&key=0012ABCD&ipv6=2001%3Adb8%3A%3A1&trackerid=t%201"
         )
     );
     let plain = announce_url("http://t.example/announce", &p).unwrap();
@@ -632,7 +632,7 @@ fn golden_webtorrent_announces() {
     ids.sort();
     assert_eq!(
         ids,
-        vec![(a, *b"-SW0001-AAAAAAAAAAAA"), (b, *b"-SW0001-BBBBBBBBBBBB")]
+        vec![(a, *b"-SW0100-AAAAAAAAAAAA"), (b, *b"-SW0100-BBBBBBBBBBBB")]
     );
     assert_eq!(dict.peers.len(), 2);
 
