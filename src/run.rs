@@ -382,6 +382,7 @@ pub fn run_scan(
         grace_ms: config.peer.bitfield_grace_ms,
         message_cap: config.peer.message_cap,
         max_duration_ms: config.peer.max_duration_ms,
+        ext_handshake_cache: Default::default(),
     });
     let policy = RevisitPolicy {
         revisit_secs: config.peer.revisit_secs,

@@ -46,6 +46,23 @@ pub struct ProbeSettings {
     pub message_cap: u32,
     /// Longest whole conversation, whatever happens (a bound on slow-drip peers).
     pub max_duration_ms: Millis,
+    /// Our extension handshake message, encoded once and reused by every probe.
+    pub ext_handshake_cache: std::sync::OnceLock<Vec<u8>>,
+}
+
+impl ProbeSettings {
+    /// Our extension handshake (BEP 10) as a whole message: `v`, `p`, and `m` with ut_pex.
+    pub fn ext_handshake_message(&self) -> &[u8] {
+        self.ext_handshake_cache.get_or_init(|| {
+            ExtHandshake {
+                m: vec![(UT_PEX.as_bytes(), OUR_UT_PEX_ID)],
+                v: Some(self.client.as_bytes()),
+                p: (self.listen_port != 0).then_some(self.listen_port),
+                ..ExtHandshake::default()
+            }
+            .to_message_bytes()
+        })
+    }
 }
 
 impl Default for ProbeSettings {
@@ -59,6 +76,7 @@ impl Default for ProbeSettings {
             grace_ms: 500,
             message_cap: 256,
             max_duration_ms: 30_000,
+            ext_handshake_cache: std::sync::OnceLock::new(),
         }
     }
 }
@@ -383,21 +401,24 @@ impl Probe {
                 return step;
             }
         }
-        loop {
-            let msg = match self.reader.read_message() {
+        // The reader is taken out while its messages are handled, so they can borrow it
+        // instead of being copied.
+        let mut reader = std::mem::take(&mut self.reader);
+        let step = loop {
+            let msg = match reader.read_message() {
                 Ok(Some(m)) => m,
-                Ok(None) => return Step::Continue,
+                Ok(None) => break Step::Continue,
                 Err(e) => {
                     let e = e.to_string();
-                    return self.finish(settings, now, ProbeEnd::ProtocolError(e), send);
+                    break self.finish(settings, now, ProbeEnd::ProtocolError(e), send);
                 }
             };
-            // Copy out what the message says; `msg` borrows the reader.
-            let event = Event::from_message(&msg);
-            if let Some(step) = self.on_event(settings, now, event, send) {
-                return step;
+            if let Some(step) = self.on_event(settings, now, Event::from_message(&msg), send) {
+                break step;
             }
-        }
+        };
+        self.reader = reader;
+        step
     }
 
     fn on_handshake(
@@ -434,13 +455,7 @@ impl Probe {
         self.last_message = now;
         if hs.reserved.extended() && !self.sent_ext_handshake {
             self.sent_ext_handshake = true;
-            let ours = ExtHandshake {
-                m: vec![(UT_PEX.as_bytes(), OUR_UT_PEX_ID)],
-                v: Some(settings.client.as_bytes()),
-                p: (settings.listen_port != 0).then_some(settings.listen_port),
-                ..ExtHandshake::default()
-            };
-            send.extend_from_slice(&ours.to_message_bytes());
+            send.extend_from_slice(settings.ext_handshake_message());
         }
         None
     }
@@ -460,12 +475,12 @@ impl Probe {
         match event {
             Event::Bitfield(bits) => {
                 if n > 0 {
-                    match bitfield::summarize(&bits, n) {
+                    match bitfield::summarize(bits, n) {
                         Ok(summary) => {
                             self.report.spare_bits_set = summary.spare_bits_set;
                             // Haves that came first stay counted: OR them in.
                             self.ensure_bits();
-                            for (mine, theirs) in self.bits.iter_mut().zip(&bits) {
+                            for (mine, theirs) in self.bits.iter_mut().zip(bits) {
                                 *mine |= theirs;
                             }
                             if summary.spare_bits_set {
@@ -525,7 +540,7 @@ impl Probe {
             }
             Event::Port(p) => self.report.dht_port = Some(p),
             Event::ExtHandshake(payload) => {
-                if let Ok(h) = ExtHandshake::decode(&payload) {
+                if let Ok(h) = ExtHandshake::decode(payload) {
                     self.report.client = h
                         .client()
                         .map(str::to_string)
@@ -539,7 +554,7 @@ impl Probe {
             }
             Event::Extended(ext_id, payload) => {
                 if ext_id == OUR_UT_PEX_ID && self.report.pex.len() < MAX_PEX_PEERS {
-                    if let Ok(pex) = PexMessage::decode(&payload) {
+                    if let Ok(pex) = PexMessage::decode(payload) {
                         let room = MAX_PEX_PEERS - self.report.pex.len();
                         self.report
                             .pex
@@ -574,28 +589,28 @@ impl Probe {
     }
 }
 
-/// What a message means to a probe, owned (the message borrows the reader's buffer).
-enum Event {
-    Bitfield(Vec<u8>),
+/// What a message means to a probe.
+enum Event<'a> {
+    Bitfield(&'a [u8]),
     Have(u32),
     HaveAll,
     HaveNone,
     Port(u16),
-    ExtHandshake(Vec<u8>),
-    Extended(u8, Vec<u8>),
+    ExtHandshake(&'a [u8]),
+    Extended(u8, &'a [u8]),
     Other,
 }
 
-impl Event {
-    fn from_message(m: &Message<'_>) -> Event {
-        match m {
-            Message::Bitfield(b) => Event::Bitfield(b.to_vec()),
-            Message::Have(i) => Event::Have(*i),
+impl<'a> Event<'a> {
+    fn from_message(m: &Message<'a>) -> Event<'a> {
+        match *m {
+            Message::Bitfield(b) => Event::Bitfield(b),
+            Message::Have(i) => Event::Have(i),
             Message::HaveAll => Event::HaveAll,
             Message::HaveNone => Event::HaveNone,
-            Message::Port(p) => Event::Port(*p),
-            Message::Extended { ext_id: 0, payload } => Event::ExtHandshake(payload.to_vec()),
-            Message::Extended { ext_id, payload } => Event::Extended(*ext_id, payload.to_vec()),
+            Message::Port(p) => Event::Port(p),
+            Message::Extended { ext_id: 0, payload } => Event::ExtHandshake(payload),
+            Message::Extended { ext_id, payload } => Event::Extended(ext_id, payload),
             _ => Event::Other,
         }
     }

@@ -75,6 +75,11 @@ pub struct ProbesArgs {
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
+    /// Also send every outcome to the real SQLite writer (as a scan does) and report whether
+    /// it kept up. On a 2-core machine its thread takes CPU from the workers, so the
+    /// engine/floor ratio is measured without it by default.
+    #[arg(long)]
+    store: bool,
 }
 
 /// Options of the hidden fake swarm.
@@ -167,6 +172,10 @@ struct Shared {
     in_flight: AtomicUsize,
     in_flight_max: AtomicUsize,
     connect_ms_sum: AtomicU64,
+    /// Outcome records handed to the store writer.
+    stored: AtomicU64,
+    /// Most records any worker held back because the writer's channel was full.
+    overflow_max: AtomicU64,
 }
 
 struct BenchDriver {
@@ -178,6 +187,9 @@ struct BenchDriver {
     /// The real probe logic, as a scan runs it (grace 0: end at the bitfield, like the floor).
     settings: Arc<crate::proto::probe::ProbeSettings>,
     catalog: Arc<crate::scan::catalog::Catalog>,
+    /// Every outcome goes to the real store writer, as in a scan (with `--store`).
+    records: Option<crate::store::writer::RecordSender>,
+    torrent_id: i64,
 }
 
 /// The scan's own conversation type: the engine benchmark drives the real probe.
@@ -209,6 +221,22 @@ impl WorkerDriver for BenchDriver {
         self.shared.in_flight.fetch_sub(1, Ordering::Relaxed);
         let s = &self.shared;
         let report = done.conv.report();
+        if let (Some(records), false) = (
+            self.records.as_mut(),
+            matches!(done.ending, Ending::Closed(Some(libc::ECANCELED))),
+        ) {
+            let outcome = crate::scan::driver::outcome_record(
+                self.torrent_id,
+                done.peer,
+                crate::scan::driver::ContactKind::First,
+                done.started_at as i64,
+                done.connect_ms,
+                report,
+                None,
+            );
+            records.send(crate::store::record::Record::Outcome(Box::new(outcome)));
+            s.stored.fetch_add(1, Ordering::Relaxed);
+        }
         let counter = match (done.ending, &report.end) {
             (Ending::Finished, _) if report.succeeded() && report.pieces_have > 0 => {
                 s.connect_ms_sum
@@ -232,6 +260,13 @@ impl WorkerDriver for BenchDriver {
 
     fn incoming(&mut self, _: Millis, _: SocketAddr, _: SocketAddr) -> Option<(u64, RealProbe)> {
         None
+    }
+
+    fn tick(&mut self, _now: Millis) {
+        let waiting = self.records.as_mut().map_or(0, |r| r.pump()) as u64;
+        self.shared
+            .overflow_max
+            .fetch_max(waiting, Ordering::Relaxed);
     }
 }
 
@@ -315,6 +350,7 @@ fn engine_phase(
     secs: f64,
     shared: &Arc<Shared>,
     first: u64,
+    writer: Option<&BenchStore>,
 ) -> std::io::Result<EnginePhase> {
     let cfg = EngineConfig {
         workers: args.workers,
@@ -351,6 +387,8 @@ fn engine_phase(
             port,
             settings: settings.clone(),
             catalog: catalog.clone(),
+            records: writer.map(|w| w.writer.sender()),
+            torrent_id: writer.map_or(0, |w| w.torrent_id),
         })
         .collect();
     let stop = AtomicBool::new(false);
@@ -439,6 +477,44 @@ fn floor_phase(
     Ok((ok, errors.load(Ordering::Relaxed), cpu_secs() - cpu_before))
 }
 
+/// The real store writer on a temporary database, fed by the engine benchmark.
+struct BenchStore {
+    writer: crate::store::writer::Writer,
+    torrent_id: i64,
+    _dir: tempfile::TempDir,
+}
+
+fn bench_store() -> std::io::Result<BenchStore> {
+    use crate::store::{anon::Anonymizer, writer::WriterOptions, Store};
+    let other = |e: crate::store::StoreError| std::io::Error::other(e.to_string());
+    let dir = tempfile::tempdir()?;
+    let store = Store::open(&dir.path().join("bench.sqlite")).map_err(other)?;
+    let anonymizer = Anonymizer::new(crate::config::IpMode::Hmac, [7; 32]);
+    let cfg = crate::config::Config::default();
+    let writer =
+        crate::store::writer::Writer::start(store, anonymizer, WriterOptions::from_config(&cfg))
+            .map_err(other)?;
+    let torrent_id = writer
+        .handle()
+        .register_torrent(crate::store::record::TorrentRecord {
+            info_hash_v1: Some([0xAB; 20]),
+            info_hash_v2: None,
+            name: Some("bench".into()),
+            piece_count: None,
+            piece_length: None,
+            total_size: None,
+            source: crate::store::record::TorrentSource::Hash,
+            added_at: 0,
+            trackers: Vec::new(),
+        })
+        .map_err(std::io::Error::other)?;
+    Ok(BenchStore {
+        writer,
+        torrent_id,
+        _dir: dir,
+    })
+}
+
 fn run_probes(args: &ProbesArgs) -> std::io::Result<()> {
     if args.workers == 0 || args.in_flight == 0 || args.peers == 0 || args.rounds == 0 {
         return Err(std::io::Error::other(
@@ -461,13 +537,25 @@ fn run_probes(args: &ProbesArgs) -> std::io::Result<()> {
     let per_round = args.seconds / args.rounds as f64;
     let budget = (args.seconds * 2.0 + 60.0 + args.rounds as f64 * 20.0) as u64;
     let swarm = spawn_swarm(args, budget)?;
+    let store = if args.store {
+        Some(bench_store()?)
+    } else {
+        None
+    };
     let shared = Arc::new(Shared::default());
     let baseline_rss = status_field("VmRSS:");
     let (mut engine_ok, mut engine_cpu, mut rss_max) = (0u64, 0.0f64, 0u64);
     let (mut floor_ok, mut floor_errors, mut floor_cpu) = (0u64, 0u64, 0.0f64);
     let mut stats = Vec::new();
     for round in 0..args.rounds as u64 {
-        let phase = engine_phase(args, swarm.port, per_round, &shared, round * 100_000_000)?;
+        let phase = engine_phase(
+            args,
+            swarm.port,
+            per_round,
+            &shared,
+            round * 100_000_000,
+            store.as_ref(),
+        )?;
         engine_ok += phase.ok;
         engine_cpu += phase.cpu;
         rss_max = rss_max.max(phase.rss_max);
@@ -486,6 +574,27 @@ fn run_probes(args: &ProbesArgs) -> std::io::Result<()> {
         std::thread::sleep(Duration::from_millis(300));
     }
     drop(swarm);
+    // Everything the engine produced must reach the database; time the final drain.
+    let store_json = match store {
+        None => serde_json::Value::Null,
+        Some(store) => {
+            let drain_started = std::time::Instant::now();
+            let metrics = store.writer.metrics();
+            let counts = store
+                .writer
+                .finish()
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+            serde_json::json!({
+                "outcomes_sent": load(&shared.stored),
+                "records_committed": counts.records,
+                "backpressure_events": metrics.backpressure.load(Ordering::Relaxed),
+                "overflow_max_records": load(&shared.overflow_max),
+                "lost": metrics.lost.load(Ordering::Relaxed),
+                "drain_secs_after_stop": round3(drain_started.elapsed().as_secs_f64()),
+            })
+        }
+    };
     let probes_per_sec = engine_ok as f64 / args.seconds;
     let floor_per_sec = floor_ok as f64 / args.seconds;
     let in_flight_max = shared.in_flight_max.load(Ordering::Relaxed);
@@ -524,6 +633,9 @@ fn run_probes(args: &ProbesArgs) -> std::io::Result<()> {
             "floor": floor_errors,
         },
         "cancelled_at_stop": load(&s.cancelled_at_stop),
+        // The store writer (SQLite, WAL, batched) received every outcome; the probe loop
+        // never waits for it (try_send + per-worker overflow queue).
+        "store": store_json,
         "engine_last_round": stats,
         "peers": args.peers,
         "peer_delay_ms": args.peer_delay_ms,
