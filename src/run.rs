@@ -331,7 +331,7 @@ pub fn run_scan(
             wire_hash: t.wire_hash,
             alt_hash: t.alt_hash,
             name: t.name.clone(),
-            piece_count: t.piece_count,
+            piece_count: t.piece_count.into(),
             total_size: t.total_size,
             trackers: t.trackers.clone(),
         });
@@ -383,6 +383,7 @@ pub fn run_scan(
         message_cap: config.peer.message_cap,
         max_duration_ms: config.peer.max_duration_ms,
         ext_handshake_cache: Default::default(),
+        fetch_metadata: true,
     });
     let policy = RevisitPolicy {
         revisit_secs: config.peer.revisit_secs,

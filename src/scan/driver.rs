@@ -15,7 +15,7 @@ use crate::engine::worker::{Ending, ProbeDone, ProbeRequest, WorkerDriver};
 use crate::proto::probe::{Direction, Probe, ProbeEnd, ProbeReport, ProbeSettings, Step};
 use crate::store::record::{
     DiscoveryRecord, ErrorClass, PeerSource, ProbeEvent, ProbeOutcome, ProbeResult, Progress,
-    Record, Transport,
+    Record, TorrentRecord, TorrentSource, Transport,
 };
 use crate::store::writer::RecordSender;
 
@@ -47,7 +47,7 @@ impl ProbeConv {
         let t = catalog.get(torrent);
         let direction = Direction::Outgoing {
             info_hash: t.wire_hash,
-            piece_count: t.piece_count,
+            piece_count: t.pieces(),
         };
         ProbeConv {
             probe: Probe::new(direction, now),
@@ -274,6 +274,28 @@ impl ScanDriver {
         }
     }
 
+    /// A probe fetched and verified the metadata of a torrent whose piece count was unknown:
+    /// every later probe of it measures progress, and the store learns its name and size.
+    fn learn_metadata(&mut self, torrent: u32, report: &ProbeReport, at_ms: Millis) {
+        let Some(meta) = &report.metainfo else {
+            return;
+        };
+        if !self.catalog.get(torrent).learn_pieces(report.piece_count) {
+            return;
+        }
+        self.records.send(Record::Torrent(TorrentRecord {
+            info_hash_v1: meta.info_hashes.v1.map(|h| h.0),
+            info_hash_v2: meta.info_hashes.v2.map(|h| h.0),
+            name: Some(meta.name.clone()),
+            piece_count: Some(report.piece_count),
+            piece_length: Some(meta.piece_length),
+            total_size: Some(meta.total_size),
+            source: TorrentSource::Magnet,
+            added_at: self.unix_ms(at_ms),
+            trackers: Vec::new(),
+        }));
+    }
+
     /// Applies a visit to a peer this worker owns and reports it.
     fn apply_visit(
         &mut self,
@@ -283,6 +305,8 @@ impl ScanDriver {
         at_ms: Millis,
         connect_ms: Option<Millis>,
     ) {
+        let torrent = self.table.get(idx).torrent;
+        self.learn_metadata(torrent, &report, at_ms);
         let now = Self::secs(at_ms);
         let entry = self.table.get_mut(idx);
         entry.flags &= !flag::IN_FLIGHT;

@@ -374,7 +374,7 @@ fn engine_phase(
         wire_hash: [0xAB; 20],
         alt_hash: None,
         name: "bench".into(),
-        piece_count: args.pieces,
+        piece_count: args.pieces.into(),
         total_size: 0,
         trackers: Vec::new(),
     }]);
