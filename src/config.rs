@@ -70,6 +70,9 @@ pub struct EngineConfig {
     pub recv_buffers: u32,
     /// Size of one receive buffer in bytes.
     pub recv_buffer_size: u32,
+    /// Most known peers held in memory over all workers (about 52 bytes each); addresses
+    /// beyond it are counted and dropped, so a huge swarm cannot exhaust memory.
+    pub max_peers: u64,
 }
 
 impl Default for EngineConfig {
@@ -78,8 +81,9 @@ impl Default for EngineConfig {
             workers: 0,
             pin_workers: true,
             ring_entries: 4096,
-            recv_buffers: 4096,
+            recv_buffers: 2048,
             recv_buffer_size: 16384,
+            max_peers: 20_000_000,
         }
     }
 }
@@ -377,6 +381,7 @@ pub const KEY_DOCS: &[(&str, &str)] = &[
     ("engine.ring_entries", "Submission queue entries per worker ring (power of two)."),
     ("engine.recv_buffers", "Buffers in each worker's provided-buffer ring (power of two)."),
     ("engine.recv_buffer_size", "Size of one receive buffer, bytes."),
+    ("engine.max_peers", "Most known peers kept in memory over all workers (about 52 bytes each: 20 million ≈ 1 GB); more are counted and dropped."),
     (
         "net.listen",
         "TCP listeners for incoming peers (the only way to see peers behind NAT).\n\
@@ -609,6 +614,7 @@ impl Config {
             ("dht.queries_per_sec", self.dht.queries_per_sec as u64),
             ("store.batch_rows", self.store.batch_rows as u64),
             ("store.channel_capacity", self.store.channel_capacity as u64),
+            ("engine.max_peers", self.engine.max_peers),
             (
                 "engine.recv_buffer_size",
                 self.engine.recv_buffer_size as u64,

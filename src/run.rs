@@ -411,7 +411,7 @@ pub fn run_scan(
                 catalog.clone(),
                 settings.clone(),
                 policy,
-                (MAX_PEERS_PLACEHOLDER / workers as u64).min(u32::MAX as u64) as u32,
+                (config.engine.max_peers / workers as u64).min(u32::MAX as u64) as u32,
                 rx,
                 txs.clone(),
                 writer.sender(),
@@ -622,4 +622,3 @@ pub fn run_scan(
         listen,
     })
 }
-const MAX_PEERS_PLACEHOLDER: u64 = 100_000_000;

@@ -275,3 +275,11 @@ fn bad_input_is_a_clear_error_and_touches_nothing() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn shipped_profiles_are_valid_configurations() {
+    let profile = concat!(env!("CARGO_MANIFEST_DIR"), "/tuning/1gb-vm.toml");
+    let cfg = Config::load(Some(Path::new(profile)), &[]).expect("tuning/1gb-vm.toml");
+    assert_eq!(cfg.engine.workers, 1);
+    assert_eq!(cfg.engine.max_peers, 4_000_000);
+}
