@@ -453,7 +453,7 @@ impl Shared {
             }
             Err(_) => (Duration::ZERO, false),
         };
-        let record = match result {
+        let (peers, error) = match result {
             Ok(a) => {
                 self.route_peers(torrent, src, &a.peers);
                 if let Some(downloaded) = a.downloaded {
@@ -467,33 +467,22 @@ impl Shared {
                         downloaded: downloaded as i64,
                     }));
                 }
-                DiscoveryRecord {
-                    at: self.epoch_unix_ms + at_ms as i64,
-                    torrent_id: self.catalog.get(torrent).db_id,
-                    source: if kind == Kind::Udp {
-                        PeerSource::TrackerUdp
-                    } else {
-                        PeerSource::TrackerHttp
-                    },
-                    tracker: Some(url),
-                    duration_ms: duration_ms.min(u32::MAX as u64) as u32,
-                    error: None,
-                    peers: a.peers,
-                }
+                (a.peers, None)
             }
-            Err(e) => DiscoveryRecord {
-                at: self.epoch_unix_ms + at_ms as i64,
-                torrent_id: self.catalog.get(torrent).db_id,
-                source: if kind == Kind::Udp {
-                    PeerSource::TrackerUdp
-                } else {
-                    PeerSource::TrackerHttp
-                },
-                tracker: Some(url),
-                duration_ms: duration_ms.min(u32::MAX as u64) as u32,
-                error: Some(e),
-                peers: Vec::new(),
+            Err(e) => (Vec::new(), Some(e)),
+        };
+        let record = DiscoveryRecord {
+            at: self.epoch_unix_ms + at_ms as i64,
+            torrent_id: self.catalog.get(torrent).db_id,
+            source: if kind == Kind::Udp {
+                PeerSource::TrackerUdp
+            } else {
+                PeerSource::TrackerHttp
             },
+            tracker: Some(url),
+            duration_ms: duration_ms.min(u32::MAX as u64) as u32,
+            error,
+            peers,
         };
         let _ = request;
         self.send(Record::Discovery(record));
