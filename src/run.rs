@@ -258,6 +258,10 @@ pub fn run_scan(
     let stop = Arc::new(AtomicBool::new(false));
     register_signals(&stop)?;
     let started = Instant::now();
+    // Checked before anything is opened: a bad blocklist is an error that touches nothing.
+    let blocklist = Arc::new(crate::scan::blocklist::Blocklist::load(
+        &config.net.blocklist_file,
+    )?);
 
     // Resume state, read before the writer takes the database: the torrents already in it
     // (from `add` or an earlier run) and their peers.
@@ -417,6 +421,7 @@ pub fn run_scan(
                 writer.sender(),
                 epoch_unix_ms,
                 stop.clone(),
+                blocklist.clone(),
             )
         })
         .collect();

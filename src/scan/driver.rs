@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender};
 
+use super::blocklist::Blocklist;
 use super::catalog::Catalog;
 use super::peer_table::{flag, owner_worker, source, Inserted, PeerIdx, PeerTable, NOT_SCHEDULED};
 use super::revisit::{RevisitPolicy, RevisitWheel, VisitResult};
@@ -129,6 +130,8 @@ pub struct WorkerCounters {
     pub confirmed: AtomicU64,
     pub in_flight: AtomicU64,
     pub table_full: AtomicU64,
+    /// Addresses dropped because the blocklist names them.
+    pub blocked: AtomicU64,
     pub unknown_info_hash: AtomicU64,
     pub sink_backlog: AtomicU64,
 }
@@ -165,6 +168,7 @@ pub struct ScanDriver {
     /// Unix milliseconds at engine time 0, to stamp records.
     epoch_unix_ms: i64,
     stop: Arc<AtomicBool>,
+    blocklist: Arc<Blocklist>,
     last_tick: Millis,
     pub counters: Arc<WorkerCounters>,
 }
@@ -185,6 +189,7 @@ impl ScanDriver {
         records: RecordSender,
         epoch_unix_ms: i64,
         stop: Arc<AtomicBool>,
+        blocklist: Arc<Blocklist>,
     ) -> ScanDriver {
         let workers = route.len();
         ScanDriver {
@@ -201,6 +206,7 @@ impl ScanDriver {
             records,
             epoch_unix_ms,
             stop,
+            blocklist,
             last_tick: 0,
             counters: Arc::new(WorkerCounters::default()),
         }
@@ -233,6 +239,10 @@ impl ScanDriver {
 
     fn add_peers(&mut self, torrent: u32, src: u8, addrs: &[SocketAddr], now: Millis) {
         for &a in addrs {
+            if self.blocklist.blocks(&a) {
+                self.counters.blocked.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
             match self.table.insert(torrent, a, src, Self::secs(now)) {
                 Inserted::New(idx) => self.wheel.schedule(idx, Self::secs(now)),
                 Inserted::Existing(_) => {}
@@ -504,9 +514,13 @@ impl WorkerDriver for ScanDriver {
     fn incoming(
         &mut self,
         now: Millis,
-        _remote: SocketAddr,
+        remote: SocketAddr,
         _local: SocketAddr,
     ) -> Option<(u64, ProbeConv)> {
+        if self.blocklist.blocks(&remote) {
+            self.counters.blocked.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
         Some((
             u64::MAX,
             ProbeConv::incoming(self.settings.clone(), self.catalog.clone(), now),

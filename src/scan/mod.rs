@@ -3,6 +3,7 @@
 //! driver the engine calls.
 
 pub mod bench_peers;
+pub mod blocklist;
 pub mod catalog;
 pub mod discovery;
 pub mod driver;
