@@ -2,9 +2,10 @@
 //!
 //! Builds the real per-worker structures (peer table + revisit wheel, every peer scheduled)
 //! for N peers spread over T torrents and W workers, routed by the real hash, and reports the
-//! resident-memory growth per peer, next to a baseline measured in the same run: the same
-//! peers as a plain `Vec` of 16-byte (IPv6-capable) addresses + port + torrent, which is the
-//! least any scanner must hold.
+//! resident-memory growth per peer (measured first, on a fresh heap) and the heap the
+//! structures hold, next to a baseline built in the same run: the same peers as a plain,
+//! exactly sized array of 16-byte (IPv6-capable) address + port + torrent, the least any
+//! scanner must hold.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Instant;
@@ -66,23 +67,6 @@ pub fn run(args: &PeersBenchArgs) -> i32 {
     let workers = args.workers.max(1);
     let torrents = args.torrents.max(1);
 
-    // Baseline: the bare minimum (address, port, torrent) in a flat, exactly sized Vec.
-    let before_base = rss_bytes();
-    let t0 = Instant::now();
-    let mut base: Vec<([u8; 16], u16, u32)> = Vec::with_capacity(n as usize);
-    for i in 0..n {
-        let a = peer_addr(i, args.ipv6_percent);
-        base.push((
-            super::peer_table::ip_bytes(a.ip()),
-            a.port(),
-            (i % torrents as u64) as u32,
-        ));
-    }
-    let base_secs = t0.elapsed().as_secs_f64();
-    let base_bytes = rss_bytes().saturating_sub(before_base);
-    let checksum: u64 = base.iter().map(|e| e.1 as u64).sum();
-    drop(base);
-
     // The engine's structures.
     let before = rss_bytes();
     let t0 = Instant::now();
@@ -121,6 +105,28 @@ pub fn run(args: &PeersBenchArgs) -> i32 {
         found += tables[w].find(torrent, a).is_some() as u64;
     }
     let lookup_secs = t0.elapsed().as_secs_f64();
+
+    drop(tables);
+    drop(wheels);
+
+    // Baseline: the bare minimum any scanner must hold per peer (IPv6-capable address, port,
+    // torrent) in one exactly sized array. Built after the engine's structures were measured
+    // on a fresh heap; its size is exact, so it is computed rather than read from RSS (the
+    // allocator keeps freed memory, which would hide it).
+    let t0 = Instant::now();
+    let mut base: Vec<([u8; 16], u16, u32)> = Vec::with_capacity(n as usize);
+    for i in 0..n {
+        let a = peer_addr(i, args.ipv6_percent);
+        base.push((
+            super::peer_table::ip_bytes(a.ip()),
+            a.port(),
+            (i % torrents as u64) as u32,
+        ));
+    }
+    let base_secs = t0.elapsed().as_secs_f64();
+    let base_bytes = (base.capacity() * std::mem::size_of::<([u8; 16], u16, u32)>()) as u64;
+    let checksum: u64 = base.iter().map(|e| e.1 as u64).sum();
+    drop(base);
 
     let per_peer = engine_bytes as f64 / known.max(1) as f64;
     let json = serde_json::json!({
