@@ -70,6 +70,9 @@ pub struct EngineConfig {
     pub recv_buffers: u32,
     /// Size of one receive buffer in bytes.
     pub recv_buffer_size: u32,
+    /// Most known peers held in memory over all workers (about 52 bytes each); addresses
+    /// beyond it are counted and dropped, so a huge swarm cannot exhaust memory.
+    pub max_peers: u64,
 }
 
 impl Default for EngineConfig {
@@ -78,8 +81,9 @@ impl Default for EngineConfig {
             workers: 0,
             pin_workers: true,
             ring_entries: 4096,
-            recv_buffers: 4096,
+            recv_buffers: 2048,
             recv_buffer_size: 16384,
+            max_peers: 20_000_000,
         }
     }
 }
@@ -110,7 +114,7 @@ pub struct NetConfig {
     pub utp: bool,
     /// MSE/PE use.
     pub encryption: Encryption,
-    /// Port announced to trackers and sent in the `port` message.
+    /// Port announced to trackers and in the extension handshake (`p`).
     pub announce_port: u16,
     /// Opt-out blocklist file (one address or CIDR per line); "" = none.
     pub blocklist_file: PathBuf,
@@ -151,6 +155,8 @@ pub struct PeerConfig {
     pub connect_timeout_ms: u64,
     /// End a probe after this many messages.
     pub message_cap: u32,
+    /// End a probe after this long whatever happens, ms (bounds slow-drip peers).
+    pub max_duration_ms: u64,
     /// After a bitfield, wait this long for trailing `have`s, ms.
     pub bitfield_grace_ms: u64,
     /// Concurrent probes, all workers together.
@@ -180,6 +186,7 @@ impl Default for PeerConfig {
             quiet_timeout_ms: 6000,
             connect_timeout_ms: 5000,
             message_cap: 256,
+            max_duration_ms: 30_000,
             bitfield_grace_ms: 500,
             max_in_flight: 4096,
             connects_per_sec: 1000,
@@ -188,7 +195,7 @@ impl Default for PeerConfig {
             retry_backoff_max_secs: 3600.0,
             max_failures: 0,
             pex: true,
-            peer_id_prefix: "-SW0001-".to_string(),
+            peer_id_prefix: "-SW0100-".to_string(),
         }
     }
 }
@@ -227,6 +234,8 @@ impl Default for TrackerConfig {
 pub struct DhtConfig {
     /// Run a DHT node and look torrents up.
     pub enabled: bool,
+    /// UDP port of our DHT node, sent to peers in the `port` message; 0 = do not send.
+    pub port: u16,
     /// Bootstrap nodes, "host:port".
     pub bootstrap: Vec<String>,
     /// Interval between lookups of one torrent, seconds.
@@ -239,6 +248,7 @@ impl Default for DhtConfig {
     fn default() -> Self {
         DhtConfig {
             enabled: true,
+            port: 6881,
             bootstrap: Vec::new(),
             lookup_secs: 300.0,
             queries_per_sec: 100,
@@ -371,6 +381,7 @@ pub const KEY_DOCS: &[(&str, &str)] = &[
     ("engine.ring_entries", "Submission queue entries per worker ring (power of two)."),
     ("engine.recv_buffers", "Buffers in each worker's provided-buffer ring (power of two)."),
     ("engine.recv_buffer_size", "Size of one receive buffer, bytes."),
+    ("engine.max_peers", "Most known peers kept in memory over all workers (about 52 bytes each: 20 million ≈ 1 GB); more are counted and dropped."),
     (
         "net.listen",
         "TCP listeners for incoming peers (the only way to see peers behind NAT).\n\
@@ -384,7 +395,7 @@ pub const KEY_DOCS: &[(&str, &str)] = &[
         "Protocol encryption (MSE/PE): \"off\", \"fallback\" (plaintext first, MSE when it fails),\n\
          \"prefer\" (MSE first, plaintext when it fails) or \"require\". What worked is remembered per peer.",
     ),
-    ("net.announce_port", "Port announced to trackers and sent to peers in the `port` message."),
+    ("net.announce_port", "TCP port announced to trackers and to peers in the extension handshake (`p`)."),
     ("net.blocklist_file", "Opt-out blocklist: one address or CIDR per line, never contacted; \"\" = none."),
     ("peer.threshold", "Completion fraction in (0, 1] counted as downloaded (thesis: 0.98, since clients often quit on finishing)."),
     ("peer.revisit_secs", "Base interval between two visits of one peer, seconds (fractions allowed)."),
@@ -392,6 +403,7 @@ pub const KEY_DOCS: &[(&str, &str)] = &[
     ("peer.quiet_timeout_ms", "End a probe after this long without a message, ms (6 s covered 93.9 % of message gaps in the thesis)."),
     ("peer.connect_timeout_ms", "Give up a connect after this long, ms."),
     ("peer.message_cap", "End a probe after this many messages."),
+    ("peer.max_duration_ms", "End a probe after this long whatever happens, ms (a bound on slow-drip peers)."),
     ("peer.bitfield_grace_ms", "After the bitfield, wait this long for trailing `have` messages, ms."),
     ("peer.max_in_flight", "Concurrent probes, all workers together."),
     ("peer.connects_per_sec", "New outgoing connections per second, all workers together."),
@@ -407,6 +419,7 @@ pub const KEY_DOCS: &[(&str, &str)] = &[
     ("tracker.scrape_secs", "Interval between scrapes of one tracker, seconds; 0 = never scrape."),
     ("tracker.timeout_ms", "Timeout of one tracker request, ms."),
     ("dht.enabled", "Run a DHT node and look the torrents up."),
+    ("dht.port", "UDP port of our DHT node, sent to peers in the `port` message before closing; 0 = do not send."),
     (
         "dht.bootstrap",
         "Bootstrap nodes as \"host:port\". Empty by default (nothing is contacted unless you say so);\n\
@@ -585,6 +598,7 @@ impl Config {
         for (key, v) in [
             ("peer.quiet_timeout_ms", p.quiet_timeout_ms),
             ("peer.connect_timeout_ms", p.connect_timeout_ms),
+            ("peer.max_duration_ms", p.max_duration_ms),
             ("tracker.timeout_ms", self.tracker.timeout_ms),
             ("store.batch_ms", self.store.batch_ms),
         ] {
@@ -600,6 +614,7 @@ impl Config {
             ("dht.queries_per_sec", self.dht.queries_per_sec as u64),
             ("store.batch_rows", self.store.batch_rows as u64),
             ("store.channel_capacity", self.store.channel_capacity as u64),
+            ("engine.max_peers", self.engine.max_peers),
             (
                 "engine.recv_buffer_size",
                 self.engine.recv_buffer_size as u64,
@@ -696,7 +711,7 @@ pub fn parse_set(arg: &str) -> Result<(String, toml::Value), ConfigError> {
         .and_then(|mut t| t.remove("v"));
     let target_is_string = lookup(&default_table(), key).is_some_and(|v| v.is_str());
     let value = match parsed {
-        Some(v) if !(target_is_string && !v.is_str()) => v,
+        Some(v) if !target_is_string || v.is_str() => v,
         _ => toml::Value::String(raw.to_string()),
     };
     Ok((key.to_string(), value))

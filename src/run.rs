@@ -20,7 +20,7 @@ use crate::proto::metainfo::Metainfo;
 use crate::proto::probe::ProbeSettings;
 use crate::scan::catalog::{Catalog, CatalogTorrent};
 use crate::scan::discovery::{Discovery, DiscoveryConfig};
-use crate::scan::driver::{ScanDriver, WorkerCounters, WorkerMsg};
+use crate::scan::driver::{RestoredPeer, ScanDriver, WorkerCounters, WorkerMsg};
 use crate::scan::peer_table::{flag, owner_worker, source};
 use crate::scan::revisit::{progress_fixed, RevisitPolicy};
 use crate::store::record::{Record, StatsRecord, TorrentRecord, TorrentSource};
@@ -62,6 +62,7 @@ impl TorrentInput {
                 total_size: Some(m.total_size),
                 source: TorrentSource::File,
                 added_at: now_unix_ms(),
+                trackers: m.trackers.clone(),
             },
             name: m.name.clone(),
             wire_hash,
@@ -100,6 +101,7 @@ impl TorrentInput {
                 total_size: None,
                 source,
                 added_at: now_unix_ms(),
+                trackers: trackers.clone(),
             },
             name: name.unwrap_or_else(|| crate::proto::hex::encode(&wire_hash)),
             wire_hash,
@@ -256,12 +258,72 @@ pub fn run_scan(
     let stop = Arc::new(AtomicBool::new(false));
     register_signals(&stop)?;
     let started = Instant::now();
+    // Checked before anything is opened: a bad blocklist is an error that touches nothing.
+    let blocklist = Arc::new(crate::scan::blocklist::Blocklist::load(
+        &config.net.blocklist_file,
+    )?);
 
-    // Resume state, read before the writer takes the database.
-    let resume = {
+    // Resume state, read before the writer takes the database: the torrents already in it
+    // (from `add` or an earlier run) and their peers.
+    let (resume, known_torrents) = {
         let store = Store::open(&config.database).map_err(|e| e.to_string())?;
-        store.load_peers().map_err(|e| e.to_string())?
+        (
+            store.load_peers().map_err(|e| e.to_string())?,
+            store.torrents().map_err(|e| e.to_string())?,
+        )
     };
+    let mut inputs = inputs;
+    for row in known_torrents {
+        let v1 = row
+            .info_hash_v1
+            .as_deref()
+            .and_then(crate::proto::hex::decode_array::<20>);
+        let v2 = row
+            .info_hash_v2
+            .as_deref()
+            .and_then(crate::proto::hex::decode_array::<32>);
+        let hashes = crate::proto::metainfo::InfoHashes {
+            v1: v1.map(crate::proto::metainfo::InfoHashV1),
+            v2: v2.map(crate::proto::metainfo::InfoHashV2),
+        };
+        let ids = hashes.wire_ids();
+        let Some(&wire_hash) = ids.first() else {
+            continue;
+        };
+        if inputs
+            .iter()
+            .any(|t| t.wire_hash == wire_hash || t.alt_hash == Some(wire_hash))
+        {
+            continue;
+        }
+        inputs.push(TorrentInput {
+            record: TorrentRecord {
+                info_hash_v1: v1,
+                info_hash_v2: v2,
+                name: row.name.clone(),
+                piece_count: row.piece_count,
+                piece_length: row.piece_length.map(|v| v as u64),
+                total_size: row.total_size.map(|v| v as u64),
+                source: match row.source.as_str() {
+                    "magnet" => TorrentSource::Magnet,
+                    "hash" => TorrentSource::Hash,
+                    _ => TorrentSource::File,
+                },
+                added_at: row.added_at,
+                trackers: row.trackers.clone(),
+            },
+            name: row
+                .name
+                .clone()
+                .unwrap_or_else(|| crate::proto::hex::encode(&wire_hash)),
+            wire_hash,
+            alt_hash: ids.get(1).copied(),
+            piece_count: row.piece_count.unwrap_or(0),
+            total_size: row.total_size.unwrap_or(0).max(0) as u64,
+            trackers: row.trackers,
+            peers: Vec::new(),
+        });
+    }
 
     let writer = Writer::start_from_config(config).map_err(|e| e.to_string())?;
     let handle = writer.handle();
@@ -273,13 +335,16 @@ pub fn run_scan(
             wire_hash: t.wire_hash,
             alt_hash: t.alt_hash,
             name: t.name.clone(),
-            piece_count: t.piece_count,
+            piece_count: t.piece_count.into(),
             total_size: t.total_size,
             trackers: t.trackers.clone(),
         });
     }
     if torrents.is_empty() {
-        return Err("nothing to scan: give .torrent files, magnet links or info-hashes".into());
+        return Err(format!(
+            "nothing to scan: give .torrent files, magnet links or info-hashes (the database {} has no torrents yet)",
+            config.database.display()
+        ));
     }
     let catalog = Catalog::new(torrents);
 
@@ -320,7 +385,9 @@ pub fn run_scan(
         quiet_timeout_ms: config.peer.quiet_timeout_ms,
         grace_ms: config.peer.bitfield_grace_ms,
         message_cap: config.peer.message_cap,
-        max_duration_ms: config.peer.quiet_timeout_ms.saturating_mul(5).max(10_000),
+        max_duration_ms: config.peer.max_duration_ms,
+        ext_handshake_cache: Default::default(),
+        fetch_metadata: true,
     });
     let policy = RevisitPolicy {
         revisit_secs: config.peer.revisit_secs,
@@ -348,12 +415,13 @@ pub fn run_scan(
                 catalog.clone(),
                 settings.clone(),
                 policy,
-                (MAX_PEERS_PLACEHOLDER / workers as u64).min(u32::MAX as u64) as u32,
+                (config.engine.max_peers / workers as u64).min(u32::MAX as u64) as u32,
                 rx,
                 txs.clone(),
                 writer.sender(),
                 epoch_unix_ms,
                 stop.clone(),
+                blocklist.clone(),
             )
         })
         .collect();
@@ -386,7 +454,15 @@ pub fn run_scan(
             .map(|at| ((at - epoch_unix_ms).max(0) / 1000) as u32)
             .or((!p.confirmed).then_some(0));
         let progress = progress_fixed(p.last_progress.unwrap_or(0.0));
-        drivers[w].restore(t, addr, source::CONFIG, progress, flags, 0, next);
+        drivers[w].restore(RestoredPeer {
+            torrent: t,
+            addr,
+            sources: source::CONFIG,
+            progress,
+            flags,
+            last_contact: 0,
+            next_visit: next,
+        });
         resumed += 1;
     }
     if resumed > 0 {
@@ -551,4 +627,3 @@ pub fn run_scan(
         listen,
     })
 }
-const MAX_PEERS_PLACEHOLDER: u64 = 100_000_000;

@@ -30,6 +30,7 @@ fn torrent(byte: u8, name: &str, source: TorrentSource) -> TorrentRecord {
         total_size: Some(163_840),
         source,
         added_at: T0,
+        trackers: vec![],
     }
 }
 
@@ -255,6 +256,8 @@ fn peers_lists_every_peer_as_text_or_json_lines() {
     assert_eq!(lines[0]["transport"], "tcp+mse");
     assert_eq!(lines[1]["confirmed"], false);
     assert_eq!(lines[2]["last_error"], "refused");
+    // Only transports of successful contacts are recorded.
+    assert_eq!(lines[2]["transport"], "");
 
     let out = swarmscan(&["peers", "--set", &set_db]);
     assert!(out.status.success());

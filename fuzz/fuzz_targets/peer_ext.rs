@@ -11,7 +11,11 @@ fuzz_target!(|data: &[u8]| {
         let back = ExtHandshake::decode(&enc).expect("re-encoded handshake decodes");
         assert!(back.issues.is_empty());
         // `m` is re-encoded as a sorted map: later duplicates win, order is by name.
-        let sorted = |m: &[(&[u8], u8)]| m.iter().copied().collect::<BTreeMap<_, _>>();
+        let sorted = |m: &[(&[u8], u8)]| {
+            m.iter()
+                .map(|(k, v)| (k.to_vec(), *v))
+                .collect::<BTreeMap<_, _>>()
+        };
         assert_eq!(sorted(&back.m), sorted(&h.m));
         assert_eq!((back.v, back.p, back.yourip), (h.v, h.p, h.yourip));
         assert_eq!(

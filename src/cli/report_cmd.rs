@@ -346,6 +346,8 @@ pub fn render_report(r: &Report) -> String {
                 c.class.clone(),
                 c.count.to_string(),
                 format!("{:.1}%", c.share * 100.0),
+                opt_f(c.mean_duration_ms, 0),
+                opt_f(c.mean_connect_ms, 0),
             ]);
         }
         rows.push(vec![
@@ -353,13 +355,25 @@ pub fn render_report(r: &Report) -> String {
             "all".into(),
             e.attempts.to_string(),
             "100.0%".into(),
+            String::new(),
+            String::new(),
         ]);
     }
-    out.push_str(&table(&["event", "outcome", "count", "share"], &rows));
+    out.push_str(&table(
+        &[
+            "event",
+            "outcome",
+            "count",
+            "share",
+            "mean_ms",
+            "connect_ms",
+        ],
+        &rows,
+    ));
 
     let g = &r.gaps;
     out.push_str(&format!(
-        "\nLongest message gap per contact (thesis figure 5.1): {} contacts, p50 {} ms, p90 {} ms, p99 {} ms\n",
+        "\nLongest message gap per contact (thesis figure 5.1): {} contacts, p50 <= {} ms, p90 <= {} ms, p99 <= {} ms\n",
         g.contacts,
         opt_i(g.p50_ms),
         opt_i(g.p90_ms),

@@ -4,6 +4,41 @@
 //! [`Conversation`]s; [`run_workers`] runs one [`Worker`] per core until a stop flag is set.
 //! Every conversation that was started or accepted comes back through
 //! [`WorkerDriver::probe_done`] exactly once, with timings.
+//!
+//! ```no_run
+//! use std::net::SocketAddr;
+//! use std::sync::atomic::AtomicBool;
+//! use swarmscan::engine::bench::BenchConversation;
+//! use swarmscan::engine::{self, EngineConfig, Millis, ProbeDone, ProbeRequest, WorkerDriver};
+//!
+//! /// Probes one address forever; the real scan layer owns a peer table and a revisit wheel.
+//! struct Driver {
+//!     next_token: u64,
+//! }
+//!
+//! impl WorkerDriver for Driver {
+//!     type Conv = BenchConversation;
+//!     fn next_probe(&mut self, _now: Millis) -> Option<ProbeRequest<BenchConversation>> {
+//!         self.next_token += 1;
+//!         let addr: SocketAddr = "127.0.0.1:6881".parse().unwrap();
+//!         Some(ProbeRequest { addr, token: self.next_token, conv: BenchConversation::new([0; 20], 6000) })
+//!     }
+//!     fn probe_done(&mut self, _now: Millis, done: ProbeDone<BenchConversation>) {
+//!         // Turn (done.token, done.conv, done.ending, done.connect_ms, done.total_ms) into an
+//!         // outcome record and reschedule the peer.
+//!     }
+//!     fn incoming(&mut self, _now: Millis, _remote: SocketAddr, _local: SocketAddr) -> Option<(u64, BenchConversation)> {
+//!         None // or Some((token, conversation that reads the peer's handshake first))
+//!     }
+//! }
+//!
+//! let cfg = EngineConfig { workers: 2, max_in_flight: 1000, connects_per_sec: 500, ..Default::default() };
+//! let stop = AtomicBool::new(false); // set from a signal handler / timer to stop
+//! let drivers = (0..cfg.workers).map(|_| Driver { next_token: 0 }).collect();
+//! for (driver, stats) in engine::run_workers(&cfg, drivers, &stop).unwrap() {
+//!     println!("{} finished, {} closed", stats.finished, stats.closed);
+//! }
+//! ```
 
 pub mod bench;
 pub mod buf_ring;
@@ -26,7 +61,7 @@ use std::time::Instant;
 
 pub use conversation::{Conversation, Millis, Verdict};
 pub use worker::{
-    Ending, ProbeDone, ProbeRequest, Worker, WorkerConfig, WorkerDriver, WorkerStats,
+    Ending, ProbeDone, ProbeRequest, Waker, Worker, WorkerConfig, WorkerDriver, WorkerStats,
 };
 
 /// Settings for a set of workers (totals are split evenly).

@@ -28,6 +28,8 @@ pub enum OpKind {
     CloseUntracked = 9,
     /// A no-op used by tests to inject completions (ignored unless a slot matches).
     Nop = 10,
+    /// Multishot poll on the worker's wake-up eventfd.
+    Wake = 11,
 }
 
 impl OpKind {
@@ -43,6 +45,7 @@ impl OpKind {
             8 => OpKind::Accept,
             9 => OpKind::CloseUntracked,
             10 => OpKind::Nop,
+            11 => OpKind::Wake,
             _ => return None,
         })
     }
@@ -107,6 +110,7 @@ mod tests {
             OpKind::Accept,
             OpKind::CloseUntracked,
             OpKind::Nop,
+            OpKind::Wake,
         ] {
             for (slot, generation) in [(0, 0), (u32::MAX, GENERATION_MASK), (12345, 77)] {
                 let ud = UserData::new(kind, slot, generation);

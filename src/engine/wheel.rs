@@ -28,6 +28,8 @@ pub struct TimerWheel {
     /// The tick up to which every earlier bucket has been processed.
     cursor: u64,
     len: usize,
+    /// Memoised `next_deadline` (None = recompute); inserts lower it, expiries reset it.
+    cached_next: std::cell::Cell<Option<Millis>>,
 }
 
 impl TimerWheel {
@@ -37,6 +39,7 @@ impl TimerWheel {
             buckets: (0..BUCKETS).map(|_| Vec::new()).collect(),
             cursor: now / TICK_MS,
             len: 0,
+            cached_next: std::cell::Cell::new(None),
         }
     }
 
@@ -55,6 +58,10 @@ impl TimerWheel {
         let tick = (entry.at / TICK_MS).max(self.cursor);
         self.buckets[(tick % BUCKETS as u64) as usize].push(entry);
         self.len += 1;
+        if let Some(cached) = self.cached_next.get() {
+            self.cached_next
+                .set(Some(cached.min(entry.at.max(self.cursor * TICK_MS))));
+        }
     }
 
     /// Moves every entry with `at <= now` into `due`.
@@ -80,7 +87,14 @@ impl TimerWheel {
                     i += 1;
                 }
             }
-            self.len -= before - bucket.len();
+            if bucket.len() != before {
+                self.len -= before - bucket.len();
+                self.cached_next.set(None);
+            }
+        }
+        // A memoised lower bound now in the past (an entry from a later turn): recompute.
+        if self.cached_next.get().is_some_and(|c| c <= now) {
+            self.cached_next.set(None);
         }
         // The current tick's bucket may still hold entries later in this tick: keep it.
         self.cursor = now_tick;
@@ -91,13 +105,18 @@ impl TimerWheel {
         if self.len == 0 {
             return None;
         }
+        if let Some(cached) = self.cached_next.get() {
+            return Some(cached);
+        }
         for step in 0..BUCKETS as u64 {
             let tick = self.cursor + step;
             let bucket = &self.buckets[(tick % BUCKETS as u64) as usize];
             if let Some(min) = bucket.iter().map(|e| e.at).min() {
                 // An entry from a later turn in this bucket: wake at the bucket's time at most.
                 let bucket_end = (tick + 1) * TICK_MS - 1;
-                return Some(min.min(bucket_end).max(tick * TICK_MS));
+                let next = min.min(bucket_end).max(tick * TICK_MS);
+                self.cached_next.set(Some(next));
+                return Some(next);
             }
         }
         None
@@ -168,6 +187,27 @@ mod tests {
         let mut due = Vec::new();
         wheel.expire(1_000_000, &mut due);
         assert_eq!(due.len(), 1000);
+    }
+
+    #[test]
+    fn next_deadline_follows_inserts_and_expiries() {
+        let mut wheel = TimerWheel::new(0);
+        wheel.insert(entry(1, 5000));
+        assert_eq!(wheel.next_deadline(), Some(5000));
+        wheel.insert(entry(2, 300));
+        assert_eq!(wheel.next_deadline(), Some(300));
+        wheel.insert(entry(3, 9000));
+        assert_eq!(wheel.next_deadline(), Some(300));
+        let mut due = Vec::new();
+        wheel.expire(300, &mut due);
+        assert_eq!(due.len(), 1);
+        assert_eq!(wheel.next_deadline(), Some(5000));
+        wheel.expire(4999, &mut due);
+        assert_eq!(wheel.next_deadline(), Some(5000));
+        wheel.expire(5000, &mut due);
+        assert_eq!(wheel.next_deadline(), Some(9000));
+        wheel.expire(9000, &mut due);
+        assert_eq!(wheel.next_deadline(), None);
     }
 
     #[test]

@@ -6,8 +6,9 @@ use std::collections::VecDeque;
 use std::io;
 use std::mem::ManuallyDrop;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
@@ -125,6 +126,9 @@ pub trait WorkerDriver {
         remote: SocketAddr,
         local: SocketAddr,
     ) -> Option<(u64, Self::Conv)>;
+    /// Called once when the worker starts running, with a handle that wakes it (give it to
+    /// whoever feeds this driver from other threads) and the listeners' local addresses.
+    fn on_start(&mut self, _waker: Waker, _listening: &[SocketAddr]) {}
     /// Called once per loop iteration.
     fn tick(&mut self, _now: Millis) {}
     /// When the driver wants `tick`/`next_probe` again at the latest (None = no wish).
@@ -156,6 +160,8 @@ pub struct WorkerStats {
     pub recv_enobufs: u64,
     /// Completions ignored because their slot's generation moved on.
     pub stale_completions: u64,
+    /// Sends the kernel completed only in part (the rest was sent again).
+    pub partial_sends: u64,
     /// Times the submission queue was full and had to be flushed early.
     pub sq_full: u64,
     /// Listener accept errors (e.g. EMFILE).
@@ -213,6 +219,23 @@ struct Listener {
     rearm_at: Option<Millis>,
 }
 
+/// Wakes a worker from another thread (e.g. after pushing to its cross-core channel), so it
+/// does not sleep until its next deadline. Cheap to clone; `wake` is one eventfd write.
+#[derive(Clone)]
+pub struct Waker {
+    fd: Arc<OwnedFd>,
+}
+
+impl Waker {
+    /// Makes the worker's current (or next) wait return promptly.
+    pub fn wake(&self) {
+        let one: u64 = 1;
+        // Safety: writing 8 bytes from a live u64 to our eventfd; EAGAIN (counter saturated)
+        // means a wake-up is already pending, which is all we want.
+        unsafe { libc::write(self.fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+}
+
 /// One worker: ring, slab, wheel, buffer ring, listeners.
 pub struct Worker<C: Conversation> {
     // Field order matters for drop: the ring goes first, then the memory it may reference.
@@ -222,6 +245,8 @@ pub struct Worker<C: Conversation> {
     wheel: TimerWheel,
     budget: ConnectBudget,
     listeners: Vec<Listener>,
+    wake_fd: Arc<OwnedFd>,
+    wake_armed: bool,
     connect_timeout: Box<types::Timespec>,
     epoch: Instant,
     cfg: WorkerConfig,
@@ -264,6 +289,13 @@ impl<C: Conversation> Worker<C> {
                 rearm_at: Some(0),
             });
         }
+        // Safety: eventfd(2) with no pointers; the result is checked before use.
+        let efd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if efd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // Safety: efd is a fresh descriptor we own.
+        let wake_fd = Arc::new(unsafe { OwnedFd::from_raw_fd(efd) });
         let ms = cfg.connect_timeout_ms;
         let connect_timeout = Box::new(
             types::Timespec::new()
@@ -288,6 +320,8 @@ impl<C: Conversation> Worker<C> {
                 now,
             ),
             listeners,
+            wake_fd,
+            wake_armed: false,
             connect_timeout,
             epoch,
             cfg,
@@ -317,6 +351,13 @@ impl<C: Conversation> Worker<C> {
         &self.stats
     }
 
+    /// A handle other threads use to wake this worker.
+    pub fn waker(&self) -> Waker {
+        Waker {
+            fd: self.wake_fd.clone(),
+        }
+    }
+
     /// Local addresses of the listeners (useful when binding port 0).
     pub fn listen_addrs(&self) -> Vec<SocketAddr> {
         self.listeners
@@ -332,6 +373,7 @@ impl<C: Conversation> Worker<C> {
         driver: &mut D,
         stop: &AtomicBool,
     ) -> io::Result<WorkerStats> {
+        driver.on_start(self.waker(), &self.listen_addrs());
         while !stop.load(Ordering::Relaxed) && !driver.should_stop() {
             self.step(driver, self.cfg.max_wait_ms)?;
         }
@@ -380,7 +422,11 @@ impl<C: Conversation> Worker<C> {
 
     fn submit_and_wait(&mut self, wait_ms: u64) -> io::Result<()> {
         let result = if wait_ms == 0 {
-            self.ring.submit()
+            // A zero timeout still sets GETEVENTS, which DEFER_TASKRUN needs to run the
+            // deferred completions; plain submit() would leave them for the next wait.
+            let ts = types::Timespec::new();
+            let args = types::SubmitArgs::new().timespec(&ts);
+            self.ring.submitter().submit_with_args(1, &args)
         } else {
             let ts = types::Timespec::new()
                 .sec(wait_ms / 1000)
@@ -451,6 +497,15 @@ impl<C: Conversation> Worker<C> {
     fn arm_listeners(&mut self, now: Millis) {
         if self.stopping {
             return;
+        }
+        if !self.wake_armed {
+            self.wake_armed = true;
+            let entry =
+                opcode::PollAdd::new(types::Fd(self.wake_fd.as_raw_fd()), libc::POLLIN as u32)
+                    .multi(true)
+                    .build()
+                    .user_data(UserData::new(OpKind::Wake, 0, 0).pack());
+            self.push(&[entry]);
         }
         for i in 0..self.listeners.len() {
             let l = &self.listeners[i];
@@ -563,6 +618,23 @@ impl<C: Conversation> Worker<C> {
         match ud.kind {
             OpKind::ConnectTimeout | OpKind::Cancel | OpKind::CloseUntracked => {}
             OpKind::Accept => self.on_accept(driver, now, ud.slot as usize, res, flags),
+            OpKind::Wake => {
+                if res >= 0 {
+                    let mut counter: u64 = 0;
+                    // Safety: reading 8 bytes into a live u64 from our non-blocking eventfd.
+                    unsafe {
+                        libc::read(
+                            self.wake_fd.as_raw_fd(),
+                            (&mut counter as *mut u64).cast(),
+                            8,
+                        )
+                    };
+                }
+                if !cqueue::more(flags) {
+                    // Re-armed at the next step unless stopping.
+                    self.wake_armed = false;
+                }
+            }
             OpKind::Recv => {
                 // Whatever happens to the slot, a selected buffer goes back to the ring.
                 let bid = cqueue::buffer_select(flags);
@@ -933,6 +1005,7 @@ impl<C: Conversation> Worker<C> {
         }
         slot.send_offset += res as usize;
         if slot.send_offset < slot.sending.len() {
+            self.stats.partial_sends += 1;
             self.submit_send(i, g, 0, None);
             return;
         }
@@ -1157,6 +1230,12 @@ impl<C: Conversation> Worker<C> {
             }
             self.listeners[i].rearm_at = None;
         }
+        if self.wake_armed {
+            let cancel = opcode::AsyncCancel::new(UserData::new(OpKind::Wake, 0, 0).pack())
+                .build()
+                .user_data(UserData::new(OpKind::Cancel, 0, 0).pack());
+            self.push(&[cancel]);
+        }
         for (i, g) in self.slots.handles() {
             let Some(slot) = self.slots.get(i, g) else {
                 continue;
@@ -1207,7 +1286,10 @@ impl<C: Conversation> Drop for Worker<C> {
             let slots = std::mem::replace(&mut self.slots, Slab::with_capacity(0));
             std::mem::forget(slots);
         } else {
-            // Safety: dropped exactly once, here; no operation is outstanding.
+            // Unregister first so no receive can pick a buffer from memory we unmap.
+            let _ = self.ring.submitter().unregister_buf_ring(self.bufs.group());
+            // Safety: dropped exactly once, here; no slot is live, and the ring no longer
+            // knows the buffer group.
             unsafe { ManuallyDrop::drop(&mut self.bufs) };
         }
     }

@@ -144,6 +144,7 @@ const AZUREUS: &[(&[u8; 2], &str, Scheme)] = &[
     (b"SB", "Swiftbit", Scheme::Dotted3),
     (b"SD", "Thunder (Xunlei)", Scheme::Dotted3),
     (b"SS", "SwarmScope", Scheme::Dotted3),
+    (b"SW", "swarmscan", Scheme::Dotted3),
     (b"ST", "SymTorrent", Scheme::Dotted3),
     (b"st", "sharktorrent", Scheme::Dotted3),
     (b"SZ", "Shareaza", Scheme::Dotted3),

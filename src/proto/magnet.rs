@@ -141,9 +141,15 @@ fn percent_encode(s: &str, out: &mut String) {
     }
 }
 
-fn push_unique(list: &mut Vec<String>, s: String) {
-    if !s.is_empty() && !list.contains(&s) {
-        list.push(s);
+/// Appends `item` unless already seen; the set keeps a link with many repeated
+/// parameters linear rather than quadratic.
+fn push_new<T: Clone + Eq + std::hash::Hash>(
+    list: &mut Vec<T>,
+    seen: &mut std::collections::HashSet<T>,
+    item: T,
+) {
+    if seen.insert(item.clone()) {
+        list.push(item);
     }
 }
 
@@ -158,6 +164,7 @@ impl FromStr for Magnet {
             .map(|_| &link[8..])
             .ok_or(MagnetError::NotMagnet)?;
         let mut m = Magnet::default();
+        let (mut seen_tr, mut seen_ws, mut seen_pe) = Default::default();
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (key, raw) = pair.split_once('=').unwrap_or((pair, ""));
             let value = || percent_decode(raw, key);
@@ -181,15 +188,21 @@ impl FromStr for Magnet {
                 "dn" if m.display_name.is_none() => {
                     m.display_name = Some(value()?).filter(|s| !s.is_empty());
                 }
-                "tr" => push_unique(&mut m.trackers, value()?),
-                "ws" => push_unique(&mut m.web_seeds, value()?),
+                "tr" | "ws" => {
+                    let v = value()?;
+                    if !v.is_empty() {
+                        if key == "tr" {
+                            push_new(&mut m.trackers, &mut seen_tr, v);
+                        } else {
+                            push_new(&mut m.web_seeds, &mut seen_ws, v);
+                        }
+                    }
+                }
                 "x.pe" => {
                     let v = value()?;
                     let addr: SocketAddr =
                         v.parse().map_err(|_| MagnetError::BadPeer(v.clone()))?;
-                    if !m.peers.contains(&addr) {
-                        m.peers.push(addr);
-                    }
+                    push_new(&mut m.peers, &mut seen_pe, addr);
                 }
                 _ => {} // unknown parameters (so, xs, as, kt, ...) are not needed
             }
@@ -464,6 +477,12 @@ mod tests {
             )
         );
         assert_eq!(s.parse::<Magnet>().unwrap(), m);
+    }
+
+    fn push_unique(list: &mut Vec<String>, s: String) {
+        if !s.is_empty() && !list.contains(&s) {
+            list.push(s);
+        }
     }
 
     fn url_like() -> impl Strategy<Value = String> {

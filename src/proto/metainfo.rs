@@ -630,13 +630,14 @@ fn url_list(root: &Value<'_>) -> Result<Vec<String>, FieldError> {
         return Ok(Vec::new());
     };
     let mut out: Vec<String> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     if v.as_bytes().is_some() {
         out.extend(nonempty_utf8(v));
     } else {
         for u in expect_list(v, "url-list")? {
             expect_bytes(u, "url-list")?;
             if let Some(s) = nonempty_utf8(u) {
-                if !out.contains(&s) {
+                if seen.insert(s.clone()) {
                     out.push(s);
                 }
             }

@@ -11,6 +11,39 @@
 //!
 //! A peer's claimed message length is checked against a cap before anything is buffered or
 //! allocated, so a 4 GB length prefix is an error, not an allocation.
+//!
+//! A probe, in short:
+//!
+//! ```
+//! use swarmscan::proto::peer_wire::{self, bitfield, ext, Message, MessageReader, Reserved};
+//! let info_hash = [0xab; 20];
+//! let mut out =
+//!     peer_wire::encode_handshake(&info_hash, b"-SS0001-000000000000", Reserved::PROBE).to_vec();
+//! let ours = ext::ExtHandshake { m: vec![(b"ut_pex", 2)], ..Default::default() };
+//! out.extend_from_slice(&ours.to_message_bytes());
+//! // ... send `out`; feed whatever arrives (here: the same bytes plus a have_all).
+//! let mut reader = MessageReader::default();
+//! reader.feed(&out);
+//! reader.feed(&Message::HaveAll.to_vec());
+//! let theirs = reader.read_handshake()?.expect("68 bytes are here");
+//! assert!(theirs.info_hash == info_hash && theirs.reserved.extended());
+//! let mut seed = false;
+//! while let Some(msg) = reader.read_message()? {
+//!     match msg {
+//!         Message::Extended { ext_id: ext::HANDSHAKE_ID, payload } => {
+//!             let h = ext::ExtHandshake::decode(payload).expect("a dictionary");
+//!             assert_eq!(h.id_of(ext::UT_PEX), Some(2));
+//!         }
+//!         Message::HaveAll => seed = true,
+//!         Message::Bitfield(bits) => seed = bitfield::summarize(bits, 100).is_ok_and(|s| s.is_complete()),
+//!         _ => {}
+//!     }
+//! }
+//! assert!(seed);
+//! let port = Message::Port(6881).to_vec(); // then close
+//! # assert_eq!(port, [0, 0, 0, 3, 9, 0x1a, 0xe1]);
+//! # Ok::<(), peer_wire::WireError>(())
+//! ```
 
 pub mod bitfield;
 pub mod ext;
@@ -25,7 +58,7 @@ pub const HANDSHAKE_LEN: usize = 68;
 /// the id byte fits; so does any 16 KiB block with a lot of room to spare.
 pub const DEFAULT_MAX_MESSAGE_LEN: u32 = (1 << 20) + 1;
 
-/// Message ids (BEP 3, BEP 5, BEP 6, BEP 10).
+/// Message ids (BEP 3, BEP 5, BEP 6, BEP 10); see [`super::Message`] for their meaning.
 pub mod id {
     pub const CHOKE: u8 = 0;
     pub const UNCHOKE: u8 = 1;
@@ -149,8 +182,11 @@ impl fmt::Debug for Reserved {
 /// A decoded handshake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Handshake {
+    /// Extension bits.
     pub reserved: Reserved,
+    /// SHA-1 of the info dictionary (v1) or the truncated SHA-256 (v2) of the torrent.
     pub info_hash: [u8; 20],
+    /// The sender's peer-id (client prefix such as `-LT2110-`, then random bytes).
     pub peer_id: [u8; 20],
 }
 
@@ -211,54 +247,62 @@ pub fn encode_handshake(
 /// A block reference: used by request, cancel and reject.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct BlockRef {
+    /// Piece index.
     pub index: u32,
+    /// Byte offset inside the piece.
     pub begin: u32,
+    /// Block length in bytes (normally 16 KiB).
     pub length: u32,
 }
 
 /// One peer wire message, borrowing variable-length payloads from the decoded buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Message<'a> {
+    /// A zero length prefix: no id, no payload.
     KeepAlive,
+    /// The sender will not answer requests.
     Choke,
+    /// The sender will answer requests.
     Unchoke,
+    /// The sender wants pieces we have.
     Interested,
+    /// The sender wants nothing from us.
     NotInterested,
     /// The peer now has this piece.
     Have(u32),
     /// One bit per piece, high bit of the first byte is piece 0 (see [`bitfield`]).
     Bitfield(&'a [u8]),
+    /// Please send this block.
     Request(BlockRef),
+    /// A block of piece data.
     Piece {
+        /// Piece index.
         index: u32,
+        /// Byte offset inside the piece.
         begin: u32,
+        /// The data.
         block: &'a [u8],
     },
+    /// Withdraw an earlier request.
     Cancel(BlockRef),
     /// BEP 5: the peer's DHT node listens on this UDP port.
     Port(u16),
-    /// BEP 6.
+    /// BEP 6: the sender suggests downloading this piece.
     Suggest(u32),
     /// BEP 6: the peer has every piece (a seed).
     HaveAll,
     /// BEP 6: the peer has no piece.
     HaveNone,
-    /// BEP 6.
+    /// BEP 6: the sender will not send this requested block.
     Reject(BlockRef),
-    /// BEP 6.
+    /// BEP 6: this piece may be requested even while choked.
     AllowedFast(u32),
     /// BEP 10: `ext_id` 0 is the extension handshake, others are the ids *we* advertised.
     /// Decode the payload with [`ext`].
-    Extended {
-        ext_id: u8,
-        payload: &'a [u8],
-    },
+    Extended { ext_id: u8, payload: &'a [u8] },
     /// An id this decoder does not know (BEP 52 hash messages, old Azureus ids, ...):
     /// length-checked and skipped, never a fatal error.
-    Unknown {
-        id: u8,
-        payload: &'a [u8],
-    },
+    Unknown { id: u8, payload: &'a [u8] },
 }
 
 impl<'a> Message<'a> {
@@ -515,7 +559,9 @@ impl MessageReader {
         }
     }
 
-    /// Append received bytes.
+    /// Append received bytes. Take out what is complete (`read_*` until `Ok(None)`) before
+    /// feeding again: then the buffer never holds more than one incomplete message (at most
+    /// the length cap + 4 bytes) plus the newest chunk.
     pub fn feed(&mut self, chunk: &[u8]) {
         if self.start > 0 {
             // Drop what earlier messages used; the borrow they had ended with `&mut self`.

@@ -16,9 +16,10 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use super::metainfo::{InfoHashV1, InfoHashV2, InfoHashes, Metainfo};
 use super::peer_wire::{
     bitfield,
-    ext::{ExtHandshake, PexMessage, UT_PEX},
+    ext::{metadata_piece_count, ExtHandshake, MetadataMessage, PexMessage, UT_METADATA, UT_PEX},
     Handshake, Message, MessageReader, Reserved, WireError, DEFAULT_MAX_MESSAGE_LEN,
 };
 
@@ -30,6 +31,15 @@ pub const OUR_UT_PEX_ID: u8 = 1;
 
 /// Most PEX addresses kept from one probe.
 pub const MAX_PEX_PEERS: usize = 500;
+
+/// The extension id under which we ask peers to send us ut_metadata (BEP 9).
+pub const OUR_UT_METADATA_ID: u8 = 2;
+
+/// Largest info dictionary we fetch with ut_metadata (real ones are at most a few MiB).
+pub const MAX_METADATA_SIZE: i64 = 8 << 20;
+
+/// Most `have` indices remembered while the piece count is still unknown.
+const MAX_PENDING_HAVES: usize = 1024;
 
 /// Settings shared by every probe of a scan.
 #[derive(Debug, Clone)]
@@ -46,12 +56,35 @@ pub struct ProbeSettings {
     pub message_cap: u32,
     /// Longest whole conversation, whatever happens (a bound on slow-drip peers).
     pub max_duration_ms: Millis,
+    /// Our extension handshake message, encoded once and reused by every probe.
+    pub ext_handshake_cache: std::sync::OnceLock<Vec<u8>>,
+    /// Fetch the info dictionary (BEP 9 ut_metadata) from peers of torrents whose piece
+    /// count is unknown (known only by hash or magnet), so their progress can be measured.
+    pub fetch_metadata: bool,
+}
+
+impl ProbeSettings {
+    /// Our extension handshake (BEP 10) as a whole message: `v`, `p`, and `m` with ut_pex.
+    pub fn ext_handshake_message(&self) -> &[u8] {
+        self.ext_handshake_cache.get_or_init(|| {
+            ExtHandshake {
+                m: vec![
+                    (UT_PEX.as_bytes(), OUR_UT_PEX_ID),
+                    (UT_METADATA.as_bytes(), OUR_UT_METADATA_ID),
+                ],
+                v: Some(self.client.as_bytes()),
+                p: (self.listen_port != 0).then_some(self.listen_port),
+                ..ExtHandshake::default()
+            }
+            .to_message_bytes()
+        })
+    }
 }
 
 impl Default for ProbeSettings {
     fn default() -> Self {
         ProbeSettings {
-            peer_id: *b"-SW0001-000000000000",
+            peer_id: *b"-SW0100-000000000000",
             listen_port: 0,
             dht_port: 0,
             client: concat!("swarmscan/", env!("CARGO_PKG_VERSION")).to_string(),
@@ -59,6 +92,8 @@ impl Default for ProbeSettings {
             grace_ms: 500,
             message_cap: 256,
             max_duration_ms: 30_000,
+            ext_handshake_cache: std::sync::OnceLock::new(),
+            fetch_metadata: true,
         }
     }
 }
@@ -130,6 +165,10 @@ pub struct ProbeReport {
     pub dht_port: Option<u16>,
     /// Addresses learned from ut_pex (capped at [`MAX_PEX_PEERS`]).
     pub pex: Vec<SocketAddr>,
+    /// The torrent's metadata, fetched with ut_metadata and verified against the info-hash
+    /// (only for torrents whose piece count was unknown).
+    #[serde(skip)]
+    pub metainfo: Option<Box<Metainfo>>,
 }
 
 impl ProbeReport {
@@ -193,6 +232,20 @@ pub struct Probe {
     peer_ut_pex: bool,
     sent_ext_handshake: bool,
     done: bool,
+    /// The bitfield as sent, while the piece count is unknown.
+    raw_bitfield: Vec<u8>,
+    /// `have` indices seen while the piece count is unknown.
+    pending_haves: Vec<u32>,
+    metadata: Option<MetadataFetch>,
+}
+
+/// An info dictionary being fetched with ut_metadata.
+#[derive(Debug)]
+struct MetadataFetch {
+    size: usize,
+    buf: Vec<u8>,
+    received: Vec<bool>,
+    left: u32,
 }
 
 impl Probe {
@@ -229,6 +282,7 @@ impl Probe {
                 total_ms: 0,
                 dht_port: None,
                 pex: Vec::new(),
+                metainfo: None,
             },
             started: now,
             last_message: now,
@@ -237,6 +291,9 @@ impl Probe {
             peer_ut_pex: false,
             sent_ext_handshake: false,
             done: false,
+            raw_bitfield: Vec::new(),
+            pending_haves: Vec::new(),
+            metadata: None,
         }
     }
 
@@ -273,7 +330,8 @@ impl Probe {
     pub fn deadline(&self, settings: &ProbeSettings) -> Millis {
         let mut d = (self.last_message + settings.quiet_timeout_ms)
             .min(self.started + settings.max_duration_ms);
-        if let Some(at) = self.answered_at {
+        // While metadata is on its way, the grace does not end the probe (quiet still does).
+        if let (Some(at), None) = (self.answered_at, &self.metadata) {
             d = d.min(at + settings.grace_ms);
         }
         d
@@ -292,9 +350,10 @@ impl Probe {
         if now < self.deadline(settings) {
             return Step::Continue;
         }
-        let end = if self
-            .answered_at
-            .is_some_and(|at| now >= at + settings.grace_ms)
+        let end = if self.metadata.is_none()
+            && self
+                .answered_at
+                .is_some_and(|at| now >= at + settings.grace_ms)
         {
             ProbeEnd::Answered
         } else if now >= self.started + settings.max_duration_ms {
@@ -383,21 +442,24 @@ impl Probe {
                 return step;
             }
         }
-        loop {
-            let msg = match self.reader.read_message() {
+        // The reader is taken out while its messages are handled, so they can borrow it
+        // instead of being copied.
+        let mut reader = std::mem::take(&mut self.reader);
+        let step = loop {
+            let msg = match reader.read_message() {
                 Ok(Some(m)) => m,
-                Ok(None) => return Step::Continue,
+                Ok(None) => break Step::Continue,
                 Err(e) => {
                     let e = e.to_string();
-                    return self.finish(settings, now, ProbeEnd::ProtocolError(e), send);
+                    break self.finish(settings, now, ProbeEnd::ProtocolError(e), send);
                 }
             };
-            // Copy out what the message says; `msg` borrows the reader.
-            let event = Event::from_message(&msg);
-            if let Some(step) = self.on_event(settings, now, event, send) {
-                return step;
+            if let Some(step) = self.on_event(settings, now, Event::from_message(&msg), send) {
+                break step;
             }
-        }
+        };
+        self.reader = reader;
+        step
     }
 
     fn on_handshake(
@@ -434,13 +496,7 @@ impl Probe {
         self.last_message = now;
         if hs.reserved.extended() && !self.sent_ext_handshake {
             self.sent_ext_handshake = true;
-            let ours = ExtHandshake {
-                m: vec![(UT_PEX.as_bytes(), OUR_UT_PEX_ID)],
-                v: Some(settings.client.as_bytes()),
-                p: (settings.listen_port != 0).then_some(settings.listen_port),
-                ..ExtHandshake::default()
-            };
-            send.extend_from_slice(&ours.to_message_bytes());
+            send.extend_from_slice(settings.ext_handshake_message());
         }
         None
     }
@@ -460,12 +516,12 @@ impl Probe {
         match event {
             Event::Bitfield(bits) => {
                 if n > 0 {
-                    match bitfield::summarize(&bits, n) {
+                    match bitfield::summarize(bits, n) {
                         Ok(summary) => {
                             self.report.spare_bits_set = summary.spare_bits_set;
                             // Haves that came first stay counted: OR them in.
                             self.ensure_bits();
-                            for (mine, theirs) in self.bits.iter_mut().zip(&bits) {
+                            for (mine, theirs) in self.bits.iter_mut().zip(bits) {
                                 *mine |= theirs;
                             }
                             if summary.spare_bits_set {
@@ -488,11 +544,15 @@ impl Probe {
                     }
                 } else {
                     self.report.pieces_have = bits.iter().map(|b| b.count_ones()).sum();
+                    self.raw_bitfield = bits.to_vec();
                 }
                 self.answered(now, ProgressSource::Bitfield);
             }
             Event::Have(index) => {
                 self.report.haves += 1;
+                if n == 0 && self.pending_haves.len() < MAX_PENDING_HAVES {
+                    self.pending_haves.push(index);
+                }
                 if n > 0 {
                     if index >= n {
                         let e = bitfield::BitfieldError::IndexOutOfRange {
@@ -525,7 +585,7 @@ impl Probe {
             }
             Event::Port(p) => self.report.dht_port = Some(p),
             Event::ExtHandshake(payload) => {
-                if let Ok(h) = ExtHandshake::decode(&payload) {
+                if let Ok(h) = ExtHandshake::decode(payload) {
                     self.report.client = h
                         .client()
                         .map(str::to_string)
@@ -535,11 +595,20 @@ impl Probe {
                     self.report.yourip = h.yourip;
                     self.report.upload_only = h.upload_only.is_some_and(|u| u != 0);
                     self.peer_ut_pex = h.id_of(UT_PEX).is_some_and(|id| id != 0);
+                    let their_id = h.id_of(UT_METADATA).filter(|id| *id != 0);
+                    if let (Some(id), Some(size)) = (their_id, h.metadata_size) {
+                        self.start_metadata_fetch(settings, id, size, send);
+                    }
+                }
+            }
+            Event::Extended(OUR_UT_METADATA_ID, payload) => {
+                if let Some(step) = self.on_metadata(settings, now, payload, send) {
+                    return Some(step);
                 }
             }
             Event::Extended(ext_id, payload) => {
                 if ext_id == OUR_UT_PEX_ID && self.report.pex.len() < MAX_PEX_PEERS {
-                    if let Ok(pex) = PexMessage::decode(&payload) {
+                    if let Ok(pex) = PexMessage::decode(payload) {
                         let room = MAX_PEX_PEERS - self.report.pex.len();
                         self.report
                             .pex
@@ -552,7 +621,148 @@ impl Probe {
         if self.report.messages >= settings.message_cap {
             return Some(self.finish(settings, now, ProbeEnd::MessageCap, send));
         }
+        if settings.grace_ms == 0 && self.answered_at.is_some() && self.metadata.is_none() {
+            // No grace wanted: the answer is known now.
+            return Some(self.finish(settings, now, ProbeEnd::Answered, send));
+        }
         None
+    }
+
+    fn start_metadata_fetch(
+        &mut self,
+        settings: &ProbeSettings,
+        their_id: u8,
+        size: i64,
+        send: &mut Vec<u8>,
+    ) {
+        if !settings.fetch_metadata
+            || self.report.piece_count > 0
+            || self.metadata.is_some()
+            || self.report.metainfo.is_some()
+            || !(1..=MAX_METADATA_SIZE).contains(&size)
+        {
+            return;
+        }
+        let pieces = metadata_piece_count(size as u32);
+        for piece in 0..pieces {
+            let payload = MetadataMessage::Request { piece }.encode();
+            Message::Extended {
+                ext_id: their_id,
+                payload: &payload,
+            }
+            .encode_into(send);
+        }
+        self.metadata = Some(MetadataFetch {
+            size: size as usize,
+            buf: vec![0; size as usize],
+            received: vec![false; pieces as usize],
+            left: pieces,
+        });
+    }
+
+    /// A ut_metadata message for us. A reject or a bad piece abandons the fetch (the probe
+    /// goes on as for any torrent of unknown size).
+    fn on_metadata(
+        &mut self,
+        settings: &ProbeSettings,
+        now: Millis,
+        payload: &[u8],
+        send: &mut Vec<u8>,
+    ) -> Option<Step> {
+        let fetch = self.metadata.as_mut()?;
+        let piece_len = super::peer_wire::ext::METADATA_PIECE_LEN;
+        match MetadataMessage::decode(payload) {
+            Ok(MetadataMessage::Data {
+                piece,
+                total_size,
+                data,
+            }) => {
+                let start = piece as usize * piece_len;
+                let expected = fetch.size.saturating_sub(start).min(piece_len);
+                let ok = total_size as usize == fetch.size
+                    && (piece as usize) < fetch.received.len()
+                    && data.len() == expected;
+                if !ok {
+                    self.metadata = None;
+                    return None;
+                }
+                if !fetch.received[piece as usize] {
+                    fetch.received[piece as usize] = true;
+                    fetch.buf[start..start + expected].copy_from_slice(data);
+                    fetch.left -= 1;
+                }
+                if fetch.left == 0 {
+                    let fetch = self.metadata.take()?;
+                    self.on_metadata_complete(fetch.buf);
+                    if settings.grace_ms == 0 && self.answered_at.is_some() {
+                        return Some(self.finish(settings, now, ProbeEnd::Answered, send));
+                    }
+                }
+            }
+            Ok(MetadataMessage::Reject { .. }) | Err(_) => self.metadata = None,
+            Ok(MetadataMessage::Request { .. }) => {}
+        }
+        None
+    }
+
+    /// Verifies the info dictionary against the info-hash (v1, or truncated v2) and, if it
+    /// matches, learns the piece count and measures what the peer already advertised.
+    fn on_metadata_complete(&mut self, info: Vec<u8>) {
+        use sha1::Digest as _;
+        let Some(wire) = self.report.info_hash else {
+            return;
+        };
+        let v1: [u8; 20] = sha1::Sha1::digest(&info).into();
+        let expected = if v1 == wire {
+            InfoHashes {
+                v1: Some(InfoHashV1(v1)),
+                v2: None,
+            }
+        } else {
+            let v2: [u8; 32] = sha2::Sha256::digest(&info).into();
+            if v2[..20] != wire {
+                return; // not the torrent's metadata: ignore it
+            }
+            InfoHashes {
+                v1: None,
+                v2: Some(InfoHashV2(v2)),
+            }
+        };
+        let Ok(meta) = Metainfo::from_info_dict(&info, &expected) else {
+            return;
+        };
+        let n = match u32::try_from(meta.piece_count) {
+            Ok(n) if n > 0 => n,
+            _ => return,
+        };
+        self.report.piece_count = n;
+        self.report.metainfo = Some(Box::new(meta));
+        match self.report.progress_source {
+            Some(ProgressSource::HaveAll) => self.report.pieces_have = n,
+            Some(ProgressSource::HaveNone) => self.report.pieces_have = 0,
+            _ => {
+                if !self.raw_bitfield.is_empty() {
+                    if bitfield::summarize(&self.raw_bitfield, n).is_err() {
+                        // The bitfield does not fit the metadata: no progress from it.
+                        self.report.progress_source = None;
+                        self.report.pieces_have = 0;
+                        return;
+                    }
+                    self.bits = std::mem::take(&mut self.raw_bitfield);
+                    let spare = (self.bits.len() * 8 - n as usize) as u32;
+                    if let Some(last) = self.bits.last_mut() {
+                        *last &= !(((1u16 << spare) - 1) as u8);
+                    }
+                }
+                for index in std::mem::take(&mut self.pending_haves) {
+                    if index < n {
+                        self.ensure_bits();
+                        bitfield::set_piece(&mut self.bits, index);
+                    }
+                }
+                self.report.pieces_have = self.bits.iter().map(|b| b.count_ones()).sum();
+            }
+        }
     }
 
     fn ensure_bits(&mut self) {
@@ -570,28 +780,28 @@ impl Probe {
     }
 }
 
-/// What a message means to a probe, owned (the message borrows the reader's buffer).
-enum Event {
-    Bitfield(Vec<u8>),
+/// What a message means to a probe.
+enum Event<'a> {
+    Bitfield(&'a [u8]),
     Have(u32),
     HaveAll,
     HaveNone,
     Port(u16),
-    ExtHandshake(Vec<u8>),
-    Extended(u8, Vec<u8>),
+    ExtHandshake(&'a [u8]),
+    Extended(u8, &'a [u8]),
     Other,
 }
 
-impl Event {
-    fn from_message(m: &Message<'_>) -> Event {
-        match m {
-            Message::Bitfield(b) => Event::Bitfield(b.to_vec()),
-            Message::Have(i) => Event::Have(*i),
+impl<'a> Event<'a> {
+    fn from_message(m: &Message<'a>) -> Event<'a> {
+        match *m {
+            Message::Bitfield(b) => Event::Bitfield(b),
+            Message::Have(i) => Event::Have(i),
             Message::HaveAll => Event::HaveAll,
             Message::HaveNone => Event::HaveNone,
-            Message::Port(p) => Event::Port(*p),
-            Message::Extended { ext_id: 0, payload } => Event::ExtHandshake(payload.to_vec()),
-            Message::Extended { ext_id, payload } => Event::Extended(*ext_id, payload.to_vec()),
+            Message::Port(p) => Event::Port(p),
+            Message::Extended { ext_id: 0, payload } => Event::ExtHandshake(payload),
+            Message::Extended { ext_id, payload } => Event::Extended(ext_id, payload),
             _ => Event::Other,
         }
     }
@@ -845,6 +1055,142 @@ mod tests {
         );
         assert_eq!(p.report().end, ProbeEnd::UnknownInfoHash);
         assert!(out.is_empty(), "nothing is sent to an unknown-torrent peer");
+    }
+
+    /// An info dictionary of `pieces` pieces and its v1 info-hash.
+    fn info_dict(pieces: u32) -> (Vec<u8>, [u8; 20]) {
+        use sha1::Digest as _;
+        let info = crate::proto::bencode::OwnedValue::dict()
+            .with("name", "x")
+            .with("piece length", 16384)
+            .with("length", i64::from(pieces) * 16384 - 100)
+            .with("pieces", vec![7u8; pieces as usize * 20])
+            .encode();
+        let hash: [u8; 20] = sha1::Sha1::digest(&info).into();
+        (info, hash)
+    }
+
+    fn metadata_peer(info: &[u8], hash: &[u8; 20], ext_id: u8) -> Vec<u8> {
+        let mut stream = encode_handshake(hash, b"-qB4130-abcdefghijkl", Reserved::PROBE).to_vec();
+        let ext = ExtHandshake {
+            m: vec![(b"ut_metadata".as_slice(), ext_id)],
+            metadata_size: Some(info.len() as i64),
+            ..ExtHandshake::default()
+        };
+        stream.extend(ext.to_message_bytes());
+        stream
+    }
+
+    fn data_message(info: &[u8], piece: u32) -> Vec<u8> {
+        let start = piece as usize * 16384;
+        let end = (start + 16384).min(info.len());
+        let payload = MetadataMessage::Data {
+            piece,
+            total_size: info.len() as u32,
+            data: &info[start..end],
+        }
+        .encode();
+        msg(Message::Extended {
+            ext_id: OUR_UT_METADATA_ID,
+            payload: &payload,
+        })
+    }
+
+    #[test]
+    fn fetches_metadata_when_the_piece_count_is_unknown() {
+        // 1000 pieces: the info dict is > 16 KiB, so it comes in two ut_metadata pieces.
+        let (info, hash) = info_dict(1000);
+        assert!(info.len() > 16384);
+        let s = settings();
+        let mut p = Probe::new(
+            Direction::Outgoing {
+                info_hash: hash,
+                piece_count: 0,
+            },
+            0,
+        );
+        let mut out = Vec::new();
+        p.on_connected(&s, 0, &mut out);
+        out.clear();
+        p.on_bytes(
+            &s,
+            &no_torrents,
+            1,
+            &metadata_peer(&info, &hash, 3),
+            &mut out,
+        );
+        // Our extension handshake, then one request per metadata piece, to the peer's id 3.
+        let mut requests = Vec::new();
+        let mut rest = &out[..];
+        while let Ok((m, used)) = crate::proto::peer_wire::decode(rest) {
+            if let Message::Extended { ext_id: 3, payload } = m {
+                requests.push(MetadataMessage::decode(payload).unwrap());
+            }
+            rest = &rest[used..];
+        }
+        assert_eq!(
+            requests,
+            vec![
+                MetadataMessage::Request { piece: 0 },
+                MetadataMessage::Request { piece: 1 }
+            ]
+        );
+        // Bitfield for 1000 pieces (125 bytes), 250 set, and a have before the metadata.
+        let mut bits = vec![0u8; 125];
+        for i in 0..250 {
+            crate::proto::peer_wire::bitfield::set_piece(&mut bits, i);
+        }
+        p.on_bytes(
+            &s,
+            &no_torrents,
+            2,
+            &msg(Message::Bitfield(&bits)),
+            &mut out,
+        );
+        p.on_bytes(&s, &no_torrents, 3, &msg(Message::Have(900)), &mut out);
+        assert_eq!(p.report().progress(), None, "piece count still unknown");
+        // The grace does not end the probe while metadata is on its way.
+        assert_eq!(p.deadline(&s), 3 + s.quiet_timeout_ms);
+        p.on_bytes(&s, &no_torrents, 4, &data_message(&info, 1), &mut out);
+        p.on_bytes(&s, &no_torrents, 5, &data_message(&info, 0), &mut out);
+        let r = p.report();
+        assert_eq!(r.piece_count, 1000);
+        assert_eq!(r.pieces_have, 251);
+        assert_eq!(r.metainfo.as_ref().unwrap().name, "x");
+        assert_eq!(
+            p.deadline(&s),
+            2 + s.grace_ms,
+            "grace from the bitfield applies again"
+        );
+    }
+
+    #[test]
+    fn metadata_that_does_not_match_the_hash_is_ignored() {
+        let (info, _) = info_dict(10);
+        let wrong_hash = [9u8; 20];
+        let s = settings();
+        let mut p = Probe::new(
+            Direction::Outgoing {
+                info_hash: wrong_hash,
+                piece_count: 0,
+            },
+            0,
+        );
+        let mut out = Vec::new();
+        p.on_connected(&s, 0, &mut out);
+        p.on_bytes(
+            &s,
+            &no_torrents,
+            1,
+            &metadata_peer(&info, &wrong_hash, 3),
+            &mut out,
+        );
+        p.on_bytes(&s, &no_torrents, 2, &msg(Message::HaveAll), &mut out);
+        p.on_bytes(&s, &no_torrents, 3, &data_message(&info, 0), &mut out);
+        assert_eq!(p.report().piece_count, 0);
+        assert!(p.report().metainfo.is_none());
+        // A rejected or useless fetch leaves the probe to end on its grace.
+        assert_eq!(p.deadline(&s), 2 + s.grace_ms);
     }
 
     #[test]

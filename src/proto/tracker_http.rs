@@ -6,7 +6,7 @@
 //!
 //! ```
 //! use swarmscan::proto::{http, tracker_http::*};
-//! let params = AnnounceParams::new([1; 20], *b"-SW0001-abcdefghijkl", 6881);
+//! let params = AnnounceParams::new([1; 20], *b"-SW0100-abcdefghijkl", 6881);
 //! let url = announce_url("http://127.0.0.1:6969/announce", &params).unwrap();
 //! let target = parse_http_url(&url).unwrap();
 //! let request = http::build_get_request(&target.host, target.port, &target.path_and_query, "swarmscan").unwrap();
@@ -247,6 +247,31 @@ pub fn parse_http_url(url: &str) -> Result<HttpTrackerUrl, UrlError> {
         port: port.unwrap_or(80),
         path_and_query,
     })
+}
+
+/// Where a redirect leads: `location` is an absolute `http://` URL, or an absolute path
+/// (`/x?y`) on the same host and port as `current`. `https://` redirects fail with
+/// [`UrlError::HttpsNotSupported`]. The caller bounds the number of redirects it follows.
+pub fn redirect_target(
+    current: &HttpTrackerUrl,
+    location: &str,
+) -> Result<HttpTrackerUrl, UrlError> {
+    let location = location.trim();
+    if location.starts_with('/') && !location.starts_with("//") {
+        if location
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(UrlError::InvalidCharacters(location.to_string()));
+        }
+        let path = location.split('#').next().unwrap_or(location);
+        return Ok(HttpTrackerUrl {
+            host: current.host.clone(),
+            port: current.port,
+            path_and_query: path.to_string(),
+        });
+    }
+    parse_http_url(location)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -683,12 +708,25 @@ fn decode_peer_list(
     Ok(())
 }
 
+/// Decodes a response body, allowing trailing ASCII whitespace: aquatic_http 0.9.0 counts a
+/// trailing CRLF into Content-Length. Any other trailing byte is an error.
+fn decode_body(body: &[u8]) -> Result<Value<'_>, bencode::DecodeError> {
+    let (root, used) = bencode::decode_prefix_with(body, bencode::Limits::DEFAULT)?;
+    if let Some(extra) = body[used..].iter().position(|b| !b.is_ascii_whitespace()) {
+        return Err(bencode::DecodeError {
+            offset: used + extra,
+            kind: bencode::ErrorKind::TrailingData,
+        });
+    }
+    Ok(root)
+}
+
 /// Parses an announce response body (bencoded dictionary).
 ///
 /// A `failure reason` becomes [`TrackerError::Failure`]. Missing optional fields are None;
 /// fields of the wrong type or out of range are errors naming the field.
 pub fn parse_announce_response(body: &[u8]) -> Result<AnnounceResponse, TrackerError> {
-    let root = bencode::decode_with(body, bencode::Limits::DEFAULT)?;
+    let root = decode_body(body)?;
     if root.as_dict().is_none() {
         return Err(FieldError::wrong_type("(response)", &root, "dictionary").into());
     }
@@ -866,6 +904,9 @@ pub struct ScrapeResponse {
     pub files: Vec<ScrapeEntry>,
     /// `flags` → `min_request_interval` seconds, if given.
     pub min_request_interval: Option<u32>,
+    /// Entries skipped because their key was not a 20-byte hash. Real trackers do send such
+    /// keys: bittorrent-tracker 11 (npm) UTF-8-encodes hash bytes >= 0x80 in scrape replies.
+    pub skipped_keys: usize,
 }
 
 impl ScrapeResponse {
@@ -899,9 +940,10 @@ impl ScrapeResponse {
 }
 
 /// Parses a scrape response body. Counts missing from an entry are errors naming the field
-/// (`complete`, `downloaded`, `incomplete`), as are keys that are not 20-byte hashes.
+/// (`complete`, `downloaded`, `incomplete`). Keys that are not 20-byte hashes are skipped and
+/// counted in [`ScrapeResponse::skipped_keys`], so one bad entry does not hide the others.
 pub fn parse_scrape_response(body: &[u8]) -> Result<ScrapeResponse, TrackerError> {
-    let root = bencode::decode_with(body, bencode::Limits::DEFAULT)?;
+    let root = decode_body(body)?;
     if root.as_dict().is_none() {
         return Err(FieldError::wrong_type("(response)", &root, "dictionary").into());
     }
@@ -912,13 +954,10 @@ pub fn parse_scrape_response(body: &[u8]) -> Result<ScrapeResponse, TrackerError
         .ok_or_else(|| FieldError::wrong_type("files", files_v, "dictionary"))?;
     let mut out = ScrapeResponse::default();
     for (key, entry) in files {
-        let info_hash: [u8; 20] = (*key).try_into().map_err(|_| {
-            FieldError::invalid(
-                "files",
-                entry,
-                format!("key of {} bytes is not a 20-byte info-hash", key.len()),
-            )
-        })?;
+        let Ok(info_hash) = <[u8; 20]>::try_from(*key) else {
+            out.skipped_keys += 1;
+            continue;
+        };
         if entry.as_dict().is_none() {
             return Err(FieldError::wrong_type("files entry", entry, "dictionary").into());
         }

@@ -1,10 +1,11 @@
 //! The torrents being scanned: read-mostly, shared by every worker.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 /// One torrent as the scan needs it.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct CatalogTorrent {
     /// Row id in the store.
     pub db_id: i64,
@@ -13,12 +14,27 @@ pub struct CatalogTorrent {
     /// Other hash a hybrid torrent is also known under on the wire (truncated v2).
     pub alt_hash: Option<[u8; 20]>,
     pub name: String,
-    /// 0 when unknown (a bare info-hash or a magnet whose metadata we don't have).
-    pub piece_count: u32,
+    /// 0 when unknown (a bare info-hash or a magnet whose metadata we don't have yet);
+    /// set once when a probe fetches the metadata (see [`CatalogTorrent::pieces`]).
+    pub piece_count: AtomicU32,
     /// Total size in bytes (0 when unknown).
     pub total_size: u64,
     /// Tracker URLs by tier.
     pub trackers: Vec<Vec<String>>,
+}
+
+impl CatalogTorrent {
+    /// Piece count, 0 when still unknown.
+    pub fn pieces(&self) -> u32 {
+        self.piece_count.load(Ordering::Relaxed)
+    }
+
+    /// Records the piece count learned from fetched metadata; true if it was unknown before.
+    pub fn learn_pieces(&self, n: u32) -> bool {
+        self.piece_count
+            .compare_exchange(0, n, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    }
 }
 
 /// All torrents of a scan, indexed by position (the `torrent` of a peer) and by hash.
@@ -59,6 +75,6 @@ impl Catalog {
 
 impl crate::proto::probe::TorrentLookup for Catalog {
     fn piece_count(&self, info_hash: &[u8; 20]) -> Option<u32> {
-        self.index_of(info_hash).map(|i| self.get(i).piece_count)
+        self.index_of(info_hash).map(|i| self.get(i).pieces())
     }
 }

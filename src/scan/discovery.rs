@@ -48,13 +48,20 @@ impl Default for DiscoveryConfig {
             scrape_secs: 300.0,
             numwant: 200,
             listen_port: 0,
-            peer_id: *b"-SW0001-000000000000",
+            peer_id: *b"-SW0100-000000000000",
             timeout: Duration::from_secs(15),
             threads: 4,
             user_agent: concat!("swarmscan/", env!("CARGO_PKG_VERSION")).to_string(),
         }
     }
 }
+
+/// A torrent's index and wire hash.
+type TorrentHash = (u32, [u8; 20]);
+/// A received datagram and its sender.
+type Datagram = (SocketAddr, Vec<u8>);
+/// Seeders, leechers and completed downloads, as far as the tracker says.
+type ScrapeCounts = (Option<u64>, Option<u64>, Option<u64>);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -238,7 +245,7 @@ fn schedule_loop(
         }
         if cfg.scrape_secs > 0.0 && now >= next_scrape {
             next_scrape = now + Duration::from_secs_f64(cfg.scrape_secs);
-            let mut by_url: HashMap<(String, bool), Vec<(u32, [u8; 20])>> = HashMap::new();
+            let mut by_url: HashMap<(String, bool), Vec<TorrentHash>> = HashMap::new();
             for t in &targets {
                 let h = catalog.get(t.torrent).wire_hash;
                 by_url
@@ -305,7 +312,7 @@ struct Shared {
 /// A shared UDP socket whose replies are routed to the waiting request by transaction id.
 struct UdpMux {
     sock: UdpSocket,
-    pending: Mutex<HashMap<u32, Sender<(SocketAddr, Vec<u8>)>>>,
+    pending: Mutex<HashMap<u32, Sender<Datagram>>>,
 }
 
 impl UdpMux {
@@ -446,7 +453,7 @@ impl Shared {
             }
             Err(_) => (Duration::ZERO, false),
         };
-        let record = match result {
+        let (peers, error) = match result {
             Ok(a) => {
                 self.route_peers(torrent, src, &a.peers);
                 if let Some(downloaded) = a.downloaded {
@@ -460,33 +467,22 @@ impl Shared {
                         downloaded: downloaded as i64,
                     }));
                 }
-                DiscoveryRecord {
-                    at: self.epoch_unix_ms + at_ms as i64,
-                    torrent_id: self.catalog.get(torrent).db_id,
-                    source: if kind == Kind::Udp {
-                        PeerSource::TrackerUdp
-                    } else {
-                        PeerSource::TrackerHttp
-                    },
-                    tracker: Some(url),
-                    duration_ms: duration_ms.min(u32::MAX as u64) as u32,
-                    error: None,
-                    peers: a.peers,
-                }
+                (a.peers, None)
             }
-            Err(e) => DiscoveryRecord {
-                at: self.epoch_unix_ms + at_ms as i64,
-                torrent_id: self.catalog.get(torrent).db_id,
-                source: if kind == Kind::Udp {
-                    PeerSource::TrackerUdp
-                } else {
-                    PeerSource::TrackerHttp
-                },
-                tracker: Some(url),
-                duration_ms: duration_ms.min(u32::MAX as u64) as u32,
-                error: Some(e),
-                peers: Vec::new(),
+            Err(e) => (Vec::new(), Some(e)),
+        };
+        let record = DiscoveryRecord {
+            at: self.epoch_unix_ms + at_ms as i64,
+            torrent_id: self.catalog.get(torrent).db_id,
+            source: if kind == Kind::Udp {
+                PeerSource::TrackerUdp
+            } else {
+                PeerSource::TrackerHttp
             },
+            tracker: Some(url),
+            duration_ms: duration_ms.min(u32::MAX as u64) as u32,
+            error,
+            peers,
         };
         let _ = request;
         self.send(Record::Discovery(record));
@@ -659,14 +655,14 @@ impl Shared {
 
     fn announce_udp(&self, url: &str, params: &AnnounceParams) -> Result<Announced, String> {
         let (sock, tracker, url_data) = self.udp_socket(url)?;
-        let cid = self.udp_connection(&sock, tracker)?;
+        let cid = self.udp_connection(sock, tracker)?;
         let req = tracker_udp::Request::Announce(tracker_udp::AnnounceRequest::from_params(
             cid,
             transaction_id(),
             params,
             &url_data,
         ));
-        match self.udp_exchange(&sock, tracker, &req) {
+        match self.udp_exchange(sock, tracker, &req) {
             Ok(tracker_udp::Response::Announce(a)) => Ok(Announced {
                 peers: a.peers,
                 interval: Some(a.interval),
@@ -689,7 +685,7 @@ impl Shared {
     fn scrape(&self, url: &str, kind: Kind, torrents: &[(u32, [u8; 20])]) {
         let at_ms = self.now_ms();
         let hashes: Vec<[u8; 20]> = torrents.iter().map(|t| t.1).collect();
-        let result: Result<Vec<(Option<u64>, Option<u64>, Option<u64>)>, String> = match kind {
+        let result: Result<Vec<ScrapeCounts>, String> = match kind {
             Kind::Http => (|| {
                 let surl = tracker_http::scrape_url(url)
                     .ok_or("tracker URL does not support scrape (BEP 48)")?;
@@ -705,13 +701,13 @@ impl Shared {
             })(),
             Kind::Udp => (|| {
                 let (sock, tracker, _) = self.udp_socket(url)?;
-                let cid = self.udp_connection(&sock, tracker)?;
+                let cid = self.udp_connection(sock, tracker)?;
                 let req = tracker_udp::Request::Scrape(tracker_udp::ScrapeRequest {
                     connection_id: cid,
                     transaction_id: transaction_id(),
                     info_hashes: hashes.clone(),
                 });
-                match self.udp_exchange(&sock, tracker, &req)? {
+                match self.udp_exchange(sock, tracker, &req)? {
                     tracker_udp::Response::Scrape { stats, .. } => Ok(stats
                         .iter()
                         .map(|s| {

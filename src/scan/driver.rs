@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender};
 
+use super::blocklist::Blocklist;
 use super::catalog::Catalog;
 use super::peer_table::{flag, owner_worker, source, Inserted, PeerIdx, PeerTable, NOT_SCHEDULED};
 use super::revisit::{RevisitPolicy, RevisitWheel, VisitResult};
@@ -15,7 +16,7 @@ use crate::engine::worker::{Ending, ProbeDone, ProbeRequest, WorkerDriver};
 use crate::proto::probe::{Direction, Probe, ProbeEnd, ProbeReport, ProbeSettings, Step};
 use crate::store::record::{
     DiscoveryRecord, ErrorClass, PeerSource, ProbeEvent, ProbeOutcome, ProbeResult, Progress,
-    Record, Transport,
+    Record, TorrentRecord, TorrentSource, Transport,
 };
 use crate::store::writer::RecordSender;
 
@@ -47,7 +48,7 @@ impl ProbeConv {
         let t = catalog.get(torrent);
         let direction = Direction::Outgoing {
             info_hash: t.wire_hash,
-            piece_count: t.piece_count,
+            piece_count: t.pieces(),
         };
         ProbeConv {
             probe: Probe::new(direction, now),
@@ -129,8 +130,25 @@ pub struct WorkerCounters {
     pub confirmed: AtomicU64,
     pub in_flight: AtomicU64,
     pub table_full: AtomicU64,
+    /// Addresses dropped because the blocklist names them.
+    pub blocked: AtomicU64,
     pub unknown_info_hash: AtomicU64,
     pub sink_backlog: AtomicU64,
+}
+
+/// A peer's state from an earlier run (see [`ScanDriver::restore`]).
+#[derive(Debug, Clone, Copy)]
+pub struct RestoredPeer {
+    pub torrent: u32,
+    pub addr: SocketAddr,
+    pub sources: u8,
+    /// Fixed-point progress at the last contact.
+    pub progress: u16,
+    pub flags: u8,
+    /// Seconds since this run's epoch (0 when it was before this run).
+    pub last_contact: u32,
+    /// Seconds since this run's epoch; None = not to be visited again.
+    pub next_visit: Option<u32>,
 }
 
 /// One worker's scan state.
@@ -150,6 +168,7 @@ pub struct ScanDriver {
     /// Unix milliseconds at engine time 0, to stamp records.
     epoch_unix_ms: i64,
     stop: Arc<AtomicBool>,
+    blocklist: Arc<Blocklist>,
     last_tick: Millis,
     pub counters: Arc<WorkerCounters>,
 }
@@ -170,6 +189,7 @@ impl ScanDriver {
         records: RecordSender,
         epoch_unix_ms: i64,
         stop: Arc<AtomicBool>,
+        blocklist: Arc<Blocklist>,
     ) -> ScanDriver {
         let workers = route.len();
         ScanDriver {
@@ -186,6 +206,7 @@ impl ScanDriver {
             records,
             epoch_unix_ms,
             stop,
+            blocklist,
             last_tick: 0,
             counters: Arc::new(WorkerCounters::default()),
         }
@@ -196,22 +217,13 @@ impl ScanDriver {
     }
 
     /// Adds a peer known from an earlier run, with its state and next visit.
-    pub fn restore(
-        &mut self,
-        torrent: u32,
-        addr: SocketAddr,
-        sources: u8,
-        progress: u16,
-        flags: u8,
-        last_contact: u32,
-        next_visit: Option<u32>,
-    ) {
-        if let Inserted::New(idx) = self.table.insert(torrent, addr, sources, 0) {
+    pub fn restore(&mut self, peer: RestoredPeer) {
+        if let Inserted::New(idx) = self.table.insert(peer.torrent, peer.addr, peer.sources, 0) {
             let p = self.table.get_mut(idx);
-            p.progress = progress;
-            p.flags = flags & !flag::IN_FLIGHT;
-            p.last_contact = last_contact;
-            match next_visit {
+            p.progress = peer.progress;
+            p.flags = peer.flags & !flag::IN_FLIGHT;
+            p.last_contact = peer.last_contact;
+            match peer.next_visit {
                 Some(t) => {
                     p.next_visit = t;
                     self.wheel.schedule(idx, t);
@@ -227,6 +239,10 @@ impl ScanDriver {
 
     fn add_peers(&mut self, torrent: u32, src: u8, addrs: &[SocketAddr], now: Millis) {
         for &a in addrs {
+            if self.blocklist.blocks(&a) {
+                self.counters.blocked.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
             match self.table.insert(torrent, a, src, Self::secs(now)) {
                 Inserted::New(idx) => self.wheel.schedule(idx, Self::secs(now)),
                 Inserted::Existing(_) => {}
@@ -268,6 +284,28 @@ impl ScanDriver {
         }
     }
 
+    /// A probe fetched and verified the metadata of a torrent whose piece count was unknown:
+    /// every later probe of it measures progress, and the store learns its name and size.
+    fn learn_metadata(&mut self, torrent: u32, report: &ProbeReport, at_ms: Millis) {
+        let Some(meta) = &report.metainfo else {
+            return;
+        };
+        if !self.catalog.get(torrent).learn_pieces(report.piece_count) {
+            return;
+        }
+        self.records.send(Record::Torrent(TorrentRecord {
+            info_hash_v1: meta.info_hashes.v1.map(|h| h.0),
+            info_hash_v2: meta.info_hashes.v2.map(|h| h.0),
+            name: Some(meta.name.clone()),
+            piece_count: Some(report.piece_count),
+            piece_length: Some(meta.piece_length),
+            total_size: Some(meta.total_size),
+            source: TorrentSource::Magnet,
+            added_at: self.unix_ms(at_ms),
+            trackers: Vec::new(),
+        }));
+    }
+
     /// Applies a visit to a peer this worker owns and reports it.
     fn apply_visit(
         &mut self,
@@ -277,6 +315,8 @@ impl ScanDriver {
         at_ms: Millis,
         connect_ms: Option<Millis>,
     ) {
+        let torrent = self.table.get(idx).torrent;
+        self.learn_metadata(torrent, &report, at_ms);
         let now = Self::secs(at_ms);
         let entry = self.table.get_mut(idx);
         entry.flags &= !flag::IN_FLIGHT;
@@ -349,7 +389,12 @@ impl ScanDriver {
     fn on_incoming_done(&mut self, done: ProbeDone<ProbeConv>, now: Millis) {
         let report = done.conv.into_report();
         let Some(hash) = report.info_hash else {
-            return; // closed before a handshake: nothing to attribute
+            // Closed, or not BitTorrent (e.g. an encrypted handshake), before naming a torrent.
+            self.records.send(Record::UnmatchedIncoming {
+                at: self.unix_ms(now),
+                error: error_class(&report),
+            });
+            return;
         };
         let Some(torrent) = self.catalog.index_of(&hash).filter(|_| report.handshake) else {
             // Counted in the outcome table; the peer itself is not stored (it is not in the
@@ -469,9 +514,13 @@ impl WorkerDriver for ScanDriver {
     fn incoming(
         &mut self,
         now: Millis,
-        _remote: SocketAddr,
+        remote: SocketAddr,
         _local: SocketAddr,
     ) -> Option<(u64, ProbeConv)> {
+        if self.blocklist.blocks(&remote) {
+            self.counters.blocked.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
         Some((
             u64::MAX,
             ProbeConv::incoming(self.settings.clone(), self.catalog.clone(), now),

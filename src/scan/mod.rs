@@ -2,6 +2,8 @@
 //! policy, routing of peers to their owning worker, tracker discovery, and the per-worker
 //! driver the engine calls.
 
+pub mod bench_peers;
+pub mod blocklist;
 pub mod catalog;
 pub mod discovery;
 pub mod driver;

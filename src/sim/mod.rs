@@ -76,6 +76,9 @@ pub struct SimOptions {
     pub horizon_secs: f64,
     /// TCP port every simulated peer listens on (each on its own 127.77.x.y address).
     pub peer_port: u16,
+    /// Second octet of the peers' addresses (127.<this>.<torrent>.<n>): simulations that run
+    /// at the same time need different values.
+    pub addr_octet: u8,
     pub tracker_interval_secs: u32,
     pub seed: u64,
 }
@@ -87,6 +90,7 @@ impl Default for SimOptions {
             peers_per_torrent: 40,
             horizon_secs: 60.0,
             peer_port: 6881,
+            addr_octet: 77,
             tracker_interval_secs: 10,
             seed: 2015,
         }
@@ -164,6 +168,7 @@ impl SimSwarm {
             &torrents,
             opts.peers_per_torrent,
             opts.horizon_secs,
+            opts.addr_octet,
             opts.peer_port,
             opts.seed,
         );

@@ -62,6 +62,9 @@ impl SimPeer {
     }
 }
 
+/// Per peer, every answer it gave: (seconds since the start, progress it advertised).
+pub type AnswerLog = Arc<Mutex<Vec<Vec<(f64, f64)>>>>;
+
 /// A torrent served by the simulation.
 #[derive(Debug, Clone)]
 pub struct SimTorrent {
@@ -79,7 +82,7 @@ pub struct SimPeers {
     /// Connections served, for the demo's summary.
     pub served: Arc<AtomicU64>,
     /// Per peer: seconds since start at which each answered probe happened, and its progress.
-    pub answers: Arc<Mutex<Vec<Vec<(f64, f64)>>>>,
+    pub answers: AnswerLog,
 }
 
 const CLIENTS: [(&[u8; 8], &str); 6] = [
@@ -112,6 +115,7 @@ pub fn plan(
     torrents: &[SimTorrent],
     per_torrent: usize,
     horizon_secs: f64,
+    addr_octet: u8,
     port: u16,
     seed: u64,
 ) -> Vec<SimPeer> {
@@ -119,9 +123,17 @@ pub fn plan(
     let mut peers = Vec::new();
     for (t, _) in torrents.iter().enumerate() {
         for i in 0..per_torrent {
-            // 127.77.<torrent>.<i+1>: one address per peer, all on loopback.
-            let ip = Ipv4Addr::new(127, 77, t as u8, (i + 1) as u8);
-            let roll = rng.unit();
+            // 127.<addr_octet>.<torrent>.<i+1>: one address per peer, all on loopback.
+            let ip = Ipv4Addr::new(127, addr_octet, t as u8, (i + 1) as u8);
+            // The first four peers of every torrent cover the cases a report must show
+            // (refused, timed out, not BitTorrent, seeder); the rest are drawn at random.
+            let roll = match i {
+                0 => 0.85,
+                1 => 0.90,
+                2 => 0.97,
+                3 => 0.0,
+                _ => rng.unit(),
+            };
             let (start, rate, behaviour) = if roll < 0.15 {
                 (1.0, 0.0, Behaviour::Normal) // seeder
             } else if roll < 0.50 {
@@ -236,7 +248,7 @@ struct Shared {
     epoch: Instant,
     stop: Arc<AtomicBool>,
     served: Arc<AtomicU64>,
-    answers: Arc<Mutex<Vec<Vec<(f64, f64)>>>>,
+    answers: AnswerLog,
 }
 
 fn accept_loop(shared: Arc<Shared>, mut listeners: Vec<(usize, TcpListener)>) {

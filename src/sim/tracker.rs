@@ -175,6 +175,7 @@ fn serve_http(
                     })
                     .collect(),
                 min_request_interval: None,
+                ..ScrapeResponse::default()
             }
             .encode(),
             Err(e) => failure(&e.to_string()),

@@ -9,6 +9,51 @@
 //! Times are Unix milliseconds (`INTEGER`). Progress values are fractions 0..=1 (`REAL`).
 //! Peer addresses are stored as the configured [`anon::Anonymizer`] says (`privacy.ip`); a
 //! database remembers the mode and key fingerprint it was made with and refuses another.
+//!
+//! How a scan uses it:
+//!
+//! ```no_run
+//! use swarmscan::config::Config;
+//! use swarmscan::store::*;
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = Config::load(None, &["database=scan.sqlite".to_string()])?;
+//! let writer = Writer::start_from_config(&config)?;
+//! // Registration waits for the row id (not on the probe loop).
+//! let torrent = writer.handle().register_torrent(TorrentRecord {
+//!     info_hash_v1: Some([0xab; 20]),
+//!     info_hash_v2: None,
+//!     name: None,
+//!     piece_count: None,
+//!     piece_length: None,
+//!     total_size: None,
+//!     source: TorrentSource::Hash,
+//!     added_at: 1_700_000_000_000,
+//!     trackers: vec![],
+//! })?;
+//! // Each worker owns a sender; `send` never blocks, `pump` once per loop tick.
+//! let mut records = writer.sender();
+//! records.send(ProbeOutcome {
+//!     torrent_id: torrent,
+//!     addr: "192.0.2.1:6881".parse()?,
+//!     event: ProbeEvent::FirstContact,
+//!     at: 1_700_000_010_000,
+//!     result: ProbeResult::Success(Progress { have: 12, pieces: 100 }),
+//!     client: Some("qBittorrent 4.6.0".into()),
+//!     peer_id: None,
+//!     transport: Transport::TCP,
+//!     connect_ms: Some(40),
+//!     duration_ms: 900,
+//!     longest_gap_ms: Some(120),
+//!     messages: 3,
+//!     next_visit_at: Some(1_700_000_310_000),
+//! }.into());
+//! if records.pump() > 0 { /* writer behind: delay new connects */ }
+//! // Shutdown: hand over overflow, then drain, commit and close.
+//! records.close();
+//! let counts = writer.finish()?;
+//! println!("{} outcomes stored", counts.outcomes);
+//! # Ok(()) }
+//! ```
 
 pub mod anon;
 pub mod record;
@@ -44,6 +89,7 @@ const MIGRATIONS: &[&str] = &[
         total_size   INTEGER,
         source       TEXT NOT NULL,          -- file | magnet | hash
         added_at     INTEGER NOT NULL,
+        trackers     TEXT NOT NULL DEFAULT '[]', -- JSON list of tiers, each a list of URLs
         CHECK (info_hash_v1 IS NOT NULL OR info_hash_v2 IS NOT NULL)
     );
     CREATE TABLE peers (
@@ -75,7 +121,7 @@ const MIGRATIONS: &[&str] = &[
         consecutive_failures INTEGER NOT NULL DEFAULT 0,
         last_attempt_at      INTEGER,
         max_speed            REAL,           -- pieces per second between two contacts
-        transport            INTEGER NOT NULL DEFAULT 0, -- union of Transport flags seen
+        transport            INTEGER NOT NULL DEFAULT 0, -- union of Transport flags of successful contacts
         last_error           TEXT,
         next_visit_at        INTEGER,
         UNIQUE (torrent_id, ip_key, port)
@@ -106,10 +152,14 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX scrapes_by_torrent_tracker_time ON scrapes (torrent_id, tracker, at);
     CREATE TABLE outcome_counts (
-        torrent_id INTEGER NOT NULL REFERENCES torrents(id),
+        torrent_id INTEGER NOT NULL,         -- 0 = incoming connection for no torrent we scan
         event      TEXT NOT NULL,            -- first_contact | later_contact | incoming
         class      TEXT NOT NULL,            -- success | ErrorClass name
-        count      INTEGER NOT NULL,
+        count       INTEGER NOT NULL,
+        duration_ms INTEGER NOT NULL DEFAULT 0, -- sum over the attempts
+        connects    INTEGER NOT NULL DEFAULT 0, -- attempts with a measured connect time
+        connect_ms  INTEGER NOT NULL DEFAULT 0, -- sum of those connect times
+        messages    INTEGER NOT NULL DEFAULT 0, -- sum of messages received
         PRIMARY KEY (torrent_id, event, class)
     ) WITHOUT ROWID;
     CREATE TABLE gap_histogram (
@@ -242,6 +292,8 @@ pub struct TorrentRow {
     pub source: String,
     /// When added.
     pub added_at: UnixMs,
+    /// Tracker URLs by tier.
+    pub trackers: Vec<Vec<String>>,
 }
 
 impl TorrentRow {
@@ -283,7 +335,7 @@ pub struct PeerRow {
     pub first_source: String,
     /// Client name.
     pub client: Option<String>,
-    /// Transports seen, "+"-joined.
+    /// Transports of successful contacts, "+"-joined.
     pub transport: String,
     /// Successful contacts.
     pub contacts: i64,
@@ -450,7 +502,7 @@ impl Store {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT id, info_hash_v1, info_hash_v2, name, piece_count, piece_length, total_size, source, added_at
+                "SELECT id, info_hash_v1, info_hash_v2, name, piece_count, piece_length, total_size, source, added_at, trackers
                  FROM torrents ORDER BY id",
             )
             .map_err(|e| self.err(e))?;
@@ -466,6 +518,8 @@ impl Store {
                     total_size: r.get(6)?,
                     source: r.get(7)?,
                     added_at: r.get(8)?,
+                    // Written by us as JSON; an unreadable value means "no trackers".
+                    trackers: serde_json::from_str(&r.get::<_, String>(9)?).unwrap_or_default(),
                 })
             })
             .map_err(|e| self.err(e))?;
@@ -485,7 +539,15 @@ impl Store {
     }
 
     /// Every peer with its next visit time, so that a restarted scan resumes its schedule.
+    /// (For very large databases prefer [`Store::for_each_peer_resume`], which streams.)
     pub fn load_peers(&self) -> Result<Vec<PeerResume>, StoreError> {
+        let mut peers = Vec::new();
+        self.for_each_peer_resume(|p| peers.push(p))?;
+        Ok(peers)
+    }
+
+    /// Calls `f` with every peer's resume information, in row order, without holding all rows.
+    pub fn for_each_peer_resume(&self, mut f: impl FnMut(PeerResume)) -> Result<(), StoreError> {
         let full = self
             .conn
             .query_row("SELECT value FROM meta WHERE key = 'privacy.ip'", [], |r| {
@@ -501,10 +563,13 @@ impl Store {
                  FROM peers ORDER BY id",
             )
             .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map([], |r| {
+        let mut rows = stmt.query([]).map_err(|e| self.err(e))?;
+        while let Some(r) = rows.next().map_err(|e| self.err(e))? {
+            let read = || -> rusqlite::Result<PeerResume> {
                 let ip_key: String = r.get(1)?;
                 let port: u16 = r.get(2)?;
+                // Only a `full` database holds addresses; elsewhere peers come back through
+                // discovery and are matched by `ip_key`.
                 let addr = if full {
                     ip_key
                         .parse::<IpAddr>()
@@ -524,9 +589,10 @@ impl Store {
                     confirmed: r.get(6)?,
                     consecutive_failures: r.get(7)?,
                 })
-            })
-            .map_err(|e| self.err(e))?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
+            };
+            f(read().map_err(|e| self.err(e))?);
+        }
+        Ok(())
     }
 
     /// Calls `f` for every peer (of one torrent, if given), in row order, without holding all
@@ -586,6 +652,9 @@ pub(crate) fn upsert_torrent(conn: &Connection, t: &TorrentRecord) -> rusqlite::
     // SQLite integers are i64; sizes beyond 8 EiB are not torrents.
     let piece_length = t.piece_length.map(|v| i64::try_from(v).unwrap_or(i64::MAX));
     let total_size = t.total_size.map(|v| i64::try_from(v).unwrap_or(i64::MAX));
+    // Known trackers are kept unless the new record names some.
+    let trackers = (!t.trackers.is_empty())
+        .then(|| serde_json::to_string(&t.trackers).unwrap_or_else(|_| "[]".into()));
     let existing: Option<TorrentId> = conn
         .prepare_cached("SELECT id FROM torrents WHERE info_hash_v1 = ?1 OR info_hash_v2 = ?2")?
         .query_row(params![v1, v2], |r| r.get(0))
@@ -595,18 +664,19 @@ pub(crate) fn upsert_torrent(conn: &Connection, t: &TorrentRecord) -> rusqlite::
             conn.prepare_cached(
                 "UPDATE torrents SET info_hash_v1 = coalesce(info_hash_v1, ?2), info_hash_v2 = coalesce(info_hash_v2, ?3),
                     name = coalesce(?4, name), piece_count = coalesce(?5, piece_count),
-                    piece_length = coalesce(?6, piece_length), total_size = coalesce(?7, total_size)
+                    piece_length = coalesce(?6, piece_length), total_size = coalesce(?7, total_size),
+                    trackers = coalesce(?8, trackers)
                  WHERE id = ?1",
             )?
-            .execute(params![id, v1, v2, t.name, t.piece_count, piece_length, total_size])?;
+            .execute(params![id, v1, v2, t.name, t.piece_count, piece_length, total_size, trackers])?;
             Ok(id)
         }
         None => {
             conn.prepare_cached(
-                "INSERT INTO torrents (info_hash_v1, info_hash_v2, name, piece_count, piece_length, total_size, source, added_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT INTO torrents (info_hash_v1, info_hash_v2, name, piece_count, piece_length, total_size, source, added_at, trackers)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, coalesce(?9, '[]'))",
             )?
-            .execute(params![v1, v2, t.name, t.piece_count, piece_length, total_size, t.source.as_str(), t.added_at])?;
+            .execute(params![v1, v2, t.name, t.piece_count, piece_length, total_size, t.source.as_str(), t.added_at, trackers])?;
             Ok(conn.last_insert_rowid())
         }
     }

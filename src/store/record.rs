@@ -54,6 +54,8 @@ pub struct TorrentRecord {
     pub source: TorrentSource,
     /// When it was added.
     pub added_at: UnixMs,
+    /// Tracker URLs by tier (BEP 12), so a later `run` on the database can announce.
+    pub trackers: Vec<Vec<String>>,
 }
 
 /// A peer source. The values are bits of the `peers.sources` mask.
@@ -209,6 +211,11 @@ impl ProbeEvent {
 }
 
 /// Why a probe failed (thesis table 5.7 columns, plus the classes we add).
+///
+/// Mapping from a probe's end without progress: socket errors by errno
+/// ([`ErrorClass::from_errno`]); quiet timeout, message cap or duration bound → `TimedOut`;
+/// orderly EOF before progress → `Broken`; wrong handshake → `UnknownProtocol`; another
+/// torrent → `UnknownInfoHash`; a malformed message → `ProtocolError`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorClass {
@@ -230,6 +237,8 @@ pub enum ErrorClass {
     UnknownInfoHash,
     /// MSE/PE handshake failed.
     MseFailed,
+    /// The peer sent a malformed message before telling its progress.
+    ProtocolError,
     /// Any other OS error (errno).
     Other(i32),
 }
@@ -247,6 +256,7 @@ impl ErrorClass {
             ErrorClass::UnknownProtocol => "unknown_protocol".into(),
             ErrorClass::UnknownInfoHash => "unknown_info_hash".into(),
             ErrorClass::MseFailed => "mse_failed".into(),
+            ErrorClass::ProtocolError => "protocol_error".into(),
             ErrorClass::Other(errno) => format!("other:{errno}"),
         }
     }
@@ -389,6 +399,14 @@ pub enum Record {
     Scrape(ScrapeRecord),
     /// Periodic statistics.
     Stats(StatsRecord),
+    /// An incoming connection that could not be tied to a torrent we scan (unknown info-hash,
+    /// or no BitTorrent handshake): counted in table 5.7 under `incoming`, no peer row.
+    UnmatchedIncoming {
+        /// When.
+        at: UnixMs,
+        /// Why it could not be matched.
+        error: ErrorClass,
+    },
 }
 
 impl Record {
@@ -401,6 +419,7 @@ impl Record {
             Record::Outcome(o) => Some(o.at),
             Record::Scrape(s) => Some(s.at),
             Record::Stats(s) => Some(s.at),
+            Record::UnmatchedIncoming { at, .. } => Some(*at),
         }
     }
 }

@@ -13,6 +13,7 @@
 //! the largest growth (and shows the largest latest value as `reported_total`).
 
 use super::record::{PeerSource, ProbeEvent, UnixMs, SUCCESS_CLASS};
+use super::writer::{GAP_BUCKET_MS, GAP_LAST_BUCKET_MS};
 use super::{Store, StoreError};
 use rusqlite::params;
 use serde::Serialize;
@@ -86,6 +87,10 @@ pub struct OutcomeCount {
     pub count: i64,
     /// count / attempts of this event.
     pub share: f64,
+    /// Mean probe duration, ms (unmatched incoming connections count as 0).
+    pub mean_duration_ms: Option<f64>,
+    /// Mean connect time of the attempts that measured one, ms.
+    pub mean_connect_ms: Option<f64>,
 }
 
 /// One event's column of table 5.7.
@@ -100,16 +105,30 @@ pub struct EventReport {
 }
 
 /// Longest message gap per successful contact (thesis figure 5.1), from the 100 ms histogram.
+/// Percentiles are bucket upper bounds ("at most"); 60000 means "60 s or more".
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct GapReport {
     /// Contacts with a measured gap.
     pub contacts: i64,
-    /// Median, ms (bucket lower bound).
+    /// Median, ms.
     pub p50_ms: Option<i64>,
     /// 90th percentile, ms.
     pub p90_ms: Option<i64>,
     /// 99th percentile, ms.
     pub p99_ms: Option<i64>,
+}
+
+/// One point of a time series.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SeriesPoint {
+    /// Start of the time bucket.
+    pub at: UnixMs,
+    /// Torrent id (confirmed series) or source name (discovery series).
+    pub key: String,
+    /// Confirmed downloads, or addresses received, in the bucket.
+    pub count: i64,
+    /// Discovery series: addresses that were new (0 in the confirmed series).
+    pub new: i64,
 }
 
 /// The whole report.
@@ -294,7 +313,10 @@ impl Store {
         let mut by_event: BTreeMap<&'static str, Vec<OutcomeCount>> = BTreeMap::new();
         let mut stmt = self
             .conn
-            .prepare("SELECT event, class, sum(count) FROM outcome_counts GROUP BY event, class")
+            .prepare(
+                "SELECT event, class, sum(count), sum(duration_ms), sum(connects), sum(connect_ms)
+                 FROM outcome_counts GROUP BY event, class",
+            )
             .map_err(|e| self.err(e))?;
         let rows = stmt
             .query_map([], |r| {
@@ -302,11 +324,15 @@ impl Store {
                     r.get::<_, String>(0)?,
                     r.get::<_, String>(1)?,
                     r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, i64>(5)?,
                 ))
             })
             .map_err(|e| self.err(e))?;
         for row in rows {
-            let (event, class, count) = row.map_err(|e| self.err(e))?;
+            let (event, class, count, duration_ms, connects, connect_ms) =
+                row.map_err(|e| self.err(e))?;
             let Some(event) = ProbeEvent::ALL.iter().find(|e| e.as_str() == event) else {
                 continue;
             };
@@ -317,6 +343,8 @@ impl Store {
                     class,
                     count,
                     share: 0.0,
+                    mean_duration_ms: (count > 0).then(|| duration_ms as f64 / count as f64),
+                    mean_connect_ms: (connects > 0).then(|| connect_ms as f64 / connects as f64),
                 });
         }
         let mut out = Vec::new();
@@ -368,7 +396,7 @@ impl Store {
                     seen += c;
                     seen >= rank
                 })
-                .map(|b| b.0)
+                .map(|b| (b.0 + GAP_BUCKET_MS).min(GAP_LAST_BUCKET_MS))
         };
         Ok(GapReport {
             contacts,
@@ -376,6 +404,52 @@ impl Store {
             p90_ms: quantile(0.9),
             p99_ms: quantile(0.99),
         })
+    }
+
+    /// Figure 5.4 data: confirmed downloads per time bucket (by crossing time), per torrent.
+    pub fn confirmed_series(&self, bucket_ms: i64) -> Result<Vec<SeriesPoint>, StoreError> {
+        self.series(
+            "SELECT (crossed_at / ?1) * ?1 AS bucket, torrent_id, count(*), 0
+             FROM peers WHERE confirmed AND crossed_at IS NOT NULL
+             GROUP BY bucket, torrent_id ORDER BY bucket, torrent_id",
+            bucket_ms,
+            |key| key.to_string(),
+        )
+    }
+
+    /// Figure 5.3 data: addresses received and new per time bucket and source.
+    pub fn discovery_series(&self, bucket_ms: i64) -> Result<Vec<SeriesPoint>, StoreError> {
+        self.series(
+            "SELECT (at / ?1) * ?1 AS bucket, source, sum(received), sum(new)
+             FROM discovery_requests GROUP BY bucket, source ORDER BY bucket, source",
+            bucket_ms,
+            |key| {
+                PeerSource::from_bit(key)
+                    .map_or("unknown", |s| s.as_str())
+                    .to_string()
+            },
+        )
+    }
+
+    fn series(
+        &self,
+        sql: &str,
+        bucket_ms: i64,
+        name: impl Fn(i64) -> String,
+    ) -> Result<Vec<SeriesPoint>, StoreError> {
+        let bucket_ms = bucket_ms.max(1);
+        let mut stmt = self.conn.prepare(sql).map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([bucket_ms], |r| {
+                Ok(SeriesPoint {
+                    at: r.get(0)?,
+                    key: name(r.get(1)?),
+                    count: r.get(2)?,
+                    new: r.get(3)?,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
     }
 
     /// Everything `swarmscan report` shows.

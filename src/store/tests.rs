@@ -31,6 +31,7 @@ fn torrent(byte: u8, pieces: Option<u32>) -> TorrentRecord {
         total_size: pieces.map(|p| u64::from(p) * 262_144),
         source: TorrentSource::File,
         added_at: T0 - 60_000,
+        trackers: vec![vec!["udp://127.0.0.1:1/announce".into()]],
     }
 }
 
@@ -519,6 +520,11 @@ fn scenario(path: &std::path::Path) -> (TorrentId, TorrentId) {
     send(outcome(a, p4, LaterContact, T0 + 620_000, ok(99)));
     // p5: connected to us, never announced.
     send(outcome(a, p5, Incoming, T0 + 700_000, ok(0)));
+    // Someone connected asking for a torrent we do not scan.
+    send(Record::UnmatchedIncoming {
+        at: T0 + 710_000,
+        error: ErrorClass::UnknownInfoHash,
+    });
     // Scrapes of torrent a: tracker X grows 100 → 104, tracker Y 50 → 60.
     for (at, tracker, downloaded) in [
         (T0, "http://x", 100),
@@ -654,6 +660,14 @@ fn report_numbers_match_a_hand_built_scenario() {
         vec![("success".into(), 3), ("timed_out".into(), 1)]
     );
     assert_eq!(first.classes[0].share, 0.75);
+    // Every attempt in the scenario took 800 ms and connected in 12 ms.
+    assert_eq!(
+        (
+            first.classes[0].mean_duration_ms,
+            first.classes[0].mean_connect_ms
+        ),
+        (Some(800.0), Some(12.0))
+    );
     // Later: p1 ×2, p2 ×1, p4 ×1 succeed; p3 refused + timed out; p4 reset.
     let later = ev("later_contact");
     assert_eq!(later.attempts, 7);
@@ -666,12 +680,42 @@ fn report_numbers_match_a_hand_built_scenario() {
             ("timed_out".into(), 1)
         ]
     );
-    assert_eq!(cells(&ev("incoming")), vec![("success".into(), 1)]);
+    let incoming = ev("incoming");
+    assert_eq!(
+        cells(&incoming),
+        vec![("success".into(), 1), ("unknown_info_hash".into(), 1)]
+    );
+    assert_eq!(incoming.classes[1].share, 0.5);
 
-    // Figure 5.1: 8 successful contacts, buckets 100,100,200,400,900,1200,6100,60000.
+    // Figure 5.1: 8 successful contacts, buckets 100,100,200,400,900,1200,6100,60000; the
+    // 4th smallest is in bucket 400..500.
     assert_eq!(report.gaps.contacts, 8);
-    assert_eq!(report.gaps.p50_ms, Some(400));
+    assert_eq!(report.gaps.p50_ms, Some(500));
     assert_eq!(report.gaps.p90_ms, Some(60_000));
+
+    // Figure 5.4: both crossings (T0 + 550 s, T0 + 612.405 s) fall into one 10-minute bucket
+    // (buckets start at multiples of 600 s since the epoch: T0 + 400 s .. T0 + 1000 s).
+    let series = store.confirmed_series(600_000).unwrap();
+    assert_eq!(
+        series,
+        vec![report::SeriesPoint {
+            at: T0 + 400_000,
+            key: a.to_string(),
+            count: 2,
+            new: 0
+        }]
+    );
+    // Figure 5.3: per source, one bucket each (all requests within the first seconds).
+    let series = store.discovery_series(600_000).unwrap();
+    let by_source: Vec<(&str, i64, i64)> = series
+        .iter()
+        .map(|p| (p.key.as_str(), p.count, p.new))
+        .collect();
+    assert_eq!(
+        by_source,
+        vec![("tracker_http", 3, 3), ("tracker_udp", 0, 0), ("dht", 3, 1)]
+    );
+    assert!(series.iter().all(|p| p.at == T0 - 200_000));
 
     // Peer rows.
     let mut peers = Vec::new();
@@ -827,4 +871,45 @@ fn restart_adds_a_run_and_keeps_confirming_across_it() {
     assert!((report.window.hours - 1.5).abs() < 1e-12);
     assert_eq!(report.total.confirmed, 1);
     assert!((report.total.confirmed_per_hour.unwrap() - 1.0 / 1.5).abs() < 1e-12);
+}
+
+#[test]
+fn writer_registers_torrents_and_starts_from_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("c.sqlite");
+    let config =
+        crate::config::Config::load(None, &[format!("database={}", db.display())]).unwrap();
+    let writer = Writer::start_from_config(&config).unwrap();
+    // The default mode is hmac, with a key created next to the database.
+    assert_eq!(
+        std::fs::read(dir.path().join("c.sqlite.key"))
+            .unwrap()
+            .len(),
+        32
+    );
+    let handle = writer.handle();
+    let mut magnet = torrent(3, None);
+    magnet.source = TorrentSource::Magnet;
+    let id = handle.register_torrent(magnet).unwrap();
+    assert_eq!(handle.register_torrent(torrent(3, None)).unwrap(), id);
+    // Metadata arrives through the record stream.
+    let mut tx = writer.sender();
+    tx.send(Record::Torrent(torrent(3, Some(77))));
+    tx.send(outcome(
+        id,
+        "198.51.100.7:6881",
+        ProbeEvent::FirstContact,
+        T0,
+        ok(5),
+    ));
+    drop(tx);
+    let counts = writer.finish().unwrap();
+    assert_eq!((counts.torrents, counts.outcomes, counts.errors), (3, 1, 0));
+    let store = Store::open_existing(&db).unwrap();
+    let rows = store.torrents().unwrap();
+    assert_eq!((rows.len(), rows[0].piece_count), (1, Some(77)));
+    let mut ips = Vec::new();
+    store.for_each_peer(None, |p| ips.push(p.ip)).unwrap();
+    assert_eq!(ips.len(), 1);
+    assert_eq!(ips[0].len(), 32, "hmac hex, not the address: {}", ips[0]);
 }

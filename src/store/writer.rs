@@ -122,6 +122,11 @@ impl Writer {
         options: WriterOptions,
     ) -> Result<Writer, StoreError> {
         store.check_privacy(&anonymizer)?;
+        // A bigger page cache than SQLite's 2 MB default: peer lookups hit random index pages.
+        store
+            .conn
+            .pragma_update(None, "cache_size", -65_536)
+            .map_err(|e| store.err(e))?;
         let (tx, rx) = bounded(options.channel_capacity.max(1));
         let metrics = Arc::new(WriterMetrics::default());
         let thread_metrics = metrics.clone();
@@ -314,9 +319,20 @@ impl Drop for RecordSender {
     }
 }
 
-/// Longest-gap histogram bucket width and last bucket.
-const GAP_BUCKET_MS: u32 = 100;
-const GAP_LAST_BUCKET_MS: u32 = 60_000;
+/// Sums of one (torrent, event, class) cell of the open batch.
+#[derive(Default)]
+struct OutcomeSums {
+    count: i64,
+    duration_ms: i64,
+    connects: i64,
+    connect_ms: i64,
+    messages: i64,
+}
+
+/// Width of a longest-gap histogram bucket, ms.
+pub(crate) const GAP_BUCKET_MS: i64 = 100;
+/// The last bucket holds every gap of at least this many ms.
+pub(crate) const GAP_LAST_BUCKET_MS: i64 = 60_000;
 
 struct WriterThread {
     store: Store,
@@ -327,9 +343,9 @@ struct WriterThread {
     in_transaction: bool,
     uncommitted: usize,
     /// Outcome counts of the open batch: (torrent, event, class) → count.
-    outcome_counts: HashMap<(TorrentId, ProbeEvent, String), i64>,
+    outcome_counts: HashMap<(TorrentId, ProbeEvent, String), OutcomeSums>,
     /// Gap histogram of the open batch: bucket → count.
-    gaps: HashMap<u32, i64>,
+    gaps: HashMap<i64, i64>,
     run_id: i64,
     run_window: Option<(UnixMs, UnixMs)>,
     run_records: i64,
@@ -480,6 +496,13 @@ impl WriterThread {
                     .execute(params![s.at, s.torrent_id, s.tracker, s.complete, s.incomplete, s.downloaded])?;
                 self.counts.scrapes += 1;
             }
+            Record::UnmatchedIncoming { error, .. } => {
+                self.outcome_counts
+                    .entry((0, ProbeEvent::Incoming, error.name()))
+                    .or_default()
+                    .count += 1;
+                self.counts.outcomes += 1;
+            }
             Record::Stats(s) => {
                 self.store
                     .conn
@@ -619,7 +642,7 @@ impl WriterThread {
                 last_attempt_at = ?15,
                 client = coalesce(?16, client),
                 peer_id = coalesce(?17, peer_id),
-                transport = transport | ?18,
+                transport = transport | CASE WHEN ?14 THEN ?18 ELSE 0 END,
                 last_error = CASE WHEN ?14 THEN last_error ELSE ?19 END,
                 next_visit_at = ?20,
                 sources = sources | ?21
@@ -648,12 +671,19 @@ impl WriterThread {
             o.next_visit_at,
             incoming_bit,
         ])?;
-        *self
+        let sums = self
             .outcome_counts
             .entry((o.torrent_id, o.event, class))
-            .or_insert(0) += 1;
+            .or_default();
+        sums.count += 1;
+        sums.duration_ms += i64::from(o.duration_ms);
+        sums.messages += i64::from(o.messages);
+        if let Some(connect_ms) = o.connect_ms {
+            sums.connects += 1;
+            sums.connect_ms += i64::from(connect_ms);
+        }
         if let (true, Some(gap)) = (success, o.longest_gap_ms) {
-            let bucket = (gap.min(GAP_LAST_BUCKET_MS) / GAP_BUCKET_MS) * GAP_BUCKET_MS;
+            let bucket = (i64::from(gap).min(GAP_LAST_BUCKET_MS) / GAP_BUCKET_MS) * GAP_BUCKET_MS;
             *self.gaps.entry(bucket).or_insert(0) += 1;
         }
         self.counts.outcomes += 1;
@@ -687,12 +717,25 @@ impl WriterThread {
 
     fn write_aggregates(&mut self) -> rusqlite::Result<()> {
         let conn = &self.store.conn;
-        for ((torrent, event, class), count) in self.outcome_counts.drain() {
+        for ((torrent, event, class), sums) in self.outcome_counts.drain() {
             conn.prepare_cached(
-                "INSERT INTO outcome_counts (torrent_id, event, class, count) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (torrent_id, event, class) DO UPDATE SET count = count + excluded.count",
+                "INSERT INTO outcome_counts (torrent_id, event, class, count, duration_ms, connects, connect_ms, messages)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT (torrent_id, event, class) DO UPDATE SET
+                    count = count + excluded.count, duration_ms = duration_ms + excluded.duration_ms,
+                    connects = connects + excluded.connects, connect_ms = connect_ms + excluded.connect_ms,
+                    messages = messages + excluded.messages",
             )?
-            .execute(params![torrent, event.as_str(), class, count])?;
+            .execute(params![
+                torrent,
+                event.as_str(),
+                class,
+                sums.count,
+                sums.duration_ms,
+                sums.connects,
+                sums.connect_ms,
+                sums.messages
+            ])?;
         }
         for (bucket, count) in self.gaps.drain() {
             conn.prepare_cached(

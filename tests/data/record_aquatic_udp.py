@@ -35,8 +35,8 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 PROTOCOL_ID = 0x41727101980
 INFO_HASH = bytes(range(1, 21))
 UNKNOWN_HASH = b"\xee" * 20
-PEER_A = b"-SW0001-AAAAAAAAAAAA"
-PEER_B = b"-SW0001-BBBBBBBBBBBB"
+PEER_A = b"-SW0100-AAAAAAAAAAAA"
+PEER_B = b"-SW0100-BBBBBBBBBBBB"
 
 
 def free_port(family, host):

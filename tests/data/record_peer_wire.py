@@ -15,9 +15,11 @@ Writes golden files for the peer wire tests into tests/data/peer_wire/ (next to 
   meta.json            facts the tests check against (info-hash, piece count, ports, ids)
 
 All traffic stays on 127.0.0.1; every wait is bounded. Run from anywhere:
-  python3 tests/data/record_peer_wire.py
+  python3 tests/data/record_peer_wire.py                 # refresh the committed golden files
+  python3 tests/data/record_peer_wire.py --out DIR --pex-wait 0   # quick fresh recording
 """
 
+import argparse
 import hashlib
 import json
 import os
@@ -30,7 +32,6 @@ import time
 import libtorrent as lt
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-OUT = os.path.join(HERE, "peer_wire")
 PIECE_LEN = 16384
 FILE_LEN = 10 * PIECE_LEN + 1000  # 11 pieces, the last one short: spare bits in the bitfield
 OUR_PEER_ID = b"-SS0001-recorder0001"
@@ -152,7 +153,13 @@ def has_ext_message(data, ext_id):
 
 
 def main():
-    os.makedirs(OUT, exist_ok=True)
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=os.path.join(HERE, "peer_wire"))
+    ap.add_argument("--pex-wait", type=float, default=75.0,
+                    help="seconds to wait for libtorrent's first ut_pex message")
+    args = ap.parse_args()
+    out_dir = args.out
+    os.makedirs(out_dir, exist_ok=True)
     work = tempfile.mkdtemp(prefix="swarmscan-record-")
     content = bytes((i * 7 + (i >> 8)) & 0xFF for i in range(FILE_LEN))
     with open(os.path.join(work, "golden.bin"), "wb") as f:
@@ -191,7 +198,7 @@ def main():
     with socket.create_connection(("127.0.0.1", seed_port), timeout=5) as s:
         s.sendall(handshake(info_hash, reserved_ext) + our_ext_handshake(50001))
         data = read_frames(s, time.time() + 2.0)
-    with open(os.path.join(OUT, "seeder_plain.bin"), "wb") as f:
+    with open(os.path.join(out_dir, "seeder_plain.bin"), "wb") as f:
         f.write(data)
 
     # 2. Two sockets with the fast extension; the second one asks for metadata piece 0 and
@@ -208,13 +215,13 @@ def main():
             req = bencode({"msg_type": 0, "piece": 0})
             s.sendall(ext_msg(ids["ut_metadata"], req))
         # libtorrent sends pex at most once a minute; its first one comes within a few ticks.
-        data += read_frames(s, time.time() + 75.0,
+        data += read_frames(s, time.time() + args.pex_wait,
                             stop=lambda d: has_ext_message(data + d, OUR_UT_PEX))
         data += read_frames(s, time.time() + 0.5)
     other.close()
     meta["pex_recorded"] = has_ext_message(data, OUR_UT_PEX)
     meta["pex_expected_port"] = 50002
-    with open(os.path.join(OUT, "seeder_fast.bin"), "wb") as f:
+    with open(os.path.join(out_dir, "seeder_fast.bin"), "wb") as f:
         f.write(data)
 
     # 3. libtorrent leecher connects to our listener: its own outgoing handshake.
@@ -237,7 +244,7 @@ def main():
         first = read_frames(conn, time.time() + 2.0, stop=lambda d: len(d) >= 68)
         conn.sendall(handshake(info_hash, reserved_ext_fast) + our_ext_handshake(our_port))
         rest = read_frames(conn, time.time() + 2.0)
-    with open(os.path.join(OUT, "leecher_out.bin"), "wb") as f:
+    with open(os.path.join(out_dir, "leecher_out.bin"), "wb") as f:
         f.write(first + rest)
     meta["leecher_listen_port"] = leecher.listen_port()
     leecher.remove_torrent(leech_handle)
@@ -256,15 +263,15 @@ def main():
                      + msg(0x0E))  # have_all
         rest = read_frames(conn, time.time() + 3.0,
                            stop=lambda d: has_ext_message(first + d, OUR_UT_METADATA))
-    with open(os.path.join(OUT, "magnet_out.bin"), "wb") as f:
+    with open(os.path.join(out_dir, "magnet_out.bin"), "wb") as f:
         f.write(first + rest)
     listener.close()
 
-    with open(os.path.join(OUT, "meta.json"), "w") as f:
+    with open(os.path.join(out_dir, "meta.json"), "w") as f:
         json.dump(meta, f, indent=2, sort_keys=True)
         f.write("\n")
-    for name in sorted(os.listdir(OUT)):
-        print(name, os.path.getsize(os.path.join(OUT, name)))
+    for name in sorted(os.listdir(out_dir)):
+        print(name, os.path.getsize(os.path.join(out_dir, name)))
     print(json.dumps(meta, indent=2, sort_keys=True))
 
 

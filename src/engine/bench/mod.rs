@@ -29,6 +29,8 @@ pub struct BenchArgs {
 enum BenchCommand {
     /// Probe throughput of the engine against a fake swarm, relative to the kernel floor.
     Probes(ProbesArgs),
+    /// Engine memory per known peer (peer tables + revisit wheels), against a flat baseline.
+    Peers(crate::scan::bench_peers::PeersBenchArgs),
     /// (internal) The fake swarm, run as a child process by `bench probes`.
     #[command(hide = true)]
     FakeSwarm(FakeSwarmArgs),
@@ -56,7 +58,7 @@ pub struct ProbesArgs {
     #[arg(long, default_value_t = 2)]
     swarm_threads: usize,
     /// Alternating engine/floor rounds (evens out machine noise).
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 4)]
     rounds: u32,
     /// Pieces in the fake torrent (bitfield size).
     #[arg(long, default_value_t = 1000)]
@@ -73,6 +75,11 @@ pub struct ProbesArgs {
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
+    /// Also send every outcome to the real SQLite writer (as a scan does) and report whether
+    /// it kept up. On a 2-core machine its thread takes CPU from the workers, so the
+    /// engine/floor ratio is measured without it by default.
+    #[arg(long)]
+    store: bool,
 }
 
 /// Options of the hidden fake swarm.
@@ -96,6 +103,9 @@ pub struct FakeSwarmArgs {
 pub fn run(args: &BenchArgs) -> i32 {
     let result = match &args.command {
         BenchCommand::Probes(a) => run_probes(a),
+        BenchCommand::Peers(a) => {
+            return crate::scan::bench_peers::run(a);
+        }
         BenchCommand::FakeSwarm(a) => run_fake_swarm(a),
     };
     match result {
@@ -162,6 +172,10 @@ struct Shared {
     in_flight: AtomicUsize,
     in_flight_max: AtomicUsize,
     connect_ms_sum: AtomicU64,
+    /// Outcome records handed to the store writer.
+    stored: AtomicU64,
+    /// Most records any worker held back because the writer's channel was full.
+    overflow_max: AtomicU64,
 }
 
 struct BenchDriver {
@@ -170,13 +184,21 @@ struct BenchDriver {
     stride: u64,
     peers: u32,
     port: u16,
-    quiet_ms: Millis,
+    /// The real probe logic, as a scan runs it (grace 0: end at the bitfield, like the floor).
+    settings: Arc<crate::proto::probe::ProbeSettings>,
+    catalog: Arc<crate::scan::catalog::Catalog>,
+    /// Every outcome goes to the real store writer, as in a scan (with `--store`).
+    records: Option<crate::store::writer::RecordSender>,
+    torrent_id: i64,
 }
 
-impl WorkerDriver for BenchDriver {
-    type Conv = BenchConversation;
+/// The scan's own conversation type: the engine benchmark drives the real probe.
+type RealProbe = crate::scan::driver::ProbeConv;
 
-    fn next_probe(&mut self, _now: Millis) -> Option<ProbeRequest<BenchConversation>> {
+impl WorkerDriver for BenchDriver {
+    type Conv = RealProbe;
+
+    fn next_probe(&mut self, now: Millis) -> Option<ProbeRequest<RealProbe>> {
         let token = self.next;
         self.next += self.stride;
         let cur = self.shared.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
@@ -184,21 +206,48 @@ impl WorkerDriver for BenchDriver {
         Some(ProbeRequest {
             addr: peer_addr(token, self.peers, self.port),
             token,
-            conv: BenchConversation::new([0xAB; 20], self.quiet_ms),
+            conv: RealProbe::outgoing(
+                self.settings.clone(),
+                self.catalog.clone(),
+                0,
+                crate::scan::driver::ContactKind::First,
+                now,
+            ),
         })
     }
 
-    fn probe_done(&mut self, _now: Millis, done: ProbeDone<BenchConversation>) {
+    fn probe_done(&mut self, _now: Millis, done: ProbeDone<RealProbe>) {
+        use crate::proto::probe::ProbeEnd;
         self.shared.in_flight.fetch_sub(1, Ordering::Relaxed);
         let s = &self.shared;
-        let counter = match (done.ending, done.conv.outcome) {
-            (Ending::Finished, Some(BenchOutcome::Bitfield { .. })) => {
+        let report = done.conv.report();
+        if let (Some(records), false) = (
+            self.records.as_mut(),
+            matches!(done.ending, Ending::Closed(Some(libc::ECANCELED))),
+        ) {
+            let outcome = crate::scan::driver::outcome_record(
+                self.torrent_id,
+                done.peer,
+                crate::scan::driver::ContactKind::First,
+                done.started_at as i64,
+                done.connect_ms,
+                report,
+                None,
+            );
+            records.send(crate::store::record::Record::Outcome(Box::new(outcome)));
+            s.stored.fetch_add(1, Ordering::Relaxed);
+        }
+        let counter = match (done.ending, &report.end) {
+            (Ending::Finished, _) if report.succeeded() && report.pieces_have > 0 => {
                 s.connect_ms_sum
                     .fetch_add(done.connect_ms.unwrap_or(0), Ordering::Relaxed);
                 &s.ok
             }
-            (_, Some(BenchOutcome::QuietTimeout)) => &s.quiet_timeout,
-            (_, Some(BenchOutcome::BadHandshake)) => &s.bad_handshake,
+            (_, ProbeEnd::QuietTimeout) => &s.quiet_timeout,
+            (
+                _,
+                ProbeEnd::UnknownProtocol | ProbeEnd::UnknownInfoHash | ProbeEnd::ProtocolError(_),
+            ) => &s.bad_handshake,
             (Ending::Closed(Some(libc::ECANCELED)), _) => &s.cancelled_at_stop,
             (Ending::Closed(Some(libc::ECONNREFUSED)), _) => &s.refused,
             (Ending::Closed(Some(libc::ECONNRESET)), _) => &s.reset,
@@ -209,13 +258,15 @@ impl WorkerDriver for BenchDriver {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn incoming(
-        &mut self,
-        _: Millis,
-        _: SocketAddr,
-        _: SocketAddr,
-    ) -> Option<(u64, BenchConversation)> {
+    fn incoming(&mut self, _: Millis, _: SocketAddr, _: SocketAddr) -> Option<(u64, RealProbe)> {
         None
+    }
+
+    fn tick(&mut self, _now: Millis) {
+        let waiting = self.records.as_mut().map_or(0, |r| r.pump()) as u64;
+        self.shared
+            .overflow_max
+            .fetch_max(waiting, Ordering::Relaxed);
     }
 }
 
@@ -299,6 +350,7 @@ fn engine_phase(
     secs: f64,
     shared: &Arc<Shared>,
     first: u64,
+    writer: Option<&BenchStore>,
 ) -> std::io::Result<EnginePhase> {
     let cfg = EngineConfig {
         workers: args.workers,
@@ -311,7 +363,21 @@ fn engine_phase(
         ring_entries: 4096,
         listen: Vec::new(),
     };
-    let quiet_ms = args.peer_delay_ms + 5000;
+    let settings = Arc::new(crate::proto::probe::ProbeSettings {
+        quiet_timeout_ms: args.peer_delay_ms + 5000,
+        grace_ms: 0,
+        max_duration_ms: args.peer_delay_ms + 30_000,
+        ..Default::default()
+    });
+    let catalog = crate::scan::catalog::Catalog::new(vec![crate::scan::catalog::CatalogTorrent {
+        db_id: 0,
+        wire_hash: [0xAB; 20],
+        alt_hash: None,
+        name: "bench".into(),
+        piece_count: args.pieces.into(),
+        total_size: 0,
+        trackers: Vec::new(),
+    }]);
     let drivers: Vec<_> = (0..args.workers)
         .map(|w| BenchDriver {
             shared: shared.clone(),
@@ -319,7 +385,10 @@ fn engine_phase(
             stride: args.workers as u64,
             peers: args.peers,
             port,
-            quiet_ms,
+            settings: settings.clone(),
+            catalog: catalog.clone(),
+            records: writer.map(|w| w.writer.sender()),
+            torrent_id: writer.map_or(0, |w| w.torrent_id),
         })
         .collect();
     let stop = AtomicBool::new(false);
@@ -408,6 +477,44 @@ fn floor_phase(
     Ok((ok, errors.load(Ordering::Relaxed), cpu_secs() - cpu_before))
 }
 
+/// The real store writer on a temporary database, fed by the engine benchmark.
+struct BenchStore {
+    writer: crate::store::writer::Writer,
+    torrent_id: i64,
+    _dir: tempfile::TempDir,
+}
+
+fn bench_store() -> std::io::Result<BenchStore> {
+    use crate::store::{anon::Anonymizer, writer::WriterOptions, Store};
+    let other = |e: crate::store::StoreError| std::io::Error::other(e.to_string());
+    let dir = tempfile::tempdir()?;
+    let store = Store::open(&dir.path().join("bench.sqlite")).map_err(other)?;
+    let anonymizer = Anonymizer::new(crate::config::IpMode::Hmac, [7; 32]);
+    let cfg = crate::config::Config::default();
+    let writer =
+        crate::store::writer::Writer::start(store, anonymizer, WriterOptions::from_config(&cfg))
+            .map_err(other)?;
+    let torrent_id = writer
+        .handle()
+        .register_torrent(crate::store::record::TorrentRecord {
+            info_hash_v1: Some([0xAB; 20]),
+            info_hash_v2: None,
+            name: Some("bench".into()),
+            piece_count: None,
+            piece_length: None,
+            total_size: None,
+            source: crate::store::record::TorrentSource::Hash,
+            added_at: 0,
+            trackers: Vec::new(),
+        })
+        .map_err(std::io::Error::other)?;
+    Ok(BenchStore {
+        writer,
+        torrent_id,
+        _dir: dir,
+    })
+}
+
 fn run_probes(args: &ProbesArgs) -> std::io::Result<()> {
     if args.workers == 0 || args.in_flight == 0 || args.peers == 0 || args.rounds == 0 {
         return Err(std::io::Error::other(
@@ -430,13 +537,25 @@ fn run_probes(args: &ProbesArgs) -> std::io::Result<()> {
     let per_round = args.seconds / args.rounds as f64;
     let budget = (args.seconds * 2.0 + 60.0 + args.rounds as f64 * 20.0) as u64;
     let swarm = spawn_swarm(args, budget)?;
+    let store = if args.store {
+        Some(bench_store()?)
+    } else {
+        None
+    };
     let shared = Arc::new(Shared::default());
     let baseline_rss = status_field("VmRSS:");
     let (mut engine_ok, mut engine_cpu, mut rss_max) = (0u64, 0.0f64, 0u64);
     let (mut floor_ok, mut floor_errors, mut floor_cpu) = (0u64, 0u64, 0.0f64);
     let mut stats = Vec::new();
     for round in 0..args.rounds as u64 {
-        let phase = engine_phase(args, swarm.port, per_round, &shared, round * 100_000_000)?;
+        let phase = engine_phase(
+            args,
+            swarm.port,
+            per_round,
+            &shared,
+            round * 100_000_000,
+            store.as_ref(),
+        )?;
         engine_ok += phase.ok;
         engine_cpu += phase.cpu;
         rss_max = rss_max.max(phase.rss_max);
@@ -455,6 +574,27 @@ fn run_probes(args: &ProbesArgs) -> std::io::Result<()> {
         std::thread::sleep(Duration::from_millis(300));
     }
     drop(swarm);
+    // Everything the engine produced must reach the database; time the final drain.
+    let store_json = match store {
+        None => serde_json::Value::Null,
+        Some(store) => {
+            let drain_started = std::time::Instant::now();
+            let metrics = store.writer.metrics();
+            let counts = store
+                .writer
+                .finish()
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+            serde_json::json!({
+                "outcomes_sent": load(&shared.stored),
+                "records_committed": counts.records,
+                "backpressure_events": metrics.backpressure.load(Ordering::Relaxed),
+                "overflow_max_records": load(&shared.overflow_max),
+                "lost": metrics.lost.load(Ordering::Relaxed),
+                "drain_secs_after_stop": round3(drain_started.elapsed().as_secs_f64()),
+            })
+        }
+    };
     let probes_per_sec = engine_ok as f64 / args.seconds;
     let floor_per_sec = floor_ok as f64 / args.seconds;
     let in_flight_max = shared.in_flight_max.load(Ordering::Relaxed);
@@ -475,6 +615,11 @@ fn run_probes(args: &ProbesArgs) -> std::io::Result<()> {
         "vm_hwm_bytes": status_field("VmHWM:"),
         "rss_per_in_flight_bytes": per_in_flight.round(),
         "cpu_secs_per_1k_probes": if engine_ok > 0 { round3(engine_cpu * 1000.0 / engine_ok as f64) } else { 0.0 },
+        // CPU per probe of the floor over the engine's: less sensitive to other load on the
+        // machine than the throughput ratio (1.0 = the engine costs no more than the floor).
+        "cpu_ratio": if engine_ok > 0 && floor_ok > 0 && engine_cpu > 0.0 {
+            round3((floor_cpu / floor_ok as f64) / (engine_cpu / engine_ok as f64))
+        } else { 0.0 },
         "floor_cpu_secs_per_1k_probes": if floor_ok > 0 { round3(floor_cpu * 1000.0 / floor_ok as f64) } else { 0.0 },
         "mean_connect_ms": if load(&s.ok) > 0 { round2(load(&s.connect_ms_sum) as f64 / load(&s.ok) as f64) } else { 0.0 },
         "errors": {
@@ -488,6 +633,9 @@ fn run_probes(args: &ProbesArgs) -> std::io::Result<()> {
             "floor": floor_errors,
         },
         "cancelled_at_stop": load(&s.cancelled_at_stop),
+        // The store writer (SQLite, WAL, batched) received every outcome; the probe loop
+        // never waits for it (try_send + per-worker overflow queue).
+        "store": store_json,
         "engine_last_round": stats,
         "peers": args.peers,
         "peer_delay_ms": args.peer_delay_ms,

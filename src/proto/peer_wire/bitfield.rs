@@ -25,12 +25,14 @@ impl BitfieldSummary {
 /// Why a bitfield or have does not fit the torrent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum BitfieldError {
+    /// The bitfield's length does not fit the torrent's piece count.
     #[error("bitfield has {len} bytes, {piece_count} pieces need {expected}")]
     WrongLength {
         len: usize,
         piece_count: u32,
         expected: usize,
     },
+    /// A piece index at or past the piece count.
     #[error("have for piece {index}, torrent has {piece_count} pieces")]
     IndexOutOfRange { index: u32, piece_count: u32 },
 }

@@ -28,20 +28,27 @@ pub const DEFAULT_MAX_PEX_PEERS: usize = 300;
 /// What was wrong with an extension payload.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ExtError {
+    /// The payload is not valid bencode.
     #[error("bencode: {0}")]
     Bencode(#[from] bencode::DecodeError),
+    /// The payload decodes, but not to a dictionary.
     #[error("payload is a {0}, expected a dictionary")]
     NotDictionary(&'static str),
+    /// A required field is missing or malformed.
     #[error("{0}")]
     Field(#[from] FieldError),
+    /// BEP 9 says to ignore unknown message types: callers should drop the message, not
+    /// the connection.
     #[error("ut_metadata: unknown msg_type {0}")]
     UnknownMetadataType(i64),
+    /// Wrong amount of raw data after a ut_metadata dictionary.
     #[error("ut_metadata {kind}: {len} bytes after the dictionary, expected {expected}")]
     MetadataTrailing {
         kind: &'static str,
         len: usize,
         expected: &'static str,
     },
+    /// A compact address list with a torn entry.
     #[error("ut_pex field `{field}`: length {len} is not a multiple of {entry}")]
     PexLength {
         field: &'static str,
@@ -310,8 +317,11 @@ pub enum MetadataMessage<'a> {
     Request { piece: u32 },
     /// msg_type 1: a piece; `data` is the raw bytes after the bencoded dictionary.
     Data {
+        /// Piece index (16 KiB units).
         piece: u32,
+        /// Size of the whole info dictionary.
         total_size: u32,
+        /// This piece's bytes.
         data: &'a [u8],
     },
     /// msg_type 2: the sender will not send this piece.
@@ -422,7 +432,9 @@ impl PexFlags {
 /// One added peer from ut_pex.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PexPeer {
+    /// Address and listen port.
     pub addr: SocketAddr,
+    /// What the sender knows about the peer.
     pub flags: PexFlags,
 }
 

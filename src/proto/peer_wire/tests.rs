@@ -428,6 +428,12 @@ fn ut_metadata_bep9_examples() {
     let rej = MetadataMessage::decode(b"d8:msg_typei2e5:piecei0ee").unwrap();
     assert_eq!(rej, MetadataMessage::Reject { piece: 0 });
     assert_eq!(ext::metadata_piece_count(34256), 3);
+    // BEP 9's extension handshake example: {'m': {'ut_metadata', 3}, 'metadata_size': 31235}
+    let h = ExtHandshake::decode(b"d1:md11:ut_metadatai3ee13:metadata_sizei31235ee").unwrap();
+    assert_eq!(
+        (h.id_of(ext::UT_METADATA), h.metadata_size),
+        (Some(3), Some(31235))
+    );
     assert_eq!(ext::metadata_piece_count(16384), 1);
 }
 

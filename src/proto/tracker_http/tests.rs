@@ -106,8 +106,32 @@ fn url_parsing() {
 }
 
 #[test]
+fn redirects() {
+    let cur = parse_http_url("http://[::1]:6969/announce?a=1").unwrap();
+    let rel = redirect_target(&cur, " /other?b=2#x").unwrap();
+    assert_eq!(
+        (rel.host.as_str(), rel.port, rel.path_and_query.as_str()),
+        ("::1", 6969, "/other?b=2")
+    );
+    let abs = redirect_target(&cur, "http://t2.example/announce").unwrap();
+    assert_eq!((abs.host.as_str(), abs.port), ("t2.example", 80));
+    assert!(matches!(
+        redirect_target(&cur, "https://t2.example/"),
+        Err(UrlError::HttpsNotSupported(_))
+    ));
+    assert!(matches!(
+        redirect_target(&cur, "//t2.example/"),
+        Err(UrlError::UnsupportedScheme { .. })
+    ));
+    assert!(matches!(
+        redirect_target(&cur, "/a b"),
+        Err(UrlError::InvalidCharacters(_))
+    ));
+}
+
+#[test]
 fn announce_url_appends_to_existing_query() {
-    let mut p = AnnounceParams::new([0xab; 20], *b"-SW0001-abcdefghij~.", 6881);
+    let mut p = AnnounceParams::new([0xab; 20], *b"-SW0100-abcdefghij~.", 6881);
     p.left = 100;
     p.event = Event::Started;
     p.numwant = Some(50);
@@ -119,7 +143,7 @@ fn announce_url_appends_to_existing_query() {
     assert_eq!(
         url,
         format!(
-            "http://t.example/announce?passkey=x&info_hash={ih}&peer_id=-SW0001-abcdefghij~.&port=6881&uploaded=0&downloaded=0&left=100&event=started&compact=1&numwant=50&key=0012ABCD&ipv6=2001%3Adb8%3A%3A1&trackerid=t%201"
+            "http://t.example/announce?passkey=x&info_hash={ih}&peer_id=-SW0100-abcdefghij~.&port=6881&uploaded=0&downloaded=0&left=100&event=started&compact=1&numwant=50&key=0012ABCD&ipv6=2001%3Adb8%3A%3A1&trackerid=t%201"
         )
     );
     let plain = announce_url("http://t.example/announce", &p).unwrap();
@@ -404,11 +428,10 @@ fn scrape_response_flags_name_and_errors() {
     let r = parse_scrape_response(body).unwrap();
     assert_eq!(r.files[0].name.as_deref(), Some("foo"));
     assert_eq!(r.min_request_interval, Some(900));
-    let e = parse_scrape_response(b"d5:filesd3:abcd8:completei1eeee").unwrap_err();
-    assert!(
-        e.to_string().contains("`files`") && e.to_string().contains("3 bytes"),
-        "{e}"
-    );
+    let r = parse_scrape_response(b"d5:filesd3:abcd8:completei1eeee").unwrap();
+    assert_eq!((r.files.len(), r.skipped_keys), (0, 1));
+    let e = parse_scrape_response(b"d5:filesd20:aaaaaaaaaaaaaaaaaaaai1eee").unwrap_err();
+    assert!(e.to_string().contains("`files entry`"), "{e}");
     let e =
         parse_scrape_response(b"d5:filesd20:aaaaaaaaaaaaaaaaaaaad8:completei1e10:incompletei3eeee")
             .unwrap_err();
@@ -515,6 +538,7 @@ proptest! {
         let r = ScrapeResponse {
             files: entries.into_iter().map(|(info_hash, (complete, downloaded, incomplete, name))| ScrapeEntry { info_hash, complete, downloaded, incomplete, name }).collect(),
             min_request_interval: interval,
+            skipped_keys: 0,
         };
         prop_assert_eq!(parse_scrape_response(&r.encode()).unwrap(), r);
     }
@@ -550,4 +574,167 @@ proptest! {
         let _ = parse_http_url(&s);
         let _ = scrape_url(&s);
     }
+}
+
+// Raw HTTP responses (head and body) of a real HTTP tracker, bittorrent-tracker 11.2.3 (npm,
+// WebTorrent's server), recorded by tests/data/record_http_tracker.mjs: peer A (seeder, port
+// 6881) and peer B (leecher, port 6882) announce for hash 01..14; B later completes.
+
+const WT_INFO_HASH: [u8; 20] = [
+    1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20,
+];
+
+fn wt_body(raw: &[u8]) -> Vec<u8> {
+    // Fed in small pieces, as a socket would deliver it.
+    let mut reader = http::ResponseReader::new(http::ResponseLimits::DEFAULT);
+    let mut done = false;
+    for chunk in raw.chunks(7) {
+        done = reader.feed(chunk).unwrap() == http::Progress::Done;
+    }
+    assert!(
+        done,
+        "Content-Length framing ends the response without a close"
+    );
+    let resp = reader.into_response().unwrap();
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.header("connection"), Some("close"));
+    resp.body
+}
+
+#[test]
+fn golden_webtorrent_announces() {
+    let first = parse_announce_response(&wt_body(include_bytes!(
+        "../../../tests/data/tracker/webtorrent_http_announce_first.bin"
+    )))
+    .unwrap();
+    assert_eq!(first.interval, Some(600));
+    assert_eq!((first.complete, first.incomplete), (Some(1), Some(0)));
+    // This tracker lists the announcing peer itself.
+    let a: SocketAddr = "127.0.0.1:6881".parse().unwrap();
+    let b: SocketAddr = "127.0.0.1:6882".parse().unwrap();
+    assert_eq!(first.peers, vec![a]);
+
+    let compact = parse_announce_response(&wt_body(include_bytes!(
+        "../../../tests/data/tracker/webtorrent_http_announce_compact.bin"
+    )))
+    .unwrap();
+    assert_eq!((compact.complete, compact.incomplete), (Some(1), Some(1)));
+    let mut peers = compact.peers.clone();
+    peers.sort();
+    assert_eq!(peers, vec![a, b]);
+    assert!(compact.peer_ids.is_empty());
+
+    let dict = parse_announce_response(&wt_body(include_bytes!(
+        "../../../tests/data/tracker/webtorrent_http_announce_dict.bin"
+    )))
+    .unwrap();
+    let mut ids = dict.peer_ids.clone();
+    ids.sort();
+    assert_eq!(
+        ids,
+        vec![(a, *b"-SW0100-AAAAAAAAAAAA"), (b, *b"-SW0100-BBBBBBBBBBBB")]
+    );
+    assert_eq!(dict.peers.len(), 2);
+
+    let v6 = parse_announce_response(&wt_body(include_bytes!(
+        "../../../tests/data/tracker/webtorrent_http_announce_v6.bin"
+    )))
+    .unwrap();
+    let mut peers = v6.peers.clone();
+    peers.sort();
+    assert_eq!(
+        peers,
+        vec![
+            "[::1]:6881".parse::<SocketAddr>().unwrap(),
+            "[::1]:6882".parse().unwrap()
+        ]
+    );
+}
+
+#[test]
+fn golden_webtorrent_failure_and_scrape() {
+    let e = parse_announce_response(&wt_body(include_bytes!(
+        "../../../tests/data/tracker/webtorrent_http_failure.bin"
+    )))
+    .unwrap_err();
+    assert!(
+        matches!(&e, TrackerError::Failure(f) if f.reason == "invalid info_hash"),
+        "{e:?}"
+    );
+
+    let r = parse_scrape_response(&wt_body(include_bytes!(
+        "../../../tests/data/tracker/webtorrent_http_scrape.bin"
+    )))
+    .unwrap();
+    let e = r.get(&WT_INFO_HASH).unwrap();
+    // Both peers complete; this tracker reports `downloaded` as the number of seeders.
+    assert_eq!((e.complete, e.downloaded, e.incomplete), (2, 2, 0));
+    assert_eq!(r.min_request_interval, Some(600));
+    // The unknown hash (20 bytes of 0xee) comes back UTF-8-mangled to 40 bytes: skipped.
+    assert_eq!((r.files.len(), r.skipped_keys), (1, 1));
+}
+
+// Raw HTTP responses of aquatic_http 0.9.0 (crates.io), plain HTTP, recorded by
+// tests/data/record_aquatic_http.py with the same two-peer script as above.
+
+fn aquatic_body(raw: &[u8]) -> Vec<u8> {
+    let mut reader = http::ResponseReader::new(http::ResponseLimits::DEFAULT);
+    // Whole at once, then check that a byte-at-a-time feed agrees.
+    assert_eq!(reader.feed(raw).unwrap(), http::Progress::Done);
+    let resp = reader.into_response().unwrap();
+    let mut slow = http::ResponseReader::new(http::ResponseLimits::DEFAULT);
+    for b in raw {
+        slow.feed(std::slice::from_ref(b)).unwrap();
+    }
+    assert_eq!(slow.into_response().as_ref(), Some(&resp));
+    assert_eq!(resp.status, 200);
+    // aquatic pads the Content-Length value with spaces and counts a trailing CRLF in it.
+    assert!(resp.header("content-length").is_some());
+    assert!(resp.body.ends_with(b"e\r\n"));
+    resp.body
+}
+
+#[test]
+fn golden_aquatic_http() {
+    let first = parse_announce_response(&aquatic_body(include_bytes!(
+        "../../../tests/data/tracker/aquatic_http_announce_first.bin"
+    )))
+    .unwrap();
+    assert_eq!(first.interval, Some(120));
+    assert_eq!((first.complete, first.incomplete), (Some(0), Some(0)));
+    assert!(first.peers.is_empty());
+    // aquatic counts the swarm before adding the announcing peer and does not list it.
+    let second = parse_announce_response(&aquatic_body(include_bytes!(
+        "../../../tests/data/tracker/aquatic_http_announce_second.bin"
+    )))
+    .unwrap();
+    assert_eq!((second.complete, second.incomplete), (Some(1), Some(0)));
+    assert_eq!(
+        second.peers,
+        vec!["127.0.0.1:6881".parse::<SocketAddr>().unwrap()]
+    );
+    let v6 = parse_announce_response(&aquatic_body(include_bytes!(
+        "../../../tests/data/tracker/aquatic_http_announce_v6.bin"
+    )))
+    .unwrap();
+    assert_eq!(v6.peers, vec!["[::1]:6881".parse::<SocketAddr>().unwrap()]);
+
+    let scrape = parse_scrape_response(&aquatic_body(include_bytes!(
+        "../../../tests/data/tracker/aquatic_http_scrape.bin"
+    )))
+    .unwrap();
+    let e = scrape.get(&WT_INFO_HASH).unwrap();
+    // Both complete after B's "completed"; aquatic does not count downloads.
+    assert_eq!((e.complete, e.downloaded, e.incomplete), (2, 0, 0));
+    // The unknown hash comes back as a zero entry under its own (intact) key.
+    let unknown = scrape.get(&[0xee; 20]).unwrap();
+    assert_eq!(
+        (unknown.complete, unknown.downloaded, unknown.incomplete),
+        (0, 0, 0)
+    );
+    assert_eq!(scrape.skipped_keys, 0);
+    assert!(
+        include_str!("../../../tests/data/tracker/aquatic_http_meta.txt")
+            .contains("short_info_hash_response=none")
+    );
 }

@@ -1,0 +1,39 @@
+"""A libtorrent 2.1.1 seeder on 127.0.0.1 for `swarmscan probe` tests.
+
+Prints one JSON line (info-hash, piece count, port, libtorrent's peer-id prefix), then seeds
+until its standard input closes or 60 s pass.
+"""
+import json, os, select, sys, tempfile, time
+import libtorrent as lt
+
+pieces = int(sys.argv[1]) if len(sys.argv) > 1 else 300
+d = tempfile.mkdtemp(prefix="swarmscan-probe-")
+path = os.path.join(d, "content.bin")
+with open(path, "wb") as f:
+    f.write(os.urandom(pieces * 16384 - 1000))
+fs = lt.file_storage()
+fs.add_file("content.bin", os.path.getsize(path))
+ct = lt.create_torrent(fs, 16384)
+lt.set_piece_hashes(ct, d)
+ti = lt.torrent_info(lt.bencode(ct.generate()))
+ses = lt.session({
+    "listen_interfaces": "127.0.0.1:0",
+    "enable_dht": False, "enable_lsd": False, "enable_upnp": False, "enable_natpmp": False,
+    # Plain connections only: swarmscan does not speak MSE yet.
+    "in_enc_policy": 2, "out_enc_policy": 2,
+})
+h = ses.add_torrent({"ti": ti, "save_path": d})
+deadline = time.time() + 30
+while not h.status().is_seeding and time.time() < deadline:
+    time.sleep(0.05)
+print(json.dumps({
+    "info_hash": str(ti.info_hashes().v1),
+    "num_pieces": ti.num_pieces(),
+    "port": ses.listen_port(),
+    "seeding": h.status().is_seeding,
+}), flush=True)
+end = time.time() + 60
+while time.time() < end:
+    r, _, _ = select.select([sys.stdin], [], [], 0.2)
+    if r and not sys.stdin.read(1):
+        break
