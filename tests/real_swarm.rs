@@ -15,7 +15,9 @@
 //! * `crossed_at` lies between the last contact below and the first contact above.
 //!
 //! Every child process is killed when the test ends, on every path ([`ChildGuard`]); every
-//! wait has a hard timeout. The whole test takes about 80 s.
+//! wait has a hard timeout. The whole test takes about 80 s. To look at what happened, run it
+//! with SWARMSCAN_KEEP_TEST_DIR=1 (keeps the tracker, swarm and swarmscan logs and the
+//! database) and REAL_SWARM_DEBUG=1 (the clients log every peer connection and why it ended).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read};
@@ -302,28 +304,41 @@ fn observations(db: &Path) -> BTreeMap<(String, u16), PeerObs> {
     .collect()
 }
 
-fn swarmscan_json(config: &Path, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_swarmscan"))
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "swarmscan {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+/// Runs a read-only swarmscan command (`peers`, `report`) and returns its stdout.
+fn swarmscan_json(dir: &Path, config: &Path, args: &[&str]) -> String {
+    let out_path = dir.join(format!("{}.out", args[0]));
+    let err_path = dir.join(format!("{}.err", args[0]));
+    let mut cmd = ChildGuard::spawn(
+        "swarmscan (read-only command)",
+        Command::new(env!("CARGO_BIN_EXE_swarmscan"))
+            .args(args)
+            .arg("--config")
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out_path).unwrap())
+            .stderr(std::fs::File::create(&err_path).unwrap()),
     );
-    String::from_utf8(out.stdout).unwrap()
+    let status = cmd.wait_timeout(Duration::from_secs(30));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "swarmscan {args:?} failed or hung ({status:?}): {}",
+        read_to_string_lossy(&err_path)
+    );
+    read_to_string_lossy(&out_path)
 }
 
 #[test]
 fn confirms_exactly_the_finished_leechers_of_a_real_swarm() {
     let started = Instant::now();
     let py = python();
-    let dir = tempfile::tempdir().unwrap();
-    let dir = dir.path();
+    let mut tmp = tempfile::Builder::new()
+        .prefix("swarmscan-real-swarm-")
+        .tempdir()
+        .unwrap();
+    // SWARMSCAN_KEEP_TEST_DIR=1 keeps the logs and the database (also of a failed run).
+    tmp.disable_cleanup(std::env::var_os("SWARMSCAN_KEEP_TEST_DIR").is_some());
+    eprintln!("real swarm: working in {}", tmp.path().display());
+    let dir = tmp.path();
 
     let tracker_port = free_udp_port();
     let _tracker = start_tracker(dir, tracker_port);
@@ -482,12 +497,12 @@ fn confirms_exactly_the_finished_leechers_of_a_real_swarm() {
     );
 
     // What swarmscan stored.
-    let peers: Vec<Json> = swarmscan_json(&config, &["peers", "--json"])
+    let peers: Vec<Json> = swarmscan_json(dir, &config, &["peers", "--json"])
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     let report: Json =
-        serde_json::from_str(&swarmscan_json(&config, &["report", "--json"])).unwrap();
+        serde_json::from_str(&swarmscan_json(dir, &config, &["report", "--json"])).unwrap();
     let obs = observations(&db);
     let info_hash = torrent["info_hash"].as_str().unwrap();
 
@@ -627,6 +642,19 @@ fn confirms_exactly_the_finished_leechers_of_a_real_swarm() {
     );
     for line in lines {
         eprintln!("{line}");
+    }
+    for event in report["outcomes"].as_array().into_iter().flatten() {
+        let classes: Vec<String> = event["classes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| format!("{} {}", c["class"].as_str().unwrap_or("?"), c["count"]))
+            .collect();
+        eprintln!(
+            "  outcomes {}: {}",
+            event["event"].as_str().unwrap_or("?"),
+            classes.join(", ")
+        );
     }
 }
 
