@@ -237,6 +237,7 @@ pub struct Probe {
     /// `have` indices seen while the piece count is unknown.
     pending_haves: Vec<u32>,
     metadata: Option<MetadataFetch>,
+    peer_id_nonce: Option<u64>,
 }
 
 /// An info dictionary being fetched with ut_metadata.
@@ -294,6 +295,7 @@ impl Probe {
             raw_bitfield: Vec::new(),
             pending_haves: Vec::new(),
             metadata: None,
+            peer_id_nonce: None,
         }
     }
 
@@ -309,12 +311,29 @@ impl Probe {
         self.done
     }
 
-    fn handshake_bytes(settings: &ProbeSettings, info_hash: &[u8; 20]) -> [u8; 68] {
+    fn handshake_bytes(&self, settings: &ProbeSettings, info_hash: &[u8; 20]) -> [u8; 68] {
         let reserved = Reserved::NONE
             .with_extended(true)
             .with_fast(true)
             .with_dht(settings.dht_port != 0);
-        super::peer_wire::encode_handshake(info_hash, &settings.peer_id, reserved)
+        let mut peer_id = settings.peer_id;
+        if let Some(nonce) = self.peer_id_nonce {
+            // Keep the client prefix (8 bytes); make the rest unique to this connection.
+            let mut x = nonce;
+            for b in peer_id.iter_mut().skip(8) {
+                *b = b'0' + (x % 10) as u8;
+                x /= 10;
+            }
+        }
+        super::peer_wire::encode_handshake(info_hash, &peer_id, reserved)
+    }
+
+    /// Gives this probe its own peer-id suffix. A client that has a connection open with us
+    /// (it dialled our listener) drops a second one with the same peer-id as a duplicate, so
+    /// every outgoing probe uses its own.
+    pub fn with_peer_id_nonce(mut self, nonce: u64) -> Probe {
+        self.peer_id_nonce = Some(nonce);
+        self
     }
 
     /// The connection is up.
@@ -322,7 +341,7 @@ impl Probe {
         self.started = now;
         self.last_message = now;
         if let Direction::Outgoing { info_hash, .. } = self.direction {
-            send.extend_from_slice(&Self::handshake_bytes(settings, &info_hash));
+            send.extend_from_slice(&self.handshake_bytes(settings, &info_hash));
         }
     }
 
@@ -487,7 +506,8 @@ impl Probe {
                     }
                     Some(n) => {
                         self.report.piece_count = n;
-                        send.extend_from_slice(&Self::handshake_bytes(settings, &hs.info_hash));
+                        let ours = self.handshake_bytes(settings, &hs.info_hash);
+                        send.extend_from_slice(&ours);
                     }
                 }
             }
@@ -1191,6 +1211,28 @@ mod tests {
         assert!(p.report().metainfo.is_none());
         // A rejected or useless fetch leaves the probe to end on its grace.
         assert_eq!(p.deadline(&s), 2 + s.grace_ms);
+    }
+
+    #[test]
+    fn each_probe_can_have_its_own_peer_id() {
+        let s = settings();
+        let id = |nonce| {
+            let mut p = Probe::new(
+                Direction::Outgoing {
+                    info_hash: HASH,
+                    piece_count: 1,
+                },
+                0,
+            )
+            .with_peer_id_nonce(nonce);
+            let mut out = Vec::new();
+            p.on_connected(&s, 0, &mut out);
+            Handshake::decode(&out).unwrap().0.peer_id
+        };
+        let (a, b) = (id(1), id(2));
+        assert_ne!(a, b);
+        assert_eq!(a[..8], s.peer_id[..8], "the client prefix stays");
+        assert!(a[8..].iter().all(u8::is_ascii_digit));
     }
 
     #[test]

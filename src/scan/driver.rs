@@ -58,6 +58,12 @@ impl ProbeConv {
         }
     }
 
+    /// See [`Probe::with_peer_id_nonce`].
+    pub fn with_peer_id_nonce(mut self, nonce: u64) -> ProbeConv {
+        self.probe = self.probe.with_peer_id_nonce(nonce);
+        self
+    }
+
     pub fn incoming(settings: Arc<ProbeSettings>, catalog: Arc<Catalog>, now: Millis) -> ProbeConv {
         ProbeConv {
             probe: Probe::new(Direction::Incoming, now),
@@ -170,6 +176,8 @@ pub struct ScanDriver {
     stop: Arc<AtomicBool>,
     blocklist: Arc<Blocklist>,
     last_tick: Millis,
+    /// Outgoing probes started by this worker (makes each probe's peer-id unique).
+    probe_seq: u64,
     pub counters: Arc<WorkerCounters>,
 }
 
@@ -208,6 +216,7 @@ impl ScanDriver {
             stop,
             blocklist,
             last_tick: 0,
+            probe_seq: 0,
             counters: Arc::new(WorkerCounters::default()),
         }
     }
@@ -397,17 +406,46 @@ impl ScanDriver {
             return;
         };
         let Some(torrent) = self.catalog.index_of(&hash).filter(|_| report.handshake) else {
-            // Counted in the outcome table; the peer itself is not stored (it is not in the
-            // study).
-            let _ = (hash, done.peer);
+            // Counted (table 5.7, incoming × unknown info-hash); the peer itself is not
+            // stored: it is not in the study. Dropped at once (the thesis tool held it 6 s).
+            let _ = hash;
             self.counters
                 .unknown_info_hash
                 .fetch_add(1, Ordering::Relaxed);
+            self.records.send(Record::UnmatchedIncoming {
+                at: self.unix_ms(now),
+                error: if report.handshake {
+                    ErrorClass::UnknownInfoHash
+                } else {
+                    error_class(&report)
+                },
+            });
             return;
         };
-        // Identity of an incoming peer: its listen port from the extension handshake, else
-        // the (ephemeral) source port.
-        let port = report.listen_port.unwrap_or(done.peer.port());
+        // Identity of an incoming peer: (torrent, ip, listen port from the extension
+        // handshake). Without a listen port the peer cannot be dialled back (its source port
+        // is ephemeral): its progress is stored under the source port, and it is not added to
+        // the peers we probe.
+        let Some(port) = report.listen_port else {
+            if report.succeeded() {
+                let outcome = outcome_record(
+                    self.catalog.get(torrent).db_id,
+                    done.peer,
+                    ContactKind::Incoming,
+                    self.unix_ms(now),
+                    None,
+                    &report,
+                    None,
+                );
+                self.records.send(Record::Outcome(Box::new(outcome)));
+            } else {
+                self.records.send(Record::UnmatchedIncoming {
+                    at: self.unix_ms(now),
+                    error: error_class(&report),
+                });
+            }
+            return;
+        };
         let addr = SocketAddr::new(done.peer.ip(), port);
         let owner = owner_worker(torrent, addr, self.route.len());
         self.outbox[owner].push(WorkerMsg::Peers {
@@ -474,6 +512,11 @@ impl WorkerDriver for ScanDriver {
         };
         let (torrent, addr) = (entry.torrent, entry.addr());
         self.counters.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.probe_seq += 1;
+        let workers = self.route.len() as u64;
+        let nonce = (self.epoch_unix_ms as u64)
+            .wrapping_mul(1_000_003)
+            .wrapping_add(self.probe_seq * workers + self.worker as u64);
         Some(ProbeRequest {
             addr,
             token: idx as u64,
@@ -483,7 +526,8 @@ impl WorkerDriver for ScanDriver {
                 torrent,
                 kind,
                 now,
-            ),
+            )
+            .with_peer_id_nonce(nonce),
         })
     }
 
