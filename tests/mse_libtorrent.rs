@@ -273,6 +273,11 @@ fn respond_to_leecher(level: &str, allowed: CryptoSet, prefer: Crypto, expect: C
     };
     assert_eq!(done.info_hash, info_hash);
     assert_eq!(done.crypto, expect);
+    eprintln!(
+        "libtorrent as initiator: IA {} bytes, {} payload bytes with its last handshake packet",
+        done.initial_payload.len(),
+        done.payload.len()
+    );
     let mut stream = done.stream;
     let mut reply = our_handshake(&info_hash);
     reply.extend_from_slice(&our_ext_handshake());
@@ -294,6 +299,29 @@ fn respond_to_leecher(level: &str, allowed: CryptoSet, prefer: Crypto, expect: C
     );
     assert!(seen.has_ut_metadata);
     drop(lt);
+}
+
+/// The control: with encryption forced, a plaintext BitTorrent handshake gets no answer.
+#[test]
+fn forced_libtorrent_seeder_drops_plaintext_handshake() {
+    let lt = LtPeer::spawn(&["seed", "--level", "both"]);
+    let info_hash = lt.info_hash();
+    let port = lt.info["port"].as_u64().unwrap() as u16;
+    let mut sock = TcpStream::connect(("127.0.0.1", port)).expect("connect to libtorrent");
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    sock.write_all(&our_handshake(&info_hash)).unwrap();
+    let mut buf = [0u8; 1024];
+    let got = match sock.read(&mut buf) {
+        Ok(n) => n,
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => 0,
+        Err(e) => panic!("expected libtorrent to close the connection, got {e}"),
+    };
+    assert_eq!(
+        got,
+        0,
+        "libtorrent answered a plaintext handshake: {:?}",
+        &buf[..got]
+    );
 }
 
 #[test]

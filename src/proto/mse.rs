@@ -199,7 +199,8 @@ pub struct ResponderDone {
     /// Ciphers for everything that follows, in both directions.
     pub stream: MseStream,
     /// The initiator's decrypted initial payload (IA): the start of its BitTorrent stream,
-    /// often its handshake; libtorrent sends none. Comes before `payload`.
+    /// often its handshake (libtorrent 2.1.1 sends exactly its 68-byte handshake here).
+    /// Comes before `payload`.
     pub initial_payload: Vec<u8>,
     /// Bytes that followed IA in the input, already decrypted (plaintext if selected).
     pub payload: Vec<u8>,
@@ -414,7 +415,6 @@ enum InitiatorPhase {
 }
 
 /// The connecting side (A) of the handshake.
-#[derive(Debug)]
 pub struct Initiator {
     info_hash: [u8; 20],
     private_key: [u8; PRIVATE_KEY_LEN],
@@ -427,6 +427,16 @@ pub struct Initiator {
     /// (encrypt with keyA, decrypt with keyB), once S is known.
     ciphers: Option<(Rc4, Rc4)>,
     phase: InitiatorPhase,
+}
+
+impl std::fmt::Debug for Initiator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Keys and secrets stay out of logs.
+        f.debug_struct("Initiator")
+            .field("phase", &self.phase)
+            .field("buffered", &self.buf.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Initiator {
@@ -630,7 +640,6 @@ enum ResponderPhase {
 }
 
 /// The accepting side (B) of the handshake.
-#[derive(Debug)]
 pub struct Responder {
     private_key: [u8; PRIVATE_KEY_LEN],
     pad_b: Vec<u8>,
@@ -644,6 +653,16 @@ pub struct Responder {
     /// (encrypt with keyB, decrypt with keyA), once SKEY is known.
     ciphers: Option<(Rc4, Rc4)>,
     phase: ResponderPhase,
+}
+
+impl std::fmt::Debug for Responder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Keys and secrets stay out of logs.
+        f.debug_struct("Responder")
+            .field("phase", &self.phase)
+            .field("buffered", &self.buf.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Responder {

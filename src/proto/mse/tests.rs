@@ -410,3 +410,16 @@ proptest! {
         let _ = b.on_bytes(&to_b, &mut Vec::new(), lookup_in(&[IH]));
     }
 }
+
+#[test]
+fn debug_output_hides_keys() {
+    let a = initiator(CryptoSet::BOTH, 0, 0, b"");
+    let b = responder(CryptoSet::BOTH, Crypto::Rc4, 0, 0);
+    let text = format!("{a:?} {b:?}");
+    assert!(
+        text.contains("New") && text.contains("AwaitPublicKey"),
+        "{text}"
+    );
+    // key(1) starts with 1, 8, 15 ...; no byte arrays at all in the output.
+    assert!(!text.contains('['), "{text}");
+}
