@@ -423,3 +423,20 @@ fn debug_output_hides_keys() {
     // key(1) starts with 1, 8, 15 ...; no byte arrays at all in the output.
     assert!(!text.contains('['), "{text}");
 }
+
+#[test]
+fn dh_matches_independent_computation() {
+    // Computed with Python's pow(2, x, P) / pow(Y, x, P) (arbitrary-precision integers).
+    let x = [0xFF; 20];
+    let y: [u8; 20] =
+        crate::proto::hex::decode_array("0123456789abcdef0123456789abcdef01234567").unwrap();
+    let public_x = "fe9aac142f64ad4d5bca7e30bea17d62c709de9e4c5694e2b27e8c6ed82510bb57952fcce38f6a5084b9699ec34b033ed1a0dbd51d70274bff40ae493f0ce2cdbd3cbd6055c9677a7eb70d29f4d8ecfbc2625316a7ae1a0d3d6605f0406bad79";
+    let secret = "a0db14591ac4df8360284a344329f92d393270af6279aa15638d4571a334b903a4e6f6850451771755ff4aafcd143d286c7fef20608798d87990703d04f089fdb36c85d826cc7b9e3024a269e11d52348c4c14f3ee4c7d9b6e5b154b23af2af8";
+    assert_eq!(crate::proto::hex::encode(&dh_public_key(&x)), public_x);
+    let s = dh_shared_secret(&x, &dh_public_key(&y)).unwrap();
+    assert_eq!(crate::proto::hex::encode(&s), secret);
+    assert_eq!(
+        crate::proto::hex::encode(&req2_hash(&IH)),
+        "debcbb002ca1ef763a10a40caaeab1f00a565dbe"
+    );
+}
