@@ -17,6 +17,7 @@ use swarmscan::proto::peer_wire::ext::{ExtHandshake, UT_METADATA};
 use swarmscan::proto::peer_wire::{encode_handshake, Handshake, Message, MessageReader, Reserved};
 
 const OUR_PEER_ID: &[u8; 20] = b"-SW0100-msetest00001";
+const OUR_UT_METADATA: u8 = 3;
 
 fn python() -> String {
     let py = std::env::var("SWARMSCAN_PYTHON").unwrap_or_else(|_| "python3".to_string());
@@ -112,8 +113,12 @@ fn read_some(sock: &mut TcpStream, deadline: Instant, what: &str) -> Vec<u8> {
 struct Seen {
     handshake: Handshake,
     client: String,
-    has_ut_metadata: bool,
+    ut_metadata: Option<u8>,
     have_all_or_bitfield: bool,
+    /// Every message parsed so far, re-encoded.
+    earlier: Vec<Vec<u8>>,
+    /// The parser, holding whatever followed.
+    reader: MessageReader,
 }
 
 /// Decrypts and parses libtorrent's stream until its handshake, extension handshake and (if
@@ -128,7 +133,8 @@ fn read_bt_stream(
     let mut reader = MessageReader::default();
     reader.feed(first);
     let mut handshake = None;
-    let (mut client, mut has_ut_metadata, mut have) = (None, false, false);
+    let (mut client, mut ut_metadata, mut have) = (None, None, false);
+    let mut earlier = Vec::new();
     loop {
         if handshake.is_none() {
             handshake = reader
@@ -137,11 +143,12 @@ fn read_bt_stream(
         }
         if handshake.is_some() {
             while let Some(m) = reader.read_message().expect("libtorrent's messages parse") {
+                earlier.push(m.to_vec());
                 match m {
                     Message::Extended { ext_id: 0, payload } => {
                         let ext = ExtHandshake::decode(payload).expect("extension handshake");
                         client = Some(ext.client().unwrap_or("").to_string());
-                        has_ut_metadata = ext.id_of(UT_METADATA).is_some();
+                        ut_metadata = ext.id_of(UT_METADATA);
                     }
                     Message::HaveAll | Message::Bitfield(_) => have = true,
                     _ => {}
@@ -158,8 +165,40 @@ fn read_bt_stream(
     Seen {
         handshake: handshake.unwrap(),
         client: client.unwrap(),
-        has_ut_metadata,
+        ut_metadata,
         have_all_or_bitfield: have,
+        earlier,
+        reader,
+    }
+}
+
+/// Reads on until a message matching `want` arrives, or finds it among those `seen` parsed
+/// already (proof that libtorrent understood what we sent through the stream).
+fn wait_for_message(
+    sock: &mut TcpStream,
+    stream: &mut MseStream,
+    seen: &mut Seen,
+    what: &str,
+    want: impl Fn(&Message) -> bool,
+) {
+    if seen
+        .earlier
+        .iter()
+        .any(|raw| want(&swarmscan::proto::peer_wire::decode(raw).unwrap().0))
+    {
+        return;
+    }
+    let reader = &mut seen.reader;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        while let Some(m) = reader.read_message().expect("libtorrent's messages parse") {
+            if want(&m) {
+                return;
+            }
+        }
+        let mut chunk = read_some(sock, deadline, what);
+        stream.decrypt(&mut chunk);
+        reader.feed(&chunk);
     }
 }
 
@@ -169,7 +208,8 @@ fn our_handshake(info_hash: &[u8; 20]) -> Vec<u8> {
 }
 
 fn our_ext_handshake() -> Vec<u8> {
-    let d = b"d1:md11:ut_metadatai3ee1:v13:swarmscan-msee";
+    let d = format!("d1:md11:ut_metadatai{OUR_UT_METADATA}ee1:v13:swarmscan-msee");
+    let d = d.as_bytes();
     let mut m = ((d.len() + 2) as u32).to_be_bytes().to_vec();
     m.extend_from_slice(&[20, 0]);
     m.extend_from_slice(d);
@@ -213,7 +253,7 @@ fn initiate_to_seeder(level: &str, provide: CryptoSet, expect: Crypto) {
     let mut ext = our_ext_handshake();
     stream.encrypt(&mut ext);
     sock.write_all(&ext).unwrap();
-    let seen = read_bt_stream(&mut sock, &mut stream, &done.payload, true);
+    let mut seen = read_bt_stream(&mut sock, &mut stream, &done.payload, true);
     assert_eq!(seen.handshake.info_hash, info_hash);
     assert!(
         seen.handshake.peer_id.starts_with(b"-LT2110-"),
@@ -226,7 +266,19 @@ fn initiate_to_seeder(level: &str, provide: CryptoSet, expect: Crypto) {
         "{}",
         seen.client
     );
-    assert!(seen.has_ut_metadata && seen.have_all_or_bitfield);
+    assert!(seen.have_all_or_bitfield);
+    // Ask for metadata piece 0 through the stream: the answer must use our ut_metadata id.
+    let lt_ut_metadata = seen.ut_metadata.expect("libtorrent advertises ut_metadata");
+    let req = b"d8:msg_typei0e5:piecei0ee";
+    let mut msg = ((req.len() + 2) as u32).to_be_bytes().to_vec();
+    msg.extend_from_slice(&[20, lt_ut_metadata]);
+    msg.extend_from_slice(req);
+    stream.encrypt(&mut msg);
+    sock.write_all(&msg).unwrap();
+    wait_for_message(&mut sock, &mut stream, &mut seen, "ut_metadata data", |m| {
+        matches!(m, Message::Extended { ext_id: OUR_UT_METADATA, payload }
+            if payload.starts_with(b"d8:msg_typei1e"))
+    });
 }
 
 /// Let a forced-encryption libtorrent leecher connect to us; we are the MSE responder.
@@ -281,11 +333,12 @@ fn respond_to_leecher(level: &str, allowed: CryptoSet, prefer: Crypto, expect: C
     let mut stream = done.stream;
     let mut reply = our_handshake(&info_hash);
     reply.extend_from_slice(&our_ext_handshake());
+    reply.extend_from_slice(&Message::HaveAll.to_vec());
     stream.encrypt(&mut reply);
     sock.write_all(&reply).unwrap();
     let mut first_bytes = done.initial_payload;
     first_bytes.extend_from_slice(&done.payload);
-    let seen = read_bt_stream(&mut sock, &mut stream, &first_bytes, false);
+    let mut seen = read_bt_stream(&mut sock, &mut stream, &first_bytes, false);
     assert_eq!(seen.handshake.info_hash, info_hash);
     assert!(
         seen.handshake.peer_id.starts_with(b"-LT2110-"),
@@ -297,7 +350,11 @@ fn respond_to_leecher(level: &str, allowed: CryptoSet, prefer: Crypto, expect: C
         "{}",
         seen.client
     );
-    assert!(seen.has_ut_metadata);
+    assert!(seen.ut_metadata.is_some());
+    // We claimed to be a seed (have_all): the leecher must say it is interested.
+    wait_for_message(&mut sock, &mut stream, &mut seen, "interested", |m| {
+        *m == Message::Interested
+    });
     drop(lt);
 }
 
