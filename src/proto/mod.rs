@@ -8,6 +8,7 @@ pub mod http;
 pub mod krpc;
 pub mod magnet;
 pub mod metainfo;
+pub mod mse;
 pub mod peer_wire;
 pub mod probe;
 pub mod tracker_http;
