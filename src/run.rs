@@ -423,6 +423,7 @@ pub fn run_scan(
                 stop.clone(),
                 blocklist.clone(),
             )
+            .with_encryption(config.net.encryption)
         })
         .collect();
 

@@ -132,6 +132,8 @@ pub enum ProbeEnd {
     UnknownInfoHash,
     /// The peer broke the protocol (bad message); what was wrong.
     ProtocolError(String),
+    /// The MSE/PE (encryption) handshake failed; what was wrong.
+    MseFailed(String),
 }
 
 /// What one probe found. Progress fields are valid when `progress_source` is set.
@@ -169,6 +171,8 @@ pub struct ProbeReport {
     /// (only for torrents whose piece count was unknown).
     #[serde(skip)]
     pub metainfo: Option<Box<Metainfo>>,
+    /// The connection used MSE/PE: the method selected ("rc4" or "plaintext").
+    pub mse: Option<&'static str>,
 }
 
 impl ProbeReport {
@@ -284,6 +288,7 @@ impl Probe {
                 dht_port: None,
                 pex: Vec::new(),
                 metainfo: None,
+                mse: None,
             },
             started: now,
             last_message: now,
@@ -305,6 +310,21 @@ impl Probe {
 
     pub fn into_report(self) -> ProbeReport {
         self.report
+    }
+
+    /// Records that the connection runs over MSE/PE with this method.
+    pub fn set_mse(&mut self, method: &'static str) {
+        self.report.mse = Some(method);
+    }
+
+    /// Ends the probe for a reason found outside it (e.g. a failed encryption handshake).
+    pub fn abort(&mut self, now: Millis, end: ProbeEnd) {
+        if !self.done {
+            self.report.end = end;
+            self.report.total_ms = now.saturating_sub(self.started);
+            self.done = true;
+            self.bits = Vec::new();
+        }
     }
 
     pub fn is_done(&self) -> bool {

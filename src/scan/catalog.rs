@@ -42,18 +42,30 @@ impl CatalogTorrent {
 pub struct Catalog {
     pub torrents: Vec<CatalogTorrent>,
     by_hash: HashMap<[u8; 20], u32>,
+    /// MSE's `HASH('req2', info-hash)` → info-hash, for encrypted incoming connections.
+    by_req2: HashMap<[u8; 20], [u8; 20]>,
 }
 
 impl Catalog {
     pub fn new(torrents: Vec<CatalogTorrent>) -> Arc<Catalog> {
         let mut by_hash = HashMap::new();
+        let mut by_req2 = HashMap::new();
         for (i, t) in torrents.iter().enumerate() {
-            by_hash.insert(t.wire_hash, i as u32);
-            if let Some(alt) = t.alt_hash {
-                by_hash.insert(alt, i as u32);
+            for h in std::iter::once(t.wire_hash).chain(t.alt_hash) {
+                by_hash.insert(h, i as u32);
+                by_req2.insert(crate::proto::mse::req2_hash(&h), h);
             }
         }
-        Arc::new(Catalog { torrents, by_hash })
+        Arc::new(Catalog {
+            torrents,
+            by_hash,
+            by_req2,
+        })
+    }
+
+    /// The info-hash an MSE initiator asked for (by its `req2` hash), if we scan it.
+    pub fn by_req2(&self, req2: &[u8; 20]) -> Option<[u8; 20]> {
+        self.by_req2.get(req2).copied()
     }
 
     pub fn index_of(&self, hash: &[u8; 20]) -> Option<u32> {

@@ -11,8 +11,10 @@ use super::blocklist::Blocklist;
 use super::catalog::Catalog;
 use super::peer_table::{flag, owner_worker, source, Inserted, PeerIdx, PeerTable, NOT_SCHEDULED};
 use super::revisit::{RevisitPolicy, RevisitWheel, VisitResult};
+use crate::config::Encryption;
 use crate::engine::conversation::{Conversation, Millis, Verdict};
 use crate::engine::worker::{Ending, ProbeDone, ProbeRequest, WorkerDriver};
+use crate::proto::mse;
 use crate::proto::probe::{Direction, Probe, ProbeEnd, ProbeReport, ProbeSettings, Step};
 use crate::store::record::{
     DiscoveryRecord, ErrorClass, PeerSource, ProbeEvent, ProbeOutcome, ProbeResult, Progress,
@@ -29,12 +31,63 @@ pub enum ContactKind {
     Incoming,
 }
 
-/// A probe adapted to the engine's conversation contract.
+/// The encryption layer between the socket and the probe.
+enum Layer {
+    /// Plain BitTorrent.
+    Plain,
+    /// Incoming: the first bytes decide between plain and MSE.
+    Sniffing(Vec<u8>),
+    /// Outgoing MSE handshake under way (our BitTorrent handshake rides in it as IA).
+    Initiating(Box<mse::Initiator>),
+    /// Incoming MSE handshake under way.
+    Responding(Box<mse::Responder>),
+    /// MSE done: everything passes through the stream's ciphers.
+    Stream(Box<mse::MseStream>),
+}
+
+/// A probe adapted to the engine's conversation contract, with optional MSE/PE.
 pub struct ProbeConv {
     probe: Probe,
     settings: Arc<ProbeSettings>,
     catalog: Arc<Catalog>,
     pub kind: ContactKind,
+    layer: Layer,
+    /// An outgoing MSE handshake was attempted.
+    pub mse_attempted: bool,
+}
+
+/// `n` bytes from the kernel's CSPRNG (MSE keys and pads).
+fn random_bytes(n: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; n];
+    let mut filled = 0;
+    while filled < n {
+        // Safety: the pointer and length describe the unfilled tail of `buf`.
+        let r = unsafe { libc::getrandom(buf[filled..].as_mut_ptr().cast(), n - filled, 0) };
+        if r <= 0 {
+            break; // getrandom(2) does not fail for small requests; keep what we have
+        }
+        filled += r as usize;
+    }
+    buf
+}
+
+fn private_key() -> [u8; mse::PRIVATE_KEY_LEN] {
+    let mut key = [0u8; mse::PRIVATE_KEY_LEN];
+    key.copy_from_slice(&random_bytes(mse::PRIVATE_KEY_LEN));
+    key
+}
+
+/// A short random pad (0–31 bytes): obfuscation only, so keep the bytes on the wire small.
+fn pad() -> Vec<u8> {
+    let len = random_bytes(1)[0] as usize % 32;
+    random_bytes(len)
+}
+
+fn crypto_name(c: mse::Crypto) -> &'static str {
+    match c {
+        mse::Crypto::Rc4 => "rc4",
+        mse::Crypto::Plaintext => "plaintext",
+    }
 }
 
 impl ProbeConv {
@@ -55,6 +108,8 @@ impl ProbeConv {
             settings,
             catalog,
             kind,
+            layer: Layer::Plain,
+            mse_attempted: false,
         }
     }
 
@@ -64,12 +119,21 @@ impl ProbeConv {
         self
     }
 
+    /// Talk MSE/PE (BEP 8 style encryption) on this outgoing connection; the initiator is
+    /// built at connect time, with our handshake as its initial payload.
+    pub fn with_mse(mut self) -> ProbeConv {
+        self.mse_attempted = true;
+        self
+    }
+
     pub fn incoming(settings: Arc<ProbeSettings>, catalog: Arc<Catalog>, now: Millis) -> ProbeConv {
         ProbeConv {
             probe: Probe::new(Direction::Incoming, now),
             settings,
             catalog,
             kind: ContactKind::Incoming,
+            layer: Layer::Sniffing(Vec::new()),
+            mse_attempted: false,
         }
     }
 
@@ -79,6 +143,23 @@ impl ProbeConv {
 
     pub fn into_report(self) -> ProbeReport {
         self.probe.into_report()
+    }
+
+    /// Feeds plaintext to the probe; what it sends goes through the stream's cipher.
+    fn feed(&mut self, now: Millis, plain: &[u8], send: &mut Vec<u8>) -> Step {
+        let start = send.len();
+        let step = self
+            .probe
+            .on_bytes(&self.settings, &*self.catalog, now, plain, send);
+        if let Layer::Stream(stream) = &mut self.layer {
+            stream.encrypt(&mut send[start..]);
+        }
+        step
+    }
+
+    fn mse_failed(&mut self, now: Millis, e: mse::MseError) -> Verdict {
+        self.probe.abort(now, ProbeEnd::MseFailed(e.to_string()));
+        Verdict::Finished
     }
 }
 
@@ -91,20 +172,109 @@ fn verdict(step: Step) -> Verdict {
 
 impl Conversation for ProbeConv {
     fn on_connected(&mut self, now: Millis, send: &mut Vec<u8>) {
-        self.probe.on_connected(&self.settings, now, send);
+        if !self.mse_attempted {
+            self.probe.on_connected(&self.settings, now, send);
+            return;
+        }
+        let mut handshake = Vec::new();
+        self.probe.on_connected(&self.settings, now, &mut handshake);
+        let info_hash = self.probe.report().info_hash.unwrap_or_default();
+        match mse::Initiator::new(
+            info_hash,
+            private_key(),
+            pad(),
+            Vec::new(),
+            mse::CryptoSet::BOTH,
+            handshake,
+        ) {
+            Ok(mut initiator) => {
+                initiator.start(send);
+                self.layer = Layer::Initiating(Box::new(initiator));
+            }
+            Err(e) => {
+                self.mse_failed(now, e);
+            }
+        }
     }
+
     fn on_bytes(&mut self, now: Millis, bytes: &[u8], send: &mut Vec<u8>) -> Verdict {
-        verdict(
-            self.probe
-                .on_bytes(&self.settings, &*self.catalog, now, bytes, send),
-        )
+        match &mut self.layer {
+            Layer::Plain => verdict(self.feed(now, bytes, send)),
+            Layer::Stream(stream) => {
+                let mut plain = bytes.to_vec();
+                stream.decrypt(&mut plain);
+                verdict(self.feed(now, &plain, send))
+            }
+            Layer::Initiating(initiator) => match initiator.on_bytes(bytes, send) {
+                Ok(mse::Progress::NeedMore) => Verdict::Continue,
+                Ok(mse::Progress::Done(done)) => {
+                    self.probe.set_mse(crypto_name(done.crypto));
+                    self.layer = Layer::Stream(Box::new(done.stream));
+                    verdict(self.feed(now, &done.payload, send))
+                }
+                Err(e) => self.mse_failed(now, e),
+            },
+            Layer::Sniffing(seen) => {
+                seen.extend_from_slice(bytes);
+                match mse::classify_incoming(seen) {
+                    mse::IncomingKind::NeedMore => Verdict::Continue,
+                    mse::IncomingKind::Plaintext => {
+                        let seen = std::mem::take(seen);
+                        self.layer = Layer::Plain;
+                        verdict(self.feed(now, &seen, send))
+                    }
+                    mse::IncomingKind::Encrypted => {
+                        let seen = std::mem::take(seen);
+                        match mse::Responder::new(
+                            private_key(),
+                            pad(),
+                            Vec::new(),
+                            mse::CryptoSet::BOTH,
+                            mse::Crypto::Rc4,
+                        ) {
+                            Ok(r) => {
+                                self.layer =
+                                    Layer::Responding(Box::new(r.with_max_initial_payload(4096)));
+                                self.on_bytes(now, &seen, send)
+                            }
+                            Err(e) => self.mse_failed(now, e),
+                        }
+                    }
+                }
+            }
+            Layer::Responding(responder) => {
+                let catalog = self.catalog.clone();
+                match responder.on_bytes(bytes, send, |req2| catalog.by_req2(req2)) {
+                    Ok(mse::Progress::NeedMore) => Verdict::Continue,
+                    Ok(mse::Progress::Done(done)) => {
+                        self.probe.set_mse(crypto_name(done.crypto));
+                        self.layer = Layer::Stream(Box::new(done.stream));
+                        let mut plain = done.initial_payload;
+                        plain.extend_from_slice(&done.payload);
+                        verdict(self.feed(now, &plain, send))
+                    }
+                    Err(e) => self.mse_failed(now, e),
+                }
+            }
+        }
     }
+
     fn deadline(&self) -> Millis {
         self.probe.deadline(&self.settings)
     }
+
     fn on_deadline(&mut self, now: Millis, send: &mut Vec<u8>) -> Verdict {
-        verdict(self.probe.on_deadline(&self.settings, now, send))
+        let start = send.len();
+        let step = self.probe.on_deadline(&self.settings, now, send);
+        if let Layer::Stream(stream) = &mut self.layer {
+            stream.encrypt(&mut send[start..]);
+        } else if !matches!(self.layer, Layer::Plain) {
+            // Still in an MSE handshake: nothing the probe says may go out in the clear.
+            send.truncate(start);
+        }
+        verdict(step)
     }
+
     fn on_closed(&mut self, now: Millis, errno: Option<i32>) {
         self.probe.on_closed(now, errno);
     }
@@ -178,6 +348,7 @@ pub struct ScanDriver {
     last_tick: Millis,
     /// Outgoing probes started by this worker (makes each probe's peer-id unique).
     probe_seq: u64,
+    encryption: Encryption,
     pub counters: Arc<WorkerCounters>,
 }
 
@@ -217,7 +388,24 @@ impl ScanDriver {
             blocklist,
             last_tick: 0,
             probe_seq: 0,
+            encryption: Encryption::Fallback,
             counters: Arc::new(WorkerCounters::default()),
+        }
+    }
+
+    /// When to talk MSE/PE to a peer (`net.encryption`).
+    pub fn with_encryption(mut self, encryption: Encryption) -> ScanDriver {
+        self.encryption = encryption;
+        self
+    }
+
+    /// Whether the next probe of a peer with these flags uses MSE.
+    fn use_mse(&self, flags: u8) -> bool {
+        match self.encryption {
+            Encryption::Off => false,
+            Encryption::Require => true,
+            Encryption::Prefer => flags & flag::MSE_FAILED == 0,
+            Encryption::Fallback => flags & flag::USE_MSE != 0 && flags & flag::MSE_FAILED == 0,
         }
     }
 
@@ -510,7 +698,8 @@ impl WorkerDriver for ScanDriver {
         } else {
             ContactKind::First
         };
-        let (torrent, addr) = (entry.torrent, entry.addr());
+        let (torrent, addr, flags) = (entry.torrent, entry.addr(), entry.flags);
+        let use_mse = self.use_mse(flags);
         self.counters.in_flight.fetch_add(1, Ordering::Relaxed);
         self.probe_seq += 1;
         let workers = self.route.len() as u64;
@@ -529,6 +718,12 @@ impl WorkerDriver for ScanDriver {
             )
             .with_peer_id_nonce(nonce),
         })
+        .map(|mut r| {
+            if use_mse {
+                r.conv = r.conv.with_mse();
+            }
+            r
+        })
     }
 
     fn probe_done(&mut self, now: Millis, done: ProbeDone<ProbeConv>) {
@@ -545,14 +740,41 @@ impl WorkerDriver for ScanDriver {
             return;
         }
         let kind = done.conv.kind;
+        let mse_attempted = done.conv.mse_attempted;
         let report = done.conv.into_report();
-        self.apply_visit(
-            done.token as PeerIdx,
-            report,
-            kind,
-            done.started_at,
-            done.connect_ms,
-        );
+        let idx = done.token as PeerIdx;
+        // A peer that hangs up on our plaintext handshake right after connecting usually
+        // requires encryption (libtorrent's "forced" policy does exactly this); one whose MSE
+        // handshake fails gets plaintext. Either way it is retried at once, the other way.
+        let hung_up = done.connect_ms.is_some()
+            && !report.handshake
+            && matches!(
+                report.end,
+                ProbeEnd::PeerClosed | ProbeEnd::SocketError(libc::ECONNRESET)
+            );
+        let mse_failed = mse_attempted
+            && report.mse.is_none()
+            && (hung_up || matches!(report.end, ProbeEnd::MseFailed(_)));
+        self.apply_visit(idx, report, kind, done.started_at, done.connect_ms);
+        let secs = Self::secs(now);
+        let p = self.table.get_mut(idx);
+        let retry = if mse_failed && self.encryption != Encryption::Require {
+            p.flags |= flag::MSE_FAILED;
+            true
+        } else if hung_up
+            && !mse_attempted
+            && self.encryption == Encryption::Fallback
+            && p.flags & (flag::USE_MSE | flag::MSE_FAILED) == 0
+        {
+            p.flags |= flag::USE_MSE;
+            true
+        } else {
+            false
+        };
+        if retry {
+            p.next_visit = secs + 1;
+            self.wheel.schedule(idx, secs + 1);
+        }
     }
 
     fn incoming(
@@ -628,6 +850,9 @@ pub fn outcome_record(
     if kind == ContactKind::Incoming {
         transport = transport | Transport::INCOMING;
     }
+    if report.mse.is_some() {
+        transport = transport | Transport::MSE;
+    }
     ProbeOutcome {
         torrent_id,
         addr,
@@ -652,6 +877,7 @@ pub fn error_class(report: &ProbeReport) -> ErrorClass {
         ProbeEnd::SocketError(e) => ErrorClass::from_errno(*e),
         ProbeEnd::UnknownProtocol | ProbeEnd::ProtocolError(_) => ErrorClass::UnknownProtocol,
         ProbeEnd::UnknownInfoHash => ErrorClass::UnknownInfoHash,
+        ProbeEnd::MseFailed(_) => ErrorClass::MseFailed,
         // Closed by the peer, or quiet after a handshake that never completed.
         ProbeEnd::PeerClosed => ErrorClass::Broken,
         ProbeEnd::QuietTimeout | ProbeEnd::MaxDuration => {

@@ -40,6 +40,10 @@ pub mod flag {
     pub const EVALUATED: u8 = 8;
     /// A probe is in flight for this peer.
     pub const IN_FLIGHT: u8 = 16;
+    /// Plaintext failed in a way that says "encryption required": talk MSE to this peer.
+    pub const USE_MSE: u8 = 32;
+    /// MSE failed with this peer: talk plaintext.
+    pub const MSE_FAILED: u8 = 64;
 }
 
 /// One known peer. Times are whole seconds since the scan's epoch.

@@ -7,6 +7,8 @@ import json, os, select, sys, tempfile, time
 import libtorrent as lt
 
 pieces = int(sys.argv[1]) if len(sys.argv) > 1 else 300
+# "plain" (default) or "forced": libtorrent then refuses any unencrypted connection.
+encryption = sys.argv[2] if len(sys.argv) > 2 else "plain"
 d = tempfile.mkdtemp(prefix="swarmscan-probe-")
 path = os.path.join(d, "content.bin")
 with open(path, "wb") as f:
@@ -19,8 +21,9 @@ ti = lt.torrent_info(lt.bencode(ct.generate()))
 ses = lt.session({
     "listen_interfaces": "127.0.0.1:0",
     "enable_dht": False, "enable_lsd": False, "enable_upnp": False, "enable_natpmp": False,
-    # Plain connections only: swarmscan does not speak MSE yet.
-    "in_enc_policy": 2, "out_enc_policy": 2,
+    # pe_settings: 0 = forced, 2 = disabled.
+    "in_enc_policy": 0 if encryption == "forced" else 2,
+    "out_enc_policy": 0 if encryption == "forced" else 2,
 })
 h = ses.add_torrent({"ti": ti, "save_path": d})
 deadline = time.time() + 30
