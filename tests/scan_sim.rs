@@ -228,6 +228,23 @@ fn sigterm_stops_the_cli_flushes_everything_and_exits_zero() {
     let report = store.report().unwrap();
     let stored: i64 = report.outcomes.iter().map(|e| e.attempts).sum();
     assert_eq!(stored as u64, probes);
+    // The time series behind figures 5.3 and 5.4: the tracker's addresses per source.
+    let series = Command::new(bin)
+        .args(["series", "--bucket", "1h", "--set"])
+        .arg(format!("database={:?}", db.display().to_string()))
+        .output()
+        .unwrap();
+    assert!(series.status.success());
+    let csv = String::from_utf8_lossy(&series.stdout);
+    let mut lines = csv.lines();
+    assert_eq!(lines.next(), Some("figure,bucket_start,key,count,new"));
+    let received: i64 = lines
+        .filter(|l| l.starts_with("5.3_addresses,"))
+        .map(|l| l.split(',').nth(3).unwrap().parse::<i64>().unwrap())
+        .sum();
+    let stored_received: i64 = report.sources.iter().map(|s| s.received).sum();
+    assert!(received > 0);
+    assert_eq!(received, stored_received, "{csv}");
     // IPs are truncated: no full address is stored.
     let mut ips = Vec::new();
     store

@@ -38,6 +38,8 @@ enum Command {
     Report(report_cmd::ReportArgs),
     /// One line per peer: address, progress, threshold crossing, source, client, transport.
     Peers(report_cmd::PeersArgs),
+    /// Time series behind thesis figures 5.3 and 5.4, as CSV (or JSON lines).
+    Series(report_cmd::SeriesArgs),
 }
 
 /// Runs the CLI and returns the process exit code.
@@ -59,5 +61,6 @@ pub fn main() -> i32 {
         Command::Config(args) => config_cmd::run(&args),
         Command::Report(args) => report_cmd::run_report(&args),
         Command::Peers(args) => report_cmd::run_peers(&args),
+        Command::Series(args) => report_cmd::run_series(&args),
     }
 }
