@@ -739,6 +739,8 @@ impl Probe {
                     }
                 }
             }
+            // BEP 9: unknown message types are ignored, not an error.
+            Err(super::peer_wire::ext::ExtError::UnknownMetadataType(_)) => {}
             Ok(MetadataMessage::Reject { .. }) | Err(_) => self.metadata = None,
             Ok(MetadataMessage::Request { .. }) => {}
         }
@@ -1191,6 +1193,12 @@ mod tests {
         assert_eq!(p.report().progress(), None, "piece count still unknown");
         // The grace does not end the probe while metadata is on its way.
         assert_eq!(p.deadline(&s), 3 + s.quiet_timeout_ms);
+        // A ut_metadata message type we don't know is ignored (BEP 9), not fatal to the fetch.
+        let unknown = msg(Message::Extended {
+            ext_id: OUR_UT_METADATA_ID,
+            payload: b"d8:msg_typei9e5:piecei0ee",
+        });
+        p.on_bytes(&s, &no_torrents, 4, &unknown, &mut out);
         p.on_bytes(&s, &no_torrents, 4, &data_message(&info, 1), &mut out);
         p.on_bytes(&s, &no_torrents, 5, &data_message(&info, 0), &mut out);
         let r = p.report();
