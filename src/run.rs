@@ -112,6 +112,51 @@ impl TorrentInput {
             peers,
         })
     }
+
+    /// A torrent already in the database (from `add` or an earlier run).
+    pub fn from_row(row: crate::store::TorrentRow) -> Option<TorrentInput> {
+        let v1 = row
+            .info_hash_v1
+            .as_deref()
+            .and_then(crate::proto::hex::decode_array::<20>);
+        let v2 = row
+            .info_hash_v2
+            .as_deref()
+            .and_then(crate::proto::hex::decode_array::<32>);
+        let hashes = crate::proto::metainfo::InfoHashes {
+            v1: v1.map(crate::proto::metainfo::InfoHashV1),
+            v2: v2.map(crate::proto::metainfo::InfoHashV2),
+        };
+        let ids = hashes.wire_ids();
+        let wire_hash = *ids.first()?;
+        Some(TorrentInput {
+            record: TorrentRecord {
+                info_hash_v1: v1,
+                info_hash_v2: v2,
+                name: row.name.clone(),
+                piece_count: row.piece_count,
+                piece_length: row.piece_length.map(|v| v as u64),
+                total_size: row.total_size.map(|v| v as u64),
+                source: match row.source.as_str() {
+                    "magnet" => TorrentSource::Magnet,
+                    "hash" => TorrentSource::Hash,
+                    _ => TorrentSource::File,
+                },
+                added_at: row.added_at,
+                trackers: row.trackers.clone(),
+            },
+            name: row
+                .name
+                .clone()
+                .unwrap_or_else(|| crate::proto::hex::encode(&wire_hash)),
+            wire_hash,
+            alt_hash: ids.get(1).copied(),
+            piece_count: row.piece_count.unwrap_or(0),
+            total_size: row.total_size.unwrap_or(0).max(0) as u64,
+            trackers: row.trackers,
+            peers: Vec::new(),
+        })
+    }
 }
 
 /// Reads torrent inputs: `.torrent` files, directories of them, magnet links, info-hashes, and
@@ -181,8 +226,6 @@ pub struct RunOptions {
     pub duration: Option<Duration>,
     /// Print the live one-line status (default: when stderr is a terminal).
     pub status_line: Option<bool>,
-    /// Extra peers to probe (tests, `x.pe`), per torrent index.
-    pub seed_peers: Vec<(usize, SocketAddr)>,
 }
 
 /// What a finished scan did.
@@ -236,18 +279,6 @@ fn sd_notify(msg: &str) {
     }
 }
 
-fn rss_bytes() -> i64 {
-    std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| {
-            s.split_whitespace()
-                .nth(1)
-                .and_then(|p| p.parse::<i64>().ok())
-        })
-        .map(|pages| pages * 4096)
-        .unwrap_or(0)
-}
-
 /// Runs a scan of `inputs` (plus the torrents already in the database) until the duration
 /// passes or a signal arrives.
 pub fn run_scan(
@@ -274,55 +305,15 @@ pub fn run_scan(
     };
     let mut inputs = inputs;
     for row in known_torrents {
-        let v1 = row
-            .info_hash_v1
-            .as_deref()
-            .and_then(crate::proto::hex::decode_array::<20>);
-        let v2 = row
-            .info_hash_v2
-            .as_deref()
-            .and_then(crate::proto::hex::decode_array::<32>);
-        let hashes = crate::proto::metainfo::InfoHashes {
-            v1: v1.map(crate::proto::metainfo::InfoHashV1),
-            v2: v2.map(crate::proto::metainfo::InfoHashV2),
-        };
-        let ids = hashes.wire_ids();
-        let Some(&wire_hash) = ids.first() else {
+        let Some(t) = TorrentInput::from_row(row) else {
             continue;
         };
-        if inputs
+        let given = inputs
             .iter()
-            .any(|t| t.wire_hash == wire_hash || t.alt_hash == Some(wire_hash))
-        {
-            continue;
+            .any(|i| i.wire_hash == t.wire_hash || i.alt_hash == Some(t.wire_hash));
+        if !given {
+            inputs.push(t);
         }
-        inputs.push(TorrentInput {
-            record: TorrentRecord {
-                info_hash_v1: v1,
-                info_hash_v2: v2,
-                name: row.name.clone(),
-                piece_count: row.piece_count,
-                piece_length: row.piece_length.map(|v| v as u64),
-                total_size: row.total_size.map(|v| v as u64),
-                source: match row.source.as_str() {
-                    "magnet" => TorrentSource::Magnet,
-                    "hash" => TorrentSource::Hash,
-                    _ => TorrentSource::File,
-                },
-                added_at: row.added_at,
-                trackers: row.trackers.clone(),
-            },
-            name: row
-                .name
-                .clone()
-                .unwrap_or_else(|| crate::proto::hex::encode(&wire_hash)),
-            wire_hash,
-            alt_hash: ids.get(1).copied(),
-            piece_count: row.piece_count.unwrap_or(0),
-            total_size: row.total_size.unwrap_or(0).max(0) as u64,
-            trackers: row.trackers,
-            peers: Vec::new(),
-        });
     }
 
     let writer = Writer::start_from_config(config).map_err(|e| e.to_string())?;
@@ -478,13 +469,6 @@ pub fn run_scan(
             });
         }
     }
-    for &(i, a) in &opts.seed_peers {
-        let _ = txs[owner_worker(i as u32, a, workers)].send(WorkerMsg::Peers {
-            torrent: i as u32,
-            source: source::CONFIG,
-            addrs: vec![a],
-        });
-    }
 
     let counters: Vec<Arc<WorkerCounters>> = drivers.iter().map(|d| d.counters.clone()).collect();
     let discovery = Discovery::start(
@@ -592,7 +576,7 @@ pub fn run_scan(
                 due_queue: 0,
                 writer_overflow: metrics.overflow.load(Ordering::Relaxed),
                 writer_backpressure: metrics.backpressure.load(Ordering::Relaxed) as i64,
-                rss_bytes: rss_bytes(),
+                rss_bytes: crate::metrics::rss_bytes() as i64,
                 cpu_percent: 0.0,
             }));
             stats_sender.pump();

@@ -8,23 +8,12 @@ use std::time::{Duration, Instant};
 
 use swarmscan::proto::{client_id, hex};
 
-fn python() -> String {
-    std::env::var("SWARMSCAN_PYTHON").unwrap_or_else(|_| "python3".to_string())
-}
+mod common;
+use common::python_with_libtorrent as python;
 
 /// Runs the probe script with a deadline; fails the test with a clear message otherwise.
 fn run_handshake_script() -> serde_json::Value {
     let py = python();
-    let check = Command::new(&py)
-        .args(["-c", "import libtorrent"])
-        .status()
-        .unwrap_or_else(|e| {
-            panic!("cannot run {py}: {e}; run scripts/test or set SWARMSCAN_PYTHON")
-        });
-    assert!(
-        check.success(),
-        "{py} cannot `import libtorrent`: run scripts/test (it builds target/pyenv) or set SWARMSCAN_PYTHON"
-    );
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/data/libtorrent_handshake.py"

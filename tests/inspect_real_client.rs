@@ -8,20 +8,8 @@ use std::process::Command;
 use serde_json::Value as Json;
 use swarmscan::proto::magnet::Magnet;
 
-fn python() -> String {
-    let py = std::env::var("SWARMSCAN_PYTHON").unwrap_or_else(|_| "python3".to_string());
-    let ok = Command::new(&py)
-        .args(["-c", "import libtorrent"])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    assert!(
-        ok,
-        "`{py} -c 'import libtorrent'` failed: this test needs libtorrent's Python bindings. \
-         Run scripts/test (it installs them into target/pyenv) or set SWARMSCAN_PYTHON."
-    );
-    py
-}
+mod common;
+use common::python_with_libtorrent as python;
 
 fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/make_torrents.py")

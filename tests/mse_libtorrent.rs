@@ -19,19 +19,8 @@ use swarmscan::proto::peer_wire::{encode_handshake, Handshake, Message, MessageR
 const OUR_PEER_ID: &[u8; 20] = b"-SW0100-msetest00001";
 const OUR_UT_METADATA: u8 = 3;
 
-fn python() -> String {
-    let py = std::env::var("SWARMSCAN_PYTHON").unwrap_or_else(|_| "python3".to_string());
-    let ok = Command::new(&py)
-        .args(["-c", "import libtorrent"])
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        ok,
-        "`{py} -c 'import libtorrent'` failed: run scripts/test (it installs libtorrent 2.1.1 \
-         into target/pyenv) or set SWARMSCAN_PYTHON to an interpreter that has it"
-    );
-    py
-}
+mod common;
+use common::python_with_libtorrent as python;
 
 /// The libtorrent process; killed and reaped on every path (including panics).
 struct LtPeer {

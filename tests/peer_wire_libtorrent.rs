@@ -11,19 +11,8 @@ use sha1::Digest;
 use swarmscan::proto::peer_wire::ext::{self, ExtHandshake, MetadataMessage};
 use swarmscan::proto::peer_wire::{self, bitfield, Handshake, Message, MessageReader};
 
-fn python() -> String {
-    let py = std::env::var("SWARMSCAN_PYTHON").unwrap_or_else(|_| "python3".to_string());
-    let ok = Command::new(&py)
-        .args(["-c", "import libtorrent"])
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        ok,
-        "`{py} -c 'import libtorrent'` failed: run scripts/test (it installs libtorrent 2.1.1 \
-         into target/pyenv) or set SWARMSCAN_PYTHON to an interpreter that has it"
-    );
-    py
-}
+mod common;
+use common::python_with_libtorrent as python;
 
 fn record() -> PathBuf {
     let root = env!("CARGO_MANIFEST_DIR");

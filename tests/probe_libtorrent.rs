@@ -12,22 +12,12 @@ impl Drop for Kill {
     }
 }
 
-fn python() -> String {
-    std::env::var("SWARMSCAN_PYTHON").unwrap_or_else(|_| "python3".into())
-}
+mod common;
+use common::python_with_libtorrent as python;
 
 /// Starts a libtorrent seeder of `pieces` pieces; `encryption` is "plain" or "forced".
 fn seeder(pieces: u32, encryption: &str) -> (Kill, serde_json::Value) {
     let py = python();
-    let ok = Command::new(&py)
-        .args(["-c", "import libtorrent"])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    assert!(
-        ok,
-        "{py} cannot import libtorrent: run the tests with scripts/test, which installs it"
-    );
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/lt_probe_target.py");
     let mut child = Kill(
         Command::new(&py)

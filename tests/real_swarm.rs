@@ -77,22 +77,8 @@ impl Drop for ChildGuard {
     }
 }
 
-fn python() -> String {
-    let py = std::env::var("SWARMSCAN_PYTHON").unwrap_or_else(|_| "python3".to_string());
-    let ok = Command::new(&py)
-        .args(["-c", "import libtorrent"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    assert!(
-        ok,
-        "`{py} -c 'import libtorrent'` failed: this test needs libtorrent's Python bindings. \
-         Run scripts/test (it installs them into target/pyenv) or set SWARMSCAN_PYTHON."
-    );
-    py
-}
+mod common;
+use common::python_with_libtorrent as python;
 
 fn aquatic_udp() -> PathBuf {
     let path = std::env::var_os("SWARMSCAN_AQUATIC_UDP").map(PathBuf::from);

@@ -65,7 +65,6 @@ fn confirms_exactly_the_downloads_the_simulation_shows_and_resumes_after_restart
         RunOptions {
             duration: Some(Duration::from_secs(16)),
             status_line: Some(false),
-            seed_peers: Vec::new(),
         },
     )
     .unwrap();
@@ -144,7 +143,6 @@ fn confirms_exactly_the_downloads_the_simulation_shows_and_resumes_after_restart
         RunOptions {
             duration: Some(Duration::from_secs(4)),
             status_line: Some(false),
-            seed_peers: Vec::new(),
         },
     )
     .unwrap();

@@ -734,17 +734,7 @@ impl<C: Conversation> Worker<C> {
         }
         slot.state = State::Open;
         slot.connected_at = Some(now);
-        self.scratch.clear();
-        let mut scratch = std::mem::take(&mut self.scratch);
-        let slot = self.slots.get_mut(i, g).expect("live");
-        slot.conv
-            .as_mut()
-            .expect("live conv")
-            .on_connected(now, &mut scratch);
-        self.queue_send(i, g, &mut scratch);
-        self.scratch = scratch;
-        self.arm_recv(i, g);
-        self.update_timer(i, g, now);
+        self.start_conversation(i, g, now);
     }
 
     fn on_accept<D: WorkerDriver<Conv = C>>(
@@ -816,6 +806,12 @@ impl<C: Conversation> Worker<C> {
         };
         self.stats.incoming_accepted += 1;
         self.stats.in_flight_max = self.stats.in_flight_max.max(self.slots.len());
+        self.start_conversation(i, g, now);
+    }
+
+    /// The connection is up (connected or accepted): let the conversation speak first, then
+    /// start receiving and arm its deadline.
+    fn start_conversation(&mut self, i: u32, g: u32, now: Millis) {
         self.scratch.clear();
         let mut scratch = std::mem::take(&mut self.scratch);
         let slot = self.slots.get_mut(i, g).expect("live");

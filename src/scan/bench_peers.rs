@@ -32,18 +32,6 @@ pub struct PeersBenchArgs {
     pub json: bool,
 }
 
-fn rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| {
-            s.split_whitespace()
-                .nth(1)
-                .and_then(|p| p.parse::<u64>().ok())
-        })
-        .map(|pages| pages * 4096)
-        .unwrap_or(0)
-}
-
 fn peer_addr(i: u64, ipv6_percent: u32) -> SocketAddr {
     // A multiplicative hash spreads addresses like real ones (no locality to exploit).
     let h = i.wrapping_mul(0x9e37_79b9_7f4a_7c15);
@@ -68,7 +56,7 @@ pub fn run(args: &PeersBenchArgs) -> i32 {
     let torrents = args.torrents.max(1);
 
     // The engine's structures.
-    let before = rss_bytes();
+    let before = crate::metrics::rss_bytes();
     let t0 = Instant::now();
     let per_worker_cap = (n / workers as u64 + n / 100 + 1024).min(u32::MAX as u64) as u32;
     let mut tables: Vec<PeerTable> = (0..workers)
@@ -89,7 +77,7 @@ pub fn run(args: &PeersBenchArgs) -> i32 {
         }
     }
     let build_secs = t0.elapsed().as_secs_f64();
-    let engine_bytes = rss_bytes().saturating_sub(before);
+    let engine_bytes = crate::metrics::rss_bytes().saturating_sub(before);
     let heap: usize = tables.iter().map(|t| t.heap_bytes()).sum::<usize>()
         + wheels.iter().map(|w| w.heap_bytes()).sum::<usize>();
     let known: usize = tables.iter().map(|t| t.len()).sum();

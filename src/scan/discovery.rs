@@ -83,7 +83,7 @@ struct Target {
 enum Job {
     Announce {
         target: usize,
-        request: u64,
+        torrent: u32,
         url: String,
         params: AnnounceParams,
     },
@@ -106,7 +106,6 @@ enum JobResult {
 /// Handle to the running discovery threads.
 pub struct Discovery {
     threads: Vec<JoinHandle<()>>,
-    pub requests: Arc<AtomicU64>,
 }
 
 impl Discovery {
@@ -187,14 +186,12 @@ impl Discovery {
                     })?,
             );
         }
-        let requests = Arc::new(AtomicU64::new(0));
-        let reqs = requests.clone();
         threads.push(
             std::thread::Builder::new()
                 .name("discovery".into())
-                .spawn(move || schedule_loop(cfg, catalog, targets, job_tx, res_rx, stop, reqs))?,
+                .spawn(move || schedule_loop(cfg, catalog, targets, job_tx, res_rx, stop))?,
         );
-        Ok(Discovery { threads, requests })
+        Ok(Discovery { threads })
     }
 
     /// Waits for the threads (they end within one request timeout of the stop flag).
@@ -212,9 +209,7 @@ fn schedule_loop(
     jobs: Sender<Job>,
     results: Receiver<JobResult>,
     stop: Arc<AtomicBool>,
-    requests: Arc<AtomicU64>,
 ) {
-    let mut next_request = 1u64;
     let mut next_scrape = Instant::now() + Duration::from_secs(5);
     while !stop.load(Ordering::Relaxed) {
         let now = Instant::now();
@@ -234,14 +229,12 @@ fn schedule_loop(
             };
             params.key = Some(0x5353_0001);
             t.busy = true;
-            requests.fetch_add(1, Ordering::Relaxed);
             let _ = jobs.send(Job::Announce {
                 target: i,
-                request: next_request,
+                torrent: t.torrent,
                 url: t.url.clone(),
                 params,
             });
-            next_request += 1;
         }
         if cfg.scrape_secs > 0.0 && now >= next_scrape {
             next_scrape = now + Duration::from_secs_f64(cfg.scrape_secs);
@@ -397,10 +390,10 @@ impl Shared {
         match job {
             Job::Announce {
                 target,
-                request,
+                torrent,
                 url,
                 params,
-            } => self.announce(target, request, url, params),
+            } => self.announce(target, torrent, url, params),
             Job::Scrape {
                 url,
                 kind,
@@ -412,18 +405,13 @@ impl Shared {
         }
     }
 
-    fn torrent_of(&self, hash: &[u8; 20]) -> u32 {
-        self.catalog.index_of(hash).unwrap_or(0)
-    }
-
     fn announce(
         &self,
         target: usize,
-        request: u64,
+        torrent: u32,
         url: String,
         params: AnnounceParams,
     ) -> JobResult {
-        let torrent = self.torrent_of(&params.info_hash);
         let started = Instant::now();
         let at_ms = self.now_ms();
         let kind = if url.starts_with("udp://") {
@@ -484,7 +472,6 @@ impl Shared {
             error,
             peers,
         };
-        let _ = request;
         self.send(Record::Discovery(record));
         JobResult::Announce {
             target,

@@ -309,7 +309,7 @@ pub struct WorkerCounters {
     /// Addresses dropped because the blocklist names them.
     pub blocked: AtomicU64,
     pub unknown_info_hash: AtomicU64,
-    pub sink_backlog: AtomicU64,
+    pub writer_backlog: AtomicU64,
 }
 
 /// A peer's state from an earlier run (see [`ScanDriver::restore`]).
@@ -522,26 +522,27 @@ impl ScanDriver {
             _ if entry.has(flag::EVALUATED) || entry.failures > 0 => ContactKind::Later,
             _ => ContactKind::First,
         };
-        let (newly_confirmed, speed) = match report.progress() {
+        // (The store computes speeds from the stored contacts; only confirmation matters here.)
+        let newly_confirmed = match report.progress() {
             Some(p) => {
-                let e = self.policy.apply(entry, now, VisitResult::Progress(p));
-                (e.newly_confirmed, e.speed)
+                self.policy
+                    .apply(entry, now, VisitResult::Progress(p))
+                    .newly_confirmed
             }
             None if report.handshake => {
                 // Talked BitTorrent but progress is unknown (no piece count): keep visiting.
                 entry.failures = 0;
                 entry.next_visit = now.saturating_add(self.policy.revisit_secs as u32);
-                (false, None)
+                false
             }
             None => {
                 self.policy.apply(entry, now, VisitResult::Failed);
-                (false, None)
+                false
             }
         };
         let next = entry.next_visit;
         let torrent = entry.torrent;
         let addr = entry.addr();
-        let sources = entry.sources;
         if next != NOT_SCHEDULED {
             self.wheel.schedule(idx, next);
         }
@@ -565,7 +566,6 @@ impl ScanDriver {
             }));
             self.route_peers(torrent, source::PEX, pex.into_iter());
         }
-        let _ = (sources, speed);
         let next_visit_at = (next != NOT_SCHEDULED).then(|| self.unix_ms(next as u64 * 1000));
         let outcome = outcome_record(
             self.catalog.get(torrent).db_id,
@@ -799,7 +799,7 @@ impl WorkerDriver for ScanDriver {
         self.flush_outbox();
         let backlog = self.records.pump();
         self.counters
-            .sink_backlog
+            .writer_backlog
             .store(backlog as u64, Ordering::Relaxed);
     }
 
@@ -816,7 +816,6 @@ impl WorkerDriver for ScanDriver {
 impl Drop for ScanDriver {
     fn drop(&mut self) {
         self.flush_outbox();
-        let _ = self.worker;
     }
 }
 

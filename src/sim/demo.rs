@@ -91,7 +91,6 @@ fn demo(args: &DemoArgs) -> Result<(), String> {
         RunOptions {
             duration: Some(Duration::from_secs(args.seconds)),
             status_line: if args.json { Some(false) } else { None },
-            seed_peers: Vec::new(),
         },
     )?;
     let truth = sim.observable_confirmations(config.peer.threshold);
