@@ -380,9 +380,13 @@ pub fn run_scan(
         max_duration_ms: config.peer.max_duration_ms,
         ext_handshake_cache: Default::default(),
         fetch_metadata: true,
+        pex: config.peer.pex,
     });
     let policy = RevisitPolicy {
         revisit_secs: config.peer.revisit_secs,
+        retry_secs: config.peer.first_retry_secs(),
+        retry_factor: config.peer.retry_backoff_factor,
+        max_failures: config.peer.max_failures,
         min_revisit_secs: (config.peer.revisit_secs / 10.0).max(1.0),
         max_backoff_secs: config.peer.retry_backoff_max_secs,
         threshold: config.peer.threshold,
@@ -416,6 +420,7 @@ pub fn run_scan(
                 blocklist.clone(),
             )
             .with_encryption(config.net.encryption)
+            .with_ipv6(config.net.ipv6)
             .with_watch(WatchSettings {
                 budget: engine_cfg.worker(i).max_held,
                 threshold: config.peer.threshold,

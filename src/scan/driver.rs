@@ -363,6 +363,8 @@ pub struct WorkerCounters {
     pub crossed_live: AtomicU64,
     /// Watch candidates turned away because the budget was full of better ones.
     pub watch_refused: AtomicU64,
+    /// IPv6 addresses ignored because `net.ipv6` is off.
+    pub ipv6_ignored: AtomicU64,
 }
 
 /// How the scan watches peers (connections kept open to see the threshold crossing live).
@@ -445,6 +447,8 @@ pub struct ScanDriver {
     probe_seq: u64,
     encryption: Encryption,
     watch: WatchSettings,
+    /// Probe IPv6 peers.
+    ipv6: bool,
     /// Watched connections by engine token.
     watched: HashMap<u64, Watched>,
     /// Incoming connections accepted (makes their tokens unique).
@@ -490,6 +494,7 @@ impl ScanDriver {
             probe_seq: 0,
             encryption: Encryption::Fallback,
             watch: WatchSettings::default(),
+            ipv6: true,
             watched: HashMap::new(),
             incoming_seq: 0,
             counters: Arc::new(WorkerCounters::default()),
@@ -499,6 +504,12 @@ impl ScanDriver {
     /// When to talk MSE/PE to a peer (`net.encryption`).
     pub fn with_encryption(mut self, encryption: Encryption) -> ScanDriver {
         self.encryption = encryption;
+        self
+    }
+
+    /// Whether IPv6 peers are probed (`net.ipv6`); when not, their addresses are dropped.
+    pub fn with_ipv6(mut self, ipv6: bool) -> ScanDriver {
+        self.ipv6 = ipv6;
         self
     }
 
@@ -547,6 +558,10 @@ impl ScanDriver {
         for &a in addrs {
             if self.blocklist.blocks(&a) {
                 self.counters.blocked.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            if !self.ipv6 && a.ip().to_canonical().is_ipv6() {
+                self.counters.ipv6_ignored.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
             match self.table.insert(torrent, a, src, Self::secs(now)) {
