@@ -9,6 +9,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::blocklist::Blocklist;
 use super::catalog::Catalog;
+use super::own_addr::OwnAddresses;
 use super::peer_table::{flag, owner_worker, source, Inserted, PeerIdx, PeerTable, NOT_SCHEDULED};
 use super::revisit::{RevisitPolicy, RevisitWheel, VisitResult};
 use crate::config::Encryption;
@@ -349,6 +350,8 @@ pub struct ScanDriver {
     /// Outgoing probes started by this worker (makes each probe's peer-id unique).
     probe_seq: u64,
     encryption: Encryption,
+    /// Our own addresses: never probed when PEX names them.
+    own: Arc<OwnAddresses>,
     pub counters: Arc<WorkerCounters>,
 }
 
@@ -389,6 +392,7 @@ impl ScanDriver {
             last_tick: 0,
             probe_seq: 0,
             encryption: Encryption::Fallback,
+            own: Arc::new(OwnAddresses::default()),
             counters: Arc::new(WorkerCounters::default()),
         }
     }
@@ -396,6 +400,12 @@ impl ScanDriver {
     /// When to talk MSE/PE to a peer (`net.encryption`).
     pub fn with_encryption(mut self, encryption: Encryption) -> ScanDriver {
         self.encryption = encryption;
+        self
+    }
+
+    /// Our own addresses (shared with discovery), dropped from PEX.
+    pub fn with_own_addresses(mut self, own: Arc<OwnAddresses>) -> ScanDriver {
+        self.own = own;
         self
     }
 
@@ -553,8 +563,12 @@ impl ScanDriver {
             self.counters.confirmed.fetch_add(1, Ordering::Relaxed);
         }
         self.counters.probes_done.fetch_add(1, Ordering::Relaxed);
+        if let Some(ip) = report.yourip {
+            self.own.learn_from_peer(ip); // how peers see us: PEX lists us under it
+        }
         if !report.pex.is_empty() {
-            let pex = report.pex.clone();
+            let mut pex = report.pex.clone();
+            self.own.drop_own(&mut pex);
             self.records.send(Record::Discovery(DiscoveryRecord {
                 at: self.unix_ms(at_ms),
                 torrent_id: self.catalog.get(torrent).db_id,
