@@ -128,14 +128,13 @@ fn start_tracker(dir: &Path, port: u16) -> ChildGuard {
     let config = dir.join("aquatic_udp.toml");
     // Only the keys that matter; everything else keeps aquatic's defaults. aquatic_udp hands
     // out whatever source address announced (no filter for loopback or private addresses).
-    // The short announce interval lets swarmscan, which respects the tracker's interval,
-    // announce every few seconds and learn of new leechers quickly.
+    // Its announce interval stays at the default (15 min): swarmscan, with
+    // respect_interval = false, announces every 5 s anyway and learns of new leechers quickly.
     std::fs::write(
         &config,
         format!(
             "socket_workers = 1\nlog_level = \"warn\"\n\
              [network]\naddress = \"127.0.0.1:{port}\"\nonly_ipv6 = false\nsocket_recv_buffer_size = 0\n\
-             [protocol]\npeer_announce_interval = 5\n\
              [statistics]\ninterval = 0\n"
         ),
     )
@@ -381,10 +380,10 @@ fn confirms_exactly_the_finished_leechers_of_a_real_swarm() {
         format!(
             "database = {db:?}\n\
              [engine]\nworkers = 1\npin_workers = false\nring_entries = 256\nrecv_buffers = 256\n\
-             [net]\nlisten = [\"127.0.0.1:{listen_port}\"]\nipv6 = false\nannounce_port = {listen_port}\n\
+             [net]\nlisten = [\"127.0.0.1:{listen_port}\"]\nipv6 = false\n\
              [peer]\nthreshold = {THRESHOLD}\nrevisit_secs = 2.0\nquiet_timeout_ms = 1500\n\
              connect_timeout_ms = 2000\nretry_backoff_secs = 2.0\nretry_backoff_max_secs = 4.0\n\
-             [tracker]\nannounce_secs = 5.0\nscrape_secs = 10.0\ntimeout_ms = 3000\n\
+             [tracker]\nannounce_secs = 5.0\nrespect_interval = false\nscrape_secs = 10.0\ntimeout_ms = 3000\n\
              [dht]\nenabled = false\n\
              [privacy]\nip = \"full\"\n\
              [stats]\ninterval_secs = 5.0\n"

@@ -131,6 +131,12 @@ pub fn run(args: &RunArgs) -> i32 {
                     summary.confirmed_this_run,
                     config.database.display()
                 );
+                if summary.own_address_dropped > 0 {
+                    eprintln!(
+                        "swarmscan: {} addresses from trackers and PEX were our own (announced port {}) and were not probed",
+                        summary.own_address_dropped, summary.announce_port
+                    );
+                }
             }
             0
         }

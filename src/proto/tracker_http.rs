@@ -583,6 +583,21 @@ fn opt_u32(d: &Value<'_>, field: &str) -> Result<Option<u32>, FieldError> {
     }
 }
 
+/// An interval in seconds: an integer, clamped to 0..=u32::MAX (a negative or huge value is the
+/// tracker's mistake, not a reason to throw away the peers it sent; the scheduler ignores 0
+/// and caps long intervals).
+fn opt_interval(d: &Value<'_>, field: &str) -> Result<Option<u32>, FieldError> {
+    match d.get(field) {
+        None => Ok(None),
+        Some(v) => {
+            let n = v
+                .as_int()
+                .ok_or_else(|| FieldError::wrong_type(field, v, "integer"))?;
+            Ok(Some(n.clamp(0, i64::from(u32::MAX)) as u32))
+        }
+    }
+}
+
 fn lossy(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -724,7 +739,8 @@ fn decode_body(body: &[u8]) -> Result<Value<'_>, bencode::DecodeError> {
 /// Parses an announce response body (bencoded dictionary).
 ///
 /// A `failure reason` becomes [`TrackerError::Failure`]. Missing optional fields are None;
-/// fields of the wrong type or out of range are errors naming the field.
+/// fields of the wrong type or out of range are errors naming the field, except `interval` and
+/// `min interval`, which are clamped to 0..=u32::MAX (the scheduler ignores or caps them).
 pub fn parse_announce_response(body: &[u8]) -> Result<AnnounceResponse, TrackerError> {
     let root = decode_body(body)?;
     if root.as_dict().is_none() {
@@ -732,8 +748,8 @@ pub fn parse_announce_response(body: &[u8]) -> Result<AnnounceResponse, TrackerE
     }
     check_failure(&root)?;
     let mut r = AnnounceResponse {
-        interval: opt_u32(&root, "interval")?,
-        min_interval: opt_u32(&root, "min interval")?,
+        interval: opt_interval(&root, "interval")?,
+        min_interval: opt_interval(&root, "min interval")?,
         tracker_id: root.opt_bytes("tracker id")?.map(<[u8]>::to_vec),
         warning: root.opt_bytes("warning message")?.map(lossy),
         complete: opt_u64(&root, "complete")?,

@@ -1,6 +1,7 @@
-//! Peer discovery from HTTP and UDP trackers: announces on an interval (respecting the
-//! tracker's `interval` / `min interval`), scrapes for the reported download counts, and hands
-//! the addresses to the workers that own them.
+//! Peer discovery from HTTP and UDP trackers: announces on an interval (ours, or the tracker's
+//! `interval` when `tracker.respect_interval` says so; never sooner than its `min interval`, see
+//! [`super::announce_schedule`]), scrapes for the reported download counts, and hands the
+//! addresses to the workers that own them, minus our own addresses ([`OwnAddresses`]).
 //!
 //! Tracker traffic is a few requests per torrent every few minutes, far from the hot path, so
 //! it runs on a small pool of threads with blocking sockets and timeouts (bounded: every
@@ -8,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs, UdpSocket};
+use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -16,13 +17,17 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
+use super::announce_schedule::{self, DecidedBy, NextAnnounce};
 use super::catalog::Catalog;
 use super::driver::WorkerMsg;
+use super::own_addr::OwnAddresses;
 use super::peer_table::{owner_worker, source};
 use crate::proto::http::{self, ResponseLimits, ResponseReader};
 use crate::proto::tracker_http::{self, AnnounceParams, Event};
 use crate::proto::tracker_udp::{self, AddressFamily, ConnectionIdCache};
-use crate::store::record::{DiscoveryRecord, PeerSource, Record, ScrapeRecord};
+use crate::store::record::{
+    DiscoveryRecord, PeerSource, Record, ScrapeRecord, TrackerScheduleRecord,
+};
 use crate::store::writer::RecordSender;
 
 /// Settings of discovery (from the `tracker.*` config keys).
@@ -30,11 +35,15 @@ use crate::store::writer::RecordSender;
 pub struct DiscoveryConfig {
     /// Our announce interval in seconds (the tracker's min interval wins if longer).
     pub announce_secs: f64,
+    /// Wait the tracker's `interval` instead of `announce_secs` when it is longer.
+    pub respect_interval: bool,
     /// Scrape interval in seconds (0 = never scrape).
     pub scrape_secs: f64,
     pub numwant: u32,
     /// Port announced to trackers (where incoming peers reach us); 0 = none listening.
     pub listen_port: u16,
+    /// Our own addresses: dropped from tracker answers, counted.
+    pub own: Arc<OwnAddresses>,
     pub peer_id: [u8; 20],
     pub timeout: Duration,
     pub threads: usize,
@@ -45,9 +54,11 @@ impl Default for DiscoveryConfig {
     fn default() -> Self {
         DiscoveryConfig {
             announce_secs: 300.0,
+            respect_interval: true,
             scrape_secs: 300.0,
             numwant: 200,
             listen_port: 0,
+            own: Arc::new(OwnAddresses::default()),
             peer_id: *b"-SW0100-000000000000",
             timeout: Duration::from_secs(15),
             threads: 4,
@@ -97,8 +108,8 @@ enum Job {
 enum JobResult {
     Announce {
         target: usize,
-        next_in: Duration,
-        ok: bool,
+        /// The schedule after a successful announce; `None` when it failed.
+        next: Option<NextAnnounce>,
     },
     Scraped,
 }
@@ -211,6 +222,8 @@ fn schedule_loop(
     stop: Arc<AtomicBool>,
 ) {
     let mut next_scrape = Instant::now() + Duration::from_secs(5);
+    // What the log has said already, once per tracker URL.
+    let mut told: std::collections::HashSet<(String, Told)> = std::collections::HashSet::new();
     while !stop.load(Ordering::Relaxed) {
         let now = Instant::now();
         for (i, t) in targets.iter_mut().enumerate() {
@@ -263,28 +276,65 @@ fn schedule_loop(
             }
         }
         while let Ok(r) = results.recv_timeout(Duration::from_millis(100)) {
-            if let JobResult::Announce {
-                target,
-                next_in,
-                ok,
-            } = r
-            {
+            if let JobResult::Announce { target, next } = r {
                 let t = &mut targets[target];
                 t.busy = false;
-                if ok {
-                    t.started = true;
-                    t.failures = 0;
-                    t.next_announce = Instant::now() + next_in;
-                } else {
-                    t.failures += 1;
-                    // Back off: 1, 2, 4 ... minutes, at most an hour.
-                    let backoff = 60.0 * 2f64.powi(t.failures.min(6) as i32 - 1);
-                    t.next_announce = Instant::now() + Duration::from_secs_f64(backoff.min(3600.0));
+                match next {
+                    Some(next) => {
+                        t.started = true;
+                        t.failures = 0;
+                        t.next_announce = Instant::now() + Duration::from_secs_f64(next.secs);
+                        tell_once(&mut told, &t.url, &next, &cfg);
+                    }
+                    None => {
+                        t.failures += 1;
+                        let wait =
+                            announce_schedule::retry_after_failure(cfg.announce_secs, t.failures);
+                        t.next_announce = Instant::now() + Duration::from_secs_f64(wait);
+                    }
                 }
             }
         }
     }
     // Dropping `jobs` ends the pool threads once their current request is done.
+}
+
+/// What the log already said about a tracker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Told {
+    Decided(DecidedBy),
+    Note(std::mem::Discriminant<announce_schedule::Note>),
+}
+
+/// Logs, once per tracker URL, when the tracker's interval (or min interval) wins over ours and
+/// when a value it sent was capped or ignored.
+fn tell_once(
+    told: &mut std::collections::HashSet<(String, Told)>,
+    url: &str,
+    next: &NextAnnounce,
+    cfg: &DiscoveryConfig,
+) {
+    if next.decided_by != DecidedBy::Ours
+        && told.insert((url.to_string(), Told::Decided(next.decided_by)))
+    {
+        let what = match next.decided_by {
+            DecidedBy::Interval => "interval (tracker.respect_interval = true)",
+            _ => "min interval (always respected)",
+        };
+        tracing::info!(
+            tracker = %url,
+            "the tracker asks for {} s between announces, longer than tracker.announce_secs = {} s: \
+             announcing every {} s, its {what}",
+            next.secs,
+            cfg.announce_secs,
+            next.secs
+        );
+    }
+    for note in &next.notes {
+        if told.insert((url.to_string(), Told::Note(std::mem::discriminant(note)))) {
+            tracing::warn!(tracker = %url, "tracker answer not obeyed as given: {note}");
+        }
+    }
 }
 
 struct Shared {
@@ -374,8 +424,11 @@ impl UdpMux {
 /// An announce's outcome in one shape for both protocols.
 struct Announced {
     peers: Vec<SocketAddr>,
-    interval: Option<u32>,
-    min_interval: Option<u32>,
+    /// As sent (UDP's is a signed 32-bit field).
+    interval: Option<i64>,
+    min_interval: Option<i64>,
+    /// BEP 24: our address as the tracker saw it.
+    external_ip: Option<IpAddr>,
     complete: Option<u64>,
     incomplete: Option<u64>,
     downloaded: Option<u64>,
@@ -429,20 +482,27 @@ impl Shared {
         } else {
             source::TRACKER_HTTP
         };
-        let (next_in, ok) = match &result {
-            Ok(a) => {
-                // Respect the tracker: never sooner than its min interval (or, when it gives
-                // none, its interval); otherwise our own announce interval.
-                let floor = a.min_interval.or(a.interval).unwrap_or(0) as f64;
-                (
-                    Duration::from_secs_f64(self.cfg.announce_secs.max(floor)),
-                    true,
-                )
-            }
-            Err(_) => (Duration::ZERO, false),
-        };
+        let next = result.as_ref().ok().map(|a| {
+            announce_schedule::next_announce(
+                self.cfg.announce_secs,
+                self.cfg.respect_interval,
+                a.interval,
+                a.min_interval,
+            )
+        });
+        let (interval_sent, min_interval_sent) = result
+            .as_ref()
+            .map_or((None, None), |a| (a.interval, a.min_interval));
         let (peers, error) = match result {
-            Ok(a) => {
+            Ok(mut a) => {
+                let own = &self.cfg.own;
+                if let Some(ip) = a.external_ip {
+                    if own.learn_from_tracker(ip) {
+                        tracing::info!(tracker = %url, %ip, "the tracker sees us at this address");
+                    }
+                }
+                // The tracker lists us too: never probe ourselves.
+                own.drop_own(&mut a.peers);
                 self.route_peers(torrent, src, &a.peers);
                 if let Some(downloaded) = a.downloaded {
                     // Many HTTP trackers put scrape counts in the announce reply too.
@@ -467,17 +527,25 @@ impl Shared {
             } else {
                 PeerSource::TrackerHttp
             },
-            tracker: Some(url),
+            tracker: Some(url.clone()),
             duration_ms: duration_ms.min(u32::MAX as u64) as u32,
             error,
             peers,
         };
         self.send(Record::Discovery(record));
-        JobResult::Announce {
-            target,
-            next_in,
-            ok,
+        if let Some(n) = &next {
+            self.send(Record::TrackerSchedule(TrackerScheduleRecord {
+                at: self.epoch_unix_ms + at_ms as i64,
+                torrent_id: self.catalog.get(torrent).db_id,
+                tracker: url,
+                interval: interval_sent,
+                min_interval: min_interval_sent,
+                next_secs: n.secs,
+                decided_by: n.decided_by.as_str(),
+                notes: (!n.notes.is_empty()).then(|| n.notes_text()),
+            }));
         }
+        JobResult::Announce { target, next }
     }
 
     fn send(&self, record: Record) {
@@ -567,8 +635,9 @@ impl Shared {
         let r = tracker_http::parse_announce_response(&body).map_err(|e| e.to_string())?;
         Ok(Announced {
             peers: r.peers,
-            interval: r.interval,
-            min_interval: r.min_interval,
+            interval: r.interval.map(i64::from),
+            min_interval: r.min_interval.map(i64::from),
+            external_ip: r.external_ip,
             complete: r.complete,
             incomplete: r.incomplete,
             downloaded: r.downloaded,
@@ -652,8 +721,10 @@ impl Shared {
         match self.udp_exchange(sock, tracker, &req) {
             Ok(tracker_udp::Response::Announce(a)) => Ok(Announced {
                 peers: a.peers,
-                interval: Some(a.interval),
+                // BEP 15 sends a signed 32-bit interval.
+                interval: Some(i64::from(a.interval as i32)),
                 min_interval: None,
+                external_ip: None,
                 complete: Some(a.seeders as u64),
                 incomplete: Some(a.leechers as u64),
                 downloaded: None,

@@ -2,10 +2,12 @@
 //! policy, routing of peers to their owning worker, tracker discovery, and the per-worker
 //! driver the engine calls.
 
+pub mod announce_schedule;
 pub mod bench_peers;
 pub mod blocklist;
 pub mod catalog;
 pub mod discovery;
 pub mod driver;
+pub mod own_addr;
 pub mod peer_table;
 pub mod revisit;
