@@ -214,6 +214,8 @@ pub struct TrackerConfig {
     pub scrape_secs: f64,
     /// Request timeout, ms.
     pub timeout_ms: u64,
+    /// Extra CA certificate files (PEM) trusted for `https://` trackers, besides the web PKI roots.
+    pub ca_files: Vec<PathBuf>,
 }
 
 impl Default for TrackerConfig {
@@ -224,6 +226,7 @@ impl Default for TrackerConfig {
             numwant: 200,
             scrape_secs: 300.0,
             timeout_ms: 15000,
+            ca_files: Vec::new(),
         }
     }
 }
@@ -363,7 +366,10 @@ pub const SECTION_DOCS: &[(&str, &str)] = &[
         "peer",
         "Probing peers: what counts as downloaded, when to revisit, how long to wait.",
     ),
-    ("tracker", "HTTP and UDP tracker announces and scrapes."),
+    (
+        "tracker",
+        "HTTP, HTTPS and UDP tracker announces and scrapes.",
+    ),
     ("dht", "Mainline DHT (BEP 5) lookups."),
     (
         "store",
@@ -417,7 +423,13 @@ pub const KEY_DOCS: &[(&str, &str)] = &[
     ("tracker.respect_interval", "Wait the tracker's own `interval` instead when it is longer."),
     ("tracker.numwant", "Peers asked for per announce."),
     ("tracker.scrape_secs", "Interval between scrapes of one tracker, seconds; 0 = never scrape."),
-    ("tracker.timeout_ms", "Timeout of one tracker request, ms."),
+    ("tracker.timeout_ms", "Timeout of one tracker request (connect, TLS handshake for https, response), ms."),
+    (
+        "tracker.ca_files",
+        "Extra CA certificates for https:// trackers: PEM files, each with one or more certificates,\n\
+         trusted besides the built-in web PKI roots (Mozilla's, from webpki-roots). Certificates are\n\
+         always verified. A missing or unreadable file stops `run` at startup (exit 2).",
+    ),
     ("dht.enabled", "Run a DHT node and look the torrents up."),
     ("dht.port", "UDP port of our DHT node, sent to peers in the `port` message before closing; 0 = do not send."),
     (
@@ -906,8 +918,14 @@ mod tests {
             "privacy.ip=truncate",
             "peer.revisit_secs=2",
             "stats.interval_secs=0.5",
+            "tracker.ca_files=[\"ca.pem\", \"/etc/ssl/extra.pem\"]",
         ])
         .unwrap();
+        assert_eq!(
+            c.tracker.ca_files,
+            vec![PathBuf::from("ca.pem"), PathBuf::from("/etc/ssl/extra.pem")]
+        );
+        assert!(Config::default().tracker.ca_files.is_empty());
         assert_eq!(c.peer.threshold, 0.9);
         assert_eq!(
             c.net.listen,

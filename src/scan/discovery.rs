@@ -1,10 +1,12 @@
-//! Peer discovery from HTTP and UDP trackers: announces on an interval (respecting the
+//! Peer discovery from HTTP, HTTPS and UDP trackers: announces on an interval (respecting the
 //! tracker's `interval` / `min interval`), scrapes for the reported download counts, and hands
 //! the addresses to the workers that own them.
 //!
 //! Tracker traffic is a few requests per torrent every few minutes, far from the hot path, so
 //! it runs on a small pool of threads with blocking sockets and timeouts (bounded: every
-//! request ends within its timeout, and the pool stops with the scan).
+//! request ends within its timeout, and the pool stops with the scan). `https://` trackers
+//! speak the same protocol over TLS (rustls, certificates verified against the web PKI roots
+//! plus `tracker.ca_files`); a TLS failure is recorded like any other failed announce.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -20,10 +22,13 @@ use super::catalog::Catalog;
 use super::driver::WorkerMsg;
 use super::peer_table::{owner_worker, source};
 use crate::proto::http::{self, ResponseLimits, ResponseReader};
-use crate::proto::tracker_http::{self, AnnounceParams, Event};
+use crate::proto::tracker_http::{self, AnnounceParams, Event, HttpTrackerUrl};
 use crate::proto::tracker_udp::{self, AddressFamily, ConnectionIdCache};
 use crate::store::record::{DiscoveryRecord, PeerSource, Record, ScrapeRecord};
 use crate::store::writer::RecordSender;
+use rustls::pki_types::ServerName;
+
+use super::tls;
 
 /// Settings of discovery (from the `tracker.*` config keys).
 #[derive(Debug, Clone)]
@@ -36,9 +41,13 @@ pub struct DiscoveryConfig {
     /// Port announced to trackers (where incoming peers reach us); 0 = none listening.
     pub listen_port: u16,
     pub peer_id: [u8; 20],
+    /// Timeout of one tracker request (connect, TLS handshake, response).
     pub timeout: Duration,
     pub threads: usize,
     pub user_agent: String,
+    /// TLS client configuration for `https://` trackers (roots: web PKI plus
+    /// `tracker.ca_files`, see [`tls::client_config`]).
+    pub tls: Arc<rustls::ClientConfig>,
 }
 
 impl Default for DiscoveryConfig {
@@ -52,6 +61,8 @@ impl Default for DiscoveryConfig {
             timeout: Duration::from_secs(15),
             threads: 4,
             user_agent: concat!("swarmscan/", env!("CARGO_PKG_VERSION")).to_string(),
+            tls: tls::client_config(&[])
+                .expect("the web PKI roots alone always make a valid TLS configuration"),
         }
     }
 }
@@ -65,8 +76,21 @@ type ScrapeCounts = (Option<u64>, Option<u64>, Option<u64>);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
+    /// `http://` or `https://` (BEP 3 over HTTP, TLS for https).
     Http,
     Udp,
+}
+
+/// The protocol of a tracker URL (scheme case-insensitive); None for one we do not speak.
+fn kind_of(url: &str) -> Option<Kind> {
+    let scheme = url.split_once("://")?.0;
+    if scheme.eq_ignore_ascii_case("udp") {
+        Some(Kind::Udp)
+    } else if scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https") {
+        Some(Kind::Http)
+    } else {
+        None
+    }
 }
 
 /// One (torrent, tracker URL) pair with its schedule.
@@ -125,12 +149,10 @@ impl Discovery {
             let mut seen = std::collections::HashSet::new();
             // Every tracker of every tier: a measurement wants all the peers it can get.
             for url in t.trackers.iter().flatten() {
-                let kind = if url.starts_with("udp://") {
-                    Kind::Udp
-                } else if url.starts_with("http://") {
-                    Kind::Http
-                } else {
-                    continue; // https:// and others are reported at load time
+                let Some(kind) = kind_of(url) else {
+                    // Not a tracker protocol we speak (e.g. wss://): nothing to announce to.
+                    tracing::debug!(url, "tracker URL scheme not supported; skipped");
+                    continue;
                 };
                 if seen.insert(url.clone()) {
                     targets.push(Target {
@@ -414,11 +436,7 @@ impl Shared {
     ) -> JobResult {
         let started = Instant::now();
         let at_ms = self.now_ms();
-        let kind = if url.starts_with("udp://") {
-            Kind::Udp
-        } else {
-            Kind::Http
-        };
+        let kind = kind_of(&url).unwrap_or(Kind::Http);
         let result = match kind {
             Kind::Http => self.announce_http(&url, &params),
             Kind::Udp => self.announce_udp(&url, &params),
@@ -515,42 +533,15 @@ impl Shared {
             .ok_or_else(|| format!("resolving {host}: no address"))
     }
 
+    /// GETs `url` (`http://` or `https://`), following at most 4 redirects (an https
+    /// tracker may not redirect to plain http). Each hop ends within the request timeout.
     fn http_get(&self, url: &str) -> Result<Vec<u8>, String> {
-        let mut url = url.to_string();
+        let mut target = tracker_http::parse_http_url(url).map_err(|e| e.to_string())?;
         for _redirect in 0..4 {
-            let u = tracker_http::parse_http_url(&url).map_err(|e| e.to_string())?;
-            let addr = self.resolve(&u.host, u.port)?;
-            let mut s = TcpStream::connect_timeout(&addr, self.cfg.timeout)
-                .map_err(|e| format!("connect {addr}: {e}"))?;
-            let _ = s.set_read_timeout(Some(self.cfg.timeout));
-            let _ = s.set_write_timeout(Some(self.cfg.timeout));
-            let req =
-                http::build_get_request(&u.host, u.port, &u.path_and_query, &self.cfg.user_agent)
-                    .map_err(|e| e.to_string())?;
-            s.write_all(&req).map_err(|e| format!("send: {e}"))?;
-            let mut reader = ResponseReader::new(ResponseLimits::default());
-            let mut buf = [0u8; 16384];
-            let deadline = Instant::now() + self.cfg.timeout;
-            loop {
-                if Instant::now() > deadline {
-                    return Err("timed out reading the response".into());
-                }
-                let n = s.read(&mut buf).map_err(|e| format!("receive: {e}"))?;
-                let progress = if n == 0 {
-                    reader.finish().map_err(|e| e.to_string())?
-                } else {
-                    reader.feed(&buf[..n]).map_err(|e| e.to_string())?
-                };
-                if progress == http::Progress::Done {
-                    break;
-                }
-                if n == 0 {
-                    return Err("connection closed before the response was complete".into());
-                }
-            }
-            let resp = reader.into_response().ok_or("incomplete response")?;
+            let resp = self.http_exchange(&target)?;
             if let Some(loc) = resp.redirect_location() {
-                url = loc.to_string();
+                target = tracker_http::redirect_target(&target, loc)
+                    .map_err(|e| format!("redirect: {e}"))?;
                 continue;
             }
             if !resp.is_success() {
@@ -559,6 +550,45 @@ impl Shared {
             return Ok(resp.body);
         }
         Err("too many redirects".into())
+    }
+
+    /// One request and its response. Connect, TLS handshake (https), request and response
+    /// share one deadline of `timeout`; the response is read with the same size limits for
+    /// both schemes. TLS failures (certificate, handshake) come back as `tls: ...` text.
+    fn http_exchange(&self, u: &HttpTrackerUrl) -> Result<http::Response, String> {
+        let deadline = Instant::now() + self.cfg.timeout;
+        let addr = self.resolve(&u.host, u.port)?;
+        let left = deadline
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+            .ok_or("timed out resolving the tracker")?;
+        let tcp =
+            TcpStream::connect_timeout(&addr, left).map_err(|e| format!("connect {addr}: {e}"))?;
+        let req = http::build_get_request(&u.host, u.port, &u.path_and_query, &self.cfg.user_agent)
+            .map_err(|e| e.to_string())?;
+        if !u.tls {
+            let mut s = tcp;
+            return exchange(&mut s, &req, deadline);
+        }
+        // The server name is the URL's host: SNI and the name checked against the
+        // certificate (an address literal is checked against the certificate's addresses).
+        let name = ServerName::try_from(u.host.clone())
+            .map_err(|e| format!("tls: invalid server name {:?}: {e}", u.host))?;
+        let conn = rustls::ClientConnection::new(self.cfg.tls.clone(), name)
+            .map_err(|e| format!("tls: {e}"))?;
+        let mut s = rustls::StreamOwned::new(conn, tcp);
+        // The handshake first, so that its failures are reported as such.
+        while s.conn.is_handshaking() {
+            set_deadline(&s.sock, deadline).map_err(|e| format!("tls handshake: {e}"))?;
+            s.conn
+                .complete_io(&mut s.sock)
+                .map_err(|e| tls::error_text("handshake", &e))?;
+        }
+        let resp = exchange(&mut s, &req, deadline);
+        // A polite close (best effort: the socket may be gone).
+        s.conn.send_close_notify();
+        let _ = s.conn.write_tls(&mut s.sock);
+        resp
     }
 
     fn announce_http(&self, url: &str, params: &AnnounceParams) -> Result<Announced, String> {
@@ -729,6 +759,94 @@ impl Shared {
             }));
         }
     }
+}
+
+/// A byte stream to a tracker (plain TCP or TLS over TCP) whose socket takes the timeouts.
+trait TrackerStream: Read + Write {
+    fn tcp(&self) -> &TcpStream;
+    /// The error text for an I/O error in `stage` (`send`, `receive`).
+    fn error_text(&self, stage: &str, e: &std::io::Error) -> String {
+        if matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ) {
+            format!("{stage}: timed out")
+        } else {
+            format!("{stage}: {e}")
+        }
+    }
+}
+
+impl TrackerStream for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}
+
+impl TrackerStream for rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    fn tcp(&self) -> &TcpStream {
+        &self.sock
+    }
+    fn error_text(&self, stage: &str, e: &std::io::Error) -> String {
+        if matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ) {
+            format!("{stage}: timed out")
+        } else {
+            tls::error_text(stage, e)
+        }
+    }
+}
+
+/// Sets the socket's read and write timeouts to what is left until `deadline`.
+fn set_deadline(tcp: &TcpStream, deadline: Instant) -> Result<(), String> {
+    let left = deadline
+        .checked_duration_since(Instant::now())
+        .filter(|d| !d.is_zero())
+        .ok_or("timed out")?;
+    tcp.set_read_timeout(Some(left))
+        .and_then(|_| tcp.set_write_timeout(Some(left)))
+        .map_err(|e| e.to_string())
+}
+
+/// Sends `req` and reads one response (bounded by [`ResponseLimits::default`]) before
+/// `deadline`.
+fn exchange<S: TrackerStream>(
+    s: &mut S,
+    req: &[u8],
+    deadline: Instant,
+) -> Result<http::Response, String> {
+    set_deadline(s.tcp(), deadline).map_err(|e| format!("send: {e}"))?;
+    s.write_all(req)
+        .and_then(|_| s.flush())
+        .map_err(|e| s.error_text("send", &e))?;
+    let mut reader = ResponseReader::new(ResponseLimits::default());
+    let mut buf = [0u8; 16384];
+    loop {
+        set_deadline(s.tcp(), deadline).map_err(|_| "timed out reading the response")?;
+        let n = match s.read(&mut buf) {
+            Ok(n) => n,
+            // A TLS peer that closes without close_notify: the end of the stream, as for
+            // plain HTTP; the response framing (length, chunks) still says if it is complete.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => 0,
+            Err(e) => return Err(s.error_text("receive", &e)),
+        };
+        let progress = if n == 0 {
+            reader.finish().map_err(|e| e.to_string())?
+        } else {
+            reader.feed(&buf[..n]).map_err(|e| e.to_string())?
+        };
+        if progress == http::Progress::Done {
+            break;
+        }
+        if n == 0 {
+            return Err("connection closed before the response was complete".into());
+        }
+    }
+    reader
+        .into_response()
+        .ok_or_else(|| "incomplete response".into())
 }
 
 /// A transaction id that differs between requests (keyed validation of UDP replies).

@@ -1,6 +1,6 @@
 //! Scan policy: which peer to probe and when. Per-worker peer tables, the revisit wheel and
-//! policy, routing of peers to their owning worker, tracker discovery, and the per-worker
-//! driver the engine calls.
+//! policy, routing of peers to their owning worker, tracker discovery (TLS for https
+//! trackers in `tls`), and the per-worker driver the engine calls.
 
 pub mod bench_peers;
 pub mod blocklist;
@@ -9,3 +9,4 @@ pub mod discovery;
 pub mod driver;
 pub mod peer_table;
 pub mod revisit;
+pub mod tls;
