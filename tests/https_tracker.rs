@@ -378,8 +378,9 @@ fn discovers_and_scrapes_through_a_real_https_tracker() {
         "no announce returned the peer: {requests:?}"
     );
 
-    // The scrape went over HTTPS too (aquatic_http reports the seeder; it does not count
-    // downloads, so `downloaded` is 0).
+    // The scrape went over HTTPS too: aquatic_http's announce replies carry no `downloaded`,
+    // so a scrape row can only come from the scrape request (to .../scrape, same scheme). It
+    // reports the seeder; it does not count downloads, so `downloaded` is 0.
     let scrapes = scrape_rows(&db);
     assert!(
         scrapes

@@ -86,14 +86,19 @@ pub fn client_config(ca_files: &[PathBuf]) -> Result<Arc<ClientConfig>, TlsConfi
 }
 
 /// The text recorded for a failed TLS exchange: `tls: <rustls error>` (e.g.
-/// "tls: invalid peer certificate: UnknownIssuer"), or `tls <stage>: <I/O error>` for a
-/// socket error (timeout, reset) during the TLS exchange.
+/// "tls: invalid peer certificate: UnknownIssuer"), `tls <stage>: timed out` when a socket
+/// timeout (the request's deadline) ran out, or `tls <stage>: <I/O error>` for another
+/// socket error (reset, refused) during the TLS exchange.
 pub fn error_text(stage: &str, e: &std::io::Error) -> String {
+    use std::io::ErrorKind;
     match e
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>())
     {
         Some(tls) => format!("tls: {tls}"),
+        None if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+            format!("tls {stage}: timed out")
+        }
         None => format!("tls {stage}: {e}"),
     }
 }
@@ -191,7 +196,10 @@ mod tests {
             error_text("handshake", &cert),
             "tls: invalid peer certificate: UnknownIssuer"
         );
-        let io = std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out");
+        // A socket read timeout shows as WouldBlock on Linux.
+        let io = std::io::Error::from(std::io::ErrorKind::WouldBlock);
         assert_eq!(error_text("handshake", &io), "tls handshake: timed out");
+        let reset = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset by peer");
+        assert_eq!(error_text("receive", &reset), "tls receive: reset by peer");
     }
 }
