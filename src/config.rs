@@ -428,7 +428,8 @@ pub const KEY_DOCS: &[(&str, &str)] = &[
         "tracker.ca_files",
         "Extra CA certificates for https:// trackers: PEM files, each with one or more certificates,\n\
          trusted besides the built-in web PKI roots (Mozilla's, from webpki-roots). Certificates are\n\
-         always verified. A missing or unreadable file stops `run` at startup (exit 2).",
+         always verified. Relative paths are taken from the working directory. A file that is\n\
+         missing, unreadable or holds no certificate stops `run` at startup (exit 2).",
     ),
     ("dht.enabled", "Run a DHT node and look the torrents up."),
     ("dht.port", "UDP port of our DHT node, sent to peers in the `port` message before closing; 0 = do not send."),
