@@ -227,6 +227,8 @@ pub struct TrackerConfig {
     pub scrape_secs: f64,
     /// Request timeout, ms.
     pub timeout_ms: u64,
+    /// Extra CA certificate files (PEM) trusted for `https://` trackers, besides the web PKI roots.
+    pub ca_files: Vec<PathBuf>,
 }
 
 impl Default for TrackerConfig {
@@ -237,6 +239,7 @@ impl Default for TrackerConfig {
             numwant: 200,
             scrape_secs: 300.0,
             timeout_ms: 15000,
+            ca_files: Vec::new(),
         }
     }
 }
@@ -348,7 +351,7 @@ pub const SECTION_DOCS: &[(&str, &str)] = &[
         "peer",
         "Probing peers: what counts as downloaded, when to revisit, how long to wait.",
     ),
-    ("tracker", "HTTP and UDP tracker announces and scrapes."),
+    ("tracker", "HTTP, HTTPS and UDP tracker announces and scrapes."),
     (
         "store",
         "The SQLite writer thread: records are committed in batches.",
@@ -421,7 +424,14 @@ pub const KEY_DOCS: &[(&str, &str)] = &[
     ),
     ("tracker.numwant", "Peers asked for per announce."),
     ("tracker.scrape_secs", "Interval between scrapes of one tracker, seconds; 0 = never scrape."),
-    ("tracker.timeout_ms", "Timeout of one tracker request, ms."),
+    ("tracker.timeout_ms", "Timeout of one tracker request (connect, TLS handshake for https, response), ms."),
+    (
+        "tracker.ca_files",
+        "Extra CA certificates for https:// trackers: PEM files, each with one or more certificates,\n\
+         trusted besides the built-in web PKI roots (Mozilla's, from webpki-roots). Certificates are\n\
+         always verified. Relative paths are taken from the working directory. A file that is\n\
+         missing, unreadable or holds no certificate stops `run` at startup (exit 2).",
+    ),
     ("store.batch_rows", "Commit after this many records..."),
     ("store.batch_ms", "...or this many ms after the first uncommitted record, whichever comes first."),
     (
@@ -924,8 +934,14 @@ mod tests {
             "privacy.ip=truncate",
             "peer.revisit_secs=2",
             "stats.interval_secs=0.5",
+            "tracker.ca_files=[\"ca.pem\", \"/etc/ssl/extra.pem\"]",
         ])
         .unwrap();
+        assert_eq!(
+            c.tracker.ca_files,
+            vec![PathBuf::from("ca.pem"), PathBuf::from("/etc/ssl/extra.pem")]
+        );
+        assert!(Config::default().tracker.ca_files.is_empty());
         assert_eq!(c.peer.threshold, 0.9);
         assert_eq!(
             c.net.listen,

@@ -227,6 +227,10 @@ pub struct RunOptions {
     pub duration: Option<Duration>,
     /// Print the live one-line status (default: when stderr is a terminal).
     pub status_line: Option<bool>,
+    /// TLS configuration for https trackers, when the caller already built it from
+    /// `tracker.ca_files` (`swarmscan run` does, to fail with exit code 2 before anything
+    /// starts); None = built here.
+    pub tracker_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// What a finished scan did.
@@ -321,10 +325,17 @@ pub fn run_scan(
     let stop = Arc::new(AtomicBool::new(false));
     register_signals(&stop)?;
     let started = Instant::now();
-    // Checked before anything is opened: a bad blocklist is an error that touches nothing.
+    // Checked before anything is opened: a bad blocklist or CA file is an error that
+    // touches nothing.
     let blocklist = Arc::new(crate::scan::blocklist::Blocklist::load(
         &config.net.blocklist_file,
     )?);
+    let tracker_tls = match opts.tracker_tls.clone() {
+        Some(t) => t,
+        None => {
+            crate::scan::tls::client_config(&config.tracker.ca_files).map_err(|e| e.to_string())?
+        }
+    };
 
     // Resume state, read before the writer takes the database: the torrents already in it
     // (from `add` or an earlier run) and their peers.
@@ -537,6 +548,7 @@ pub fn run_scan(
             timeout: Duration::from_millis(config.tracker.timeout_ms),
             threads: 4,
             user_agent: concat!("swarmscan/", env!("CARGO_PKG_VERSION")).to_string(),
+            tls: tracker_tls,
         },
         catalog.clone(),
         txs.clone(),

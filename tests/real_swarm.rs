@@ -21,9 +21,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read};
-use std::net::{TcpListener, UdpSocket};
+use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -38,46 +38,8 @@ const THRESHOLD: f64 = 0.98;
 /// Tolerance for comparing our contact times with the clients' once-a-second snapshots.
 const SNAPSHOT_SLACK_MS: i64 = 1_500;
 
-/// A child process that is killed (and reaped) when dropped.
-struct ChildGuard {
-    name: &'static str,
-    child: Child,
-}
-
-impl ChildGuard {
-    fn spawn(name: &'static str, cmd: &mut Command) -> ChildGuard {
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name} ({cmd:?}): {e}"));
-        ChildGuard { name, child }
-    }
-
-    /// Waits for the process to exit by itself; `None` on timeout (the guard still kills it).
-    fn wait_timeout(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
-        let start = Instant::now();
-        loop {
-            match self.child.try_wait() {
-                Ok(Some(status)) => return Some(status),
-                Ok(None) if start.elapsed() < limit => {
-                    std::thread::sleep(Duration::from_millis(50))
-                }
-                Ok(None) => return None,
-                Err(e) => panic!("waiting for {}: {e}", self.name),
-            }
-        }
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-    }
-}
-
 mod common;
+use common::process::{free_tcp_port, free_udp_port, read_to_string_lossy, ChildGuard};
 use common::python_with_libtorrent as python;
 
 fn aquatic_udp() -> PathBuf {
@@ -92,35 +54,11 @@ fn aquatic_udp() -> PathBuf {
     }
 }
 
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn free_tcp_port(ip: &str) -> u16 {
-    TcpListener::bind((ip, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64
-}
-
-fn read_to_string_lossy(path: &Path) -> String {
-    let mut bytes = Vec::new();
-    if let Ok(mut f) = std::fs::File::open(path) {
-        let _ = f.read_to_end(&mut bytes);
-    }
-    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 /// Starts aquatic_udp on 127.0.0.1:`port` only and waits until it answers a BEP 15 connect.

@@ -64,6 +64,7 @@ fn confirms_exactly_the_downloads_the_simulation_shows_and_resumes_after_restart
         RunOptions {
             duration: Some(Duration::from_secs(16)),
             status_line: Some(false),
+            ..RunOptions::default()
         },
     )
     .unwrap();
@@ -142,6 +143,7 @@ fn confirms_exactly_the_downloads_the_simulation_shows_and_resumes_after_restart
         RunOptions {
             duration: Some(Duration::from_secs(4)),
             status_line: Some(false),
+            ..RunOptions::default()
         },
     )
     .unwrap();

@@ -90,6 +90,7 @@ fn demo(args: &DemoArgs) -> Result<(), String> {
         RunOptions {
             duration: Some(Duration::from_secs(args.seconds)),
             status_line: if args.json { Some(false) } else { None },
+            ..RunOptions::default()
         },
     )?;
     let truth = sim.observable_confirmations(config.peer.threshold);
