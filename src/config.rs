@@ -114,6 +114,8 @@ pub struct NetConfig {
     pub utp: bool,
     /// MSE/PE use.
     pub encryption: Encryption,
+    /// DH computations per second and worker for incoming MSE handshakes.
+    pub mse_incoming_per_sec: u32,
     /// Port announced to trackers and in the extension handshake (`p`).
     pub announce_port: u16,
     /// Opt-out blocklist file (one address or CIDR per line); "" = none.
@@ -133,6 +135,7 @@ impl Default for NetConfig {
             ipv6: true,
             utp: false,
             encryption: Encryption::Fallback,
+            mse_incoming_per_sec: 1000,
             announce_port: 6881,
             blocklist_file: PathBuf::new(),
         }
@@ -395,6 +398,12 @@ pub const KEY_DOCS: &[(&str, &str)] = &[
         "Protocol encryption (MSE/PE): \"off\", \"fallback\" (plaintext first, MSE when it fails),\n\
          \"prefer\" (MSE first, plaintext when it fails) or \"require\". What worked is remembered per peer.",
     ),
+    (
+        "net.mse_incoming_per_sec",
+        "Incoming MSE handshakes each worker answers per second (burst: one second's worth). Each costs\n\
+         one 768-bit DH exponentiation (≈ 25–50 µs of CPU, see bench/README.md), so 1000 bounds a flood of\n\
+         random bytes to a few % of a core; handshakes over the budget are closed before the DH and counted.",
+    ),
     ("net.announce_port", "TCP port announced to trackers and to peers in the extension handshake (`p`)."),
     ("net.blocklist_file", "Opt-out blocklist: one address or CIDR per line, never contacted; \"\" = none."),
     ("peer.threshold", "Completion fraction in (0, 1] counted as downloaded (thesis: 0.98, since clients often quit on finishing)."),
@@ -636,6 +645,15 @@ impl Config {
             return bad(
                 "peer.peer_id_prefix",
                 "must be at most 20 bytes (a peer-id is 20 bytes)",
+            );
+        }
+        if !(1..=100_000).contains(&self.net.mse_incoming_per_sec) {
+            return bad(
+                "net.mse_incoming_per_sec",
+                &format!(
+                    "must be 1..=100000 DH computations per second and worker, got {}",
+                    self.net.mse_incoming_per_sec
+                ),
             );
         }
         positive_secs("tracker.announce_secs", self.tracker.announce_secs)?;
@@ -994,11 +1012,23 @@ mod tests {
             ("store.batch_rows=0", "store.batch_rows"),
             ("engine.ring_entries=1000", "engine.ring_entries"),
             ("peer.retry_backoff_factor=0.5", "peer.retry_backoff_factor"),
+            ("net.mse_incoming_per_sec=0", "net.mse_incoming_per_sec"),
+            (
+                "net.mse_incoming_per_sec=1000000",
+                "net.mse_incoming_per_sec",
+            ),
         ] {
             let e = set(&[arg]).unwrap_err().to_string();
             assert!(e.contains(&format!("`{key}`")), "{arg}: {e}");
         }
         assert!(set(&["peer.threshold=1"]).is_ok());
+        assert_eq!(
+            set(&["net.mse_incoming_per_sec=50"])
+                .unwrap()
+                .net
+                .mse_incoming_per_sec,
+            50
+        );
     }
 
     #[test]

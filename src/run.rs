@@ -238,6 +238,9 @@ pub struct RunSummary {
     pub probes_ok: u64,
     pub confirmed_this_run: u64,
     pub records_committed: u64,
+    /// Incoming MSE handshakes closed unanswered: the workers' DH budget was spent
+    /// (`net.mse_incoming_per_sec`).
+    pub mse_incoming_refused: u64,
     pub listen: Vec<SocketAddr>,
 }
 
@@ -415,6 +418,7 @@ pub fn run_scan(
                 blocklist.clone(),
             )
             .with_encryption(config.net.encryption)
+            .with_mse_incoming_per_sec(config.net.mse_incoming_per_sec)
         })
         .collect();
 
@@ -609,6 +613,7 @@ pub fn run_scan(
         probes_ok: sum(|c| c.probes_ok.load(Ordering::Relaxed)),
         confirmed_this_run: sum(|c| c.confirmed.load(Ordering::Relaxed)),
         records_committed: counts.records,
+        mse_incoming_refused: sum(|c| c.mse_incoming_refused.load(Ordering::Relaxed)),
         listen,
     })
 }

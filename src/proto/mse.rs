@@ -158,6 +158,9 @@ pub enum MseError {
         /// What we provided.
         provided: u32,
     },
+    /// The caller declined the handshake before any computation (e.g. a DH budget).
+    #[error("MSE: refused: {0}")]
+    Refused(&'static str),
     /// `on_bytes` was called after the handshake finished or failed.
     #[error("MSE: handshake already finished or failed")]
     Finished,

@@ -7,5 +7,6 @@ pub mod blocklist;
 pub mod catalog;
 pub mod discovery;
 pub mod driver;
+pub mod mse_budget;
 pub mod peer_table;
 pub mod revisit;
