@@ -219,8 +219,9 @@ impl Rc4 {
             *slot = value;
         }
         let mut j = 0u8;
-        for i in 0..256 {
-            j = j.wrapping_add(state[i]).wrapping_add(key[i % key.len()]);
+        // (Cycling the key instead of `key[i % key.len()]` spares 256 divisions per key.)
+        for (i, &k) in (0..256).zip(key.iter().cycle()) {
+            j = j.wrapping_add(state[i]).wrapping_add(k);
             state.swap(i, j as usize);
         }
         Rc4 { state, i: 0, j: 0 }

@@ -676,6 +676,7 @@ fn run_probes(args: &ProbesArgs) -> std::io::Result<()> {
                 "dh_ops_per_sec_per_core": dh.ops_per_cpu_sec.round(),
                 "dh_us_per_op": round2(dh.us_per_op),
                 "dh_window_bits": crate::proto::mse::WINDOW,
+                "dh_exponent_bits": crate::scan::mse_budget::PRIVATE_KEY_BITS,
                 "errors": {
                     "mse_failed": load(&m.mse_failed),
                     "refused": load(&m.refused),
