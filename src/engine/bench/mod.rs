@@ -325,6 +325,25 @@ struct SwarmChild {
     port: u16,
 }
 
+impl SwarmChild {
+    /// CPU seconds (user + system, all threads) the fake swarm has used so far.
+    fn cpu_secs(&self) -> f64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let ticks: u64 = rest
+            .split_whitespace()
+            .skip(11)
+            .take(2)
+            .filter_map(|v| v.parse::<u64>().ok())
+            .sum();
+        // Safety: sysconf has no pointer arguments.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1);
+        ticks as f64 / hz as f64
+    }
+}
+
 impl Drop for SwarmChild {
     fn drop(&mut self) {
         // Closing stdin tells the child to stop; wait (bounded), then kill our own child.
@@ -579,6 +598,8 @@ fn run_probes(args: &ProbesArgs) -> std::io::Result<()> {
     let shared_mse = Arc::new(Shared::default());
     let encrypted = args.encryption == BenchEncryption::Require;
     let (mut mse_ok, mut mse_cpu) = (0u64, 0.0f64);
+    // The fake swarm's CPU during the engine phases (its share of the machine).
+    let (mut swarm_cpu, mut swarm_cpu_mse) = (0.0f64, 0.0f64);
     let loadavg_before = loadavg();
     // One DH exponentiation (the shared secret an MSE initiator computes), before the rounds.
     let dh = if encrypted {
@@ -591,6 +612,7 @@ fn run_probes(args: &ProbesArgs) -> std::io::Result<()> {
     let (mut floor_ok, mut floor_errors, mut floor_cpu) = (0u64, 0u64, 0.0f64);
     let mut stats = Vec::new();
     for round in 0..args.rounds as u64 {
+        let swarm_before = swarm.cpu_secs();
         let phase = engine_phase(
             args,
             swarm.port,
@@ -600,6 +622,7 @@ fn run_probes(args: &ProbesArgs) -> std::io::Result<()> {
             store.as_ref(),
             false,
         )?;
+        swarm_cpu += swarm.cpu_secs() - swarm_before;
         engine_ok += phase.ok;
         engine_cpu += phase.cpu;
         rss_max = rss_max.max(phase.rss_max);
@@ -607,6 +630,7 @@ fn run_probes(args: &ProbesArgs) -> std::io::Result<()> {
         // Let the fake swarm see the resets before the next phase.
         std::thread::sleep(Duration::from_millis(300));
         if encrypted {
+            let swarm_before = swarm.cpu_secs();
             let phase = engine_phase(
                 args,
                 swarm.port,
@@ -616,6 +640,7 @@ fn run_probes(args: &ProbesArgs) -> std::io::Result<()> {
                 store.as_ref(),
                 true,
             )?;
+            swarm_cpu_mse += swarm.cpu_secs() - swarm_before;
             mse_ok += phase.ok;
             mse_cpu += phase.cpu;
             rss_max = rss_max.max(phase.rss_max);
@@ -673,6 +698,9 @@ fn run_probes(args: &ProbesArgs) -> std::io::Result<()> {
                 "encrypted_probes_over_mse": load(&m.mse_ok),
                 "encrypted_cpu_secs_per_1k_probes": if mse_ok > 0 { round3(mse_cpu * 1000.0 / mse_ok as f64) } else { 0.0 },
                 "plaintext_cpu_secs_per_1k_probes": if engine_ok > 0 { round3(engine_cpu * 1000.0 / engine_ok as f64) } else { 0.0 },
+                // The fake swarm (another process) during the same phases.
+                "fake_swarm_encrypted_cpu_secs_per_1k_probes": if mse_ok > 0 { round3(swarm_cpu_mse * 1000.0 / mse_ok as f64) } else { 0.0 },
+                "fake_swarm_plaintext_cpu_secs_per_1k_probes": if engine_ok > 0 { round3(swarm_cpu * 1000.0 / engine_ok as f64) } else { 0.0 },
                 "dh_ops_per_sec_per_core": dh.ops_per_cpu_sec.round(),
                 "dh_us_per_op": round2(dh.us_per_op),
                 "dh_window_bits": crate::proto::mse::WINDOW,
