@@ -401,8 +401,9 @@ pub const KEY_DOCS: &[(&str, &str)] = &[
     (
         "net.mse_incoming_per_sec",
         "Incoming MSE handshakes each worker answers per second (burst: one second's worth). Each costs\n\
-         one 768-bit DH exponentiation (≈ 25–50 µs of CPU, see bench/README.md), so 1000 bounds a flood of\n\
-         random bytes to a few % of a core; handshakes over the budget are closed before the DH and counted.",
+         one 768-bit DH exponentiation (≈ 55 µs of CPU on a 2-vCPU EPYC VM, see bench/README.md), so 1000\n\
+         bounds a flood of random bytes to ≈ 5 % of a core; handshakes over the budget are closed before\n\
+         the DH and counted (`mse_incoming_refused` in the run summary). 1..=100000.",
     ),
     ("net.announce_port", "TCP port announced to trackers and to peers in the extension handshake (`p`)."),
     ("net.blocklist_file", "Opt-out blocklist: one address or CIDR per line, never contacted; \"\" = none."),
