@@ -244,6 +244,9 @@ pub struct RunSummary {
     pub probes_ok: u64,
     pub confirmed_this_run: u64,
     pub records_committed: u64,
+    /// Incoming MSE handshakes closed unanswered: the workers' DH budget was spent
+    /// (`net.mse_incoming_per_sec`).
+    pub mse_incoming_refused: u64,
     pub listen: Vec<SocketAddr>,
     /// The TCP port announced to trackers and peers (0 = none).
     pub announce_port: u16,
@@ -448,6 +451,7 @@ pub fn run_scan(
                 blocklist.clone(),
             )
             .with_encryption(s.encryption)
+            .with_mse_incoming_per_sec(s.mse_incoming_per_sec)
             .with_ipv6(s.ipv6)
             .with_watch(WatchSettings {
                 budget: engine_cfg.worker(i).max_held,
@@ -651,6 +655,7 @@ pub fn run_scan(
         probes_ok: sum(|c| c.probes_ok.load(Ordering::Relaxed)),
         confirmed_this_run: sum(|c| c.confirmed.load(Ordering::Relaxed)),
         records_committed: counts.records,
+        mse_incoming_refused: sum(|c| c.mse_incoming_refused.load(Ordering::Relaxed)),
         listen,
         announce_port: listen_port,
         own_address_dropped: own.dropped(),

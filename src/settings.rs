@@ -50,6 +50,8 @@ pub struct ScanSettings {
     pub watch: WatchSettings,
     /// MSE/PE use.
     pub encryption: Encryption,
+    /// DH computations per second and worker for incoming MSE handshakes.
+    pub mse_incoming_per_sec: u32,
     /// Probe IPv6 peers.
     pub ipv6: bool,
     /// Known peers kept in memory, over all workers.
@@ -122,6 +124,7 @@ impl ScanSettings {
                 ..WatchSettings::default()
             },
             encryption: config.net.encryption,
+            mse_incoming_per_sec: config.net.mse_incoming_per_sec,
             ipv6: config.net.ipv6,
             max_peers: config.engine.max_peers,
             blocklist_file: config.net.blocklist_file.clone(),
