@@ -1067,6 +1067,8 @@ impl ScanDriver {
         let connect_ms = conv.connect_ms();
         if let Some(score) = watch {
             self.start_watch(now, token, conv, &report, score);
+            // Watched connections are counted apart from probes in flight.
+            self.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
             self.apply_visit(idx, report, event, at, connect_ms, false);
             self.table.get_mut(idx).next_visit = NOT_SCHEDULED;
             return Verdict::Continue;
@@ -1190,9 +1192,10 @@ impl WorkerDriver for ScanDriver {
             self.on_incoming_done(done, now);
             return;
         }
-        self.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
         let idx = done.token as PeerIdx;
-        if done.conv.was_watched {
+        if !done.conv.was_watched {
+            self.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
+        } else {
             // The watch ended (the peer closed or went silent, the scan stopped, or we let
             // it go): its last progress, then revisits as usual.
             self.watched.remove(&done.token);
