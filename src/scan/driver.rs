@@ -145,6 +145,11 @@ impl ProbeConv {
             .map(|at| at.saturating_sub(self.created_at))
     }
 
+    /// True when the watched peer sends its haves in bursts.
+    pub fn haves_batched(&self) -> bool {
+        self.probe.haves_batched()
+    }
+
     /// Keeps the connection open to watch the peer.
     pub fn watch(&mut self, now: Millis, plan: WatchPlan) {
         self.probe.watch(now, plan);
@@ -1050,6 +1055,12 @@ impl ScanDriver {
             return Verdict::Finished;
         }
         let idx = token as PeerIdx;
+        if self.watched.contains_key(&token) {
+            // A fresh look at a peer we watch already (it batches its haves): recorded when it
+            // comes back through `probe_done`.
+            conv.stop(now, send);
+            return Verdict::Finished;
+        }
         let watch = match progress {
             Some(p) => {
                 let entry = self.table.get(idx);
@@ -1086,9 +1097,21 @@ impl ScanDriver {
         incoming: bool,
         report: ProbeReport,
         at: Millis,
+        side_probes: bool,
     ) {
         if incoming {
             self.route_incoming(at, peer, report, ProbeEvent::Watched, IncomingWatch::Live);
+        } else if side_probes {
+            // The peer batches its haves: what the watch sees lags its real progress, so the
+            // revisit policy also sends fresh probes near the predicted crossing.
+            self.apply_visit(
+                token as PeerIdx,
+                report,
+                ProbeEvent::Watched,
+                at,
+                None,
+                true,
+            );
         } else {
             self.apply_visit(
                 token as PeerIdx,
@@ -1166,17 +1189,24 @@ impl WorkerDriver for ScanDriver {
                 below.pex = Vec::new();
                 below.metainfo = None;
                 below.pieces_have = crossing.below_have;
-                self.observe_watched(token, peer, incoming, below, crossing.below_at);
+                self.observe_watched(token, peer, incoming, below, crossing.below_at, false);
                 report.pieces_have = report.pieces_have.max(crossing.have);
-                self.observe_watched(token, peer, incoming, report, crossing.at);
+                self.observe_watched(token, peer, incoming, report, crossing.at, false);
                 // At the threshold: nothing more to watch for.
                 conv.stop(now, send);
                 Verdict::Finished
             }
+            Some(AskReason::Progress) => {
+                let mut report = conv.snapshot(now);
+                report.longest_gap_ms = 0;
+                self.observe_watched(token, peer, incoming, report, now, true);
+                Verdict::Continue
+            }
             Some(AskReason::Sample) => {
                 let mut report = conv.snapshot(now);
                 report.longest_gap_ms = 0;
-                self.observe_watched(token, peer, incoming, report, now);
+                let batched = conv.haves_batched();
+                self.observe_watched(token, peer, incoming, report, now, batched);
                 if self.watched.get(&token).is_some_and(|w| w.evict) {
                     conv.stop(now, send);
                     return Verdict::Finished;
