@@ -38,6 +38,15 @@
 //!   starts several seconds after the connection.
 //! * `speed-limit-down` applies to loopback peers too (libtorrent's rate limits do not unless
 //!   told), over TCP and uTP.
+//! * Right after the handshake it sends its extension handshake, `have_none` (or a bitfield,
+//!   or `have_all`) and a second extended message, and it unchokes a peer that never said it
+//!   was interested a few seconds later (at a rechoke).
+//! * A daemon that quits the moment it finishes (SIGTERM from its done script) closes its
+//!   session within ~0.1 s and mostly gets neither its `completed` nor its `stopped` announce
+//!   out: the tracker goes on handing out its address, and swarmscan on dialling it (refused).
+//! * uTP: the libtorrent seeder dials the leechers over uTP first and Transmission accepts it on
+//!   its own address; swarmscan dials over TCP (it has no uTP yet), which Transmission accepts
+//!   as well.
 //!
 //! Every child process is killed on every path ([`ChildGuard`]; the driver starts each daemon
 //! through `setpriv --pdeathsig KILL`); every wait is bounded; network traffic stays on
@@ -631,6 +640,19 @@ fn confirms_every_finished_transmission_leecher_and_nothing_else() {
         }
         if row["contacts"].as_i64().unwrap_or(0) == 0 {
             failures.push(format!("{name} was never reached: {row}"));
+        }
+        // A leecher that requires encryption hangs up on a plaintext handshake: every contact
+        // with it went over MSE (swarmscan's `fallback` retries at once and remembers it).
+        if client["encryption"] == 2
+            && !row["transport"]
+                .as_str()
+                .unwrap_or_default()
+                .split('+')
+                .any(|t| t == "mse")
+        {
+            failures.push(format!(
+                "{name} requires encryption, yet no contact used MSE: {row}"
+            ));
         }
         match (is_transmission, finished_at) {
             (false, _) => {

@@ -17,15 +17,19 @@ asks for announces every 10 minutes, so whenever a leecher is running that the s
 connected to, the seeder re-announces (`force_reannounce`), at most every 2 s.
 
 Ground truth: every running daemon is polled through its JSON RPC (`torrent-get`) ten times a
-second; its verified pieces (the `pieces` bitfield) give the time it crossed the completion
-threshold (last poll below, first poll at or above) and the time it finished. A quitter's done
-script writes the time it ran before it kills its daemon.
+second; its verified pieces (the `pieces` bitfield, what it advertises to peers) give the time
+it crossed the completion threshold (last poll below, first poll at or above) and the time it
+finished. (`percentDone` counts received blocks, verified or not; with 16 KiB pieces, one block
+each, the two agree but for the instant between a block's arrival and its piece's check; it is
+in the progress lines too.) A quitter's done script writes the time it ran before it kills its
+daemon.
 
 Ground truth goes to stdout as JSON lines (times are Unix milliseconds):
   {"event": "torrent", "path", "info_hash", "pieces", "piece_length"}
   {"event": "client", "name", "kind": "libtorrent"|"transmission", "role": "seeder"|"leecher",
    "ip", "port", "rate_limit_kBps", "quits", "encryption", "started_at"}
-  {"event": "progress", "name", "ip", "at", "pieces", "progress", "peers"}   (on change, and
+  {"event": "progress", "name", "ip", "at", "pieces", "progress", "percent_done", "peers"}
+   (on change, and
    at least once a second)
   {"event": "crossed", "name", "ip", "below_at", "above_at"}   (the two polls around the crossing)
   {"event": "finished", "name", "ip", "at"}
@@ -281,7 +285,7 @@ class Leecher:
             self.last_pieces = pieces
             self.last_emit = time.monotonic()
             emit(dict(self.ident(), event="progress", at=at, pieces=pieces, progress=progress,
-                      peers=t["peersConnected"]))
+                      percent_done=t["percentDone"], peers=t["peersConnected"]))
         if pieces == num_pieces and not self.finished:
             self.finish(at)
         return t["peers"]
