@@ -815,11 +815,26 @@ fn confirms_every_finished_transmission_leecher_and_nothing_else() {
             );
         }
     }
+    // swarmscan's own announces as the tracker saw them (its address is 127.0.0.1; every
+    // client has its own): how often it asked for peers, and which port it announced.
+    let announces: Vec<String> = read_to_string_lossy(&dir.join("tracker.log"))
+        .lines()
+        .filter(|l| l.contains(": 127.0.0.1:"))
+        .map(String::from)
+        .collect();
+    eprintln!(
+        "  swarmscan announced {} times (listening on port {listen_port}); first {:?}, last {:?}",
+        announces.len(),
+        announces.first(),
+        announces.last()
+    );
     assert!(
         failures.is_empty(),
-        "swarmscan vs Transmission leechers:\n  {}\n(logs: {} — set SWARMSCAN_KEEP_TEST_DIR=1 to keep them)\nswarmscan log tail:\n{}",
+        "swarmscan vs Transmission leechers:\n  {}\n(logs: {} — set SWARMSCAN_KEEP_TEST_DIR=1 to keep them)\n\
+         swarmscan's announces as the tracker logged them:\n{}\nswarmscan log tail:\n{}",
         failures.join("\n  "),
         dir.display(),
+        announces.join("\n"),
         tail(&read_to_string_lossy(&scan_log), 40)
     );
 }
