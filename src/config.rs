@@ -161,6 +161,8 @@ pub struct PeerConfig {
     pub bitfield_grace_ms: u64,
     /// Concurrent probes, all workers together.
     pub max_in_flight: u32,
+    /// Connections kept open to watch peers near the threshold, all workers together.
+    pub max_watched: u32,
     /// New connections per second, all workers together.
     pub connects_per_sec: u32,
     /// First retry delay after a failed probe, seconds.
@@ -189,6 +191,7 @@ impl Default for PeerConfig {
             max_duration_ms: 30_000,
             bitfield_grace_ms: 500,
             max_in_flight: 4096,
+            max_watched: 4096,
             connects_per_sec: 1000,
             retry_backoff_secs: 300.0,
             retry_backoff_factor: 2.0,
@@ -406,6 +409,14 @@ pub const KEY_DOCS: &[(&str, &str)] = &[
     ("peer.max_duration_ms", "End a probe after this long whatever happens, ms (a bound on slow-drip peers)."),
     ("peer.bitfield_grace_ms", "After the bitfield, wait this long for trailing `have` messages, ms."),
     ("peer.max_in_flight", "Concurrent probes, all workers together."),
+    (
+        "peer.max_watched",
+        "Connections kept open after a probe to watch peers below the threshold, all workers together:\n\
+         a connected peer sends `have` for every piece it finishes, so its crossing is seen the moment it\n\
+         happens, even when it quits right after. Spent on incoming peers and on the peers expected to\n\
+         cross soonest; the rest are revisited. Each costs one descriptor and about 8 KB (kernel socket\n\
+         included). 0 = never watch.",
+    ),
     ("peer.connects_per_sec", "New outgoing connections per second, all workers together."),
     ("peer.retry_backoff_secs", "Retry delay after a failed probe, seconds."),
     ("peer.retry_backoff_factor", "Factor applied to the retry delay after each further consecutive failure (>= 1)."),
@@ -623,6 +634,15 @@ impl Config {
             if v == 0 {
                 return bad(key, "must be > 0");
             }
+        }
+        if p.max_watched > 1_000_000 {
+            return bad(
+                "peer.max_watched",
+                &format!(
+                    "must be at most 1000000 (one descriptor each), got {}",
+                    p.max_watched
+                ),
+            );
         }
         for (key, v) in [
             ("engine.ring_entries", self.engine.ring_entries),

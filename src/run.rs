@@ -20,7 +20,7 @@ use crate::proto::metainfo::Metainfo;
 use crate::proto::probe::ProbeSettings;
 use crate::scan::catalog::{Catalog, CatalogTorrent};
 use crate::scan::discovery::{Discovery, DiscoveryConfig};
-use crate::scan::driver::{RestoredPeer, ScanDriver, WorkerCounters, WorkerMsg};
+use crate::scan::driver::{RestoredPeer, ScanDriver, WatchSettings, WorkerCounters, WorkerMsg};
 use crate::scan::peer_table::{flag, owner_worker, source};
 use crate::scan::revisit::{progress_fixed, RevisitPolicy};
 use crate::store::record::{Record, StatsRecord, TorrentRecord, TorrentSource};
@@ -349,6 +349,7 @@ pub fn run_scan(
     let engine_cfg = EngineConfig {
         workers,
         max_in_flight: config.peer.max_in_flight as usize,
+        max_held: config.peer.max_watched as usize,
         connects_per_sec: config.peer.connects_per_sec as u64,
         connect_timeout_ms: config.peer.connect_timeout_ms,
         listen: config.net.listen.clone(),
@@ -415,6 +416,12 @@ pub fn run_scan(
                 blocklist.clone(),
             )
             .with_encryption(config.net.encryption)
+            .with_watch(WatchSettings {
+                budget: engine_cfg.worker(i).max_held,
+                threshold: config.peer.threshold,
+                sample_ms: (config.peer.revisit_secs * 1000.0) as u64,
+                ..WatchSettings::default()
+            })
         })
         .collect();
 

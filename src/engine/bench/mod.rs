@@ -210,7 +210,7 @@ impl WorkerDriver for BenchDriver {
                 self.settings.clone(),
                 self.catalog.clone(),
                 0,
-                crate::scan::driver::ContactKind::First,
+                crate::store::record::ProbeEvent::FirstContact,
                 now,
             ),
         })
@@ -228,7 +228,7 @@ impl WorkerDriver for BenchDriver {
             let outcome = crate::scan::driver::outcome_record(
                 self.torrent_id,
                 done.peer,
-                crate::scan::driver::ContactKind::First,
+                crate::store::record::ProbeEvent::FirstContact,
                 done.started_at as i64,
                 done.connect_ms,
                 report,
@@ -355,6 +355,7 @@ fn engine_phase(
     let cfg = EngineConfig {
         workers: args.workers,
         max_in_flight: args.in_flight,
+        max_held: 0,
         connects_per_sec: args.connect_rate,
         connect_timeout_ms: 10_000,
         pin_cores: args.pin,
