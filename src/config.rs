@@ -30,8 +30,6 @@ pub struct Config {
     pub peer: PeerConfig,
     /// Tracker announces and scrapes.
     pub tracker: TrackerConfig,
-    /// DHT lookups.
-    pub dht: DhtConfig,
     /// The batched SQLite writer.
     pub store: StoreConfig,
     /// How peer IP addresses are stored.
@@ -48,7 +46,6 @@ impl Default for Config {
             net: NetConfig::default(),
             peer: PeerConfig::default(),
             tracker: TrackerConfig::default(),
-            dht: DhtConfig::default(),
             store: StoreConfig::default(),
             privacy: PrivacyConfig::default(),
             stats: StatsConfig::default(),
@@ -110,11 +107,10 @@ pub struct NetConfig {
     pub listen: Vec<SocketAddr>,
     /// Probe IPv6 peers.
     pub ipv6: bool,
-    /// Probe over uTP (BEP 29) as well as TCP.
-    pub utp: bool,
     /// MSE/PE use.
     pub encryption: Encryption,
-    /// Port announced to trackers and in the extension handshake (`p`).
+    /// Port announced to trackers and in the extension handshake (`p`); 0 = the port of the
+    /// first `listen` address.
     pub announce_port: u16,
     /// Opt-out blocklist file (one address or CIDR per line); "" = none.
     pub blocklist_file: PathBuf,
@@ -131,9 +127,8 @@ impl Default for NetConfig {
                 "[::1]:6881".parse().expect("literal address"),
             ],
             ipv6: true,
-            utp: false,
             encryption: Encryption::Fallback,
-            announce_port: 6881,
+            announce_port: 0,
             blocklist_file: PathBuf::new(),
         }
     }
@@ -165,7 +160,7 @@ pub struct PeerConfig {
     pub max_watched: u32,
     /// New connections per second, all workers together.
     pub connects_per_sec: u32,
-    /// First retry delay after a failed probe, seconds.
+    /// First retry delay after a failed probe, seconds; 0 = `revisit_secs`.
     pub retry_backoff_secs: f64,
     /// Factor applied to the retry delay after each further failure.
     pub retry_backoff_factor: f64,
@@ -178,6 +173,20 @@ pub struct PeerConfig {
     /// First 8 bytes of our peer-id (Azureus style), so peers can tell what we are.
     pub peer_id_prefix: String,
 }
+
+impl PeerConfig {
+    /// The delay before the first retry of a failed peer.
+    pub fn first_retry_secs(&self) -> f64 {
+        if self.retry_backoff_secs == 0.0 {
+            self.revisit_secs
+        } else {
+            self.retry_backoff_secs
+        }
+    }
+}
+
+/// Longest duration any `*_secs` key accepts: a year.
+pub const MAX_SECS: f64 = 31_536_000.0;
 
 impl Default for PeerConfig {
     fn default() -> Self {
@@ -193,7 +202,7 @@ impl Default for PeerConfig {
             max_in_flight: 4096,
             max_watched: 4096,
             connects_per_sec: 1000,
-            retry_backoff_secs: 300.0,
+            retry_backoff_secs: 0.0,
             retry_backoff_factor: 2.0,
             retry_backoff_max_secs: 3600.0,
             max_failures: 0,
@@ -209,7 +218,8 @@ impl Default for PeerConfig {
 pub struct TrackerConfig {
     /// Interval between announces to one tracker, seconds.
     pub announce_secs: f64,
-    /// Use the tracker's `interval` when it asks for a longer one.
+    /// Use the tracker's `interval` when it asks for a longer one (its `min interval` is
+    /// always respected).
     pub respect_interval: bool,
     /// Peers asked for per announce.
     pub numwant: u32,
@@ -217,6 +227,8 @@ pub struct TrackerConfig {
     pub scrape_secs: f64,
     /// Request timeout, ms.
     pub timeout_ms: u64,
+    /// Extra CA certificate files (PEM) trusted for `https://` trackers, besides the web PKI roots.
+    pub ca_files: Vec<PathBuf>,
 }
 
 impl Default for TrackerConfig {
@@ -227,34 +239,7 @@ impl Default for TrackerConfig {
             numwant: 200,
             scrape_secs: 300.0,
             timeout_ms: 15000,
-        }
-    }
-}
-
-/// `[dht]`: DHT lookups.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct DhtConfig {
-    /// Run a DHT node and look torrents up.
-    pub enabled: bool,
-    /// UDP port of our DHT node, sent to peers in the `port` message; 0 = do not send.
-    pub port: u16,
-    /// Bootstrap nodes, "host:port".
-    pub bootstrap: Vec<String>,
-    /// Interval between lookups of one torrent, seconds.
-    pub lookup_secs: f64,
-    /// Outgoing DHT queries per second, all workers together.
-    pub queries_per_sec: u32,
-}
-
-impl Default for DhtConfig {
-    fn default() -> Self {
-        DhtConfig {
-            enabled: true,
-            port: 6881,
-            bootstrap: Vec::new(),
-            lookup_secs: 300.0,
-            queries_per_sec: 100,
+            ca_files: Vec::new(),
         }
     }
 }
@@ -366,8 +351,7 @@ pub const SECTION_DOCS: &[(&str, &str)] = &[
         "peer",
         "Probing peers: what counts as downloaded, when to revisit, how long to wait.",
     ),
-    ("tracker", "HTTP and UDP tracker announces and scrapes."),
-    ("dht", "Mainline DHT (BEP 5) lookups."),
+    ("tracker", "HTTP, HTTPS and UDP tracker announces and scrapes."),
     (
         "store",
         "The SQLite writer thread: records are committed in batches.",
@@ -391,14 +375,20 @@ pub const KEY_DOCS: &[(&str, &str)] = &[
          Loopback by default so that nothing is reachable from outside until you decide;\n\
          for a real scan use [\"0.0.0.0:6881\", \"[::]:6881\"].",
     ),
-    ("net.ipv6", "Probe IPv6 peers too."),
-    ("net.utp", "Probe over uTP (BEP 29) as well as TCP."),
+    ("net.ipv6", "Probe IPv6 peers too; false = IPv6 addresses from any source are ignored (counted)."),
     (
         "net.encryption",
         "Protocol encryption (MSE/PE): \"off\", \"fallback\" (plaintext first, MSE when it fails),\n\
          \"prefer\" (MSE first, plaintext when it fails) or \"require\". What worked is remembered per peer.",
     ),
-    ("net.announce_port", "TCP port announced to trackers and to peers in the extension handshake (`p`)."),
+    (
+        "net.announce_port",
+        "TCP port announced to trackers and to peers in the extension handshake (`p`); 0 = the port of\n\
+         the first net.listen address (set it only when peers reach us on another port, e.g. behind a\n\
+         port forward). With no listener and 0, port 0 is announced and no `p` is sent: nobody can\n\
+         dial in (some HTTP trackers refuse port 0; give a port then). Addresses that are ours (our\n\
+         listeners, the announced port at our own IPs) are never probed.",
+    ),
     ("net.blocklist_file", "Opt-out blocklist: one address or CIDR per line, never contacted; \"\" = none."),
     ("peer.threshold", "Completion fraction in (0, 1] counted as downloaded (thesis: 0.98, since clients often quit on finishing)."),
     ("peer.revisit_secs", "Base interval between two visits of one peer, seconds (fractions allowed)."),
@@ -418,26 +408,30 @@ pub const KEY_DOCS: &[(&str, &str)] = &[
          included). 0 = never watch.",
     ),
     ("peer.connects_per_sec", "New outgoing connections per second, all workers together."),
-    ("peer.retry_backoff_secs", "Retry delay after a failed probe, seconds."),
+    ("peer.retry_backoff_secs", "Retry delay after a failed probe, seconds; 0 = the revisit interval (peer.revisit_secs)."),
     ("peer.retry_backoff_factor", "Factor applied to the retry delay after each further consecutive failure (>= 1)."),
     ("peer.retry_backoff_max_secs", "Longest retry delay, seconds."),
     ("peer.max_failures", "Forget a peer after this many consecutive failures; 0 = keep retrying forever."),
     ("peer.pex", "Read peer exchange (BEP 11) messages as a peer source."),
     ("peer.peer_id_prefix", "First 8 bytes of our peer-id (Azureus style \"-XXnnnn-\"), so peers can see what we are."),
-    ("tracker.announce_secs", "Interval between announces to one tracker, seconds."),
-    ("tracker.respect_interval", "Wait the tracker's own `interval` instead when it is longer."),
+    ("tracker.announce_secs", "Interval between announces to one tracker, seconds (fractions allowed)."),
+    (
+        "tracker.respect_interval",
+        "true: wait the tracker's own `interval` instead when it is longer than announce_secs (logged\n\
+         once per tracker); false: announce every announce_secs whatever `interval` says. A tracker's\n\
+         `min interval` is always respected. An interval over a day is capped at a day; a missing, 0 or\n\
+         negative one is ignored (logged; `swarmscan report` shows each tracker's interval in use).",
+    ),
     ("tracker.numwant", "Peers asked for per announce."),
     ("tracker.scrape_secs", "Interval between scrapes of one tracker, seconds; 0 = never scrape."),
-    ("tracker.timeout_ms", "Timeout of one tracker request, ms."),
-    ("dht.enabled", "Run a DHT node and look the torrents up."),
-    ("dht.port", "UDP port of our DHT node, sent to peers in the `port` message before closing; 0 = do not send."),
+    ("tracker.timeout_ms", "Timeout of one tracker request (connect, TLS handshake for https, response), ms."),
     (
-        "dht.bootstrap",
-        "Bootstrap nodes as \"host:port\". Empty by default (nothing is contacted unless you say so);\n\
-         public routers are e.g. \"router.bittorrent.com:6881\" and \"dht.transmissionbt.com:6881\".",
+        "tracker.ca_files",
+        "Extra CA certificates for https:// trackers: PEM files, each with one or more certificates,\n\
+         trusted besides the built-in web PKI roots (Mozilla's, from webpki-roots). Certificates are\n\
+         always verified. Relative paths are taken from the working directory. A file that is\n\
+         missing, unreadable or holds no certificate stops `run` at startup (exit 2).",
     ),
-    ("dht.lookup_secs", "Interval between get_peers lookups of one torrent, seconds."),
-    ("dht.queries_per_sec", "Outgoing DHT queries per second, all workers together."),
     ("store.batch_rows", "Commit after this many records..."),
     ("store.batch_ms", "...or this many ms after the first uncommitted record, whichever comes first."),
     (
@@ -576,10 +570,12 @@ impl Config {
             })
         }
         fn positive_secs(key: &str, v: f64) -> Result<(), ConfigError> {
-            if !(v.is_finite() && v > 0.0) {
+            if !(v.is_finite() && v > 0.0 && v <= MAX_SECS) {
                 return bad(
                     key,
-                    &format!("must be a positive number of seconds, got {v}"),
+                    &format!(
+                        "must be a positive number of seconds up to {MAX_SECS} (a year), got {v}"
+                    ),
                 );
             }
             Ok(())
@@ -592,7 +588,9 @@ impl Config {
             );
         }
         positive_secs("peer.revisit_secs", p.revisit_secs)?;
-        positive_secs("peer.retry_backoff_secs", p.retry_backoff_secs)?;
+        if p.retry_backoff_secs != 0.0 {
+            positive_secs("peer.retry_backoff_secs", p.retry_backoff_secs)?;
+        }
         positive_secs("peer.retry_backoff_max_secs", p.retry_backoff_max_secs)?;
         if !(p.retry_backoff_factor.is_finite() && p.retry_backoff_factor >= 1.0) {
             return bad(
@@ -600,10 +598,10 @@ impl Config {
                 &format!("must be >= 1, got {}", p.retry_backoff_factor),
             );
         }
-        if p.retry_backoff_max_secs < p.retry_backoff_secs {
+        if p.retry_backoff_max_secs < p.first_retry_secs() {
             return bad(
                 "peer.retry_backoff_max_secs",
-                "must be >= peer.retry_backoff_secs",
+                "must be >= the first retry delay (peer.retry_backoff_secs, or peer.revisit_secs when that is 0)",
             );
         }
         for (key, v) in [
@@ -622,7 +620,6 @@ impl Config {
             ("peer.max_in_flight", p.max_in_flight as u64),
             ("peer.connects_per_sec", p.connects_per_sec as u64),
             ("tracker.numwant", self.tracker.numwant as u64),
-            ("dht.queries_per_sec", self.dht.queries_per_sec as u64),
             ("store.batch_rows", self.store.batch_rows as u64),
             ("store.channel_capacity", self.store.channel_capacity as u64),
             ("engine.max_peers", self.engine.max_peers),
@@ -634,6 +631,15 @@ impl Config {
             if v == 0 {
                 return bad(key, "must be > 0");
             }
+        }
+        if p.max_failures > 255 {
+            return bad(
+                "peer.max_failures",
+                &format!(
+                    "must be at most 255 (0 = never forget), got {}",
+                    p.max_failures
+                ),
+            );
         }
         if p.max_watched > 1_000_000 {
             return bad(
@@ -662,7 +668,6 @@ impl Config {
         if !(self.tracker.scrape_secs.is_finite() && self.tracker.scrape_secs >= 0.0) {
             return bad("tracker.scrape_secs", "must be >= 0 (0 = never scrape)");
         }
-        positive_secs("dht.lookup_secs", self.dht.lookup_secs)?;
         positive_secs("stats.interval_secs", self.stats.interval_secs)?;
         if self.database.as_os_str().is_empty() {
             return bad("database", "must not be empty");
@@ -913,6 +918,9 @@ mod tests {
         assert_eq!(c.peer.quiet_timeout_ms, 6000);
         assert_eq!(c.peer.message_cap, 256);
         assert_eq!(c.tracker.announce_secs, 300.0);
+        assert!(c.tracker.respect_interval);
+        // 0: announce the first listener's port (see run::announce_port).
+        assert_eq!(c.net.announce_port, 0);
         assert_eq!(c.privacy.ip, IpMode::Hmac);
         assert!(c.net.listen.iter().all(|a| a.ip().is_loopback()));
     }
@@ -926,8 +934,14 @@ mod tests {
             "privacy.ip=truncate",
             "peer.revisit_secs=2",
             "stats.interval_secs=0.5",
+            "tracker.ca_files=[\"ca.pem\", \"/etc/ssl/extra.pem\"]",
         ])
         .unwrap();
+        assert_eq!(
+            c.tracker.ca_files,
+            vec![PathBuf::from("ca.pem"), PathBuf::from("/etc/ssl/extra.pem")]
+        );
+        assert!(Config::default().tracker.ca_files.is_empty());
         assert_eq!(c.peer.threshold, 0.9);
         assert_eq!(
             c.net.listen,

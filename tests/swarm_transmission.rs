@@ -67,9 +67,8 @@ use swarmscan::config::IpMode;
 use swarmscan::store::anon::Anonymizer;
 
 mod common;
-use common::{
-    free_port_on_all, now_ms, python_with_libtorrent, read_to_string_lossy, test_dir, ChildGuard,
-};
+use common::process::{read_to_string_lossy, ChildGuard};
+use common::{free_port_on_all, now_ms, python_with_libtorrent, test_dir};
 
 /// How long swarmscan scans. The last leecher to finish does so about 55 s after the swarm
 /// starts.
@@ -325,7 +324,7 @@ fn swarmscan_cmd(dir: &Path, db: &Path, args: &[&str]) -> String {
     let out_path = dir.join(format!("{}.out", args[0]));
     let err_path = dir.join(format!("{}.err", args[0]));
     let mut cmd = ChildGuard::spawn(
-        format!("swarmscan {}", args[0]),
+        "swarmscan (read-only command)",
         Command::new(env!("CARGO_BIN_EXE_swarmscan"))
             .args(args)
             .arg("--set")

@@ -102,6 +102,14 @@ pub fn run(args: &RunArgs) -> i32 {
             return 2;
         }
     };
+    // A bad CA file is a configuration error: named (key and file) before anything starts.
+    let tracker_tls = match crate::scan::tls::client_config(&config.tracker.ca_files) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("swarmscan: run: {e}");
+            return 2;
+        }
+    };
     let inputs = match load_inputs(&args.torrents) {
         Ok(i) => i,
         Err(e) => {
@@ -114,6 +122,7 @@ pub fn run(args: &RunArgs) -> i32 {
         inputs,
         RunOptions {
             duration: args.duration,
+            tracker_tls: Some(tracker_tls),
             ..RunOptions::default()
         },
     ) {
@@ -131,6 +140,12 @@ pub fn run(args: &RunArgs) -> i32 {
                     summary.confirmed_this_run,
                     config.database.display()
                 );
+                if summary.own_address_dropped > 0 {
+                    eprintln!(
+                        "swarmscan: {} addresses from trackers and PEX were our own (announced port {}) and were not probed",
+                        summary.own_address_dropped, summary.announce_port
+                    );
+                }
             }
             0
         }
@@ -330,7 +345,12 @@ pub fn probe(args: &ProbeArgs) -> i32 {
                 if !args.json {
                     t.log(false, &buf[..n]);
                 }
-                let step = probe.on_bytes(&settings, &no_lookup, now(&t), &buf[..n], &mut out);
+                let mut step = probe.on_bytes(&settings, &no_lookup, now(&t), &buf[..n], &mut out);
+                if step == Step::Ask {
+                    // One look is all `probe` takes: the answer ends it (no watching).
+                    probe.stop(&settings, now(&t), &mut out);
+                    step = Step::Finished;
+                }
                 send(&mut t, &mut stream, &mut out);
                 if step == Step::Finished {
                     break;
@@ -342,7 +362,11 @@ pub fn probe(args: &ProbeArgs) -> i32 {
                     std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                 ) =>
             {
-                if probe.on_deadline(&settings, now(&t), &mut out) == Step::Finished {
+                let step = probe.on_deadline(&settings, now(&t), &mut out);
+                if step == Step::Ask {
+                    probe.stop(&settings, now(&t), &mut out);
+                }
+                if step != Step::Continue {
                     send(&mut t, &mut stream, &mut out);
                     break;
                 }

@@ -70,17 +70,21 @@ pub struct ProbeSettings {
     /// Fetch the info dictionary (BEP 9 ut_metadata) from peers of torrents whose piece
     /// count is unknown (known only by hash or magnet), so their progress can be measured.
     pub fetch_metadata: bool,
+    /// Ask peers for peer exchange (BEP 11) and keep the addresses they send.
+    pub pex: bool,
 }
 
 impl ProbeSettings {
-    /// Our extension handshake (BEP 10) as a whole message: `v`, `p`, and `m` with ut_pex.
+    /// Our extension handshake (BEP 10) as a whole message: `v`, `p`, and `m` with ut_pex
+    /// (when `pex`) and ut_metadata.
     pub fn ext_handshake_message(&self) -> &[u8] {
         self.ext_handshake_cache.get_or_init(|| {
+            let mut m = vec![(UT_METADATA.as_bytes(), OUR_UT_METADATA_ID)];
+            if self.pex {
+                m.insert(0, (UT_PEX.as_bytes(), OUR_UT_PEX_ID));
+            }
             ExtHandshake {
-                m: vec![
-                    (UT_PEX.as_bytes(), OUR_UT_PEX_ID),
-                    (UT_METADATA.as_bytes(), OUR_UT_METADATA_ID),
-                ],
+                m,
                 v: Some(self.client.as_bytes()),
                 p: (self.listen_port != 0).then_some(self.listen_port),
                 ..ExtHandshake::default()
@@ -103,6 +107,7 @@ impl Default for ProbeSettings {
             max_duration_ms: 30_000,
             ext_handshake_cache: std::sync::OnceLock::new(),
             fetch_metadata: true,
+            pex: true,
         }
     }
 }
@@ -801,7 +806,8 @@ impl Probe {
                 }
             }
             Event::Extended(ext_id, payload) => {
-                if ext_id == OUR_UT_PEX_ID && self.report.pex.len() < MAX_PEX_PEERS {
+                if settings.pex && ext_id == OUR_UT_PEX_ID && self.report.pex.len() < MAX_PEX_PEERS
+                {
                     if let Ok(pex) = PexMessage::decode(payload) {
                         let room = MAX_PEX_PEERS - self.report.pex.len();
                         self.report

@@ -10,6 +10,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::blocklist::Blocklist;
 use super::catalog::Catalog;
+use super::own_addr::OwnAddresses;
 use super::peer_table::{flag, owner_worker, source, Inserted, PeerIdx, PeerTable, NOT_SCHEDULED};
 use super::revisit::{progress_fraction, RevisitPolicy, RevisitWheel, VisitResult};
 use crate::config::Encryption;
@@ -363,6 +364,8 @@ pub struct WorkerCounters {
     pub crossed_live: AtomicU64,
     /// Watch candidates turned away because the budget was full of better ones.
     pub watch_refused: AtomicU64,
+    /// IPv6 addresses ignored because `net.ipv6` is off.
+    pub ipv6_ignored: AtomicU64,
 }
 
 /// How the scan watches peers (connections kept open to see the threshold crossing live).
@@ -445,10 +448,14 @@ pub struct ScanDriver {
     probe_seq: u64,
     encryption: Encryption,
     watch: WatchSettings,
+    /// Probe IPv6 peers.
+    ipv6: bool,
     /// Watched connections by engine token.
     watched: HashMap<u64, Watched>,
     /// Incoming connections accepted (makes their tokens unique).
     incoming_seq: u64,
+    /// Our own addresses: never probed when PEX names them.
+    own: Arc<OwnAddresses>,
     pub counters: Arc<WorkerCounters>,
 }
 
@@ -490,8 +497,10 @@ impl ScanDriver {
             probe_seq: 0,
             encryption: Encryption::Fallback,
             watch: WatchSettings::default(),
+            ipv6: true,
             watched: HashMap::new(),
             incoming_seq: 0,
+            own: Arc::new(OwnAddresses::default()),
             counters: Arc::new(WorkerCounters::default()),
         }
     }
@@ -502,9 +511,21 @@ impl ScanDriver {
         self
     }
 
+    /// Whether IPv6 peers are probed (`net.ipv6`); when not, their addresses are dropped.
+    pub fn with_ipv6(mut self, ipv6: bool) -> ScanDriver {
+        self.ipv6 = ipv6;
+        self
+    }
+
     /// Keep connections open to watch peers near the threshold (`peer.max_watched`).
     pub fn with_watch(mut self, watch: WatchSettings) -> ScanDriver {
         self.watch = watch;
+        self
+    }
+
+    /// Our own addresses (shared with discovery), dropped from PEX.
+    pub fn with_own_addresses(mut self, own: Arc<OwnAddresses>) -> ScanDriver {
+        self.own = own;
         self
     }
 
@@ -547,6 +568,10 @@ impl ScanDriver {
         for &a in addrs {
             if self.blocklist.blocks(&a) {
                 self.counters.blocked.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            if !self.ipv6 && a.ip().to_canonical().is_ipv6() {
+                self.counters.ipv6_ignored.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
             match self.table.insert(torrent, a, src, Self::secs(now)) {
@@ -676,8 +701,12 @@ impl ScanDriver {
         if event != ProbeEvent::Watched {
             self.counters.probes_done.fetch_add(1, Ordering::Relaxed);
         }
+        if let Some(ip) = report.yourip {
+            self.own.learn_from_peer(ip); // how peers see us: PEX lists us under it
+        }
         if !report.pex.is_empty() {
-            let pex = report.pex.clone();
+            let mut pex = report.pex.clone();
+            self.own.drop_own(&mut pex);
             self.records.send(Record::Discovery(DiscoveryRecord {
                 at: self.unix_ms(at_ms),
                 torrent_id: self.catalog.get(torrent).db_id,

@@ -2,11 +2,13 @@
 // Each test binary uses its own part of this module.
 #![allow(dead_code)]
 
-use std::io::Read as _;
+pub mod process;
+
 use std::net::{IpAddr, TcpListener, UdpSocket};
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+
+use process::free_tcp_port;
 
 /// The Python interpreter with libtorrent's bindings (env `SWARMSCAN_PYTHON`, else
 /// `python3`). Fails the test with a clear message when `import libtorrent` does not work:
@@ -26,56 +28,6 @@ pub fn python_with_libtorrent() -> String {
          SWARMSCAN_PYTHON to an interpreter that has it."
     );
     py
-}
-
-/// A child process that is killed (and reaped) when dropped, so that no test leaves one
-/// behind on any path, panics included.
-pub struct ChildGuard {
-    pub name: String,
-    pub child: Child,
-}
-
-impl ChildGuard {
-    pub fn spawn(name: impl Into<String>, cmd: &mut Command) -> ChildGuard {
-        let name = name.into();
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name} ({cmd:?}): {e}"));
-        ChildGuard { name, child }
-    }
-
-    /// Waits for the process to exit by itself; `None` on timeout (the guard still kills it).
-    pub fn wait_timeout(&mut self, limit: Duration) -> Option<ExitStatus> {
-        let start = Instant::now();
-        loop {
-            match self.child.try_wait() {
-                Ok(Some(status)) => return Some(status),
-                Ok(None) if start.elapsed() < limit => {
-                    std::thread::sleep(Duration::from_millis(50))
-                }
-                Ok(None) => return None,
-                Err(e) => panic!("waiting for {}: {e}", self.name),
-            }
-        }
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-    }
-}
-
-/// A TCP port that is free on `ip` right now.
-pub fn free_tcp_port(ip: &str) -> u16 {
-    TcpListener::bind((ip, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A port free for TCP and UDP on every address in `ips` right now.
@@ -99,15 +51,6 @@ pub fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64
-}
-
-/// A file's contents, invalid UTF-8 replaced ("" when it cannot be read).
-pub fn read_to_string_lossy(path: &Path) -> String {
-    let mut bytes = Vec::new();
-    if let Ok(mut f) = std::fs::File::open(path) {
-        let _ = f.read_to_end(&mut bytes);
-    }
-    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 /// A temporary directory for one test, kept (also after a failure) when env

@@ -216,6 +216,21 @@ impl WorkerDriver for BenchDriver {
         })
     }
 
+    fn on_ask(
+        &mut self,
+        now: Millis,
+        _token: u64,
+        _peer: std::net::SocketAddr,
+        _incoming: bool,
+        conv: &mut RealProbe,
+        send: &mut Vec<u8>,
+    ) -> crate::engine::Verdict {
+        // The answer is known; as in a scan with no watch budget, the probe ends here.
+        let _ = conv.take_ask();
+        conv.stop(now, send);
+        crate::engine::Verdict::Finished
+    }
+
     fn probe_done(&mut self, _now: Millis, done: ProbeDone<RealProbe>) {
         use crate::proto::probe::ProbeEnd;
         self.shared.in_flight.fetch_sub(1, Ordering::Relaxed);
