@@ -351,7 +351,10 @@ pub const SECTION_DOCS: &[(&str, &str)] = &[
         "peer",
         "Probing peers: what counts as downloaded, when to revisit, how long to wait.",
     ),
-    ("tracker", "HTTP, HTTPS and UDP tracker announces and scrapes."),
+    (
+        "tracker",
+        "HTTP, HTTPS and UDP tracker announces and scrapes.",
+    ),
     (
         "store",
         "The SQLite writer thread: records are committed in batches.",
