@@ -342,7 +342,22 @@ pub enum WorkerMsg {
         report: Box<ProbeReport>,
         at_ms: Millis,
         event: ProbeEvent,
+        watch: IncomingWatch,
     },
+}
+
+/// Where an incoming connection's report stands in a watch (the owner does not probe a peer
+/// while it is watched on an incoming connection: clients drop a second connection from us).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IncomingWatch {
+    /// Not watched: the answer at the end of the connection.
+    No,
+    /// The answer; the connection stays open to watch the peer.
+    Started,
+    /// A live observation while watched.
+    Live,
+    /// The watched connection ended.
+    Ended,
 }
 
 /// Counters a worker publishes for the status line (relaxed atomics, read by the stats thread).
@@ -548,7 +563,7 @@ impl ScanDriver {
         if let Inserted::New(idx) = self.table.insert(peer.torrent, peer.addr, peer.sources, 0) {
             let p = self.table.get_mut(idx);
             p.progress = peer.progress;
-            p.flags = peer.flags & !flag::IN_FLIGHT;
+            p.flags = peer.flags & !(flag::IN_FLIGHT | flag::WATCHED_INCOMING);
             p.last_contact = peer.last_contact;
             match peer.next_visit {
                 Some(t) => {
@@ -792,6 +807,7 @@ impl ScanDriver {
         peer: SocketAddr,
         report: ProbeReport,
         event: ProbeEvent,
+        watch: IncomingWatch,
     ) {
         let Ok((torrent, identity)) = self.incoming_identity(now, peer, &report) else {
             return;
@@ -829,18 +845,37 @@ impl ScanDriver {
             report: Box::new(report),
             at_ms: now,
             event,
+            watch,
         });
     }
 
     fn on_incoming_done(&mut self, done: ProbeDone<ProbeConv>, now: Millis) {
-        if done.conv.was_watched {
+        let was_watched = done.conv.was_watched;
+        if was_watched {
             self.watched.remove(&done.token);
             self.counters
                 .watched
                 .store(self.watched.len() as u64, Ordering::Relaxed);
         }
-        let report = done.conv.into_report();
-        self.route_incoming(now, done.peer, report, ProbeEvent::Incoming);
+        let mut report = done.conv.into_report();
+        if was_watched {
+            report.longest_gap_ms = 0;
+            self.route_incoming(
+                now,
+                done.peer,
+                report,
+                ProbeEvent::Watched,
+                IncomingWatch::Ended,
+            );
+        } else {
+            self.route_incoming(
+                now,
+                done.peer,
+                report,
+                ProbeEvent::Incoming,
+                IncomingWatch::No,
+            );
+        }
     }
 
     fn handle_inbox(&mut self, now: Millis) {
@@ -862,16 +897,32 @@ impl ScanDriver {
                     report,
                     at_ms,
                     event,
+                    watch,
                 } => {
                     if let Some(idx) = self.table.find(torrent, addr) {
-                        // While an outgoing probe of the peer runs (or we watch it), its
-                        // schedule is that probe's business.
+                        // While an outgoing probe of the peer runs (or a connection watches
+                        // it), its schedule is that connection's business.
                         let busy = self.table.get(idx).has(flag::IN_FLIGHT);
                         let mut report = *report;
                         if event == ProbeEvent::Watched {
                             report.longest_gap_ms = 0;
                         }
-                        self.apply_visit(idx, report, event, at_ms, None, !busy);
+                        let schedule = match watch {
+                            IncomingWatch::No => !busy,
+                            IncomingWatch::Started | IncomingWatch::Live => false,
+                            IncomingWatch::Ended => true,
+                        };
+                        if watch == IncomingWatch::Ended {
+                            self.table.get_mut(idx).flags &= !flag::WATCHED_INCOMING;
+                        }
+                        self.apply_visit(idx, report, event, at_ms, None, schedule);
+                        if watch == IncomingWatch::Started {
+                            // Watched on the incoming connection: no probes of ours meanwhile
+                            // (one in flight now is not rescheduled when it comes back).
+                            let p = self.table.get_mut(idx);
+                            p.flags |= flag::WATCHED_INCOMING;
+                            p.next_visit = NOT_SCHEDULED;
+                        }
                     }
                 }
             }
@@ -970,10 +1021,18 @@ impl ScanDriver {
             if watch {
                 self.start_watch(now, token, conv, &report, score.unwrap_or(0.0));
             }
-            self.route_incoming(at, peer, report.clone(), ProbeEvent::Incoming);
             if watch {
+                // The answer now; the end of the connection comes as `Ended`.
+                self.route_incoming(
+                    at,
+                    peer,
+                    report,
+                    ProbeEvent::Incoming,
+                    IncomingWatch::Started,
+                );
                 return Verdict::Continue;
             }
+            // Recorded once, when the connection comes back through `probe_done`.
             conv.stop(now, send);
             return Verdict::Finished;
         }
@@ -1014,7 +1073,7 @@ impl ScanDriver {
         at: Millis,
     ) {
         if incoming {
-            self.route_incoming(at, peer, report, ProbeEvent::Watched);
+            self.route_incoming(at, peer, report, ProbeEvent::Watched, IncomingWatch::Live);
         } else {
             self.apply_visit(
                 token as PeerIdx,
@@ -1170,7 +1229,10 @@ impl WorkerDriver for ScanDriver {
         } else {
             false
         };
-        if retry {
+        if p.has(flag::WATCHED_INCOMING) {
+            // Its incoming connection is watched; visits resume when that ends.
+            p.next_visit = NOT_SCHEDULED;
+        } else if retry {
             p.next_visit = secs + 1;
             self.wheel.schedule(idx, secs + 1);
         }
