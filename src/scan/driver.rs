@@ -1102,16 +1102,30 @@ impl ScanDriver {
         if incoming {
             self.route_incoming(at, peer, report, ProbeEvent::Watched, IncomingWatch::Live);
         } else if side_probes {
-            // The peer batches its haves: what the watch sees lags its real progress, so the
-            // revisit policy also sends fresh probes near the predicted crossing.
-            self.apply_visit(
-                token as PeerIdx,
-                report,
+            // The peer batches its haves: what the watch sees lags its real progress (by
+            // several seconds with Transmission), so it is only stored; the revisit policy
+            // runs on fresh probes, which keep coming as if the peer were not watched and aim
+            // at the window between the threshold and completion.
+            let idx = token as PeerIdx;
+            let entry = self.table.get(idx);
+            let (torrent, addr) = (entry.torrent, entry.addr());
+            let outcome = outcome_record(
+                self.catalog.get(torrent).db_id,
+                addr,
                 ProbeEvent::Watched,
-                at,
+                self.unix_ms(at),
                 None,
-                true,
+                &report,
+                None,
             );
+            self.records.send(Record::Outcome(Box::new(outcome)));
+            let revisit = self.policy.revisit_secs.max(1.0) as u32;
+            let p = self.table.get_mut(idx);
+            if p.next_visit == NOT_SCHEDULED {
+                let due = Self::secs(at).saturating_add(revisit);
+                p.next_visit = due;
+                self.wheel.schedule(idx, due);
+            }
         } else {
             self.apply_visit(
                 token as PeerIdx,
