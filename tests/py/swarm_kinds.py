@@ -215,7 +215,7 @@ def main():
     ap.add_argument("--leechers", type=int, default=9)
     ap.add_argument("--first-start-secs", type=float, default=2.0)
     ap.add_argument("--stagger-secs", type=float, default=8.0)
-    ap.add_argument("--rate", type=int, default=64 * 1024, help="bytes/s a leecher downloads")
+    ap.add_argument("--rate", type=int, default=80 * 1024, help="bytes/s a leecher downloads")
     ap.add_argument("--threshold", type=float, default=0.98)
     ap.add_argument("--first-octet", type=int, default=20,
                     help="the seeder is 127.0.0.N, the IPv4 leechers follow")
