@@ -155,7 +155,11 @@ impl IptablesGuard {
 
     /// Rejects TCP SYNs to `ip`:`port` (inbound connections), as a NAT in front of a client does.
     pub fn reject_syn(&mut self, ip: IpAddr, port: u16) {
-        let program = if ip.is_ipv4() { "iptables" } else { "ip6tables" };
+        let program = if ip.is_ipv4() {
+            "iptables"
+        } else {
+            "ip6tables"
+        };
         let spec: Vec<String> = [
             "-p",
             "tcp",
