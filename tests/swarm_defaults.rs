@@ -198,6 +198,18 @@ fn swarmscan_query(dir: &Path, db: &Path, args: &[&str]) -> String {
     read_to_string_lossy(&out_path)
 }
 
+/// A database value as text.
+fn sql_text(v: rusqlite::types::ValueRef) -> String {
+    use rusqlite::types::ValueRef;
+    match v {
+        ValueRef::Null => "null".into(),
+        ValueRef::Integer(i) => i.to_string(),
+        ValueRef::Real(f) => f.to_string(),
+        ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
+        ValueRef::Blob(b) => format!("<{} bytes>", b.len()),
+    }
+}
+
 /// For a failure report: the database's own row of a peer (every column), or why there is none.
 fn db_row(db: &Path, shown_ip: &str, port: u16) -> String {
     let conn =
@@ -213,7 +225,7 @@ fn db_row(db: &Path, shown_ip: &str, port: u16) -> String {
         let cols: Vec<String> = names
             .iter()
             .enumerate()
-            .map(|(i, n)| format!("{n}={:?}", row.get_ref(i).unwrap()))
+            .map(|(i, n)| format!("{n}={}", sql_text(row.get_ref(i).unwrap())))
             .collect();
         out.push(cols.join(" "));
     }
@@ -563,9 +575,25 @@ fn confirms_exactly_the_finished_leechers_of_a_swarm_met_as_a_user_would() {
     // own announced address, or a client under a wrong port).
     for r in peers.iter().filter(|r| r["confirmed"] == true) {
         if !matched_rows.iter().any(|m| std::ptr::eq(*m, r)) {
-            failures.push(format!(
-                "a peer that is none of the clients is confirmed: {r}"
-            ));
+            // Clients with this address (every IPv6 client is ::1).
+            let same_ip: Vec<&str> = truth
+                .plan
+                .iter()
+                .filter(|p| {
+                    p.addrs
+                        .iter()
+                        .any(|(ip, _)| anon.anonymize(*ip).shown == r["ip"].as_str().unwrap_or(""))
+                })
+                .map(|p| p.name.as_str())
+                .collect();
+            failures.push(if same_ip.is_empty() {
+                format!("an address that is none of the clients' is confirmed: {r}")
+            } else {
+                format!(
+                    "a peer at the address of {same_ip:?} but none of their listen ports is \
+                     confirmed (an incoming connection without a listen port?): {r}"
+                )
+            });
         }
     }
     let expected = leechers.len() as i64;
@@ -598,8 +626,9 @@ fn confirms_exactly_the_finished_leechers_of_a_swarm_met_as_a_user_would() {
         ));
     }
     let summary = summary.join("\n");
-    eprintln!("{summary}");
-    if !failures.is_empty() {
+    if failures.is_empty() {
+        eprintln!("{summary}");
+    } else {
         let log = read_to_string_lossy(&scan_log);
         let tail: Vec<&str> = log.lines().rev().take(40).collect();
         panic!(
