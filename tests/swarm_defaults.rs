@@ -243,7 +243,7 @@ fn discovery_summary(db: &Path, t0: i64) -> String {
             .unwrap();
     let mut stmt = conn
         .prepare(
-            "SELECT coalesce(tracker, source), count(*), min(at), max(at), sum(received), \
+            "SELECT coalesce(tracker, 'source ' || source), count(*), min(at), max(at), sum(received), \
              sum(new), group_concat(DISTINCT error) FROM discovery_requests GROUP BY 1",
         )
         .unwrap();
@@ -251,9 +251,7 @@ fn discovery_summary(db: &Path, t0: i64) -> String {
         .query_map([], |r| {
             Ok(format!(
                 "  {}: {} requests from {} to {}, {} addresses received ({} new), errors {:?}",
-                r.get_ref(0)?
-                    .as_str()
-                    .map_or_else(|_| format!("{:?}", r.get_ref(0)), str::to_string),
+                sql_text(r.get_ref(0)?),
                 r.get::<_, i64>(1)?,
                 rel(r.get(2)?, t0),
                 rel(r.get(3)?, t0),
