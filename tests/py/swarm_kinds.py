@@ -63,17 +63,21 @@ DEBUG = bool(os.environ.get("SWARM_KINDS_DEBUG"))
 
 
 def free_port(family, host):
-    """A port free for TCP and UDP on `host` (libtorrent listens on both with one number)."""
-    for _ in range(100):
-        with socket.socket(family, socket.SOCK_STREAM) as t:
-            t.bind((host, 0))
-            port = t.getsockname()[1]
-            try:
-                with socket.socket(family, socket.SOCK_DGRAM) as u:
-                    u.bind((host, port))
-            except OSError:
-                continue
-            return port
+    """A port free for TCP and UDP on `host` (libtorrent listens on both with one number).
+
+    Taken below the kernel's ephemeral range (32768 and up by default): a client may start
+    a minute after the plan is made, and an ephemeral port could be in use by then."""
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20000, 32768)
+        try:
+            with socket.socket(family, socket.SOCK_STREAM) as t, \
+                    socket.socket(family, socket.SOCK_DGRAM) as u:
+                t.bind((host, port))
+                u.bind((host, port))
+        except OSError:
+            continue
+        return port
     raise RuntimeError(f"no free port on {host}")
 
 
