@@ -408,6 +408,10 @@ fn confirms_exactly_the_finished_leechers_of_a_swarm_met_as_a_user_would() {
     // then lift the NAT.
     drop(driver.child.stdin.take());
     let driver_status = driver.wait_timeout(Duration::from_secs(20));
+    if driver_status.is_none() {
+        // Hung: kill it, so that its stdout ends and the reader thread with it.
+        let _ = driver.child.kill();
+    }
     let _ = reader.join();
     while let Ok(line) = line_rx.try_recv() {
         truth.take(&line);
