@@ -30,8 +30,6 @@ pub struct Config {
     pub peer: PeerConfig,
     /// Tracker announces and scrapes.
     pub tracker: TrackerConfig,
-    /// DHT lookups.
-    pub dht: DhtConfig,
     /// The batched SQLite writer.
     pub store: StoreConfig,
     /// How peer IP addresses are stored.
@@ -48,7 +46,6 @@ impl Default for Config {
             net: NetConfig::default(),
             peer: PeerConfig::default(),
             tracker: TrackerConfig::default(),
-            dht: DhtConfig::default(),
             store: StoreConfig::default(),
             privacy: PrivacyConfig::default(),
             stats: StatsConfig::default(),
@@ -110,8 +107,6 @@ pub struct NetConfig {
     pub listen: Vec<SocketAddr>,
     /// Probe IPv6 peers.
     pub ipv6: bool,
-    /// Probe over uTP (BEP 29) as well as TCP.
-    pub utp: bool,
     /// MSE/PE use.
     pub encryption: Encryption,
     /// Port announced to trackers and in the extension handshake (`p`).
@@ -131,7 +126,6 @@ impl Default for NetConfig {
                 "[::1]:6881".parse().expect("literal address"),
             ],
             ipv6: true,
-            utp: false,
             encryption: Encryption::Fallback,
             announce_port: 6881,
             blocklist_file: PathBuf::new(),
@@ -161,9 +155,11 @@ pub struct PeerConfig {
     pub bitfield_grace_ms: u64,
     /// Concurrent probes, all workers together.
     pub max_in_flight: u32,
+    /// Connections kept open to watch peers near the threshold, all workers together.
+    pub max_watched: u32,
     /// New connections per second, all workers together.
     pub connects_per_sec: u32,
-    /// First retry delay after a failed probe, seconds.
+    /// First retry delay after a failed probe, seconds; 0 = `revisit_secs`.
     pub retry_backoff_secs: f64,
     /// Factor applied to the retry delay after each further failure.
     pub retry_backoff_factor: f64,
@@ -177,6 +173,20 @@ pub struct PeerConfig {
     pub peer_id_prefix: String,
 }
 
+impl PeerConfig {
+    /// The delay before the first retry of a failed peer.
+    pub fn first_retry_secs(&self) -> f64 {
+        if self.retry_backoff_secs == 0.0 {
+            self.revisit_secs
+        } else {
+            self.retry_backoff_secs
+        }
+    }
+}
+
+/// Longest duration any `*_secs` key accepts: a year.
+pub const MAX_SECS: f64 = 31_536_000.0;
+
 impl Default for PeerConfig {
     fn default() -> Self {
         PeerConfig {
@@ -189,8 +199,9 @@ impl Default for PeerConfig {
             max_duration_ms: 30_000,
             bitfield_grace_ms: 500,
             max_in_flight: 4096,
+            max_watched: 4096,
             connects_per_sec: 1000,
-            retry_backoff_secs: 300.0,
+            retry_backoff_secs: 0.0,
             retry_backoff_factor: 2.0,
             retry_backoff_max_secs: 3600.0,
             max_failures: 0,
@@ -224,34 +235,6 @@ impl Default for TrackerConfig {
             numwant: 200,
             scrape_secs: 300.0,
             timeout_ms: 15000,
-        }
-    }
-}
-
-/// `[dht]`: DHT lookups.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct DhtConfig {
-    /// Run a DHT node and look torrents up.
-    pub enabled: bool,
-    /// UDP port of our DHT node, sent to peers in the `port` message; 0 = do not send.
-    pub port: u16,
-    /// Bootstrap nodes, "host:port".
-    pub bootstrap: Vec<String>,
-    /// Interval between lookups of one torrent, seconds.
-    pub lookup_secs: f64,
-    /// Outgoing DHT queries per second, all workers together.
-    pub queries_per_sec: u32,
-}
-
-impl Default for DhtConfig {
-    fn default() -> Self {
-        DhtConfig {
-            enabled: true,
-            port: 6881,
-            bootstrap: Vec::new(),
-            lookup_secs: 300.0,
-            queries_per_sec: 100,
         }
     }
 }
@@ -364,7 +347,6 @@ pub const SECTION_DOCS: &[(&str, &str)] = &[
         "Probing peers: what counts as downloaded, when to revisit, how long to wait.",
     ),
     ("tracker", "HTTP and UDP tracker announces and scrapes."),
-    ("dht", "Mainline DHT (BEP 5) lookups."),
     (
         "store",
         "The SQLite writer thread: records are committed in batches.",
@@ -388,8 +370,7 @@ pub const KEY_DOCS: &[(&str, &str)] = &[
          Loopback by default so that nothing is reachable from outside until you decide;\n\
          for a real scan use [\"0.0.0.0:6881\", \"[::]:6881\"].",
     ),
-    ("net.ipv6", "Probe IPv6 peers too."),
-    ("net.utp", "Probe over uTP (BEP 29) as well as TCP."),
+    ("net.ipv6", "Probe IPv6 peers too; false = IPv6 addresses from any source are ignored (counted)."),
     (
         "net.encryption",
         "Protocol encryption (MSE/PE): \"off\", \"fallback\" (plaintext first, MSE when it fails),\n\
@@ -406,8 +387,16 @@ pub const KEY_DOCS: &[(&str, &str)] = &[
     ("peer.max_duration_ms", "End a probe after this long whatever happens, ms (a bound on slow-drip peers)."),
     ("peer.bitfield_grace_ms", "After the bitfield, wait this long for trailing `have` messages, ms."),
     ("peer.max_in_flight", "Concurrent probes, all workers together."),
+    (
+        "peer.max_watched",
+        "Connections kept open after a probe to watch peers below the threshold, all workers together:\n\
+         a connected peer sends `have` for every piece it finishes, so its crossing is seen the moment it\n\
+         happens, even when it quits right after. Spent on incoming peers and on the peers expected to\n\
+         cross soonest; the rest are revisited. Each costs one descriptor and about 8 KB (kernel socket\n\
+         included). 0 = never watch.",
+    ),
     ("peer.connects_per_sec", "New outgoing connections per second, all workers together."),
-    ("peer.retry_backoff_secs", "Retry delay after a failed probe, seconds."),
+    ("peer.retry_backoff_secs", "Retry delay after a failed probe, seconds; 0 = the revisit interval (peer.revisit_secs)."),
     ("peer.retry_backoff_factor", "Factor applied to the retry delay after each further consecutive failure (>= 1)."),
     ("peer.retry_backoff_max_secs", "Longest retry delay, seconds."),
     ("peer.max_failures", "Forget a peer after this many consecutive failures; 0 = keep retrying forever."),
@@ -418,15 +407,6 @@ pub const KEY_DOCS: &[(&str, &str)] = &[
     ("tracker.numwant", "Peers asked for per announce."),
     ("tracker.scrape_secs", "Interval between scrapes of one tracker, seconds; 0 = never scrape."),
     ("tracker.timeout_ms", "Timeout of one tracker request, ms."),
-    ("dht.enabled", "Run a DHT node and look the torrents up."),
-    ("dht.port", "UDP port of our DHT node, sent to peers in the `port` message before closing; 0 = do not send."),
-    (
-        "dht.bootstrap",
-        "Bootstrap nodes as \"host:port\". Empty by default (nothing is contacted unless you say so);\n\
-         public routers are e.g. \"router.bittorrent.com:6881\" and \"dht.transmissionbt.com:6881\".",
-    ),
-    ("dht.lookup_secs", "Interval between get_peers lookups of one torrent, seconds."),
-    ("dht.queries_per_sec", "Outgoing DHT queries per second, all workers together."),
     ("store.batch_rows", "Commit after this many records..."),
     ("store.batch_ms", "...or this many ms after the first uncommitted record, whichever comes first."),
     (
@@ -565,10 +545,12 @@ impl Config {
             })
         }
         fn positive_secs(key: &str, v: f64) -> Result<(), ConfigError> {
-            if !(v.is_finite() && v > 0.0) {
+            if !(v.is_finite() && v > 0.0 && v <= MAX_SECS) {
                 return bad(
                     key,
-                    &format!("must be a positive number of seconds, got {v}"),
+                    &format!(
+                        "must be a positive number of seconds up to {MAX_SECS} (a year), got {v}"
+                    ),
                 );
             }
             Ok(())
@@ -581,7 +563,9 @@ impl Config {
             );
         }
         positive_secs("peer.revisit_secs", p.revisit_secs)?;
-        positive_secs("peer.retry_backoff_secs", p.retry_backoff_secs)?;
+        if p.retry_backoff_secs != 0.0 {
+            positive_secs("peer.retry_backoff_secs", p.retry_backoff_secs)?;
+        }
         positive_secs("peer.retry_backoff_max_secs", p.retry_backoff_max_secs)?;
         if !(p.retry_backoff_factor.is_finite() && p.retry_backoff_factor >= 1.0) {
             return bad(
@@ -589,10 +573,10 @@ impl Config {
                 &format!("must be >= 1, got {}", p.retry_backoff_factor),
             );
         }
-        if p.retry_backoff_max_secs < p.retry_backoff_secs {
+        if p.retry_backoff_max_secs < p.first_retry_secs() {
             return bad(
                 "peer.retry_backoff_max_secs",
-                "must be >= peer.retry_backoff_secs",
+                "must be >= the first retry delay (peer.retry_backoff_secs, or peer.revisit_secs when that is 0)",
             );
         }
         for (key, v) in [
@@ -611,7 +595,6 @@ impl Config {
             ("peer.max_in_flight", p.max_in_flight as u64),
             ("peer.connects_per_sec", p.connects_per_sec as u64),
             ("tracker.numwant", self.tracker.numwant as u64),
-            ("dht.queries_per_sec", self.dht.queries_per_sec as u64),
             ("store.batch_rows", self.store.batch_rows as u64),
             ("store.channel_capacity", self.store.channel_capacity as u64),
             ("engine.max_peers", self.engine.max_peers),
@@ -623,6 +606,24 @@ impl Config {
             if v == 0 {
                 return bad(key, "must be > 0");
             }
+        }
+        if p.max_failures > 255 {
+            return bad(
+                "peer.max_failures",
+                &format!(
+                    "must be at most 255 (0 = never forget), got {}",
+                    p.max_failures
+                ),
+            );
+        }
+        if p.max_watched > 1_000_000 {
+            return bad(
+                "peer.max_watched",
+                &format!(
+                    "must be at most 1000000 (one descriptor each), got {}",
+                    p.max_watched
+                ),
+            );
         }
         for (key, v) in [
             ("engine.ring_entries", self.engine.ring_entries),
@@ -642,7 +643,6 @@ impl Config {
         if !(self.tracker.scrape_secs.is_finite() && self.tracker.scrape_secs >= 0.0) {
             return bad("tracker.scrape_secs", "must be >= 0 (0 = never scrape)");
         }
-        positive_secs("dht.lookup_secs", self.dht.lookup_secs)?;
         positive_secs("stats.interval_secs", self.stats.interval_secs)?;
         if self.database.as_os_str().is_empty() {
             return bad("database", "must not be empty");

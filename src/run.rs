@@ -20,7 +20,7 @@ use crate::proto::metainfo::Metainfo;
 use crate::proto::probe::ProbeSettings;
 use crate::scan::catalog::{Catalog, CatalogTorrent};
 use crate::scan::discovery::{Discovery, DiscoveryConfig};
-use crate::scan::driver::{RestoredPeer, ScanDriver, WorkerCounters, WorkerMsg};
+use crate::scan::driver::{RestoredPeer, ScanDriver, WatchSettings, WorkerCounters, WorkerMsg};
 use crate::scan::peer_table::{flag, owner_worker, source};
 use crate::scan::revisit::{progress_fixed, RevisitPolicy};
 use crate::store::record::{Record, StatsRecord, TorrentRecord, TorrentSource};
@@ -349,6 +349,7 @@ pub fn run_scan(
     let engine_cfg = EngineConfig {
         workers,
         max_in_flight: config.peer.max_in_flight as usize,
+        max_held: config.peer.max_watched as usize,
         connects_per_sec: config.peer.connects_per_sec as u64,
         connect_timeout_ms: config.peer.connect_timeout_ms,
         listen: config.net.listen.clone(),
@@ -379,9 +380,13 @@ pub fn run_scan(
         max_duration_ms: config.peer.max_duration_ms,
         ext_handshake_cache: Default::default(),
         fetch_metadata: true,
+        pex: config.peer.pex,
     });
     let policy = RevisitPolicy {
         revisit_secs: config.peer.revisit_secs,
+        retry_secs: config.peer.first_retry_secs(),
+        retry_factor: config.peer.retry_backoff_factor,
+        max_failures: config.peer.max_failures,
         min_revisit_secs: (config.peer.revisit_secs / 10.0).max(1.0),
         max_backoff_secs: config.peer.retry_backoff_max_secs,
         threshold: config.peer.threshold,
@@ -415,6 +420,13 @@ pub fn run_scan(
                 blocklist.clone(),
             )
             .with_encryption(config.net.encryption)
+            .with_ipv6(config.net.ipv6)
+            .with_watch(WatchSettings {
+                budget: engine_cfg.worker(i).max_held,
+                threshold: config.peer.threshold,
+                sample_ms: (config.peer.revisit_secs * 1000.0) as u64,
+                ..WatchSettings::default()
+            })
         })
         .collect();
 

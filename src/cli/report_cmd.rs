@@ -136,6 +136,7 @@ fn peer_line_text(peer: Option<&PeerRow>) -> String {
             "last",
             "crossed_at",
             "conf",
+            "seen",
             "sources",
             "client",
             "transport",
@@ -153,6 +154,7 @@ fn peer_line_text(peer: Option<&PeerRow>) -> String {
             percent(p.last_progress),
             iso_time(p.crossed_at),
             if p.confirmed { "yes" } else { "no" }.to_string(),
+            p.crossing_seen.clone().unwrap_or_else(|| "-".into()),
             p.sources.clone(),
             p.client.clone().unwrap_or_else(|| "-".into()),
             if p.transport.is_empty() {
@@ -163,9 +165,9 @@ fn peer_line_text(peer: Option<&PeerRow>) -> String {
         ],
     };
     // Widths fit a v1 info-hash, a full IPv6 address and a UTC time.
-    let widths = [40, 39, 5, 20, 20, 6, 6, 20, 4, 22, 24, 0];
+    let widths = [40, 39, 5, 20, 20, 6, 6, 20, 4, 8, 22, 24, 0];
     let right = [
-        false, false, true, false, false, true, true, false, false, false, false, false,
+        false, false, true, false, false, true, true, false, false, false, false, false, false,
     ];
     let mut line = String::new();
     for (i, cell) in cells.iter().enumerate() {
@@ -286,6 +288,10 @@ pub fn render_report(r: &Report) -> String {
             t.ratio
                 .map_or_else(|| "-".into(), |v| format!("{:.1}%", v * 100.0)),
             opt_f(t.confirmed_per_hour, 2),
+            format!(
+                "{}/{}/{}",
+                t.crossings_seen.live, t.crossings_seen.revisit, t.crossings_seen.incoming
+            ),
         ]
     };
     let mut rows: Vec<Vec<String>> = r.torrents.iter().map(torrent_row).collect();
@@ -301,6 +307,7 @@ pub fn render_report(r: &Report) -> String {
             "reported_total",
             "ratio",
             "confirmed/h",
+            "seen live/revisit/incoming",
         ],
         &rows,
     ));
@@ -370,6 +377,18 @@ pub fn render_report(r: &Report) -> String {
         ],
         &rows,
     ));
+
+    let c = &r.total.crossings_seen;
+    out.push_str(&format!(
+        "\nConfirmed crossings seen live (watched connection): {}, by revisit: {}, on an incoming connection: {}\n",
+        c.live, c.revisit, c.incoming
+    ));
+    if let Some(w) = &r.watched {
+        out.push_str(&format!(
+            "Live observations on watched connections (not attempts, not in table 5.7): {}\n",
+            w.attempts
+        ));
+    }
 
     let g = &r.gaps;
     out.push_str(&format!(

@@ -330,7 +330,12 @@ pub fn probe(args: &ProbeArgs) -> i32 {
                 if !args.json {
                     t.log(false, &buf[..n]);
                 }
-                let step = probe.on_bytes(&settings, &no_lookup, now(&t), &buf[..n], &mut out);
+                let mut step = probe.on_bytes(&settings, &no_lookup, now(&t), &buf[..n], &mut out);
+                if step == Step::Ask {
+                    // One look is all `probe` takes: the answer ends it (no watching).
+                    probe.stop(&settings, now(&t), &mut out);
+                    step = Step::Finished;
+                }
                 send(&mut t, &mut stream, &mut out);
                 if step == Step::Finished {
                     break;
@@ -342,7 +347,11 @@ pub fn probe(args: &ProbeArgs) -> i32 {
                     std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                 ) =>
             {
-                if probe.on_deadline(&settings, now(&t), &mut out) == Step::Finished {
+                let step = probe.on_deadline(&settings, now(&t), &mut out);
+                if step == Step::Ask {
+                    probe.stop(&settings, now(&t), &mut out);
+                }
+                if step != Step::Continue {
                     send(&mut t, &mut stream, &mut out);
                     break;
                 }

@@ -10,6 +10,10 @@ pub enum Verdict {
     Continue,
     /// The conversation has its answer: send what is queued, then close.
     Finished,
+    /// The conversation has news for its owner: the engine hands it to
+    /// [`WorkerDriver::on_ask`](super::WorkerDriver::on_ask), which decides what happens next
+    /// (keep it open, perhaps as a held connection, or finish it).
+    Ask,
 }
 
 /// One TCP conversation with a peer, driven by the engine. Pure logic: no I/O, no clock.
@@ -26,4 +30,11 @@ pub trait Conversation {
     /// peer, Some(e) for a socket error (ECONNREFUSED, ECONNRESET, ETIMEDOUT, EHOSTUNREACH...).
     /// Also called with Some(ETIMEDOUT) when the connect itself hits the connect deadline.
     fn on_closed(&mut self, now: Millis, errno: Option<i32>);
+    /// True while the owner keeps this connection open for a long time on purpose (e.g. a
+    /// peer watched until it finishes). Held connections have their own budget
+    /// ([`WorkerConfig::max_held`](super::WorkerConfig::max_held)) and do not count against
+    /// the in-flight cap, so they never starve new probes. Checked after `on_ask`.
+    fn held(&self) -> bool {
+        false
+    }
 }

@@ -71,6 +71,9 @@ pub struct EngineConfig {
     pub workers: usize,
     /// Total probes + accepted connections alive at once, over all workers.
     pub max_in_flight: usize,
+    /// Total held connections (long-lived on purpose, see [`Conversation::held`]) on top of
+    /// `max_in_flight`, over all workers.
+    pub max_held: usize,
     /// Total connects per second over all workers (0 = unlimited).
     pub connects_per_sec: u64,
     /// Connect deadline in milliseconds.
@@ -94,6 +97,7 @@ impl Default for EngineConfig {
                 .map(|n| n.get())
                 .unwrap_or(1),
             max_in_flight: 4096,
+            max_held: 0,
             connects_per_sec: 0,
             connect_timeout_ms: 5000,
             listen: Vec::new(),
@@ -108,7 +112,10 @@ impl Default for EngineConfig {
 impl EngineConfig {
     /// Descriptors the engine needs: one per in-flight slot, plus rings, listeners, slack.
     pub fn descriptors_needed(&self) -> u64 {
-        self.max_in_flight as u64 + (self.workers as u64) * (2 + self.listen.len() as u64) + 64
+        self.max_in_flight as u64
+            + self.max_held as u64
+            + (self.workers as u64) * (2 + self.listen.len() as u64)
+            + 64
     }
 
     /// The configuration of worker `index`.
@@ -118,6 +125,7 @@ impl EngineConfig {
         WorkerConfig {
             index,
             max_in_flight: share(self.max_in_flight).max(1),
+            max_held: share(self.max_held),
             connects_per_sec: if self.connects_per_sec == 0 {
                 0
             } else {

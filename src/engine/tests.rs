@@ -25,6 +25,10 @@ struct Recorder {
     deadline_fired_at: Option<Millis>,
     closed: Option<Option<i32>>,
     final_bytes: Vec<u8>,
+    /// Ask the owner when bytes arrive (instead of Continue/Finished by `expect`).
+    ask_on_bytes: bool,
+    /// Set by the owner's `on_ask`.
+    hold: bool,
 }
 
 impl Recorder {
@@ -48,6 +52,9 @@ impl Conversation for Recorder {
     fn on_bytes(&mut self, _now: Millis, bytes: &[u8], send: &mut Vec<u8>) -> Verdict {
         assert!(!bytes.is_empty());
         self.received.extend_from_slice(bytes);
+        if self.ask_on_bytes {
+            return Verdict::Ask;
+        }
         if self.expect > 0 && self.received.len() >= self.expect {
             send.extend_from_slice(&self.final_bytes);
             Verdict::Finished
@@ -67,6 +74,9 @@ impl Conversation for Recorder {
         assert!(self.closed.is_none(), "on_closed twice");
         self.closed = Some(errno);
     }
+    fn held(&self) -> bool {
+        self.hold
+    }
 }
 
 #[derive(Default)]
@@ -76,6 +86,10 @@ struct TestDriver {
     /// Incoming connections get a Recorder expecting this many bytes.
     incoming_expect: usize,
     incoming_seen: usize,
+    /// Conversations that ask are held while fewer than this are; others are finished.
+    hold_budget: usize,
+    holding: usize,
+    asked: usize,
 }
 
 impl WorkerDriver for TestDriver {
@@ -89,7 +103,28 @@ impl WorkerDriver for TestDriver {
             "token {} handed back twice",
             done.token
         );
+        if done.conv.hold {
+            self.holding -= 1;
+        }
         self.done.push(done);
+    }
+    fn on_ask(
+        &mut self,
+        _now: Millis,
+        _token: u64,
+        _peer: SocketAddr,
+        _incoming: bool,
+        conv: &mut Recorder,
+        send: &mut Vec<u8>,
+    ) -> Verdict {
+        self.asked += 1;
+        if !conv.hold && self.holding < self.hold_budget {
+            conv.hold = true;
+            self.holding += 1;
+            return Verdict::Continue;
+        }
+        send.extend_from_slice(b"bye");
+        Verdict::Finished
     }
     fn incoming(
         &mut self,
@@ -743,4 +778,70 @@ fn large_first_send_arrives_whole_to_a_slow_reader() {
     assert_eq!(driver.done[0].conv.received, b"good");
     settle(&mut worker, &mut driver);
     assert_eq!(server.join().unwrap()[0].len(), SIZE);
+}
+
+#[test]
+fn held_connections_have_their_own_budget_and_never_block_probes() {
+    // A peer that greets every connection and then keeps it open until told to close.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (close_tx, close_rx) = mpsc::channel::<()>();
+    let server = std::thread::spawn(move || {
+        let mut streams = Vec::new();
+        listener.set_nonblocking(true).unwrap();
+        let limit = Instant::now() + Duration::from_secs(10);
+        while streams.len() < 3 && Instant::now() < limit {
+            if let Ok((mut s, _)) = listener.accept() {
+                s.write_all(b"hello").unwrap();
+                streams.push(s);
+            } else {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        let _ = close_rx.recv_timeout(Duration::from_secs(10));
+        for s in &mut streams {
+            // Read what the prober sent, so closing is an orderly FIN, not a reset.
+            s.set_nonblocking(false).unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(500)))
+                .unwrap();
+            let mut hi = [0u8; 2];
+            let _ = s.read_exact(&mut hi);
+        }
+        drop(streams);
+    });
+    let mut cfg = config(1);
+    cfg.max_held = 2;
+    let mut worker = Worker::<Recorder>::new(cfg, Instant::now()).unwrap();
+    let mut driver = TestDriver {
+        hold_budget: 2,
+        ..Default::default()
+    };
+    for token in 1..=3 {
+        let mut conv = Recorder::new(b"hi", 0, 60_000);
+        conv.ask_on_bytes = true;
+        driver.queue.push_back(probe(addr, token, conv));
+    }
+    // One probe in flight at a time, but held ones do not count: all three get connected;
+    // the first two are held, the third is finished by its owner.
+    step_until(&mut worker, &mut driver, "three asks", |d| d.asked == 3);
+    step_until(&mut worker, &mut driver, "third finished", |d| {
+        d.done.len() == 1
+    });
+    assert_eq!(driver.done[0].token, 3);
+    assert_eq!(driver.done[0].ending, Ending::Finished);
+    assert_eq!(worker.held(), 2);
+    assert_eq!(worker.stats().held_max, 2);
+    // The peer closes the held connections: they come back, and the held count with them.
+    close_tx.send(()).unwrap();
+    step_until(&mut worker, &mut driver, "held ones closed", |d| {
+        d.done.len() == 3
+    });
+    for d in &driver.done[1..] {
+        assert_eq!(d.ending, Ending::Closed(None));
+        assert!(d.conv.hold);
+        assert_eq!(d.conv.received, b"hello");
+    }
+    assert_eq!(worker.held(), 0);
+    settle(&mut worker, &mut driver);
+    server.join().unwrap();
 }

@@ -29,6 +29,8 @@ pub struct WorkerConfig {
     pub index: usize,
     /// Slots: outgoing probes plus accepted connections alive at once (= descriptors used).
     pub max_in_flight: usize,
+    /// Held connections (see [`Conversation::held`]) on top of `max_in_flight`.
+    pub max_held: usize,
     /// New outgoing connects per second (0 = unlimited).
     pub connects_per_sec: u64,
     /// Token-bucket burst in connects.
@@ -56,6 +58,7 @@ impl Default for WorkerConfig {
         WorkerConfig {
             index: 0,
             max_in_flight: 1024,
+            max_held: 0,
             connects_per_sec: 0,
             connect_burst: 64,
             connect_timeout_ms: 5000,
@@ -129,6 +132,22 @@ pub trait WorkerDriver {
     /// Called once when the worker starts running, with a handle that wakes it (give it to
     /// whoever feeds this driver from other threads) and the listeners' local addresses.
     fn on_start(&mut self, _waker: Waker, _listening: &[SocketAddr]) {}
+    /// A conversation returned [`Verdict::Ask`]: it has news for its owner (e.g. a probe
+    /// has its answer, or a watched peer crossed a threshold). The owner may look at it and
+    /// change it (start or stop holding it, append bytes to `send`) and says what happens
+    /// next: `Continue` keeps the connection open, `Finished` sends `send` and closes it
+    /// (the conversation then comes back through `probe_done`). `Ask` counts as `Continue`.
+    fn on_ask(
+        &mut self,
+        _now: Millis,
+        _token: u64,
+        _peer: SocketAddr,
+        _incoming: bool,
+        _conv: &mut Self::Conv,
+        _send: &mut Vec<u8>,
+    ) -> Verdict {
+        Verdict::Finished
+    }
     /// Called once per loop iteration.
     fn tick(&mut self, _now: Millis) {}
     /// When the driver wants `tick`/`next_probe` again at the latest (None = no wish).
@@ -156,6 +175,8 @@ pub struct WorkerStats {
     pub closed: u64,
     /// Most slots live at once.
     pub in_flight_max: usize,
+    /// Most held connections at once (see [`Conversation::held`]).
+    pub held_max: usize,
     /// Receives that found the buffer ring empty (re-armed later).
     pub recv_enobufs: u64,
     /// Completions ignored because their slot's generation moved on.
@@ -196,6 +217,8 @@ struct Slot<C> {
     fd: RawFd,
     state: State,
     incoming: bool,
+    /// Counted in `Worker::held` (the conversation said [`Conversation::held`]).
+    held: bool,
     /// Operations whose final completion is still to come.
     pending: u8,
     recv_armed: bool,
@@ -259,6 +282,8 @@ pub struct Worker<C: Conversation> {
     overflow: VecDeque<Vec<squeue::Entry>>,
     driver_idle: bool,
     stopping: bool,
+    /// Live slots whose conversation is held (not counted against `max_in_flight`).
+    held: usize,
 }
 
 fn errno_of(res: i32) -> i32 {
@@ -311,7 +336,7 @@ impl<C: Conversation> Worker<C> {
         Ok(Worker {
             ring,
             bufs: ManuallyDrop::new(bufs),
-            slots: Slab::with_capacity(cfg.max_in_flight),
+            slots: Slab::with_capacity(cfg.max_in_flight + cfg.max_held),
             wheel: TimerWheel::new(now),
             budget: ConnectBudget::new(
                 cfg.connects_per_sec,
@@ -333,6 +358,7 @@ impl<C: Conversation> Worker<C> {
             overflow: VecDeque::new(),
             driver_idle: false,
             stopping: false,
+            held: 0,
         })
     }
 
@@ -344,6 +370,16 @@ impl<C: Conversation> Worker<C> {
     /// Slots live (probes and accepted connections, including ones closing).
     pub fn in_flight(&self) -> usize {
         self.slots.len()
+    }
+
+    /// Held connections live (see [`Conversation::held`]).
+    pub fn held(&self) -> usize {
+        self.held
+    }
+
+    /// Slots that count against `max_in_flight`.
+    fn probing(&self) -> usize {
+        self.slots.len() - self.held
     }
 
     /// Counters so far.
@@ -404,7 +440,7 @@ impl<C: Conversation> Worker<C> {
         if let Some(t) = driver.next_wakeup() {
             wake = wake.min(t);
         }
-        if !self.driver_idle && self.slots.len() < self.budget.max_in_flight() {
+        if !self.driver_idle && self.probing() < self.budget.max_in_flight() {
             if let Some(t) = self.budget.next_token_at() {
                 wake = wake.min(t);
             }
@@ -533,7 +569,7 @@ impl<C: Conversation> Worker<C> {
         // Bounded per iteration so completions keep flowing.
         let max_new = (self.cfg.ring_entries as usize / 2).max(1);
         for _ in 0..max_new {
-            if self.slots.is_full() || !self.budget.may_connect(now, self.slots.len()) {
+            if self.slots.is_full() || !self.budget.may_connect(now, self.probing()) {
                 return;
             }
             let Some(req) = driver.next_probe(now) else {
@@ -554,6 +590,7 @@ impl<C: Conversation> Worker<C> {
             fd: -1,
             state: State::Socket,
             incoming: false,
+            held: false,
             pending: 1,
             recv_armed: false,
             send_in_flight: false,
@@ -763,7 +800,7 @@ impl<C: Conversation> Worker<C> {
         }
         let fd = res;
         let accepted = (|| {
-            if self.stopping || self.slots.is_full() {
+            if self.stopping || self.slots.is_full() || self.probing() >= self.cfg.max_in_flight {
                 return None;
             }
             let remote = net::peer_addr(fd).ok()?;
@@ -790,6 +827,7 @@ impl<C: Conversation> Worker<C> {
             fd,
             state: State::Open,
             incoming: true,
+            held: false,
             pending: 0,
             recv_armed: false,
             send_in_flight: false,
@@ -904,8 +942,9 @@ impl<C: Conversation> Worker<C> {
             .as_mut()
             .expect("live conv")
             .on_bytes(now, data, &mut scratch);
+        let verdict = self.ask_if_asked(driver, now, i, g, verdict, &mut scratch);
         match verdict {
-            Verdict::Continue => {
+            Verdict::Continue | Verdict::Ask => {
                 self.queue_send(i, g, &mut scratch);
                 if !more {
                     self.arm_recv(i, g);
@@ -918,6 +957,40 @@ impl<C: Conversation> Worker<C> {
             }
         }
         self.scratch = scratch;
+    }
+
+    /// Hands an `Ask` to the owner and returns its answer (other verdicts pass through);
+    /// keeps the held count in step with the conversation.
+    fn ask_if_asked<D: WorkerDriver<Conv = C>>(
+        &mut self,
+        driver: &mut D,
+        now: Millis,
+        i: u32,
+        g: u32,
+        verdict: Verdict,
+        send: &mut Vec<u8>,
+    ) -> Verdict {
+        if verdict != Verdict::Ask {
+            return verdict;
+        }
+        let slot = self.slots.get_mut(i, g).expect("live");
+        let (token, peer, incoming) = (slot.token, slot.peer, slot.incoming);
+        let conv = slot.conv.as_mut().expect("live conv");
+        let answer = driver.on_ask(now, token, peer, incoming, conv, send);
+        let held = conv.held();
+        if held != slot.held {
+            slot.held = held;
+            if held {
+                self.held += 1;
+                self.stats.held_max = self.stats.held_max.max(self.held);
+            } else {
+                self.held -= 1;
+            }
+        }
+        match answer {
+            Verdict::Ask => Verdict::Continue,
+            other => other,
+        }
     }
 
     /// Sends `bytes` now, or after the send in flight.
@@ -1112,6 +1185,10 @@ impl<C: Conversation> Worker<C> {
         let Some(mut conv) = slot.conv.take() else {
             return;
         };
+        if slot.held {
+            slot.held = false;
+            self.held -= 1;
+        }
         if let Ending::Closed(errno) = ending {
             conv.on_closed(now, errno);
             self.stats.closed += 1;
@@ -1182,12 +1259,13 @@ impl<C: Conversation> Worker<C> {
             self.scratch.clear();
             let mut scratch = std::mem::take(&mut self.scratch);
             let verdict = conv.on_deadline(now, &mut scratch);
+            let verdict = self.ask_if_asked(driver, now, i, g, verdict, &mut scratch);
             match verdict {
                 Verdict::Finished => {
                     self.hand_back(driver, now, i, g, Ending::Finished);
                     self.finish_with(i, g, &mut scratch);
                 }
-                Verdict::Continue => {
+                Verdict::Continue | Verdict::Ask => {
                     self.queue_send(i, g, &mut scratch);
                     let slot = self.slots.get_mut(i, g).expect("live");
                     slot.timer_at = Millis::MAX;

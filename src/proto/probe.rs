@@ -11,8 +11,17 @@
 //! - the quiet timeout (no message for that long; thesis: 6 s covered 93.9 % of gaps);
 //! - the message cap (thesis: 256).
 //!
+//! When the answer is known the probe does not close by itself: it asks its owner
+//! ([`Step::Ask`], [`AskReason::Answered`]). The owner either ends it ([`Probe::stop`]) or
+//! keeps the connection open to *watch* the peer ([`Probe::watch`]): a connected peer sends
+//! `have` for every piece it finishes, so the moment it crosses a threshold is seen as it
+//! happens ([`AskReason::Crossed`]), even for a peer that quits right after. A watched probe
+//! sends keep-alives, asks again every sample interval ([`AskReason::Sample`]) and ends when
+//! the peer goes silent for too long or closes.
+//!
 //! It never requests or sends content: the only messages it sends are the handshake, our
-//! extension handshake (so the peer tells us its client and listen port) and `port`.
+//! extension handshake (so the peer tells us its client and listen port), keep-alives while
+//! watching, and `port`.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -61,17 +70,21 @@ pub struct ProbeSettings {
     /// Fetch the info dictionary (BEP 9 ut_metadata) from peers of torrents whose piece
     /// count is unknown (known only by hash or magnet), so their progress can be measured.
     pub fetch_metadata: bool,
+    /// Ask peers for peer exchange (BEP 11) and keep the addresses they send.
+    pub pex: bool,
 }
 
 impl ProbeSettings {
-    /// Our extension handshake (BEP 10) as a whole message: `v`, `p`, and `m` with ut_pex.
+    /// Our extension handshake (BEP 10) as a whole message: `v`, `p`, and `m` with ut_pex
+    /// (when `pex`) and ut_metadata.
     pub fn ext_handshake_message(&self) -> &[u8] {
         self.ext_handshake_cache.get_or_init(|| {
+            let mut m = vec![(UT_METADATA.as_bytes(), OUR_UT_METADATA_ID)];
+            if self.pex {
+                m.insert(0, (UT_PEX.as_bytes(), OUR_UT_PEX_ID));
+            }
             ExtHandshake {
-                m: vec![
-                    (UT_PEX.as_bytes(), OUR_UT_PEX_ID),
-                    (UT_METADATA.as_bytes(), OUR_UT_METADATA_ID),
-                ],
+                m,
                 v: Some(self.client.as_bytes()),
                 p: (self.listen_port != 0).then_some(self.listen_port),
                 ..ExtHandshake::default()
@@ -94,6 +107,7 @@ impl Default for ProbeSettings {
             max_duration_ms: 30_000,
             ext_handshake_cache: std::sync::OnceLock::new(),
             fetch_metadata: true,
+            pex: true,
         }
     }
 }
@@ -209,6 +223,57 @@ pub enum Step {
     Continue,
     /// Send what was appended, then close (without TIME_WAIT).
     Finished,
+    /// Send what was appended and ask the owner ([`Probe::take_ask`] says why).
+    Ask,
+}
+
+/// Why a probe returned [`Step::Ask`] (see [`Probe::take_ask`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AskReason {
+    /// The answer is known (the grace after the progress message is over): stop or watch?
+    Answered,
+    /// A watched peer reached the watch's `notify_have`.
+    Crossed(Crossing),
+    /// A watched peer's sample interval passed.
+    Sample,
+}
+
+/// When a watched peer crossed `notify_have`: the last time it was seen below, and the message
+/// that took it across.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Crossing {
+    /// Last message time at which the peer was still below.
+    pub below_at: Millis,
+    /// Its pieces then.
+    pub below_have: u32,
+    /// The time of the message that took it to `notify_have` or more.
+    pub at: Millis,
+    /// Its pieces right after that message.
+    pub have: u32,
+}
+
+/// How to watch a peer (see [`Probe::watch`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WatchPlan {
+    /// Ask ([`AskReason::Crossed`]) once when the peer has at least this many pieces.
+    pub notify_have: u32,
+    /// Ask ([`AskReason::Sample`]) this often.
+    pub sample_ms: Millis,
+    /// Send a keep-alive after this long without sending (BEP 3: peers drop a connection
+    /// after about two minutes of silence).
+    pub keepalive_ms: Millis,
+    /// End the watch after this long without a message from the peer.
+    pub silence_ms: Millis,
+}
+
+#[derive(Debug)]
+struct Watch {
+    plan: WatchPlan,
+    next_sample: Millis,
+    last_sent: Millis,
+    crossed: bool,
+    /// (time, pieces) of the last message while below `notify_have`.
+    below: (Millis, u32),
 }
 
 /// Looks up a torrent by info-hash for incoming connections: its piece count, if we scan it.
@@ -242,6 +307,11 @@ pub struct Probe {
     pending_haves: Vec<u32>,
     metadata: Option<MetadataFetch>,
     peer_id_nonce: Option<u64>,
+    /// The owner was asked about the answer ([`AskReason::Answered`]).
+    asked: bool,
+    /// Why the probe asks, until the owner takes it.
+    ask: Option<AskReason>,
+    watch: Option<Watch>,
 }
 
 /// An info dictionary being fetched with ut_metadata.
@@ -301,6 +371,9 @@ impl Probe {
             pending_haves: Vec::new(),
             metadata: None,
             peer_id_nonce: None,
+            asked: false,
+            ask: None,
+            watch: None,
         }
     }
 
@@ -329,6 +402,61 @@ impl Probe {
 
     pub fn is_done(&self) -> bool {
         self.done
+    }
+
+    /// Why the last [`Step::Ask`] was returned (taken once).
+    pub fn take_ask(&mut self) -> Option<AskReason> {
+        self.ask.take()
+    }
+
+    /// True while the peer is being watched.
+    pub fn is_watching(&self) -> bool {
+        self.watch.is_some() && !self.done
+    }
+
+    /// Keeps the connection open after the answer to watch the peer's progress.
+    pub fn watch(&mut self, now: Millis, plan: WatchPlan) {
+        if self.done {
+            return;
+        }
+        self.watch = Some(Watch {
+            plan,
+            next_sample: now + plan.sample_ms.max(1),
+            last_sent: now,
+            crossed: self.report.pieces_have >= plan.notify_have,
+            below: (now, self.report.pieces_have),
+        });
+    }
+
+    /// Ends the probe now (answer known, or the watch released): appends the `port` message
+    /// where it belongs.
+    pub fn stop(&mut self, settings: &ProbeSettings, now: Millis, send: &mut Vec<u8>) {
+        if !self.done {
+            self.finish(settings, now, ProbeEnd::Answered, send);
+        }
+    }
+
+    /// The report as it is now, for a record while the probe goes on: PEX addresses and
+    /// fetched metadata are moved out (each is reported once).
+    pub fn snapshot(&mut self, now: Millis) -> ProbeReport {
+        let pex = std::mem::take(&mut self.report.pex);
+        let metainfo = self.report.metainfo.take();
+        let mut report = self.report.clone();
+        report.pex = pex;
+        report.metainfo = metainfo;
+        report.end = ProbeEnd::Answered;
+        report.total_ms = now.saturating_sub(self.started);
+        report
+    }
+
+    /// The answer is known: ask the owner once, then end.
+    fn answer_known(&mut self, settings: &ProbeSettings, now: Millis, send: &mut Vec<u8>) -> Step {
+        if self.asked {
+            return self.finish(settings, now, ProbeEnd::Answered, send);
+        }
+        self.asked = true;
+        self.ask = Some(AskReason::Answered);
+        Step::Ask
     }
 
     fn handshake_bytes(&self, settings: &ProbeSettings, info_hash: &[u8; 20]) -> [u8; 68] {
@@ -367,6 +495,11 @@ impl Probe {
 
     /// When the caller must call [`Probe::on_deadline`] if nothing arrives first.
     pub fn deadline(&self, settings: &ProbeSettings) -> Millis {
+        if let Some(w) = self.watch.as_ref().filter(|_| !self.done) {
+            return (self.last_message + w.plan.silence_ms)
+                .min(w.last_sent + w.plan.keepalive_ms)
+                .min(w.next_sample);
+        }
         let mut d = (self.last_message + settings.quiet_timeout_ms)
             .min(self.started + settings.max_duration_ms);
         // While metadata is on its way, the grace does not end the probe (quiet still does).
@@ -388,6 +521,29 @@ impl Probe {
         }
         if now < self.deadline(settings) {
             return Step::Continue;
+        }
+        if let Some(w) = self.watch.as_mut() {
+            if now >= self.last_message + w.plan.silence_ms {
+                return self.finish(settings, now, ProbeEnd::QuietTimeout, send);
+            }
+            if now >= w.last_sent + w.plan.keepalive_ms {
+                Message::KeepAlive.encode_into(send);
+                w.last_sent = now;
+            }
+            if now >= w.next_sample {
+                w.next_sample = now + w.plan.sample_ms.max(1);
+                self.ask = Some(AskReason::Sample);
+                return Step::Ask;
+            }
+            return Step::Continue;
+        }
+        let answered = self.metadata.is_none()
+            && self.report.progress_source.is_some()
+            && self
+                .answered_at
+                .is_some_and(|at| now >= at + settings.grace_ms);
+        if answered && !self.asked {
+            return self.answer_known(settings, now, send);
         }
         let end = if self.metadata.is_none()
             && self
@@ -498,6 +654,9 @@ impl Probe {
             }
         };
         self.reader = reader;
+        if step == Step::Continue && self.ask.is_some() {
+            return Step::Ask;
+        }
         step
     }
 
@@ -647,7 +806,8 @@ impl Probe {
                 }
             }
             Event::Extended(ext_id, payload) => {
-                if ext_id == OUR_UT_PEX_ID && self.report.pex.len() < MAX_PEX_PEERS {
+                if settings.pex && ext_id == OUR_UT_PEX_ID && self.report.pex.len() < MAX_PEX_PEERS
+                {
                     if let Ok(pex) = PexMessage::decode(payload) {
                         let room = MAX_PEX_PEERS - self.report.pex.len();
                         self.report
@@ -658,12 +818,32 @@ impl Probe {
             }
             Event::Other => {}
         }
+        if let Some(w) = self.watch.as_mut() {
+            // Watching: no message cap (a downloading peer sends a have per piece).
+            let have = self.report.pieces_have;
+            if !w.crossed && have >= w.plan.notify_have {
+                w.crossed = true;
+                self.ask = Some(AskReason::Crossed(Crossing {
+                    below_at: w.below.0,
+                    below_have: w.below.1,
+                    at: now,
+                    have,
+                }));
+            } else if !w.crossed {
+                w.below = (now, have);
+            }
+            return None;
+        }
         if self.report.messages >= settings.message_cap {
             return Some(self.finish(settings, now, ProbeEnd::MessageCap, send));
         }
-        if settings.grace_ms == 0 && self.answered_at.is_some() && self.metadata.is_none() {
+        if settings.grace_ms == 0
+            && self.answered_at.is_some()
+            && self.metadata.is_none()
+            && !self.asked
+        {
             // No grace wanted: the answer is known now.
-            return Some(self.finish(settings, now, ProbeEnd::Answered, send));
+            return Some(self.answer_known(settings, now, send));
         }
         None
     }
@@ -734,8 +914,8 @@ impl Probe {
                 if fetch.left == 0 {
                     let fetch = self.metadata.take()?;
                     self.on_metadata_complete(fetch.buf);
-                    if settings.grace_ms == 0 && self.answered_at.is_some() {
-                        return Some(self.finish(settings, now, ProbeEnd::Answered, send));
+                    if settings.grace_ms == 0 && self.answered_at.is_some() && !self.asked {
+                        return Some(self.answer_known(settings, now, send));
                     }
                 }
             }
@@ -918,7 +1098,12 @@ mod tests {
         p.on_bytes(&s, &no_torrents, 300, &have, &mut out);
         p.on_bytes(&s, &no_torrents, 400, &msg(Message::Have(9)), &mut out);
         assert_eq!(p.deadline(&s), 20 + s.grace_ms);
-        assert_eq!(p.on_deadline(&s, 520, &mut out), Step::Finished);
+        // The answer is known: the owner is asked whether to watch; it ends the probe.
+        assert_eq!(p.on_deadline(&s, 520, &mut out), Step::Ask);
+        assert_eq!(p.take_ask(), Some(AskReason::Answered));
+        assert!(out.is_empty());
+        p.stop(&s, 520, &mut out);
+        assert!(p.is_done());
         // A `port` message with our DHT port, since the peer set the DHT bit.
         assert_eq!(out, msg(Message::Port(6881)));
         let r = p.into_report();
@@ -1261,6 +1446,175 @@ mod tests {
         assert_ne!(a, b);
         assert_eq!(a[..8], s.peer_id[..8], "the client prefix stays");
         assert!(a[8..].iter().all(u8::is_ascii_digit));
+    }
+
+    /// An outgoing probe of a 100-piece torrent that has its answer (bitfield with `have`
+    /// pieces, grace over at 600): the owner was asked.
+    fn answered_probe(have: u32) -> (Probe, ProbeSettings) {
+        let (mut p, s, _) = outgoing(100);
+        let mut out = Vec::new();
+        p.on_bytes(
+            &s,
+            &no_torrents,
+            10,
+            &peer_handshake(Reserved::NONE),
+            &mut out,
+        );
+        let mut bits = vec![0u8; 13];
+        for i in 0..have {
+            bitfield::set_piece(&mut bits, i);
+        }
+        p.on_bytes(
+            &s,
+            &no_torrents,
+            100,
+            &msg(Message::Bitfield(&bits)),
+            &mut out,
+        );
+        assert_eq!(p.on_deadline(&s, 600, &mut out), Step::Ask);
+        assert_eq!(p.take_ask(), Some(AskReason::Answered));
+        (p, s)
+    }
+
+    const PLAN: WatchPlan = WatchPlan {
+        notify_have: 98,
+        sample_ms: 10_000,
+        keepalive_ms: 60_000,
+        silence_ms: 300_000,
+    };
+
+    #[test]
+    fn a_watched_peer_reports_the_have_that_crosses_the_threshold() {
+        let (mut p, s) = answered_probe(90);
+        p.watch(600, PLAN);
+        assert!(p.is_watching());
+        let mut out = Vec::new();
+        // Haves below the threshold: no question, and no message cap while watching.
+        for (i, piece) in (90..97).enumerate() {
+            let step = p.on_bytes(
+                &s,
+                &no_torrents,
+                1000 + i as u64 * 100,
+                &msg(Message::Have(piece)),
+                &mut out,
+            );
+            assert_eq!(step, Step::Continue);
+        }
+        assert_eq!(p.report().pieces_have, 97);
+        // The 98th piece arrives together with the 99th in one read.
+        let mut both = msg(Message::Have(97));
+        both.extend(msg(Message::Have(98)));
+        assert_eq!(
+            p.on_bytes(&s, &no_torrents, 2500, &both, &mut out),
+            Step::Ask
+        );
+        assert_eq!(
+            p.take_ask(),
+            Some(AskReason::Crossed(Crossing {
+                below_at: 1600,
+                below_have: 97,
+                at: 2500,
+                have: 98,
+            }))
+        );
+        // Both were read: the snapshot has 99.
+        assert_eq!(p.snapshot(2500).pieces_have, 99);
+        // Further haves do not ask again.
+        assert_eq!(
+            p.on_bytes(&s, &no_torrents, 2600, &msg(Message::Have(99)), &mut out),
+            Step::Continue
+        );
+        assert!(
+            out.is_empty(),
+            "we never send anything but keep-alives while watching"
+        );
+        let mut many = Vec::new();
+        for _ in 0..400 {
+            many.extend(msg(Message::Have(1)));
+        }
+        assert_eq!(
+            p.on_bytes(&s, &no_torrents, 2700, &many, &mut out),
+            Step::Continue
+        );
+        assert!(
+            !p.is_done(),
+            "the message cap does not apply while watching"
+        );
+    }
+
+    #[test]
+    fn a_watched_peer_gets_keepalives_samples_and_ends_when_silent() {
+        let (mut p, s) = answered_probe(50);
+        p.watch(600, PLAN);
+        let mut out = Vec::new();
+        // First the sample, then keep-alives every minute, each time the deadline says.
+        assert_eq!(p.deadline(&s), 10_600);
+        assert_eq!(p.on_deadline(&s, 10_600, &mut out), Step::Ask);
+        assert_eq!(p.take_ask(), Some(AskReason::Sample));
+        assert!(out.is_empty());
+        let mut keepalives = 0;
+        let mut samples = 1;
+        let mut now;
+        loop {
+            now = p.deadline(&s);
+            match p.on_deadline(&s, now, &mut out) {
+                Step::Ask => {
+                    assert_eq!(p.take_ask(), Some(AskReason::Sample));
+                    samples += 1;
+                }
+                Step::Continue => {}
+                Step::Finished => break,
+            }
+            if !out.is_empty() {
+                assert_eq!(out, msg(Message::KeepAlive));
+                keepalives += 1;
+                out.clear();
+            }
+            assert!(now < 1_000_000, "bounded");
+        }
+        // The peer said nothing after 100 ms: the watch ends 300 s later.
+        assert_eq!(now, 100 + 300_000);
+        assert_eq!(keepalives, 4, "at 60.6, 120.6, 180.6 and 240.6 s");
+        assert_eq!(samples, 29, "every 10 s from 10.6 to 290.6 s");
+        let r = p.into_report();
+        assert_eq!(r.end, ProbeEnd::QuietTimeout);
+        assert_eq!(
+            r.progress(),
+            Some(0.5),
+            "a watch that ends keeps its progress"
+        );
+    }
+
+    #[test]
+    fn a_watched_peer_that_closes_keeps_its_last_progress() {
+        let (mut p, s) = answered_probe(96);
+        p.watch(600, PLAN);
+        let mut out = Vec::new();
+        let mut last = msg(Message::Have(96));
+        last.extend(msg(Message::Have(97)));
+        last.extend(msg(Message::Have(98)));
+        last.extend(msg(Message::Have(99)));
+        assert_eq!(
+            p.on_bytes(&s, &no_torrents, 5000, &last, &mut out),
+            Step::Ask
+        );
+        assert!(
+            matches!(p.take_ask(), Some(AskReason::Crossed(c)) if c.have == 98 && c.below_have == 97 && c.below_at == 5000)
+        );
+        p.on_closed(5001, None);
+        let r = p.into_report();
+        assert_eq!(r.end, ProbeEnd::PeerClosed);
+        assert_eq!(r.pieces_have, 100);
+        assert!(r.succeeded());
+    }
+
+    #[test]
+    fn an_owner_that_neither_watches_nor_stops_gets_the_probe_ended() {
+        let (mut p, s) = answered_probe(10);
+        let mut out = Vec::new();
+        // Asked once; the next deadline ends it.
+        assert_eq!(p.on_deadline(&s, 610, &mut out), Step::Finished);
+        assert_eq!(p.into_report().end, ProbeEnd::Answered);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The scan layer's side of one worker: owns that worker's shard of peers and its revisit
 //! wheel, hands the engine the next due peer, and turns finished probes into observations.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -10,26 +11,19 @@ use crossbeam_channel::{Receiver, Sender};
 use super::blocklist::Blocklist;
 use super::catalog::Catalog;
 use super::peer_table::{flag, owner_worker, source, Inserted, PeerIdx, PeerTable, NOT_SCHEDULED};
-use super::revisit::{RevisitPolicy, RevisitWheel, VisitResult};
+use super::revisit::{progress_fraction, RevisitPolicy, RevisitWheel, VisitResult};
 use crate::config::Encryption;
 use crate::engine::conversation::{Conversation, Millis, Verdict};
 use crate::engine::worker::{Ending, ProbeDone, ProbeRequest, WorkerDriver};
 use crate::proto::mse;
-use crate::proto::probe::{Direction, Probe, ProbeEnd, ProbeReport, ProbeSettings, Step};
+use crate::proto::probe::{
+    AskReason, Direction, Probe, ProbeEnd, ProbeReport, ProbeSettings, Step, WatchPlan,
+};
 use crate::store::record::{
     DiscoveryRecord, ErrorClass, PeerSource, ProbeEvent, ProbeOutcome, ProbeResult, Progress,
     Record, TorrentRecord, TorrentSource, Transport,
 };
 use crate::store::writer::RecordSender;
-
-/// Which kind of contact a probe was (thesis table 5.7 rows).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ContactKind {
-    First,
-    Later,
-    Incoming,
-}
 
 /// The encryption layer between the socket and the probe.
 enum Layer {
@@ -50,10 +44,15 @@ pub struct ProbeConv {
     probe: Probe,
     settings: Arc<ProbeSettings>,
     catalog: Arc<Catalog>,
-    pub kind: ContactKind,
+    pub kind: ProbeEvent,
     layer: Layer,
     /// An outgoing MSE handshake was attempted.
     pub mse_attempted: bool,
+    /// When the conversation was made and when its connection came up (engine clock).
+    created_at: Millis,
+    connected_at: Option<Millis>,
+    /// The owner kept it open to watch the peer (it stays true after the watch ends).
+    pub was_watched: bool,
 }
 
 /// `n` bytes from the kernel's CSPRNG (MSE keys and pads).
@@ -95,7 +94,7 @@ impl ProbeConv {
         settings: Arc<ProbeSettings>,
         catalog: Arc<Catalog>,
         torrent: u32,
-        kind: ContactKind,
+        kind: ProbeEvent,
         now: Millis,
     ) -> ProbeConv {
         let t = catalog.get(torrent);
@@ -110,6 +109,9 @@ impl ProbeConv {
             kind,
             layer: Layer::Plain,
             mse_attempted: false,
+            created_at: now,
+            connected_at: None,
+            was_watched: false,
         }
     }
 
@@ -131,9 +133,51 @@ impl ProbeConv {
             probe: Probe::new(Direction::Incoming, now),
             settings,
             catalog,
-            kind: ContactKind::Incoming,
+            kind: ProbeEvent::Incoming,
             layer: Layer::Sniffing(Vec::new()),
             mse_attempted: false,
+            created_at: now,
+            connected_at: Some(now),
+            was_watched: false,
+        }
+    }
+
+    /// Why the conversation asked its owner (see [`Probe::take_ask`]).
+    pub fn take_ask(&mut self) -> Option<AskReason> {
+        self.probe.take_ask()
+    }
+
+    /// The report so far (see [`Probe::snapshot`]).
+    pub fn snapshot(&mut self, now: Millis) -> ProbeReport {
+        self.probe.snapshot(now)
+    }
+
+    /// Milliseconds from the start of the probe to its connection, if it connected.
+    pub fn connect_ms(&self) -> Option<Millis> {
+        self.connected_at
+            .map(|at| at.saturating_sub(self.created_at))
+    }
+
+    /// Keeps the connection open to watch the peer.
+    pub fn watch(&mut self, now: Millis, plan: WatchPlan) {
+        self.probe.watch(now, plan);
+        self.was_watched = true;
+    }
+
+    /// Ends the probe now; its last bytes (the `port` message) go through the cipher.
+    pub fn stop(&mut self, now: Millis, send: &mut Vec<u8>) {
+        let start = send.len();
+        self.probe.stop(&self.settings, now, send);
+        self.encrypt_tail(send, start);
+    }
+
+    /// Encrypts what was appended from `start` when the stream is encrypted; drops it while an
+    /// MSE handshake is still under way (nothing may go out in the clear then).
+    fn encrypt_tail(&mut self, send: &mut Vec<u8>, start: usize) {
+        match &mut self.layer {
+            Layer::Stream(stream) => stream.encrypt(&mut send[start..]),
+            Layer::Plain => {}
+            _ => send.truncate(start),
         }
     }
 
@@ -167,11 +211,13 @@ fn verdict(step: Step) -> Verdict {
     match step {
         Step::Continue => Verdict::Continue,
         Step::Finished => Verdict::Finished,
+        Step::Ask => Verdict::Ask,
     }
 }
 
 impl Conversation for ProbeConv {
     fn on_connected(&mut self, now: Millis, send: &mut Vec<u8>) {
+        self.connected_at = Some(now);
         if !self.mse_attempted {
             self.probe.on_connected(&self.settings, now, send);
             return;
@@ -266,17 +312,16 @@ impl Conversation for ProbeConv {
     fn on_deadline(&mut self, now: Millis, send: &mut Vec<u8>) -> Verdict {
         let start = send.len();
         let step = self.probe.on_deadline(&self.settings, now, send);
-        if let Layer::Stream(stream) = &mut self.layer {
-            stream.encrypt(&mut send[start..]);
-        } else if !matches!(self.layer, Layer::Plain) {
-            // Still in an MSE handshake: nothing the probe says may go out in the clear.
-            send.truncate(start);
-        }
+        self.encrypt_tail(send, start);
         verdict(step)
     }
 
     fn on_closed(&mut self, now: Millis, errno: Option<i32>) {
         self.probe.on_closed(now, errno);
+    }
+
+    fn held(&self) -> bool {
+        self.probe.is_watching()
     }
 }
 
@@ -288,12 +333,14 @@ pub enum WorkerMsg {
         source: u8,
         addrs: Vec<SocketAddr>,
     },
-    /// An incoming connection evaluated a peer this worker owns.
+    /// An incoming connection evaluated a peer this worker owns (`Incoming`), or a watched
+    /// incoming connection observed it live (`Watched`).
     Visited {
         torrent: u32,
         addr: SocketAddr,
         report: Box<ProbeReport>,
         at_ms: Millis,
+        event: ProbeEvent,
     },
 }
 
@@ -310,6 +357,56 @@ pub struct WorkerCounters {
     pub blocked: AtomicU64,
     pub unknown_info_hash: AtomicU64,
     pub writer_backlog: AtomicU64,
+    /// Connections held open to watch peers, now.
+    pub watched: AtomicU64,
+    /// Threshold crossings seen live on a watched connection.
+    pub crossed_live: AtomicU64,
+    /// Watch candidates turned away because the budget was full of better ones.
+    pub watch_refused: AtomicU64,
+    /// IPv6 addresses ignored because `net.ipv6` is off.
+    pub ipv6_ignored: AtomicU64,
+}
+
+/// How the scan watches peers (connections kept open to see the threshold crossing live).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WatchSettings {
+    /// Watched connections this worker may hold.
+    pub budget: usize,
+    /// Completion fraction counted as downloaded.
+    pub threshold: f64,
+    /// Record a sample of a watched peer's progress this often, ms.
+    pub sample_ms: Millis,
+    /// Keep-alive after this long without sending, ms.
+    pub keepalive_ms: Millis,
+    /// End a watch after this long without a message from the peer, ms.
+    pub silence_ms: Millis,
+}
+
+impl Default for WatchSettings {
+    fn default() -> Self {
+        WatchSettings {
+            budget: 0,
+            threshold: 0.98,
+            sample_ms: 300_000,
+            keepalive_ms: KEEPALIVE_MS,
+            silence_ms: SILENCE_MS,
+        }
+    }
+}
+
+/// Keep-alive interval on watched connections: BEP 3 peers drop a connection after about two
+/// minutes without a message; libtorrent and Transmission send theirs every 60–120 s.
+pub const KEEPALIVE_MS: Millis = 60_000;
+/// A watched peer that sent nothing (not even a keep-alive) for this long is gone.
+pub const SILENCE_MS: Millis = 300_000;
+
+/// One watched connection.
+#[derive(Debug, Clone, Copy)]
+struct Watched {
+    /// Expected seconds until the peer crosses the threshold (smaller = more worth watching).
+    score: f64,
+    /// Release at the next sample: a better candidate wants the place.
+    evict: bool,
 }
 
 /// A peer's state from an earlier run (see [`ScanDriver::restore`]).
@@ -349,6 +446,13 @@ pub struct ScanDriver {
     /// Outgoing probes started by this worker (makes each probe's peer-id unique).
     probe_seq: u64,
     encryption: Encryption,
+    watch: WatchSettings,
+    /// Probe IPv6 peers.
+    ipv6: bool,
+    /// Watched connections by engine token.
+    watched: HashMap<u64, Watched>,
+    /// Incoming connections accepted (makes their tokens unique).
+    incoming_seq: u64,
     pub counters: Arc<WorkerCounters>,
 }
 
@@ -389,6 +493,10 @@ impl ScanDriver {
             last_tick: 0,
             probe_seq: 0,
             encryption: Encryption::Fallback,
+            watch: WatchSettings::default(),
+            ipv6: true,
+            watched: HashMap::new(),
+            incoming_seq: 0,
             counters: Arc::new(WorkerCounters::default()),
         }
     }
@@ -396,6 +504,18 @@ impl ScanDriver {
     /// When to talk MSE/PE to a peer (`net.encryption`).
     pub fn with_encryption(mut self, encryption: Encryption) -> ScanDriver {
         self.encryption = encryption;
+        self
+    }
+
+    /// Whether IPv6 peers are probed (`net.ipv6`); when not, their addresses are dropped.
+    pub fn with_ipv6(mut self, ipv6: bool) -> ScanDriver {
+        self.ipv6 = ipv6;
+        self
+    }
+
+    /// Keep connections open to watch peers near the threshold (`peer.max_watched`).
+    pub fn with_watch(mut self, watch: WatchSettings) -> ScanDriver {
+        self.watch = watch;
         self
     }
 
@@ -438,6 +558,10 @@ impl ScanDriver {
         for &a in addrs {
             if self.blocklist.blocks(&a) {
                 self.counters.blocked.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            if !self.ipv6 && a.ip().to_canonical().is_ipv6() {
+                self.counters.ipv6_ignored.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
             match self.table.insert(torrent, a, src, Self::secs(now)) {
@@ -503,24 +627,29 @@ impl ScanDriver {
         }));
     }
 
-    /// Applies a visit to a peer this worker owns and reports it.
+    /// Applies a visit to a peer this worker owns and reports it. With `schedule` the peer is
+    /// no longer in flight and its next visit is set by the revisit policy; without it (an
+    /// observation while a connection to the peer stays open, or while an outgoing probe of
+    /// it runs) its flight state and schedule are left as they are.
     fn apply_visit(
         &mut self,
         idx: PeerIdx,
         report: ProbeReport,
-        kind: ContactKind,
+        event: ProbeEvent,
         at_ms: Millis,
         connect_ms: Option<Millis>,
+        schedule: bool,
     ) {
         let torrent = self.table.get(idx).torrent;
         self.learn_metadata(torrent, &report, at_ms);
         let now = Self::secs(at_ms);
         let entry = self.table.get_mut(idx);
+        let (kept_flags, kept_next) = (entry.flags & flag::IN_FLIGHT, entry.next_visit);
         entry.flags &= !flag::IN_FLIGHT;
-        let kind = match kind {
-            ContactKind::Incoming => ContactKind::Incoming,
-            _ if entry.has(flag::EVALUATED) || entry.failures > 0 => ContactKind::Later,
-            _ => ContactKind::First,
+        let event = match event {
+            ProbeEvent::Incoming | ProbeEvent::Watched => event,
+            _ if entry.has(flag::EVALUATED) || entry.failures > 0 => ProbeEvent::LaterContact,
+            _ => ProbeEvent::FirstContact,
         };
         // (The store computes speeds from the stored contacts; only confirmation matters here.)
         let newly_confirmed = match report.progress() {
@@ -540,19 +669,28 @@ impl ScanDriver {
                 false
             }
         };
+        if !schedule {
+            entry.flags |= kept_flags;
+            entry.next_visit = kept_next;
+        }
         let next = entry.next_visit;
         let torrent = entry.torrent;
         let addr = entry.addr();
-        if next != NOT_SCHEDULED {
+        if schedule && next != NOT_SCHEDULED {
             self.wheel.schedule(idx, next);
         }
-        if report.succeeded() {
+        if report.succeeded() && event != ProbeEvent::Watched {
             self.counters.probes_ok.fetch_add(1, Ordering::Relaxed);
         }
         if newly_confirmed {
             self.counters.confirmed.fetch_add(1, Ordering::Relaxed);
+            if event == ProbeEvent::Watched {
+                self.counters.crossed_live.fetch_add(1, Ordering::Relaxed);
+            }
         }
-        self.counters.probes_done.fetch_add(1, Ordering::Relaxed);
+        if event != ProbeEvent::Watched {
+            self.counters.probes_done.fetch_add(1, Ordering::Relaxed);
+        }
         if !report.pex.is_empty() {
             let pex = report.pex.clone();
             self.records.send(Record::Discovery(DiscoveryRecord {
@@ -566,11 +704,18 @@ impl ScanDriver {
             }));
             self.route_peers(torrent, source::PEX, pex.into_iter());
         }
-        let next_visit_at = (next != NOT_SCHEDULED).then(|| self.unix_ms(next as u64 * 1000));
+        let next_visit_at = if next != NOT_SCHEDULED {
+            Some(self.unix_ms(next as u64 * 1000))
+        } else if !schedule && kept_flags != 0 {
+            // Watched or probed right now: due again at once should the scan stop meanwhile.
+            Some(self.unix_ms(at_ms))
+        } else {
+            None
+        };
         let outcome = outcome_record(
             self.catalog.get(torrent).db_id,
             addr,
-            kind,
+            event,
             self.unix_ms(at_ms),
             connect_ms,
             &report,
@@ -583,20 +728,26 @@ impl ScanDriver {
         self.epoch_unix_ms + at_ms as i64
     }
 
-    fn on_incoming_done(&mut self, done: ProbeDone<ProbeConv>, now: Millis) {
-        let report = done.conv.into_report();
+    /// The identity of an incoming peer: (torrent, ip, listen port from the extension
+    /// handshake). Without a listen port the peer cannot be dialled back (its source port is
+    /// ephemeral): None, and the caller stores its progress under the source port.
+    fn incoming_identity(
+        &mut self,
+        now: Millis,
+        peer: SocketAddr,
+        report: &ProbeReport,
+    ) -> Result<(u32, Option<SocketAddr>), ()> {
         let Some(hash) = report.info_hash else {
             // Closed, or not BitTorrent (e.g. an encrypted handshake), before naming a torrent.
             self.records.send(Record::UnmatchedIncoming {
                 at: self.unix_ms(now),
-                error: error_class(&report),
+                error: error_class(report),
             });
-            return;
+            return Err(());
         };
         let Some(torrent) = self.catalog.index_of(&hash).filter(|_| report.handshake) else {
             // Counted (table 5.7, incoming × unknown info-hash); the peer itself is not
             // stored: it is not in the study. Dropped at once (the thesis tool held it 6 s).
-            let _ = hash;
             self.counters
                 .unknown_info_hash
                 .fetch_add(1, Ordering::Relaxed);
@@ -605,28 +756,46 @@ impl ScanDriver {
                 error: if report.handshake {
                     ErrorClass::UnknownInfoHash
                 } else {
-                    error_class(&report)
+                    error_class(report)
                 },
             });
+            return Err(());
+        };
+        Ok((
+            torrent,
+            report
+                .listen_port
+                .map(|port| SocketAddr::new(peer.ip(), port)),
+        ))
+    }
+
+    /// Hands what an incoming connection learned to the worker that owns the peer (`event`
+    /// is `Incoming` for the answer and the end of the connection, `Watched` for live
+    /// observations while it stays open).
+    fn route_incoming(
+        &mut self,
+        now: Millis,
+        peer: SocketAddr,
+        report: ProbeReport,
+        event: ProbeEvent,
+    ) {
+        let Ok((torrent, identity)) = self.incoming_identity(now, peer, &report) else {
             return;
         };
-        // Identity of an incoming peer: (torrent, ip, listen port from the extension
-        // handshake). Without a listen port the peer cannot be dialled back (its source port
-        // is ephemeral): its progress is stored under the source port, and it is not added to
-        // the peers we probe.
-        let Some(port) = report.listen_port else {
+        let Some(addr) = identity else {
             if report.succeeded() {
-                let outcome = outcome_record(
+                let mut outcome = outcome_record(
                     self.catalog.get(torrent).db_id,
-                    done.peer,
-                    ContactKind::Incoming,
+                    peer,
+                    event,
                     self.unix_ms(now),
                     None,
                     &report,
                     None,
                 );
+                outcome.transport = outcome.transport.union(Transport::INCOMING);
                 self.records.send(Record::Outcome(Box::new(outcome)));
-            } else {
+            } else if event == ProbeEvent::Incoming {
                 self.records.send(Record::UnmatchedIncoming {
                     at: self.unix_ms(now),
                     error: error_class(&report),
@@ -634,7 +803,6 @@ impl ScanDriver {
             }
             return;
         };
-        let addr = SocketAddr::new(done.peer.ip(), port);
         let owner = owner_worker(torrent, addr, self.route.len());
         self.outbox[owner].push(WorkerMsg::Peers {
             torrent,
@@ -646,7 +814,19 @@ impl ScanDriver {
             addr,
             report: Box::new(report),
             at_ms: now,
+            event,
         });
+    }
+
+    fn on_incoming_done(&mut self, done: ProbeDone<ProbeConv>, now: Millis) {
+        if done.conv.was_watched {
+            self.watched.remove(&done.token);
+            self.counters
+                .watched
+                .store(self.watched.len() as u64, Ordering::Relaxed);
+        }
+        let report = done.conv.into_report();
+        self.route_incoming(now, done.peer, report, ProbeEvent::Incoming);
     }
 
     fn handle_inbox(&mut self, now: Millis) {
@@ -667,16 +847,170 @@ impl ScanDriver {
                     addr,
                     report,
                     at_ms,
+                    event,
                 } => {
                     if let Some(idx) = self.table.find(torrent, addr) {
-                        if self.table.get(idx).has(flag::IN_FLIGHT) {
-                            // An outgoing probe is running too; its result will follow.
-                            continue;
+                        // While an outgoing probe of the peer runs (or we watch it), its
+                        // schedule is that probe's business.
+                        let busy = self.table.get(idx).has(flag::IN_FLIGHT);
+                        let mut report = *report;
+                        if event == ProbeEvent::Watched {
+                            report.longest_gap_ms = 0;
                         }
-                        self.apply_visit(idx, *report, ContactKind::Incoming, at_ms, None);
+                        self.apply_visit(idx, report, event, at_ms, None, !busy);
                     }
                 }
             }
+        }
+    }
+
+    /// Expected seconds until a peer at `progress` crosses the threshold, from its measured
+    /// speed (fraction per second) when known; smaller means more worth watching.
+    fn watch_score(&self, progress: f64, speed: Option<f64>, incoming: bool) -> f64 {
+        let left = (self.watch.threshold - progress).max(0.0);
+        let secs = match speed.filter(|s| *s > 0.0) {
+            Some(s) => left / s,
+            // Unknown speed: as if the whole download took an hour.
+            None => left * 3600.0,
+        };
+        // NAT'd peers dial us rarely and cannot be revisited: their connection is worth more.
+        if incoming {
+            secs / 4.0
+        } else {
+            secs
+        }
+    }
+
+    /// Whether to keep a connection open to watch a peer at `progress` with this score; when
+    /// the budget is full, a worse watched peer is marked to make room at its next sample.
+    fn admit_watch(&mut self, progress: f64, score: f64) -> bool {
+        if self.watch.budget == 0 || progress >= self.watch.threshold {
+            return false;
+        }
+        if self.watched.len() < self.watch.budget {
+            return true;
+        }
+        let worst = self
+            .watched
+            .iter_mut()
+            .filter(|(_, w)| !w.evict)
+            .max_by(|a, b| a.1.score.total_cmp(&b.1.score));
+        if let Some((_, w)) = worst {
+            if w.score > score {
+                w.evict = true;
+            }
+        }
+        self.counters.watch_refused.fetch_add(1, Ordering::Relaxed);
+        false
+    }
+
+    fn start_watch(
+        &mut self,
+        now: Millis,
+        token: u64,
+        conv: &mut ProbeConv,
+        report: &ProbeReport,
+        score: f64,
+    ) {
+        let notify_have = (self.watch.threshold * report.piece_count as f64).ceil() as u32;
+        conv.watch(
+            now,
+            WatchPlan {
+                notify_have: notify_have.max(1),
+                sample_ms: self.watch.sample_ms,
+                keepalive_ms: self.watch.keepalive_ms,
+                silence_ms: self.watch.silence_ms,
+            },
+        );
+        self.watched.insert(
+            token,
+            Watched {
+                score,
+                evict: false,
+            },
+        );
+        self.counters
+            .watched
+            .store(self.watched.len() as u64, Ordering::Relaxed);
+    }
+
+    /// A probe has its answer: record it, then watch the peer or let the probe end.
+    fn on_answered(
+        &mut self,
+        now: Millis,
+        token: u64,
+        peer: SocketAddr,
+        incoming: bool,
+        conv: &mut ProbeConv,
+        send: &mut Vec<u8>,
+    ) -> Verdict {
+        let report = conv.snapshot(now);
+        let at = now.saturating_sub(report.total_ms);
+        let progress = report.progress();
+        if incoming {
+            let score = progress.map(|p| self.watch_score(p, None, true));
+            let watch = match (progress, score) {
+                (Some(p), Some(score)) => self.admit_watch(p, score),
+                _ => false,
+            };
+            if watch {
+                self.start_watch(now, token, conv, &report, score.unwrap_or(0.0));
+            }
+            self.route_incoming(at, peer, report.clone(), ProbeEvent::Incoming);
+            if watch {
+                return Verdict::Continue;
+            }
+            conv.stop(now, send);
+            return Verdict::Finished;
+        }
+        let idx = token as PeerIdx;
+        let watch = match progress {
+            Some(p) => {
+                let entry = self.table.get(idx);
+                let speed = (entry.has(flag::EVALUATED) && Self::secs(at) > entry.last_contact)
+                    .then(|| {
+                        (p - progress_fraction(entry.progress))
+                            / f64::from(Self::secs(at) - entry.last_contact)
+                    });
+                let score = self.watch_score(p, speed, false);
+                self.admit_watch(p, score).then_some(score)
+            }
+            None => None,
+        };
+        let event = conv.kind;
+        let connect_ms = conv.connect_ms();
+        if let Some(score) = watch {
+            self.start_watch(now, token, conv, &report, score);
+            self.apply_visit(idx, report, event, at, connect_ms, false);
+            self.table.get_mut(idx).next_visit = NOT_SCHEDULED;
+            return Verdict::Continue;
+        }
+        // Recorded when the probe comes back through `probe_done`.
+        conv.stop(now, send);
+        Verdict::Finished
+    }
+
+    /// A live observation on a watched connection: recorded on the peer's owner.
+    fn observe_watched(
+        &mut self,
+        token: u64,
+        peer: SocketAddr,
+        incoming: bool,
+        report: ProbeReport,
+        at: Millis,
+    ) {
+        if incoming {
+            self.route_incoming(at, peer, report, ProbeEvent::Watched);
+        } else {
+            self.apply_visit(
+                token as PeerIdx,
+                report,
+                ProbeEvent::Watched,
+                at,
+                None,
+                false,
+            );
+            self.table.get_mut(token as PeerIdx).next_visit = NOT_SCHEDULED;
         }
     }
 }
@@ -694,9 +1028,9 @@ impl WorkerDriver for ScanDriver {
         let entry = self.table.get_mut(idx);
         entry.flags |= flag::IN_FLIGHT;
         let kind = if entry.has(flag::EVALUATED) || entry.failures > 0 {
-            ContactKind::Later
+            ProbeEvent::LaterContact
         } else {
-            ContactKind::First
+            ProbeEvent::FirstContact
         };
         let (torrent, addr, flags) = (entry.torrent, entry.addr(), entry.flags);
         let use_mse = self.use_mse(flags);
@@ -706,24 +1040,63 @@ impl WorkerDriver for ScanDriver {
         let nonce = (self.epoch_unix_ms as u64)
             .wrapping_mul(1_000_003)
             .wrapping_add(self.probe_seq * workers + self.worker as u64);
+        let mut conv = ProbeConv::outgoing(
+            self.settings.clone(),
+            self.catalog.clone(),
+            torrent,
+            kind,
+            now,
+        )
+        .with_peer_id_nonce(nonce);
+        if use_mse {
+            conv = conv.with_mse();
+        }
         Some(ProbeRequest {
             addr,
             token: idx as u64,
-            conv: ProbeConv::outgoing(
-                self.settings.clone(),
-                self.catalog.clone(),
-                torrent,
-                kind,
-                now,
-            )
-            .with_peer_id_nonce(nonce),
+            conv,
         })
-        .map(|mut r| {
-            if use_mse {
-                r.conv = r.conv.with_mse();
+    }
+
+    fn on_ask(
+        &mut self,
+        now: Millis,
+        token: u64,
+        peer: SocketAddr,
+        incoming: bool,
+        conv: &mut ProbeConv,
+        send: &mut Vec<u8>,
+    ) -> Verdict {
+        match conv.take_ask() {
+            Some(AskReason::Answered) => self.on_answered(now, token, peer, incoming, conv, send),
+            Some(AskReason::Crossed(crossing)) => {
+                // Two observations: the last message still below, and the one that crossed,
+                // so the stored crossing time lies between two consecutive messages.
+                let mut report = conv.snapshot(now);
+                report.longest_gap_ms = 0;
+                let mut below = report.clone();
+                below.pex = Vec::new();
+                below.metainfo = None;
+                below.pieces_have = crossing.below_have;
+                self.observe_watched(token, peer, incoming, below, crossing.below_at);
+                report.pieces_have = report.pieces_have.max(crossing.have);
+                self.observe_watched(token, peer, incoming, report, crossing.at);
+                // At the threshold: nothing more to watch for.
+                conv.stop(now, send);
+                Verdict::Finished
             }
-            r
-        })
+            Some(AskReason::Sample) => {
+                let mut report = conv.snapshot(now);
+                report.longest_gap_ms = 0;
+                self.observe_watched(token, peer, incoming, report, now);
+                if self.watched.get(&token).is_some_and(|w| w.evict) {
+                    conv.stop(now, send);
+                    return Verdict::Finished;
+                }
+                Verdict::Continue
+            }
+            None => Verdict::Continue,
+        }
     }
 
     fn probe_done(&mut self, now: Millis, done: ProbeDone<ProbeConv>) {
@@ -732,9 +1105,22 @@ impl WorkerDriver for ScanDriver {
             return;
         }
         self.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let idx = done.token as PeerIdx;
+        if done.conv.was_watched {
+            // The watch ended (the peer closed or went silent, the scan stopped, or we let
+            // it go): its last progress, then revisits as usual.
+            self.watched.remove(&done.token);
+            self.counters
+                .watched
+                .store(self.watched.len() as u64, Ordering::Relaxed);
+            let mut report = done.conv.into_report();
+            report.longest_gap_ms = 0;
+            self.apply_visit(idx, report, ProbeEvent::Watched, now, None, true);
+            return;
+        }
         if matches!(done.ending, Ending::Closed(Some(libc::ECANCELED))) {
             // The engine stopped mid-probe: not a visit. Due again at once after a restart.
-            let p = self.table.get_mut(done.token as PeerIdx);
+            let p = self.table.get_mut(idx);
             p.flags &= !flag::IN_FLIGHT;
             p.next_visit = Self::secs(now);
             return;
@@ -742,7 +1128,6 @@ impl WorkerDriver for ScanDriver {
         let kind = done.conv.kind;
         let mse_attempted = done.conv.mse_attempted;
         let report = done.conv.into_report();
-        let idx = done.token as PeerIdx;
         // A peer that hangs up on our plaintext handshake right after connecting usually
         // requires encryption (libtorrent's "forced" policy does exactly this); one whose MSE
         // handshake fails gets plaintext. Either way it is retried at once, the other way.
@@ -755,7 +1140,7 @@ impl WorkerDriver for ScanDriver {
         let mse_failed = mse_attempted
             && report.mse.is_none()
             && (hung_up || matches!(report.end, ProbeEnd::MseFailed(_)));
-        self.apply_visit(idx, report, kind, done.started_at, done.connect_ms);
+        self.apply_visit(idx, report, kind, done.started_at, done.connect_ms, true);
         let secs = Self::secs(now);
         let p = self.table.get_mut(idx);
         let retry = if mse_failed && self.encryption != Encryption::Require {
@@ -787,8 +1172,11 @@ impl WorkerDriver for ScanDriver {
             self.counters.blocked.fetch_add(1, Ordering::Relaxed);
             return None;
         }
+        // Tokens of incoming connections have the top bit set (peer indices never do), so a
+        // watched one can be told apart.
+        self.incoming_seq += 1;
         Some((
-            u64::MAX,
+            INCOMING_TOKEN | self.incoming_seq,
             ProbeConv::incoming(self.settings.clone(), self.catalog.clone(), now),
         ))
     }
@@ -813,6 +1201,9 @@ impl WorkerDriver for ScanDriver {
     }
 }
 
+/// Top bit of the tokens of incoming connections.
+const INCOMING_TOKEN: u64 = 1 << 63;
+
 impl Drop for ScanDriver {
     fn drop(&mut self) {
         self.flush_outbox();
@@ -823,17 +1214,12 @@ impl Drop for ScanDriver {
 pub fn outcome_record(
     torrent_id: i64,
     addr: SocketAddr,
-    kind: ContactKind,
+    event: ProbeEvent,
     at: i64,
     connect_ms: Option<Millis>,
     report: &ProbeReport,
     next_visit_at: Option<i64>,
 ) -> ProbeOutcome {
-    let event = match kind {
-        ContactKind::First => ProbeEvent::FirstContact,
-        ContactKind::Later => ProbeEvent::LaterContact,
-        ContactKind::Incoming => ProbeEvent::Incoming,
-    };
     let result = if report.handshake && report.progress_source.is_some() {
         ProbeResult::Success(Progress {
             have: report.pieces_have,
@@ -846,7 +1232,7 @@ pub fn outcome_record(
     if addr.is_ipv6() && addr.ip().to_canonical().is_ipv6() {
         transport = transport | Transport::IPV6;
     }
-    if kind == ContactKind::Incoming {
+    if event == ProbeEvent::Incoming {
         transport = transport | Transport::INCOMING;
     }
     if report.mse.is_some() {
@@ -863,7 +1249,8 @@ pub fn outcome_record(
         transport,
         connect_ms: connect_ms.map(|c| c.min(u32::MAX as u64) as u32),
         duration_ms: report.total_ms.min(u32::MAX as u64) as u32,
-        longest_gap_ms: (report.messages > 1)
+        // A watched connection's gaps are not a probe's (thesis figure 5.1).
+        longest_gap_ms: (report.messages > 1 && event != ProbeEvent::Watched)
             .then_some(report.longest_gap_ms.min(u32::MAX as u64) as u32),
         messages: report.messages,
         next_visit_at,

@@ -99,6 +99,12 @@ impl RevisitWheel {
 pub struct RevisitPolicy {
     /// Base interval between visits (thesis: 300 s).
     pub revisit_secs: f64,
+    /// Delay before the first retry of a failed peer.
+    pub retry_secs: f64,
+    /// Factor applied to the retry delay after each further consecutive failure.
+    pub retry_factor: f64,
+    /// Stop visiting a peer after this many consecutive failures; 0 = never.
+    pub max_failures: u32,
     /// Shortest interval the speed-based prediction may choose.
     pub min_revisit_secs: f64,
     /// Longest back-off after repeated failures.
@@ -113,6 +119,9 @@ impl Default for RevisitPolicy {
     fn default() -> Self {
         RevisitPolicy {
             revisit_secs: 300.0,
+            retry_secs: 300.0,
+            retry_factor: 2.0,
+            max_failures: 0,
             min_revisit_secs: 30.0,
             max_backoff_secs: 3600.0,
             threshold: 0.98,
@@ -160,7 +169,12 @@ impl RevisitPolicy {
         match result {
             VisitResult::Failed => {
                 peer.failures = peer.failures.saturating_add(1);
-                let backoff = self.revisit_secs * 2f64.powi(peer.failures.min(16) as i32 - 1);
+                if self.max_failures > 0 && u32::from(peer.failures) >= self.max_failures {
+                    peer.next_visit = NOT_SCHEDULED;
+                    return effect;
+                }
+                let backoff =
+                    self.retry_secs * self.retry_factor.powi(peer.failures.min(64) as i32 - 1);
                 peer.next_visit =
                     now.saturating_add(backoff.min(self.max_backoff_secs).max(1.0) as u32);
             }
@@ -266,6 +280,42 @@ mod tests {
         out.sort();
         out.dedup();
         assert_eq!(out.len(), 50);
+    }
+
+    #[test]
+    fn failures_back_off_by_the_configured_factor_and_can_be_forgotten() {
+        let policy = RevisitPolicy {
+            retry_secs: 10.0,
+            retry_factor: 3.0,
+            max_backoff_secs: 100.0,
+            max_failures: 5,
+            ..RevisitPolicy::default()
+        };
+        let mut t = table_with(1);
+        let peer = t.get_mut(0);
+        let mut delays = Vec::new();
+        for now in [1000, 2000, 3000, 4000] {
+            policy.apply(peer, now, VisitResult::Failed);
+            delays.push(peer.next_visit - now);
+        }
+        assert_eq!(
+            delays,
+            vec![10, 30, 90, 100],
+            "10 s, ×3 each time, capped at 100 s"
+        );
+        policy.apply(peer, 5000, VisitResult::Failed);
+        assert_eq!(peer.next_visit, NOT_SCHEDULED, "forgotten after 5 failures");
+        // A success resets the count.
+        let never = RevisitPolicy {
+            max_failures: 0,
+            ..policy
+        };
+        never.apply(peer, 6000, VisitResult::Progress(0.5));
+        assert_eq!(peer.failures, 0);
+        for i in 0..300 {
+            never.apply(peer, 7000 + i, VisitResult::Failed);
+        }
+        assert_ne!(peer.next_visit, NOT_SCHEDULED, "0 = retried forever");
     }
 
     #[test]

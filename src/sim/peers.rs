@@ -2,8 +2,8 @@
 //!
 //! Each peer listens on its own 127.x address. It answers a handshake for its torrent with
 //! its own handshake, an extension handshake (client name, listen port), its progress at
-//! that moment (bitfield, or have_all / have_none) and, while downloading, a few `have`
-//! messages; then it waits for the scanner to close. Some peers misbehave on purpose (refuse,
+//! that moment (bitfield, or have_all / have_none) and, while downloading, a `have` for every
+//! piece it finishes while the connection lasts (at most 15 s); then it hangs up. Some peers misbehave on purpose (refuse,
 //! stay silent, speak another protocol, leave when finished) so every error class shows up.
 
 use std::io::{Read, Write};
@@ -283,7 +283,7 @@ fn serve(shared: &Shared, i: usize, mut stream: TcpStream) {
     shared.served.fetch_add(1, Ordering::Relaxed);
     let peer = &shared.peers[i];
     let torrent = &shared.torrents[peer.torrent];
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
     let _ = stream.set_nodelay(true);
     let deadline = Instant::now() + Duration::from_secs(15);
     match peer.behaviour {
@@ -349,7 +349,40 @@ fn serve(shared: &Shared, i: usize, mut stream: TcpStream) {
     if stream.write_all(&out).is_err() {
         return;
     }
-    drain_until_closed(shared, &mut stream, deadline);
+    // Like a real client, a downloading peer announces every piece it finishes to every
+    // connected peer while the connection lasts; one that leaves when done hangs up at once.
+    let mut announced = advertised;
+    let mut sink = [0u8; 1024];
+    while !shared.stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+        let now = shared.epoch.elapsed().as_secs_f64();
+        let target = ((peer.progress_at(now) * n as f64).floor() as u32).min(n);
+        if target > announced {
+            let mut out = Vec::new();
+            for piece in announced..target {
+                Message::Have(piece).encode_into(&mut out);
+            }
+            announced = target;
+            if let Ok(mut a) = shared.answers.lock() {
+                a[i].push((now, announced as f64 / n as f64));
+            }
+            if stream.write_all(&out).is_err() {
+                return;
+            }
+        }
+        if peer.behaviour == Behaviour::LeavesWhenDone && announced == n {
+            return;
+        }
+        match stream.read(&mut sink) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return,
+        }
+    }
 }
 
 fn read_exact_until(shared: &Shared, s: &mut TcpStream, buf: &mut [u8], deadline: Instant) -> bool {

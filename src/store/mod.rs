@@ -187,6 +187,10 @@ const MIGRATIONS: &[&str] = &[
         records    INTEGER NOT NULL DEFAULT 0
     );
     "#,
+    // v2: how each confirmed crossing was seen.
+    r#"
+    ALTER TABLE peers ADD COLUMN crossing_seen TEXT; -- live | revisit | incoming (confirmed peers)
+    "#,
 ];
 
 /// A store error; messages name the database file.
@@ -345,6 +349,9 @@ pub struct PeerRow {
     pub max_speed: Option<f64>,
     /// Latest error class.
     pub last_error: Option<String>,
+    /// How the crossing of a confirmed peer was seen: `live` (a watched connection),
+    /// `revisit` (a probe of ours) or `incoming` (a connection the peer opened).
+    pub crossing_seen: Option<String>,
 }
 
 fn is_not_a_database(e: &rusqlite::Error) -> bool {
@@ -607,7 +614,8 @@ impl Store {
             .prepare(
                 "SELECT coalesce(t.info_hash_v1, t.info_hash_v2), p.ip, p.port, p.first_seen_at, p.last_contact_at,
                         p.first_contact_at, p.first_progress, p.last_progress, p.crossed_at, p.confirmed, p.sources,
-                        p.first_source, p.client, p.transport, p.contacts, p.failures, p.max_speed, p.last_error
+                        p.first_source, p.client, p.transport, p.contacts, p.failures, p.max_speed, p.last_error,
+                        p.crossing_seen
                  FROM peers p JOIN torrents t ON t.id = p.torrent_id
                  WHERE ?1 IS NULL OR p.torrent_id = ?1
                  ORDER BY p.id",
@@ -637,6 +645,7 @@ impl Store {
                     failures: r.get(15)?,
                     max_speed: r.get(16)?,
                     last_error: r.get(17)?,
+                    crossing_seen: r.get(18)?,
                 })
             };
             f(read().map_err(|e| self.err(e))?);

@@ -190,14 +190,18 @@ pub enum ProbeEvent {
     LaterContact,
     /// The peer connected to us.
     Incoming,
+    /// A live observation on a watched connection (kept open after the answer): not an
+    /// evaluation attempt of the thesis' table 5.7, reported apart.
+    Watched,
 }
 
 impl ProbeEvent {
     /// All events, in report order.
-    pub const ALL: [ProbeEvent; 3] = [
+    pub const ALL: [ProbeEvent; 4] = [
         ProbeEvent::FirstContact,
         ProbeEvent::LaterContact,
         ProbeEvent::Incoming,
+        ProbeEvent::Watched,
     ];
 
     /// Name used in reports and the database.
@@ -206,6 +210,17 @@ impl ProbeEvent {
             ProbeEvent::FirstContact => "first_contact",
             ProbeEvent::LaterContact => "later_contact",
             ProbeEvent::Incoming => "incoming",
+            ProbeEvent::Watched => "watched",
+        }
+    }
+
+    /// How a crossing confirmed by a contact of this kind was seen: `live` on a watched
+    /// connection, `incoming` on a connection the peer opened, `revisit` by a probe of ours.
+    pub fn crossing_seen(self) -> &'static str {
+        match self {
+            ProbeEvent::Watched => "live",
+            ProbeEvent::Incoming => "incoming",
+            ProbeEvent::FirstContact | ProbeEvent::LaterContact => "revisit",
         }
     }
 }

@@ -55,6 +55,28 @@ pub struct TorrentReport {
     pub ratio: Option<f64>,
     /// confirmed / window hours.
     pub confirmed_per_hour: Option<f64>,
+    /// How the confirmed crossings were seen.
+    pub crossings_seen: CrossingsSeen,
+}
+
+/// How confirmed crossings were seen: live on a watched connection, by a revisit (a probe of
+/// ours), or on a connection the peer opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct CrossingsSeen {
+    /// On a connection kept open to watch the peer.
+    pub live: i64,
+    /// By a probe of ours.
+    pub revisit: i64,
+    /// On a connection the peer opened (not watched).
+    pub incoming: i64,
+}
+
+impl CrossingsSeen {
+    fn add(&mut self, other: CrossingsSeen) {
+        self.live += other.live;
+        self.revisit += other.revisit;
+        self.incoming += other.incoming;
+    }
 }
 
 /// One source's line of table 5.5.
@@ -146,6 +168,9 @@ pub struct Report {
     pub sources: Vec<SourceReport>,
     /// Table 5.7.
     pub outcomes: Vec<EventReport>,
+    /// Live observations on watched connections (kept open after the answer), by result:
+    /// not evaluation attempts, so apart from table 5.7.
+    pub watched: Option<EventReport>,
     /// Figure 5.1 summary.
     pub gaps: GapReport,
 }
@@ -206,7 +231,10 @@ impl Store {
             .conn
             .prepare(
                 "SELECT t.id, t.name, coalesce(t.info_hash_v1, t.info_hash_v2),
-                        count(p.id), coalesce(sum(p.contacts > 0), 0), coalesce(sum(p.confirmed), 0)
+                        count(p.id), coalesce(sum(p.contacts > 0), 0), coalesce(sum(p.confirmed), 0),
+                        coalesce(sum(p.confirmed AND p.crossing_seen = 'live'), 0),
+                        coalesce(sum(p.confirmed AND p.crossing_seen = 'incoming'), 0),
+                        coalesce(sum(p.confirmed AND coalesce(p.crossing_seen, 'revisit') = 'revisit'), 0)
                  FROM torrents t LEFT JOIN peers p ON p.torrent_id = t.id
                  GROUP BY t.id ORDER BY t.id",
             )
@@ -220,6 +248,11 @@ impl Store {
                     r.get(3)?,
                     r.get(4)?,
                     r.get(5)?,
+                    CrossingsSeen {
+                        live: r.get(6)?,
+                        incoming: r.get(7)?,
+                        revisit: r.get(8)?,
+                    },
                 ))
             })
             .map_err(|e| self.err(e))?;
@@ -235,10 +268,12 @@ impl Store {
             reported_total: None,
             ratio: None,
             confirmed_per_hour: None,
+            crossings_seen: CrossingsSeen::default(),
         };
         for row in rows {
-            let (id, name, info_hash, peers_seen, peers_evaluated, confirmed) =
+            let (id, name, info_hash, peers_seen, peers_evaluated, confirmed, crossings_seen) =
                 row.map_err(|e| self.err(e))?;
+            total.crossings_seen.add(crossings_seen);
             let (reported, reported_total) = match scrapes.get(&id) {
                 Some(&(growth, latest)) => (Some(growth), Some(latest)),
                 None => (None, None),
@@ -263,6 +298,7 @@ impl Store {
                 reported_total,
                 ratio: ratio(confirmed, reported),
                 confirmed_per_hour: per_hour(confirmed, window.hours),
+                crossings_seen,
             });
         }
         total.ratio = ratio(total.confirmed, total.reported);
@@ -459,7 +495,15 @@ impl Store {
         Ok(Report {
             database: self.path.display().to_string(),
             sources: self.source_reports(&window)?,
-            outcomes: self.outcome_reports()?,
+            outcomes: self
+                .outcome_reports()?
+                .into_iter()
+                .filter(|e| e.event != ProbeEvent::Watched.as_str())
+                .collect(),
+            watched: self
+                .outcome_reports()?
+                .into_iter()
+                .find(|e| e.event == ProbeEvent::Watched.as_str()),
             gaps: self.gap_report()?,
             torrents,
             total,

@@ -569,11 +569,12 @@ impl WriterThread {
     fn apply_outcome(&mut self, o: &ProbeOutcome) -> rusqlite::Result<()> {
         let conn = &self.store.conn;
         let ip = self.anonymizer.anonymize(o.addr.ip());
-        let incoming_bit = if o.event == ProbeEvent::Incoming {
-            PeerSource::Incoming.bit()
-        } else {
-            0
-        };
+        let incoming_bit =
+            if o.event == ProbeEvent::Incoming || o.transport.0 & Transport::INCOMING.0 != 0 {
+                PeerSource::Incoming.bit()
+            } else {
+                0
+            };
         let row = conn
             .prepare_cached(
                 "SELECT id, first_contact_at, first_progress, last_contact_at, last_progress, last_have,
@@ -645,7 +646,8 @@ impl WriterThread {
                 transport = transport | CASE WHEN ?14 THEN ?18 ELSE 0 END,
                 last_error = CASE WHEN ?14 THEN last_error ELSE ?19 END,
                 next_visit_at = ?20,
-                sources = sources | ?21
+                sources = sources | ?21,
+                crossing_seen = coalesce(crossing_seen, ?22)
              WHERE id = ?1",
         )?
         .execute(params![
@@ -670,6 +672,7 @@ impl WriterThread {
             class,
             o.next_visit_at,
             incoming_bit,
+            (next.confirmed && !state.confirmed).then(|| o.event.crossing_seen()),
         ])?;
         let sums = self
             .outcome_counts

@@ -210,10 +210,25 @@ impl WorkerDriver for BenchDriver {
                 self.settings.clone(),
                 self.catalog.clone(),
                 0,
-                crate::scan::driver::ContactKind::First,
+                crate::store::record::ProbeEvent::FirstContact,
                 now,
             ),
         })
+    }
+
+    fn on_ask(
+        &mut self,
+        now: Millis,
+        _token: u64,
+        _peer: std::net::SocketAddr,
+        _incoming: bool,
+        conv: &mut RealProbe,
+        send: &mut Vec<u8>,
+    ) -> crate::engine::Verdict {
+        // The answer is known; as in a scan with no watch budget, the probe ends here.
+        let _ = conv.take_ask();
+        conv.stop(now, send);
+        crate::engine::Verdict::Finished
     }
 
     fn probe_done(&mut self, _now: Millis, done: ProbeDone<RealProbe>) {
@@ -228,7 +243,7 @@ impl WorkerDriver for BenchDriver {
             let outcome = crate::scan::driver::outcome_record(
                 self.torrent_id,
                 done.peer,
-                crate::scan::driver::ContactKind::First,
+                crate::store::record::ProbeEvent::FirstContact,
                 done.started_at as i64,
                 done.connect_ms,
                 report,
@@ -355,6 +370,7 @@ fn engine_phase(
     let cfg = EngineConfig {
         workers: args.workers,
         max_in_flight: args.in_flight,
+        max_held: 0,
         connects_per_sec: args.connect_rate,
         connect_timeout_ms: 10_000,
         pin_cores: args.pin,
