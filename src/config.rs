@@ -109,7 +109,8 @@ pub struct NetConfig {
     pub ipv6: bool,
     /// MSE/PE use.
     pub encryption: Encryption,
-    /// Port announced to trackers and in the extension handshake (`p`).
+    /// Port announced to trackers and in the extension handshake (`p`); 0 = the port of the
+    /// first `listen` address.
     pub announce_port: u16,
     /// Opt-out blocklist file (one address or CIDR per line); "" = none.
     pub blocklist_file: PathBuf,
@@ -127,7 +128,7 @@ impl Default for NetConfig {
             ],
             ipv6: true,
             encryption: Encryption::Fallback,
-            announce_port: 6881,
+            announce_port: 0,
             blocklist_file: PathBuf::new(),
         }
     }
@@ -217,7 +218,8 @@ impl Default for PeerConfig {
 pub struct TrackerConfig {
     /// Interval between announces to one tracker, seconds.
     pub announce_secs: f64,
-    /// Use the tracker's `interval` when it asks for a longer one.
+    /// Use the tracker's `interval` when it asks for a longer one (its `min interval` is
+    /// always respected).
     pub respect_interval: bool,
     /// Peers asked for per announce.
     pub numwant: u32,
@@ -225,6 +227,8 @@ pub struct TrackerConfig {
     pub scrape_secs: f64,
     /// Request timeout, ms.
     pub timeout_ms: u64,
+    /// Extra CA certificate files (PEM) trusted for `https://` trackers, besides the web PKI roots.
+    pub ca_files: Vec<PathBuf>,
 }
 
 impl Default for TrackerConfig {
@@ -235,6 +239,7 @@ impl Default for TrackerConfig {
             numwant: 200,
             scrape_secs: 300.0,
             timeout_ms: 15000,
+            ca_files: Vec::new(),
         }
     }
 }
@@ -346,7 +351,7 @@ pub const SECTION_DOCS: &[(&str, &str)] = &[
         "peer",
         "Probing peers: what counts as downloaded, when to revisit, how long to wait.",
     ),
-    ("tracker", "HTTP and UDP tracker announces and scrapes."),
+    ("tracker", "HTTP, HTTPS and UDP tracker announces and scrapes."),
     (
         "store",
         "The SQLite writer thread: records are committed in batches.",
@@ -376,7 +381,14 @@ pub const KEY_DOCS: &[(&str, &str)] = &[
         "Protocol encryption (MSE/PE): \"off\", \"fallback\" (plaintext first, MSE when it fails),\n\
          \"prefer\" (MSE first, plaintext when it fails) or \"require\". What worked is remembered per peer.",
     ),
-    ("net.announce_port", "TCP port announced to trackers and to peers in the extension handshake (`p`)."),
+    (
+        "net.announce_port",
+        "TCP port announced to trackers and to peers in the extension handshake (`p`); 0 = the port of\n\
+         the first net.listen address (set it only when peers reach us on another port, e.g. behind a\n\
+         port forward). With no listener and 0, port 0 is announced and no `p` is sent: nobody can\n\
+         dial in (some HTTP trackers refuse port 0; give a port then). Addresses that are ours (our\n\
+         listeners, the announced port at our own IPs) are never probed.",
+    ),
     ("net.blocklist_file", "Opt-out blocklist: one address or CIDR per line, never contacted; \"\" = none."),
     ("peer.threshold", "Completion fraction in (0, 1] counted as downloaded (thesis: 0.98, since clients often quit on finishing)."),
     ("peer.revisit_secs", "Base interval between two visits of one peer, seconds (fractions allowed)."),
@@ -402,11 +414,24 @@ pub const KEY_DOCS: &[(&str, &str)] = &[
     ("peer.max_failures", "Forget a peer after this many consecutive failures; 0 = keep retrying forever."),
     ("peer.pex", "Read peer exchange (BEP 11) messages as a peer source."),
     ("peer.peer_id_prefix", "First 8 bytes of our peer-id (Azureus style \"-XXnnnn-\"), so peers can see what we are."),
-    ("tracker.announce_secs", "Interval between announces to one tracker, seconds."),
-    ("tracker.respect_interval", "Wait the tracker's own `interval` instead when it is longer."),
+    ("tracker.announce_secs", "Interval between announces to one tracker, seconds (fractions allowed)."),
+    (
+        "tracker.respect_interval",
+        "true: wait the tracker's own `interval` instead when it is longer than announce_secs (logged\n\
+         once per tracker); false: announce every announce_secs whatever `interval` says. A tracker's\n\
+         `min interval` is always respected. An interval over a day is capped at a day; a missing, 0 or\n\
+         negative one is ignored (logged; `swarmscan report` shows each tracker's interval in use).",
+    ),
     ("tracker.numwant", "Peers asked for per announce."),
     ("tracker.scrape_secs", "Interval between scrapes of one tracker, seconds; 0 = never scrape."),
-    ("tracker.timeout_ms", "Timeout of one tracker request, ms."),
+    ("tracker.timeout_ms", "Timeout of one tracker request (connect, TLS handshake for https, response), ms."),
+    (
+        "tracker.ca_files",
+        "Extra CA certificates for https:// trackers: PEM files, each with one or more certificates,\n\
+         trusted besides the built-in web PKI roots (Mozilla's, from webpki-roots). Certificates are\n\
+         always verified. Relative paths are taken from the working directory. A file that is\n\
+         missing, unreadable or holds no certificate stops `run` at startup (exit 2).",
+    ),
     ("store.batch_rows", "Commit after this many records..."),
     ("store.batch_ms", "...or this many ms after the first uncommitted record, whichever comes first."),
     (
@@ -893,6 +918,9 @@ mod tests {
         assert_eq!(c.peer.quiet_timeout_ms, 6000);
         assert_eq!(c.peer.message_cap, 256);
         assert_eq!(c.tracker.announce_secs, 300.0);
+        assert!(c.tracker.respect_interval);
+        // 0: announce the first listener's port (see run::announce_port).
+        assert_eq!(c.net.announce_port, 0);
         assert_eq!(c.privacy.ip, IpMode::Hmac);
         assert!(c.net.listen.iter().all(|a| a.ip().is_loopback()));
     }
@@ -906,8 +934,14 @@ mod tests {
             "privacy.ip=truncate",
             "peer.revisit_secs=2",
             "stats.interval_secs=0.5",
+            "tracker.ca_files=[\"ca.pem\", \"/etc/ssl/extra.pem\"]",
         ])
         .unwrap();
+        assert_eq!(
+            c.tracker.ca_files,
+            vec![PathBuf::from("ca.pem"), PathBuf::from("/etc/ssl/extra.pem")]
+        );
+        assert!(Config::default().tracker.ca_files.is_empty());
         assert_eq!(c.peer.threshold, 0.9);
         assert_eq!(
             c.net.listen,

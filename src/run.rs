@@ -21,6 +21,7 @@ use crate::proto::probe::ProbeSettings;
 use crate::scan::catalog::{Catalog, CatalogTorrent};
 use crate::scan::discovery::{Discovery, DiscoveryConfig};
 use crate::scan::driver::{RestoredPeer, ScanDriver, WatchSettings, WorkerCounters, WorkerMsg};
+use crate::scan::own_addr::OwnAddresses;
 use crate::scan::peer_table::{flag, owner_worker, source};
 use crate::scan::revisit::{progress_fixed, RevisitPolicy};
 use crate::store::record::{Record, StatsRecord, TorrentRecord, TorrentSource};
@@ -226,6 +227,10 @@ pub struct RunOptions {
     pub duration: Option<Duration>,
     /// Print the live one-line status (default: when stderr is a terminal).
     pub status_line: Option<bool>,
+    /// TLS configuration for https trackers, when the caller already built it from
+    /// `tracker.ca_files` (`swarmscan run` does, to fail with exit code 2 before anything
+    /// starts); None = built here.
+    pub tracker_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// What a finished scan did.
@@ -239,6 +244,37 @@ pub struct RunSummary {
     pub confirmed_this_run: u64,
     pub records_committed: u64,
     pub listen: Vec<SocketAddr>,
+    /// The TCP port announced to trackers and peers (0 = none).
+    pub announce_port: u16,
+    /// Addresses from trackers and PEX that were our own (never probed).
+    pub own_address_dropped: u64,
+}
+
+/// Listen addresses with port 0 get a concrete free port, so that every worker listens on the
+/// same port and that port can be announced.
+fn resolve_listen_ports(listen: &[SocketAddr]) -> Result<Vec<SocketAddr>, String> {
+    listen
+        .iter()
+        .map(|&a| {
+            if a.port() != 0 {
+                return Ok(a);
+            }
+            let probe = std::net::TcpListener::bind(a)
+                .and_then(|l| l.local_addr())
+                .map_err(|e| format!("net.listen: {a}: {e}"))?;
+            Ok(SocketAddr::new(a.ip(), probe.port()))
+        })
+        .collect()
+}
+
+/// The port announced to trackers and peers: `net.announce_port`, or else the port of the first
+/// listener, or 0 (nothing listens) when there is none.
+pub fn announce_port(configured: u16, listen: &[SocketAddr]) -> u16 {
+    if configured != 0 {
+        configured
+    } else {
+        listen.first().map_or(0, |a| a.port())
+    }
 }
 
 /// Set by SIGINT/SIGTERM.
@@ -289,10 +325,17 @@ pub fn run_scan(
     let stop = Arc::new(AtomicBool::new(false));
     register_signals(&stop)?;
     let started = Instant::now();
-    // Checked before anything is opened: a bad blocklist is an error that touches nothing.
+    // Checked before anything is opened: a bad blocklist or CA file is an error that
+    // touches nothing.
     let blocklist = Arc::new(crate::scan::blocklist::Blocklist::load(
         &config.net.blocklist_file,
     )?);
+    let tracker_tls = match opts.tracker_tls.clone() {
+        Some(t) => t,
+        None => {
+            crate::scan::tls::client_config(&config.tracker.ca_files).map_err(|e| e.to_string())?
+        }
+    };
 
     // Resume state, read before the writer takes the database: the torrents already in it
     // (from `add` or an earlier run) and their peers.
@@ -339,6 +382,7 @@ pub fn run_scan(
     }
     let catalog = Catalog::new(torrents);
 
+    let listen_addrs = resolve_listen_ports(&config.net.listen)?;
     let workers = if config.engine.workers == 0 {
         std::thread::available_parallelism()
             .map(|n| n.get())
@@ -352,7 +396,7 @@ pub fn run_scan(
         max_held: config.peer.max_watched as usize,
         connects_per_sec: config.peer.connects_per_sec as u64,
         connect_timeout_ms: config.peer.connect_timeout_ms,
-        listen: config.net.listen.clone(),
+        listen: listen_addrs.clone(),
         pin_cores: config.engine.pin_workers,
         recv_buffers: config.engine.recv_buffers.min(32768) as u16,
         recv_buffer_size: config.engine.recv_buffer_size,
@@ -364,11 +408,19 @@ pub fn run_scan(
     )?;
 
     let peer_id = our_peer_id(&config.peer.peer_id_prefix);
-    let listen_port = if config.net.announce_port != 0 {
-        config.net.announce_port
+    let listen_port = announce_port(config.net.announce_port, &listen_addrs);
+    if listen_port == 0 {
+        tracing::warn!(
+            "net.listen is empty and net.announce_port = 0: announcing port 0, so no peer can dial \
+             in (some HTTP trackers refuse port 0; set net.announce_port if yours does)"
+        );
     } else {
-        config.net.listen.first().map(|a| a.port()).unwrap_or(0)
-    };
+        tracing::info!(
+            port = listen_port,
+            "announcing this TCP port to trackers and peers"
+        );
+    }
+    let own = Arc::new(OwnAddresses::new(&listen_addrs, listen_port));
     let settings = Arc::new(ProbeSettings {
         peer_id,
         listen_port,
@@ -427,6 +479,7 @@ pub fn run_scan(
                 sample_ms: (config.peer.revisit_secs * 1000.0) as u64,
                 ..WatchSettings::default()
             })
+            .with_own_addresses(own.clone())
         })
         .collect();
 
@@ -486,13 +539,16 @@ pub fn run_scan(
     let discovery = Discovery::start(
         DiscoveryConfig {
             announce_secs: config.tracker.announce_secs,
+            respect_interval: config.tracker.respect_interval,
             scrape_secs: config.tracker.scrape_secs,
             numwant: config.tracker.numwant,
             listen_port,
+            own: own.clone(),
             peer_id,
             timeout: Duration::from_millis(config.tracker.timeout_ms),
             threads: 4,
             user_agent: concat!("swarmscan/", env!("CARGO_PKG_VERSION")).to_string(),
+            tls: tracker_tls,
         },
         catalog.clone(),
         txs.clone(),
@@ -622,5 +678,43 @@ pub fn run_scan(
         confirmed_this_run: sum(|c| c.confirmed.load(Ordering::Relaxed)),
         records_committed: counts.records,
         listen,
+        announce_port: listen_port,
+        own_address_dropped: own.dropped(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn announced_port_follows_the_first_listener_unless_set() {
+        let listen: Vec<SocketAddr> = vec![
+            "127.0.0.1:7001".parse().unwrap(),
+            "[::1]:7002".parse().unwrap(),
+        ];
+        assert_eq!(announce_port(0, &listen), 7001);
+        assert_eq!(announce_port(51413, &listen), 51413);
+        assert_eq!(
+            announce_port(0, &[]),
+            0,
+            "nothing listens: nothing announced"
+        );
+        assert_eq!(announce_port(6881, &[]), 6881);
+    }
+
+    #[test]
+    fn listen_port_zero_becomes_a_concrete_free_port() {
+        let given: Vec<SocketAddr> = vec![
+            "127.0.0.1:0".parse().unwrap(),
+            "127.0.0.1:7003".parse().unwrap(),
+        ];
+        let resolved = resolve_listen_ports(&given).unwrap();
+        assert_eq!(resolved.len(), 2);
+        assert_ne!(resolved[0].port(), 0);
+        assert_eq!(resolved[0].ip(), given[0].ip());
+        assert_eq!(resolved[1], given[1]);
+        let e = resolve_listen_ports(&["192.0.2.1:0".parse().unwrap()]).unwrap_err();
+        assert!(e.contains("net.listen") && e.contains("192.0.2.1"), "{e}");
+    }
 }

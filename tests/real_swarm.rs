@@ -21,9 +21,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read};
-use std::net::{TcpListener, UdpSocket};
+use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -38,46 +38,8 @@ const THRESHOLD: f64 = 0.98;
 /// Tolerance for comparing our contact times with the clients' once-a-second snapshots.
 const SNAPSHOT_SLACK_MS: i64 = 1_500;
 
-/// A child process that is killed (and reaped) when dropped.
-struct ChildGuard {
-    name: &'static str,
-    child: Child,
-}
-
-impl ChildGuard {
-    fn spawn(name: &'static str, cmd: &mut Command) -> ChildGuard {
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name} ({cmd:?}): {e}"));
-        ChildGuard { name, child }
-    }
-
-    /// Waits for the process to exit by itself; `None` on timeout (the guard still kills it).
-    fn wait_timeout(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
-        let start = Instant::now();
-        loop {
-            match self.child.try_wait() {
-                Ok(Some(status)) => return Some(status),
-                Ok(None) if start.elapsed() < limit => {
-                    std::thread::sleep(Duration::from_millis(50))
-                }
-                Ok(None) => return None,
-                Err(e) => panic!("waiting for {}: {e}", self.name),
-            }
-        }
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-    }
-}
-
 mod common;
+use common::process::{free_tcp_port, free_udp_port, read_to_string_lossy, ChildGuard};
 use common::python_with_libtorrent as python;
 
 fn aquatic_udp() -> PathBuf {
@@ -92,22 +54,6 @@ fn aquatic_udp() -> PathBuf {
     }
 }
 
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn free_tcp_port(ip: &str) -> u16 {
-    TcpListener::bind((ip, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -115,27 +61,18 @@ fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
-fn read_to_string_lossy(path: &Path) -> String {
-    let mut bytes = Vec::new();
-    if let Ok(mut f) = std::fs::File::open(path) {
-        let _ = f.read_to_end(&mut bytes);
-    }
-    String::from_utf8_lossy(&bytes).into_owned()
-}
-
 /// Starts aquatic_udp on 127.0.0.1:`port` only and waits until it answers a BEP 15 connect.
 fn start_tracker(dir: &Path, port: u16) -> ChildGuard {
     let config = dir.join("aquatic_udp.toml");
     // Only the keys that matter; everything else keeps aquatic's defaults. aquatic_udp hands
     // out whatever source address announced (no filter for loopback or private addresses).
-    // The short announce interval lets swarmscan, which respects the tracker's interval,
-    // announce every few seconds and learn of new leechers quickly.
+    // Its announce interval stays at the default (15 min): swarmscan, with
+    // respect_interval = false, announces every 5 s anyway and learns of new leechers quickly.
     std::fs::write(
         &config,
         format!(
             "socket_workers = 1\nlog_level = \"warn\"\n\
              [network]\naddress = \"127.0.0.1:{port}\"\nonly_ipv6 = false\nsocket_recv_buffer_size = 0\n\
-             [protocol]\npeer_announce_interval = 5\n\
              [statistics]\ninterval = 0\n"
         ),
     )
@@ -381,10 +318,10 @@ fn confirms_exactly_the_finished_leechers_of_a_real_swarm() {
         format!(
             "database = {db:?}\n\
              [engine]\nworkers = 1\npin_workers = false\nring_entries = 256\nrecv_buffers = 256\n\
-             [net]\nlisten = [\"127.0.0.1:{listen_port}\"]\nipv6 = false\nannounce_port = {listen_port}\n\
+             [net]\nlisten = [\"127.0.0.1:{listen_port}\"]\nipv6 = false\n\
              [peer]\nthreshold = {THRESHOLD}\nrevisit_secs = 2.0\nquiet_timeout_ms = 1500\n\
              connect_timeout_ms = 2000\nretry_backoff_secs = 2.0\nretry_backoff_max_secs = 4.0\n\
-             [tracker]\nannounce_secs = 5.0\nscrape_secs = 10.0\ntimeout_ms = 3000\n\
+             [tracker]\nannounce_secs = 5.0\nrespect_interval = false\nscrape_secs = 10.0\ntimeout_ms = 3000\n\
              [dht]\nenabled = false\n\
              [privacy]\nip = \"full\"\n\
              [stats]\ninterval_secs = 5.0\n"

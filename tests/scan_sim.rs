@@ -23,7 +23,6 @@ fn config(db: &Path, extra: &[&str]) -> Config {
     let mut set = vec![
         format!("database={:?}", db.display().to_string()),
         format!("net.listen=[\"127.0.0.1:{}\"]", free_port()),
-        "net.announce_port=0".into(),
         "engine.workers=2".into(),
         "peer.revisit_secs=2".into(),
         "peer.quiet_timeout_ms=1000".into(),
@@ -65,6 +64,7 @@ fn confirms_exactly_the_downloads_the_simulation_shows_and_resumes_after_restart
         RunOptions {
             duration: Some(Duration::from_secs(16)),
             status_line: Some(false),
+            ..RunOptions::default()
         },
     )
     .unwrap();
@@ -143,6 +143,7 @@ fn confirms_exactly_the_downloads_the_simulation_shows_and_resumes_after_restart
         RunOptions {
             duration: Some(Duration::from_secs(4)),
             status_line: Some(false),
+            ..RunOptions::default()
         },
     )
     .unwrap();
@@ -252,6 +253,172 @@ fn sigterm_stops_the_cli_flushes_everything_and_exits_zero() {
         .unwrap();
     assert!(!ips.is_empty());
     assert!(ips.iter().all(|ip| ip.ends_with(".0/24")), "{ips:?}");
+}
+
+/// The issue-6 setting: a tracker that asks for a long interval, swarmscan told to announce
+/// every 2 s regardless, only `net.listen` given. The tracker must see the listen port, get an
+/// announce every 2 s, and its listing of swarmscan itself must not be probed.
+#[test]
+fn respect_interval_false_reannounces_at_announce_secs_with_the_listen_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("interval.sqlite");
+    let sim = SimSwarm::start(&SimOptions {
+        torrents: 1,
+        peers_per_torrent: 6,
+        horizon_secs: 30.0,
+        addr_octet: 93,
+        tracker_interval_secs: 3600,
+        tracker_min_interval_secs: None,
+        tracker_lists_announcer: true,
+        ..SimOptions::default()
+    })
+    .unwrap();
+    let torrent = dir.path().join("t.torrent");
+    std::fs::write(&torrent, &sim.torrent_files[0]).unwrap();
+    let bin = env!("CARGO_BIN_EXE_swarmscan");
+    let listen = free_port();
+    let db_arg = format!("database={:?}", db.display().to_string());
+    let out = Command::new(bin)
+        .args(["run", "--for", "9s", "--json", "--set", &db_arg])
+        .args(["--set", &format!("net.listen=[\"127.0.0.1:{listen}\"]")])
+        .args(["--set", "tracker.announce_secs=2"])
+        .args(["--set", "tracker.respect_interval=false"])
+        .args(["--set", "tracker.timeout_ms=2000"])
+        .args([
+            "--set",
+            "engine.workers=1",
+            "--set",
+            "engine.pin_workers=false",
+        ])
+        .args([
+            "--set",
+            "peer.revisit_secs=2",
+            "--set",
+            "privacy.ip=\"full\"",
+        ])
+        .arg(&torrent)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("JSON summary on stdout");
+    assert_eq!(
+        summary["announce_port"].as_u64(),
+        Some(listen as u64),
+        "{summary}"
+    );
+
+    // The tracker was told the listen port, every time.
+    let ports = sim.tracker.announced_ports.lock().unwrap().clone();
+    assert!(!ports.is_empty());
+    assert!(ports.iter().all(|&p| p == listen), "{ports:?} vs {listen}");
+
+    // Re-announced every 2 s over 9 s (HTTP and UDP tracker: ~5 each), although the
+    // tracker asked for an hour; the report shows why.
+    let report = Command::new(bin)
+        .args(["report", "--json", "--set", &db_arg])
+        .output()
+        .unwrap();
+    assert!(report.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&report.stdout).unwrap();
+    let trackers = report["trackers"].as_array().unwrap();
+    assert_eq!(trackers.len(), 2, "{report}");
+    for t in trackers {
+        assert!(t["announces"].as_i64().unwrap() >= 3, "{t}");
+        assert_eq!(t["failed"].as_i64(), Some(0), "{t}");
+        assert_eq!(t["interval_secs"].as_i64(), Some(3600), "{t}");
+        assert_eq!(t["effective_secs"].as_f64(), Some(2.0), "{t}");
+        assert_eq!(t["decided_by"].as_str(), Some("ours"), "{t}");
+    }
+    let total: i64 = trackers
+        .iter()
+        .map(|t| t["announces"].as_i64().unwrap())
+        .sum();
+    assert_eq!(
+        total as u64,
+        sim.tracker
+            .announces
+            .load(std::sync::atomic::Ordering::Relaxed)
+    );
+    let text = Command::new(bin)
+        .args(["report", "--set", &db_arg])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("Trackers:") && text.contains("3600"),
+        "{text}"
+    );
+
+    // The tracker listed swarmscan itself (127.0.0.1, listen port) in every answer: dropped,
+    // counted, never stored or probed.
+    let dropped = summary["own_address_dropped"].as_u64().unwrap();
+    assert!(dropped >= total as u64, "{summary}");
+    let store = Store::open_existing(&db).unwrap();
+    let mut ours = 0;
+    store
+        .for_each_peer(None, |p| {
+            if p.port == listen {
+                ours += 1;
+            }
+        })
+        .unwrap();
+    assert_eq!(ours, 0, "our own address was stored");
+}
+
+/// The default `respect_interval = true`: a tracker's longer interval wins, and an absurd one
+/// (over a day) is capped and noted in the report.
+#[test]
+fn respect_interval_true_waits_the_trackers_interval_capped_at_a_day() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("respect.sqlite");
+    let sim = SimSwarm::start(&SimOptions {
+        torrents: 1,
+        peers_per_torrent: 4,
+        horizon_secs: 30.0,
+        addr_octet: 94,
+        tracker_interval_secs: 200_000,
+        tracker_min_interval_secs: Some(30),
+        ..SimOptions::default()
+    })
+    .unwrap();
+    let cfg = config(&db, &["tracker.announce_secs=1", "engine.workers=1"]);
+    assert!(cfg.tracker.respect_interval, "the default");
+    let inputs = vec![TorrentInput::from_metainfo(&sim.metainfo[0]).unwrap()];
+    let summary = run_scan(
+        &cfg,
+        inputs,
+        RunOptions {
+            duration: Some(Duration::from_secs(5)),
+            status_line: Some(false),
+        },
+    )
+    .unwrap();
+    assert_eq!(summary.announce_port, cfg.net.listen[0].port());
+    let report = Store::open_existing(&db).unwrap().report().unwrap();
+    assert_eq!(report.trackers.len(), 2);
+    for t in &report.trackers {
+        assert_eq!(t.announces, 1, "{t:?}");
+        assert_eq!(t.interval_secs, Some(200_000));
+        assert_eq!(t.effective_secs, Some(86_400.0), "{t:?}");
+        assert_eq!(t.decided_by.as_deref(), Some("interval"));
+        assert!(
+            t.notes
+                .as_deref()
+                .is_some_and(|n| n.contains("capped at 86400")),
+            "{t:?}"
+        );
+    }
+    let http = report
+        .trackers
+        .iter()
+        .find(|t| t.tracker.starts_with("http"))
+        .unwrap();
+    assert_eq!(http.min_interval_secs, Some(30));
 }
 
 #[test]

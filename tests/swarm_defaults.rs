@@ -44,10 +44,9 @@ use swarmscan::config::IpMode;
 use swarmscan::store::anon::Anonymizer;
 
 mod common;
-use common::{
-    free_port_on_all, now_ms, python_with_libtorrent, read_to_string_lossy, test_dir, ChildGuard,
-    IptablesGuard,
-};
+use common::iptables::IptablesGuard;
+use common::process::{free_port_on_all, now_ms, read_to_string_lossy, test_dir, ChildGuard};
+use common::python_with_libtorrent;
 
 /// Leechers (the driver's default; kinds in turn, so at least two of each).
 const LEECHERS: usize = 9;
@@ -180,7 +179,7 @@ fn swarmscan_query(dir: &Path, db: &Path, args: &[&str]) -> String {
     let out_path = dir.join(format!("{}.out", args[0]));
     let err_path = dir.join(format!("{}.err", args[0]));
     let mut cmd = ChildGuard::spawn(
-        format!("swarmscan {}", args[0]),
+        "swarmscan (read-only command)",
         Command::new(env!("CARGO_BIN_EXE_swarmscan"))
             .args(args)
             .arg("--set")

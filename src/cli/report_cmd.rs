@@ -344,6 +344,52 @@ pub fn render_report(r: &Report) -> String {
         &rows,
     ));
 
+    if !r.trackers.is_empty() {
+        out.push_str(
+            "\nTrackers: announces and the interval in use (effective = wait until the next announce,\n\
+             decided by ours = tracker.announce_secs, interval = the tracker's (tracker.respect_interval),\n\
+             min_interval = the tracker's minimum; seconds)\n",
+        );
+        let rows: Vec<Vec<String>> = r
+            .trackers
+            .iter()
+            .map(|t| {
+                vec![
+                    t.tracker.clone(),
+                    t.torrents.to_string(),
+                    t.announces.to_string(),
+                    t.failed.to_string(),
+                    t.received.to_string(),
+                    t.new.to_string(),
+                    opt_i(t.interval_secs),
+                    opt_i(t.min_interval_secs),
+                    t.effective_secs.map_or_else(
+                        || "-".into(),
+                        |v| format!("{v:.*}", if v.fract() == 0.0 { 0 } else { 1 }),
+                    ),
+                    t.decided_by.clone().unwrap_or_else(|| "-".into()),
+                    t.notes.clone().unwrap_or_default(),
+                ]
+            })
+            .collect();
+        out.push_str(&table(
+            &[
+                "tracker",
+                "torrents",
+                "announces",
+                "failed",
+                "received",
+                "new",
+                "interval",
+                "min_interval",
+                "effective",
+                "decided_by",
+                "notes",
+            ],
+            &rows,
+        ));
+    }
+
     out.push_str("\nOutcome of evaluation attempts (thesis table 5.7)\n");
     let mut rows = Vec::new();
     for e in &r.outcomes {

@@ -102,6 +102,14 @@ pub fn run(args: &RunArgs) -> i32 {
             return 2;
         }
     };
+    // A bad CA file is a configuration error: named (key and file) before anything starts.
+    let tracker_tls = match crate::scan::tls::client_config(&config.tracker.ca_files) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("swarmscan: run: {e}");
+            return 2;
+        }
+    };
     let inputs = match load_inputs(&args.torrents) {
         Ok(i) => i,
         Err(e) => {
@@ -114,6 +122,7 @@ pub fn run(args: &RunArgs) -> i32 {
         inputs,
         RunOptions {
             duration: args.duration,
+            tracker_tls: Some(tracker_tls),
             ..RunOptions::default()
         },
     ) {
@@ -131,6 +140,12 @@ pub fn run(args: &RunArgs) -> i32 {
                     summary.confirmed_this_run,
                     config.database.display()
                 );
+                if summary.own_address_dropped > 0 {
+                    eprintln!(
+                        "swarmscan: {} addresses from trackers and PEX were our own (announced port {}) and were not probed",
+                        summary.own_address_dropped, summary.announce_port
+                    );
+                }
             }
             0
         }

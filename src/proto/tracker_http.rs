@@ -116,8 +116,8 @@ pub fn percent_decode(s: &str) -> Option<Vec<u8>> {
 /// What was wrong with a tracker URL.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UrlError {
-    #[error("https trackers are not supported (no TLS in swarmscan): {0}")]
-    HttpsNotSupported(String),
+    #[error("redirect from https to plain http refused: {0:?}")]
+    InsecureRedirect(String),
     #[error("unsupported URL scheme in {url:?} (expected {expected})")]
     UnsupportedScheme { url: String, expected: &'static str },
     #[error("missing host in {0:?}")]
@@ -134,12 +134,15 @@ pub enum UrlError {
     InvalidCharacters(String),
 }
 
-/// A parsed `http://` tracker URL.
+/// A parsed `http://` or `https://` tracker URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpTrackerUrl {
-    /// Host name or address literal, without IPv6 brackets.
+    /// `https://`: the exchange runs over TLS (done by the I/O layer; this module stays
+    /// sans-IO and only carries the flag).
+    pub tls: bool,
+    /// Host name or address literal, without IPv6 brackets (the TLS server name).
     pub host: String,
-    /// Port (80 if the URL names none).
+    /// Port (80, or 443 for `https://`, if the URL names none).
     pub port: u16,
     /// Path and query (without fragment); always starts with `/`.
     pub path_and_query: String,
@@ -225,15 +228,18 @@ pub(crate) fn strip_scheme<'a>(url: &'a str, scheme: &str) -> Option<&'a str> {
         .then(|| &url[scheme.len()..])
 }
 
-/// Parses an `http://` tracker URL. `https://` fails with [`UrlError::HttpsNotSupported`].
+/// Parses an `http://` or `https://` tracker URL (scheme case-insensitive).
 pub fn parse_http_url(url: &str) -> Result<HttpTrackerUrl, UrlError> {
-    if strip_scheme(url, "https://").is_some() {
-        return Err(UrlError::HttpsNotSupported(url.to_string()));
-    }
-    let rest = strip_scheme(url, "http://").ok_or_else(|| UrlError::UnsupportedScheme {
-        url: url.to_string(),
-        expected: "http://",
-    })?;
+    let (tls, rest) = match strip_scheme(url, "https://") {
+        Some(rest) => (true, rest),
+        None => (
+            false,
+            strip_scheme(url, "http://").ok_or_else(|| UrlError::UnsupportedScheme {
+                url: url.to_string(),
+                expected: "http:// or https://",
+            })?,
+        ),
+    };
     let (host, port, path) = split_authority(url, rest)?;
     let path_and_query = if path.is_empty() {
         "/".to_string()
@@ -243,15 +249,18 @@ pub fn parse_http_url(url: &str) -> Result<HttpTrackerUrl, UrlError> {
         path
     };
     Ok(HttpTrackerUrl {
+        tls,
         host,
-        port: port.unwrap_or(80),
+        port: port.unwrap_or(if tls { 443 } else { 80 }),
         path_and_query,
     })
 }
 
-/// Where a redirect leads: `location` is an absolute `http://` URL, or an absolute path
-/// (`/x?y`) on the same host and port as `current`. `https://` redirects fail with
-/// [`UrlError::HttpsNotSupported`]. The caller bounds the number of redirects it follows.
+/// Where a redirect leads: `location` is an absolute `http://` or `https://` URL, or an
+/// absolute path (`/x?y`) on the same scheme, host and port as `current`. A redirect from
+/// `https://` to plain `http://` fails with [`UrlError::InsecureRedirect`] (it would send
+/// the query, passkeys included, in the clear). The caller bounds the number of redirects
+/// it follows.
 pub fn redirect_target(
     current: &HttpTrackerUrl,
     location: &str,
@@ -266,12 +275,17 @@ pub fn redirect_target(
         }
         let path = location.split('#').next().unwrap_or(location);
         return Ok(HttpTrackerUrl {
+            tls: current.tls,
             host: current.host.clone(),
             port: current.port,
             path_and_query: path.to_string(),
         });
     }
-    parse_http_url(location)
+    let target = parse_http_url(location)?;
+    if current.tls && !target.tls {
+        return Err(UrlError::InsecureRedirect(location.to_string()));
+    }
+    Ok(target)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -583,6 +597,21 @@ fn opt_u32(d: &Value<'_>, field: &str) -> Result<Option<u32>, FieldError> {
     }
 }
 
+/// An interval in seconds: an integer, clamped to 0..=u32::MAX (a negative or huge value is the
+/// tracker's mistake, not a reason to throw away the peers it sent; the scheduler ignores 0
+/// and caps long intervals).
+fn opt_interval(d: &Value<'_>, field: &str) -> Result<Option<u32>, FieldError> {
+    match d.get(field) {
+        None => Ok(None),
+        Some(v) => {
+            let n = v
+                .as_int()
+                .ok_or_else(|| FieldError::wrong_type(field, v, "integer"))?;
+            Ok(Some(n.clamp(0, i64::from(u32::MAX)) as u32))
+        }
+    }
+}
+
 fn lossy(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -724,7 +753,8 @@ fn decode_body(body: &[u8]) -> Result<Value<'_>, bencode::DecodeError> {
 /// Parses an announce response body (bencoded dictionary).
 ///
 /// A `failure reason` becomes [`TrackerError::Failure`]. Missing optional fields are None;
-/// fields of the wrong type or out of range are errors naming the field.
+/// fields of the wrong type or out of range are errors naming the field, except `interval` and
+/// `min interval`, which are clamped to 0..=u32::MAX (the scheduler ignores or caps them).
 pub fn parse_announce_response(body: &[u8]) -> Result<AnnounceResponse, TrackerError> {
     let root = decode_body(body)?;
     if root.as_dict().is_none() {
@@ -732,8 +762,8 @@ pub fn parse_announce_response(body: &[u8]) -> Result<AnnounceResponse, TrackerE
     }
     check_failure(&root)?;
     let mut r = AnnounceResponse {
-        interval: opt_u32(&root, "interval")?,
-        min_interval: opt_u32(&root, "min interval")?,
+        interval: opt_interval(&root, "interval")?,
+        min_interval: opt_interval(&root, "min interval")?,
         tracker_id: root.opt_bytes("tracker id")?.map(<[u8]>::to_vec),
         warning: root.opt_bytes("warning message")?.map(lossy),
         complete: opt_u64(&root, "complete")?,

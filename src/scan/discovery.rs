@@ -1,14 +1,17 @@
-//! Peer discovery from HTTP and UDP trackers: announces on an interval (respecting the
-//! tracker's `interval` / `min interval`), scrapes for the reported download counts, and hands
-//! the addresses to the workers that own them.
+//! Peer discovery from HTTP, HTTPS and UDP trackers: announces on an interval (ours, or the tracker's
+//! `interval` when `tracker.respect_interval` says so; never sooner than its `min interval`, see
+//! [`super::announce_schedule`]), scrapes for the reported download counts, and hands the
+//! addresses to the workers that own them, minus our own addresses ([`OwnAddresses`]).
 //!
 //! Tracker traffic is a few requests per torrent every few minutes, far from the hot path, so
 //! it runs on a small pool of threads with blocking sockets and timeouts (bounded: every
-//! request ends within its timeout, and the pool stops with the scan).
+//! request ends within its timeout, and the pool stops with the scan). `https://` trackers
+//! speak the same protocol over TLS (rustls, certificates verified against the web PKI roots
+//! plus `tracker.ca_files`); a TLS failure is recorded like any other failed announce.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs, UdpSocket};
+use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -16,42 +19,61 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
+use super::announce_schedule::{self, DecidedBy, NextAnnounce};
 use super::catalog::Catalog;
 use super::driver::WorkerMsg;
+use super::own_addr::OwnAddresses;
 use super::peer_table::{owner_worker, source};
 use crate::proto::http::{self, ResponseLimits, ResponseReader};
-use crate::proto::tracker_http::{self, AnnounceParams, Event};
+use crate::proto::tracker_http::{self, AnnounceParams, Event, HttpTrackerUrl};
 use crate::proto::tracker_udp::{self, AddressFamily, ConnectionIdCache};
-use crate::store::record::{DiscoveryRecord, PeerSource, Record, ScrapeRecord};
+use crate::store::record::{
+    DiscoveryRecord, PeerSource, Record, ScrapeRecord, TrackerScheduleRecord,
+};
 use crate::store::writer::RecordSender;
+use rustls::pki_types::ServerName;
+
+use super::tls;
 
 /// Settings of discovery (from the `tracker.*` config keys).
 #[derive(Debug, Clone)]
 pub struct DiscoveryConfig {
     /// Our announce interval in seconds (the tracker's min interval wins if longer).
     pub announce_secs: f64,
+    /// Wait the tracker's `interval` instead of `announce_secs` when it is longer.
+    pub respect_interval: bool,
     /// Scrape interval in seconds (0 = never scrape).
     pub scrape_secs: f64,
     pub numwant: u32,
     /// Port announced to trackers (where incoming peers reach us); 0 = none listening.
     pub listen_port: u16,
+    /// Our own addresses: dropped from tracker answers, counted.
+    pub own: Arc<OwnAddresses>,
     pub peer_id: [u8; 20],
+    /// Timeout of one tracker request (connect, TLS handshake, response).
     pub timeout: Duration,
     pub threads: usize,
     pub user_agent: String,
+    /// TLS client configuration for `https://` trackers (roots: web PKI plus
+    /// `tracker.ca_files`, see [`tls::client_config`]).
+    pub tls: Arc<rustls::ClientConfig>,
 }
 
 impl Default for DiscoveryConfig {
     fn default() -> Self {
         DiscoveryConfig {
             announce_secs: 300.0,
+            respect_interval: true,
             scrape_secs: 300.0,
             numwant: 200,
             listen_port: 0,
+            own: Arc::new(OwnAddresses::default()),
             peer_id: *b"-SW0100-000000000000",
             timeout: Duration::from_secs(15),
             threads: 4,
             user_agent: concat!("swarmscan/", env!("CARGO_PKG_VERSION")).to_string(),
+            tls: tls::client_config(&[])
+                .expect("the web PKI roots alone always make a valid TLS configuration"),
         }
     }
 }
@@ -65,8 +87,21 @@ type ScrapeCounts = (Option<u64>, Option<u64>, Option<u64>);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
+    /// `http://` or `https://` (BEP 3 over HTTP, TLS for https).
     Http,
     Udp,
+}
+
+/// The protocol of a tracker URL (scheme case-insensitive); None for one we do not speak.
+fn kind_of(url: &str) -> Option<Kind> {
+    let scheme = url.split_once("://")?.0;
+    if scheme.eq_ignore_ascii_case("udp") {
+        Some(Kind::Udp)
+    } else if scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https") {
+        Some(Kind::Http)
+    } else {
+        None
+    }
 }
 
 /// One (torrent, tracker URL) pair with its schedule.
@@ -97,8 +132,8 @@ enum Job {
 enum JobResult {
     Announce {
         target: usize,
-        next_in: Duration,
-        ok: bool,
+        /// The schedule after a successful announce; `None` when it failed.
+        next: Option<NextAnnounce>,
     },
     Scraped,
 }
@@ -125,12 +160,10 @@ impl Discovery {
             let mut seen = std::collections::HashSet::new();
             // Every tracker of every tier: a measurement wants all the peers it can get.
             for url in t.trackers.iter().flatten() {
-                let kind = if url.starts_with("udp://") {
-                    Kind::Udp
-                } else if url.starts_with("http://") {
-                    Kind::Http
-                } else {
-                    continue; // https:// and others are reported at load time
+                let Some(kind) = kind_of(url) else {
+                    // Not a tracker protocol we speak (e.g. wss://): nothing to announce to.
+                    tracing::debug!(url, "tracker URL scheme not supported; skipped");
+                    continue;
                 };
                 if seen.insert(url.clone()) {
                     targets.push(Target {
@@ -211,6 +244,8 @@ fn schedule_loop(
     stop: Arc<AtomicBool>,
 ) {
     let mut next_scrape = Instant::now() + Duration::from_secs(5);
+    // What the log has said already, once per tracker URL.
+    let mut told: std::collections::HashSet<(String, Told)> = std::collections::HashSet::new();
     while !stop.load(Ordering::Relaxed) {
         let now = Instant::now();
         for (i, t) in targets.iter_mut().enumerate() {
@@ -263,28 +298,65 @@ fn schedule_loop(
             }
         }
         while let Ok(r) = results.recv_timeout(Duration::from_millis(100)) {
-            if let JobResult::Announce {
-                target,
-                next_in,
-                ok,
-            } = r
-            {
+            if let JobResult::Announce { target, next } = r {
                 let t = &mut targets[target];
                 t.busy = false;
-                if ok {
-                    t.started = true;
-                    t.failures = 0;
-                    t.next_announce = Instant::now() + next_in;
-                } else {
-                    t.failures += 1;
-                    // Back off: 1, 2, 4 ... minutes, at most an hour.
-                    let backoff = 60.0 * 2f64.powi(t.failures.min(6) as i32 - 1);
-                    t.next_announce = Instant::now() + Duration::from_secs_f64(backoff.min(3600.0));
+                match next {
+                    Some(next) => {
+                        t.started = true;
+                        t.failures = 0;
+                        t.next_announce = Instant::now() + Duration::from_secs_f64(next.secs);
+                        tell_once(&mut told, &t.url, &next, &cfg);
+                    }
+                    None => {
+                        t.failures += 1;
+                        let wait =
+                            announce_schedule::retry_after_failure(cfg.announce_secs, t.failures);
+                        t.next_announce = Instant::now() + Duration::from_secs_f64(wait);
+                    }
                 }
             }
         }
     }
     // Dropping `jobs` ends the pool threads once their current request is done.
+}
+
+/// What the log already said about a tracker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Told {
+    Decided(DecidedBy),
+    Note(std::mem::Discriminant<announce_schedule::Note>),
+}
+
+/// Logs, once per tracker URL, when the tracker's interval (or min interval) wins over ours and
+/// when a value it sent was capped or ignored.
+fn tell_once(
+    told: &mut std::collections::HashSet<(String, Told)>,
+    url: &str,
+    next: &NextAnnounce,
+    cfg: &DiscoveryConfig,
+) {
+    if next.decided_by != DecidedBy::Ours
+        && told.insert((url.to_string(), Told::Decided(next.decided_by)))
+    {
+        let what = match next.decided_by {
+            DecidedBy::Interval => "interval (tracker.respect_interval = true)",
+            _ => "min interval (always respected)",
+        };
+        tracing::info!(
+            tracker = %url,
+            "the tracker asks for {} s between announces, longer than tracker.announce_secs = {} s: \
+             announcing every {} s, its {what}",
+            next.secs,
+            cfg.announce_secs,
+            next.secs
+        );
+    }
+    for note in &next.notes {
+        if told.insert((url.to_string(), Told::Note(std::mem::discriminant(note)))) {
+            tracing::warn!(tracker = %url, "tracker answer not obeyed as given: {note}");
+        }
+    }
 }
 
 struct Shared {
@@ -374,8 +446,11 @@ impl UdpMux {
 /// An announce's outcome in one shape for both protocols.
 struct Announced {
     peers: Vec<SocketAddr>,
-    interval: Option<u32>,
-    min_interval: Option<u32>,
+    /// As sent (UDP's is a signed 32-bit field).
+    interval: Option<i64>,
+    min_interval: Option<i64>,
+    /// BEP 24: our address as the tracker saw it.
+    external_ip: Option<IpAddr>,
     complete: Option<u64>,
     incomplete: Option<u64>,
     downloaded: Option<u64>,
@@ -414,11 +489,7 @@ impl Shared {
     ) -> JobResult {
         let started = Instant::now();
         let at_ms = self.now_ms();
-        let kind = if url.starts_with("udp://") {
-            Kind::Udp
-        } else {
-            Kind::Http
-        };
+        let kind = kind_of(&url).unwrap_or(Kind::Http);
         let result = match kind {
             Kind::Http => self.announce_http(&url, &params),
             Kind::Udp => self.announce_udp(&url, &params),
@@ -429,20 +500,27 @@ impl Shared {
         } else {
             source::TRACKER_HTTP
         };
-        let (next_in, ok) = match &result {
-            Ok(a) => {
-                // Respect the tracker: never sooner than its min interval (or, when it gives
-                // none, its interval); otherwise our own announce interval.
-                let floor = a.min_interval.or(a.interval).unwrap_or(0) as f64;
-                (
-                    Duration::from_secs_f64(self.cfg.announce_secs.max(floor)),
-                    true,
-                )
-            }
-            Err(_) => (Duration::ZERO, false),
-        };
+        let next = result.as_ref().ok().map(|a| {
+            announce_schedule::next_announce(
+                self.cfg.announce_secs,
+                self.cfg.respect_interval,
+                a.interval,
+                a.min_interval,
+            )
+        });
+        let (interval_sent, min_interval_sent) = result
+            .as_ref()
+            .map_or((None, None), |a| (a.interval, a.min_interval));
         let (peers, error) = match result {
-            Ok(a) => {
+            Ok(mut a) => {
+                let own = &self.cfg.own;
+                if let Some(ip) = a.external_ip {
+                    if own.learn_from_tracker(ip) {
+                        tracing::info!(tracker = %url, %ip, "the tracker sees us at this address");
+                    }
+                }
+                // The tracker lists us too: never probe ourselves.
+                own.drop_own(&mut a.peers);
                 self.route_peers(torrent, src, &a.peers);
                 if let Some(downloaded) = a.downloaded {
                     // Many HTTP trackers put scrape counts in the announce reply too.
@@ -467,17 +545,25 @@ impl Shared {
             } else {
                 PeerSource::TrackerHttp
             },
-            tracker: Some(url),
+            tracker: Some(url.clone()),
             duration_ms: duration_ms.min(u32::MAX as u64) as u32,
             error,
             peers,
         };
         self.send(Record::Discovery(record));
-        JobResult::Announce {
-            target,
-            next_in,
-            ok,
+        if let Some(n) = &next {
+            self.send(Record::TrackerSchedule(TrackerScheduleRecord {
+                at: self.epoch_unix_ms + at_ms as i64,
+                torrent_id: self.catalog.get(torrent).db_id,
+                tracker: url,
+                interval: interval_sent,
+                min_interval: min_interval_sent,
+                next_secs: n.secs,
+                decided_by: n.decided_by.as_str(),
+                notes: (!n.notes.is_empty()).then(|| n.notes_text()),
+            }));
         }
+        JobResult::Announce { target, next }
     }
 
     fn send(&self, record: Record) {
@@ -507,68 +593,15 @@ impl Shared {
         }
     }
 
-    fn resolve(&self, host: &str, port: u16) -> Result<SocketAddr, String> {
-        (host, port)
-            .to_socket_addrs()
-            .map_err(|e| format!("resolving {host}: {e}"))?
-            .next()
-            .ok_or_else(|| format!("resolving {host}: no address"))
-    }
-
-    fn http_get(&self, url: &str) -> Result<Vec<u8>, String> {
-        let mut url = url.to_string();
-        for _redirect in 0..4 {
-            let u = tracker_http::parse_http_url(&url).map_err(|e| e.to_string())?;
-            let addr = self.resolve(&u.host, u.port)?;
-            let mut s = TcpStream::connect_timeout(&addr, self.cfg.timeout)
-                .map_err(|e| format!("connect {addr}: {e}"))?;
-            let _ = s.set_read_timeout(Some(self.cfg.timeout));
-            let _ = s.set_write_timeout(Some(self.cfg.timeout));
-            let req =
-                http::build_get_request(&u.host, u.port, &u.path_and_query, &self.cfg.user_agent)
-                    .map_err(|e| e.to_string())?;
-            s.write_all(&req).map_err(|e| format!("send: {e}"))?;
-            let mut reader = ResponseReader::new(ResponseLimits::default());
-            let mut buf = [0u8; 16384];
-            let deadline = Instant::now() + self.cfg.timeout;
-            loop {
-                if Instant::now() > deadline {
-                    return Err("timed out reading the response".into());
-                }
-                let n = s.read(&mut buf).map_err(|e| format!("receive: {e}"))?;
-                let progress = if n == 0 {
-                    reader.finish().map_err(|e| e.to_string())?
-                } else {
-                    reader.feed(&buf[..n]).map_err(|e| e.to_string())?
-                };
-                if progress == http::Progress::Done {
-                    break;
-                }
-                if n == 0 {
-                    return Err("connection closed before the response was complete".into());
-                }
-            }
-            let resp = reader.into_response().ok_or("incomplete response")?;
-            if let Some(loc) = resp.redirect_location() {
-                url = loc.to_string();
-                continue;
-            }
-            if !resp.is_success() {
-                return Err(format!("HTTP {} {}", resp.status, resp.reason));
-            }
-            return Ok(resp.body);
-        }
-        Err("too many redirects".into())
-    }
-
     fn announce_http(&self, url: &str, params: &AnnounceParams) -> Result<Announced, String> {
         let full = tracker_http::announce_url(url, params).map_err(|e| e.to_string())?;
-        let body = self.http_get(&full)?;
+        let body = http_get(&self.cfg, &full)?;
         let r = tracker_http::parse_announce_response(&body).map_err(|e| e.to_string())?;
         Ok(Announced {
             peers: r.peers,
-            interval: r.interval,
-            min_interval: r.min_interval,
+            interval: r.interval.map(i64::from),
+            min_interval: r.min_interval.map(i64::from),
+            external_ip: r.external_ip,
             complete: r.complete,
             incomplete: r.incomplete,
             downloaded: r.downloaded,
@@ -630,7 +663,7 @@ impl Shared {
 
     fn udp_socket(&self, url: &str) -> Result<(&UdpMux, SocketAddr, Vec<u8>), String> {
         let u = tracker_udp::parse_udp_url(url).map_err(|e| e.to_string())?;
-        let tracker = self.resolve(&u.host, u.port)?;
+        let tracker = resolve(&u.host, u.port)?;
         let mux = if tracker.is_ipv4() {
             self.udp4.as_deref()
         } else {
@@ -652,8 +685,10 @@ impl Shared {
         match self.udp_exchange(sock, tracker, &req) {
             Ok(tracker_udp::Response::Announce(a)) => Ok(Announced {
                 peers: a.peers,
-                interval: Some(a.interval),
+                // BEP 15 sends a signed 32-bit interval.
+                interval: Some(i64::from(a.interval as i32)),
                 min_interval: None,
+                external_ip: None,
                 complete: Some(a.seeders as u64),
                 incomplete: Some(a.leechers as u64),
                 downloaded: None,
@@ -676,7 +711,7 @@ impl Shared {
             Kind::Http => (|| {
                 let surl = tracker_http::scrape_url(url)
                     .ok_or("tracker URL does not support scrape (BEP 48)")?;
-                let body = self.http_get(&tracker_http::scrape_request_url(&surl, &hashes))?;
+                let body = http_get(&self.cfg, &tracker_http::scrape_request_url(&surl, &hashes))?;
                 let r = tracker_http::parse_scrape_response(&body).map_err(|e| e.to_string())?;
                 Ok(hashes
                     .iter()
@@ -731,6 +766,153 @@ impl Shared {
     }
 }
 
+fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
+    (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("resolving {host}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("resolving {host}: no address"))
+}
+
+/// GETs `url` (`http://` or `https://`), following at most 4 redirects (an https
+/// tracker may not redirect to plain http). Each hop ends within the request timeout.
+fn http_get(cfg: &DiscoveryConfig, url: &str) -> Result<Vec<u8>, String> {
+    let mut target = tracker_http::parse_http_url(url).map_err(|e| e.to_string())?;
+    for _redirect in 0..4 {
+        let resp = http_exchange(cfg, &target)?;
+        if let Some(loc) = resp.redirect_location() {
+            target = tracker_http::redirect_target(&target, loc)
+                .map_err(|e| format!("redirect: {e}"))?;
+            continue;
+        }
+        if !resp.is_success() {
+            return Err(format!("HTTP {} {}", resp.status, resp.reason));
+        }
+        return Ok(resp.body);
+    }
+    Err("too many redirects".into())
+}
+
+/// One request and its response. Connect, TLS handshake (https), request and response
+/// share one deadline of `timeout`; the response is read with the same size limits for
+/// both schemes. TLS failures (certificate, handshake) come back as `tls: ...` text.
+fn http_exchange(cfg: &DiscoveryConfig, u: &HttpTrackerUrl) -> Result<http::Response, String> {
+    let deadline = Instant::now() + cfg.timeout;
+    let addr = resolve(&u.host, u.port)?;
+    let left = deadline
+        .checked_duration_since(Instant::now())
+        .filter(|d| !d.is_zero())
+        .ok_or("timed out resolving the tracker")?;
+    let tcp =
+        TcpStream::connect_timeout(&addr, left).map_err(|e| format!("connect {addr}: {e}"))?;
+    let req = http::build_get_request(&u.host, u.port, &u.path_and_query, &cfg.user_agent)
+        .map_err(|e| e.to_string())?;
+    if !u.tls {
+        let mut s = tcp;
+        return exchange(&mut s, &req, deadline);
+    }
+    // The server name is the URL's host: SNI and the name checked against the
+    // certificate (an address literal is checked against the certificate's addresses).
+    let name = ServerName::try_from(u.host.clone())
+        .map_err(|e| format!("tls: invalid server name {:?}: {e}", u.host))?;
+    let conn =
+        rustls::ClientConnection::new(cfg.tls.clone(), name).map_err(|e| format!("tls: {e}"))?;
+    let mut s = rustls::StreamOwned::new(conn, tcp);
+    // The handshake first, so that its failures are reported as such.
+    while s.conn.is_handshaking() {
+        set_deadline(&s.sock, deadline).map_err(|e| format!("tls handshake: {e}"))?;
+        s.conn
+            .complete_io(&mut s.sock)
+            .map_err(|e| tls::error_text("handshake", &e))?;
+    }
+    let resp = exchange(&mut s, &req, deadline);
+    // A polite close (best effort: the socket may be gone).
+    s.conn.send_close_notify();
+    let _ = s.conn.write_tls(&mut s.sock);
+    resp
+}
+
+/// A byte stream to a tracker (plain TCP or TLS over TCP) whose socket takes the timeouts.
+trait TrackerStream: Read + Write {
+    fn tcp(&self) -> &TcpStream;
+    /// The error text for an I/O error in `stage` (`send`, `receive`).
+    fn error_text(&self, stage: &str, e: &std::io::Error) -> String {
+        if matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ) {
+            format!("{stage}: timed out")
+        } else {
+            format!("{stage}: {e}")
+        }
+    }
+}
+
+impl TrackerStream for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}
+
+impl TrackerStream for rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    fn tcp(&self) -> &TcpStream {
+        &self.sock
+    }
+    fn error_text(&self, stage: &str, e: &std::io::Error) -> String {
+        tls::error_text(stage, e)
+    }
+}
+
+/// Sets the socket's read and write timeouts to what is left until `deadline`.
+fn set_deadline(tcp: &TcpStream, deadline: Instant) -> Result<(), String> {
+    let left = deadline
+        .checked_duration_since(Instant::now())
+        .filter(|d| !d.is_zero())
+        .ok_or("timed out")?;
+    tcp.set_read_timeout(Some(left))
+        .and_then(|_| tcp.set_write_timeout(Some(left)))
+        .map_err(|e| e.to_string())
+}
+
+/// Sends `req` and reads one response (bounded by [`ResponseLimits::default`]) before
+/// `deadline`.
+fn exchange<S: TrackerStream>(
+    s: &mut S,
+    req: &[u8],
+    deadline: Instant,
+) -> Result<http::Response, String> {
+    set_deadline(s.tcp(), deadline).map_err(|e| format!("send: {e}"))?;
+    s.write_all(req)
+        .and_then(|_| s.flush())
+        .map_err(|e| s.error_text("send", &e))?;
+    let mut reader = ResponseReader::new(ResponseLimits::default());
+    let mut buf = [0u8; 16384];
+    loop {
+        set_deadline(s.tcp(), deadline).map_err(|_| "timed out reading the response")?;
+        let n = match s.read(&mut buf) {
+            Ok(n) => n,
+            // A TLS peer that closes without close_notify: the end of the stream, as for
+            // plain HTTP; the response framing (length, chunks) still says if it is complete.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => 0,
+            Err(e) => return Err(s.error_text("receive", &e)),
+        };
+        let progress = if n == 0 {
+            reader.finish().map_err(|e| e.to_string())?
+        } else {
+            reader.feed(&buf[..n]).map_err(|e| e.to_string())?
+        };
+        if progress == http::Progress::Done {
+            break;
+        }
+        if n == 0 {
+            return Err("connection closed before the response was complete".into());
+        }
+    }
+    reader
+        .into_response()
+        .ok_or_else(|| "incomplete response".into())
+}
+
 /// A transaction id that differs between requests (keyed validation of UDP replies).
 fn transaction_id() -> u32 {
     use std::hash::{BuildHasher, Hasher};
@@ -738,4 +920,175 @@ fn transaction_id() -> u32 {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
     h.finish() as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tracker_kinds_by_scheme() {
+        assert_eq!(kind_of("udp://t:1/announce"), Some(Kind::Udp));
+        assert_eq!(kind_of("http://t/announce"), Some(Kind::Http));
+        assert_eq!(
+            kind_of("https://torrent.ubuntu.com/announce"),
+            Some(Kind::Http)
+        );
+        assert_eq!(kind_of("HTTPS://T/announce"), Some(Kind::Http));
+        assert_eq!(kind_of("wss://t/announce"), None);
+        assert_eq!(kind_of("t/announce"), None);
+    }
+
+    /// A test CA (PEM file in the returned directory) and a TLS server on 127.0.0.1 with a
+    /// certificate for `names` issued by it, answering `reply` to one request. The server
+    /// thread ends after one connection or 10 s.
+    fn tls_server(names: &[&str], reply: &'static [u8]) -> (u16, tempfile::TempDir) {
+        use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca, ca_key);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let cert = rcgen::CertificateParams::new(names)
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca_cert.pem()).unwrap();
+        let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        )
+        .unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        listener.set_nonblocking(true).unwrap();
+        std::thread::spawn(move || {
+            let until = Instant::now() + Duration::from_secs(10);
+            let tcp = loop {
+                match listener.accept() {
+                    Ok((tcp, _)) => break tcp,
+                    Err(_) if Instant::now() < until => {
+                        std::thread::sleep(Duration::from_millis(10))
+                    }
+                    Err(_) => return,
+                }
+            };
+            tcp.set_nonblocking(false).unwrap();
+            tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let conn = rustls::ServerConnection::new(Arc::new(server)).unwrap();
+            let mut tls = rustls::StreamOwned::new(conn, tcp);
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                match tls.read(&mut buf) {
+                    Ok(0) | Err(_) => return, // e.g. the client refused our certificate
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = tls.write_all(reply);
+            tls.conn.send_close_notify();
+            let _ = tls.flush();
+        });
+        (port, dir)
+    }
+
+    fn cfg_trusting(dir: &tempfile::TempDir) -> DiscoveryConfig {
+        DiscoveryConfig {
+            tls: tls::client_config(&[dir.path().join("ca.pem")]).unwrap(),
+            timeout: Duration::from_secs(5),
+            ..DiscoveryConfig::default()
+        }
+    }
+
+    #[test]
+    fn https_get_verifies_against_the_configured_ca() {
+        let (port, dir) = tls_server(
+            &["127.0.0.1", "localhost"],
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+        );
+        let body = http_get(
+            &cfg_trusting(&dir),
+            &format!("https://127.0.0.1:{port}/announce"),
+        );
+        assert_eq!(body.as_deref(), Ok(&b"hello"[..]));
+    }
+
+    #[test]
+    fn untrusted_or_misnamed_certificates_are_tls_errors() {
+        let (port, _dir) = tls_server(&["127.0.0.1"], b"HTTP/1.1 200 OK\r\n\r\n");
+        let e = http_get(
+            &DiscoveryConfig::default(),
+            &format!("https://127.0.0.1:{port}/announce"),
+        )
+        .unwrap_err();
+        assert_eq!(e, "tls: invalid peer certificate: UnknownIssuer");
+        // Trusted CA, but the certificate names another host than the URL's.
+        let (port, dir) = tls_server(&["localhost"], b"HTTP/1.1 200 OK\r\n\r\n");
+        let e = http_get(
+            &cfg_trusting(&dir),
+            &format!("https://127.0.0.1:{port}/announce"),
+        )
+        .unwrap_err();
+        assert!(e.starts_with("tls: invalid peer certificate"), "{e}");
+    }
+
+    #[test]
+    fn https_never_redirects_to_plain_http() {
+        let (port, dir) = tls_server(
+            &["127.0.0.1"],
+            b"HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:9/announce\r\nContent-Length: 0\r\n\r\n",
+        );
+        let e = http_get(
+            &cfg_trusting(&dir),
+            &format!("https://127.0.0.1:{port}/announce"),
+        )
+        .unwrap_err();
+        assert!(
+            e.starts_with("redirect: redirect from https to plain http refused"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_silent_tls_server_times_out_within_the_request_timeout() {
+        // Accepted by the kernel (backlog), never answered.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cfg = DiscoveryConfig {
+            timeout: Duration::from_millis(300),
+            ..DiscoveryConfig::default()
+        };
+        let started = Instant::now();
+        let e = http_get(&cfg, &format!("https://127.0.0.1:{port}/announce")).unwrap_err();
+        assert!(
+            e.starts_with("tls handshake") && e.contains("timed out"),
+            "{e}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        drop(listener);
+    }
+
+    #[test]
+    fn deadline_in_the_past_is_a_timeout_not_a_zero_timeout() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let tcp = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        assert!(set_deadline(&tcp, Instant::now() + Duration::from_secs(5)).is_ok());
+        assert_eq!(
+            set_deadline(&tcp, Instant::now() - Duration::from_millis(1)),
+            Err("timed out".to_string())
+        );
+    }
 }

@@ -10,6 +10,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::blocklist::Blocklist;
 use super::catalog::Catalog;
+use super::own_addr::OwnAddresses;
 use super::peer_table::{flag, owner_worker, source, Inserted, PeerIdx, PeerTable, NOT_SCHEDULED};
 use super::revisit::{progress_fraction, RevisitPolicy, RevisitWheel, VisitResult};
 use crate::config::Encryption;
@@ -453,6 +454,8 @@ pub struct ScanDriver {
     watched: HashMap<u64, Watched>,
     /// Incoming connections accepted (makes their tokens unique).
     incoming_seq: u64,
+    /// Our own addresses: never probed when PEX names them.
+    own: Arc<OwnAddresses>,
     pub counters: Arc<WorkerCounters>,
 }
 
@@ -497,6 +500,7 @@ impl ScanDriver {
             ipv6: true,
             watched: HashMap::new(),
             incoming_seq: 0,
+            own: Arc::new(OwnAddresses::default()),
             counters: Arc::new(WorkerCounters::default()),
         }
     }
@@ -516,6 +520,12 @@ impl ScanDriver {
     /// Keep connections open to watch peers near the threshold (`peer.max_watched`).
     pub fn with_watch(mut self, watch: WatchSettings) -> ScanDriver {
         self.watch = watch;
+        self
+    }
+
+    /// Our own addresses (shared with discovery), dropped from PEX.
+    pub fn with_own_addresses(mut self, own: Arc<OwnAddresses>) -> ScanDriver {
+        self.own = own;
         self
     }
 
@@ -691,8 +701,12 @@ impl ScanDriver {
         if event != ProbeEvent::Watched {
             self.counters.probes_done.fetch_add(1, Ordering::Relaxed);
         }
+        if let Some(ip) = report.yourip {
+            self.own.learn_from_peer(ip); // how peers see us: PEX lists us under it
+        }
         if !report.pex.is_empty() {
-            let pex = report.pex.clone();
+            let mut pex = report.pex.clone();
+            self.own.drop_own(&mut pex);
             self.records.send(Record::Discovery(DiscoveryRecord {
                 at: self.unix_ms(at_ms),
                 torrent_id: self.catalog.get(torrent).db_id,

@@ -1,11 +1,14 @@
 //! Scan policy: which peer to probe and when. Per-worker peer tables, the revisit wheel and
-//! policy, routing of peers to their owning worker, tracker discovery, and the per-worker
-//! driver the engine calls.
+//! policy, routing of peers to their owning worker, tracker discovery (TLS for https
+//! trackers in `tls`), and the per-worker driver the engine calls.
 
+pub mod announce_schedule;
 pub mod bench_peers;
 pub mod blocklist;
 pub mod catalog;
 pub mod discovery;
 pub mod driver;
+pub mod own_addr;
 pub mod peer_table;
 pub mod revisit;
+pub mod tls;

@@ -67,7 +67,6 @@ fn demo(args: &DemoArgs) -> Result<(), String> {
     let overrides = vec![
         format!("database={:?}", database.display().to_string()),
         format!("net.listen=[\"127.0.0.1:{listen}\"]"),
-        "net.announce_port=0".into(),
         "peer.revisit_secs=3".into(),
         "peer.quiet_timeout_ms=1500".into(),
         "peer.connect_timeout_ms=1500".into(),
@@ -91,6 +90,7 @@ fn demo(args: &DemoArgs) -> Result<(), String> {
         RunOptions {
             duration: Some(Duration::from_secs(args.seconds)),
             status_line: if args.json { Some(false) } else { None },
+            ..RunOptions::default()
         },
     )?;
     let truth = sim.observable_confirmations(config.peer.threshold);

@@ -13,7 +13,7 @@ use std::time::Instant;
 use crate::proto::bencode::OwnedValue;
 use crate::proto::metainfo::Metainfo;
 use peers::{plan, Behaviour, SimPeer, SimPeers, SimTorrent};
-use tracker::{SimTracker, SwarmView};
+use tracker::{SimTracker, SimTrackerOptions, SwarmView};
 
 /// The swarm as the tracker sees it.
 struct View {
@@ -79,7 +79,12 @@ pub struct SimOptions {
     /// Second octet of the peers' addresses (127.<this>.<torrent>.<n>): simulations that run
     /// at the same time need different values.
     pub addr_octet: u8,
+    /// The tracker's `interval`.
     pub tracker_interval_secs: u32,
+    /// The HTTP tracker's `min interval` (`None` = not sent).
+    pub tracker_min_interval_secs: Option<u32>,
+    /// The tracker lists the announcer itself among the peers.
+    pub tracker_lists_announcer: bool,
     pub seed: u64,
 }
 
@@ -92,6 +97,8 @@ impl Default for SimOptions {
             peer_port: 6881,
             addr_octet: 77,
             tracker_interval_secs: 10,
+            tracker_min_interval_secs: Some(5),
+            tracker_lists_announcer: false,
             seed: 2015,
         }
     }
@@ -141,8 +148,15 @@ impl SimSwarm {
         let view = Arc::new(View {
             state: OnceLock::new(),
         });
-        let tracker = SimTracker::start(view.clone(), opts.tracker_interval_secs)
-            .map_err(|e| format!("simulated tracker: {e}"))?;
+        let tracker = SimTracker::start_with(
+            view.clone(),
+            SimTrackerOptions {
+                interval_secs: opts.tracker_interval_secs,
+                min_interval_secs: opts.tracker_min_interval_secs,
+                list_announcer: opts.tracker_lists_announcer,
+            },
+        )
+        .map_err(|e| format!("simulated tracker: {e}"))?;
         let trackers = vec![tracker.http_url(), tracker.udp_url()];
         let mut torrent_files = Vec::new();
         let mut metainfo = Vec::new();

@@ -1,10 +1,11 @@
 //! A simulated tracker on loopback, speaking HTTP (announce + scrape) and UDP (BEP 15), that
-//! hands out the simulated peers and reports a scrape `downloaded` count.
+//! hands out the simulated peers and reports a scrape `downloaded` count. It counts announces
+//! and remembers the port each one announced, so tests can check what a client told it.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -20,6 +21,29 @@ pub trait SwarmView: Send + Sync + 'static {
     fn peers(&self, torrent: usize, max: usize) -> (Vec<SocketAddr>, u64, u64, u64);
 }
 
+/// How the simulated tracker answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SimTrackerOptions {
+    /// `interval` sent with every announce answer (HTTP and UDP).
+    pub interval_secs: u32,
+    /// `min interval` sent in HTTP answers (`None` = not sent; UDP has no such field).
+    pub min_interval_secs: Option<u32>,
+    /// List the announcer itself (its source IP and announced port) among the peers, as
+    /// trackers that list every announcer do.
+    pub list_announcer: bool,
+}
+
+impl SimTrackerOptions {
+    /// `interval` as given, `min interval` half of it, the announcer not listed.
+    pub fn with_interval(interval_secs: u32) -> SimTrackerOptions {
+        SimTrackerOptions {
+            interval_secs,
+            min_interval_secs: Some(interval_secs / 2),
+            list_announcer: false,
+        }
+    }
+}
+
 /// Running tracker: `http_url()` and `udp_url()` go into the torrents' announce lists.
 pub struct SimTracker {
     pub http_addr: SocketAddr,
@@ -28,10 +52,19 @@ pub struct SimTracker {
     threads: Vec<JoinHandle<()>>,
     pub announces: Arc<AtomicU64>,
     pub scrapes: Arc<AtomicU64>,
+    /// The port of every announce, in arrival order (HTTP `port`, UDP `port` field).
+    pub announced_ports: Arc<Mutex<Vec<u16>>>,
 }
 
 impl SimTracker {
     pub fn start(view: Arc<dyn SwarmView>, interval_secs: u32) -> std::io::Result<SimTracker> {
+        SimTracker::start_with(view, SimTrackerOptions::with_interval(interval_secs))
+    }
+
+    pub fn start_with(
+        view: Arc<dyn SwarmView>,
+        opts: SimTrackerOptions,
+    ) -> std::io::Result<SimTracker> {
         let tcp = TcpListener::bind("127.0.0.1:0")?;
         tcp.set_nonblocking(true)?;
         let udp = UdpSocket::bind("127.0.0.1:0")?;
@@ -41,23 +74,22 @@ impl SimTracker {
         let stop = Arc::new(AtomicBool::new(false));
         let announces = Arc::new(AtomicU64::new(0));
         let scrapes = Arc::new(AtomicU64::new(0));
+        let announced_ports = Arc::new(Mutex::new(Vec::new()));
+        let counters = Counters {
+            announces: announces.clone(),
+            scrapes: scrapes.clone(),
+            ports: announced_ports.clone(),
+        };
         let mut threads = Vec::new();
         {
-            let (view, stop, announces, scrapes) = (
-                view.clone(),
-                stop.clone(),
-                announces.clone(),
-                scrapes.clone(),
-            );
+            let (view, stop, counters) = (view.clone(), stop.clone(), counters.clone());
             threads.push(
                 std::thread::Builder::new()
                     .name("sim-http-tracker".into())
                     .spawn(move || {
                         while !stop.load(Ordering::Relaxed) {
                             match tcp.accept() {
-                                Ok((s, _)) => {
-                                    serve_http(&*view, s, interval_secs, &announces, &scrapes)
-                                }
+                                Ok((s, from)) => serve_http(&*view, s, from, &opts, &counters),
                                 Err(_) => std::thread::sleep(Duration::from_millis(10)),
                             }
                         }
@@ -65,14 +97,11 @@ impl SimTracker {
             );
         }
         {
-            let (view, stop, announces, scrapes) =
-                (view, stop.clone(), announces.clone(), scrapes.clone());
+            let stop = stop.clone();
             threads.push(
                 std::thread::Builder::new()
                     .name("sim-udp-tracker".into())
-                    .spawn(move || {
-                        serve_udp(&*view, &udp, interval_secs, &stop, &announces, &scrapes)
-                    })?,
+                    .spawn(move || serve_udp(&*view, &udp, &opts, &stop, &counters))?,
             );
         }
         Ok(SimTracker {
@@ -82,6 +111,7 @@ impl SimTracker {
             threads,
             announces,
             scrapes,
+            announced_ports,
         })
     }
 
@@ -107,12 +137,29 @@ impl Drop for SimTracker {
     }
 }
 
+/// What the serving threads count.
+#[derive(Clone)]
+struct Counters {
+    announces: Arc<AtomicU64>,
+    scrapes: Arc<AtomicU64>,
+    ports: Arc<Mutex<Vec<u16>>>,
+}
+
+impl Counters {
+    fn announce(&self, port: u16) {
+        self.announces.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut p) = self.ports.lock() {
+            p.push(port);
+        }
+    }
+}
+
 fn serve_http(
     view: &dyn SwarmView,
     mut s: TcpStream,
-    interval: u32,
-    announces: &AtomicU64,
-    scrapes: &AtomicU64,
+    from: SocketAddr,
+    opts: &SimTrackerOptions,
+    counters: &Counters,
 ) {
     let _ = s.set_nonblocking(false);
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
@@ -135,15 +182,18 @@ fn serve_http(
     };
     let (path, query) = head.target.split_once('?').unwrap_or((&head.target, ""));
     let body = if path.ends_with("/announce") {
-        announces.fetch_add(1, Ordering::Relaxed);
         match tracker_http::parse_announce_query(query) {
             Ok(req) => match view.torrent(&req.params.info_hash) {
                 Some(t) => {
+                    counters.announce(req.params.port);
                     let want = req.params.numwant.unwrap_or(50) as usize;
-                    let (peers, seeders, leechers, downloaded) = view.peers(t, want);
+                    let (mut peers, seeders, leechers, downloaded) = view.peers(t, want);
+                    if opts.list_announcer {
+                        peers.push(SocketAddr::new(from.ip(), req.params.port));
+                    }
                     AnnounceResponse {
-                        interval: Some(interval),
-                        min_interval: Some(interval / 2),
+                        interval: Some(opts.interval_secs),
+                        min_interval: opts.min_interval_secs,
                         complete: Some(seeders),
                         incomplete: Some(leechers),
                         downloaded: Some(downloaded),
@@ -157,7 +207,7 @@ fn serve_http(
             Err(e) => failure(&e.to_string()),
         }
     } else if path.ends_with("/scrape") {
-        scrapes.fetch_add(1, Ordering::Relaxed);
+        counters.scrapes.fetch_add(1, Ordering::Relaxed);
         match tracker_http::parse_scrape_query(query) {
             Ok(hashes) => ScrapeResponse {
                 files: hashes
@@ -206,10 +256,9 @@ fn failure(reason: &str) -> Vec<u8> {
 fn serve_udp(
     view: &dyn SwarmView,
     sock: &UdpSocket,
-    interval: u32,
+    opts: &SimTrackerOptions,
     stop: &AtomicBool,
-    announces: &AtomicU64,
-    scrapes: &AtomicU64,
+    counters: &Counters,
 ) {
     let mut buf = [0u8; 2048];
     // Connection ids: a keyed value per client address, as real trackers do.
@@ -234,18 +283,21 @@ fn serve_udp(
                 connection_id: conn_id(&from),
             },
             Request::Announce(a) if a.connection_id == conn_id(&from) => {
-                announces.fetch_add(1, Ordering::Relaxed);
                 match view.torrent(&a.info_hash) {
                     Some(t) => {
+                        counters.announce(a.port);
                         let want = if a.num_want < 0 {
                             50
                         } else {
                             a.num_want as usize
                         };
-                        let (peers, seeders, leechers, _) = view.peers(t, want);
+                        let (mut peers, seeders, leechers, _) = view.peers(t, want);
+                        if opts.list_announcer {
+                            peers.push(SocketAddr::new(from.ip(), a.port));
+                        }
                         Response::Announce(tracker_udp::AnnounceResponse {
                             transaction_id: a.transaction_id,
-                            interval,
+                            interval: opts.interval_secs,
                             leechers: leechers as u32,
                             seeders: seeders as u32,
                             peers: peers
@@ -261,7 +313,7 @@ fn serve_udp(
                 }
             }
             Request::Scrape(sc) if sc.connection_id == conn_id(&from) => {
-                scrapes.fetch_add(1, Ordering::Relaxed);
+                counters.scrapes.fetch_add(1, Ordering::Relaxed);
                 Response::Scrape {
                     transaction_id: sc.transaction_id,
                     stats: sc

@@ -187,7 +187,21 @@ const MIGRATIONS: &[&str] = &[
         records    INTEGER NOT NULL DEFAULT 0
     );
     "#,
-    // v2: how each confirmed crossing was seen.
+    // v2: each tracker's announce schedule (latest per torrent and tracker).
+    r#"
+    CREATE TABLE tracker_state (
+        torrent_id        INTEGER NOT NULL REFERENCES torrents(id),
+        tracker           TEXT NOT NULL,
+        updated_at        INTEGER NOT NULL,  -- the latest successful announce
+        interval_secs     INTEGER,           -- the tracker's `interval` as sent (NULL = not sent)
+        min_interval_secs INTEGER,           -- its `min interval` as sent (NULL = not sent)
+        next_secs         REAL NOT NULL,     -- the wait used until the next announce
+        decided_by        TEXT NOT NULL,     -- ours | interval | min_interval
+        notes             TEXT,              -- tracker values capped or ignored
+        PRIMARY KEY (torrent_id, tracker)
+    ) WITHOUT ROWID;
+    "#,
+    // v3: how each confirmed crossing was seen.
     r#"
     ALTER TABLE peers ADD COLUMN crossing_seen TEXT; -- live | revisit | incoming (confirmed peers)
     "#,

@@ -138,6 +138,28 @@ pub struct DiscoveryRecord {
     pub peers: Vec<SocketAddr>,
 }
 
+/// How a tracker's next announce was scheduled after a successful announce (the latest one
+/// per torrent and tracker is kept in `tracker_state`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrackerScheduleRecord {
+    /// When the announce finished.
+    pub at: UnixMs,
+    /// Which torrent.
+    pub torrent_id: TorrentId,
+    /// Tracker URL.
+    pub tracker: String,
+    /// The tracker's `interval` as sent, seconds (`None` = not sent).
+    pub interval: Option<i64>,
+    /// The tracker's `min interval` as sent, seconds (`None` = not sent).
+    pub min_interval: Option<i64>,
+    /// The wait actually used until the next announce, seconds.
+    pub next_secs: f64,
+    /// What decided it: "ours", "interval" or "min_interval".
+    pub decided_by: &'static str,
+    /// Tracker values that were capped or ignored, if any.
+    pub notes: Option<String>,
+}
+
 /// A tracker scrape result.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ScrapeRecord {
@@ -412,6 +434,8 @@ pub enum Record {
     Outcome(Box<ProbeOutcome>),
     /// A scrape result.
     Scrape(ScrapeRecord),
+    /// A tracker's announce schedule.
+    TrackerSchedule(TrackerScheduleRecord),
     /// Periodic statistics.
     Stats(StatsRecord),
     /// An incoming connection that could not be tied to a torrent we scan (unknown info-hash,
@@ -433,6 +457,7 @@ impl Record {
             Record::Discovery(d) => Some(d.at),
             Record::Outcome(o) => Some(o.at),
             Record::Scrape(s) => Some(s.at),
+            Record::TrackerSchedule(s) => Some(s.at),
             Record::Stats(s) => Some(s.at),
             Record::UnmatchedIncoming { at, .. } => Some(*at),
         }

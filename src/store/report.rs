@@ -100,6 +100,36 @@ pub struct SourceReport {
     pub unique_per_hour: Option<f64>,
 }
 
+/// One tracker's line of the tracker table: its announces over all torrents and the announce
+/// interval in use (from its latest successful announce).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TrackerReport {
+    /// Tracker URL.
+    pub tracker: String,
+    /// Torrents announced to it.
+    pub torrents: i64,
+    /// Announces made.
+    pub announces: i64,
+    /// Announces that failed.
+    pub failed: i64,
+    /// Addresses received (our own addresses already dropped).
+    pub received: i64,
+    /// Addresses that were new to the database when received.
+    pub new: i64,
+    /// The tracker's `interval` as it last sent it, seconds (`None`: not sent, or no
+    /// successful announce recorded — databases before schema v2 have none).
+    pub interval_secs: Option<i64>,
+    /// Its `min interval` as last sent, seconds.
+    pub min_interval_secs: Option<i64>,
+    /// The wait used until the next announce, seconds: `tracker.announce_secs`, or the
+    /// tracker's interval / min interval when that won.
+    pub effective_secs: Option<f64>,
+    /// What decided it: "ours", "interval" or "min_interval".
+    pub decided_by: Option<String>,
+    /// Tracker values that were capped or ignored.
+    pub notes: Option<String>,
+}
+
 /// One cell of table 5.7.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct OutcomeCount {
@@ -166,6 +196,8 @@ pub struct Report {
     pub total: TorrentReport,
     /// Table 5.5.
     pub sources: Vec<SourceReport>,
+    /// Per tracker: announces and the interval in use.
+    pub trackers: Vec<TrackerReport>,
     /// Table 5.7.
     pub outcomes: Vec<EventReport>,
     /// Live observations on watched connections (kept open after the answer), by result:
@@ -344,6 +376,46 @@ impl Store {
         Ok(out)
     }
 
+    /// One line per tracker that was announced to, ordered by URL.
+    pub fn tracker_reports(&self) -> Result<Vec<TrackerReport>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT d.tracker, count(DISTINCT d.torrent_id), count(*), coalesce(sum(d.error IS NOT NULL), 0),
+                        coalesce(sum(d.received), 0), coalesce(sum(d.new), 0),
+                        s.interval_secs, s.min_interval_secs, s.next_secs, s.decided_by, s.notes
+                 FROM discovery_requests d
+                 LEFT JOIN (SELECT tracker, interval_secs, min_interval_secs, next_secs, decided_by, notes,
+                                   row_number() OVER (PARTITION BY tracker ORDER BY updated_at DESC, torrent_id) AS latest
+                            FROM tracker_state) s
+                   ON s.tracker = d.tracker AND s.latest = 1
+                 WHERE d.tracker IS NOT NULL AND d.source IN (?1, ?2)
+                 GROUP BY d.tracker ORDER BY d.tracker",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(
+                params![PeerSource::TrackerHttp.bit(), PeerSource::TrackerUdp.bit()],
+                |r| {
+                    Ok(TrackerReport {
+                        tracker: r.get(0)?,
+                        torrents: r.get(1)?,
+                        announces: r.get(2)?,
+                        failed: r.get(3)?,
+                        received: r.get(4)?,
+                        new: r.get(5)?,
+                        interval_secs: r.get(6)?,
+                        min_interval_secs: r.get(7)?,
+                        effective_secs: r.get(8)?,
+                        decided_by: r.get(9)?,
+                        notes: r.get(10)?,
+                    })
+                },
+            )
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
+    }
+
     /// Table 5.7: attempts per event and class, with shares within the event.
     pub fn outcome_reports(&self) -> Result<Vec<EventReport>, StoreError> {
         let mut by_event: BTreeMap<&'static str, Vec<OutcomeCount>> = BTreeMap::new();
@@ -495,6 +567,7 @@ impl Store {
         Ok(Report {
             database: self.path.display().to_string(),
             sources: self.source_reports(&window)?,
+            trackers: self.tracker_reports()?,
             outcomes: self
                 .outcome_reports()?
                 .into_iter()

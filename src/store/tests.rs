@@ -93,6 +93,7 @@ fn creates_schema_on_a_new_and_on_an_empty_file() {
         "stats",
         "runs",
         "meta",
+        "tracker_state",
     ] {
         let n = count(
             &store,
@@ -464,6 +465,28 @@ fn scenario(path: &std::path::Path) -> (TorrentId, TorrentId) {
         error: Some("timed out".into()),
         peers: vec![],
     }));
+    // The HTTP tracker's schedule: the later record replaces the earlier one.
+    for (at, interval, next_secs, decided_by, notes) in [
+        (T0, Some(1800), 1800.0, "interval", None),
+        (
+            T0 + 1500,
+            Some(90_000),
+            86_400.0,
+            "interval",
+            Some("interval 90000 s: capped at 86400 s"),
+        ),
+    ] {
+        tx.send(Record::TrackerSchedule(TrackerScheduleRecord {
+            at,
+            torrent_id: a,
+            tracker: "http://127.0.0.1:1/announce".into(),
+            interval,
+            min_interval: Some(900),
+            next_secs,
+            decided_by,
+            notes: notes.map(String::from),
+        }));
+    }
     let gaps = [100u32, 150, 250, 400, 900, 1200, 6100, 70_000];
     let mut gap = gaps.iter();
     let mut send = |r: Record| {
@@ -636,6 +659,32 @@ fn report_numbers_match_a_hand_built_scenario() {
     );
     let inc = src("incoming");
     assert_eq!((inc.requests, inc.unique), (0, 1));
+
+    // Trackers: one line per URL, the latest schedule of each (none for the UDP tracker,
+    // which never answered).
+    assert_eq!(report.trackers.len(), 2);
+    let h = &report.trackers[0];
+    assert_eq!(h.tracker, "http://127.0.0.1:1/announce");
+    assert_eq!(
+        (h.torrents, h.announces, h.failed, h.received, h.new),
+        (1, 1, 0, 3, 3)
+    );
+    assert_eq!(
+        (h.interval_secs, h.min_interval_secs, h.effective_secs),
+        (Some(90_000), Some(900), Some(86_400.0))
+    );
+    assert_eq!(h.decided_by.as_deref(), Some("interval"));
+    assert_eq!(
+        h.notes.as_deref(),
+        Some("interval 90000 s: capped at 86400 s")
+    );
+    let u = &report.trackers[1];
+    assert_eq!(u.tracker, "udp://127.0.0.1:2");
+    assert_eq!((u.announces, u.failed, u.received), (1, 1, 0));
+    assert_eq!(
+        (u.interval_secs, u.effective_secs, u.decided_by.clone()),
+        (None, None, None)
+    );
     assert!(report.sources.iter().all(|s| s.source != "pex"));
 
     // Table 5.7. First contact: p1, p2, p4 succeed, p3 times out.
@@ -912,4 +961,138 @@ fn writer_registers_torrents_and_starts_from_config() {
     store.for_each_peer(None, |p| ips.push(p.ip)).unwrap();
     assert_eq!(ips.len(), 1);
     assert_eq!(ips[0].len(), 32, "hmac hex, not the address: {}", ips[0]);
+}
+
+#[test]
+fn a_version_1_database_is_migrated_and_reports_its_trackers() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v1.sqlite");
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(MIGRATIONS[0]).unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        conn.execute_batch(
+            "INSERT INTO torrents (id, info_hash_v1, source, added_at) VALUES (1, 'aa', 'hash', 0);
+             INSERT INTO discovery_requests (at, torrent_id, source, tracker, received, new, duplicate, duration_ms)
+             VALUES (1000, 1, 2, 'udp://t:1', 4, 4, 0, 20), (2000, 1, 2, 'udp://t:1', 4, 0, 4, 20);",
+        )
+        .unwrap();
+    }
+    let store = Store::open_existing(&path).unwrap();
+    assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
+    let report = store.report().unwrap();
+    assert_eq!(report.trackers.len(), 1);
+    let t = &report.trackers[0];
+    assert_eq!((t.announces, t.received, t.new), (2, 8, 4));
+    assert_eq!((t.interval_secs, t.effective_secs), (None, None));
+    // The text report shows the line with "-" for what the old database does not know.
+    let text = crate::cli::report_cmd::render_report(&report);
+    assert!(text.contains("udp://t:1"), "{text}");
+}
+
+#[test]
+fn each_confirmed_crossing_says_how_it_was_seen_and_watched_records_are_not_attempts() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("seen.sqlite");
+    let store = Store::open(&path).unwrap();
+    let tid = store.upsert_torrent(&torrent(1, Some(100))).unwrap();
+    let writer = Writer::start(store, full(), options(10, 100, 16)).unwrap();
+    let mut tx = writer.sender();
+    // Live: below on the probe, then the have that crossed on the watched connection.
+    tx.send(outcome(
+        tid,
+        "10.0.0.1:1",
+        ProbeEvent::FirstContact,
+        T0,
+        ok(50),
+    ));
+    tx.send(outcome(
+        tid,
+        "10.0.0.1:1",
+        ProbeEvent::Watched,
+        T0 + 9_000,
+        ok(97),
+    ));
+    tx.send(outcome(
+        tid,
+        "10.0.0.1:1",
+        ProbeEvent::Watched,
+        T0 + 9_400,
+        ok(98),
+    ));
+    tx.send(outcome(
+        tid,
+        "10.0.0.1:1",
+        ProbeEvent::Watched,
+        T0 + 9_500,
+        ok(100),
+    ));
+    // Revisit.
+    tx.send(outcome(
+        tid,
+        "10.0.0.2:1",
+        ProbeEvent::FirstContact,
+        T0,
+        ok(10),
+    ));
+    tx.send(outcome(
+        tid,
+        "10.0.0.2:1",
+        ProbeEvent::LaterContact,
+        T0 + 60_000,
+        ok(99),
+    ));
+    // Incoming (not watched).
+    tx.send(outcome(
+        tid,
+        "10.0.0.3:1",
+        ProbeEvent::FirstContact,
+        T0,
+        ok(10),
+    ));
+    tx.send(outcome(
+        tid,
+        "10.0.0.3:1",
+        ProbeEvent::Incoming,
+        T0 + 60_000,
+        ok(100),
+    ));
+    // Not confirmed.
+    tx.send(outcome(
+        tid,
+        "10.0.0.4:1",
+        ProbeEvent::FirstContact,
+        T0,
+        ok(100),
+    ));
+    drop(tx);
+    writer.finish().unwrap();
+    let store = Store::open_existing(&path).unwrap();
+    let mut seen = Vec::new();
+    store
+        .for_each_peer(None, |p| {
+            seen.push((p.port, p.confirmed, p.crossing_seen, p.crossed_at))
+        })
+        .unwrap();
+    let by_ip: Vec<(bool, Option<String>)> = seen.iter().map(|s| (s.1, s.2.clone())).collect();
+    assert_eq!(
+        by_ip,
+        vec![
+            (true, Some("live".into())),
+            (true, Some("revisit".into())),
+            (true, Some("incoming".into())),
+            (false, None),
+        ]
+    );
+    // The live crossing lies between the two consecutive watched messages.
+    assert_eq!(seen[0].3, Some(T0 + 9_400));
+    let report = store.report().unwrap();
+    let c = report.total.crossings_seen;
+    assert_eq!((c.live, c.revisit, c.incoming), (1, 1, 1));
+    let attempts: i64 = report.outcomes.iter().map(|e| e.attempts).sum();
+    assert_eq!(
+        attempts, 6,
+        "watched observations are not evaluation attempts"
+    );
+    assert_eq!(report.watched.as_ref().map(|w| w.attempts), Some(3));
 }

@@ -496,6 +496,28 @@ impl WriterThread {
                     .execute(params![s.at, s.torrent_id, s.tracker, s.complete, s.incomplete, s.downloaded])?;
                 self.counts.scrapes += 1;
             }
+            Record::TrackerSchedule(s) => {
+                self.store
+                    .conn
+                    .prepare_cached(
+                        "INSERT INTO tracker_state (torrent_id, tracker, updated_at, interval_secs, min_interval_secs,
+                            next_secs, decided_by, notes)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                         ON CONFLICT (torrent_id, tracker) DO UPDATE SET updated_at = excluded.updated_at,
+                            interval_secs = excluded.interval_secs, min_interval_secs = excluded.min_interval_secs,
+                            next_secs = excluded.next_secs, decided_by = excluded.decided_by, notes = excluded.notes",
+                    )?
+                    .execute(params![
+                        s.torrent_id,
+                        s.tracker,
+                        s.at,
+                        s.interval,
+                        s.min_interval,
+                        s.next_secs,
+                        s.decided_by,
+                        s.notes
+                    ])?;
+            }
             Record::UnmatchedIncoming { error, .. } => {
                 self.outcome_counts
                     .entry((0, ProbeEvent::Incoming, error.name()))

@@ -51,11 +51,29 @@ fn url_parsing() {
     assert_eq!(
         u,
         HttpTrackerUrl {
+            tls: false,
             host: "tracker.example".into(),
             port: 6969,
             path_and_query: "/announce?passkey=ab".into()
         }
     );
+    // https: TLS flag, default port 443, scheme case-insensitive.
+    let u = parse_http_url("HTTPS://torrent.ubuntu.com/announce").unwrap();
+    assert_eq!(
+        u,
+        HttpTrackerUrl {
+            tls: true,
+            host: "torrent.ubuntu.com".into(),
+            port: 443,
+            path_and_query: "/announce".into()
+        }
+    );
+    let u = parse_http_url("https://[::1]:8443?x=1").unwrap();
+    assert_eq!(
+        (u.tls, u.host.as_str(), u.port, u.path_and_query.as_str()),
+        (true, "::1", 8443, "/?x=1")
+    );
+    assert!(!parse_http_url("http://x/").unwrap().tls);
     let u = parse_http_url("HTTP://[2001:db8::1]:8080/a").unwrap();
     assert_eq!((u.host.as_str(), u.port), ("2001:db8::1", 8080));
     assert_eq!(u.ip(), Some("2001:db8::1".parse().unwrap()));
@@ -64,13 +82,13 @@ fn url_parsing() {
     let u = parse_http_url("http://127.0.0.1?x=1").unwrap();
     assert_eq!(u.path_and_query, "/?x=1");
     assert!(matches!(
-        parse_http_url("https://t.example/announce"),
-        Err(UrlError::HttpsNotSupported(_))
+        parse_http_url("httpx://t.example/announce"),
+        Err(UrlError::UnsupportedScheme { .. })
     ));
-    assert!(parse_http_url("https://x/")
-        .unwrap_err()
-        .to_string()
-        .contains("not supported"));
+    assert!(matches!(
+        parse_http_url("https://u:p@h/"),
+        Err(UrlError::UserInfo(_))
+    ));
     assert!(matches!(
         parse_http_url("udp://t:1/"),
         Err(UrlError::UnsupportedScheme { .. })
@@ -113,12 +131,29 @@ fn redirects() {
         (rel.host.as_str(), rel.port, rel.path_and_query.as_str()),
         ("::1", 6969, "/other?b=2")
     );
+    assert!(!rel.tls);
     let abs = redirect_target(&cur, "http://t2.example/announce").unwrap();
     assert_eq!((abs.host.as_str(), abs.port), ("t2.example", 80));
+    // Upgrading to https is fine; a relative redirect keeps https; downgrading is refused.
+    let up = redirect_target(&cur, "https://t2.example/").unwrap();
+    assert_eq!(
+        (up.tls, up.host.as_str(), up.port),
+        (true, "t2.example", 443)
+    );
+    let rel_tls = redirect_target(&up, "/announce?x=1").unwrap();
+    assert_eq!(
+        (rel_tls.tls, rel_tls.host.as_str(), rel_tls.port),
+        (true, "t2.example", 443)
+    );
     assert!(matches!(
-        redirect_target(&cur, "https://t2.example/"),
-        Err(UrlError::HttpsNotSupported(_))
+        redirect_target(&up, "http://t2.example/announce"),
+        Err(UrlError::InsecureRedirect(_))
     ));
+    assert!(
+        redirect_target(&up, "https://t3.example:8443/a")
+            .unwrap()
+            .tls
+    );
     assert!(matches!(
         redirect_target(&cur, "//t2.example/"),
         Err(UrlError::UnsupportedScheme { .. })
@@ -150,9 +185,11 @@ fn announce_url_appends_to_existing_query() {
     assert!(plain.starts_with("http://t.example/announce?info_hash="));
     let trailing = announce_url("http://t.example/announce?", &p).unwrap();
     assert!(trailing.starts_with("http://t.example/announce?info_hash="));
+    let tls = announce_url("https://t.example/announce?passkey=x", &p).unwrap();
+    assert!(tls.starts_with("https://t.example/announce?passkey=x&info_hash="));
     assert!(matches!(
-        announce_url("https://t.example/announce", &p),
-        Err(UrlError::HttpsNotSupported(_))
+        announce_url("wss://t.example/announce", &p),
+        Err(UrlError::UnsupportedScheme { .. })
     ));
 }
 
@@ -325,11 +362,23 @@ fn failure_reason() {
 }
 
 #[test]
+fn out_of_range_intervals_are_clamped_not_fatal() {
+    // A tracker that sends a silly interval still sent peers: keep them, let the scheduler
+    // ignore (0) or cap (huge) the interval.
+    let r = parse_announce_response(
+        b"d8:intervali-5e12:min intervali4294967296e5:peers6:\x7f\x00\x00\x01\x1a\xe1e",
+    )
+    .unwrap();
+    assert_eq!(r.interval, Some(0));
+    assert_eq!(r.min_interval, Some(u32::MAX));
+    assert_eq!(r.peers.len(), 1);
+}
+
+#[test]
 fn response_errors_name_the_field() {
-    let cases: [(&[u8], &str); 7] = [
+    let cases: [(&[u8], &str); 6] = [
         (b"d8:interval3:abce", "`interval`"),
-        (b"d8:intervali-5ee", "`interval`"),
-        (b"d8:intervali4294967296ee", "`interval`"),
+        (b"d12:min interval3:abce", "`min interval`"),
         (b"d5:peers5:abcdee", "`peers`"),
         (b"d6:peers67:abcdefge", "`peers6`"),
         (b"d11:external ip3:abce", "`external ip`"),
@@ -377,6 +426,15 @@ fn scrape_url_examples() {
         (
             "http://example.com:80/announce?passkey=1#f",
             Some("http://example.com:80/scrape?passkey=1"),
+        ),
+        // The scheme is kept: an https tracker is scraped over https.
+        (
+            "https://torrent.ubuntu.com/announce",
+            Some("https://torrent.ubuntu.com/scrape"),
+        ),
+        (
+            "https://127.0.0.1:8443/x/announce?k=1",
+            Some("https://127.0.0.1:8443/x/scrape?k=1"),
         ),
     ];
     for (announce, scrape) in cases {

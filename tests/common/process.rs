@@ -1,0 +1,104 @@
+//! Child processes and ports for the integration tests that start real programs (trackers,
+//! clients, the swarmscan binary). Not every test uses every helper.
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::net::{IpAddr, TcpListener, UdpSocket};
+use std::path::Path;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+/// A child process that is killed (and reaped) when dropped.
+pub struct ChildGuard {
+    pub name: &'static str,
+    pub child: Child,
+}
+
+impl ChildGuard {
+    pub fn spawn(name: &'static str, cmd: &mut Command) -> ChildGuard {
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name} ({cmd:?}): {e}"));
+        ChildGuard { name, child }
+    }
+
+    /// Waits for the process to exit by itself; `None` on timeout (the guard still kills it).
+    pub fn wait_timeout(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return Some(status),
+                Ok(None) if start.elapsed() < limit => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                Ok(None) => return None,
+                Err(e) => panic!("waiting for {}: {e}", self.name),
+            }
+        }
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn free_tcp_port(ip: &str) -> u16 {
+    TcpListener::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A file's text (lossy UTF-8), or "" when it cannot be read: for logs in failure messages.
+pub fn read_to_string_lossy(path: &Path) -> String {
+    let mut bytes = Vec::new();
+    if let Ok(mut f) = std::fs::File::open(path) {
+        let _ = f.read_to_end(&mut bytes);
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// A port free for TCP and UDP on every address in `ips` right now.
+pub fn free_port_on_all(ips: &[&str]) -> u16 {
+    'candidate: for _ in 0..100 {
+        let port = free_tcp_port(ips[0]);
+        for ip in ips {
+            let ip: IpAddr = ip.parse().unwrap();
+            if TcpListener::bind((ip, port)).is_err() || UdpSocket::bind((ip, port)).is_err() {
+                continue 'candidate;
+            }
+        }
+        return port;
+    }
+    panic!("no port free for TCP and UDP on all of {ips:?}");
+}
+
+/// Now, Unix milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// A temporary directory for one test, kept (also after a failure) when env
+/// `SWARMSCAN_KEEP_TEST_DIR` is set.
+pub fn test_dir(prefix: &str) -> tempfile::TempDir {
+    let mut dir = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
+    dir.disable_cleanup(std::env::var_os("SWARMSCAN_KEEP_TEST_DIR").is_some());
+    dir
+}
