@@ -124,6 +124,9 @@ struct Truth {
     finished: BTreeMap<String, i64>,
     quit: BTreeMap<String, i64>,
     last_pieces: BTreeMap<String, u64>,
+    /// Connections with swarmscan that ended, as the client saw them: (at, swarmscan's
+    /// address, libtorrent's message).
+    swarmscan_conns: BTreeMap<String, Vec<(i64, String, String)>>,
     ended: bool,
 }
 
@@ -168,6 +171,11 @@ impl Truth {
                 self.last_pieces
                     .insert(name, v["pieces"].as_u64().unwrap_or(0));
             }
+            "swarmscan_conn" => self.swarmscan_conns.entry(name).or_default().push((
+                at,
+                v["peer"].as_str().unwrap_or_default().to_string(),
+                v["what"].as_str().unwrap_or_default().to_string(),
+            )),
             "end" => self.ended = true,
             _ => {}
         }
@@ -304,11 +312,14 @@ fn confirms_exactly_the_finished_leechers_of_a_swarm_met_as_a_user_would() {
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&driver_log).unwrap()),
     );
+    // Its stdout (JSON lines, also kept in swarm.jsonl) is read by a thread.
     let (line_tx, line_rx) = mpsc::channel::<String>();
     let driver_out = driver.child.stdout.take().unwrap();
+    let mut jsonl = std::fs::File::create(dir.join("swarm.jsonl")).unwrap();
     let reader = std::thread::spawn(move || {
         for line in BufReader::new(driver_out).lines() {
             let Ok(line) = line else { break };
+            let _ = writeln!(jsonl, "{line}");
             if line_tx.send(line).is_err() {
                 break;
             }
@@ -564,10 +575,23 @@ fn confirms_exactly_the_finished_leechers_of_a_swarm_met_as_a_user_would() {
                 }
             }
             if failures.len() > failed_before {
+                let conns: Vec<String> = truth
+                    .swarmscan_conns
+                    .get(&p.name)
+                    .into_iter()
+                    .flatten()
+                    .map(|(at, peer, what)| {
+                        format!("{} {peer}: {what}", rel(Some(*at), scan_started_ms))
+                    })
+                    .collect();
                 details.push(format!(
-                    "  {} {addr}: {}",
+                    "  {} {addr} (client crossed at {:?}, finished at {:?}): {}\n    its connections with swarmscan that ended, as it saw \
+                     them:\n      {}",
                     p.name,
-                    db_row(&db, &anon.anonymize(ip).shown, port)
+                    truth_crossed,
+                    truth.finished.get(&p.name),
+                    db_row(&db, &anon.anonymize(ip).shown, port),
+                    conns.join("\n      ")
                 ));
             }
         }

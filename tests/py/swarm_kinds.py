@@ -32,6 +32,8 @@ Protocol on stdout, JSON lines (times are Unix milliseconds):
   {"event": "finished", "name", "at"}
   {"event": "quit", "name", "at"}                just before a quitting leecher exits
   {"event": "progress", "name", "at", "pieces", "peers"}   every client, once a second
+  {"event": "swarmscan_conn", "name", "at", "peer", "what"}   a connection with swarmscan
+                                                  (peer-id prefix -SW) ended, and why
   {"event": "end", "at"}
 The driver ends after --max-secs, or earlier when stdin ends or says "stop"; each client process
 ends when its stdin (a pipe from the driver) closes, so none outlives the driver.
@@ -60,6 +62,8 @@ from real_swarm import emit, emit_line, now_ms, stop_on_stdin  # noqa: E402
 
 KINDS = ("plain", "nat", "enc", "v6")
 DEBUG = bool(os.environ.get("SWARM_KINDS_DEBUG"))
+# swarmscan's peer-id prefix (peer.peer_id_prefix's default).
+SWARMSCAN_PEER_ID = b"-SW"
 
 
 def free_port(family, host):
@@ -114,8 +118,8 @@ def session_settings(kind, listen, outgoing, rate):
         "enable_upnp": False,
         "enable_natpmp": False,
         "alert_mask": lt.alert_category.status | lt.alert_category.error
-        | lt.alert_category.piece_progress
-        | (lt.alert_category.peer | lt.alert_category.connect if DEBUG else 0),
+        | lt.alert_category.piece_progress | lt.alert_category.peer
+        | lt.alert_category.connect,
         "download_rate_limit": rate,
         "user_agent": "swarmscan-swarm-kinds-test",
     }
@@ -192,6 +196,13 @@ def run_client(argv):
                     emit({"event": "quit", "name": name, "at": now_ms()})
                     sys.stdout.flush()
                     os._exit(0)
+            elif isinstance(a, lt.peer_disconnected_alert) \
+                    and a.pid.to_bytes().startswith(SWARMSCAN_PEER_ID):
+                # The client's view of its connections with swarmscan, for the failure report.
+                emit({"event": "swarmscan_conn", "name": name, "at": now_ms(),
+                      "peer": "%s:%s" % tuple(a.endpoint), "what": a.message()})
+                if DEBUG:
+                    sys.stderr.write(f"swarm_kinds.py: {name}: {a.message()}\n")
             elif isinstance(a, (lt.listen_failed_alert, lt.tracker_error_alert)) or (
                     DEBUG and isinstance(a, (lt.peer_connect_alert, lt.peer_disconnected_alert,
                                              lt.peer_blocked_alert, lt.peer_error_alert,
