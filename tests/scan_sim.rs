@@ -395,6 +395,7 @@ fn respect_interval_true_waits_the_trackers_interval_capped_at_a_day() {
         RunOptions {
             duration: Some(Duration::from_secs(5)),
             status_line: Some(false),
+            ..RunOptions::default()
         },
     )
     .unwrap();

@@ -51,7 +51,7 @@ pub const MAX_METADATA_SIZE: i64 = 8 << 20;
 const MAX_PENDING_HAVES: usize = 1024;
 
 /// Settings shared by every probe of a scan.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ProbeSettings {
     pub peer_id: [u8; 20],
     /// Our TCP listen port, announced in the extension handshake (`p`), 0 = none.

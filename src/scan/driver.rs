@@ -10,6 +10,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::blocklist::Blocklist;
 use super::catalog::Catalog;
+use super::mse_budget::{random_bytes, worker_dh_key, IncomingDhBudget};
 use super::own_addr::OwnAddresses;
 use super::peer_table::{flag, owner_worker, source, Inserted, PeerIdx, PeerTable, NOT_SCHEDULED};
 use super::revisit::{progress_fraction, RevisitPolicy, RevisitWheel, VisitResult};
@@ -54,33 +55,16 @@ pub struct ProbeConv {
     connected_at: Option<Millis>,
     /// The owner kept it open to watch the peer (it stays true after the watch ends).
     pub was_watched: bool,
-}
-
-/// `n` bytes from the kernel's CSPRNG (MSE keys and pads).
-fn random_bytes(n: usize) -> Vec<u8> {
-    let mut buf = vec![0u8; n];
-    let mut filled = 0;
-    while filled < n {
-        // Safety: the pointer and length describe the unfilled tail of `buf`.
-        let r = unsafe { libc::getrandom(buf[filled..].as_mut_ptr().cast(), n - filled, 0) };
-        if r <= 0 {
-            break; // getrandom(2) does not fail for small requests; keep what we have
-        }
-        filled += r as usize;
-    }
-    buf
-}
-
-fn private_key() -> [u8; mse::PRIVATE_KEY_LEN] {
-    let mut key = [0u8; mse::PRIVATE_KEY_LEN];
-    key.copy_from_slice(&random_bytes(mse::PRIVATE_KEY_LEN));
-    key
+    /// Incoming: the worker's budget of DH computations for MSE handshakes.
+    mse_budget: Option<Arc<IncomingDhBudget>>,
 }
 
 /// A short random pad (0–31 bytes): obfuscation only, so keep the bytes on the wire small.
 fn pad() -> Vec<u8> {
-    let len = random_bytes(1)[0] as usize % 32;
-    random_bytes(len)
+    let mut bytes = random_bytes(33);
+    let len = bytes[32] as usize % 32;
+    bytes.truncate(len);
+    bytes
 }
 
 fn crypto_name(c: mse::Crypto) -> &'static str {
@@ -113,6 +97,7 @@ impl ProbeConv {
             created_at: now,
             connected_at: None,
             was_watched: false,
+            mse_budget: None,
         }
     }
 
@@ -137,6 +122,7 @@ impl ProbeConv {
             kind: ProbeEvent::Incoming,
             layer: Layer::Sniffing(Vec::new()),
             mse_attempted: false,
+            mse_budget: None,
             created_at: now,
             connected_at: Some(now),
             was_watched: false,
@@ -180,6 +166,13 @@ impl ProbeConv {
             Layer::Plain => {}
             _ => send.truncate(start),
         }
+    }
+
+    /// Incoming MSE handshakes take one DH computation from `budget` (none: unlimited); over
+    /// budget, the connection is closed before any is computed (and `budget` counts it).
+    pub fn with_incoming_budget(mut self, budget: Arc<IncomingDhBudget>) -> ProbeConv {
+        self.mse_budget = Some(budget);
+        self
     }
 
     pub fn report(&self) -> &ProbeReport {
@@ -228,7 +221,7 @@ impl Conversation for ProbeConv {
         let info_hash = self.probe.report().info_hash.unwrap_or_default();
         match mse::Initiator::new(
             info_hash,
-            private_key(),
+            worker_dh_key(),
             pad(),
             Vec::new(),
             mse::CryptoSet::BOTH,
@@ -270,10 +263,17 @@ impl Conversation for ProbeConv {
                         self.layer = Layer::Plain;
                         verdict(self.feed(now, &seen, send))
                     }
+                    mse::IncomingKind::Encrypted if seen.len() < mse::KEY_LEN => {
+                        Verdict::Continue // the DH starts with the whole public key
+                    }
                     mse::IncomingKind::Encrypted => {
                         let seen = std::mem::take(seen);
+                        if self.mse_budget.as_ref().is_some_and(|b| !b.try_take(now)) {
+                            let e = mse::MseError::Refused("incoming DH budget spent");
+                            return self.mse_failed(now, e);
+                        }
                         match mse::Responder::new(
-                            private_key(),
+                            worker_dh_key(),
                             pad(),
                             Vec::new(),
                             mse::CryptoSet::BOTH,
@@ -342,7 +342,22 @@ pub enum WorkerMsg {
         report: Box<ProbeReport>,
         at_ms: Millis,
         event: ProbeEvent,
+        watch: IncomingWatch,
     },
+}
+
+/// Where an incoming connection's report stands in a watch (the owner does not probe a peer
+/// while it is watched on an incoming connection: clients drop a second connection from us).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IncomingWatch {
+    /// Not watched: the answer at the end of the connection.
+    No,
+    /// The answer; the connection stays open to watch the peer.
+    Started,
+    /// A live observation while watched.
+    Live,
+    /// The watched connection ended.
+    Ended,
 }
 
 /// Counters a worker publishes for the status line (relaxed atomics, read by the stats thread).
@@ -358,6 +373,8 @@ pub struct WorkerCounters {
     pub blocked: AtomicU64,
     pub unknown_info_hash: AtomicU64,
     pub writer_backlog: AtomicU64,
+    /// Incoming MSE handshakes closed because the worker's DH budget was spent.
+    pub mse_incoming_refused: AtomicU64,
     /// Connections held open to watch peers, now.
     pub watched: AtomicU64,
     /// Threshold crossings seen live on a watched connection.
@@ -456,6 +473,7 @@ pub struct ScanDriver {
     incoming_seq: u64,
     /// Our own addresses: never probed when PEX names them.
     own: Arc<OwnAddresses>,
+    mse_budget: Arc<IncomingDhBudget>,
     pub counters: Arc<WorkerCounters>,
 }
 
@@ -501,6 +519,9 @@ impl ScanDriver {
             watched: HashMap::new(),
             incoming_seq: 0,
             own: Arc::new(OwnAddresses::default()),
+            mse_budget: Arc::new(IncomingDhBudget::new(
+                crate::config::NetConfig::default().mse_incoming_per_sec,
+            )),
             counters: Arc::new(WorkerCounters::default()),
         }
     }
@@ -529,6 +550,13 @@ impl ScanDriver {
         self
     }
 
+    /// DH computations per second this worker spends on incoming MSE handshakes
+    /// (`net.mse_incoming_per_sec`).
+    pub fn with_mse_incoming_per_sec(mut self, per_sec: u32) -> ScanDriver {
+        self.mse_budget = Arc::new(IncomingDhBudget::new(per_sec));
+        self
+    }
+
     /// Whether the next probe of a peer with these flags uses MSE.
     fn use_mse(&self, flags: u8) -> bool {
         match self.encryption {
@@ -548,7 +576,7 @@ impl ScanDriver {
         if let Inserted::New(idx) = self.table.insert(peer.torrent, peer.addr, peer.sources, 0) {
             let p = self.table.get_mut(idx);
             p.progress = peer.progress;
-            p.flags = peer.flags & !flag::IN_FLIGHT;
+            p.flags = peer.flags & !(flag::IN_FLIGHT | flag::WATCHED_INCOMING);
             p.last_contact = peer.last_contact;
             match peer.next_visit {
                 Some(t) => {
@@ -792,6 +820,7 @@ impl ScanDriver {
         peer: SocketAddr,
         report: ProbeReport,
         event: ProbeEvent,
+        watch: IncomingWatch,
     ) {
         let Ok((torrent, identity)) = self.incoming_identity(now, peer, &report) else {
             return;
@@ -829,18 +858,37 @@ impl ScanDriver {
             report: Box::new(report),
             at_ms: now,
             event,
+            watch,
         });
     }
 
     fn on_incoming_done(&mut self, done: ProbeDone<ProbeConv>, now: Millis) {
-        if done.conv.was_watched {
+        let was_watched = done.conv.was_watched;
+        if was_watched {
             self.watched.remove(&done.token);
             self.counters
                 .watched
                 .store(self.watched.len() as u64, Ordering::Relaxed);
         }
-        let report = done.conv.into_report();
-        self.route_incoming(now, done.peer, report, ProbeEvent::Incoming);
+        let mut report = done.conv.into_report();
+        if was_watched {
+            report.longest_gap_ms = 0;
+            self.route_incoming(
+                now,
+                done.peer,
+                report,
+                ProbeEvent::Watched,
+                IncomingWatch::Ended,
+            );
+        } else {
+            self.route_incoming(
+                now,
+                done.peer,
+                report,
+                ProbeEvent::Incoming,
+                IncomingWatch::No,
+            );
+        }
     }
 
     fn handle_inbox(&mut self, now: Millis) {
@@ -862,16 +910,32 @@ impl ScanDriver {
                     report,
                     at_ms,
                     event,
+                    watch,
                 } => {
                     if let Some(idx) = self.table.find(torrent, addr) {
-                        // While an outgoing probe of the peer runs (or we watch it), its
-                        // schedule is that probe's business.
+                        // While an outgoing probe of the peer runs (or a connection watches
+                        // it), its schedule is that connection's business.
                         let busy = self.table.get(idx).has(flag::IN_FLIGHT);
                         let mut report = *report;
                         if event == ProbeEvent::Watched {
                             report.longest_gap_ms = 0;
                         }
-                        self.apply_visit(idx, report, event, at_ms, None, !busy);
+                        let schedule = match watch {
+                            IncomingWatch::No => !busy,
+                            IncomingWatch::Started | IncomingWatch::Live => false,
+                            IncomingWatch::Ended => true,
+                        };
+                        if watch == IncomingWatch::Ended {
+                            self.table.get_mut(idx).flags &= !flag::WATCHED_INCOMING;
+                        }
+                        self.apply_visit(idx, report, event, at_ms, None, schedule);
+                        if watch == IncomingWatch::Started {
+                            // Watched on the incoming connection: no probes of ours meanwhile
+                            // (one in flight now is not rescheduled when it comes back).
+                            let p = self.table.get_mut(idx);
+                            p.flags |= flag::WATCHED_INCOMING;
+                            p.next_visit = NOT_SCHEDULED;
+                        }
                     }
                 }
             }
@@ -970,10 +1034,18 @@ impl ScanDriver {
             if watch {
                 self.start_watch(now, token, conv, &report, score.unwrap_or(0.0));
             }
-            self.route_incoming(at, peer, report.clone(), ProbeEvent::Incoming);
             if watch {
+                // The answer now; the end of the connection comes as `Ended`.
+                self.route_incoming(
+                    at,
+                    peer,
+                    report,
+                    ProbeEvent::Incoming,
+                    IncomingWatch::Started,
+                );
                 return Verdict::Continue;
             }
+            // Recorded once, when the connection comes back through `probe_done`.
             conv.stop(now, send);
             return Verdict::Finished;
         }
@@ -1014,7 +1086,7 @@ impl ScanDriver {
         at: Millis,
     ) {
         if incoming {
-            self.route_incoming(at, peer, report, ProbeEvent::Watched);
+            self.route_incoming(at, peer, report, ProbeEvent::Watched, IncomingWatch::Live);
         } else {
             self.apply_visit(
                 token as PeerIdx,
@@ -1170,7 +1242,10 @@ impl WorkerDriver for ScanDriver {
         } else {
             false
         };
-        if retry {
+        if p.has(flag::WATCHED_INCOMING) {
+            // Its incoming connection is watched; visits resume when that ends.
+            p.next_visit = NOT_SCHEDULED;
+        } else if retry {
             p.next_visit = secs + 1;
             self.wheel.schedule(idx, secs + 1);
         }
@@ -1191,7 +1266,8 @@ impl WorkerDriver for ScanDriver {
         self.incoming_seq += 1;
         Some((
             INCOMING_TOKEN | self.incoming_seq,
-            ProbeConv::incoming(self.settings.clone(), self.catalog.clone(), now),
+            ProbeConv::incoming(self.settings.clone(), self.catalog.clone(), now)
+                .with_incoming_budget(self.mse_budget.clone()),
         ))
     }
 
@@ -1203,6 +1279,9 @@ impl WorkerDriver for ScanDriver {
         self.counters
             .writer_backlog
             .store(backlog as u64, Ordering::Relaxed);
+        self.counters
+            .mse_incoming_refused
+            .store(self.mse_budget.refused(), Ordering::Relaxed);
     }
 
     fn next_wakeup(&self) -> Option<Millis> {
@@ -1221,6 +1300,9 @@ const INCOMING_TOKEN: u64 = 1 << 63;
 impl Drop for ScanDriver {
     fn drop(&mut self) {
         self.flush_outbox();
+        self.counters
+            .mse_incoming_refused
+            .store(self.mse_budget.refused(), Ordering::Relaxed);
     }
 }
 

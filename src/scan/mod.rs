@@ -8,6 +8,7 @@ pub mod blocklist;
 pub mod catalog;
 pub mod discovery;
 pub mod driver;
+pub mod mse_budget;
 pub mod own_addr;
 pub mod peer_table;
 pub mod revisit;

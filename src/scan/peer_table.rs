@@ -44,6 +44,9 @@ pub mod flag {
     pub const USE_MSE: u8 = 32;
     /// MSE failed with this peer: talk plaintext.
     pub const MSE_FAILED: u8 = 64;
+    /// A connection the peer opened to us is being watched: no probes of ours meanwhile
+    /// (clients drop a second connection from the same address).
+    pub const WATCHED_INCOMING: u8 = 128;
 }
 
 /// One known peer. Times are whole seconds since the scan's epoch.
