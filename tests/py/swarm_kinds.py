@@ -191,9 +191,15 @@ def run_client(argv):
                 at = now_ms()
                 emit({"event": "finished", "name": name, "at": at})
                 if args.quits:
-                    # Quit the moment it finishes: no goodbye to peers or tracker, as when a
-                    # user's client exits on completion.
+                    # Quit the moment it finishes, the way a client exits: libtorrent's own
+                    # shutdown (the session's destructor closes its connections and tells
+                    # the trackers it stopped, waiting at most stop_tracker_timeout, 5 s).
+                    # Not os._exit() at once: that is a crash, and a crash right after the
+                    # last pieces can lose `have` messages libtorrent had queued but not yet
+                    # written, which no peer could ever see.
                     emit({"event": "quit", "name": name, "at": now_ms()})
+                    del h, a
+                    del s
                     sys.stdout.flush()
                     os._exit(0)
             elif isinstance(a, lt.peer_disconnected_alert) \
