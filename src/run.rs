@@ -252,6 +252,12 @@ pub struct RunSummary {
     pub announce_port: u16,
     /// Addresses from trackers and PEX that were our own (never probed).
     pub own_address_dropped: u64,
+    /// Threshold crossings seen live, on a watched connection (part of `confirmed_this_run`).
+    pub crossed_live: u64,
+    /// Watch candidates that found `peer.max_watched` full of better ones.
+    pub watch_refused: u64,
+    /// IPv6 addresses ignored because `net.ipv6 = false`.
+    pub ipv6_ignored: u64,
 }
 
 /// Listen addresses with port 0 get a concrete free port, so that every worker listens on the
@@ -601,14 +607,15 @@ pub fn run_scan(
             last_at = Instant::now();
             let known = sum(|c| c.known_peers.load(Ordering::Relaxed));
             let in_flight = sum(|c| c.in_flight.load(Ordering::Relaxed));
+            let watched = sum(|c| c.watched.load(Ordering::Relaxed));
             let confirmed = sum(|c| c.confirmed.load(Ordering::Relaxed));
             if show_status {
                 eprint!(
-                    "\r\x1b[2K{:>6.0}s  peers {known}  in flight {in_flight}  {rate:.0} probes/s  probes {probes}  confirmed {confirmed}",
+                    "\r\x1b[2K{:>6.0}s  peers {known}  in flight {in_flight}  watched {watched}  {rate:.0} probes/s  probes {probes}  confirmed {confirmed}",
                     started.elapsed().as_secs_f64()
                 );
             }
-            sd_notify(&format!("STATUS=peers {known}, in flight {in_flight}, {rate:.0} probes/s, confirmed {confirmed}\nWATCHDOG=1"));
+            sd_notify(&format!("STATUS=peers {known}, in flight {in_flight}, watched {watched}, {rate:.0} probes/s, confirmed {confirmed}\nWATCHDOG=1"));
         }
         if Instant::now() >= next_stats {
             next_stats += stats_every;
@@ -659,6 +666,9 @@ pub fn run_scan(
         listen,
         announce_port: listen_port,
         own_address_dropped: own.dropped(),
+        crossed_live: sum(|c| c.crossed_live.load(Ordering::Relaxed)),
+        watch_refused: sum(|c| c.watch_refused.load(Ordering::Relaxed)),
+        ipv6_ignored: sum(|c| c.ipv6_ignored.load(Ordering::Relaxed)),
     })
 }
 

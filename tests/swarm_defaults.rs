@@ -44,9 +44,8 @@ use swarmscan::config::IpMode;
 use swarmscan::store::anon::Anonymizer;
 
 mod common;
-use common::iptables::IptablesGuard;
-use common::process::{free_port_on_all, now_ms, read_to_string_lossy, test_dir, ChildGuard};
-use common::python_with_libtorrent;
+use common::process::{read_to_string_lossy, ChildGuard};
+use common::{free_port_on_all, now_ms, python_with_libtorrent, test_dir, IptablesGuard};
 
 /// Leechers (the driver's default; kinds in turn, so at least two of each).
 const LEECHERS: usize = 9;

@@ -137,13 +137,14 @@ pub fn run(args: &RunArgs) -> i32 {
                     }
                 };
                 eprintln!(
-                    "swarmscan: scanned {} torrent(s) for {:.0}s: {} peers known, {} probes ({} answered), {} confirmed downloads this run{refused}; database {}",
+                    "swarmscan: scanned {} torrent(s) for {:.0}s: {} peers known, {} probes ({} answered), {} confirmed downloads this run ({} seen live on watched connections){refused}; database {}",
                     summary.torrents,
                     summary.seconds,
                     summary.peers_known,
                     summary.probes,
                     summary.probes_ok,
                     summary.confirmed_this_run,
+                    summary.crossed_live,
                     config.database.display()
                 );
                 if summary.own_address_dropped > 0 {

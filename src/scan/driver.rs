@@ -145,6 +145,11 @@ impl ProbeConv {
             .map(|at| at.saturating_sub(self.created_at))
     }
 
+    /// True when the watched peer sends its haves in bursts.
+    pub fn haves_batched(&self) -> bool {
+        self.probe.haves_batched()
+    }
+
     /// Keeps the connection open to watch the peer.
     pub fn watch(&mut self, now: Millis, plan: WatchPlan) {
         self.probe.watch(now, plan);
@@ -1050,6 +1055,12 @@ impl ScanDriver {
             return Verdict::Finished;
         }
         let idx = token as PeerIdx;
+        if self.watched.contains_key(&token) {
+            // A fresh look at a peer we watch already (it batches its haves): recorded when it
+            // comes back through `probe_done`.
+            conv.stop(now, send);
+            return Verdict::Finished;
+        }
         let watch = match progress {
             Some(p) => {
                 let entry = self.table.get(idx);
@@ -1067,6 +1078,8 @@ impl ScanDriver {
         let connect_ms = conv.connect_ms();
         if let Some(score) = watch {
             self.start_watch(now, token, conv, &report, score);
+            // Watched connections are counted apart from probes in flight.
+            self.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
             self.apply_visit(idx, report, event, at, connect_ms, false);
             self.table.get_mut(idx).next_visit = NOT_SCHEDULED;
             return Verdict::Continue;
@@ -1084,9 +1097,21 @@ impl ScanDriver {
         incoming: bool,
         report: ProbeReport,
         at: Millis,
+        side_probes: bool,
     ) {
         if incoming {
             self.route_incoming(at, peer, report, ProbeEvent::Watched, IncomingWatch::Live);
+        } else if side_probes {
+            // The peer batches its haves: what the watch sees lags its real progress, so the
+            // revisit policy also sends fresh probes near the predicted crossing.
+            self.apply_visit(
+                token as PeerIdx,
+                report,
+                ProbeEvent::Watched,
+                at,
+                None,
+                true,
+            );
         } else {
             self.apply_visit(
                 token as PeerIdx,
@@ -1164,17 +1189,24 @@ impl WorkerDriver for ScanDriver {
                 below.pex = Vec::new();
                 below.metainfo = None;
                 below.pieces_have = crossing.below_have;
-                self.observe_watched(token, peer, incoming, below, crossing.below_at);
+                self.observe_watched(token, peer, incoming, below, crossing.below_at, false);
                 report.pieces_have = report.pieces_have.max(crossing.have);
-                self.observe_watched(token, peer, incoming, report, crossing.at);
+                self.observe_watched(token, peer, incoming, report, crossing.at, false);
                 // At the threshold: nothing more to watch for.
                 conv.stop(now, send);
                 Verdict::Finished
             }
+            Some(AskReason::Progress) => {
+                let mut report = conv.snapshot(now);
+                report.longest_gap_ms = 0;
+                self.observe_watched(token, peer, incoming, report, now, true);
+                Verdict::Continue
+            }
             Some(AskReason::Sample) => {
                 let mut report = conv.snapshot(now);
                 report.longest_gap_ms = 0;
-                self.observe_watched(token, peer, incoming, report, now);
+                let batched = conv.haves_batched();
+                self.observe_watched(token, peer, incoming, report, now, batched);
                 if self.watched.get(&token).is_some_and(|w| w.evict) {
                     conv.stop(now, send);
                     return Verdict::Finished;
@@ -1190,9 +1222,10 @@ impl WorkerDriver for ScanDriver {
             self.on_incoming_done(done, now);
             return;
         }
-        self.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
         let idx = done.token as PeerIdx;
-        if done.conv.was_watched {
+        if !done.conv.was_watched {
+            self.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
+        } else {
             // The watch ended (the peer closed or went silent, the scan stopped, or we let
             // it go): its last progress, then revisits as usual.
             self.watched.remove(&done.token);

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::io::Read;
-use std::net::{IpAddr, TcpListener, UdpSocket};
+use std::net::{TcpListener, UdpSocket};
 use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -70,35 +70,4 @@ pub fn read_to_string_lossy(path: &Path) -> String {
         let _ = f.read_to_end(&mut bytes);
     }
     String::from_utf8_lossy(&bytes).into_owned()
-}
-
-/// A port free for TCP and UDP on every address in `ips` right now.
-pub fn free_port_on_all(ips: &[&str]) -> u16 {
-    'candidate: for _ in 0..100 {
-        let port = free_tcp_port(ips[0]);
-        for ip in ips {
-            let ip: IpAddr = ip.parse().unwrap();
-            if TcpListener::bind((ip, port)).is_err() || UdpSocket::bind((ip, port)).is_err() {
-                continue 'candidate;
-            }
-        }
-        return port;
-    }
-    panic!("no port free for TCP and UDP on all of {ips:?}");
-}
-
-/// Now, Unix milliseconds.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
-/// A temporary directory for one test, kept (also after a failure) when env
-/// `SWARMSCAN_KEEP_TEST_DIR` is set.
-pub fn test_dir(prefix: &str) -> tempfile::TempDir {
-    let mut dir = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
-    dir.disable_cleanup(std::env::var_os("SWARMSCAN_KEEP_TEST_DIR").is_some());
-    dir
 }
