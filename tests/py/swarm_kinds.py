@@ -32,6 +32,8 @@ Protocol on stdout, JSON lines (times are Unix milliseconds):
   {"event": "finished", "name", "at"}
   {"event": "quit", "name", "at"}                just before a quitting leecher exits
   {"event": "progress", "name", "at", "pieces", "peers"}   every client, once a second
+  {"event": "swarmscan_conn", "name", "at", "peer", "what"}   a connection with swarmscan
+                                                  (peer-id prefix -SW) ended, and why
   {"event": "end", "at"}
 The driver ends after --max-secs, or earlier when stdin ends or says "stop"; each client process
 ends when its stdin (a pipe from the driver) closes, so none outlives the driver.
@@ -60,20 +62,26 @@ from real_swarm import emit, emit_line, now_ms, stop_on_stdin  # noqa: E402
 
 KINDS = ("plain", "nat", "enc", "v6")
 DEBUG = bool(os.environ.get("SWARM_KINDS_DEBUG"))
+# swarmscan's peer-id prefix (peer.peer_id_prefix's default).
+SWARMSCAN_PEER_ID = b"-SW"
 
 
 def free_port(family, host):
-    """A port free for TCP and UDP on `host` (libtorrent listens on both with one number)."""
-    for _ in range(100):
-        with socket.socket(family, socket.SOCK_STREAM) as t:
-            t.bind((host, 0))
-            port = t.getsockname()[1]
-            try:
-                with socket.socket(family, socket.SOCK_DGRAM) as u:
-                    u.bind((host, port))
-            except OSError:
-                continue
-            return port
+    """A port free for TCP and UDP on `host` (libtorrent listens on both with one number).
+
+    Taken below the kernel's ephemeral range (32768 and up by default): a client may start
+    a minute after the plan is made, and an ephemeral port could be in use by then."""
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20000, 32768)
+        try:
+            with socket.socket(family, socket.SOCK_STREAM) as t, \
+                    socket.socket(family, socket.SOCK_DGRAM) as u:
+                t.bind((host, port))
+                u.bind((host, port))
+        except OSError:
+            continue
+        return port
     raise RuntimeError(f"no free port on {host}")
 
 
@@ -110,8 +118,8 @@ def session_settings(kind, listen, outgoing, rate):
         "enable_upnp": False,
         "enable_natpmp": False,
         "alert_mask": lt.alert_category.status | lt.alert_category.error
-        | lt.alert_category.piece_progress
-        | (lt.alert_category.peer | lt.alert_category.connect if DEBUG else 0),
+        | lt.alert_category.piece_progress | lt.alert_category.peer
+        | lt.alert_category.connect,
         "download_rate_limit": rate,
         "user_agent": "swarmscan-swarm-kinds-test",
     }
@@ -183,11 +191,24 @@ def run_client(argv):
                 at = now_ms()
                 emit({"event": "finished", "name": name, "at": at})
                 if args.quits:
-                    # Quit the moment it finishes: no goodbye to peers or tracker, as when a
-                    # user's client exits on completion.
+                    # Quit the moment it finishes, the way a client exits: libtorrent's own
+                    # shutdown (the session's destructor closes its connections and tells
+                    # the trackers it stopped, waiting at most stop_tracker_timeout, 5 s).
+                    # Not os._exit() at once: that is a crash, and a crash right after the
+                    # last pieces can lose `have` messages libtorrent had queued but not yet
+                    # written, which no peer could ever see.
                     emit({"event": "quit", "name": name, "at": now_ms()})
+                    del h, a
+                    del s
                     sys.stdout.flush()
                     os._exit(0)
+            elif isinstance(a, lt.peer_disconnected_alert) \
+                    and a.pid.to_bytes().startswith(SWARMSCAN_PEER_ID):
+                # The client's view of its connections with swarmscan, for the failure report.
+                emit({"event": "swarmscan_conn", "name": name, "at": now_ms(),
+                      "peer": "%s:%s" % tuple(a.endpoint), "what": a.message()})
+                if DEBUG:
+                    sys.stderr.write(f"swarm_kinds.py: {name}: {a.message()}\n")
             elif isinstance(a, (lt.listen_failed_alert, lt.tracker_error_alert)) or (
                     DEBUG and isinstance(a, (lt.peer_connect_alert, lt.peer_disconnected_alert,
                                              lt.peer_blocked_alert, lt.peer_error_alert,
@@ -215,7 +236,7 @@ def main():
     ap.add_argument("--leechers", type=int, default=9)
     ap.add_argument("--first-start-secs", type=float, default=2.0)
     ap.add_argument("--stagger-secs", type=float, default=8.0)
-    ap.add_argument("--rate", type=int, default=64 * 1024, help="bytes/s a leecher downloads")
+    ap.add_argument("--rate", type=int, default=80 * 1024, help="bytes/s a leecher downloads")
     ap.add_argument("--threshold", type=float, default=0.98)
     ap.add_argument("--first-octet", type=int, default=20,
                     help="the seeder is 127.0.0.N, the IPv4 leechers follow")
