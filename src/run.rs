@@ -427,6 +427,7 @@ pub fn run_scan(
         );
     }
     let own = Arc::new(OwnAddresses::new(&listen_addrs, listen_port));
+    let peer_ids = Arc::new(crate::scan::peer_ids::PeerIds::default());
     let settings = Arc::new(ProbeSettings {
         peer_id,
         listen_port,
@@ -464,6 +465,7 @@ pub fn run_scan(
                 ..s.watch
             })
             .with_own_addresses(own.clone())
+            .with_peer_ids(peer_ids.clone())
         })
         .collect();
 

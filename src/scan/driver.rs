@@ -12,6 +12,7 @@ use super::blocklist::Blocklist;
 use super::catalog::Catalog;
 use super::mse_budget::{random_bytes, worker_dh_key, IncomingDhBudget};
 use super::own_addr::OwnAddresses;
+use super::peer_ids::PeerIds;
 use super::peer_table::{flag, owner_worker, source, Inserted, PeerIdx, PeerTable, NOT_SCHEDULED};
 use super::revisit::{progress_fraction, RevisitPolicy, RevisitWheel, VisitResult};
 use crate::config::Encryption;
@@ -478,6 +479,9 @@ pub struct ScanDriver {
     incoming_seq: u64,
     /// Our own addresses: never probed when PEX names them.
     own: Arc<OwnAddresses>,
+    /// Peer-ids of known peers, shared by the workers (identity of incoming peers that give
+    /// no listen port).
+    peer_ids: Arc<PeerIds>,
     mse_budget: Arc<IncomingDhBudget>,
     pub counters: Arc<WorkerCounters>,
 }
@@ -524,6 +528,7 @@ impl ScanDriver {
             watched: HashMap::new(),
             incoming_seq: 0,
             own: Arc::new(OwnAddresses::default()),
+            peer_ids: Arc::new(PeerIds::default()),
             mse_budget: Arc::new(IncomingDhBudget::new(
                 crate::config::NetConfig::default().mse_incoming_per_sec,
             )),
@@ -546,6 +551,12 @@ impl ScanDriver {
     /// Keep connections open to watch peers near the threshold (`peer.max_watched`).
     pub fn with_watch(mut self, watch: WatchSettings) -> ScanDriver {
         self.watch = watch;
+        self
+    }
+
+    /// Peer-ids of known peers (shared by every worker of the scan).
+    pub fn with_peer_ids(mut self, peer_ids: Arc<PeerIds>) -> ScanDriver {
+        self.peer_ids = peer_ids;
         self
     }
 
@@ -724,6 +735,9 @@ impl ScanDriver {
         }
         if report.succeeded() && event != ProbeEvent::Watched {
             self.counters.probes_ok.fetch_add(1, Ordering::Relaxed);
+            if let Some(peer_id) = report.peer_id {
+                self.peer_ids.learn(torrent, peer_id, addr);
+            }
         }
         if newly_confirmed {
             self.counters.confirmed.fetch_add(1, Ordering::Relaxed);
@@ -808,12 +822,13 @@ impl ScanDriver {
             });
             return Err(());
         };
-        Ok((
-            torrent,
-            report
-                .listen_port
-                .map(|port| SocketAddr::new(peer.ip(), port)),
-        ))
+        let identity = match (report.listen_port, report.peer_id) {
+            (Some(port), _) => Some(SocketAddr::new(peer.ip(), port)),
+            // No listen port: the known peer with this peer-id at this address, if any.
+            (None, Some(id)) => self.peer_ids.find(torrent, &id, peer.ip()),
+            (None, None) => None,
+        };
+        Ok((torrent, identity))
     }
 
     /// Hands what an incoming connection learned to the worker that owns the peer (`event`

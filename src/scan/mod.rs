@@ -10,6 +10,7 @@ pub mod discovery;
 pub mod driver;
 pub mod mse_budget;
 pub mod own_addr;
+pub mod peer_ids;
 pub mod peer_table;
 pub mod revisit;
 pub mod tls;
