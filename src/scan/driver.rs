@@ -475,6 +475,8 @@ pub struct ScanDriver {
     ipv6: bool,
     /// Watched connections by engine token.
     watched: HashMap<u64, Watched>,
+    /// Peers not to watch again: they batch their haves (see `AskReason::Progress`).
+    no_watch: std::collections::HashSet<PeerIdx>,
     /// Incoming connections accepted (makes their tokens unique).
     incoming_seq: u64,
     /// Our own addresses: never probed when PEX names them.
@@ -526,6 +528,7 @@ impl ScanDriver {
             watch: WatchSettings::default(),
             ipv6: true,
             watched: HashMap::new(),
+            no_watch: std::collections::HashSet::new(),
             incoming_seq: 0,
             own: Arc::new(OwnAddresses::default()),
             peer_ids: Arc::new(PeerIds::default()),
@@ -1070,7 +1073,7 @@ impl ScanDriver {
             return Verdict::Finished;
         }
         let idx = token as PeerIdx;
-        if self.watched.contains_key(&token) {
+        if self.watched.contains_key(&token) || self.no_watch.contains(&idx) {
             // A fresh look at a peer we watch already (it batches its haves): recorded when it
             // comes back through `probe_done`.
             conv.stop(now, send);
@@ -1229,7 +1232,16 @@ impl WorkerDriver for ScanDriver {
                 let mut report = conv.snapshot(now);
                 report.longest_gap_ms = 0;
                 self.observe_watched(token, peer, incoming, report, now, true);
-                Verdict::Continue
+                if incoming {
+                    return Verdict::Continue;
+                }
+                // A client that batches its haves shows its progress seconds late on this
+                // connection and drops a second one from us (Transmission does both), so
+                // watching it would only hide the fresh look a quitter needs: let it go, and
+                // revisit it from now on.
+                self.no_watch.insert(token as PeerIdx);
+                conv.stop(now, send);
+                Verdict::Finished
             }
             Some(AskReason::Sample) => {
                 let mut report = conv.snapshot(now);
@@ -1247,6 +1259,16 @@ impl WorkerDriver for ScanDriver {
     }
 
     fn probe_done(&mut self, now: Millis, done: ProbeDone<ProbeConv>) {
+        tracing::trace!(
+            peer = %done.peer,
+            incoming = done.incoming,
+            watched = done.conv.was_watched,
+            at_ms = now,
+            connect_ms = ?done.connect_ms,
+            progress = ?done.conv.report().progress(),
+            end = ?done.conv.report().end,
+            "connection ended"
+        );
         if done.incoming {
             self.on_incoming_done(done, now);
             return;
@@ -1261,8 +1283,19 @@ impl WorkerDriver for ScanDriver {
             self.counters
                 .watched
                 .store(self.watched.len() as u64, Ordering::Relaxed);
+            let batched = done.conv.haves_batched();
             let mut report = done.conv.into_report();
             report.longest_gap_ms = 0;
+            if batched {
+                // Its last progress is stale: store it, and look again with a fresh probe.
+                self.observe_watched(done.token, done.peer, false, report, now, true);
+                let p = self.table.get_mut(idx);
+                p.flags &= !flag::IN_FLIGHT;
+                let due = Self::secs(now) + 1;
+                p.next_visit = due;
+                self.wheel.schedule(idx, due);
+                return;
+            }
             self.apply_visit(idx, report, ProbeEvent::Watched, now, None, true);
             return;
         }
