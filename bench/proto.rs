@@ -1,5 +1,7 @@
-//! Criterion benchmarks for the protocol core: bencode decoding throughput (MB/s).
-//! Peer-message decoding has its own bench (bench/peer_wire.rs).
+//! Criterion benchmarks for the protocol core: bencode decoding throughput (MB/s), and one
+//! MSE Diffie-Hellman exponentiation (before: num-bigint; after: the fixed-size Montgomery
+//! code, by window width and exponent length). Peer-message decoding has its own bench
+//! (bench/peer_wire.rs).
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use swarmscan::proto::bencode::{self, OwnedValue};
@@ -66,5 +68,42 @@ fn bencode_decode(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bencode_decode);
+/// One shared-secret computation `Y^x mod P`: what an MSE handshake costs each side.
+fn mse_dh(c: &mut Criterion) {
+    use num_bigint::BigUint;
+    use swarmscan::proto::mse;
+    let peer = *mse::DhKey::new([0x35; 20]).public_key();
+    let x160 = [0xA7u8; 20];
+    let mut x128 = x160;
+    x128[..4].fill(0);
+    let mut group = c.benchmark_group("mse_dh");
+    group.sample_size(30);
+    let p = BigUint::parse_bytes(
+        b"FFFFFFFFFFFFFFFFC90FDAA22168C234C4C6628B80DC1CD129024E088A67CC74020BBEA63B139B22514A08798E3404DDEF9519B3CD3A431B302B0A6DF25F14374FE1356D6D51C245E485B576625E7EC6F44C42E9A63A36210000000000090563",
+        16,
+    )
+    .unwrap();
+    let y = BigUint::from_bytes_be(&peer);
+    let x = BigUint::from_bytes_be(&x160);
+    group.bench_function("num_bigint_160bit", |b| {
+        b.iter(|| black_box(black_box(&y).modpow(&x, &p)))
+    });
+    for window in 1..=6 {
+        group.bench_function(format!("montgomery_160bit_window{window}"), |b| {
+            b.iter(|| black_box(mse::modexp_with_window(black_box(&peer), &x160, window)))
+        });
+    }
+    group.bench_function(format!("montgomery_128bit_window{}", mse::WINDOW), |b| {
+        b.iter(|| {
+            black_box(mse::modexp_with_window(
+                black_box(&peer),
+                &x128,
+                mse::WINDOW,
+            ))
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bencode_decode, mse_dh);
 criterion_main!(benches);

@@ -109,6 +109,8 @@ pub struct NetConfig {
     pub ipv6: bool,
     /// MSE/PE use.
     pub encryption: Encryption,
+    /// DH computations per second and worker for incoming MSE handshakes.
+    pub mse_incoming_per_sec: u32,
     /// Port announced to trackers and in the extension handshake (`p`); 0 = the port of the
     /// first `listen` address.
     pub announce_port: u16,
@@ -128,6 +130,7 @@ impl Default for NetConfig {
             ],
             ipv6: true,
             encryption: Encryption::Fallback,
+            mse_incoming_per_sec: 1000,
             announce_port: 0,
             blocklist_file: PathBuf::new(),
         }
@@ -383,6 +386,13 @@ pub const KEY_DOCS: &[(&str, &str)] = &[
         "net.encryption",
         "Protocol encryption (MSE/PE): \"off\", \"fallback\" (plaintext first, MSE when it fails),\n\
          \"prefer\" (MSE first, plaintext when it fails) or \"require\". What worked is remembered per peer.",
+    ),
+    (
+        "net.mse_incoming_per_sec",
+        "Incoming MSE handshakes each worker answers per second (burst: one second's worth). Each costs\n\
+         one 768-bit DH exponentiation (≈ 55 µs of CPU on a 2-vCPU EPYC VM, see bench/README.md), so 1000\n\
+         bounds a flood of random bytes to ≈ 5 % of a core; handshakes over the budget are closed before\n\
+         the DH and counted (`mse_incoming_refused` in the run summary). 1..=100000.",
     ),
     (
         "net.announce_port",
@@ -667,6 +677,15 @@ impl Config {
             return bad(
                 "peer.peer_id_prefix",
                 "must be at most 20 bytes (a peer-id is 20 bytes)",
+            );
+        }
+        if !(1..=100_000).contains(&self.net.mse_incoming_per_sec) {
+            return bad(
+                "net.mse_incoming_per_sec",
+                &format!(
+                    "must be 1..=100000 DH computations per second and worker, got {}",
+                    self.net.mse_incoming_per_sec
+                ),
             );
         }
         positive_secs("tracker.announce_secs", self.tracker.announce_secs)?;
@@ -1033,11 +1052,23 @@ mod tests {
             ("store.batch_rows=0", "store.batch_rows"),
             ("engine.ring_entries=1000", "engine.ring_entries"),
             ("peer.retry_backoff_factor=0.5", "peer.retry_backoff_factor"),
+            ("net.mse_incoming_per_sec=0", "net.mse_incoming_per_sec"),
+            (
+                "net.mse_incoming_per_sec=1000000",
+                "net.mse_incoming_per_sec",
+            ),
         ] {
             let e = set(&[arg]).unwrap_err().to_string();
             assert!(e.contains(&format!("`{key}`")), "{arg}: {e}");
         }
         assert!(set(&["peer.threshold=1"]).is_ok());
+        assert_eq!(
+            set(&["net.mse_incoming_per_sec=50"])
+                .unwrap()
+                .net
+                .mse_incoming_per_sec,
+            50
+        );
     }
 
     #[test]

@@ -11,5 +11,6 @@ pub mod metrics;
 pub mod proto;
 pub mod run;
 pub mod scan;
+pub mod settings;
 pub mod sim;
 pub mod store;

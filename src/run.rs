@@ -23,7 +23,8 @@ use crate::scan::discovery::{Discovery, DiscoveryConfig};
 use crate::scan::driver::{RestoredPeer, ScanDriver, WatchSettings, WorkerCounters, WorkerMsg};
 use crate::scan::own_addr::OwnAddresses;
 use crate::scan::peer_table::{flag, owner_worker, source};
-use crate::scan::revisit::{progress_fixed, RevisitPolicy};
+use crate::scan::revisit::progress_fixed;
+use crate::settings::ScanSettings;
 use crate::store::record::{Record, StatsRecord, TorrentRecord, TorrentSource};
 use crate::store::writer::Writer;
 use crate::store::Store;
@@ -243,11 +244,20 @@ pub struct RunSummary {
     pub probes_ok: u64,
     pub confirmed_this_run: u64,
     pub records_committed: u64,
+    /// Incoming MSE handshakes closed unanswered: the workers' DH budget was spent
+    /// (`net.mse_incoming_per_sec`).
+    pub mse_incoming_refused: u64,
     pub listen: Vec<SocketAddr>,
     /// The TCP port announced to trackers and peers (0 = none).
     pub announce_port: u16,
     /// Addresses from trackers and PEX that were our own (never probed).
     pub own_address_dropped: u64,
+    /// Threshold crossings seen live, on a watched connection (part of `confirmed_this_run`).
+    pub crossed_live: u64,
+    /// Watch candidates that found `peer.max_watched` full of better ones.
+    pub watch_refused: u64,
+    /// IPv6 addresses ignored because `net.ipv6 = false`.
+    pub ipv6_ignored: u64,
 }
 
 /// Listen addresses with port 0 get a concrete free port, so that every worker listens on the
@@ -325,22 +335,20 @@ pub fn run_scan(
     let stop = Arc::new(AtomicBool::new(false));
     register_signals(&stop)?;
     let started = Instant::now();
+    // Every setting below comes from here: one translation of the config, tested key by key.
+    let s = ScanSettings::from_config(config);
     // Checked before anything is opened: a bad blocklist or CA file is an error that
     // touches nothing.
-    let blocklist = Arc::new(crate::scan::blocklist::Blocklist::load(
-        &config.net.blocklist_file,
-    )?);
+    let blocklist = Arc::new(crate::scan::blocklist::Blocklist::load(&s.blocklist_file)?);
     let tracker_tls = match opts.tracker_tls.clone() {
         Some(t) => t,
-        None => {
-            crate::scan::tls::client_config(&config.tracker.ca_files).map_err(|e| e.to_string())?
-        }
+        None => crate::scan::tls::client_config(&s.tracker.ca_files).map_err(|e| e.to_string())?,
     };
 
     // Resume state, read before the writer takes the database: the torrents already in it
     // (from `add` or an earlier run) and their peers.
     let (resume, known_torrents) = {
-        let store = Store::open(&config.database).map_err(|e| e.to_string())?;
+        let store = Store::open(&s.database).map_err(|e| e.to_string())?;
         (
             store.load_peers().map_err(|e| e.to_string())?,
             store.torrents().map_err(|e| e.to_string())?,
@@ -359,7 +367,8 @@ pub fn run_scan(
         }
     }
 
-    let writer = Writer::start_from_config(config).map_err(|e| e.to_string())?;
+    let writer = Writer::start_with(&s.database, s.privacy.0, &s.privacy.1, s.writer.clone())
+        .map_err(|e| e.to_string())?;
     let handle = writer.handle();
     let mut torrents = Vec::new();
     for t in &inputs {
@@ -377,38 +386,35 @@ pub fn run_scan(
     if torrents.is_empty() {
         return Err(format!(
             "nothing to scan: give .torrent files, magnet links or info-hashes (the database {} has no torrents yet)",
-            config.database.display()
+            s.database.display()
         ));
     }
     let catalog = Catalog::new(torrents);
 
-    let listen_addrs = resolve_listen_ports(&config.net.listen)?;
-    let workers = if config.engine.workers == 0 {
+    let listen_addrs = resolve_listen_ports(&s.engine.listen)?;
+    let workers = if s.engine.workers == 0 {
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1)
     } else {
-        config.engine.workers
+        s.engine.workers
     };
     let engine_cfg = EngineConfig {
         workers,
-        max_in_flight: config.peer.max_in_flight as usize,
-        max_held: config.peer.max_watched as usize,
-        connects_per_sec: config.peer.connects_per_sec as u64,
-        connect_timeout_ms: config.peer.connect_timeout_ms,
         listen: listen_addrs.clone(),
-        pin_cores: config.engine.pin_workers,
-        recv_buffers: config.engine.recv_buffers.min(32768) as u16,
-        recv_buffer_size: config.engine.recv_buffer_size,
-        ring_entries: config.engine.ring_entries,
+        ..s.engine.clone()
     };
     crate::engine::net::raise_nofile_limit(
         engine_cfg.descriptors_needed(),
-        &format!("peer.max_in_flight = {}", engine_cfg.max_in_flight),
+        &format!(
+            "peer.max_in_flight = {} + peer.max_watched = {}",
+            engine_cfg.max_in_flight, engine_cfg.max_held
+        ),
     )?;
 
+    // The configured prefix (also in `s.probe.peer_id`), then digits unique to this run.
     let peer_id = our_peer_id(&config.peer.peer_id_prefix);
-    let listen_port = announce_port(config.net.announce_port, &listen_addrs);
+    let listen_port = announce_port(s.probe.listen_port, &listen_addrs);
     if listen_port == 0 {
         tracing::warn!(
             "net.listen is empty and net.announce_port = 0: announcing port 0, so no peer can dial \
@@ -421,33 +427,13 @@ pub fn run_scan(
         );
     }
     let own = Arc::new(OwnAddresses::new(&listen_addrs, listen_port));
+    let peer_ids = Arc::new(crate::scan::peer_ids::PeerIds::default());
     let settings = Arc::new(ProbeSettings {
         peer_id,
         listen_port,
-        dht_port: 0, // no DHT node yet: send no `port` message
-        client: concat!("swarmscan/", env!("CARGO_PKG_VERSION")).to_string(),
-        quiet_timeout_ms: config.peer.quiet_timeout_ms,
-        grace_ms: config.peer.bitfield_grace_ms,
-        message_cap: config.peer.message_cap,
-        max_duration_ms: config.peer.max_duration_ms,
-        ext_handshake_cache: Default::default(),
-        fetch_metadata: true,
-        pex: config.peer.pex,
+        ..s.probe.clone()
     });
-    let policy = RevisitPolicy {
-        revisit_secs: config.peer.revisit_secs,
-        retry_secs: config.peer.first_retry_secs(),
-        retry_factor: config.peer.retry_backoff_factor,
-        max_failures: config.peer.max_failures,
-        min_revisit_secs: (config.peer.revisit_secs / 10.0).max(1.0),
-        max_backoff_secs: config.peer.retry_backoff_max_secs,
-        threshold: config.peer.threshold,
-        done_revisit_secs: if config.peer.stop_at_threshold {
-            0.0
-        } else {
-            config.peer.revisit_secs
-        },
-    };
+    let policy = s.policy;
 
     let epoch = Instant::now();
     let epoch_unix_ms = now_unix_ms();
@@ -463,7 +449,7 @@ pub fn run_scan(
                 catalog.clone(),
                 settings.clone(),
                 policy,
-                (config.engine.max_peers / workers as u64).min(u32::MAX as u64) as u32,
+                (s.max_peers / workers as u64).min(u32::MAX as u64) as u32,
                 rx,
                 txs.clone(),
                 writer.sender(),
@@ -471,15 +457,15 @@ pub fn run_scan(
                 stop.clone(),
                 blocklist.clone(),
             )
-            .with_encryption(config.net.encryption)
-            .with_ipv6(config.net.ipv6)
+            .with_encryption(s.encryption)
+            .with_mse_incoming_per_sec(s.mse_incoming_per_sec)
+            .with_ipv6(s.ipv6)
             .with_watch(WatchSettings {
                 budget: engine_cfg.worker(i).max_held,
-                threshold: config.peer.threshold,
-                sample_ms: (config.peer.revisit_secs * 1000.0) as u64,
-                ..WatchSettings::default()
+                ..s.watch
             })
             .with_own_addresses(own.clone())
+            .with_peer_ids(peer_ids.clone())
         })
         .collect();
 
@@ -503,7 +489,7 @@ pub fn run_scan(
         }
         if p.confirmed {
             flags |= flag::CONFIRMED | flag::SEEN_BELOW | flag::AT_THRESHOLD;
-        } else if p.last_progress.is_some_and(|x| x < config.peer.threshold) {
+        } else if p.last_progress.is_some_and(|x| x < s.policy.threshold) {
             flags |= flag::SEEN_BELOW;
         }
         let next = p
@@ -538,14 +524,14 @@ pub fn run_scan(
     let counters: Vec<Arc<WorkerCounters>> = drivers.iter().map(|d| d.counters.clone()).collect();
     let discovery = Discovery::start(
         DiscoveryConfig {
-            announce_secs: config.tracker.announce_secs,
-            respect_interval: config.tracker.respect_interval,
-            scrape_secs: config.tracker.scrape_secs,
-            numwant: config.tracker.numwant,
+            announce_secs: s.tracker.announce_secs,
+            respect_interval: s.tracker.respect_interval,
+            scrape_secs: s.tracker.scrape_secs,
+            numwant: s.tracker.numwant,
             listen_port,
             own: own.clone(),
             peer_id,
-            timeout: Duration::from_millis(config.tracker.timeout_ms),
+            timeout: s.tracker.timeout,
             threads: 4,
             user_agent: concat!("swarmscan/", env!("CARGO_PKG_VERSION")).to_string(),
             tls: tracker_tls,
@@ -602,7 +588,7 @@ pub fn run_scan(
         .status_line
         .unwrap_or_else(|| std::io::stderr().is_terminal());
     let mut stats_sender = writer.sender();
-    let stats_every = Duration::from_secs_f64(config.stats.interval_secs.max(1.0));
+    let stats_every = s.stats_interval;
     let mut next_stats = Instant::now() + stats_every;
     let mut last_probes = 0u64;
     let mut last_at = Instant::now();
@@ -623,14 +609,15 @@ pub fn run_scan(
             last_at = Instant::now();
             let known = sum(|c| c.known_peers.load(Ordering::Relaxed));
             let in_flight = sum(|c| c.in_flight.load(Ordering::Relaxed));
+            let watched = sum(|c| c.watched.load(Ordering::Relaxed));
             let confirmed = sum(|c| c.confirmed.load(Ordering::Relaxed));
             if show_status {
                 eprint!(
-                    "\r\x1b[2K{:>6.0}s  peers {known}  in flight {in_flight}  {rate:.0} probes/s  probes {probes}  confirmed {confirmed}",
+                    "\r\x1b[2K{:>6.0}s  peers {known}  in flight {in_flight}  watched {watched}  {rate:.0} probes/s  probes {probes}  confirmed {confirmed}",
                     started.elapsed().as_secs_f64()
                 );
             }
-            sd_notify(&format!("STATUS=peers {known}, in flight {in_flight}, {rate:.0} probes/s, confirmed {confirmed}\nWATCHDOG=1"));
+            sd_notify(&format!("STATUS=peers {known}, in flight {in_flight}, watched {watched}, {rate:.0} probes/s, confirmed {confirmed}\nWATCHDOG=1"));
         }
         if Instant::now() >= next_stats {
             next_stats += stats_every;
@@ -677,9 +664,13 @@ pub fn run_scan(
         probes_ok: sum(|c| c.probes_ok.load(Ordering::Relaxed)),
         confirmed_this_run: sum(|c| c.confirmed.load(Ordering::Relaxed)),
         records_committed: counts.records,
+        mse_incoming_refused: sum(|c| c.mse_incoming_refused.load(Ordering::Relaxed)),
         listen,
         announce_port: listen_port,
         own_address_dropped: own.dropped(),
+        crossed_live: sum(|c| c.crossed_live.load(Ordering::Relaxed)),
+        watch_refused: sum(|c| c.watch_refused.load(Ordering::Relaxed)),
+        ipv6_ignored: sum(|c| c.ipv6_ignored.load(Ordering::Relaxed)),
     })
 }
 

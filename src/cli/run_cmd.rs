@@ -130,14 +130,21 @@ pub fn run(args: &RunArgs) -> i32 {
             if args.json {
                 println!("{}", serde_json::to_string(&summary).unwrap_or_default());
             } else {
+                let refused = match summary.mse_incoming_refused {
+                    0 => String::new(),
+                    n => {
+                        format!(", {n} incoming MSE handshakes refused (net.mse_incoming_per_sec)")
+                    }
+                };
                 eprintln!(
-                    "swarmscan: scanned {} torrent(s) for {:.0}s: {} peers known, {} probes ({} answered), {} confirmed downloads this run; database {}",
+                    "swarmscan: scanned {} torrent(s) for {:.0}s: {} peers known, {} probes ({} answered), {} confirmed downloads this run ({} seen live on watched connections){refused}; database {}",
                     summary.torrents,
                     summary.seconds,
                     summary.peers_known,
                     summary.probes,
                     summary.probes_ok,
                     summary.confirmed_this_run,
+                    summary.crossed_live,
                     config.database.display()
                 );
                 if summary.own_address_dropped > 0 {

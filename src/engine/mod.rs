@@ -65,7 +65,7 @@ pub use worker::{
 };
 
 /// Settings for a set of workers (totals are split evenly).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct EngineConfig {
     /// Number of workers (threads, rings).
     pub workers: usize,

@@ -22,10 +22,13 @@
 //! bytes (from a CSPRNG, or anything for tests) and moves bytes between the peer and
 //! [`Initiator::on_bytes`] / [`Responder::on_bytes`].
 
-use std::sync::OnceLock;
+use std::sync::Arc;
 
-use num_bigint::BigUint;
 use sha1::{Digest, Sha1};
+
+mod modexp;
+#[doc(hidden)]
+pub use modexp::{modexp_with_window, WINDOW};
 
 /// Length of a Diffie-Hellman public key or shared secret on the wire.
 pub const KEY_LEN: usize = 96;
@@ -41,14 +44,6 @@ pub const REQ1_SEARCH_LEN: usize = MAX_PAD_LEN + 20;
 pub const VC_SEARCH_LEN: usize = MAX_PAD_LEN + VC.len();
 /// The plaintext BitTorrent handshake prefix: `\x13BitTorrent protocol`.
 pub const BITTORRENT_PREFIX: &[u8; 20] = b"\x13BitTorrent protocol";
-
-/// The 768-bit safe prime of the specification.
-const PRIME_HEX: &str = "FFFFFFFFFFFFFFFFC90FDAA22168C234C4C6628B80DC1CD129024E088A67CC74020BBEA63B139B22514A08798E3404DDEF9519B3CD3A431B302B0A6DF25F14374FE1356D6D51C245E485B576625E7EC6F44C42E9A63A36210000000000090563";
-
-fn prime() -> &'static BigUint {
-    static P: OnceLock<BigUint> = OnceLock::new();
-    P.get_or_init(|| BigUint::parse_bytes(PRIME_HEX.as_bytes(), 16).expect("constant prime"))
-}
 
 /// Payload encryption method, one bit of `crypto_provide` / `crypto_select`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -163,6 +158,9 @@ pub enum MseError {
         /// What we provided.
         provided: u32,
     },
+    /// The caller declined the handshake before any computation (e.g. a DH budget).
+    #[error("MSE: refused: {0}")]
+    Refused(&'static str),
     /// `on_bytes` was called after the handshake finished or failed.
     #[error("MSE: handshake already finished or failed")]
     Finished,
@@ -221,8 +219,9 @@ impl Rc4 {
             *slot = value;
         }
         let mut j = 0u8;
-        for i in 0..256 {
-            j = j.wrapping_add(state[i]).wrapping_add(key[i % key.len()]);
+        // (Cycling the key instead of `key[i % key.len()]` spares 256 divisions per key.)
+        for (i, &k) in (0..256).zip(key.iter().cycle()) {
+            j = j.wrapping_add(state[i]).wrapping_add(k);
             state.swap(i, j as usize);
         }
         Rc4 { state, i: 0, j: 0 }
@@ -317,18 +316,11 @@ pub fn req2_hash(info_hash: &[u8; 20]) -> [u8; 20] {
     hash2(b"req2", info_hash)
 }
 
-fn to_key_bytes(n: &BigUint) -> [u8; KEY_LEN] {
-    let bytes = n.to_bytes_be();
-    let mut out = [0u8; KEY_LEN];
-    // Values are below P < 2^768, so they always fit.
-    out[KEY_LEN - bytes.len()..].copy_from_slice(&bytes);
-    out
-}
-
 /// Our public key `2^private mod P`, 96 bytes big-endian, zero-padded on the left.
 pub fn dh_public_key(private_key: &[u8; PRIVATE_KEY_LEN]) -> [u8; KEY_LEN] {
-    let x = BigUint::from_bytes_be(private_key);
-    to_key_bytes(&BigUint::from(2u32).modpow(&x, prime()))
+    let mut two = [0u64; modexp::LIMBS];
+    two[0] = 2;
+    modexp::to_be_bytes(&modexp::pow_mod_p(&two, private_key, WINDOW))
 }
 
 /// The shared secret `peer_public^private mod P`, 96 bytes zero-padded. Rejects public keys
@@ -337,14 +329,67 @@ pub fn dh_shared_secret(
     private_key: &[u8; PRIVATE_KEY_LEN],
     peer_public: &[u8; KEY_LEN],
 ) -> Result<[u8; KEY_LEN], MseError> {
-    let p = prime();
-    let y = BigUint::from_bytes_be(peer_public);
-    let one = BigUint::from(1u32);
-    if y <= one || &y >= p || y == p - &one {
+    let y = modexp::from_be_bytes(peer_public);
+    let mut two = [0u64; modexp::LIMBS];
+    two[0] = 2;
+    let mut p_minus_1 = modexp::P;
+    p_minus_1[0] -= 1; // P is odd
+    if modexp::less(&y, &two) || !modexp::less(&y, &p_minus_1) {
         return Err(MseError::BadPublicKey);
     }
-    let x = BigUint::from_bytes_be(private_key);
-    Ok(to_key_bytes(&y.modpow(&x, p)))
+    Ok(modexp::to_be_bytes(&modexp::pow_mod_p(
+        &y,
+        private_key,
+        WINDOW,
+    )))
+}
+
+/// A Diffie-Hellman key pair: the private key and its public key, computed once.
+///
+/// Reuse one across connections (a worker keeps one for its lifetime): a handshake then costs
+/// one modular exponentiation (the shared secret) instead of two. For a measurement client the
+/// key's secrecy protects nothing — MSE only obfuscates the stream — so reuse loses nothing.
+/// Cloning is cheap (a reference count).
+#[derive(Clone)]
+pub struct DhKey(Arc<DhKeyPair>);
+
+struct DhKeyPair {
+    private: [u8; PRIVATE_KEY_LEN],
+    public: [u8; KEY_LEN],
+}
+
+impl DhKey {
+    /// The key pair of `private_key` (computes the public key: one exponentiation).
+    pub fn new(private_key: [u8; PRIVATE_KEY_LEN]) -> DhKey {
+        DhKey(Arc::new(DhKeyPair {
+            private: private_key,
+            public: dh_public_key(&private_key),
+        }))
+    }
+
+    /// Our public key, as sent on the wire.
+    pub fn public_key(&self) -> &[u8; KEY_LEN] {
+        &self.0.public
+    }
+
+    /// The shared secret with a peer's public key (one exponentiation); see
+    /// [`dh_shared_secret`].
+    pub fn shared_secret(&self, peer_public: &[u8; KEY_LEN]) -> Result<[u8; KEY_LEN], MseError> {
+        dh_shared_secret(&self.0.private, peer_public)
+    }
+}
+
+impl From<[u8; PRIVATE_KEY_LEN]> for DhKey {
+    fn from(private_key: [u8; PRIVATE_KEY_LEN]) -> DhKey {
+        DhKey::new(private_key)
+    }
+}
+
+impl std::fmt::Debug for DhKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the private key.
+        f.write_str("DhKey")
+    }
 }
 
 /// Whether a connection's first bytes are a plaintext BitTorrent handshake (needs 20 bytes;
@@ -417,7 +462,7 @@ enum InitiatorPhase {
 /// The connecting side (A) of the handshake.
 pub struct Initiator {
     info_hash: [u8; 20],
-    private_key: [u8; PRIVATE_KEY_LEN],
+    key: DhKey,
     pad_a: Vec<u8>,
     pad_c: Vec<u8>,
     provide: CryptoSet,
@@ -440,12 +485,14 @@ impl std::fmt::Debug for Initiator {
 }
 
 impl Initiator {
-    /// A handshake for `info_hash`. `private_key` and the pads must come from a good random
-    /// source in production; `initial_payload` (IA) is sent encrypted with the handshake —
-    /// typically our BitTorrent handshake, so it costs no extra round trip.
+    /// A handshake for `info_hash`. The key (a [`DhKey`], or a private key from which one is
+    /// made) and the pads must come from a good random source in production; pass a reused
+    /// [`DhKey`] to spare the public-key exponentiation. `initial_payload` (IA) is sent
+    /// encrypted with the handshake — typically our BitTorrent handshake, so it costs no extra
+    /// round trip.
     pub fn new(
         info_hash: [u8; 20],
-        private_key: [u8; PRIVATE_KEY_LEN],
+        key: impl Into<DhKey>,
         pad_a: Vec<u8>,
         pad_c: Vec<u8>,
         provide: CryptoSet,
@@ -459,7 +506,7 @@ impl Initiator {
         }
         Ok(Initiator {
             info_hash,
-            private_key,
+            key: key.into(),
             pad_a,
             pad_c,
             provide,
@@ -473,7 +520,7 @@ impl Initiator {
     /// Write step 1 (Ya, PadA) to `out`. Calling it again does nothing.
     pub fn start(&mut self, out: &mut Vec<u8>) {
         if let InitiatorPhase::New = self.phase {
-            out.extend_from_slice(&dh_public_key(&self.private_key));
+            out.extend_from_slice(self.key.public_key());
             out.extend_from_slice(&self.pad_a);
             self.phase = InitiatorPhase::AwaitPublicKey;
         }
@@ -509,7 +556,7 @@ impl Initiator {
                         return Ok(Progress::NeedMore);
                     };
                     let yb: [u8; KEY_LEN] = yb.try_into().expect("96 bytes");
-                    let secret = dh_shared_secret(&self.private_key, &yb)?;
+                    let secret = self.key.shared_secret(&yb)?;
                     self.buf.drain(..KEY_LEN);
                     let enc = self.write_step3(&secret, out);
                     let mut dec = Rc4::for_direction(b"keyB", &secret, &self.info_hash);
@@ -641,7 +688,10 @@ enum ResponderPhase {
 
 /// The accepting side (B) of the handshake.
 pub struct Responder {
-    private_key: [u8; PRIVATE_KEY_LEN],
+    key: DhKey,
+    /// A peer public key whose shared secret the caller already knows (see
+    /// [`Responder::with_known_secret`]).
+    known: Option<Box<([u8; KEY_LEN], [u8; KEY_LEN])>>,
     pad_b: Vec<u8>,
     pad_d: Vec<u8>,
     allowed: CryptoSet,
@@ -667,11 +717,11 @@ impl std::fmt::Debug for Responder {
 
 impl Responder {
     /// A responder that accepts the methods in `allowed` and selects `prefer` when the
-    /// initiator provides both. `private_key` and the pads must come from a good random
+    /// initiator provides both. The key (see [`Initiator::new`]) and the pads must come from a good random
     /// source in production. IA up to 65535 bytes is accepted; see
     /// [`Responder::with_max_initial_payload`].
     pub fn new(
-        private_key: [u8; PRIVATE_KEY_LEN],
+        key: impl Into<DhKey>,
         pad_b: Vec<u8>,
         pad_d: Vec<u8>,
         allowed: CryptoSet,
@@ -681,7 +731,8 @@ impl Responder {
         check_local_pad("PadD", &pad_d)?;
         check_crypto_set(allowed)?;
         Ok(Responder {
-            private_key,
+            key: key.into(),
+            known: None,
             pad_b,
             pad_d,
             allowed,
@@ -693,6 +744,15 @@ impl Responder {
             ciphers: None,
             phase: ResponderPhase::AwaitPublicKey,
         })
+    }
+
+    /// Use `secret` as the shared secret if the initiator's public key is `peer_public`,
+    /// instead of computing it. For a fake peer in a benchmark that sees the same initiator
+    /// key again and again (a real peer pays its own exponentiation); the caller vouches that
+    /// `secret` is this responder's key's secret with `peer_public`.
+    pub fn with_known_secret(mut self, peer_public: [u8; KEY_LEN], secret: [u8; KEY_LEN]) -> Self {
+        self.known = Some(Box::new((peer_public, secret)));
+        self
     }
 
     /// Reject initiators whose IA is longer than `max` bytes (bounds what we buffer).
@@ -752,9 +812,12 @@ impl Responder {
                         return Ok(Progress::NeedMore);
                     };
                     let ya: [u8; KEY_LEN] = ya.try_into().expect("96 bytes");
-                    self.secret = dh_shared_secret(&self.private_key, &ya)?;
+                    self.secret = match self.known.take() {
+                        Some(known) if known.0 == ya => known.1,
+                        _ => self.key.shared_secret(&ya)?,
+                    };
                     self.buf.drain(..KEY_LEN);
-                    out.extend_from_slice(&dh_public_key(&self.private_key));
+                    out.extend_from_slice(self.key.public_key());
                     out.extend_from_slice(&self.pad_b);
                     self.phase = ResponderPhase::AwaitReq1 {
                         req1: hash2(b"req1", &self.secret),

@@ -51,7 +51,7 @@ pub const MAX_METADATA_SIZE: i64 = 8 << 20;
 const MAX_PENDING_HAVES: usize = 1024;
 
 /// Settings shared by every probe of a scan.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ProbeSettings {
     pub peer_id: [u8; 20],
     /// Our TCP listen port, announced in the extension handshake (`p`), 0 = none.
@@ -236,6 +236,10 @@ pub enum AskReason {
     Crossed(Crossing),
     /// A watched peer's sample interval passed.
     Sample,
+    /// A watched peer that batches its haves sent a batch: what we see lags its real progress
+    /// by up to a batch period, so its owner may want to look with a fresh connection near the
+    /// predicted crossing.
+    Progress,
 }
 
 /// When a watched peer crossed `notify_have`: the last time it was seen below, and the message
@@ -272,9 +276,21 @@ struct Watch {
     next_sample: Millis,
     last_sent: Millis,
     crossed: bool,
-    /// (time, pieces) of the last message while below `notify_have`.
+    /// (time, pieces) at the end of the last read while below `notify_have`: the crossing lies
+    /// between that read and the one that crosses.
     below: (Millis, u32),
+    /// When the last read brought new pieces.
+    last_progress_at: Millis,
+    /// The peer sends its haves in bursts (see [`AskReason::Progress`]).
+    batched: bool,
 }
+
+/// A read that brings at least this many new pieces after at least [`BATCH_GAP_MS`] without
+/// any marks a peer that batches its haves (Transmission 3.00 sends them at most every 10 s to
+/// a peer it exchanges no data with; libtorrent sends each at once).
+const BATCH_MIN_PIECES: u32 = 2;
+/// See [`BATCH_MIN_PIECES`].
+const BATCH_GAP_MS: Millis = 3000;
 
 /// Looks up a torrent by info-hash for incoming connections: its piece count, if we scan it.
 pub trait TorrentLookup {
@@ -425,6 +441,8 @@ impl Probe {
             last_sent: now,
             crossed: self.report.pieces_have >= plan.notify_have,
             below: (now, self.report.pieces_have),
+            last_progress_at: now,
+            batched: false,
         });
     }
 
@@ -621,6 +639,7 @@ impl Probe {
         if self.done {
             return Step::Finished;
         }
+        let have_before = self.report.pieces_have;
         self.reader.feed(bytes);
         if !self.report.handshake {
             let hs = match self.reader.read_handshake() {
@@ -654,10 +673,40 @@ impl Probe {
             }
         };
         self.reader = reader;
+        if step == Step::Continue {
+            self.after_watched_read(now, have_before);
+        }
         if step == Step::Continue && self.ask.is_some() {
             return Step::Ask;
         }
         step
+    }
+
+    /// Bookkeeping of a watched peer after a read: the last evidence below the threshold, and
+    /// whether the peer batches its haves.
+    fn after_watched_read(&mut self, now: Millis, have_before: u32) {
+        let have = self.report.pieces_have;
+        let Some(w) = self.watch.as_mut() else {
+            return;
+        };
+        if !w.crossed {
+            w.below = (now, have);
+        }
+        if have > have_before {
+            let gap = now.saturating_sub(w.last_progress_at);
+            if !w.batched && have - have_before >= BATCH_MIN_PIECES && gap >= BATCH_GAP_MS {
+                w.batched = true;
+            }
+            w.last_progress_at = now;
+            if w.batched && self.ask.is_none() {
+                self.ask = Some(AskReason::Progress);
+            }
+        }
+    }
+
+    /// True when the watched peer was seen sending its haves in bursts.
+    pub fn haves_batched(&self) -> bool {
+        self.watch.as_ref().is_some_and(|w| w.batched)
     }
 
     fn on_handshake(
@@ -829,8 +878,6 @@ impl Probe {
                     at: now,
                     have,
                 }));
-            } else if !w.crossed {
-                w.below = (now, have);
             }
             return None;
         }
@@ -1598,14 +1645,70 @@ mod tests {
             p.on_bytes(&s, &no_torrents, 5000, &last, &mut out),
             Step::Ask
         );
+        // All in one read: the last evidence below is the watch's start.
         assert!(
-            matches!(p.take_ask(), Some(AskReason::Crossed(c)) if c.have == 98 && c.below_have == 97 && c.below_at == 5000)
+            matches!(p.take_ask(), Some(AskReason::Crossed(c)) if c.have == 98 && c.below_have == 96 && c.below_at == 600)
+        );
+        assert!(
+            p.haves_batched(),
+            "4 pieces at once after 4.4 s without any"
         );
         p.on_closed(5001, None);
         let r = p.into_report();
         assert_eq!(r.end, ProbeEnd::PeerClosed);
         assert_eq!(r.pieces_have, 100);
         assert!(r.succeeded());
+    }
+
+    #[test]
+    fn a_peer_that_batches_its_haves_is_told_apart_and_asks_at_each_batch() {
+        let (mut p, s) = answered_probe(10);
+        p.watch(600, PLAN);
+        let mut out = Vec::new();
+        let batch = |from: u32, n: u32| -> Vec<u8> {
+            (from..from + n)
+                .flat_map(|i| msg(Message::Have(i)))
+                .collect()
+        };
+        // One have at a time, steadily: a client that sends each at once.
+        for (i, piece) in (10..14).enumerate() {
+            let step = p.on_bytes(
+                &s,
+                &no_torrents,
+                1000 + i as u64 * 500,
+                &batch(piece, 1),
+                &mut out,
+            );
+            assert_eq!(step, Step::Continue);
+        }
+        assert!(!p.haves_batched());
+        // Then ten pieces at once after 10 s of silence: a batching client.
+        assert_eq!(
+            p.on_bytes(&s, &no_torrents, 12_500, &batch(14, 10), &mut out),
+            Step::Ask
+        );
+        assert_eq!(p.take_ask(), Some(AskReason::Progress));
+        assert!(p.haves_batched());
+        // Every later batch asks again; the crossing read still says it crossed, and where
+        // the last batch below was.
+        assert_eq!(
+            p.on_bytes(&s, &no_torrents, 22_500, &batch(24, 60), &mut out),
+            Step::Ask
+        );
+        assert_eq!(p.take_ask(), Some(AskReason::Progress));
+        assert_eq!(
+            p.on_bytes(&s, &no_torrents, 32_500, &batch(84, 16), &mut out),
+            Step::Ask
+        );
+        assert_eq!(
+            p.take_ask(),
+            Some(AskReason::Crossed(Crossing {
+                below_at: 22_500,
+                below_have: 84,
+                at: 32_500,
+                have: 98,
+            }))
+        );
     }
 
     #[test]

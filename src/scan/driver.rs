@@ -10,7 +10,9 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::blocklist::Blocklist;
 use super::catalog::Catalog;
+use super::mse_budget::{random_bytes, worker_dh_key, IncomingDhBudget};
 use super::own_addr::OwnAddresses;
+use super::peer_ids::PeerIds;
 use super::peer_table::{flag, owner_worker, source, Inserted, PeerIdx, PeerTable, NOT_SCHEDULED};
 use super::revisit::{progress_fraction, RevisitPolicy, RevisitWheel, VisitResult};
 use crate::config::Encryption;
@@ -54,33 +56,16 @@ pub struct ProbeConv {
     connected_at: Option<Millis>,
     /// The owner kept it open to watch the peer (it stays true after the watch ends).
     pub was_watched: bool,
-}
-
-/// `n` bytes from the kernel's CSPRNG (MSE keys and pads).
-fn random_bytes(n: usize) -> Vec<u8> {
-    let mut buf = vec![0u8; n];
-    let mut filled = 0;
-    while filled < n {
-        // Safety: the pointer and length describe the unfilled tail of `buf`.
-        let r = unsafe { libc::getrandom(buf[filled..].as_mut_ptr().cast(), n - filled, 0) };
-        if r <= 0 {
-            break; // getrandom(2) does not fail for small requests; keep what we have
-        }
-        filled += r as usize;
-    }
-    buf
-}
-
-fn private_key() -> [u8; mse::PRIVATE_KEY_LEN] {
-    let mut key = [0u8; mse::PRIVATE_KEY_LEN];
-    key.copy_from_slice(&random_bytes(mse::PRIVATE_KEY_LEN));
-    key
+    /// Incoming: the worker's budget of DH computations for MSE handshakes.
+    mse_budget: Option<Arc<IncomingDhBudget>>,
 }
 
 /// A short random pad (0–31 bytes): obfuscation only, so keep the bytes on the wire small.
 fn pad() -> Vec<u8> {
-    let len = random_bytes(1)[0] as usize % 32;
-    random_bytes(len)
+    let mut bytes = random_bytes(33);
+    let len = bytes[32] as usize % 32;
+    bytes.truncate(len);
+    bytes
 }
 
 fn crypto_name(c: mse::Crypto) -> &'static str {
@@ -113,6 +98,7 @@ impl ProbeConv {
             created_at: now,
             connected_at: None,
             was_watched: false,
+            mse_budget: None,
         }
     }
 
@@ -137,6 +123,7 @@ impl ProbeConv {
             kind: ProbeEvent::Incoming,
             layer: Layer::Sniffing(Vec::new()),
             mse_attempted: false,
+            mse_budget: None,
             created_at: now,
             connected_at: Some(now),
             was_watched: false,
@@ -157,6 +144,11 @@ impl ProbeConv {
     pub fn connect_ms(&self) -> Option<Millis> {
         self.connected_at
             .map(|at| at.saturating_sub(self.created_at))
+    }
+
+    /// True when the watched peer sends its haves in bursts.
+    pub fn haves_batched(&self) -> bool {
+        self.probe.haves_batched()
     }
 
     /// Keeps the connection open to watch the peer.
@@ -180,6 +172,13 @@ impl ProbeConv {
             Layer::Plain => {}
             _ => send.truncate(start),
         }
+    }
+
+    /// Incoming MSE handshakes take one DH computation from `budget` (none: unlimited); over
+    /// budget, the connection is closed before any is computed (and `budget` counts it).
+    pub fn with_incoming_budget(mut self, budget: Arc<IncomingDhBudget>) -> ProbeConv {
+        self.mse_budget = Some(budget);
+        self
     }
 
     pub fn report(&self) -> &ProbeReport {
@@ -228,7 +227,7 @@ impl Conversation for ProbeConv {
         let info_hash = self.probe.report().info_hash.unwrap_or_default();
         match mse::Initiator::new(
             info_hash,
-            private_key(),
+            worker_dh_key(),
             pad(),
             Vec::new(),
             mse::CryptoSet::BOTH,
@@ -270,10 +269,17 @@ impl Conversation for ProbeConv {
                         self.layer = Layer::Plain;
                         verdict(self.feed(now, &seen, send))
                     }
+                    mse::IncomingKind::Encrypted if seen.len() < mse::KEY_LEN => {
+                        Verdict::Continue // the DH starts with the whole public key
+                    }
                     mse::IncomingKind::Encrypted => {
                         let seen = std::mem::take(seen);
+                        if self.mse_budget.as_ref().is_some_and(|b| !b.try_take(now)) {
+                            let e = mse::MseError::Refused("incoming DH budget spent");
+                            return self.mse_failed(now, e);
+                        }
                         match mse::Responder::new(
-                            private_key(),
+                            worker_dh_key(),
                             pad(),
                             Vec::new(),
                             mse::CryptoSet::BOTH,
@@ -373,6 +379,8 @@ pub struct WorkerCounters {
     pub blocked: AtomicU64,
     pub unknown_info_hash: AtomicU64,
     pub writer_backlog: AtomicU64,
+    /// Incoming MSE handshakes closed because the worker's DH budget was spent.
+    pub mse_incoming_refused: AtomicU64,
     /// Connections held open to watch peers, now.
     pub watched: AtomicU64,
     /// Threshold crossings seen live on a watched connection.
@@ -471,6 +479,10 @@ pub struct ScanDriver {
     incoming_seq: u64,
     /// Our own addresses: never probed when PEX names them.
     own: Arc<OwnAddresses>,
+    /// Peer-ids of known peers, shared by the workers (identity of incoming peers that give
+    /// no listen port).
+    peer_ids: Arc<PeerIds>,
+    mse_budget: Arc<IncomingDhBudget>,
     pub counters: Arc<WorkerCounters>,
 }
 
@@ -516,6 +528,10 @@ impl ScanDriver {
             watched: HashMap::new(),
             incoming_seq: 0,
             own: Arc::new(OwnAddresses::default()),
+            peer_ids: Arc::new(PeerIds::default()),
+            mse_budget: Arc::new(IncomingDhBudget::new(
+                crate::config::NetConfig::default().mse_incoming_per_sec,
+            )),
             counters: Arc::new(WorkerCounters::default()),
         }
     }
@@ -538,9 +554,22 @@ impl ScanDriver {
         self
     }
 
+    /// Peer-ids of known peers (shared by every worker of the scan).
+    pub fn with_peer_ids(mut self, peer_ids: Arc<PeerIds>) -> ScanDriver {
+        self.peer_ids = peer_ids;
+        self
+    }
+
     /// Our own addresses (shared with discovery), dropped from PEX.
     pub fn with_own_addresses(mut self, own: Arc<OwnAddresses>) -> ScanDriver {
         self.own = own;
+        self
+    }
+
+    /// DH computations per second this worker spends on incoming MSE handshakes
+    /// (`net.mse_incoming_per_sec`).
+    pub fn with_mse_incoming_per_sec(mut self, per_sec: u32) -> ScanDriver {
+        self.mse_budget = Arc::new(IncomingDhBudget::new(per_sec));
         self
     }
 
@@ -706,6 +735,9 @@ impl ScanDriver {
         }
         if report.succeeded() && event != ProbeEvent::Watched {
             self.counters.probes_ok.fetch_add(1, Ordering::Relaxed);
+            if let Some(peer_id) = report.peer_id {
+                self.peer_ids.learn(torrent, peer_id, addr);
+            }
         }
         if newly_confirmed {
             self.counters.confirmed.fetch_add(1, Ordering::Relaxed);
@@ -790,12 +822,13 @@ impl ScanDriver {
             });
             return Err(());
         };
-        Ok((
-            torrent,
-            report
-                .listen_port
-                .map(|port| SocketAddr::new(peer.ip(), port)),
-        ))
+        let identity = match (report.listen_port, report.peer_id) {
+            (Some(port), _) => Some(SocketAddr::new(peer.ip(), port)),
+            // No listen port: the known peer with this peer-id at this address, if any.
+            (None, Some(id)) => self.peer_ids.find(torrent, &id, peer.ip()),
+            (None, None) => None,
+        };
+        Ok((torrent, identity))
     }
 
     /// Hands what an incoming connection learned to the worker that owns the peer (`event`
@@ -1037,6 +1070,12 @@ impl ScanDriver {
             return Verdict::Finished;
         }
         let idx = token as PeerIdx;
+        if self.watched.contains_key(&token) {
+            // A fresh look at a peer we watch already (it batches its haves): recorded when it
+            // comes back through `probe_done`.
+            conv.stop(now, send);
+            return Verdict::Finished;
+        }
         let watch = match progress {
             Some(p) => {
                 let entry = self.table.get(idx);
@@ -1054,6 +1093,8 @@ impl ScanDriver {
         let connect_ms = conv.connect_ms();
         if let Some(score) = watch {
             self.start_watch(now, token, conv, &report, score);
+            // Watched connections are counted apart from probes in flight.
+            self.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
             self.apply_visit(idx, report, event, at, connect_ms, false);
             self.table.get_mut(idx).next_visit = NOT_SCHEDULED;
             return Verdict::Continue;
@@ -1071,9 +1112,35 @@ impl ScanDriver {
         incoming: bool,
         report: ProbeReport,
         at: Millis,
+        side_probes: bool,
     ) {
         if incoming {
             self.route_incoming(at, peer, report, ProbeEvent::Watched, IncomingWatch::Live);
+        } else if side_probes {
+            // The peer batches its haves: what the watch sees lags its real progress (by
+            // several seconds with Transmission), so it is only stored; the revisit policy
+            // runs on fresh probes, which keep coming as if the peer were not watched and aim
+            // at the window between the threshold and completion.
+            let idx = token as PeerIdx;
+            let entry = self.table.get(idx);
+            let (torrent, addr) = (entry.torrent, entry.addr());
+            let outcome = outcome_record(
+                self.catalog.get(torrent).db_id,
+                addr,
+                ProbeEvent::Watched,
+                self.unix_ms(at),
+                None,
+                &report,
+                None,
+            );
+            self.records.send(Record::Outcome(Box::new(outcome)));
+            let revisit = self.policy.revisit_secs.max(1.0) as u32;
+            let p = self.table.get_mut(idx);
+            if p.next_visit == NOT_SCHEDULED {
+                let due = Self::secs(at).saturating_add(revisit);
+                p.next_visit = due;
+                self.wheel.schedule(idx, due);
+            }
         } else {
             self.apply_visit(
                 token as PeerIdx,
@@ -1151,17 +1218,24 @@ impl WorkerDriver for ScanDriver {
                 below.pex = Vec::new();
                 below.metainfo = None;
                 below.pieces_have = crossing.below_have;
-                self.observe_watched(token, peer, incoming, below, crossing.below_at);
+                self.observe_watched(token, peer, incoming, below, crossing.below_at, false);
                 report.pieces_have = report.pieces_have.max(crossing.have);
-                self.observe_watched(token, peer, incoming, report, crossing.at);
+                self.observe_watched(token, peer, incoming, report, crossing.at, false);
                 // At the threshold: nothing more to watch for.
                 conv.stop(now, send);
                 Verdict::Finished
             }
+            Some(AskReason::Progress) => {
+                let mut report = conv.snapshot(now);
+                report.longest_gap_ms = 0;
+                self.observe_watched(token, peer, incoming, report, now, true);
+                Verdict::Continue
+            }
             Some(AskReason::Sample) => {
                 let mut report = conv.snapshot(now);
                 report.longest_gap_ms = 0;
-                self.observe_watched(token, peer, incoming, report, now);
+                let batched = conv.haves_batched();
+                self.observe_watched(token, peer, incoming, report, now, batched);
                 if self.watched.get(&token).is_some_and(|w| w.evict) {
                     conv.stop(now, send);
                     return Verdict::Finished;
@@ -1177,9 +1251,10 @@ impl WorkerDriver for ScanDriver {
             self.on_incoming_done(done, now);
             return;
         }
-        self.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
         let idx = done.token as PeerIdx;
-        if done.conv.was_watched {
+        if !done.conv.was_watched {
+            self.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
+        } else {
             // The watch ended (the peer closed or went silent, the scan stopped, or we let
             // it go): its last progress, then revisits as usual.
             self.watched.remove(&done.token);
@@ -1253,7 +1328,8 @@ impl WorkerDriver for ScanDriver {
         self.incoming_seq += 1;
         Some((
             INCOMING_TOKEN | self.incoming_seq,
-            ProbeConv::incoming(self.settings.clone(), self.catalog.clone(), now),
+            ProbeConv::incoming(self.settings.clone(), self.catalog.clone(), now)
+                .with_incoming_budget(self.mse_budget.clone()),
         ))
     }
 
@@ -1265,6 +1341,9 @@ impl WorkerDriver for ScanDriver {
         self.counters
             .writer_backlog
             .store(backlog as u64, Ordering::Relaxed);
+        self.counters
+            .mse_incoming_refused
+            .store(self.mse_budget.refused(), Ordering::Relaxed);
     }
 
     fn next_wakeup(&self) -> Option<Millis> {
@@ -1283,6 +1362,9 @@ const INCOMING_TOKEN: u64 = 1 << 63;
 impl Drop for ScanDriver {
     fn drop(&mut self) {
         self.flush_outbox();
+        self.counters
+            .mse_incoming_refused
+            .store(self.mse_budget.refused(), Ordering::Relaxed);
     }
 }
 

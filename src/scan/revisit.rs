@@ -196,9 +196,11 @@ impl RevisitPolicy {
                     peer.flags &= !flag::AT_THRESHOLD;
                     let mut interval = self.revisit_secs;
                     if let Some(speed) = effect.speed.filter(|s| *s > 0.0) {
-                        let to_cross = (self.threshold - p) / speed;
-                        // Just after the predicted crossing: 5 % later, at least 1 s.
-                        let predicted = to_cross * 1.05 + 1.0;
+                        // Aim at the middle of the window in which the peer is at or above
+                        // the threshold but not yet complete: a client that quits the moment
+                        // it finishes can only be seen there.
+                        let middle = (self.threshold + 1.0) / 2.0;
+                        let predicted = (middle - p) / speed;
                         interval = interval.min(predicted.max(self.min_revisit_secs));
                     }
                     peer.next_visit = now.saturating_add(interval.max(1.0) as u32);
@@ -362,12 +364,21 @@ mod tests {
         let mut t = table_with(2);
         let p = t.get_mut(0);
         policy.apply(p, 0, VisitResult::Progress(0.10));
-        // 0.8 in 100 s: 0.008/s; 0.08 left to 0.98 → 10 s, clamped to the 30 s minimum.
+        // 0.8 in 100 s: 0.008/s; 0.09 left to 0.99 (between 0.98 and done) → 11.25 s,
+        // clamped to the 30 s minimum.
         let e = policy.apply(p, 100, VisitResult::Progress(0.90));
         assert!((e.speed.unwrap() - 0.008).abs() < 1e-4);
         assert_eq!(p.next_visit, 130);
+        // 0.1 in 10 s more: 0.01/s; 0.09 left to 0.99 → 9 s... still the minimum; from 0.5
+        // at 0.001/s, 490 s → the base interval wins.
+        let q = t.get_mut(1);
+        policy.apply(q, 0, VisitResult::Progress(0.0));
+        policy.apply(q, 100, VisitResult::Progress(0.4));
+        // 0.004/s, 0.59 left to 0.99 → 147.5 s.
+        assert_eq!(q.next_visit, 247);
 
-        let f = t.get_mut(1);
+        let mut t = table_with(1);
+        let f = t.get_mut(0);
         policy.apply(f, 0, VisitResult::Failed);
         assert_eq!(f.next_visit, 300);
         policy.apply(f, 300, VisitResult::Failed);

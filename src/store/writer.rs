@@ -148,9 +148,25 @@ impl Writer {
 
     /// Opens `config.database`, loads the anonymiser key, starts the writer.
     pub fn start_from_config(config: &crate::config::Config) -> Result<Writer, StoreError> {
-        let store = Store::open(&config.database)?;
-        let anonymizer = Anonymizer::from_key_file(config.privacy.ip, &config.hmac_key_path())?;
-        Writer::start(store, anonymizer, WriterOptions::from_config(config))
+        Writer::start_with(
+            &config.database,
+            config.privacy.ip,
+            &config.hmac_key_path(),
+            WriterOptions::from_config(config),
+        )
+    }
+
+    /// Opens `database`, loads the anonymiser key from `key_file` (`privacy.ip` = `mode`),
+    /// starts the writer.
+    pub fn start_with(
+        database: &std::path::Path,
+        mode: crate::config::IpMode,
+        key_file: &std::path::Path,
+        options: WriterOptions,
+    ) -> Result<Writer, StoreError> {
+        let store = Store::open(database)?;
+        let anonymizer = Anonymizer::from_key_file(mode, key_file)?;
+        Writer::start(store, anonymizer, options)
     }
 
     /// A new non-blocking sender for one producer.

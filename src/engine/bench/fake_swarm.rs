@@ -8,6 +8,14 @@
 //! prober closes it. With `have_every_ms` > 0 (used by `bench watch`; off by default) an
 //! answered peer also sends a `have` every `have_every_ms` (first one at a per-connection offset,
 //! so the haves are spread evenly over time).
+//!
+//! Like a real client with encryption enabled, a peer also accepts MSE/PE: a connection whose
+//! first bytes are not the plaintext handshake prefix is answered by the real
+//! [`mse::Responder`] (RC4 preferred) for the benchmark torrent, and the handshake then
+//! arrives as its initial payload. Each thread keeps one DH key pair and remembers the shared
+//! secret per initiator public key (the prober reuses one key pair per worker): a real peer
+//! pays its own exponentiation on its own machine, so the fake swarm does not spend this
+//! machine's CPU on it. The prober computes every shared secret.
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -19,6 +27,7 @@ use std::time::Instant;
 use crate::engine::net;
 use crate::engine::wheel::{TimerEntry, TimerWheel};
 use crate::engine::Millis;
+use crate::proto::mse;
 
 use super::conv::{handshake, HANDSHAKE_LEN};
 
@@ -44,8 +53,36 @@ struct Conn {
     answered: bool,
     seen: u8,
     info_hash: [u8; 20],
+    /// Plaintext or MSE decided (from the first bytes).
+    decided: bool,
     /// `have` messages sent on this connection.
     haves_sent: u32,
+}
+
+/// The MSE side of a connection (boxed, only for connections that are not plaintext).
+enum MseConn {
+    /// First bytes, kept until they tell plaintext from MSE and, for MSE, until Ya is whole.
+    Sniff(Vec<u8>),
+    /// The handshake is under way.
+    Responding(Box<mse::Responder>),
+    /// Done: everything passes through the ciphers.
+    Stream(Box<mse::MseStream>),
+}
+
+/// Reads the plaintext handshake's first 68 bytes into `c`; true when it just completed.
+fn feed_handshake(c: &mut Conn, data: &[u8]) -> bool {
+    if (c.seen as usize) >= HANDSHAKE_LEN {
+        return false; // anything after the handshake is ignored
+    }
+    let take = (HANDSHAKE_LEN - c.seen as usize).min(data.len());
+    for (k, &b) in data[..take].iter().enumerate() {
+        let pos = c.seen as usize + k;
+        if (28..48).contains(&pos) {
+            c.info_hash[pos - 28] = b;
+        }
+    }
+    c.seen += take as u8;
+    c.seen as usize == HANDSHAKE_LEN
 }
 
 /// Binds the listeners; returns them and the port.
@@ -144,8 +181,7 @@ fn bitfield_for(peer: u32, pieces: u32) -> Vec<u8> {
     bits
 }
 
-/// A `have` for the `n`-th have of `peer`: walks the pieces with a stride coprime to most
-/// piece counts, starting at a per-peer offset.
+/// A `have` for the `n`-th have of `peer`: walks the pieces from a per-peer offset.
 fn have_message(peer: u32, n: u32, pieces: u32) -> [u8; 9] {
     let index = (peer.wrapping_mul(2_654_435_761) ^ n.wrapping_mul(7919)) % pieces.max(1);
     let mut m = [0, 0, 0, 5, 4, 0, 0, 0, 0];
@@ -187,19 +223,34 @@ fn serve_one(cfg: &SwarmConfig, listener: socket2::Socket, stop: &AtomicBool) ->
         // Safety: fd is a connection we accepted and still own.
         unsafe { libc::close(fd) };
     };
-    let answer = |fd: RawFd, conn: &Conn| {
+    // MSE state by descriptor, DH key pair and known secrets of this thread.
+    let mut mse_conns: Vec<Option<MseConn>> = Vec::new();
+    let dh_key = crate::scan::mse_budget::worker_dh_key();
+    let mut secrets: Vec<([u8; mse::KEY_LEN], [u8; mse::KEY_LEN])> = Vec::new();
+    let req2 = mse::req2_hash(&super::BENCH_INFO_HASH);
+    let write_all = |fd: RawFd, bytes: &[u8]| {
+        if !bytes.is_empty() {
+            // Safety: writing from a live buffer of the given length.
+            unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
+        }
+    };
+    // The answer (handshake + bitfield), appended to `out` and encrypted with the stream.
+    let answer = |fd: RawFd, conn: &Conn, stream: Option<&mut MseConn>, out: &mut Vec<u8>| {
         let peer = match net::local_addr(fd) {
             Ok(SocketAddr::V4(a)) => u32::from(*a.ip()),
             _ => 0,
         };
-        let mut reply = handshake(&conn.info_hash, &[b'F'; 20]).to_vec();
+        let start = out.len();
+        out.extend_from_slice(&handshake(&conn.info_hash, &[b'F'; 20]));
         let bits = bitfield_for(peer, cfg.pieces);
-        reply.extend_from_slice(&(bits.len() as u32 + 1).to_be_bytes());
-        reply.push(5);
-        reply.extend_from_slice(&bits);
-        // Safety: writing from a live buffer of the given length.
-        unsafe { libc::write(fd, reply.as_ptr().cast(), reply.len()) };
+        out.extend_from_slice(&(bits.len() as u32 + 1).to_be_bytes());
+        out.push(5);
+        out.extend_from_slice(&bits);
+        if let Some(MseConn::Stream(stream)) = stream {
+            stream.encrypt(&mut out[start..]);
+        }
     };
+    let mut out = Vec::new();
     // The first `have` of a connection: at an offset within the period, by descriptor.
     let first_have = |fd: RawFd, generation: u32| TimerEntry {
         slot: fd as u32,
@@ -215,23 +266,29 @@ fn serve_one(cfg: &SwarmConfig, listener: socket2::Socket, stop: &AtomicBool) ->
                 if !c.live || c.generation != e.generation {
                     continue;
                 }
+                let fd = e.slot as RawFd;
                 if !c.answered {
                     c.answered = true;
                     let c = *c;
-                    answer(e.slot as RawFd, &c);
+                    out.clear();
+                    let stream = mse_conns.get_mut(e.slot as usize).and_then(Option::as_mut);
+                    answer(fd, &c, stream, &mut out);
+                    write_all(fd, &out);
                     if cfg.have_every_ms > 0 {
-                        wheel.insert(first_have(e.slot as RawFd, c.generation));
+                        wheel.insert(first_have(fd, c.generation));
                     }
                 } else if cfg.have_every_ms > 0 {
-                    let fd = e.slot as RawFd;
                     let peer = match net::local_addr(fd) {
                         Ok(SocketAddr::V4(a)) => u32::from(*a.ip()),
                         _ => 0,
                     };
-                    let m = have_message(peer, c.haves_sent, cfg.pieces);
+                    let mut m = have_message(peer, c.haves_sent, cfg.pieces);
                     c.haves_sent += 1;
-                    // Safety: writing from a live buffer of the given length.
-                    unsafe { libc::write(fd, m.as_ptr().cast(), m.len()) };
+                    if let Some(Some(MseConn::Stream(stream))) = mse_conns.get_mut(e.slot as usize)
+                    {
+                        stream.encrypt(&mut m);
+                    }
+                    write_all(fd, &m);
                     wheel.insert(TimerEntry {
                         slot: e.slot,
                         generation: e.generation,
@@ -270,12 +327,15 @@ fn serve_one(cfg: &SwarmConfig, listener: socket2::Socket, stop: &AtomicBool) ->
                     }
                     if conns.len() <= cfd as usize {
                         conns.resize(cfd as usize + 1024, Conn::default());
+                        mse_conns.resize_with(cfd as usize + 1024, || None);
                     }
                     let c = &mut conns[cfd as usize];
                     c.live = true;
                     c.answered = false;
                     c.seen = 0;
+                    c.decided = false;
                     c.haves_sent = 0;
+                    mse_conns[cfd as usize] = None;
                     if add(cfd).is_err() {
                         close(&mut conns, cfd);
                     }
@@ -297,41 +357,115 @@ fn serve_one(cfg: &SwarmConfig, listener: socket2::Socket, stop: &AtomicBool) ->
                     break;
                 }
                 let c = &mut conns[fd as usize];
-                let mut data = &buf[..r as usize];
-                if (c.seen as usize) < HANDSHAKE_LEN {
-                    let take = (HANDSHAKE_LEN - c.seen as usize).min(data.len());
-                    for (k, &b) in data[..take].iter().enumerate() {
-                        let pos = c.seen as usize + k;
-                        if (28..48).contains(&pos) {
-                            c.info_hash[pos - 28] = b;
+                let data = &buf[..r as usize];
+                out.clear();
+                // Plaintext handshake bytes received with this read (decrypted for MSE).
+                let mut plain: Vec<u8> = Vec::new();
+                let mut plain_direct = false;
+                let state = &mut mse_conns[fd as usize];
+                if !c.decided {
+                    let mut seen = match state.take() {
+                        Some(MseConn::Sniff(seen)) => seen,
+                        _ => Vec::new(),
+                    };
+                    seen.extend_from_slice(data);
+                    match mse::classify_incoming(&seen) {
+                        mse::IncomingKind::NeedMore => *state = Some(MseConn::Sniff(seen)),
+                        mse::IncomingKind::Plaintext => {
+                            c.decided = true;
+                            plain = seen;
+                        }
+                        mse::IncomingKind::Encrypted => {
+                            c.decided = true;
+                            *state = Some(MseConn::Sniff(seen));
                         }
                     }
-                    c.seen += take as u8;
-                    data = &data[take..];
-                    if c.seen as usize == HANDSHAKE_LEN {
-                        if cfg.delay_ms == 0 {
-                            c.answered = true;
-                            let c = *c;
-                            answer(fd, &c);
-                            if cfg.have_every_ms > 0 {
-                                wheel.insert(first_have(fd, c.generation));
-                            }
-                        } else {
-                            wheel.insert(TimerEntry {
-                                slot: fd as u32,
-                                generation: c.generation,
-                                at: now() + cfg.delay_ms,
-                            });
+                } else {
+                    match state {
+                        None => plain_direct = true,
+                        Some(MseConn::Sniff(seen)) => seen.extend_from_slice(data),
+                        Some(MseConn::Responding(_)) => {} // fed below
+                        Some(MseConn::Stream(stream)) => {
+                            plain = data.to_vec();
+                            stream.decrypt(&mut plain);
                         }
                     }
                 }
-                let _ = data; // anything after the handshake is ignored
+                // MSE: start the responder once Ya is whole, then feed it.
+                let mut feed: Option<Vec<u8>> = None;
+                if let Some(MseConn::Sniff(seen)) = state {
+                    if c.decided && seen.len() >= mse::KEY_LEN {
+                        let ya: [u8; mse::KEY_LEN] =
+                            seen[..mse::KEY_LEN].try_into().expect("96 bytes");
+                        let secret = match secrets.iter().find(|(k, _)| *k == ya) {
+                            Some((_, s)) => Some(*s),
+                            None => dh_key.shared_secret(&ya).ok().inspect(|s| {
+                                if secrets.len() >= 64 {
+                                    secrets.clear();
+                                }
+                                secrets.push((ya, *s));
+                            }),
+                        };
+                        let responder = mse::Responder::new(
+                            dh_key.clone(),
+                            Vec::new(),
+                            Vec::new(),
+                            mse::CryptoSet::BOTH,
+                            mse::Crypto::Rc4,
+                        )
+                        .expect("valid responder");
+                        let responder = match secret {
+                            Some(s) => responder.with_known_secret(ya, s),
+                            None => responder, // a bad key: the responder rejects it
+                        };
+                        feed = Some(std::mem::take(seen));
+                        *state = Some(MseConn::Responding(Box::new(responder)));
+                    }
+                } else if let Some(MseConn::Responding(_)) = state {
+                    feed = Some(data.to_vec());
+                }
+                if let (Some(bytes), Some(MseConn::Responding(r))) = (feed, state.as_mut()) {
+                    let lookup = |h: &[u8; 20]| (*h == req2).then_some(super::BENCH_INFO_HASH);
+                    match r.on_bytes(&bytes, &mut out, lookup) {
+                        Ok(mse::Progress::NeedMore) => {}
+                        Ok(mse::Progress::Done(done)) => {
+                            plain = done.initial_payload;
+                            plain.extend_from_slice(&done.payload);
+                            *state = Some(MseConn::Stream(Box::new(done.stream)));
+                        }
+                        Err(_) => {
+                            closed = true;
+                            break;
+                        }
+                    }
+                }
+                let bytes = if plain_direct { data } else { &plain[..] };
+                if feed_handshake(c, bytes) {
+                    if cfg.delay_ms == 0 {
+                        c.answered = true;
+                        let c = *c;
+                        answer(fd, &c, mse_conns[fd as usize].as_mut(), &mut out);
+                        if cfg.have_every_ms > 0 {
+                            wheel.insert(first_have(fd, c.generation));
+                        }
+                    } else {
+                        wheel.insert(TimerEntry {
+                            slot: fd as u32,
+                            generation: c.generation,
+                            at: now() + cfg.delay_ms,
+                        });
+                    }
+                }
+                write_all(fd, &out);
                 if (r as usize) < buf.len() {
                     break;
                 }
             }
             if closed {
                 close(&mut conns, fd);
+                if let Some(state) = mse_conns.get_mut(fd as usize) {
+                    *state = None;
+                }
             }
         }
     }

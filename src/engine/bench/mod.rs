@@ -2,6 +2,10 @@
 //! [`BenchConversation`], and the kernel floor (cheapest possible loop) in the same run.
 //!
 //! `swarmscan bench probes --seconds 10 --peers 20000 --in-flight 1000 --workers 2 --json`
+//!
+//! With `--encryption require` every round also runs the engine with MSE/PE on every probe
+//! (the fake swarm answers as an MSE responder), and a micro-measurement of the DH
+//! exponentiation: encrypted and plaintext probes/s come from the same run.
 
 pub mod conv;
 pub mod fake_swarm;
@@ -18,6 +22,18 @@ use std::time::{Duration, Instant};
 use crate::engine::{self, Ending, EngineConfig, Millis, ProbeDone, ProbeRequest, WorkerDriver};
 
 pub use conv::{BenchConversation, BenchOutcome};
+
+/// The info-hash of the benchmark torrent (the fake swarm's MSE responder knows only it).
+pub const BENCH_INFO_HASH: [u8; 20] = [0xAB; 20];
+
+/// Encryption of the engine's probes in `bench probes`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BenchEncryption {
+    /// Plaintext probes only.
+    Off,
+    /// Each round also runs a phase with MSE/PE on every probe, after the plaintext phase.
+    Require,
+}
 
 /// `swarmscan bench ...`
 #[derive(clap::Args, Debug)]
@@ -75,6 +91,10 @@ pub struct ProbesArgs {
     /// Pin workers to cores.
     #[arg(long)]
     pin: bool,
+    /// `require`: also measure probes with MSE/PE (RC4) on every connection, in the same run,
+    /// and one DH exponentiation; the output gives encrypted/plaintext probes/s.
+    #[arg(long, value_enum, default_value_t = BenchEncryption::Off)]
+    encryption: BenchEncryption,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -184,6 +204,10 @@ struct Shared {
     stored: AtomicU64,
     /// Most records any worker held back because the writer's channel was full.
     overflow_max: AtomicU64,
+    /// Probes whose MSE handshake failed.
+    mse_failed: AtomicU64,
+    /// Successful probes that ran over MSE.
+    mse_ok: AtomicU64,
 }
 
 struct BenchDriver {
@@ -198,6 +222,8 @@ struct BenchDriver {
     /// Every outcome goes to the real store writer, as in a scan (with `--store`).
     records: Option<crate::store::writer::RecordSender>,
     torrent_id: i64,
+    /// MSE/PE on every probe.
+    mse: bool,
 }
 
 /// The scan's own conversation type: the engine benchmark drives the real probe.
@@ -211,16 +237,17 @@ impl WorkerDriver for BenchDriver {
         self.next += self.stride;
         let cur = self.shared.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
         self.shared.in_flight_max.fetch_max(cur, Ordering::Relaxed);
+        let conv = RealProbe::outgoing(
+            self.settings.clone(),
+            self.catalog.clone(),
+            0,
+            crate::store::record::ProbeEvent::FirstContact,
+            now,
+        );
         Some(ProbeRequest {
             addr: peer_addr(token, self.peers, self.port),
             token,
-            conv: RealProbe::outgoing(
-                self.settings.clone(),
-                self.catalog.clone(),
-                0,
-                crate::store::record::ProbeEvent::FirstContact,
-                now,
-            ),
+            conv: if self.mse { conv.with_mse() } else { conv },
         })
     }
 
@@ -264,8 +291,12 @@ impl WorkerDriver for BenchDriver {
             (Ending::Finished, _) if report.succeeded() && report.pieces_have > 0 => {
                 s.connect_ms_sum
                     .fetch_add(done.connect_ms.unwrap_or(0), Ordering::Relaxed);
+                if report.mse.is_some() {
+                    s.mse_ok.fetch_add(1, Ordering::Relaxed);
+                }
                 &s.ok
             }
+            (_, ProbeEnd::MseFailed(_)) => &s.mse_failed,
             (_, ProbeEnd::QuietTimeout) => &s.quiet_timeout,
             (
                 _,
@@ -315,6 +346,25 @@ fn cpu_secs() -> f64 {
 struct SwarmChild {
     child: Child,
     port: u16,
+}
+
+impl SwarmChild {
+    /// CPU seconds (user + system, all threads) the fake swarm has used so far.
+    fn cpu_secs(&self) -> f64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let ticks: u64 = rest
+            .split_whitespace()
+            .skip(11)
+            .take(2)
+            .filter_map(|v| v.parse::<u64>().ok())
+            .sum();
+        // Safety: sysconf has no pointer arguments.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1);
+        ticks as f64 / hz as f64
+    }
 }
 
 impl Drop for SwarmChild {
@@ -374,6 +424,7 @@ fn engine_phase(
     shared: &Arc<Shared>,
     first: u64,
     writer: Option<&BenchStore>,
+    mse: bool,
 ) -> std::io::Result<EnginePhase> {
     let cfg = EngineConfig {
         workers: args.workers,
@@ -395,7 +446,7 @@ fn engine_phase(
     });
     let catalog = crate::scan::catalog::Catalog::new(vec![crate::scan::catalog::CatalogTorrent {
         db_id: 0,
-        wire_hash: [0xAB; 20],
+        wire_hash: BENCH_INFO_HASH,
         alt_hash: None,
         name: "bench".into(),
         piece_count: args.pieces.into(),
@@ -413,6 +464,7 @@ fn engine_phase(
             catalog: catalog.clone(),
             records: writer.map(|w| w.writer.sender()),
             torrent_id: writer.map_or(0, |w| w.torrent_id),
+            mse,
         })
         .collect();
     let stop = AtomicBool::new(false);
@@ -521,7 +573,7 @@ fn bench_store() -> std::io::Result<BenchStore> {
     let torrent_id = writer
         .handle()
         .register_torrent(crate::store::record::TorrentRecord {
-            info_hash_v1: Some([0xAB; 20]),
+            info_hash_v1: Some(BENCH_INFO_HASH),
             info_hash_v2: None,
             name: Some("bench".into()),
             piece_count: None,
@@ -567,11 +619,24 @@ fn run_probes(args: &ProbesArgs) -> std::io::Result<()> {
         None
     };
     let shared = Arc::new(Shared::default());
+    let shared_mse = Arc::new(Shared::default());
+    let encrypted = args.encryption == BenchEncryption::Require;
+    let (mut mse_ok, mut mse_cpu) = (0u64, 0.0f64);
+    // The fake swarm's CPU during the engine phases (its share of the machine).
+    let (mut swarm_cpu, mut swarm_cpu_mse) = (0.0f64, 0.0f64);
+    let loadavg_before = loadavg();
+    // One DH exponentiation (the shared secret an MSE initiator computes), before the rounds.
+    let dh = if encrypted {
+        Some(dh_micro_measurement(0.5))
+    } else {
+        None
+    };
     let baseline_rss = status_field("VmRSS:");
     let (mut engine_ok, mut engine_cpu, mut rss_max) = (0u64, 0.0f64, 0u64);
     let (mut floor_ok, mut floor_errors, mut floor_cpu) = (0u64, 0u64, 0.0f64);
     let mut stats = Vec::new();
     for round in 0..args.rounds as u64 {
+        let swarm_before = swarm.cpu_secs();
         let phase = engine_phase(
             args,
             swarm.port,
@@ -579,13 +644,32 @@ fn run_probes(args: &ProbesArgs) -> std::io::Result<()> {
             &shared,
             round * 100_000_000,
             store.as_ref(),
+            false,
         )?;
+        swarm_cpu += swarm.cpu_secs() - swarm_before;
         engine_ok += phase.ok;
         engine_cpu += phase.cpu;
         rss_max = rss_max.max(phase.rss_max);
         stats = phase.stats;
         // Let the fake swarm see the resets before the next phase.
         std::thread::sleep(Duration::from_millis(300));
+        if encrypted {
+            let swarm_before = swarm.cpu_secs();
+            let phase = engine_phase(
+                args,
+                swarm.port,
+                per_round,
+                &shared_mse,
+                round * 100_000_000 + 25_000_000,
+                store.as_ref(),
+                true,
+            )?;
+            swarm_cpu_mse += swarm.cpu_secs() - swarm_before;
+            mse_ok += phase.ok;
+            mse_cpu += phase.cpu;
+            rss_max = rss_max.max(phase.rss_max);
+            std::thread::sleep(Duration::from_millis(300));
+        }
         let (ok, errors, cpu) = floor_phase(
             args,
             swarm.port,
@@ -625,6 +709,40 @@ fn run_probes(args: &ProbesArgs) -> std::io::Result<()> {
     let per_in_flight = rss_max.saturating_sub(baseline_rss) as f64 / in_flight_max.max(1) as f64;
     let s = &shared;
     let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let encryption_json = match &dh {
+        None => serde_json::Value::Null,
+        Some(dh) => {
+            let m = &shared_mse;
+            let mse_per_sec = mse_ok as f64 / args.seconds;
+            serde_json::json!({
+                "encrypted_probes_per_sec": round2(mse_per_sec),
+                "plaintext_probes_per_sec": round2(probes_per_sec),
+                "encrypted_over_plaintext": if probes_per_sec > 0.0 { round3(mse_per_sec / probes_per_sec) } else { 0.0 },
+                "encrypted_probes_total": mse_ok,
+                "encrypted_probes_over_mse": load(&m.mse_ok),
+                "encrypted_cpu_secs_per_1k_probes": if mse_ok > 0 { round3(mse_cpu * 1000.0 / mse_ok as f64) } else { 0.0 },
+                "plaintext_cpu_secs_per_1k_probes": if engine_ok > 0 { round3(engine_cpu * 1000.0 / engine_ok as f64) } else { 0.0 },
+                // The fake swarm (another process) during the same phases.
+                "fake_swarm_encrypted_cpu_secs_per_1k_probes": if mse_ok > 0 { round3(swarm_cpu_mse * 1000.0 / mse_ok as f64) } else { 0.0 },
+                "fake_swarm_plaintext_cpu_secs_per_1k_probes": if engine_ok > 0 { round3(swarm_cpu * 1000.0 / engine_ok as f64) } else { 0.0 },
+                "dh_ops_per_sec_per_core": dh.ops_per_cpu_sec.round(),
+                "dh_us_per_op": round2(dh.us_per_op),
+                "dh_window_bits": crate::proto::mse::WINDOW,
+                "dh_exponent_bits": crate::scan::mse_budget::PRIVATE_KEY_BITS,
+                "errors": {
+                    "mse_failed": load(&m.mse_failed),
+                    "refused": load(&m.refused),
+                    "reset": load(&m.reset),
+                    "connect_timeout": load(&m.connect_timeout),
+                    "quiet_timeout": load(&m.quiet_timeout),
+                    "eof": load(&m.eof),
+                    "bad_handshake": load(&m.bad_handshake),
+                    "other": load(&m.other),
+                },
+                "cancelled_at_stop": load(&m.cancelled_at_stop),
+            })
+        }
+    };
     let out = serde_json::json!({
         "bench": "probes",
         "probes_per_sec": round2(probes_per_sec),
@@ -657,6 +775,10 @@ fn run_probes(args: &ProbesArgs) -> std::io::Result<()> {
             "floor": floor_errors,
         },
         "cancelled_at_stop": load(&s.cancelled_at_stop),
+        // With --encryption require: MSE probes measured in the same rounds, and one DH.
+        "encryption": encryption_json,
+        "loadavg_before": loadavg_before,
+        "loadavg_after": loadavg(),
         // The store writer (SQLite, WAL, batched) received every outcome; the probe loop
         // never waits for it (try_send + per-worker overflow queue).
         "store": store_json,
@@ -677,6 +799,55 @@ fn run_probes(args: &ProbesArgs) -> std::io::Result<()> {
         println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
     }
     Ok(())
+}
+
+/// The 1-, 5- and 15-minute load averages (other work on the machine skews the figures).
+fn loadavg() -> Vec<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .filter_map(|v| v.parse().ok())
+        .collect()
+}
+
+/// Seconds of CPU time this thread has used.
+fn thread_cpu_secs() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // Safety: valid clock id and a pointer to a live timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+}
+
+struct DhMeasurement {
+    ops_per_cpu_sec: f64,
+    us_per_op: f64,
+}
+
+/// Shared-secret computations (one 768-bit exponentiation with a 160-bit exponent each) on
+/// this thread for about `cpu_secs` of its CPU time: the cost of one outgoing MSE handshake.
+fn dh_micro_measurement(cpu_secs: f64) -> DhMeasurement {
+    use crate::proto::mse::DhKey;
+    let ours = crate::scan::mse_budget::worker_dh_key();
+    let mut peer = DhKey::new([0x5A; 20]).public_key().to_owned();
+    let start = thread_cpu_secs();
+    let mut ops = 0u64;
+    while thread_cpu_secs() - start < cpu_secs {
+        for _ in 0..50 {
+            // Chain the results so no call can be skipped; a secret is a valid public key.
+            peer = ours.shared_secret(&peer).unwrap_or(peer);
+        }
+        ops += 50;
+    }
+    std::hint::black_box(peer);
+    let used = thread_cpu_secs() - start;
+    DhMeasurement {
+        ops_per_cpu_sec: ops as f64 / used,
+        us_per_op: used * 1e6 / ops as f64,
+    }
 }
 
 fn round2(v: f64) -> f64 {

@@ -146,8 +146,8 @@ impl WorkerDriver for WatchDriver {
                 conv.stop(now, send);
                 engine::Verdict::Finished
             }
-            // The scan records a sample here; the watch goes on.
-            Some(AskReason::Sample) | None => engine::Verdict::Continue,
+            // The scan records a sample (or a batch of haves) here; the watch goes on.
+            Some(AskReason::Sample | AskReason::Progress) | None => engine::Verdict::Continue,
             // The threshold is out of reach; should a peer cross it, the watch ends as in a scan.
             Some(AskReason::Crossed(_)) => {
                 conv.stop(now, send);

@@ -1,4 +1,5 @@
 use super::*;
+use num_bigint::BigUint;
 use proptest::prelude::*;
 
 const IH: [u8; 20] = [0xAB; 20];
@@ -131,14 +132,26 @@ fn dh_known_answers() {
     assert!(dh_public_key(&[0xFF; 20])[..8] != [0; 8]);
 }
 
+fn prime() -> BigUint {
+    BigUint::parse_bytes(modexp::PRIME_HEX.as_bytes(), 16).unwrap()
+}
+
+fn to_key_bytes(n: &BigUint) -> [u8; KEY_LEN] {
+    let bytes = n.to_bytes_be();
+    let mut out = [0u8; KEY_LEN];
+    out[KEY_LEN - bytes.len()..].copy_from_slice(&bytes);
+    out
+}
+
 #[test]
 fn degenerate_public_keys_are_rejected() {
     let p = prime();
     for y in [
         BigUint::from(0u32),
         BigUint::from(1u32),
-        p - 1u32,
+        &p - 1u32,
         p.clone(),
+        &p + 1u32,
     ] {
         assert_eq!(
             dh_shared_secret(&key(1), &to_key_bytes(&y)),
@@ -149,6 +162,56 @@ fn degenerate_public_keys_are_rejected() {
         dh_shared_secret(&key(1), &[0xFF; KEY_LEN]),
         Err(MseError::BadPublicKey)
     );
+    // The edges that are allowed.
+    for y in [BigUint::from(2u32), &p - 2u32] {
+        let got = dh_shared_secret(&key(1), &to_key_bytes(&y)).unwrap();
+        let want = y.modpow(&BigUint::from_bytes_be(&key(1)), &p);
+        assert_eq!(got, to_key_bytes(&want));
+    }
+}
+
+#[test]
+fn dh_key_reuse_matches_one_shot_functions() {
+    let a = DhKey::new(key(7));
+    let b: DhKey = key(9).into();
+    assert_eq!(a.public_key(), &dh_public_key(&key(7)));
+    let s = a.shared_secret(b.public_key()).unwrap();
+    assert_eq!(s, b.shared_secret(a.public_key()).unwrap());
+    assert_eq!(
+        s,
+        dh_shared_secret(&key(7), &dh_public_key(&key(9))).unwrap()
+    );
+    assert_eq!(format!("{a:?}"), "DhKey");
+}
+
+#[test]
+fn known_secret_is_used_only_for_its_public_key() {
+    // A responder told a wrong secret for a different key computes the real one.
+    let a = DhKey::new(key(1));
+    let b = responder(CryptoSet::BOTH, Crypto::Rc4, 0, 0)
+        .with_known_secret([0x42; KEY_LEN], [0x17; KEY_LEN]);
+    let (da, db) = run_pair(
+        initiator(CryptoSet::BOTH, 3, 3, b"ia"),
+        b,
+        &[7],
+        &[9],
+        b"x",
+        b"y",
+    );
+    assert_eq!(db.initial_payload, b"ia");
+    assert_eq!((da.crypto, db.crypto), (Crypto::Rc4, Crypto::Rc4));
+    // Told the right secret for the initiator's key, it completes without computing it.
+    let s = DhKey::new(key(2)).shared_secret(a.public_key()).unwrap();
+    let b = responder(CryptoSet::BOTH, Crypto::Rc4, 0, 0).with_known_secret(*a.public_key(), s);
+    let (_, db) = run_pair(
+        initiator(CryptoSet::BOTH, 0, 0, b"ia"),
+        b,
+        &[200],
+        &[200],
+        b"",
+        b"",
+    );
+    assert_eq!(db.initial_payload, b"ia");
 }
 
 #[test]
@@ -439,4 +502,36 @@ fn dh_matches_independent_computation() {
         crate::proto::hex::encode(&req2_hash(&IH)),
         "debcbb002ca1ef763a10a40caaeab1f00a565dbe"
     );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+    /// The fixed-size Montgomery exponentiation equals num-bigint's `modpow` for any 768-bit
+    /// base (reduced), any exponent length up to 96 bytes and every window width.
+    #[test]
+    fn modexp_equals_num_bigint(
+        base in proptest::collection::vec(any::<u8>(), KEY_LEN),
+        exp in proptest::collection::vec(any::<u8>(), 0..=96),
+        window in 1u32..=6,
+    ) {
+        let base: [u8; KEY_LEN] = base.try_into().unwrap();
+        let got = modexp_with_window(&base, &exp, window);
+        let want = BigUint::from_bytes_be(&base).modpow(&BigUint::from_bytes_be(&exp), &prime());
+        prop_assert_eq!(got, to_key_bytes(&want));
+    }
+
+    /// Shared secrets of random key pairs agree with num-bigint and with each other.
+    #[test]
+    fn shared_secret_equals_num_bigint(a in any::<[u8; 20]>(), b in any::<[u8; 20]>()) {
+        let p = prime();
+        let yb = BigUint::from(2u32).modpow(&BigUint::from_bytes_be(&b), &p);
+        prop_assert_eq!(dh_public_key(&b), to_key_bytes(&yb));
+        let s = yb.modpow(&BigUint::from_bytes_be(&a), &p);
+        let got = dh_shared_secret(&a, &to_key_bytes(&yb));
+        if yb <= BigUint::from(1u32) || yb >= &p - 1u32 {
+            prop_assert_eq!(got, Err(MseError::BadPublicKey));
+        } else {
+            prop_assert_eq!(got, Ok(to_key_bytes(&s)));
+        }
+    }
 }

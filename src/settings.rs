@@ -1,0 +1,200 @@
+//! Everything a scan takes from the configuration, derived in one place.
+//!
+//! [`ScanSettings::from_config`] is the only translation from [`Config`] (what the user
+//! writes) to the settings the engine, the probes, the revisit policy, discovery and the writer
+//! run with. Keeping it in one function lets a test walk every documented key, change it, and
+//! check that the derived settings change: a key that nothing reads fails that test.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::config::{Config, Encryption, IpMode};
+use crate::engine::EngineConfig;
+use crate::proto::probe::ProbeSettings;
+use crate::scan::driver::WatchSettings;
+use crate::scan::revisit::RevisitPolicy;
+use crate::store::writer::WriterOptions;
+
+/// The `tracker.*` settings discovery runs with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrackerSettings {
+    /// Our announce interval.
+    pub announce_secs: f64,
+    /// Use a tracker's longer `interval`.
+    pub respect_interval: bool,
+    /// Scrape interval (0 = never).
+    pub scrape_secs: f64,
+    /// Peers asked for per announce.
+    pub numwant: u32,
+    /// One request, connect to response.
+    pub timeout: Duration,
+    /// Extra CA files for https trackers.
+    pub ca_files: Vec<PathBuf>,
+}
+
+/// The settings of one scan.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScanSettings {
+    /// SQLite database.
+    pub database: PathBuf,
+    /// Engine: workers (0 = one per core, resolved at start), in-flight and held budgets,
+    /// connect rate and deadline, listeners (port 0 resolved at start), rings.
+    pub engine: EngineConfig,
+    /// Every probe's settings; `peer_id` holds the configured prefix (the rest is made
+    /// unique at start) and `listen_port` the configured `net.announce_port` (0 = resolved
+    /// from the listeners at start).
+    pub probe: ProbeSettings,
+    /// When to visit peers again.
+    pub policy: RevisitPolicy,
+    /// Watched connections (`budget` is the total over all workers).
+    pub watch: WatchSettings,
+    /// MSE/PE use.
+    pub encryption: Encryption,
+    /// DH computations per second and worker for incoming MSE handshakes.
+    pub mse_incoming_per_sec: u32,
+    /// Probe IPv6 peers.
+    pub ipv6: bool,
+    /// Known peers kept in memory, over all workers.
+    pub max_peers: u64,
+    /// Opt-out blocklist file ("" = none).
+    pub blocklist_file: PathBuf,
+    /// Discovery.
+    pub tracker: TrackerSettings,
+    /// The batched writer.
+    pub writer: WriterOptions,
+    /// How addresses are stored, and the HMAC key file.
+    pub privacy: (IpMode, PathBuf),
+    /// Statistics rows and log lines.
+    pub stats_interval: Duration,
+}
+
+impl ScanSettings {
+    /// The settings `config` asks for (validated configs only: see [`Config::load`]).
+    pub fn from_config(config: &Config) -> ScanSettings {
+        let peer = &config.peer;
+        let mut peer_id = [b'0'; 20];
+        let prefix = peer.peer_id_prefix.as_bytes();
+        let n = prefix.len().min(20);
+        peer_id[..n].copy_from_slice(&prefix[..n]);
+        ScanSettings {
+            database: config.database.clone(),
+            engine: EngineConfig {
+                workers: config.engine.workers,
+                max_in_flight: peer.max_in_flight as usize,
+                max_held: peer.max_watched as usize,
+                connects_per_sec: u64::from(peer.connects_per_sec),
+                connect_timeout_ms: peer.connect_timeout_ms,
+                listen: config.net.listen.clone(),
+                pin_cores: config.engine.pin_workers,
+                recv_buffers: config.engine.recv_buffers.min(32768) as u16,
+                recv_buffer_size: config.engine.recv_buffer_size,
+                ring_entries: config.engine.ring_entries,
+            },
+            probe: ProbeSettings {
+                peer_id,
+                listen_port: config.net.announce_port,
+                dht_port: 0, // no DHT node yet: send no `port` message
+                client: concat!("swarmscan/", env!("CARGO_PKG_VERSION")).to_string(),
+                quiet_timeout_ms: peer.quiet_timeout_ms,
+                grace_ms: peer.bitfield_grace_ms,
+                message_cap: peer.message_cap,
+                max_duration_ms: peer.max_duration_ms,
+                ext_handshake_cache: Default::default(),
+                fetch_metadata: true,
+                pex: peer.pex,
+            },
+            policy: RevisitPolicy {
+                revisit_secs: peer.revisit_secs,
+                retry_secs: peer.first_retry_secs(),
+                retry_factor: peer.retry_backoff_factor,
+                max_failures: peer.max_failures,
+                min_revisit_secs: (peer.revisit_secs / 10.0).max(1.0),
+                max_backoff_secs: peer.retry_backoff_max_secs,
+                threshold: peer.threshold,
+                done_revisit_secs: if peer.stop_at_threshold {
+                    0.0
+                } else {
+                    peer.revisit_secs
+                },
+            },
+            watch: WatchSettings {
+                budget: peer.max_watched as usize,
+                threshold: peer.threshold,
+                sample_ms: (peer.revisit_secs * 1000.0) as u64,
+                ..WatchSettings::default()
+            },
+            encryption: config.net.encryption,
+            mse_incoming_per_sec: config.net.mse_incoming_per_sec,
+            ipv6: config.net.ipv6,
+            max_peers: config.engine.max_peers,
+            blocklist_file: config.net.blocklist_file.clone(),
+            tracker: TrackerSettings {
+                announce_secs: config.tracker.announce_secs,
+                respect_interval: config.tracker.respect_interval,
+                scrape_secs: config.tracker.scrape_secs,
+                numwant: config.tracker.numwant,
+                timeout: Duration::from_millis(config.tracker.timeout_ms),
+                ca_files: config.tracker.ca_files.clone(),
+            },
+            writer: WriterOptions::from_config(config),
+            privacy: (config.privacy.ip, config.hmac_key_path()),
+            stats_interval: Duration::from_secs_f64(config.stats.interval_secs.max(1.0)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::KEY_DOCS;
+
+    /// A valid value for `key` other than its default.
+    fn another_value(key: &str, default: &toml::Value) -> String {
+        match key {
+            "peer.threshold" => return "0.5".into(),
+            "peer.peer_id_prefix" => return "\"-XX0001-\"".into(),
+            "net.encryption" => return "\"require\"".into(),
+            "privacy.ip" => return "\"full\"".into(),
+            "net.listen" => return "[\"127.0.0.1:7001\"]".into(),
+            "tracker.ca_files" => return "[\"ca.pem\"]".into(),
+            // Must stay at least the first retry delay.
+            "peer.retry_backoff_max_secs" => return "7200.0".into(),
+            _ => {}
+        }
+        match default {
+            toml::Value::Boolean(b) => (!b).to_string(),
+            // Powers of two stay powers of two; everything else gets one more.
+            toml::Value::Integer(i) if *i > 1 && (*i as u64).is_power_of_two() => {
+                (i / 2).to_string()
+            }
+            toml::Value::Integer(i) => (i + 1).to_string(),
+            toml::Value::Float(f) if *f == 0.0 => "2.0".into(),
+            toml::Value::Float(f) => (f * 2.0).to_string(),
+            toml::Value::String(s) => format!("\"{s}.other\""),
+            other => panic!("no alternative value for {key} = {other}"),
+        }
+    }
+
+    #[test]
+    fn every_documented_key_changes_what_the_scan_runs_with() {
+        let defaults = toml::Table::try_from(Config::default()).unwrap();
+        let base = ScanSettings::from_config(&Config::default());
+        let mut unread = Vec::new();
+        for (key, _) in KEY_DOCS {
+            let mut value = &toml::Value::Table(defaults.clone());
+            for part in key.split('.') {
+                value = &value.as_table().unwrap()[part];
+            }
+            let set = format!("{key}={}", another_value(key, value));
+            let config = Config::load(None, std::slice::from_ref(&set))
+                .unwrap_or_else(|e| panic!("--set {set}: {e}"));
+            if ScanSettings::from_config(&config) == base {
+                unread.push(*key);
+            }
+        }
+        assert!(
+            unread.is_empty(),
+            "documented keys that change nothing: {unread:?}"
+        );
+    }
+}
