@@ -37,6 +37,11 @@ impl<T> Slab<T> {
         }
     }
 
+    /// Bytes reserved per slot (entry plus free-list index), live or not.
+    pub fn bytes_per_slot() -> usize {
+        std::mem::size_of::<Entry<T>>() + std::mem::size_of::<u32>()
+    }
+
     /// Number of live values.
     pub fn len(&self) -> usize {
         self.live

@@ -362,6 +362,12 @@ impl<C: Conversation> Worker<C> {
         })
     }
 
+    /// Bytes a worker reserves (and touches) per slot of `max_in_flight + max_held` when it
+    /// is built, whether or not the slot is ever used.
+    pub fn bytes_per_slot() -> usize {
+        Slab::<Slot<C>>::bytes_per_slot()
+    }
+
     /// Milliseconds since the engine epoch.
     pub fn now(&self) -> Millis {
         self.epoch.elapsed().as_millis() as Millis

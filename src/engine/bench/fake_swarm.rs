@@ -5,7 +5,9 @@
 //! 127.a.b.c:port, and the peer is identified by the accepted socket's local address. Each peer
 //! reads the 68-byte handshake, waits `delay_ms` (timer wheel, no sleeping threads), answers
 //! with a handshake echoing the info-hash and a bitfield, then holds the connection until the
-//! prober closes it.
+//! prober closes it. With `have_every_ms` > 0 (used by `bench watch`; off by default) an
+//! answered peer also sends a `have` every `have_every_ms` (first one at a per-connection offset,
+//! so the haves are spread evenly over time).
 //!
 //! Like a real client with encryption enabled, a peer also accepts MSE/PE: a connection whose
 //! first bytes are not the plaintext handshake prefix is answered by the real
@@ -40,6 +42,8 @@ pub struct SwarmConfig {
     pub delay_ms: u64,
     /// Pieces in the torrent (bitfield length = ceil(pieces / 8)).
     pub pieces: u32,
+    /// After answering, send a `have` this often per connection (0 = never).
+    pub have_every_ms: u64,
 }
 
 #[derive(Clone, Copy, Default)]
@@ -51,6 +55,8 @@ struct Conn {
     info_hash: [u8; 20],
     /// Plaintext or MSE decided (from the first bytes).
     decided: bool,
+    /// `have` messages sent on this connection.
+    haves_sent: u32,
 }
 
 /// The MSE side of a connection (boxed, only for connections that are not plaintext).
@@ -175,6 +181,14 @@ fn bitfield_for(peer: u32, pieces: u32) -> Vec<u8> {
     bits
 }
 
+/// A `have` for the `n`-th have of `peer`: walks the pieces from a per-peer offset.
+fn have_message(peer: u32, n: u32, pieces: u32) -> [u8; 9] {
+    let index = (peer.wrapping_mul(2_654_435_761) ^ n.wrapping_mul(7919)) % pieces.max(1);
+    let mut m = [0, 0, 0, 5, 4, 0, 0, 0, 0];
+    m[5..].copy_from_slice(&index.to_be_bytes());
+    m
+}
+
 fn serve_one(cfg: &SwarmConfig, listener: socket2::Socket, stop: &AtomicBool) -> io::Result<()> {
     let epoch = Instant::now();
     let now = || epoch.elapsed().as_millis() as Millis;
@@ -237,19 +251,49 @@ fn serve_one(cfg: &SwarmConfig, listener: socket2::Socket, stop: &AtomicBool) ->
         }
     };
     let mut out = Vec::new();
+    // The first `have` of a connection: at an offset within the period, by descriptor.
+    let first_have = |fd: RawFd, generation: u32| TimerEntry {
+        slot: fd as u32,
+        generation,
+        at: now() + cfg.have_every_ms + (fd as u64 * 7919) % cfg.have_every_ms.max(1),
+    };
     while !stop.load(Ordering::Relaxed) {
         let t = now();
         due.clear();
         wheel.expire(t, &mut due);
         for e in &due {
             if let Some(c) = conns.get_mut(e.slot as usize) {
-                if c.live && c.generation == e.generation && !c.answered {
+                if !c.live || c.generation != e.generation {
+                    continue;
+                }
+                let fd = e.slot as RawFd;
+                if !c.answered {
                     c.answered = true;
                     let c = *c;
                     out.clear();
                     let stream = mse_conns.get_mut(e.slot as usize).and_then(Option::as_mut);
-                    answer(e.slot as RawFd, &c, stream, &mut out);
-                    write_all(e.slot as RawFd, &out);
+                    answer(fd, &c, stream, &mut out);
+                    write_all(fd, &out);
+                    if cfg.have_every_ms > 0 {
+                        wheel.insert(first_have(fd, c.generation));
+                    }
+                } else if cfg.have_every_ms > 0 {
+                    let peer = match net::local_addr(fd) {
+                        Ok(SocketAddr::V4(a)) => u32::from(*a.ip()),
+                        _ => 0,
+                    };
+                    let mut m = have_message(peer, c.haves_sent, cfg.pieces);
+                    c.haves_sent += 1;
+                    if let Some(Some(MseConn::Stream(stream))) = mse_conns.get_mut(e.slot as usize)
+                    {
+                        stream.encrypt(&mut m);
+                    }
+                    write_all(fd, &m);
+                    wheel.insert(TimerEntry {
+                        slot: e.slot,
+                        generation: e.generation,
+                        at: t + cfg.have_every_ms,
+                    });
                 }
             }
         }
@@ -290,6 +334,7 @@ fn serve_one(cfg: &SwarmConfig, listener: socket2::Socket, stop: &AtomicBool) ->
                     c.answered = false;
                     c.seen = 0;
                     c.decided = false;
+                    c.haves_sent = 0;
                     mse_conns[cfd as usize] = None;
                     if add(cfd).is_err() {
                         close(&mut conns, cfd);
@@ -400,6 +445,9 @@ fn serve_one(cfg: &SwarmConfig, listener: socket2::Socket, stop: &AtomicBool) ->
                         c.answered = true;
                         let c = *c;
                         answer(fd, &c, mse_conns[fd as usize].as_mut(), &mut out);
+                        if cfg.have_every_ms > 0 {
+                            wheel.insert(first_have(fd, c.generation));
+                        }
                     } else {
                         wheel.insert(TimerEntry {
                             slot: fd as u32,
@@ -445,5 +493,17 @@ mod tests {
         let c = bitfield_for(5, 1001);
         assert_eq!(c.len(), 126);
         assert_eq!(c[125] & 0x7f, 0);
+    }
+
+    #[test]
+    fn have_messages_stay_in_range_and_move_on() {
+        let a = have_message(0x7f0a_0001, 0, 1000);
+        let b = have_message(0x7f0a_0001, 1, 1000);
+        assert_eq!(&a[..5], &[0, 0, 0, 5, 4]);
+        assert_ne!(a, b);
+        for n in 0..5000 {
+            let m = have_message(0x7f0a_0003, n, 1001);
+            assert!(u32::from_be_bytes([m[5], m[6], m[7], m[8]]) < 1001);
+        }
     }
 }

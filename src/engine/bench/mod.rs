@@ -10,6 +10,7 @@
 pub mod conv;
 pub mod fake_swarm;
 pub mod floor;
+pub mod watch;
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -47,6 +48,8 @@ enum BenchCommand {
     Probes(ProbesArgs),
     /// Engine memory per known peer (peer tables + revisit wheels), against a flat baseline.
     Peers(crate::scan::bench_peers::PeersBenchArgs),
+    /// Memory per watched (held) connection: the real probe watching fake peers.
+    Watch(watch::WatchArgs),
     /// (internal) The fake swarm, run as a child process by `bench probes`.
     #[command(hide = true)]
     FakeSwarm(FakeSwarmArgs),
@@ -117,6 +120,9 @@ pub struct FakeSwarmArgs {
     /// Exit after this many seconds at the latest.
     #[arg(long, default_value_t = 600)]
     max_seconds: u64,
+    /// After answering, send a `have` this often per connection (0 = never; `bench watch`).
+    #[arg(long, default_value_t = 0)]
+    have_every_ms: u64,
 }
 
 /// Runs a bench subcommand; returns the exit code.
@@ -126,6 +132,7 @@ pub fn run(args: &BenchArgs) -> i32 {
         BenchCommand::Peers(a) => {
             return crate::scan::bench_peers::run(a);
         }
+        BenchCommand::Watch(a) => watch::run(a),
         BenchCommand::FakeSwarm(a) => run_fake_swarm(a),
     };
     match result {
@@ -144,6 +151,7 @@ fn run_fake_swarm(args: &FakeSwarmArgs) -> std::io::Result<()> {
         threads: args.threads,
         delay_ms: args.delay_ms,
         pieces: args.pieces,
+        have_every_ms: args.have_every_ms,
     };
     let (listeners, port) = fake_swarm::bind(&cfg)?;
     println!("READY {port}");
