@@ -25,13 +25,28 @@ fn drive(stream: &[u8], cuts: &[usize], pieces: u32) -> Probe {
     let mut at = 0;
     for (now, &c) in (1..).zip(cuts.iter().chain(std::iter::once(&stream.len()))) {
         let end = c.clamp(at, stream.len());
-        if p.on_bytes(&s, &lookup, now, &stream[at..end], &mut out) == Step::Finished {
-            return p;
+        match p.on_bytes(&s, &lookup, now, &stream[at..end], &mut out) {
+            Step::Finished => return p,
+            // The answer is known: an owner that does not watch ends the probe.
+            Step::Ask => {
+                p.stop(&s, now, &mut out);
+                return p;
+            }
+            Step::Continue => {}
         }
         at = end;
     }
     let mut guard = 0;
-    while p.on_deadline(&s, p.deadline(&s), &mut out) == Step::Continue {
+    loop {
+        let now = p.deadline(&s);
+        match p.on_deadline(&s, now, &mut out) {
+            Step::Continue => {}
+            Step::Ask => {
+                p.stop(&s, now, &mut out);
+                break;
+            }
+            Step::Finished => break,
+        }
         guard += 1;
         assert!(guard < 4, "deadline must end the probe");
     }
