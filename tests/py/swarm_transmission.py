@@ -126,8 +126,9 @@ class Rpc:
                               "Content-Type": "application/json"})
                 resp = conn.getresponse()
                 data = resp.read()
-            except OSError as e:
-                raise RpcError(f"{method}: {e}") from e
+            except (OSError, http.client.HTTPException) as e:
+                # Not up yet, or (briefly) something else on the port: the caller retries.
+                raise RpcError(f"{method}: {e!r}") from e
             finally:
                 conn.close()
             if resp.status == 409:
