@@ -111,7 +111,7 @@ pub struct NetConfig {
     pub encryption: Encryption,
     /// DH computations per second and worker for incoming MSE handshakes.
     pub mse_incoming_per_sec: u32,
-    /// Port announced to trackers and in the extension handshake (`p`); 0 = the port of the
+    /// Port announced to trackers; 0 = the port of the
     /// first `listen` address.
     pub announce_port: u16,
     /// Opt-out blocklist file (one address or CIDR per line); "" = none.
@@ -396,7 +396,7 @@ pub const KEY_DOCS: &[(&str, &str)] = &[
     ),
     (
         "net.announce_port",
-        "TCP port announced to trackers and to peers in the extension handshake (`p`); 0 = the port of\n\
+        "TCP port announced to trackers (never to peers: our extension handshake has no `p`, see DESIGN.md); 0 = the port of\n\
          the first net.listen address (set it only when peers reach us on another port, e.g. behind a\n\
          port forward). With no listener and 0, port 0 is announced and no `p` is sent: nobody can\n\
          dial in (some HTTP trackers refuse port 0; give a port then). Addresses that are ours (our\n\

@@ -428,9 +428,14 @@ pub fn run_scan(
     }
     let own = Arc::new(OwnAddresses::new(&listen_addrs, listen_port));
     let peer_ids = Arc::new(crate::scan::peer_ids::PeerIds::default());
+    // No `p` (listen port) in our extension handshake: Transmission and libtorrent map a
+    // connection that names one to their entry for (our ip, p) and drop a new connection while
+    // the old one is still registered (a second or so after we closed it), which blocks the
+    // quick fresh look a peer that quits on finishing needs. Peers learn our listen port from
+    // the trackers we announce it to.
     let settings = Arc::new(ProbeSettings {
         peer_id,
-        listen_port,
+        listen_port: 0,
         ..s.probe.clone()
     });
     let policy = s.policy;

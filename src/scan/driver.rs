@@ -756,7 +756,7 @@ impl ScanDriver {
         }
         if !report.pex.is_empty() {
             let mut pex = report.pex.clone();
-            self.own.drop_own(&mut pex);
+            self.own.drop_own_pex(&mut pex);
             self.records.send(Record::Discovery(DiscoveryRecord {
                 at: self.unix_ms(at_ms),
                 torrent_id: self.catalog.get(torrent).db_id,

@@ -144,6 +144,17 @@ impl OwnAddresses {
         our_port && self.is_our_ip(ip)
     }
 
+    /// Removes our own addresses from a PEX list: besides [`OwnAddresses::is_own`], any port
+    /// at one of this host's interface addresses, since we send peers no listen port and they
+    /// pass on the ephemeral ports of our probes. Counts and returns how many.
+    pub fn drop_own_pex(&self, addrs: &mut Vec<SocketAddr>) -> usize {
+        let before = addrs.len();
+        addrs.retain(|a| !(self.is_own(*a) || self.local.contains(&canonical(*a).ip())));
+        let dropped = before - addrs.len();
+        self.dropped.fetch_add(dropped as u64, Ordering::Relaxed);
+        dropped
+    }
+
     /// Removes our own addresses from `addrs` (order kept), counts and returns how many.
     pub fn drop_own(&self, addrs: &mut Vec<SocketAddr>) -> usize {
         let before = addrs.len();
@@ -272,6 +283,21 @@ mod tests {
         assert!(!own.is_own(a("198.51.100.0:51413")), "oldest forgotten");
         // Peers' claims never push out what trackers said.
         assert!(own.is_own(a("203.0.113.7:51413")));
+    }
+
+    #[test]
+    fn pex_lists_lose_every_port_at_our_interface_addresses() {
+        let own = OwnAddresses::with_local(&[a("127.0.0.1:7000")], 7000, vec![ip("127.0.0.1")]);
+        let mut v = vec![
+            a("127.0.0.1:41234"),
+            a("127.0.0.2:41234"),
+            a("127.0.0.1:7000"),
+        ];
+        assert_eq!(own.drop_own_pex(&mut v), 2);
+        assert_eq!(v, vec![a("127.0.0.2:41234")]);
+        // Tracker answers keep an address at our IP on another port (another client there).
+        let mut t = vec![a("127.0.0.1:41234")];
+        assert_eq!(own.drop_own(&mut t), 0);
     }
 
     #[test]
