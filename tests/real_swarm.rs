@@ -20,11 +20,10 @@
 //! database) and REAL_SWARM_DEBUG=1 (the clients log every peer connection and why it ended).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
@@ -39,7 +38,9 @@ const THRESHOLD: f64 = 0.98;
 const SNAPSHOT_SLACK_MS: i64 = 1_500;
 
 mod common;
-use common::process::{free_tcp_port, free_udp_port, read_to_string_lossy, ChildGuard};
+use common::process::{
+    free_tcp_port, free_udp_port, read_to_string_lossy, wait_collecting, ChildGuard, StdoutLines,
+};
 use common::python_with_libtorrent as python;
 
 fn aquatic_udp() -> PathBuf {
@@ -286,19 +287,10 @@ fn confirms_exactly_the_finished_leechers_of_a_real_swarm() {
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&driver_log).unwrap()),
     );
-    let (line_tx, line_rx) = mpsc::channel::<String>();
-    let driver_out = driver.child.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(driver_out).lines() {
-            let Ok(line) = line else { break };
-            if line_tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let lines = StdoutLines::of(&mut driver);
     let mut truth = Truth::default();
     while truth.torrent.is_none() {
-        match line_rx.recv_timeout(Duration::from_secs(30)) {
+        match lines.recv_timeout(Duration::from_secs(30)) {
             Ok(line) => truth.take(&line),
             Err(e) => panic!(
                 "real_swarm.py made no torrent within 30 s ({e}): {}",
@@ -342,21 +334,14 @@ fn confirms_exactly_the_finished_leechers_of_a_real_swarm() {
     );
 
     // Collect the ground truth while the scan runs.
-    let scan_limit = Duration::from_secs(SCAN_SECS + 30);
-    let scan_start = Instant::now();
-    let status = loop {
-        while let Ok(line) = line_rx.try_recv() {
-            truth.take(&line);
-        }
-        if let Some(status) = scan.wait_timeout(Duration::from_millis(200)) {
-            break status;
-        }
-        assert!(
-            scan_start.elapsed() < scan_limit,
-            "swarmscan run --for {SCAN_SECS}s still running after {scan_limit:?}: {}",
-            read_to_string_lossy(&scan_log)
-        );
-    };
+    let status = wait_collecting(
+        &mut scan,
+        Duration::from_secs(SCAN_SECS + 30),
+        &lines,
+        |line| truth.take(line),
+        || {},
+        &scan_log,
+    );
     let scan_ended_ms = now_ms();
     let mut summary = String::new();
     scan.child
@@ -377,8 +362,7 @@ fn confirms_exactly_the_finished_leechers_of_a_real_swarm() {
     // Stop the swarm (closing its stdin ends the driver and, through theirs, its clients).
     drop(driver.child.stdin.take());
     let driver_status = driver.wait_timeout(Duration::from_secs(20));
-    let _ = reader.join();
-    while let Ok(line) = line_rx.try_recv() {
+    for line in lines.finish() {
         truth.take(&line);
     }
     assert!(

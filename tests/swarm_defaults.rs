@@ -38,11 +38,10 @@
 //! database; SWARM_KINDS_DEBUG=1 makes the clients log every peer connection and why it ended.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write as _};
+use std::io::Write as _;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
@@ -50,7 +49,7 @@ use swarmscan::config::IpMode;
 use swarmscan::store::anon::Anonymizer;
 
 mod common;
-use common::process::{read_to_string_lossy, ChildGuard};
+use common::process::{read_to_string_lossy, wait_collecting, ChildGuard, StdoutLines};
 use common::{free_port_on_all, now_ms, python_with_libtorrent, test_dir, IptablesGuard};
 
 /// Leechers (the driver's default; kinds in turn, so at least two of each).
@@ -318,22 +317,15 @@ fn confirms_exactly_the_finished_leechers_of_a_swarm_met_as_a_user_would() {
             .stderr(std::fs::File::create(&driver_log).unwrap()),
     );
     // Its stdout (JSON lines, also kept in swarm.jsonl) is read by a thread.
-    let (line_tx, line_rx) = mpsc::channel::<String>();
-    let driver_out = driver.child.stdout.take().unwrap();
+    let lines = StdoutLines::of(&mut driver);
     let mut jsonl = std::fs::File::create(dir.join("swarm.jsonl")).unwrap();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(driver_out).lines() {
-            let Ok(line) = line else { break };
-            let _ = writeln!(jsonl, "{line}");
-            if line_tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
     let mut truth = Truth::default();
     while !truth.planned {
-        match line_rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(line) => truth.take(&line),
+        match lines.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) => {
+                let _ = writeln!(jsonl, "{line}");
+                truth.take(&line)
+            }
             Err(e) => panic!(
                 "swarm_kinds.py made no plan within 30 s ({e}): {}",
                 read_to_string_lossy(&driver_log)
@@ -397,21 +389,17 @@ fn confirms_exactly_the_finished_leechers_of_a_swarm_met_as_a_user_would() {
     }
 
     // Collect the ground truth while the scan runs.
-    let scan_limit = Duration::from_secs(SCAN_SECS + 30);
-    let scan_start = Instant::now();
-    let status = loop {
-        while let Ok(line) = line_rx.try_recv() {
-            truth.take(&line);
-        }
-        if let Some(status) = scan.wait_timeout(Duration::from_millis(200)) {
-            break status;
-        }
-        assert!(
-            scan_start.elapsed() < scan_limit,
-            "swarmscan run --for {SCAN_SECS}s still running after {scan_limit:?}: {}",
-            read_to_string_lossy(&scan_log)
-        );
-    };
+    let status = wait_collecting(
+        &mut scan,
+        Duration::from_secs(SCAN_SECS + 30),
+        &lines,
+        |line| {
+            let _ = writeln!(jsonl, "{line}");
+            truth.take(line)
+        },
+        || {},
+        &scan_log,
+    );
     let scan_ended_ms = now_ms();
     assert!(
         status.success(),
@@ -427,8 +415,8 @@ fn confirms_exactly_the_finished_leechers_of_a_swarm_met_as_a_user_would() {
         // Hung: kill it, so that its stdout ends and the reader thread with it.
         let _ = driver.child.kill();
     }
-    let _ = reader.join();
-    while let Ok(line) = line_rx.try_recv() {
+    for line in lines.finish() {
+        let _ = writeln!(jsonl, "{line}");
         truth.take(&line);
     }
     drop(rules);

@@ -62,11 +62,9 @@
 //! peer list once a second.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
@@ -74,7 +72,7 @@ use swarmscan::config::IpMode;
 use swarmscan::store::anon::Anonymizer;
 
 mod common;
-use common::process::{read_to_string_lossy, ChildGuard};
+use common::process::{read_to_string_lossy, wait_collecting, ChildGuard, StdoutLines};
 use common::{free_port_on_all, now_ms, python_with_libtorrent, test_dir};
 
 /// How long swarmscan scans. The last leecher to finish does so about 55 s after the swarm
@@ -418,19 +416,10 @@ fn confirms_every_finished_transmission_leecher_and_nothing_else() {
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&driver_log).unwrap()),
     );
-    let (line_tx, line_rx) = mpsc::channel::<String>();
-    let driver_out = driver.child.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(driver_out).lines() {
-            let Ok(line) = line else { break };
-            if line_tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let lines = StdoutLines::of(&mut driver);
     let mut truth = Truth::default();
     while truth.torrent.is_none() {
-        match line_rx.recv_timeout(Duration::from_secs(30)) {
+        match lines.recv_timeout(Duration::from_secs(30)) {
             Ok(line) => truth.take(&line),
             Err(e) => panic!(
                 "swarm_transmission.py made no torrent within 30 s ({e}): {}",
@@ -469,27 +458,21 @@ fn confirms_every_finished_transmission_leecher_and_nothing_else() {
     );
 
     // Collect the ground truth while the scan runs.
-    let scan_limit = Duration::from_secs(SCAN_SECS + 30);
-    let scan_start = Instant::now();
-    let status = loop {
-        while let Ok(line) = line_rx.try_recv() {
-            truth.take(&line);
-        }
-        if let Some(status) = scan.wait_timeout(Duration::from_millis(200)) {
-            break status;
-        }
-        if let Ok(Some(status)) = driver.child.try_wait() {
-            panic!(
-                "swarm_transmission.py ended during the scan ({status}): {}",
-                read_to_string_lossy(&driver_log)
-            );
-        }
-        assert!(
-            scan_start.elapsed() < scan_limit,
-            "swarmscan run --for {SCAN_SECS}s still running after {scan_limit:?}: {}",
-            read_to_string_lossy(&scan_log)
-        );
-    };
+    let status = wait_collecting(
+        &mut scan,
+        Duration::from_secs(SCAN_SECS + 30),
+        &lines,
+        |line| truth.take(line),
+        || {
+            if let Ok(Some(status)) = driver.child.try_wait() {
+                panic!(
+                    "swarm_transmission.py ended during the scan ({status}): {}",
+                    read_to_string_lossy(&driver_log)
+                );
+            }
+        },
+        &scan_log,
+    );
     let scan_ended_ms = now_ms();
     assert!(
         status.success(),
@@ -500,8 +483,7 @@ fn confirms_every_finished_transmission_leecher_and_nothing_else() {
     // Stop the swarm: closing its stdin ends the driver, which stops every daemon.
     drop(driver.child.stdin.take());
     let driver_status = driver.wait_timeout(Duration::from_secs(30));
-    let _ = reader.join();
-    while let Ok(line) = line_rx.try_recv() {
+    for line in lines.finish() {
         truth.take(&line);
     }
     assert!(

@@ -889,13 +889,10 @@ impl ScanDriver {
         let was_watched = done.conv.was_watched;
         if was_watched {
             self.watched.remove(&done.token);
-            self.counters
-                .watched
-                .store(self.watched.len() as u64, Ordering::Relaxed);
+            self.watched_changed();
         }
-        let mut report = done.conv.into_report();
+        let report = done.conv.into_report();
         if was_watched {
-            report.longest_gap_ms = 0;
             self.route_incoming(
                 now,
                 done.peer,
@@ -939,10 +936,7 @@ impl ScanDriver {
                         // While an outgoing probe of the peer runs (or a connection watches
                         // it), its schedule is that connection's business.
                         let busy = self.table.get(idx).has(flag::IN_FLIGHT);
-                        let mut report = *report;
-                        if event == ProbeEvent::Watched {
-                            report.longest_gap_ms = 0;
-                        }
+                        let report = *report;
                         let schedule = match watch {
                             IncomingWatch::No => !busy,
                             IncomingWatch::Started | IncomingWatch::Live => false,
@@ -1030,9 +1024,7 @@ impl ScanDriver {
                 evict: false,
             },
         );
-        self.counters
-            .watched
-            .store(self.watched.len() as u64, Ordering::Relaxed);
+        self.watched_changed();
     }
 
     /// A probe has its answer: record it, then watch the peer or let the probe end.
@@ -1115,35 +1107,9 @@ impl ScanDriver {
         incoming: bool,
         report: ProbeReport,
         at: Millis,
-        side_probes: bool,
     ) {
         if incoming {
             self.route_incoming(at, peer, report, ProbeEvent::Watched, IncomingWatch::Live);
-        } else if side_probes {
-            // The peer batches its haves: what the watch sees lags its real progress (by
-            // several seconds with Transmission), so it is only stored; the revisit policy
-            // runs on fresh probes, which keep coming as if the peer were not watched and aim
-            // at the window between the threshold and completion.
-            let idx = token as PeerIdx;
-            let entry = self.table.get(idx);
-            let (torrent, addr) = (entry.torrent, entry.addr());
-            let outcome = outcome_record(
-                self.catalog.get(torrent).db_id,
-                addr,
-                ProbeEvent::Watched,
-                self.unix_ms(at),
-                None,
-                &report,
-                None,
-            );
-            self.records.send(Record::Outcome(Box::new(outcome)));
-            let revisit = self.policy.revisit_secs.max(1.0) as u32;
-            let p = self.table.get_mut(idx);
-            if p.next_visit == NOT_SCHEDULED {
-                let due = Self::secs(at).saturating_add(revisit);
-                p.next_visit = due;
-                self.wheel.schedule(idx, due);
-            }
         } else {
             self.apply_visit(
                 token as PeerIdx,
@@ -1155,6 +1121,31 @@ impl ScanDriver {
             );
             self.table.get_mut(token as PeerIdx).next_visit = NOT_SCHEDULED;
         }
+    }
+
+    /// Stores what the watch of a peer that batches its haves last saw, without feeding it to
+    /// the revisit policy: it lags the peer's real progress (by several seconds with
+    /// Transmission), and the policy runs on fresh probes.
+    fn store_stale(&mut self, idx: PeerIdx, report: &ProbeReport, at: Millis) {
+        let entry = self.table.get(idx);
+        let (torrent, addr) = (entry.torrent, entry.addr());
+        let outcome = outcome_record(
+            self.catalog.get(torrent).db_id,
+            addr,
+            ProbeEvent::Watched,
+            self.unix_ms(at),
+            None,
+            report,
+            None,
+        );
+        self.records.send(Record::Outcome(Box::new(outcome)));
+    }
+
+    /// Publishes the number of watched connections.
+    fn watched_changed(&self) {
+        self.counters
+            .watched
+            .store(self.watched.len() as u64, Ordering::Relaxed);
     }
 }
 
@@ -1216,38 +1207,34 @@ impl WorkerDriver for ScanDriver {
                 // Two observations: the last message still below, and the one that crossed,
                 // so the stored crossing time lies between two consecutive messages.
                 let mut report = conv.snapshot(now);
-                report.longest_gap_ms = 0;
                 let mut below = report.clone();
                 below.pex = Vec::new();
                 below.metainfo = None;
                 below.pieces_have = crossing.below_have;
-                self.observe_watched(token, peer, incoming, below, crossing.below_at, false);
+                self.observe_watched(token, peer, incoming, below, crossing.below_at);
                 report.pieces_have = report.pieces_have.max(crossing.have);
-                self.observe_watched(token, peer, incoming, report, crossing.at, false);
+                self.observe_watched(token, peer, incoming, report, crossing.at);
                 // At the threshold: nothing more to watch for.
                 conv.stop(now, send);
                 Verdict::Finished
             }
             Some(AskReason::Progress) => {
-                let mut report = conv.snapshot(now);
-                report.longest_gap_ms = 0;
-                self.observe_watched(token, peer, incoming, report, now, true);
                 if incoming {
+                    let report = conv.snapshot(now);
+                    self.observe_watched(token, peer, incoming, report, now);
                     return Verdict::Continue;
                 }
                 // A client that batches its haves shows its progress seconds late on this
                 // connection and drops a second one from us (Transmission does both), so
-                // watching it would only hide the fresh look a quitter needs: let it go, and
-                // revisit it from now on.
+                // watching it would only hide the fresh look a quitter needs: let it go (its
+                // last progress is stored in `probe_done`), and revisit it from now on.
                 self.no_watch.insert(token as PeerIdx);
                 conv.stop(now, send);
                 Verdict::Finished
             }
             Some(AskReason::Sample) => {
-                let mut report = conv.snapshot(now);
-                report.longest_gap_ms = 0;
-                let batched = conv.haves_batched();
-                self.observe_watched(token, peer, incoming, report, now, batched);
+                let report = conv.snapshot(now);
+                self.observe_watched(token, peer, incoming, report, now);
                 if self.watched.get(&token).is_some_and(|w| w.evict) {
                     conv.stop(now, send);
                     return Verdict::Finished;
@@ -1280,15 +1267,12 @@ impl WorkerDriver for ScanDriver {
             // The watch ended (the peer closed or went silent, the scan stopped, or we let
             // it go): its last progress, then revisits as usual.
             self.watched.remove(&done.token);
-            self.counters
-                .watched
-                .store(self.watched.len() as u64, Ordering::Relaxed);
+            self.watched_changed();
             let batched = done.conv.haves_batched();
-            let mut report = done.conv.into_report();
-            report.longest_gap_ms = 0;
+            let report = done.conv.into_report();
             if batched {
                 // Its last progress is stale: store it, and look again with a fresh probe.
-                self.observe_watched(done.token, done.peer, false, report, now, true);
+                self.store_stale(idx, &report, now);
                 let p = self.table.get_mut(idx);
                 p.flags &= !flag::IN_FLIGHT;
                 let due = Self::secs(now) + 1;

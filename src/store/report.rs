@@ -564,19 +564,19 @@ impl Store {
     pub fn report(&self) -> Result<Report, StoreError> {
         let window = self.scan_window()?;
         let (torrents, total) = self.torrent_reports(&window)?;
+        // Table 5.7 counts evaluation attempts; live observations on watched connections are
+        // reported apart.
+        let (watched, outcomes): (Vec<EventReport>, Vec<EventReport>) = self
+            .outcome_reports()?
+            .into_iter()
+            .partition(|e| e.event == ProbeEvent::Watched.as_str());
+        let watched = watched.into_iter().next();
         Ok(Report {
             database: self.path.display().to_string(),
             sources: self.source_reports(&window)?,
             trackers: self.tracker_reports()?,
-            outcomes: self
-                .outcome_reports()?
-                .into_iter()
-                .filter(|e| e.event != ProbeEvent::Watched.as_str())
-                .collect(),
-            watched: self
-                .outcome_reports()?
-                .into_iter()
-                .find(|e| e.event == ProbeEvent::Watched.as_str()),
+            outcomes,
+            watched,
             gaps: self.gap_report()?,
             torrents,
             total,

@@ -384,16 +384,25 @@ impl Drop for SwarmChild {
 }
 
 fn spawn_swarm(args: &ProbesArgs, max_seconds: u64) -> std::io::Result<SwarmChild> {
+    spawn_fake_swarm(&[
+        "--threads".into(),
+        args.swarm_threads.to_string(),
+        "--delay-ms".into(),
+        args.peer_delay_ms.to_string(),
+        "--pieces".into(),
+        args.pieces.to_string(),
+        "--max-seconds".into(),
+        max_seconds.to_string(),
+    ])
+}
+
+/// Starts `swarmscan bench fake-swarm ARGS` as a child (its descriptors do not count against
+/// ours) and waits for its `READY <port>` line.
+fn spawn_fake_swarm(args: &[String]) -> std::io::Result<SwarmChild> {
     let exe = std::env::current_exe()?;
     let mut child = Command::new(exe)
-        .args(["bench", "fake-swarm", "--threads"])
-        .arg(args.swarm_threads.to_string())
-        .arg("--delay-ms")
-        .arg(args.peer_delay_ms.to_string())
-        .arg("--pieces")
-        .arg(args.pieces.to_string())
-        .arg("--max-seconds")
-        .arg(max_seconds.to_string())
+        .args(["bench", "fake-swarm"])
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()?;

@@ -12,14 +12,12 @@
 //! `--hold-secs`), and the kernel's socket memory is read from `/proc/meminfo` (Slab) and
 //! `/proc/net/sockstat` (TCP buffer pages) at the same points.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{cpu_secs, peer_addr, round2, status_field, SwarmChild};
+use super::{cpu_secs, peer_addr, round2, spawn_fake_swarm, status_field, SwarmChild};
 use crate::engine::{self, Ending, EngineConfig, Millis, ProbeDone, ProbeRequest, WorkerDriver};
 use crate::proto::probe::{AskReason, ProbeSettings, WatchPlan};
 use crate::scan::catalog::{Catalog, CatalogTorrent};
@@ -220,30 +218,16 @@ impl KernelMem {
 }
 
 fn spawn_watch_swarm(args: &WatchArgs, max_seconds: u64) -> std::io::Result<SwarmChild> {
-    let exe = std::env::current_exe()?;
-    let mut child = Command::new(exe)
-        .args(["bench", "fake-swarm", "--threads"])
-        .arg(args.swarm_threads.to_string())
-        .arg("--pieces")
-        .arg(args.pieces.to_string())
-        .arg("--have-every-ms")
-        .arg(args.have_every_ms.to_string())
-        .arg("--max-seconds")
-        .arg(max_seconds.to_string())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let stdout = child.stdout.take().expect("piped");
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line)?;
-    let port = line
-        .trim()
-        .strip_prefix("READY ")
-        .and_then(|p| p.parse::<u16>().ok())
-        .ok_or_else(|| {
-            std::io::Error::other(format!("fake swarm did not start (said {line:?})"))
-        })?;
-    Ok(SwarmChild { child, port })
+    spawn_fake_swarm(&[
+        "--threads".into(),
+        args.swarm_threads.to_string(),
+        "--pieces".into(),
+        args.pieces.to_string(),
+        "--have-every-ms".into(),
+        args.have_every_ms.to_string(),
+        "--max-seconds".into(),
+        max_seconds.to_string(),
+    ])
 }
 
 /// Waits (bounded) until `done()`; true if it happened.
