@@ -401,7 +401,8 @@ pub struct ProbeOutcome {
     pub addr: SocketAddr,
     /// First contact, later contact or incoming.
     pub event: ProbeEvent,
-    /// When the probe ended.
+    /// When the peer's progress was seen (its first progress message; for a watched
+    /// connection, the message observed); without progress, when the connection started.
     pub at: UnixMs,
     /// Progress or error class.
     pub result: ProbeResult,
