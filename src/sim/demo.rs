@@ -10,14 +10,14 @@ use crate::run::{run_scan, RunOptions, TorrentInput};
 
 #[derive(clap::Args, Debug)]
 pub struct DemoArgs {
-    /// How long to scan.
-    #[arg(long, default_value_t = 60)]
+    /// How long to scan, seconds (1 to 86400).
+    #[arg(long, default_value_t = 60, value_parser = crate::limits::count::<u64>(1, 86_400))]
     pub seconds: u64,
     /// Keep the database here (default: a temporary directory, removed afterwards).
     #[arg(long)]
     pub database: Option<PathBuf>,
-    /// Simulated peers per torrent (3 torrents).
-    #[arg(long, default_value_t = 40)]
+    /// Simulated peers per torrent (3 torrents; 1 to 250).
+    #[arg(long, default_value_t = 40, value_parser = crate::limits::count::<usize>(1, 250))]
     pub peers: usize,
     /// Print the report as JSON.
     #[arg(long)]
