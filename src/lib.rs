@@ -15,3 +15,4 @@ pub mod scan;
 pub mod settings;
 pub mod sim;
 pub mod store;
+pub mod threads;

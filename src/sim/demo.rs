@@ -93,6 +93,11 @@ fn demo(args: &DemoArgs) -> Result<(), String> {
             ..RunOptions::default()
         },
     )?;
+    if let Some(name) = sim.ended_thread() {
+        return Err(format!(
+            "the simulation's thread '{name}' died during the scan (see the panic above): no report"
+        ));
+    }
     let truth = sim.observable_confirmations(config.peer.threshold);
     let crossed = sim.crossings(config.peer.threshold, summary.seconds);
     let report_args = crate::cli::report_cmd::ReportArgs {

@@ -485,6 +485,9 @@ fn engine_phase(
     let ok_before = shared.ok.load(Ordering::Relaxed);
     let cpu_before = cpu_secs();
     let (result, rss_max, ok) = std::thread::scope(|scope| {
+        // Set on every way out of this closure, a panic included: the threads then end.
+        let _stop = crate::threads::StoreOnDrop(&stop, true);
+        let _sampling = crate::threads::StoreOnDrop(&sampling, false);
         let sampler = scope.spawn(|| {
             let mut max = 0;
             while sampling.load(Ordering::Relaxed) {
@@ -526,6 +529,7 @@ fn floor_phase(
     let cpu_before = cpu_secs();
     let per = (args.in_flight / args.workers.max(1)).max(1);
     let (ok, result) = std::thread::scope(|scope| {
+        let _stop = crate::threads::StoreOnDrop(&stop, true);
         let handles: Vec<_> = (0..args.workers)
             .map(|w| {
                 let (stop, done, errors) = (&stop, &done, &errors);

@@ -328,6 +328,8 @@ pub fn run(args: &WatchArgs) -> std::io::Result<()> {
     let half = watched / 2;
     let (result, baseline, at_half, at_full, rss_max, at_end, connect_secs, hold_secs) =
         std::thread::scope(|scope| {
+            // Set on every way out of this closure, a panic included: the workers then end.
+            let _stop = crate::threads::StoreOnDrop(&stop, true);
             let runner = scope.spawn(|| engine::run_workers(&cfg, drivers, &stop));
             // Rings, buffer rings and slabs built, no connection yet.
             wait_for(connect_until, || {
