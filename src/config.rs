@@ -742,7 +742,9 @@ impl Config {
         let mut out = String::new();
         out.push_str(
             "# swarmscan configuration. Every key is optional; shown here with its default.\n\
-             # Override single keys on the command line: --set section.key=value\n",
+             # Override single keys on the command line: --set section.key=value\n\
+             # Every number is bounded (seconds: 1 ms to a year; ms: up to a day; counts: each its\n\
+             # own range); a value out of range is an error naming the key and the range.\n",
         );
         let mut current_section = "";
         for (key, doc) in KEY_DOCS {
