@@ -615,6 +615,11 @@ pub fn run_scan(
             .or_else(|| discovery.ended_thread())
             .or_else(|| writer.ended().then(|| "swarmscan-writer".to_string()));
         if ended.is_some() {
+            // Read after the thread was seen ended: a signal (or a worker that failed to
+            // start) set it first, and the threads ended because of it.
+            if stop.load(Ordering::SeqCst) {
+                ended = None;
+            }
             break;
         }
         crate::threads::debug_panic_point("status");
