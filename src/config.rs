@@ -1138,6 +1138,23 @@ mod tests {
                 assert!(e.contains(&format!("`{key}`")), "{arg}: {e}");
                 assert!(e.len() < 300, "{arg}: message too long: {e}");
             }
+            // Zero is refused unless the key gives it a meaning.
+            let zero_means_something = [
+                "engine.workers",          // one per core
+                "net.announce_port",       // the first listener's port
+                "peer.bitfield_grace_ms",  // no grace
+                "peer.max_watched",        // never watch
+                "peer.max_failures",       // never forget
+                "peer.retry_backoff_secs", // the revisit interval
+                "tracker.scrape_secs",     // never scrape
+            ];
+            let zero = set(&[format!("{key}=0").as_str()]);
+            if zero_means_something.contains(key) {
+                assert!(zero.is_ok(), "{key}=0: {:?}", zero.err());
+            } else {
+                let e = zero.map(|_| ()).expect_err(&format!("{key}=0 accepted"));
+                assert!(e.to_string().contains(&format!("`{key}`")), "{key}=0: {e}");
+            }
             checked += 1;
         }
         assert!(checked >= 25, "only {checked} numeric keys");
