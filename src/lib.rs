@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod config;
 pub mod engine;
+pub mod limits;
 pub mod metrics;
 pub mod proto;
 pub mod run;
@@ -14,3 +15,4 @@ pub mod scan;
 pub mod settings;
 pub mod sim;
 pub mod store;
+pub mod threads;

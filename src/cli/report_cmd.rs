@@ -476,7 +476,7 @@ mod tests {
 /// Arguments of `swarmscan series`.
 #[derive(clap::Args, Debug)]
 pub struct SeriesArgs {
-    /// Width of a time bucket: 90s, 15m, 1h, 1d (or plain seconds).
+    /// Width of a time bucket: 90s, 15m, 1h, 1d (or plain seconds); 1 ms to a year.
     #[arg(long, default_value = "1h", value_parser = crate::cli::run_cmd::parse_duration)]
     pub bucket: std::time::Duration,
     /// Print JSON lines instead of CSV.

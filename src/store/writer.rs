@@ -190,14 +190,26 @@ impl Writer {
         self.metrics.clone()
     }
 
+    /// The writer thread has ended before [`Writer::finish`]: it failed (panicked, or could not
+    /// start), and nothing sent from now on reaches the database.
+    pub fn ended(&self) -> bool {
+        match &self.thread {
+            Some(t) => t.is_finished(),
+            None => true,
+        }
+    }
+
     /// Stops the writer: every record already sent (and every sender's overflow handed over by
     /// dropping or closing it first) is applied and committed, then the database is closed.
     pub fn finish(mut self) -> Result<WriterCounts, StoreError> {
         let _ = self.tx.send(Msg::Shutdown);
         let thread = self.thread.take().expect("finish is called once");
-        let (mut counts, conn) = thread
-            .join()
-            .map_err(|_| StoreError::Io(std::io::Error::other("writer thread panicked")))??;
+        let (mut counts, conn) = thread.join().map_err(|p| {
+            let message = crate::threads::panic_message(&*p);
+            StoreError::Io(std::io::Error::other(format!(
+                "thread 'swarmscan-writer' panicked: {message}"
+            )))
+        })??;
         counts.backpressure = self.metrics.backpressure.load(Ordering::Relaxed);
         if let Err((_, e)) = conn.close() {
             tracing::warn!("closing the database: {e}");
@@ -542,6 +554,7 @@ impl WriterThread {
                 self.counts.outcomes += 1;
             }
             Record::Stats(s) => {
+                crate::threads::debug_panic_point("writer");
                 self.store
                     .conn
                     .prepare_cached(
