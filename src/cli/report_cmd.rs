@@ -153,7 +153,12 @@ fn peer_line_text(peer: Option<&PeerRow>) -> String {
             percent(p.first_progress),
             percent(p.last_progress),
             iso_time(p.crossed_at),
-            if p.confirmed { "yes" } else { "no" }.to_string(),
+            match (p.confirmed, p.duplicate_of_port) {
+                (true, _) => "yes",
+                (false, Some(_)) => "dup",
+                (false, None) => "no",
+            }
+            .to_string(),
             p.crossing_seen.clone().unwrap_or_else(|| "-".into()),
             p.sources.clone(),
             p.client.clone().unwrap_or_else(|| "-".into()),

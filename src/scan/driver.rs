@@ -890,6 +890,7 @@ impl ScanDriver {
                     None,
                 );
                 outcome.transport = outcome.transport.union(Transport::INCOMING);
+                outcome.portless = true;
                 self.records.send(Record::Outcome(Box::new(outcome)));
             } else if event == ProbeEvent::Incoming {
                 self.records.send(Record::UnmatchedIncoming {
@@ -1483,6 +1484,7 @@ pub fn outcome_record(
             .then_some(report.longest_gap_ms.min(u32::MAX as u64) as u32),
         messages: report.messages,
         next_visit_at,
+        portless: false,
     }
 }
 
