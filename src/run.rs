@@ -258,6 +258,9 @@ pub struct RunSummary {
     pub watch_refused: u64,
     /// IPv6 addresses ignored because `net.ipv6 = false`.
     pub ipv6_ignored: u64,
+    /// Probes the stop cut short before the peer stated its progress (not recorded; those
+    /// that had it are recorded as the visits they were).
+    pub cancelled_at_stop: u64,
 }
 
 /// Listen addresses with port 0 get a concrete free port, so that every worker listens on the
@@ -704,6 +707,7 @@ pub fn run_scan(
         crossed_live: sum(|c| c.crossed_live.load(Ordering::Relaxed)),
         watch_refused: sum(|c| c.watch_refused.load(Ordering::Relaxed)),
         ipv6_ignored: sum(|c| c.ipv6_ignored.load(Ordering::Relaxed)),
+        cancelled_at_stop: sum(|c| c.cancelled_at_stop.load(Ordering::Relaxed)),
     })
 }
 

@@ -20,7 +20,7 @@
 //! * and prints per client: confirmed/finished, how the crossing was seen (`crossing_seen`:
 //!   live, revisit or incoming — "n/a" while swarmscan does not report it), transport, client.
 //!
-//! The two quitters download slowly (about 100 s): a client that quits the moment it finishes
+//! The two quitters download slowly (about 90 s): a client that quits the moment it finishes
 //! can be seen at or above the threshold only between its crossing and its quitting, and a
 //! Transmission client shows fresh progress only on a new connection, which it answers 0.5 to
 //! 2 s after we connect (its bandwidth pulses are 500 ms) and only one at a time per address.
@@ -76,9 +76,9 @@ mod common;
 use common::process::{read_to_string_lossy, wait_collecting, ChildGuard, StdoutLines};
 use common::{free_port_on_all, now_ms, python_with_libtorrent, test_dir};
 
-/// How long swarmscan scans. The last leecher to finish (a quitter) does so about 120 s after
+/// How long swarmscan scans. The last leecher to finish (a quitter) does so about 110 s after
 /// the swarm starts.
-const SCAN_SECS: u64 = 140;
+const SCAN_SECS: u64 = 150;
 /// The torrent: 150 pieces of 16 KiB, so that the threshold (98 %) falls on a piece boundary
 /// and the window between crossing and completion is a full 2 % of the download.
 const TORRENT_SIZE: u64 = 150 * 16 * 1024;
@@ -105,7 +105,7 @@ struct Leecher {
     finishes: bool,
 }
 
-/// 2.4 MB: about 20 s of download at 120 kB/s, about 100 s at 28 kB/s (its limiter gives a
+/// 2.4 MB: about 20 s of download at 120 kB/s, about 90 s at 30 kB/s (its limiter gives a
 /// little less than it is set to), after a start-up of
 /// ~10 s; one after another.
 const LEECHERS: &[Leecher] = &[
@@ -120,7 +120,7 @@ const LEECHERS: &[Leecher] = &[
     Leecher {
         name: "quits",
         start_secs: 4.0,
-        rate_kbps: 28,
+        rate_kbps: 30,
         quits: true,
         encryption: 1,
         finishes: true,
@@ -128,7 +128,7 @@ const LEECHERS: &[Leecher] = &[
     Leecher {
         name: "quits-enc",
         start_secs: 8.0,
-        rate_kbps: 28,
+        rate_kbps: 30,
         quits: true,
         encryption: 2,
         finishes: true,

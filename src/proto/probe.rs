@@ -119,8 +119,6 @@ pub enum ProgressSource {
     Bitfield,
     HaveAll,
     HaveNone,
-    /// No bitfield at all (BEP 3 allows omitting it for a peer with no pieces); only haves.
-    HavesOnly,
 }
 
 /// Why a probe ended.
@@ -590,15 +588,11 @@ impl Probe {
         } else {
             ProbeEnd::QuietTimeout
         };
-        if self.report.handshake && self.report.progress_source.is_none() && self.bits_known() {
-            // Handshake done, quiet, no bitfield: BEP 3 lets a peer with no pieces omit it.
-            self.report.progress_source = Some(ProgressSource::HavesOnly);
-        }
+        // Handshake done, quiet, no bitfield: BEP 3 lets a peer with no pieces omit it, but a
+        // seeder that holds its bitfield back (super-seeding) looks the same; taking silence
+        // for 0 % would confirm such a peer the first time it shows 100 %. Progress counts
+        // only when the peer stated it (bitfield, have_all, have_none).
         self.finish(settings, now, end, send)
-    }
-
-    fn bits_known(&self) -> bool {
-        self.report.piece_count > 0
     }
 
     /// The connection ended before the probe finished.
@@ -1293,7 +1287,7 @@ mod tests {
     }
 
     #[test]
-    fn quiet_peer_after_handshake_has_no_pieces() {
+    fn a_quiet_peer_after_the_handshake_stated_no_progress() {
         let (mut p, s, _) = outgoing(10);
         let mut out = Vec::new();
         p.on_bytes(
@@ -1310,8 +1304,12 @@ mod tests {
         );
         let r = p.report();
         assert_eq!(r.end, ProbeEnd::QuietTimeout);
-        assert_eq!(r.progress_source, Some(ProgressSource::HavesOnly));
-        assert_eq!(r.progress(), Some(0.0));
+        assert!(r.handshake);
+        assert_eq!(
+            r.progress_source, None,
+            "silence is no statement of progress"
+        );
+        assert_eq!(r.progress(), None);
     }
 
     #[test]

@@ -398,6 +398,8 @@ pub struct WorkerCounters {
     pub watch_refused: AtomicU64,
     /// IPv6 addresses ignored because `net.ipv6` is off.
     pub ipv6_ignored: AtomicU64,
+    /// Probes the stop cut short before the peer stated its progress (not recorded).
+    pub cancelled_at_stop: AtomicU64,
 }
 
 /// How the scan watches peers (connections kept open to see the threshold crossing live).
@@ -742,8 +744,9 @@ impl ScanDriver {
                 aim_ms = effect.aim_ms;
                 effect.newly_confirmed
             }
-            None if report.handshake => {
-                // Talked BitTorrent but progress is unknown (no piece count): keep visiting.
+            None if report.handshake && report.progress_source.is_some() => {
+                // Stated its progress, but the torrent's piece count is not known yet (a
+                // magnet whose metadata no peer has sent): an answer; keep visiting.
                 entry.failures = 0;
                 entry.next_visit = now.saturating_add(self.policy.revisit_secs as u32);
                 false
@@ -1329,8 +1332,15 @@ impl WorkerDriver for ScanDriver {
             self.apply_visit(idx, report, ProbeEvent::Watched, now, None, true);
             return;
         }
-        if matches!(done.ending, Ending::Closed(Some(libc::ECANCELED))) {
-            // The engine stopped mid-probe: not a visit. Due again at once after a restart.
+        if matches!(done.ending, Ending::Closed(Some(libc::ECANCELED)))
+            && !done.conv.report().succeeded()
+        {
+            // The engine stopped mid-probe before the peer stated its progress: not a visit
+            // (counted apart). Due again at once after a restart. A probe that had its answer
+            // (in its grace) is recorded as the visit it was.
+            self.counters
+                .cancelled_at_stop
+                .fetch_add(1, Ordering::Relaxed);
             let p = self.table.get_mut(idx);
             p.flags &= !flag::IN_FLIGHT;
             p.next_visit = Self::secs(now);
@@ -1351,6 +1361,7 @@ impl WorkerDriver for ScanDriver {
         let mse_failed = mse_attempted
             && report.mse.is_none()
             && (hung_up || matches!(report.end, ProbeEnd::MseFailed(_)));
+        let connected_but_silent = done.connect_ms.is_some() && !report.handshake;
         let at = seen_at(done.started_at + done.connect_ms.unwrap_or(0), &report);
         self.apply_visit(idx, report, kind, at, done.connect_ms, true);
         let secs = Self::secs(now);
@@ -1366,6 +1377,11 @@ impl WorkerDriver for ScanDriver {
             p.flags |= flag::USE_MSE;
             true
         } else {
+            if connected_but_silent && p.failures >= 2 && p.failures % 2 == 0 {
+                // Transport memory is a guess: after two failures in a row on a connection
+                // that came up, the other way is tried (at the back-off, not at once).
+                p.flags = other_encryption(self.encryption, p.flags);
+            }
             false
         };
         if p.has(flag::WATCHED_INCOMING) {
@@ -1417,6 +1433,20 @@ impl WorkerDriver for ScanDriver {
 
     fn should_stop(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
+    }
+}
+
+/// The peer's encryption flags switched to the other way of talking to it (see
+/// [`ScanDriver::use_mse`]); unchanged where `net.encryption` allows only one.
+fn other_encryption(encryption: Encryption, flags: u8) -> u8 {
+    let both = flag::USE_MSE | flag::MSE_FAILED;
+    match encryption {
+        Encryption::Off | Encryption::Require => flags,
+        Encryption::Prefer => flags ^ flag::MSE_FAILED,
+        // Plaintext ↔ MSE; after MSE failed, back to plaintext-first (whose hang-up retries MSE).
+        Encryption::Fallback if flags & both == flag::USE_MSE => flags | flag::MSE_FAILED,
+        Encryption::Fallback if flags & both == 0 => flags | flag::USE_MSE,
+        Encryption::Fallback => flags & !both,
     }
 }
 
@@ -1492,7 +1522,11 @@ pub fn outcome_record(
 pub fn error_class(report: &ProbeReport) -> ErrorClass {
     match &report.end {
         ProbeEnd::SocketError(e) => ErrorClass::from_errno(*e),
-        ProbeEnd::UnknownProtocol | ProbeEnd::ProtocolError(_) => ErrorClass::UnknownProtocol,
+        ProbeEnd::UnknownProtocol => ErrorClass::UnknownProtocol,
+        // A BitTorrent peer that broke the protocol before stating its progress; before its
+        // handshake was complete it is not known to speak BitTorrent.
+        ProbeEnd::ProtocolError(_) if report.handshake => ErrorClass::ProtocolError,
+        ProbeEnd::ProtocolError(_) => ErrorClass::UnknownProtocol,
         ProbeEnd::UnknownInfoHash => ErrorClass::UnknownInfoHash,
         ProbeEnd::MseFailed(_) => ErrorClass::MseFailed,
         // Closed by the peer, or quiet after a handshake that never completed.
@@ -1519,4 +1553,60 @@ fn describe_client(report: &ProbeReport) -> Option<String> {
     );
     let text = id.client.to_string();
     (!text.is_empty()).then_some(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transport_memory_alternates_where_the_setting_allows_both_ways() {
+        let both = flag::USE_MSE | flag::MSE_FAILED;
+        let ways = |encryption, start: u8| {
+            let mut flags = start | flag::EVALUATED;
+            let mut seen = Vec::new();
+            for _ in 0..4 {
+                flags = other_encryption(encryption, flags);
+                assert!(flags & flag::EVALUATED != 0, "other flags kept");
+                seen.push(flags & both);
+            }
+            seen
+        };
+        // Fallback: plaintext → MSE → plaintext (MSE failed) → plaintext-first again.
+        assert_eq!(
+            ways(Encryption::Fallback, 0),
+            vec![flag::USE_MSE, both, 0, flag::USE_MSE]
+        );
+        assert_eq!(
+            ways(Encryption::Prefer, 0),
+            vec![flag::MSE_FAILED, 0, flag::MSE_FAILED, 0]
+        );
+        assert_eq!(ways(Encryption::Require, 0), vec![0; 4]);
+        assert_eq!(ways(Encryption::Off, 0), vec![0; 4]);
+        // Whichever way is chosen, `use_mse` follows it.
+        let mut flags = 0;
+        let mut mse = Vec::new();
+        for _ in 0..3 {
+            flags = other_encryption(Encryption::Fallback, flags);
+            mse.push(flags & flag::USE_MSE != 0 && flags & flag::MSE_FAILED == 0);
+        }
+        assert_eq!(mse, vec![true, false, false]);
+    }
+
+    #[test]
+    fn protocol_violations_after_the_handshake_have_their_own_class() {
+        let direction = crate::proto::probe::Direction::Outgoing {
+            info_hash: [1; 20],
+            piece_count: 10,
+        };
+        let mut report = crate::proto::probe::Probe::new(direction, 0)
+            .report()
+            .clone();
+        report.end = ProbeEnd::ProtocolError("bad bitfield length".into());
+        assert_eq!(error_class(&report), ErrorClass::UnknownProtocol);
+        report.handshake = true;
+        assert_eq!(error_class(&report), ErrorClass::ProtocolError);
+        report.end = ProbeEnd::QuietTimeout;
+        assert_eq!(error_class(&report), ErrorClass::Broken, "silent after it");
+    }
 }
