@@ -24,8 +24,9 @@
 //! can be seen at or above the threshold only between its crossing and its quitting, and a
 //! Transmission client shows fresh progress only on a new connection, which it answers 0.5 to
 //! 2 s after we connect (its bandwidth pulses are 500 ms) and only one at a time per address.
-//! With 150 pieces that window is 2 % of the download plus the ~0.4 s it takes to quit: about
-//! 2.4 s here (a real download of 100 MB at 1 MB/s gives 2 s + quitting; most are longer).
+//! With 150 pieces that window is 2 % of the download plus the time it takes to quit: 3 to 4 s
+//! here, printed per quitter (a real download of 100 MB at 1 MB/s gives 2 s + quitting; most
+//! are longer).
 //! The fast leechers (about 20 s) show the same on clients that stay.
 //!
 //! Transmission 3.00 quirks that shape this test (see also the driver):
