@@ -36,6 +36,8 @@ pub struct Config {
     pub privacy: PrivacyConfig,
     /// Periodic statistics.
     pub stats: StatsConfig,
+    /// The Prometheus endpoint.
+    pub metrics: MetricsConfig,
 }
 
 impl Default for Config {
@@ -49,6 +51,7 @@ impl Default for Config {
             store: StoreConfig::default(),
             privacy: PrivacyConfig::default(),
             stats: StatsConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -340,6 +343,40 @@ impl Default for StatsConfig {
     }
 }
 
+/// `[metrics]`: the Prometheus endpoint.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address of the HTTP endpoint serving `GET /metrics`; "" = off. A bare port means
+    /// 127.0.0.1:port.
+    pub listen: String,
+    /// Allow a `listen` address that is not loopback.
+    pub allow_remote: bool,
+}
+
+impl MetricsConfig {
+    /// The endpoint's address, `None` when off; an error names what is wrong with `listen`.
+    pub fn address(&self) -> Result<Option<SocketAddr>, String> {
+        let v = self.listen.trim();
+        if v.is_empty() {
+            return Ok(None);
+        }
+        let addr = match v.parse::<u16>() {
+            Ok(port) => SocketAddr::from(([127, 0, 0, 1], port)),
+            Err(_) => v.parse::<SocketAddr>().map_err(|_| {
+                format!("must be an address like \"127.0.0.1:9185\" or a port, got {v:?}")
+            })?,
+        };
+        if !addr.ip().is_loopback() && !self.allow_remote {
+            return Err(format!(
+                "{addr} is not a loopback address: the metrics describe the scan to anyone who \
+                 can connect; set metrics.allow_remote = true to serve it there anyway"
+            ));
+        }
+        Ok(Some(addr))
+    }
+}
+
 /// Documentation of every section (printed above `[section]`).
 pub const SECTION_DOCS: &[(&str, &str)] = &[
     (
@@ -364,6 +401,10 @@ pub const SECTION_DOCS: &[(&str, &str)] = &[
     ),
     ("privacy", "How peer addresses are stored."),
     ("stats", "Periodic statistics (stats table and log)."),
+    (
+        "metrics",
+        "Prometheus endpoint (OpenMetrics text at GET /metrics); off unless listen is set.",
+    ),
 ];
 
 /// Documentation of every key, in the order `swarmscan config` prints them.
@@ -461,6 +502,15 @@ pub const KEY_DOCS: &[(&str, &str)] = &[
     ),
     ("privacy.hmac_key_file", "HMAC key file (32 random bytes, created if missing); \"\" = the database path + \".key\"."),
     ("stats.interval_secs", "Interval between statistics rows and log lines, seconds."),
+    (
+        "metrics.listen",
+        "Serve Prometheus metrics at http://ADDRESS/metrics, e.g. \"127.0.0.1:9185\" (a bare port\n\
+         means 127.0.0.1); \"\" = off. Loopback only unless metrics.allow_remote = true.",
+    ),
+    (
+        "metrics.allow_remote",
+        "Allow a metrics.listen address that is not loopback (put a firewall or proxy in front).",
+    ),
 ];
 
 /// A configuration error; the message names the key (or file) at fault.
@@ -732,6 +782,9 @@ impl Config {
         }
         if self.database.as_os_str().is_empty() {
             return bad("database", "must not be empty");
+        }
+        if let Err(m) = self.metrics.address() {
+            return bad("metrics.listen", &m);
         }
         Ok(())
     }
@@ -1041,6 +1094,38 @@ mod tests {
         assert_eq!(c.peer.threshold, 0.75);
         assert_eq!(c.peer.message_cap, 10);
         assert_eq!(c.peer.revisit_secs, 300.0);
+    }
+
+    #[test]
+    fn metrics_listen_is_off_loopback_or_explicitly_remote() {
+        assert_eq!(Config::default().metrics.address(), Ok(None));
+        let c = set(&["metrics.listen=\"9185\""]).unwrap();
+        assert_eq!(
+            c.metrics.address(),
+            Ok(Some("127.0.0.1:9185".parse().unwrap()))
+        );
+        let c = set(&["metrics.listen=\"[::1]:9185\""]).unwrap();
+        assert_eq!(c.metrics.address(), Ok(Some("[::1]:9185".parse().unwrap())));
+        let e = set(&["metrics.listen=\"0.0.0.0:9185\""])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("metrics.listen") && e.contains("allow_remote"),
+            "{e}"
+        );
+        let c = set(&[
+            "metrics.listen=\"0.0.0.0:9185\"",
+            "metrics.allow_remote=true",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.metrics.address(),
+            Ok(Some("0.0.0.0:9185".parse().unwrap()))
+        );
+        let e = set(&["metrics.listen=\"localhost\""])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("metrics.listen"), "{e}");
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod proto;
 pub mod run;
 pub mod scan;
+pub mod service;
 pub mod settings;
 pub mod sim;
 pub mod store;

@@ -1,4 +1,11 @@
-//! Process metrics read from the kernel (status line, periodic statistics, benchmarks).
+//! Process metrics read from the kernel (status line, periodic statistics, benchmarks), and the
+//! lock-free counters the metrics endpoint reads (`service::prometheus`).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use crate::store::record::{ErrorClass, PeerSource, ProbeEvent, ProbeResult, Record, Transport};
 
 /// Resident set size of this process in bytes (0 if /proc is unavailable).
 pub fn rss_bytes() -> u64 {
@@ -9,4 +16,359 @@ pub fn rss_bytes() -> u64 {
         .ok()
         .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
         .map_or(0, |pages| pages * page)
+}
+
+/// A histogram with fixed bucket bounds, observed by one thread and read by another (the
+/// metrics endpoint) without a lock. Sums are kept in millionths.
+#[derive(Debug)]
+pub struct AtomicHistogram {
+    bounds: &'static [f64],
+    /// Observations at or below each bound (not cumulative), then the overflow bucket.
+    counts: Vec<AtomicU64>,
+    sum_micros: AtomicU64,
+    count: AtomicU64,
+}
+
+impl AtomicHistogram {
+    /// A histogram with these upper bounds (ascending; `+Inf` is implied).
+    pub fn new(bounds: &'static [f64]) -> AtomicHistogram {
+        AtomicHistogram {
+            bounds,
+            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum_micros: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+        }
+    }
+
+    /// Records one value.
+    pub fn observe(&self, v: f64) {
+        let i = self
+            .bounds
+            .iter()
+            .position(|&b| v <= b)
+            .unwrap_or(self.bounds.len());
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
+        let micros = if v.is_finite() && v > 0.0 {
+            (v * 1e6) as u64
+        } else {
+            0
+        };
+        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// (sum, count, cumulative buckets with `+Inf` last), as the exposition format wants them.
+    pub fn snapshot(&self) -> (f64, u64, Vec<(f64, u64)>) {
+        let mut cumulative = 0;
+        let mut buckets = Vec::with_capacity(self.counts.len());
+        for (i, c) in self.counts.iter().enumerate() {
+            cumulative += c.load(Ordering::Relaxed);
+            let bound = self.bounds.get(i).copied().unwrap_or(f64::INFINITY);
+            buckets.push((bound, cumulative));
+        }
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        // The count is the last cumulative bucket, so the two always agree in one snapshot.
+        (sum, cumulative, buckets)
+    }
+}
+
+/// Probe kinds counted by the metrics endpoint (watched samples are counted apart).
+pub const PROBE_KINDS: [ProbeEvent; 3] = [
+    ProbeEvent::FirstContact,
+    ProbeEvent::LaterContact,
+    ProbeEvent::Incoming,
+];
+/// Outcome classes: `success`, the classes of [`ErrorClass`], and `other` for any other errno.
+pub const OUTCOMES: [&str; 12] = [
+    "success",
+    "timed_out",
+    "refused",
+    "reset",
+    "broken",
+    "no_route",
+    "net_unreachable",
+    "unknown_protocol",
+    "unknown_info_hash",
+    "mse_failed",
+    "protocol_error",
+    "other",
+];
+/// Transports: TCP or uTP, plaintext or MSE.
+pub const TRANSPORTS: [&str; 4] = ["tcp", "tcp_mse", "utp", "utp_mse"];
+/// Address families.
+pub const FAMILIES: [&str; 2] = ["ipv4", "ipv6"];
+/// Discovery sources.
+pub const SOURCES: [PeerSource; 5] = PeerSource::ALL;
+/// Discovery results.
+pub const RESULTS: [&str; 2] = ["ok", "error"];
+/// Distinct client names kept as labels; further names count under `other`.
+pub const MAX_CLIENT_LABELS: usize = 64;
+
+const CELLS: usize = PROBE_KINDS.len() * OUTCOMES.len() * TRANSPORTS.len() * FAMILIES.len();
+
+fn outcome_index(result: &ProbeResult) -> usize {
+    match result {
+        ProbeResult::Success(_) => 0,
+        ProbeResult::Failed(class) => error_index(*class),
+    }
+}
+
+fn error_index(class: ErrorClass) -> usize {
+    match class {
+        ErrorClass::TimedOut => 1,
+        ErrorClass::Refused => 2,
+        ErrorClass::Reset => 3,
+        ErrorClass::Broken => 4,
+        ErrorClass::NoRoute => 5,
+        ErrorClass::NetUnreachable => 6,
+        ErrorClass::UnknownProtocol => 7,
+        ErrorClass::UnknownInfoHash => 8,
+        ErrorClass::MseFailed => 9,
+        ErrorClass::ProtocolError => 10,
+        ErrorClass::Other(_) => 11,
+    }
+}
+
+fn transport_index(t: Transport) -> usize {
+    let utp = usize::from(t.contains(Transport::UTP));
+    let mse = usize::from(t.contains(Transport::MSE));
+    utp * 2 + mse
+}
+
+/// What the records passing through the writer say, counted for the metrics endpoint: probes
+/// by kind, outcome, transport and family; watched samples; discovery requests by source and
+/// result; answers by client name (from the peer-id: a bounded set of names). Written by the
+/// writer thread only, read at each scrape. No address and no info-hash is ever a label.
+#[derive(Debug)]
+pub struct RecordTally {
+    probes: Vec<AtomicU64>,
+    watched_samples: AtomicU64,
+    unmatched_incoming: [AtomicU64; OUTCOMES.len()],
+    discovery: [[AtomicU64; RESULTS.len()]; SOURCES.len()],
+    discovery_addresses: [AtomicU64; SOURCES.len()],
+    clients: Mutex<HashMap<String, u64>>,
+}
+
+impl Default for RecordTally {
+    fn default() -> Self {
+        RecordTally {
+            probes: (0..CELLS).map(|_| AtomicU64::new(0)).collect(),
+            watched_samples: AtomicU64::new(0),
+            unmatched_incoming: Default::default(),
+            discovery: Default::default(),
+            discovery_addresses: Default::default(),
+            clients: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+fn cell(kind: usize, outcome: usize, transport: usize, family: usize) -> usize {
+    ((kind * OUTCOMES.len() + outcome) * TRANSPORTS.len() + transport) * FAMILIES.len() + family
+}
+
+/// The client label of a peer-id: the client's name when the peer-id encodes a known one
+/// (a fixed table, so the label set is bounded), else `unknown`.
+pub fn client_label(peer_id: &[u8; 20]) -> String {
+    crate::proto::client_id::from_peer_id(peer_id)
+        .name()
+        .map_or_else(|| "unknown".to_string(), str::to_string)
+}
+
+impl RecordTally {
+    /// Counts one record.
+    pub fn observe(&self, record: &Record) {
+        match record {
+            Record::Outcome(o) => {
+                let Some(kind) = PROBE_KINDS.iter().position(|k| *k == o.event) else {
+                    self.watched_samples.fetch_add(1, Ordering::Relaxed);
+                    return;
+                };
+                let family = usize::from(o.addr.ip().to_canonical().is_ipv6());
+                let i = cell(
+                    kind,
+                    outcome_index(&o.result),
+                    transport_index(o.transport),
+                    family,
+                );
+                self.probes[i].fetch_add(1, Ordering::Relaxed);
+                if let Some(id) = &o.peer_id {
+                    let name = client_label(id);
+                    let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+                    let name = if clients.contains_key(&name) || clients.len() < MAX_CLIENT_LABELS {
+                        name
+                    } else {
+                        "other".to_string()
+                    };
+                    *clients.entry(name).or_insert(0) += 1;
+                }
+            }
+            Record::Discovery(d) => {
+                let Some(s) = SOURCES.iter().position(|s| *s == d.source) else {
+                    return;
+                };
+                let r = usize::from(d.error.is_some());
+                self.discovery[s][r].fetch_add(1, Ordering::Relaxed);
+                self.discovery_addresses[s].fetch_add(d.peers.len() as u64, Ordering::Relaxed);
+            }
+            Record::UnmatchedIncoming { error, .. } => {
+                self.unmatched_incoming[error_index(*error)].fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+    }
+
+    /// Every non-zero probe cell: (kind, outcome, transport, family, count).
+    pub fn probes(&self) -> Vec<(&'static str, &'static str, &'static str, &'static str, u64)> {
+        let mut out = Vec::new();
+        for (k, kind) in PROBE_KINDS.iter().enumerate() {
+            for (o, outcome) in OUTCOMES.iter().enumerate() {
+                for (t, transport) in TRANSPORTS.iter().enumerate() {
+                    for (f, family) in FAMILIES.iter().enumerate() {
+                        let n = self.probes[cell(k, o, t, f)].load(Ordering::Relaxed);
+                        if n > 0 {
+                            out.push((kind.as_str(), *outcome, *transport, *family, n));
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Samples taken on watched connections.
+    pub fn watched_samples(&self) -> u64 {
+        self.watched_samples.load(Ordering::Relaxed)
+    }
+
+    /// Incoming connections tied to no torrent we scan, by outcome (non-zero only).
+    pub fn unmatched_incoming(&self) -> Vec<(&'static str, u64)> {
+        OUTCOMES
+            .iter()
+            .zip(&self.unmatched_incoming)
+            .map(|(o, n)| (*o, n.load(Ordering::Relaxed)))
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+
+    /// Discovery requests: (source, result, count) for every pair, zeros included.
+    pub fn discovery(&self) -> Vec<(&'static str, &'static str, u64)> {
+        let mut out = Vec::new();
+        for (s, source) in SOURCES.iter().enumerate() {
+            for (r, result) in RESULTS.iter().enumerate() {
+                out.push((
+                    source.as_str(),
+                    *result,
+                    self.discovery[s][r].load(Ordering::Relaxed),
+                ));
+            }
+        }
+        out
+    }
+
+    /// Addresses received, by source.
+    pub fn discovery_addresses(&self) -> Vec<(&'static str, u64)> {
+        SOURCES
+            .iter()
+            .zip(&self.discovery_addresses)
+            .map(|(s, n)| (s.as_str(), n.load(Ordering::Relaxed)))
+            .collect()
+    }
+
+    /// Answers carrying a peer-id, by client name, sorted by name.
+    pub fn clients(&self) -> Vec<(String, u64)> {
+        let clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<(String, u64)> = clients.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        v.sort();
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::record::{DiscoveryRecord, ProbeOutcome, Progress};
+
+    #[test]
+    fn histogram_buckets_are_cumulative_and_count_matches() {
+        static B: [f64; 3] = [0.001, 0.01, 0.1];
+        let h = AtomicHistogram::new(&B);
+        for v in [0.0005, 0.005, 0.005, 0.05, 3.0] {
+            h.observe(v);
+        }
+        let (sum, count, buckets) = h.snapshot();
+        assert_eq!(count, 5);
+        assert!((sum - 3.0605).abs() < 1e-6, "{sum}");
+        assert_eq!(
+            buckets,
+            vec![(0.001, 1), (0.01, 3), (0.1, 4), (f64::INFINITY, 5)]
+        );
+    }
+
+    fn outcome(event: ProbeEvent, result: ProbeResult, peer_id: Option<[u8; 20]>) -> Record {
+        Record::Outcome(Box::new(ProbeOutcome {
+            torrent_id: 1,
+            addr: "[::ffff:127.0.0.1]:6881".parse().unwrap(),
+            event,
+            at: 0,
+            result,
+            client: None,
+            peer_id,
+            transport: Transport::TCP | Transport::MSE,
+            connect_ms: None,
+            duration_ms: 0,
+            longest_gap_ms: None,
+            messages: 0,
+            next_visit_at: None,
+            portless: false,
+        }))
+    }
+
+    #[test]
+    fn tally_counts_by_bounded_labels() {
+        let t = RecordTally::default();
+        let mut qb = [b'0'; 20];
+        qb[..8].copy_from_slice(b"-qB4130-");
+        let ok = ProbeResult::Success(Progress { have: 1, pieces: 2 });
+        t.observe(&outcome(ProbeEvent::FirstContact, ok, Some(qb)));
+        t.observe(&outcome(ProbeEvent::FirstContact, ok, Some([0xff; 20])));
+        t.observe(&outcome(
+            ProbeEvent::LaterContact,
+            ProbeResult::Failed(ErrorClass::Other(99)),
+            None,
+        ));
+        t.observe(&outcome(ProbeEvent::Watched, ok, None));
+        t.observe(&Record::Discovery(DiscoveryRecord {
+            at: 0,
+            torrent_id: 1,
+            source: PeerSource::TrackerUdp,
+            tracker: Some("udp://x".into()),
+            duration_ms: 1,
+            error: Some("timeout".into()),
+            peers: vec![],
+        }));
+        assert_eq!(
+            t.probes(),
+            vec![
+                ("first_contact", "success", "tcp_mse", "ipv4", 2),
+                ("later_contact", "other", "tcp_mse", "ipv4", 1),
+            ],
+            "IPv4-mapped addresses count as IPv4"
+        );
+        assert_eq!(t.watched_samples(), 1);
+        assert_eq!(
+            t.clients(),
+            vec![("qBittorrent".to_string(), 1), ("unknown".to_string(), 1)]
+        );
+        assert!(t.discovery().contains(&("tracker_udp", "error", 1)));
+        for i in 0..(MAX_CLIENT_LABELS * 2) {
+            let mut id = [b'0'; 20];
+            id[..8].copy_from_slice(format!("-Z{:01}0000-", i % 10).as_bytes());
+            t.observe(&outcome(
+                ProbeEvent::FirstContact,
+                ProbeResult::Failed(ErrorClass::Reset),
+                Some(id),
+            ));
+        }
+        assert!(t.clients().len() <= MAX_CLIENT_LABELS + 1);
+    }
 }

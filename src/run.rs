@@ -314,20 +314,6 @@ fn our_peer_id(prefix: &str) -> [u8; 20] {
     id
 }
 
-/// Sends a message to systemd's notify socket, when running under systemd.
-fn sd_notify(msg: &str) {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-        return;
-    };
-    let path = PathBuf::from(path);
-    if path.as_os_str().to_string_lossy().starts_with('@') {
-        return; // abstract sockets need a different address form; not used by systemd units here
-    }
-    if let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() {
-        let _ = sock.send_to(msg.as_bytes(), &path);
-    }
-}
-
 /// Runs a scan of `inputs` (plus the torrents already in the database) until the duration
 /// passes or a signal arrives.
 pub fn run_scan(
@@ -346,6 +332,17 @@ pub fn run_scan(
     let tracker_tls = match opts.tracker_tls.clone() {
         Some(t) => t,
         None => crate::scan::tls::client_config(&s.tracker.ca_files).map_err(|e| e.to_string())?,
+    };
+    let notifier = crate::service::notify::Notifier::from_env();
+    // Bound before anything is opened: a taken port is an error that touches nothing.
+    let metrics_listener = match s.metrics_listen {
+        Some(addr) => {
+            if !addr.ip().is_loopback() && s.metrics_allow_remote {
+                tracing::warn!(%addr, "metrics.allow_remote: serving metrics beyond loopback");
+            }
+            Some(crate::service::prometheus::bind(addr)?)
+        }
+        None => None,
     };
 
     // Resume state, read before the writer takes the database: the torrents already in it
@@ -593,7 +590,57 @@ pub fn run_scan(
             }
         }
     }
-    sd_notify("READY=1");
+    // Metrics endpoint, then READY: the database is open and every worker is up.
+    let stalled_threads = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let metrics_thread = match metrics_listener {
+        Some(l) => {
+            let addr = l.local_addr().map_err(|e| format!("metrics.listen: {e}"))?;
+            let registry =
+                crate::service::prometheus::registry(crate::service::prometheus::ScanMetrics {
+                    workers: counters.clone(),
+                    writer: writer.metrics(),
+                    own: own.clone(),
+                    stalled: stalled_threads.clone(),
+                    torrents: catalog.len(),
+                    start_time: crate::service::prometheus::unix_now(),
+                });
+            let t = crate::service::prometheus::serve(l, registry, stop.clone())
+                .map_err(|e| format!("spawning the metrics thread: {e}"))?;
+            tracing::info!(%addr, "metrics at http://{addr}/metrics");
+            Some(t)
+        }
+        None => None,
+    };
+    let _ = notifier.notify("READY=1\nSTATUS=scanning");
+    // The watchdog rule (service::health): pings only while every worker loop and the writer
+    // make progress.
+    let mut heartbeats = crate::service::health::Heartbeats::default();
+    for (i, c) in counters.iter().enumerate() {
+        let c = c.clone();
+        heartbeats.add(
+            format!("engine-{i}"),
+            Instant::now(),
+            Box::new(move || c.loops.load(Ordering::Relaxed)),
+        );
+    }
+    {
+        let m = writer.metrics();
+        heartbeats.add(
+            "swarmscan-writer",
+            Instant::now(),
+            Box::new(move || m.loops.load(Ordering::Relaxed)),
+        );
+    }
+    let watchdog = notifier.watchdog();
+    let stall_limit = crate::service::health::stall_limit(watchdog.unwrap_or(Duration::ZERO));
+    let mut last_ping: Option<Instant> = None;
+    let mut stalled_before = false;
+    if let Some(wd) = watchdog {
+        tracing::info!(
+            timeout_ms = wd.as_millis() as u64,
+            "systemd watchdog: pinging while every worker and the writer make progress"
+        );
+    }
 
     // Status, statistics, stop conditions.
     let show_status = opts
@@ -607,6 +654,7 @@ pub fn run_scan(
     let mut rate = 0.0;
     let sum = |f: fn(&WorkerCounters) -> u64| counters.iter().map(|c| f(c)).sum::<u64>();
     let mut ended: Option<String> = None;
+    let mut errors_before_join: Vec<String> = Vec::new();
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(200));
         if opts.duration.is_some_and(|d| started.elapsed() >= d) {
@@ -615,6 +663,7 @@ pub fn run_scan(
         // Every thread runs until `stop`: one that ended has failed (a panic, or a worker that
         // could not go on). Stop everything and report it below, never a half-run.
         ended = crate::threads::first_finished(&worker_threads)
+            .or_else(|| crate::threads::first_finished(&metrics_thread))
             .or_else(|| discovery.ended_thread())
             .or_else(|| writer.ended().then(|| "swarmscan-writer".to_string()));
         if ended.is_some() {
@@ -626,6 +675,31 @@ pub fn run_scan(
             break;
         }
         crate::threads::debug_panic_point("status");
+        let stalled = heartbeats.stalled(Instant::now(), stall_limit);
+        stalled_threads.store(stalled.len() as u64, Ordering::Relaxed);
+        if !stalled.is_empty() && !stalled_before {
+            let names: Vec<String> = stalled
+                .iter()
+                .map(|(n, d)| format!("{n} ({:.1} s)", d.as_secs_f64()))
+                .collect();
+            tracing::error!(
+                "no progress from {}: watchdog pings withheld",
+                names.join(", ")
+            );
+            let _ = notifier.notify(&crate::service::notify::status_line(&format!(
+                "stalled: {}",
+                names.join(", ")
+            )));
+        } else if stalled.is_empty() && stalled_before {
+            tracing::warn!("every worker and the writer make progress again");
+        }
+        stalled_before = !stalled.is_empty();
+        if let Some(wd) = watchdog {
+            if stalled.is_empty() && last_ping.map_or(true, |t| t.elapsed() >= wd / 4) {
+                let _ = notifier.notify("WATCHDOG=1");
+                last_ping = Some(Instant::now());
+            }
+        }
         let probes = sum(|c| c.probes_done.load(Ordering::Relaxed));
         if last_at.elapsed() >= Duration::from_secs(1) {
             rate = (probes - last_probes) as f64 / last_at.elapsed().as_secs_f64();
@@ -641,7 +715,14 @@ pub fn run_scan(
                     started.elapsed().as_secs_f64()
                 );
             }
-            sd_notify(&format!("STATUS=peers {known}, in flight {in_flight}, watched {watched}, {rate:.0} probes/s, confirmed {confirmed}\nWATCHDOG=1"));
+            if !stalled_before {
+                let m = writer.metrics();
+                let queue = m.queued.load(Ordering::Relaxed) as i64
+                    + m.overflow.load(Ordering::Relaxed).max(0);
+                let _ = notifier.notify(&crate::service::notify::status_line(&format!(
+                    "peers {known}, in flight {in_flight}, watched {watched}, {rate:.0} probes/s, confirmed {confirmed}, writer queue {queue}"
+                )));
+            }
         }
         if Instant::now() >= next_stats {
             next_stats += stats_every;
@@ -664,9 +745,14 @@ pub fn run_scan(
     if show_status {
         eprintln!();
     }
-    sd_notify("STOPPING=1");
+    let _ = notifier.notify("STOPPING=1\nSTATUS=stopping: flushing records to the database");
     stop.store(true, Ordering::SeqCst);
-    let mut errors = Vec::new();
+    if let Some(t) = metrics_thread {
+        if let Err(e) = crate::threads::join(t) {
+            errors_before_join.push(e);
+        }
+    }
+    let mut errors = errors_before_join;
     for t in worker_threads {
         if let Err(e) = crate::threads::join(t).and_then(|r| r) {
             errors.push(e);

@@ -66,6 +66,10 @@ pub struct ScanSettings {
     pub privacy: (IpMode, PathBuf),
     /// Statistics rows and log lines.
     pub stats_interval: Duration,
+    /// The Prometheus endpoint's address (`None` = off), checked by `Config::validate`.
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// `metrics.allow_remote` (already applied to `metrics_listen`; kept to be shown).
+    pub metrics_allow_remote: bool,
 }
 
 impl ScanSettings {
@@ -139,6 +143,8 @@ impl ScanSettings {
             writer: WriterOptions::from_config(config),
             privacy: (config.privacy.ip, config.hmac_key_path()),
             stats_interval: Duration::from_secs_f64(config.stats.interval_secs.max(1.0)),
+            metrics_listen: config.metrics.address().ok().flatten(),
+            metrics_allow_remote: config.metrics.allow_remote,
         }
     }
 }
@@ -157,6 +163,7 @@ mod tests {
             "privacy.ip" => return "\"full\"".into(),
             "net.listen" => return "[\"127.0.0.1:7001\"]".into(),
             "tracker.ca_files" => return "[\"ca.pem\"]".into(),
+            "metrics.listen" => return "\"127.0.0.1:9185\"".into(),
             // Must stay at least the first retry delay.
             "peer.retry_backoff_max_secs" => return "7200.0".into(),
             _ => {}

@@ -63,6 +63,42 @@ pub fn debug_panic_point(point: &str) {
     let _ = point;
 }
 
+/// Test hook, compiled into debug builds only: when `SWARMSCAN_DEBUG_STALL` is `point` or
+/// `point:SECS`, the first thread that reaches `point` (`engine`: a worker's loop, `writer`:
+/// the writer's loop) SECS seconds (default 0) after the first call stops there for good, as a
+/// thread stuck in a system call or a lock would, so the tests can check that the systemd
+/// watchdog pings stop. Release builds never read the variable.
+#[inline]
+pub fn debug_stall_point(point: &str) {
+    #[cfg(debug_assertions)]
+    {
+        use std::time::{Duration, Instant};
+        static WANTED: std::sync::OnceLock<Option<(String, Instant)>> = std::sync::OnceLock::new();
+        static TAKEN: AtomicBool = AtomicBool::new(false);
+        let wanted = WANTED.get_or_init(|| {
+            let v = std::env::var("SWARMSCAN_DEBUG_STALL").ok()?;
+            let (name, secs) = match v.split_once(':') {
+                Some((n, s)) => (n.to_string(), s.parse::<f64>().unwrap_or(0.0)),
+                None => (v, 0.0),
+            };
+            Some((
+                name,
+                Instant::now() + Duration::from_secs_f64(secs.clamp(0.0, 3600.0)),
+            ))
+        });
+        if let Some((name, at)) = wanted {
+            if name == point && Instant::now() >= *at && !TAKEN.swap(true, Ordering::SeqCst) {
+                tracing::warn!("SWARMSCAN_DEBUG_STALL={point}: this thread stops here for a test");
+                loop {
+                    std::thread::sleep(Duration::from_secs(3600));
+                }
+            }
+        }
+    }
+    #[cfg(not(debug_assertions))]
+    let _ = point;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

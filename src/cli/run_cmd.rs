@@ -61,13 +61,38 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     crate::limits::parse_duration(s, crate::limits::MIN_SECS, crate::limits::MAX_SECS)
 }
 
+/// Logs go to stderr through `tracing` (`SWARMSCAN_LOG`, default `warn`): colours only on a
+/// terminal, and under systemd (`JOURNAL_STREAM` names our stderr) no timestamp, since the
+/// journal adds its own. Nothing logs per probe: per-probe detail is at `trace` level only.
 fn init_logging() {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("SWARMSCAN_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .try_init();
+        .with_ansi(std::io::stderr().is_terminal());
+    let _ = if stderr_is_journal() {
+        builder.without_time().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+/// Whether stderr is the journal's stream: `JOURNAL_STREAM` is `DEVICE:INODE` of it.
+fn stderr_is_journal() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Some(v) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let v = v.to_string_lossy();
+    let Some((dev, ino)) = v.split_once(':') else {
+        return false;
+    };
+    let (Ok(dev), Ok(ino)) = (dev.parse::<u64>(), ino.parse::<u64>()) else {
+        return false;
+    };
+    std::fs::metadata("/proc/self/fd/2").is_ok_and(|m| m.dev() == dev && m.ino() == ino)
 }
 
 pub fn run(args: &RunArgs) -> i32 {

@@ -400,6 +400,9 @@ pub struct WorkerCounters {
     pub ipv6_ignored: AtomicU64,
     /// Probes the stop cut short before the peer stated its progress (not recorded).
     pub cancelled_at_stop: AtomicU64,
+    /// Iterations of the worker's loop (one `tick` each): its heartbeat, read by the systemd
+    /// watchdog check (`service::health`). A stuck worker stops it.
+    pub loops: AtomicU64,
 }
 
 /// How the scan watches peers (connections kept open to see the threshold crossing live).
@@ -1414,6 +1417,8 @@ impl WorkerDriver for ScanDriver {
     }
 
     fn tick(&mut self, now: Millis) {
+        self.counters.loops.fetch_add(1, Ordering::Relaxed);
+        crate::threads::debug_stall_point("engine");
         self.last_tick = now;
         self.handle_inbox(now);
         self.flush_outbox();

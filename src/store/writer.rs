@@ -102,9 +102,31 @@ impl WriterOptions {
     }
 }
 
+/// Commit latency bounds of [`WriterMetrics::commit_seconds`], seconds.
+pub const COMMIT_SECONDS_BOUNDS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+/// Batch size bounds of [`WriterMetrics::batch_records`], records.
+pub const BATCH_RECORDS_BOUNDS: &[f64] = &[
+    1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 50000.0,
+];
+/// The writer thread wakes at least this often when idle, so its heartbeat
+/// ([`WriterMetrics::loops`]) moves while it is healthy (the systemd watchdog reads it).
+pub const IDLE_BEAT: Duration = Duration::from_millis(250);
+
 /// Counters shared between producers, the writer thread and the stats thread.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct WriterMetrics {
+    /// Iterations of the writer thread's loop: its heartbeat (a stuck writer stops it).
+    pub loops: AtomicU64,
+    /// Messages waiting in the channel, as the writer last saw it.
+    pub queued: AtomicU64,
+    /// How long each COMMIT took (aggregates included), seconds.
+    pub commit_seconds: crate::metrics::AtomicHistogram,
+    /// Records per committed transaction.
+    pub batch_records: crate::metrics::AtomicHistogram,
+    /// What the applied records say (outcomes, discovery, clients), for the metrics endpoint.
+    pub tally: crate::metrics::RecordTally,
     /// Records that found the channel full and waited in a producer's overflow queue.
     pub backpressure: AtomicU64,
     /// Records currently held in producers' overflow queues.
@@ -115,6 +137,23 @@ pub struct WriterMetrics {
     pub batches: AtomicU64,
     /// Records lost because the writer was gone (only after [`Writer::finish`] or a crash).
     pub lost: AtomicU64,
+}
+
+impl Default for WriterMetrics {
+    fn default() -> Self {
+        WriterMetrics {
+            loops: AtomicU64::new(0),
+            queued: AtomicU64::new(0),
+            commit_seconds: crate::metrics::AtomicHistogram::new(COMMIT_SECONDS_BOUNDS),
+            batch_records: crate::metrics::AtomicHistogram::new(BATCH_RECORDS_BOUNDS),
+            tally: crate::metrics::RecordTally::default(),
+            backpressure: AtomicU64::new(0),
+            overflow: AtomicI64::new(0),
+            committed: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+            lost: AtomicU64::new(0),
+        }
+    }
 }
 
 /// What the writer did, returned by [`Writer::finish`].
@@ -466,15 +505,22 @@ impl WriterThread {
         let batch_time = Duration::from_millis(self.options.batch_ms);
         let mut batch_started: Option<Instant> = None;
         loop {
+            self.metrics.loops.fetch_add(1, Ordering::Relaxed);
+            self.metrics
+                .queued
+                .store(rx.len() as u64, Ordering::Relaxed);
+            crate::threads::debug_stall_point("writer");
             let msg = match batch_started {
                 Some(start) => match rx.recv_deadline(start + batch_time) {
                     Ok(m) => Some(m),
                     Err(RecvTimeoutError::Timeout) => None,
                     Err(RecvTimeoutError::Disconnected) => break,
                 },
-                None => match rx.recv() {
+                // Idle: wake now and then so the heartbeat above keeps moving.
+                None => match rx.recv_timeout(IDLE_BEAT) {
                     Ok(m) => Some(m),
-                    Err(_) => break,
+                    Err(RecvTimeoutError::Timeout) => continue,
+                    Err(RecvTimeoutError::Disconnected) => break,
                 },
             };
             match msg {
@@ -522,6 +568,7 @@ impl WriterThread {
         match msg {
             Msg::Record(record) => {
                 self.begin();
+                self.metrics.tally.observe(&record);
                 if let Some(at) = record.activity_at() {
                     self.run_window = Some(match self.run_window {
                         None => (at, at),
@@ -805,11 +852,16 @@ impl WriterThread {
         if !self.in_transaction {
             return;
         }
+        let started = Instant::now();
         if let Err(e) = self.write_aggregates() {
             self.fail("writing aggregates", &e);
         }
         match self.store.conn.execute_batch("COMMIT") {
             Ok(()) => {
+                self.metrics
+                    .commit_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                self.metrics.batch_records.observe(self.uncommitted as f64);
                 self.counts.batches += 1;
                 self.metrics.batches.fetch_add(1, Ordering::Relaxed);
                 self.metrics
