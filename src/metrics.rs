@@ -26,7 +26,6 @@ pub struct AtomicHistogram {
     /// Observations at or below each bound (not cumulative), then the overflow bucket.
     counts: Vec<AtomicU64>,
     sum_micros: AtomicU64,
-    count: AtomicU64,
 }
 
 impl AtomicHistogram {
@@ -36,7 +35,6 @@ impl AtomicHistogram {
             bounds,
             counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
             sum_micros: AtomicU64::new(0),
-            count: AtomicU64::new(0),
         }
     }
 
@@ -54,21 +52,22 @@ impl AtomicHistogram {
             0
         };
         self.sum_micros.fetch_add(micros, Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// (sum, count, cumulative buckets with `+Inf` last), as the exposition format wants them.
+    /// (sum, count, per-bucket counts with `+Inf` last): what `prometheus-client`'s
+    /// `encode_histogram` takes (it makes the buckets cumulative itself).
     pub fn snapshot(&self) -> (f64, u64, Vec<(f64, u64)>) {
-        let mut cumulative = 0;
+        let mut count = 0;
         let mut buckets = Vec::with_capacity(self.counts.len());
         for (i, c) in self.counts.iter().enumerate() {
-            cumulative += c.load(Ordering::Relaxed);
+            let n = c.load(Ordering::Relaxed);
+            count += n;
             let bound = self.bounds.get(i).copied().unwrap_or(f64::INFINITY);
-            buckets.push((bound, cumulative));
+            buckets.push((bound, n));
         }
         let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        // The count is the last cumulative bucket, so the two always agree in one snapshot.
-        (sum, cumulative, buckets)
+        // The count is the sum of the buckets read, so `_count` and `+Inf` always agree.
+        (sum, count, buckets)
     }
 }
 
@@ -289,7 +288,7 @@ mod tests {
     use crate::store::record::{DiscoveryRecord, ProbeOutcome, Progress};
 
     #[test]
-    fn histogram_buckets_are_cumulative_and_count_matches() {
+    fn histogram_counts_per_bucket_and_count_matches() {
         static B: [f64; 3] = [0.001, 0.01, 0.1];
         let h = AtomicHistogram::new(&B);
         for v in [0.0005, 0.005, 0.005, 0.05, 3.0] {
@@ -300,7 +299,7 @@ mod tests {
         assert!((sum - 3.0605).abs() < 1e-6, "{sum}");
         assert_eq!(
             buckets,
-            vec![(0.001, 1), (0.01, 3), (0.1, 4), (f64::INFINITY, 5)]
+            vec![(0.001, 1), (0.01, 2), (0.1, 1), (f64::INFINITY, 1)]
         );
     }
 
