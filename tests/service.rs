@@ -517,3 +517,64 @@ fn metrics_endpoint_serves_the_scan_in_a_format_prometheus_parses() {
         .expect("exits after SIGTERM");
     assert!(status.success(), "{}", stderr_of(&mut scan));
 }
+
+/// systemd/swarmscan.service passes `systemd-analyze verify` (with ExecStart at the binary
+/// just built, since verify checks it exists), and the sysusers.d and tmpfiles.d snippets make
+/// the user and directories in a scratch root.
+#[test]
+fn the_unit_and_its_snippets_pass_systemd_own_checks() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = common::test_dir("swarmscan-unit");
+    let unit = std::fs::read_to_string(repo.join("systemd/swarmscan.service")).unwrap();
+    assert!(unit.contains("ExecStart=/usr/local/bin/swarmscan run"));
+    let unit = unit.replace("/usr/local/bin/swarmscan", env!("CARGO_BIN_EXE_swarmscan"));
+    let path = dir.path().join("swarmscan.service");
+    std::fs::write(&path, unit).unwrap();
+    let run = |cmd: &mut Command| {
+        let out = cmd
+            .output()
+            .unwrap_or_else(|e| panic!("{cmd:?}: {e} (Debian: apt-get install systemd)"));
+        assert!(
+            out.status.success(),
+            "{cmd:?}: {:?}\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let warnings = run(Command::new("systemd-analyze").arg("verify").arg(&path));
+    assert!(warnings.trim().is_empty(), "verify warned: {warnings}");
+    for key in [
+        "Type=notify",
+        "WatchdogSec=",
+        "Restart=on-failure",
+        "MemoryHigh=",
+        "MemoryMax=",
+    ] {
+        assert!(
+            std::fs::read_to_string(&path).unwrap().contains(key),
+            "{key}"
+        );
+    }
+
+    let root = dir.path().join("root");
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    run(Command::new("systemd-sysusers")
+        .arg(format!("--root={}", root.display()))
+        .arg(repo.join("systemd/swarmscan.sysusers.conf")));
+    let passwd = std::fs::read_to_string(root.join("etc/passwd")).unwrap();
+    assert!(passwd.contains("swarmscan:x:"), "{passwd}");
+    // Safety: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("not root: the tmpfiles.d snippet (it chowns) is not applied; skipped");
+        return;
+    }
+    run(Command::new("systemd-tmpfiles")
+        .arg(format!("--root={}", root.display()))
+        .arg("--create")
+        .arg(repo.join("systemd/swarmscan.tmpfiles.conf")));
+    for d in ["etc/swarmscan/torrents", "var/lib/swarmscan"] {
+        assert!(root.join(d).is_dir(), "{d}");
+    }
+}
