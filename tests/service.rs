@@ -454,6 +454,8 @@ fn metrics_endpoint_serves_the_scan_in_a_format_prometheus_parses() {
             break (families, samples, body);
         }
     };
+    // Kept for a look with SWARMSCAN_KEEP_TEST_DIR=1.
+    std::fs::write(dir.path().join("metrics.txt"), &text).unwrap();
     for (family, kind) in [
         ("swarmscan_probes", "counter"),
         ("swarmscan_probes_in_flight", "gauge"),
@@ -508,6 +510,35 @@ fn metrics_endpoint_serves_the_scan_in_a_format_prometheus_parses() {
     assert!(!text.contains("127."), "an address in the metrics: {text}");
     let hash = swarmscan::proto::hex::encode(&sim.metainfo[0].info_hashes.wire_ids()[0]);
     assert!(!text.to_lowercase().contains(&hash), "{text}");
+
+    // Every series the Grafana dashboard queries is served.
+    let dashboard = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tuning/grafana-swarmscan.json"),
+    )
+    .unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&dashboard).unwrap();
+    let mut queried = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().unwrap();
+            for (i, _) in expr.match_indices("swarmscan_") {
+                let name: String = expr[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                queried.push(name);
+            }
+        }
+    }
+    assert!(queried.len() > 20, "{queried:?}");
+    for name in queried {
+        assert!(
+            samples
+                .iter()
+                .any(|(n, _)| n.split('{').next() == Some(name.as_str())),
+            "the dashboard queries {name}, which /metrics does not serve"
+        );
+    }
 
     // Anything else is 404; the endpoint is GET only.
     assert_eq!(http_get(port, "/nope").0, "HTTP/1.1 404 Not Found");
