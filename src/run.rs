@@ -740,6 +740,19 @@ pub fn run_scan(
                 cpu_percent: 0.0,
             }));
             stats_sender.pump();
+            // One log line per statistics interval (journald's view of the scan), never one
+            // per probe.
+            tracing::info!(
+                peers = sum(|c| c.known_peers.load(Ordering::Relaxed)),
+                in_flight = sum(|c| c.in_flight.load(Ordering::Relaxed)),
+                watched = sum(|c| c.watched.load(Ordering::Relaxed)),
+                probes_per_sec = format_args!("{rate:.0}"),
+                probes = sum(|c| c.probes_done.load(Ordering::Relaxed)),
+                confirmed = sum(|c| c.confirmed.load(Ordering::Relaxed)),
+                writer_queue = metrics.queued.load(Ordering::Relaxed) as i64
+                    + metrics.overflow.load(Ordering::Relaxed).max(0),
+                "scan"
+            );
         }
     }
     if show_status {

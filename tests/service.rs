@@ -138,7 +138,8 @@ fn spawn_scan(dir: &Path, sim: &SimSwarm, env: &[(&str, String)], sets: &[String
         .args(["--set", "engine.workers=2"])
         .args(["--set", "peer.revisit_secs=1"])
         .args(["--set", "peer.quiet_timeout_ms=800"])
-        .args(["--set", "store.batch_ms=200"]);
+        .args(["--set", "store.batch_ms=200"])
+        .args(["--set", "stats.interval_secs=1"]);
     for s in sets {
         cmd.args(["--set", s]);
     }
@@ -252,6 +253,29 @@ fn notifies_ready_status_watchdog_and_stopping_on_path_and_abstract_sockets() {
         assert!(
             !err.contains('\u{1b}'),
             "ANSI escapes in a non-terminal log: {err}"
+        );
+        // At info: a `scan` line per statistics interval (1 s here), never a line per probe.
+        let scan_lines = err
+            .lines()
+            .filter(|l| l.contains(" scan ") && l.contains("peers="))
+            .count();
+        assert!(scan_lines >= 3, "{value}: {err}");
+        let probes: u64 = err
+            .lines()
+            .filter_map(|l| {
+                l.split("probes=")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .max()
+            .unwrap_or(0);
+        assert!(
+            probes > 2 * err.lines().count() as u64,
+            "{value}: {probes} probes, {} log lines: {err}",
+            err.lines().count()
         );
     }
 }
