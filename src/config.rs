@@ -257,6 +257,9 @@ pub struct StoreConfig {
     pub batch_ms: u64,
     /// Records the channel to the writer holds before producers keep them in overflow.
     pub channel_capacity: usize,
+    /// Seconds the database may refuse every commit (disk full, I/O errors) before the scan
+    /// stops with an error; until then records are held and retried.
+    pub unwritable_secs: f64,
 }
 
 impl Default for StoreConfig {
@@ -265,6 +268,7 @@ impl Default for StoreConfig {
             batch_rows: 5000,
             batch_ms: 500,
             channel_capacity: 65536,
+            unwritable_secs: 300.0,
         }
     }
 }
@@ -453,6 +457,13 @@ pub const KEY_DOCS: &[(&str, &str)] = &[
         "store.channel_capacity",
         "Records the channel to the writer holds; when it is full, producers keep records in their\n\
          own overflow and retry (counted as writer back-pressure), they never block or drop.",
+    ),
+    (
+        "store.unwritable_secs",
+        "When a commit fails (disk full, I/O error), the writer keeps the records (up to\n\
+         channel_capacity of them in memory; past that the channel fills and workers stop starting\n\
+         probes) and retries with back-off. When the database has refused every commit for this\n\
+         many seconds, the scan stops probing, says why and exits non-zero.",
     ),
     (
         "privacy.ip",
@@ -693,6 +704,7 @@ impl Config {
             return bad("tracker.scrape_secs", "must be >= 0 (0 = never scrape)");
         }
         positive_secs("stats.interval_secs", self.stats.interval_secs)?;
+        positive_secs("store.unwritable_secs", self.store.unwritable_secs)?;
         if self.database.as_os_str().is_empty() {
             return bad("database", "must not be empty");
         }

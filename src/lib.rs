@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod config;
 pub mod engine;
+pub mod logging;
 pub mod metrics;
 pub mod proto;
 pub mod run;

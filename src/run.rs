@@ -599,6 +599,8 @@ pub fn run_scan(
     let mut last_at = Instant::now();
     let mut rate = 0.0;
     let sum = |f: fn(&WorkerCounters) -> u64| counters.iter().map(|c| f(c)).sum::<u64>();
+    let mut cpu = crate::metrics::CpuMeter::default();
+    let writer_metrics = writer.metrics();
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(200));
         if opts.duration.is_some_and(|d| started.elapsed() >= d) {
@@ -606,6 +608,11 @@ pub fn run_scan(
         }
         if worker_threads.iter().any(|t| t.is_finished()) {
             break; // a worker failed: stop everything and report it below
+        }
+        if let Some(why) = writer_metrics.failure() {
+            // The database stayed unwritable: stop probing; `finish` below reports it.
+            tracing::error!("stopping the scan: {why}");
+            break;
         }
         let probes = sum(|c| c.probes_done.load(Ordering::Relaxed));
         if last_at.elapsed() >= Duration::from_secs(1) {
@@ -633,11 +640,11 @@ pub fn run_scan(
                 in_flight: sum(|c| c.in_flight.load(Ordering::Relaxed)) as i64,
                 probes_per_sec: rate,
                 confirmed: sum(|c| c.confirmed.load(Ordering::Relaxed)) as i64,
-                due_queue: 0,
+                due_queue: sum(|c| c.due_queue.load(Ordering::Relaxed)) as i64,
                 writer_overflow: metrics.overflow.load(Ordering::Relaxed),
                 writer_backpressure: metrics.backpressure.load(Ordering::Relaxed) as i64,
                 rss_bytes: crate::metrics::rss_bytes() as i64,
-                cpu_percent: 0.0,
+                cpu_percent: cpu.percent(),
             }));
             stats_sender.pump();
         }

@@ -79,6 +79,28 @@ impl RevisitWheel {
         }
     }
 
+    /// Peers due at or before `now` and not yet handed out (the due queue, for statistics):
+    /// this round's entries of the slots not drained yet, and the drained ones waiting. A peer
+    /// rescheduled to an earlier time may count twice until it is handed out.
+    pub fn due_count(&self, table: &PeerTable, now: u32) -> usize {
+        let is_due = |idx: &&PeerIdx| {
+            let due = table.get(**idx).next_visit;
+            due != NOT_SCHEDULED && due <= now
+        };
+        let behind = (now.saturating_sub(self.cursor) as usize + 1).min(WHEEL_SLOTS);
+        let mut n = self.pending.iter().filter(is_due).count();
+        if self.cursor <= now {
+            for k in 0..behind {
+                let second = self.cursor as usize + k;
+                n += self.slots[second % WHEEL_SLOTS]
+                    .iter()
+                    .filter(is_due)
+                    .count();
+            }
+        }
+        n
+    }
+
     /// Entries held (including stale ones), for metrics.
     pub fn len(&self) -> usize {
         self.slots.iter().map(Vec::len).sum::<usize>() + self.pending.len()
