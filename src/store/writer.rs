@@ -581,7 +581,15 @@ impl WriterThread {
                         batch_started = Some(Instant::now());
                     }
                     self.handle(m);
-                    if self.failing.is_none() && self.spool.len() >= self.options.batch_rows {
+                    // Checked here too: under a steady stream `recv_deadline` may never time out.
+                    let due = match &self.failing {
+                        Some(f) => Instant::now() >= f.retry_at,
+                        None => {
+                            self.spool.len() >= self.options.batch_rows
+                                || batch_started.is_some_and(|s| s.elapsed() >= batch_time)
+                        }
+                    };
+                    if due {
                         self.commit();
                     }
                     if self.spool.is_empty() {
@@ -700,6 +708,9 @@ impl WriterThread {
         loop {
             if self.gave_up.is_some() {
                 return false;
+            }
+            if self.spool.is_empty() && !self.in_transaction {
+                return true;
             }
             self.commit();
             if self.failing.is_none() {
