@@ -498,3 +498,52 @@ fn kill_9_at_random_moments_keeps_the_database_intact_and_loses_at_most_one_batc
         losses.iter().max().unwrap()
     );
 }
+
+#[test]
+fn the_summary_counts_what_the_database_holds_for_a_torrent_known_only_by_magnet() {
+    // The simulated peers state their progress but never send metadata: every answer is a
+    // success whose piece count stays unknown.
+    let sim = sim(120);
+    let dir = common::test_dir("writer-magnet-");
+    let db = dir.path().join("scan.sqlite");
+    let hash = sim.metainfo[0].info_hashes.v1.unwrap().0;
+    let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+    let magnet = format!(
+        "magnet:?xt=urn:btih:{hex}&tr={}",
+        sim.tracker
+            .http_url()
+            .replace(':', "%3A")
+            .replace('/', "%2F")
+    );
+    let mut args = vec![
+        "run".to_string(),
+        "--json".into(),
+        "--for".into(),
+        "4s".into(),
+    ];
+    args.extend(scan_args(&db, &[]));
+    args.push(magnet);
+    let out = Command::new(binary())
+        .args(&args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let stored_ok = query_i64(
+        &conn,
+        "SELECT sum(count) FROM outcome_counts WHERE class = 'success'",
+    );
+    let stored = query_i64(&conn, "SELECT sum(count) FROM outcome_counts");
+    eprintln!("{summary}; stored {stored} outcomes, {stored_ok} successes");
+    assert!(stored_ok > 0, "the peers answered: {summary}");
+    assert_eq!(summary["probes_ok"].as_i64(), Some(stored_ok), "{summary}");
+    assert_eq!(summary["probes"].as_i64(), Some(stored), "{summary}");
+    assert_eq!(summary["peers_known"].as_i64(), Some(25), "{summary}");
+}
