@@ -258,6 +258,8 @@ pub struct RunSummary {
     pub watch_refused: u64,
     /// IPv6 addresses ignored because `net.ipv6 = false`.
     pub ipv6_ignored: u64,
+    /// Log lines dropped because stderr could not be written (e.g. its file system is full).
+    pub log_writes_dropped: u64,
 }
 
 /// Listen addresses with port 0 get a concrete free port, so that every worker listens on the
@@ -683,6 +685,7 @@ pub fn run_scan(
         crossed_live: sum(|c| c.crossed_live.load(Ordering::Relaxed)),
         watch_refused: sum(|c| c.watch_refused.load(Ordering::Relaxed)),
         ipv6_ignored: sum(|c| c.ipv6_ignored.load(Ordering::Relaxed)),
+        log_writes_dropped: crate::logging::dropped_writes(),
     })
 }
 

@@ -547,3 +547,37 @@ fn the_summary_counts_what_the_database_holds_for_a_torrent_known_only_by_magnet
     assert_eq!(summary["probes"].as_i64(), Some(stored), "{summary}");
     assert_eq!(summary["peers_known"].as_i64(), Some(25), "{summary}");
 }
+
+#[test]
+fn a_log_that_cannot_be_written_is_dropped_and_counted_not_a_panic() {
+    let dir = common::test_dir("writer-devfull-");
+    let db = dir.path().join("scan.sqlite");
+    let hex = "0123456789abcdef0123456789abcdef01234567";
+    let mut args = vec![
+        "run".to_string(),
+        "--json".into(),
+        "--for".into(),
+        "1s".into(),
+    ];
+    args.extend(scan_args(&db, &[]));
+    // No listener: a warning is logged at once.
+    args.extend(["--set".into(), "net.listen=[]".into(), hex.into()]);
+    let out = Command::new(binary())
+        .args(&args)
+        .stdin(Stdio::null())
+        .stderr(
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open("/dev/full")
+                .unwrap(),
+        )
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "stderr on a full device");
+    let summary: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    assert!(
+        summary["log_writes_dropped"].as_u64().unwrap_or(0) >= 1,
+        "{summary}"
+    );
+}
