@@ -323,6 +323,7 @@ fn a_disk_that_stays_full_stops_the_scan_with_a_clear_error_and_a_non_zero_exit(
         "stopped long before --for 60s: {took:?}"
     );
     let last = log.lines().last().unwrap_or_default();
+    eprintln!("last line: {last}");
     assert!(
         last.starts_with("swarmscan: run: the database")
             && last.contains("stayed unwritable")

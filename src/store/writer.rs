@@ -246,7 +246,7 @@ impl Writer {
             let lost = self.metrics.lost.load(Ordering::Relaxed);
             let _ = conn.close();
             return Err(StoreError::Unwritable(format!(
-                "{why}; {lost} records not stored in all"
+                "{why}; {lost} records not stored"
             )));
         }
         counts.backpressure = self.metrics.backpressure.load(Ordering::Relaxed);
@@ -805,14 +805,13 @@ impl WriterThread {
             let lost = self.spool.len() as u64;
             let why = format!(
                 "the database {} stayed unwritable for {:.0} s (store.unwritable_secs = {}): {}; \
-                 {} records could not be stored; stopped probing",
+                 stopped probing",
                 self.store.path.display(),
                 now.duration_since(since).as_secs_f64(),
                 self.options.unwritable.as_secs_f64(),
                 f.last_error,
-                lost
             );
-            tracing::error!("writer: {why}");
+            tracing::error!("writer: {why}; the {lost} records held are not stored");
             self.metrics.lost.fetch_add(lost, Ordering::Relaxed);
             self.metrics.spooled.store(0, Ordering::Relaxed);
             self.spool.clear();
