@@ -189,7 +189,7 @@ impl PeerConfig {
 }
 
 /// Longest duration any `*_secs` key accepts: a year.
-pub const MAX_SECS: f64 = 31_536_000.0;
+pub use crate::limits::MAX_SECS;
 
 impl Default for PeerConfig {
     fn default() -> Self {
@@ -567,6 +567,20 @@ impl Config {
                     message: "expected a table (section)".to_string(),
                 });
             }
+            if default_value.is_integer() {
+                let shown = match &value {
+                    toml::Value::Integer(_) => None,
+                    toml::Value::Float(f) => Some(crate::limits::show_f64(*f)),
+                    toml::Value::String(s) => Some(format!("{s:?}")),
+                    other => Some(other.type_str().to_string()),
+                };
+                if let Some(shown) = shown {
+                    return Err(ConfigError::Invalid {
+                        key,
+                        message: format!("expected a whole number, got {shown}"),
+                    });
+                }
+            }
             // Each leaf is tried alone over the defaults so that a deserialisation error can
             // name the key it came from (the TOML deserialiser of a table has no path).
             let mut trial = defaults.clone();
@@ -587,41 +601,63 @@ impl Config {
         Ok(config)
     }
 
-    /// Checks value ranges; the error names the key.
+    /// Checks value ranges (the bounds of [`crate::limits`]); the error names the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        use crate::limits::{
+            check_count, check_secs, show_f64, MAX_CONNECTIONS, MAX_MS, MAX_SECS, MAX_THREADS,
+            MIN_SECS,
+        };
         fn bad(key: &str, message: &str) -> Result<(), ConfigError> {
             Err(ConfigError::Invalid {
                 key: key.to_string(),
                 message: message.to_string(),
             })
         }
-        fn positive_secs(key: &str, v: f64) -> Result<(), ConfigError> {
-            if !(v.is_finite() && v > 0.0 && v <= MAX_SECS) {
-                return bad(
-                    key,
-                    &format!(
-                        "must be a positive number of seconds up to {MAX_SECS} (a year), got {v}"
-                    ),
-                );
-            }
-            Ok(())
-        }
+        let named = |key: &str| {
+            let key = key.to_string();
+            move |message: String| ConfigError::Invalid { key, message }
+        };
         let p = &self.peer;
+        let t = &self.tracker;
+        let e = &self.engine;
         if !(p.threshold > 0.0 && p.threshold <= 1.0) {
             return bad(
                 "peer.threshold",
-                &format!("must be in (0, 1], got {}", p.threshold),
+                &format!("must be in (0, 1], got {}", show_f64(p.threshold)),
             );
         }
-        positive_secs("peer.revisit_secs", p.revisit_secs)?;
-        if p.retry_backoff_secs != 0.0 {
-            positive_secs("peer.retry_backoff_secs", p.retry_backoff_secs)?;
+        // Seconds: 0 means "off" only where the key says so.
+        for (key, v, zero_is_off) in [
+            ("peer.revisit_secs", p.revisit_secs, false),
+            ("peer.retry_backoff_secs", p.retry_backoff_secs, true),
+            (
+                "peer.retry_backoff_max_secs",
+                p.retry_backoff_max_secs,
+                false,
+            ),
+            ("tracker.announce_secs", t.announce_secs, false),
+            ("tracker.scrape_secs", t.scrape_secs, true),
+            ("stats.interval_secs", self.stats.interval_secs, false),
+            ("store.unwritable_secs", self.store.unwritable_secs, false),
+        ] {
+            if !(zero_is_off && v == 0.0) {
+                check_secs(v, MIN_SECS, MAX_SECS).map_err(|m| {
+                    named(key)(if zero_is_off {
+                        m.replacen(", got", ", or 0 (off), got", 1)
+                    } else {
+                        m
+                    })
+                })?;
+            }
         }
-        positive_secs("peer.retry_backoff_max_secs", p.retry_backoff_max_secs)?;
-        if !(p.retry_backoff_factor.is_finite() && p.retry_backoff_factor >= 1.0) {
+        if !(p.retry_backoff_factor.is_finite() && (1.0..=1000.0).contains(&p.retry_backoff_factor))
+        {
             return bad(
                 "peer.retry_backoff_factor",
-                &format!("must be >= 1, got {}", p.retry_backoff_factor),
+                &format!(
+                    "must be from 1 to 1000, got {}",
+                    show_f64(p.retry_backoff_factor)
+                ),
             );
         }
         if p.retry_backoff_max_secs < p.first_retry_secs() {
@@ -630,59 +666,75 @@ impl Config {
                 "must be >= the first retry delay (peer.retry_backoff_secs, or peer.revisit_secs when that is 0)",
             );
         }
-        for (key, v) in [
-            ("peer.quiet_timeout_ms", p.quiet_timeout_ms),
-            ("peer.connect_timeout_ms", p.connect_timeout_ms),
-            ("peer.max_duration_ms", p.max_duration_ms),
-            ("tracker.timeout_ms", self.tracker.timeout_ms),
-            ("store.batch_ms", self.store.batch_ms),
-        ] {
-            if v == 0 {
-                return bad(key, "must be > 0 ms");
-            }
-        }
-        for (key, v) in [
-            ("peer.message_cap", p.message_cap as u64),
-            ("peer.max_in_flight", p.max_in_flight as u64),
-            ("peer.connects_per_sec", p.connects_per_sec as u64),
-            ("tracker.numwant", self.tracker.numwant as u64),
-            ("store.batch_rows", self.store.batch_rows as u64),
-            ("store.channel_capacity", self.store.channel_capacity as u64),
-            ("engine.max_peers", self.engine.max_peers),
+        // Whole numbers: (key, value, lowest, highest).
+        for (key, v, lo, hi) in [
+            ("engine.workers", e.workers as u64, 0, MAX_THREADS),
             (
                 "engine.recv_buffer_size",
-                self.engine.recv_buffer_size as u64,
+                e.recv_buffer_size as u64,
+                512,
+                1 << 20,
+            ),
+            ("engine.max_peers", e.max_peers, 1, 1_000_000_000),
+            ("peer.quiet_timeout_ms", p.quiet_timeout_ms, 1, MAX_MS),
+            ("peer.connect_timeout_ms", p.connect_timeout_ms, 1, MAX_MS),
+            ("peer.max_duration_ms", p.max_duration_ms, 1, MAX_MS),
+            ("peer.bitfield_grace_ms", p.bitfield_grace_ms, 0, MAX_MS),
+            ("peer.message_cap", p.message_cap as u64, 1, 1_000_000),
+            (
+                "peer.max_in_flight",
+                p.max_in_flight as u64,
+                1,
+                MAX_CONNECTIONS,
+            ),
+            ("peer.max_watched", p.max_watched as u64, 0, MAX_CONNECTIONS),
+            (
+                "peer.connects_per_sec",
+                p.connects_per_sec as u64,
+                1,
+                MAX_CONNECTIONS,
+            ),
+            ("peer.max_failures", p.max_failures as u64, 0, 255),
+            ("tracker.numwant", t.numwant as u64, 1, 100_000),
+            ("tracker.timeout_ms", t.timeout_ms, 1, MAX_MS),
+            (
+                "store.batch_rows",
+                self.store.batch_rows as u64,
+                1,
+                1_000_000,
+            ),
+            ("store.batch_ms", self.store.batch_ms, 1, MAX_MS),
+            (
+                "store.channel_capacity",
+                self.store.channel_capacity as u64,
+                1,
+                1 << 22,
+            ),
+            (
+                "net.mse_incoming_per_sec",
+                self.net.mse_incoming_per_sec as u64,
+                1,
+                100_000,
             ),
         ] {
-            if v == 0 {
-                return bad(key, "must be > 0");
-            }
-        }
-        if p.max_failures > 255 {
-            return bad(
-                "peer.max_failures",
-                &format!(
-                    "must be at most 255 (0 = never forget), got {}",
-                    p.max_failures
-                ),
-            );
-        }
-        if p.max_watched > 1_000_000 {
-            return bad(
-                "peer.max_watched",
-                &format!(
-                    "must be at most 1000000 (one descriptor each), got {}",
-                    p.max_watched
-                ),
-            );
+            check_count(v, lo, hi).map_err(named(key))?;
         }
         for (key, v) in [
-            ("engine.ring_entries", self.engine.ring_entries),
-            ("engine.recv_buffers", self.engine.recv_buffers),
+            ("engine.ring_entries", e.ring_entries),
+            ("engine.recv_buffers", e.recv_buffers),
         ] {
             if !v.is_power_of_two() || v > 32768 {
                 return bad(key, &format!("must be a power of two up to 32768, got {v}"));
             }
+        }
+        if e.recv_buffers as u64 * e.recv_buffer_size as u64 > 1 << 30 {
+            return bad(
+                "engine.recv_buffer_size",
+                &format!(
+                    "engine.recv_buffers × engine.recv_buffer_size must be at most 1 GiB per worker, got {} × {}",
+                    e.recv_buffers, e.recv_buffer_size
+                ),
+            );
         }
         if p.peer_id_prefix.len() > 20 {
             return bad(
@@ -690,21 +742,6 @@ impl Config {
                 "must be at most 20 bytes (a peer-id is 20 bytes)",
             );
         }
-        if !(1..=100_000).contains(&self.net.mse_incoming_per_sec) {
-            return bad(
-                "net.mse_incoming_per_sec",
-                &format!(
-                    "must be 1..=100000 DH computations per second and worker, got {}",
-                    self.net.mse_incoming_per_sec
-                ),
-            );
-        }
-        positive_secs("tracker.announce_secs", self.tracker.announce_secs)?;
-        if !(self.tracker.scrape_secs.is_finite() && self.tracker.scrape_secs >= 0.0) {
-            return bad("tracker.scrape_secs", "must be >= 0 (0 = never scrape)");
-        }
-        positive_secs("stats.interval_secs", self.stats.interval_secs)?;
-        positive_secs("store.unwritable_secs", self.store.unwritable_secs)?;
         if self.database.as_os_str().is_empty() {
             return bad("database", "must not be empty");
         }
@@ -717,7 +754,9 @@ impl Config {
         let mut out = String::new();
         out.push_str(
             "# swarmscan configuration. Every key is optional; shown here with its default.\n\
-             # Override single keys on the command line: --set section.key=value\n",
+             # Override single keys on the command line: --set section.key=value\n\
+             # Every number is bounded (seconds: 1 ms to a year; ms: up to a day; counts: each its\n\
+             # own range); a value out of range is an error naming the key and the range.\n",
         );
         let mut current_section = "";
         for (key, doc) in KEY_DOCS {
@@ -1081,6 +1120,56 @@ mod tests {
                 .mse_incoming_per_sec,
             50
         );
+    }
+
+    /// Every numeric key refuses negative, absurdly large and non-finite values with an
+    /// error naming it: none reaches a `Duration`, an allocation or a deadline sum unchecked.
+    #[test]
+    fn every_numeric_key_is_bounded() {
+        let defaults = default_table();
+        let mut checked = 0;
+        for (key, _) in KEY_DOCS {
+            let default = lookup(&defaults, key).unwrap();
+            if !(default.is_integer() || default.is_float()) {
+                continue;
+            }
+            for bad in [
+                "-1",
+                "1099511627776",
+                "1e300",
+                "-1e300",
+                "inf",
+                "nan",
+                "18446744073709551615",
+            ] {
+                let arg = format!("{key}={bad}");
+                let e = set(&[arg.as_str()])
+                    .map(|_| ())
+                    .expect_err(&format!("--set {arg} was accepted"))
+                    .to_string();
+                assert!(e.contains(&format!("`{key}`")), "{arg}: {e}");
+                assert!(e.len() < 300, "{arg}: message too long: {e}");
+            }
+            // Zero is refused unless the key gives it a meaning.
+            let zero_means_something = [
+                "engine.workers",          // one per core
+                "net.announce_port",       // the first listener's port
+                "peer.bitfield_grace_ms",  // no grace
+                "peer.max_watched",        // never watch
+                "peer.max_failures",       // never forget
+                "peer.retry_backoff_secs", // the revisit interval
+                "tracker.scrape_secs",     // never scrape
+            ];
+            let zero = set(&[format!("{key}=0").as_str()]);
+            if zero_means_something.contains(key) {
+                assert!(zero.is_ok(), "{key}=0: {:?}", zero.err());
+            } else {
+                let e = zero.map(|_| ()).expect_err(&format!("{key}=0 accepted"));
+                assert!(e.to_string().contains(&format!("`{key}`")), "{key}=0: {e}");
+            }
+            checked += 1;
+        }
+        assert!(checked >= 25, "only {checked} numeric keys");
     }
 
     #[test]

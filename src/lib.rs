@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod config;
 pub mod engine;
+pub mod limits;
 pub mod logging;
 pub mod metrics;
 pub mod proto;
@@ -15,3 +16,4 @@ pub mod scan;
 pub mod settings;
 pub mod sim;
 pub mod store;
+pub mod threads;

@@ -569,6 +569,10 @@ pub fn run_scan(
                             format!("worker {i}: {e}")
                         })?;
                     let _ = listen_tx.send(worker.listen_addrs());
+                    // Dropped now, so a worker that dies before sending cannot leave the
+                    // collection of listen addresses below waiting for the others forever.
+                    drop(listen_tx);
+                    crate::threads::debug_panic_point("engine");
                     let r = worker
                         .run(&mut driver, &stop)
                         .map_err(|e| format!("worker {i}: {e}"));
@@ -603,19 +607,31 @@ pub fn run_scan(
     let sum = |f: fn(&WorkerCounters) -> u64| counters.iter().map(|c| f(c)).sum::<u64>();
     let mut cpu = crate::metrics::CpuMeter::default();
     let writer_metrics = writer.metrics();
+    let mut ended: Option<String> = None;
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(200));
         if opts.duration.is_some_and(|d| started.elapsed() >= d) {
             break;
         }
-        if worker_threads.iter().any(|t| t.is_finished()) {
-            break; // a worker failed: stop everything and report it below
+        // Every thread runs until `stop`: one that ended has failed (a panic, or a worker that
+        // could not go on). Stop everything and report it below, never a half-run.
+        ended = crate::threads::first_finished(&worker_threads)
+            .or_else(|| discovery.ended_thread())
+            .or_else(|| writer.ended().then(|| "swarmscan-writer".to_string()));
+        if ended.is_some() {
+            // Read after the thread was seen ended: a signal (or a worker that failed to
+            // start) set it first, and the threads ended because of it.
+            if stop.load(Ordering::SeqCst) {
+                ended = None;
+            }
+            break;
         }
         if let Some(why) = writer_metrics.failure() {
             // The database stayed unwritable: stop probing; `finish` below reports it.
             tracing::error!("stopping the scan: {why}");
             break;
         }
+        crate::threads::debug_panic_point("status");
         let probes = sum(|c| c.probes_done.load(Ordering::Relaxed));
         if last_at.elapsed() >= Duration::from_secs(1) {
             rate = (probes - last_probes) as f64 / last_at.elapsed().as_secs_f64();
@@ -656,20 +672,32 @@ pub fn run_scan(
     }
     sd_notify("STOPPING=1");
     stop.store(true, Ordering::SeqCst);
-    let mut worker_error = None;
+    let mut errors = Vec::new();
     for t in worker_threads {
-        match t.join() {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => worker_error = Some(e),
-            Err(_) => worker_error = Some("a worker thread panicked".into()),
+        if let Err(e) = crate::threads::join(t).and_then(|r| r) {
+            errors.push(e);
         }
     }
-    discovery.join();
-    stats_sender.close();
-    let counts = writer.finish().map_err(|e| e.to_string())?;
-    if let Some(e) = worker_error {
-        return Err(e);
+    if let Err(e) = discovery.join() {
+        errors.push(e);
     }
+    stats_sender.close();
+    let counts = writer.finish().map_err(|e| e.to_string());
+    if let Err(e) = &counts {
+        errors.push(e.clone());
+    }
+    if let (Some(name), true) = (&ended, errors.is_empty()) {
+        errors.push(format!("thread '{name}' ended unexpectedly"));
+    }
+    if !errors.is_empty() {
+        let stopped = if ended.is_some() {
+            "; the scan was stopped"
+        } else {
+            ""
+        };
+        return Err(format!("{}{stopped}", errors.join("; ")));
+    }
+    let counts = counts?;
     Ok(RunSummary {
         seconds: started.elapsed().as_secs_f64(),
         torrents: catalog.len(),

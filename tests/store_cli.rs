@@ -94,6 +94,7 @@ fn small_db(path: &Path) {
             longest_gap_ms: Some(50),
             messages: 4,
             next_visit_at: Some(at + 300_000),
+            portless: false,
         }
         .into()
     };

@@ -26,11 +26,11 @@
 //! `crossing_seen` live / revisit / incoming, "n/a" where swarmscan does not report it) and a
 //! per-kind summary, on success and on failure alike.
 //!
-//! **Open (issue 6):** IPv6 leechers are printed as "known gap" instead of failing the test
-//! when libtorrent dials us over IPv6 without a listen port (it sends none until it learns an
-//! external IPv6 address): that connection is stored, and confirmed, under its ephemeral port,
-//! apart from the client's listen-port row, and libtorrent drops our probes of the listen port
-//! while it is open. Every other expectation is asserted.
+//! IPv6: libtorrent dials us over IPv6 without a listen port (it sends none until it learns an
+//! external IPv6 address) and with a peer-id of that connection only, so the connection is
+//! stored under its ephemeral port (`portless`), apart from the client's listen-port row. The
+//! test asserts that such a row is never confirmed when its crossing is the one of a client's
+//! listen-port row (`duplicate_of_port` names that row), so every download counts once.
 //!
 //! Every child process is killed and every iptables rule deleted when the test ends, on every
 //! path; every wait has a hard bound. The test takes about two minutes. To look at what
@@ -461,12 +461,6 @@ fn confirms_exactly_the_finished_leechers_of_a_swarm_met_as_a_user_would() {
     };
 
     let mut failures = Vec::new();
-    // Open part of issue 6, reported but not failed on: an IPv6 libtorrent leecher that has not
-    // learnt an external IPv6 address sends no listen port when it dials us, so its incoming
-    // connection is stored under its ephemeral port (and confirmed there), apart from the row of
-    // its listen port; meanwhile it drops our probes of its listen port as duplicates. Both
-    // rows are the same client.
-    let mut known_gaps: Vec<String> = Vec::new();
     // The database rows of the peers a failure is about.
     let mut details = Vec::new();
     let mut lines = vec![format!(
@@ -553,17 +547,10 @@ fn confirms_exactly_the_finished_leechers_of_a_swarm_met_as_a_user_would() {
                          learnt of it",
                         p.name, p.kind
                     )),
-                    (Some(r), false, _) => {
-                        let list = if p.kind == "v6" {
-                            &mut known_gaps
-                        } else {
-                            &mut failures
-                        };
-                        list.push(format!(
-                            "{} ({}, {addr}, {how}) finished at {finished} but is not confirmed: {r}",
-                            p.name, p.kind
-                        ))
-                    }
+                    (Some(r), false, _) => failures.push(format!(
+                        "{} ({}, {addr}, {how}) finished at {finished} but is not confirmed: {r}",
+                        p.name, p.kind
+                    )),
                     (Some(r), true, None) => failures.push(format!(
                         "{} ({}, {addr}) is confirmed without crossed_at: {r}",
                         p.name, p.kind
@@ -617,17 +604,9 @@ fn confirms_exactly_the_finished_leechers_of_a_swarm_met_as_a_user_would() {
                 })
                 .map(|p| p.name.as_str())
                 .collect();
-            let ephemeral_v6 = !same_ip.is_empty()
-                && r["first_source"] == "incoming"
-                && r["transport"].as_str().unwrap_or("").contains("ipv6");
             if same_ip.is_empty() {
                 failures.push(format!(
                     "an address that is none of the clients' is confirmed: {r}"
-                ));
-            } else if ephemeral_v6 {
-                known_gaps.push(format!(
-                    "a peer at the address of {same_ip:?} but none of their listen ports is \
-                     confirmed (an IPv6 incoming connection without a listen port): {r}"
                 ));
             } else {
                 failures.push(format!(
@@ -646,12 +625,7 @@ fn confirms_exactly_the_finished_leechers_of_a_swarm_met_as_a_user_would() {
         ));
     }
     if report["total"]["confirmed"].as_i64() != Some(expected) {
-        let list = if known_gaps.is_empty() {
-            &mut failures
-        } else {
-            &mut known_gaps
-        };
-        list.push(format!(
+        failures.push(format!(
             "report: total confirmed {} (expected {expected})",
             report["total"]["confirmed"]
         ));
@@ -678,8 +652,17 @@ fn confirms_exactly_the_finished_leechers_of_a_swarm_met_as_a_user_would() {
             seen.join(", ")
         ));
     }
-    for gap in &known_gaps {
-        summary.push(format!("  known gap (issue 6, open): {gap}"));
+    // Rows of portless incoming connections (IPv6 libtorrent): which listen-port row counts
+    // their download.
+    for r in peers.iter().filter(|r| r["portless"] == true) {
+        summary.push(format!(
+            "  portless incoming row: port {} first {} last {} confirmed {} counted on port {}",
+            r["port"],
+            r["first_progress"],
+            r["last_progress"],
+            r["confirmed"],
+            r["duplicate_of_port"]
+        ));
     }
     let summary = summary.join("\n");
     if failures.is_empty() {

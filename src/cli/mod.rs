@@ -64,3 +64,82 @@ pub fn main() -> i32 {
         Command::Series(args) => report_cmd::run_series(&args),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::error::ErrorKind;
+    use clap::{CommandFactory, Parser};
+
+    /// Flags that take a value that is not a number or a duration.
+    const NOT_NUMERIC: &[&str] = &[
+        "config",
+        "set",
+        "database",
+        "encryption",
+        "check",
+        "torrent",
+    ];
+
+    /// Every numeric or duration flag of every subcommand (hidden ones too) refuses negative,
+    /// absurdly large and non-finite values with a clap error naming it (exit code 2), through
+    /// one of the parsers of `crate::limits`.
+    #[test]
+    fn every_numeric_flag_is_bounded() {
+        fn walk(cmd: &clap::Command, path: &mut Vec<String>, checked: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let Some(long) = arg.get_long() else {
+                    continue;
+                };
+                if !arg.get_action().takes_values() || NOT_NUMERIC.contains(&long) {
+                    continue;
+                }
+                for bad in [
+                    "-5",
+                    "1000000000000000",
+                    "1e300",
+                    "inf",
+                    "99999999999999999999s",
+                ] {
+                    let mut argv = vec!["swarmscan".to_string()];
+                    argv.extend(path.iter().cloned());
+                    argv.push(format!("--{long}={bad}"));
+                    let e = Cli::try_parse_from(&argv)
+                        .map(|_| ())
+                        .expect_err(&format!("{argv:?} was accepted"));
+                    assert!(
+                        matches!(
+                            e.kind(),
+                            ErrorKind::ValueValidation | ErrorKind::InvalidValue
+                        ),
+                        "{argv:?}: {:?}: {e}",
+                        e.kind()
+                    );
+                    assert!(e.to_string().contains(&format!("--{long}")), "{e}");
+                }
+                checked.push(format!("{} --{long}", path.join(" ")));
+            }
+            for sub in cmd.get_subcommands() {
+                path.push(sub.get_name().to_string());
+                walk(sub, path, checked);
+                path.pop();
+            }
+        }
+        let mut checked = Vec::new();
+        walk(&Cli::command(), &mut Vec::new(), &mut checked);
+        for expected in [
+            "run --for",
+            "series --bucket",
+            "bench probes --seconds",
+            "bench watch --hold-secs",
+            "demo --seconds",
+            "probe --quiet-timeout-ms",
+            "bench fake-swarm --max-seconds",
+        ] {
+            assert!(
+                checked.iter().any(|c| c == expected),
+                "{expected} not checked: {checked:?}"
+            );
+        }
+    }
+}

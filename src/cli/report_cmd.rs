@@ -153,7 +153,12 @@ fn peer_line_text(peer: Option<&PeerRow>) -> String {
             percent(p.first_progress),
             percent(p.last_progress),
             iso_time(p.crossed_at),
-            if p.confirmed { "yes" } else { "no" }.to_string(),
+            match (p.confirmed, p.duplicate_of_port) {
+                (true, _) => "yes",
+                (false, Some(_)) => "dup",
+                (false, None) => "no",
+            }
+            .to_string(),
             p.crossing_seen.clone().unwrap_or_else(|| "-".into()),
             p.sources.clone(),
             p.client.clone().unwrap_or_else(|| "-".into()),
@@ -476,7 +481,7 @@ mod tests {
 /// Arguments of `swarmscan series`.
 #[derive(clap::Args, Debug)]
 pub struct SeriesArgs {
-    /// Width of a time bucket: 90s, 15m, 1h, 1d (or plain seconds).
+    /// Width of a time bucket: 90s, 15m, 1h, 1d (or plain seconds); 1 ms to a year.
     #[arg(long, default_value = "1h", value_parser = crate::cli::run_cmd::parse_duration)]
     pub bucket: std::time::Duration,
     /// Print JSON lines instead of CSV.

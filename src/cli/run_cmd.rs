@@ -15,7 +15,7 @@ use crate::run::{load_inputs, run_scan, RunOptions};
 pub struct RunArgs {
     #[command(flatten)]
     pub config: ConfigArgs,
-    /// Stop by itself after this long: 90s, 15m, 2h, 3d (or plain seconds).
+    /// Stop by itself after this long: 90s, 15m, 2h, 3d (or plain seconds); 1 ms to a year.
     #[arg(long = "for", value_name = "DURATION", value_parser = parse_duration)]
     pub duration: Option<Duration>,
     /// Print a JSON summary when the scan ends.
@@ -42,46 +42,23 @@ pub struct ProbeArgs {
     /// Info-hash (40 hex), magnet link, or .torrent file (gives the piece count).
     pub torrent: String,
     /// Piece count, when the torrent is given by hash only.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::limits::count::<u32>(1, crate::limits::MAX_PIECES))]
     pub pieces: Option<u32>,
     /// Quiet timeout in milliseconds.
-    #[arg(long, default_value_t = 6000)]
+    #[arg(long, default_value_t = 6000, value_parser = crate::limits::count::<u64>(1, crate::limits::MAX_MS))]
     pub quiet_timeout_ms: u64,
     /// Connect timeout in milliseconds.
-    #[arg(long, default_value_t = 5000)]
+    #[arg(long, default_value_t = 5000, value_parser = crate::limits::count::<u64>(1, crate::limits::MAX_MS))]
     pub connect_timeout_ms: u64,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
 }
 
-/// Parses `90s`, `15m`, `2h`, `3d`, `250ms` or plain seconds (fractions allowed).
+/// Parses `90s`, `15m`, `2h`, `3d`, `250ms` or plain seconds (fractions allowed), from 1 ms
+/// to a year (the bounds of every duration flag, see [`crate::limits`]).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = match s.find(|c: char| c.is_ascii_alphabetic()) {
-        Some(i) => (&s[..i], &s[i..]),
-        None => (s, "s"),
-    };
-    let n: f64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 90s, 15m, 2h, 3d"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" | "sec" => n,
-        "m" | "min" => n * 60.0,
-        "h" => n * 3600.0,
-        "d" => n * 86400.0,
-        _ => {
-            return Err(format!(
-                "invalid duration unit {unit:?} in {s:?}: use ms, s, m, h or d"
-            ))
-        }
-    };
-    if !(secs.is_finite() && secs > 0.0) {
-        return Err(format!("invalid duration {s:?}: must be positive"));
-    }
-    Ok(Duration::from_secs_f64(secs))
+    crate::limits::parse_duration(s, crate::limits::MIN_SECS, crate::limits::MAX_SECS)
 }
 
 fn init_logging() {

@@ -178,8 +178,13 @@ where
         handles
             .into_iter()
             .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(io::Error::other("worker thread panicked")))
+                let name = h.thread().name().unwrap_or("engine").to_string();
+                h.join().unwrap_or_else(|p| {
+                    let message = crate::threads::panic_message(&*p);
+                    Err(io::Error::other(format!(
+                        "thread '{name}' panicked: {message}"
+                    )))
+                })
             })
             .collect()
     })

@@ -323,6 +323,8 @@ pub struct Probe {
     pending_haves: Vec<u32>,
     metadata: Option<MetadataFetch>,
     peer_id_nonce: Option<u64>,
+    /// Replaces `ProbeSettings::grace_ms` for this probe (see [`Probe::without_grace`]).
+    grace_override: Option<Millis>,
     /// The owner was asked about the answer ([`AskReason::Answered`]).
     asked: bool,
     /// Why the probe asks, until the owner takes it.
@@ -387,6 +389,7 @@ impl Probe {
             pending_haves: Vec::new(),
             metadata: None,
             peer_id_nonce: None,
+            grace_override: None,
             asked: false,
             ask: None,
             watch: None,
@@ -502,6 +505,19 @@ impl Probe {
         self
     }
 
+    /// Answers at the first progress message, without the grace for trailing messages: for a
+    /// visit aimed at a predicted crossing, where only the progress matters and every
+    /// moment this connection stays open delays the next look (a client keeps one
+    /// connection per address).
+    pub fn without_grace(mut self) -> Probe {
+        self.grace_override = Some(0);
+        self
+    }
+
+    fn grace_ms(&self, settings: &ProbeSettings) -> Millis {
+        self.grace_override.unwrap_or(settings.grace_ms)
+    }
+
     /// The connection is up.
     pub fn on_connected(&mut self, settings: &ProbeSettings, now: Millis, send: &mut Vec<u8>) {
         self.started = now;
@@ -522,7 +538,7 @@ impl Probe {
             .min(self.started + settings.max_duration_ms);
         // While metadata is on its way, the grace does not end the probe (quiet still does).
         if let (Some(at), None) = (self.answered_at, &self.metadata) {
-            d = d.min(at + settings.grace_ms);
+            d = d.min(at + self.grace_ms(settings));
         }
         d
     }
@@ -559,14 +575,14 @@ impl Probe {
             && self.report.progress_source.is_some()
             && self
                 .answered_at
-                .is_some_and(|at| now >= at + settings.grace_ms);
+                .is_some_and(|at| now >= at + self.grace_ms(settings));
         if answered && !self.asked {
             return self.answer_known(settings, now, send);
         }
         let end = if self.metadata.is_none()
             && self
                 .answered_at
-                .is_some_and(|at| now >= at + settings.grace_ms)
+                .is_some_and(|at| now >= at + self.grace_ms(settings))
         {
             ProbeEnd::Answered
         } else if now >= self.started + settings.max_duration_ms {
@@ -884,7 +900,7 @@ impl Probe {
         if self.report.messages >= settings.message_cap {
             return Some(self.finish(settings, now, ProbeEnd::MessageCap, send));
         }
-        if settings.grace_ms == 0
+        if self.grace_ms(settings) == 0
             && self.answered_at.is_some()
             && self.metadata.is_none()
             && !self.asked
@@ -961,7 +977,7 @@ impl Probe {
                 if fetch.left == 0 {
                     let fetch = self.metadata.take()?;
                     self.on_metadata_complete(fetch.buf);
-                    if settings.grace_ms == 0 && self.answered_at.is_some() && !self.asked {
+                    if self.grace_ms(settings) == 0 && self.answered_at.is_some() && !self.asked {
                         return Some(self.answer_known(settings, now, send));
                     }
                 }
@@ -1164,6 +1180,26 @@ mod tests {
         assert_eq!(r.answer_ms, Some(20));
         assert_eq!(r.longest_gap_ms, 280);
         assert_eq!(r.peer_id.as_ref().map(|p| &p[..8]), Some(&b"-qB4130-"[..]));
+    }
+
+    #[test]
+    fn an_aimed_probe_answers_at_the_first_progress_message() {
+        let (p, s, _) = outgoing(10);
+        let mut p = p.without_grace();
+        let mut out = Vec::new();
+        p.on_bytes(
+            &s,
+            &no_torrents,
+            10,
+            &peer_handshake(Reserved::PROBE),
+            &mut out,
+        );
+        assert!(s.grace_ms > 0, "the default has a grace");
+        let bf = msg(Message::Bitfield(&[0b1111_0000, 0b1000_0000]));
+        assert_eq!(p.on_bytes(&s, &no_torrents, 20, &bf, &mut out), Step::Ask);
+        assert_eq!(p.take_ask(), Some(AskReason::Answered));
+        let r = p.snapshot(20);
+        assert_eq!((r.progress(), r.answer_ms), (Some(0.5), Some(20)));
     }
 
     #[test]

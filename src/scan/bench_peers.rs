@@ -16,16 +16,16 @@ use super::revisit::RevisitWheel;
 #[derive(clap::Args, Debug, Clone)]
 pub struct PeersBenchArgs {
     /// Known peers in total.
-    #[arg(long, default_value_t = 10_000_000)]
+    #[arg(long, default_value_t = 10_000_000, value_parser = crate::limits::count::<u64>(1, 1_000_000_000))]
     pub peers: u64,
     /// Torrents the peers are spread over.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 10_000, value_parser = crate::limits::count::<u32>(1, 100_000_000))]
     pub torrents: u32,
     /// Workers (shards).
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = crate::limits::count::<usize>(1, crate::limits::MAX_THREADS))]
     pub workers: usize,
     /// Share of IPv6 peers, in percent.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = crate::limits::count::<u32>(0, 100))]
     pub ipv6_percent: u32,
     /// Print JSON (always JSON; kept for symmetry with `bench probes`).
     #[arg(long)]

@@ -227,11 +227,23 @@ impl Discovery {
         Ok(Discovery { threads })
     }
 
-    /// Waits for the threads (they end within one request timeout of the stop flag).
-    pub fn join(self) {
+    /// The name of a discovery thread that has ended. Before the stop flag is set every one
+    /// of them runs, so an ended one has failed (panicked): the scan must stop, not go on
+    /// without discovery.
+    pub fn ended_thread(&self) -> Option<String> {
+        crate::threads::first_finished(&self.threads)
+    }
+
+    /// Waits for the threads (they end within one request timeout of the stop flag); the
+    /// first thread that panicked is the error, named.
+    pub fn join(self) -> Result<(), String> {
+        let mut result = Ok(());
         for t in self.threads {
-            let _ = t.join();
+            if let (Err(e), Ok(())) = (crate::threads::join(t), &result) {
+                result = Err(e);
+            }
         }
+        result
     }
 }
 
@@ -247,6 +259,7 @@ fn schedule_loop(
     // What the log has said already, once per tracker URL.
     let mut told: std::collections::HashSet<(String, Told)> = std::collections::HashSet::new();
     while !stop.load(Ordering::Relaxed) {
+        crate::threads::debug_panic_point("discovery");
         let now = Instant::now();
         for (i, t) in targets.iter_mut().enumerate() {
             if t.busy || t.next_announce > now {

@@ -1,7 +1,8 @@
 //! The scan layer's side of one worker: owns that worker's shard of peers and its revisit
 //! wheel, hands the engine the next due peer, and turns finished probes into observations.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -14,7 +15,9 @@ use super::mse_budget::{random_bytes, worker_dh_key, IncomingDhBudget};
 use super::own_addr::OwnAddresses;
 use super::peer_ids::PeerIds;
 use super::peer_table::{flag, owner_worker, source, Inserted, PeerIdx, PeerTable, NOT_SCHEDULED};
-use super::revisit::{progress_fraction, RevisitPolicy, RevisitWheel, VisitResult};
+use super::revisit::{
+    contact_time, speed_since_last_contact, RevisitPolicy, RevisitWheel, VisitResult,
+};
 use crate::config::Encryption;
 use crate::engine::conversation::{Conversation, Millis, Verdict};
 use crate::engine::worker::{Ending, ProbeDone, ProbeRequest, WorkerDriver};
@@ -100,6 +103,12 @@ impl ProbeConv {
             was_watched: false,
             mse_budget: None,
         }
+    }
+
+    /// See [`Probe::without_grace`].
+    pub fn without_grace(mut self) -> ProbeConv {
+        self.probe = self.probe.without_grace();
+        self
     }
 
     /// See [`Probe::with_peer_id_nonce`].
@@ -459,6 +468,12 @@ pub struct ScanDriver {
     table: PeerTable,
     wheel: RevisitWheel,
     due: Vec<PeerIdx>,
+    /// Visits aimed at a predicted crossing, to the millisecond: (when, peer, the whole
+    /// second its `next_visit` says). The wheel holds them too, a second late at most; an
+    /// entry whose peer was rescheduled since is stale and skipped.
+    aimed: BinaryHeap<Reverse<(Millis, PeerIdx, u32)>>,
+    /// Aimed visits due now, served before `due`.
+    due_aimed: Vec<PeerIdx>,
     inbox: Receiver<WorkerMsg>,
     /// One sender per worker, this one included, for routing PEX and incoming results.
     route: Vec<Sender<WorkerMsg>>,
@@ -517,6 +532,8 @@ impl ScanDriver {
             table: PeerTable::new(max_peers),
             wheel: RevisitWheel::new(0),
             due: Vec::new(),
+            aimed: BinaryHeap::new(),
+            due_aimed: Vec::new(),
             inbox,
             route,
             outbox: (0..workers).map(|_| Vec::new()).collect(),
@@ -598,7 +615,11 @@ impl ScanDriver {
             let p = self.table.get_mut(idx);
             p.progress = peer.progress;
             p.flags = peer.flags & !(flag::IN_FLIGHT | flag::WATCHED_INCOMING);
-            p.last_contact = peer.last_contact;
+            p.last_contact_cs = if peer.last_contact == 0 {
+                0
+            } else {
+                contact_time(u64::from(peer.last_contact) * 1000)
+            };
             match peer.next_visit {
                 Some(t) => {
                     p.next_visit = t;
@@ -705,6 +726,7 @@ impl ScanDriver {
         let torrent = self.table.get(idx).torrent;
         self.learn_metadata(torrent, &report, at_ms);
         let now = Self::secs(at_ms);
+        let mut aim_ms = None;
         let entry = self.table.get_mut(idx);
         let (kept_flags, kept_next) = (entry.flags & flag::IN_FLIGHT, entry.next_visit);
         entry.flags &= !flag::IN_FLIGHT;
@@ -716,9 +738,14 @@ impl ScanDriver {
         // (The store computes speeds from the stored contacts; only confirmation matters here.)
         let newly_confirmed = match report.progress() {
             Some(p) => {
-                self.policy
-                    .apply(entry, now, VisitResult::Progress(p))
-                    .newly_confirmed
+                let effect = self.policy.apply_answer(
+                    entry,
+                    at_ms,
+                    VisitResult::Progress(p),
+                    report.answer_ms.unwrap_or(0),
+                );
+                aim_ms = effect.aim_ms;
+                effect.newly_confirmed
             }
             None if report.handshake => {
                 // Talked BitTorrent but progress is unknown (no piece count): keep visiting.
@@ -727,7 +754,7 @@ impl ScanDriver {
                 false
             }
             None => {
-                self.policy.apply(entry, now, VisitResult::Failed);
+                self.policy.apply(entry, at_ms, VisitResult::Failed);
                 false
             }
         };
@@ -740,6 +767,9 @@ impl ScanDriver {
         let addr = entry.addr();
         if schedule && next != NOT_SCHEDULED {
             self.wheel.schedule(idx, next);
+            if let Some(at) = aim_ms {
+                self.aimed.push(Reverse((at, idx, next)));
+            }
         }
         if stored_as_success(&report) && event != ProbeEvent::Watched {
             // Counted by the rule the store uses, so the summary matches the database.
@@ -868,6 +898,7 @@ impl ScanDriver {
                     None,
                 );
                 outcome.transport = outcome.transport.union(Transport::INCOMING);
+                outcome.portless = true;
                 self.records.send(Record::Outcome(Box::new(outcome)));
             } else if event == ProbeEvent::Incoming {
                 self.records.send(Record::UnmatchedIncoming {
@@ -910,7 +941,7 @@ impl ScanDriver {
             );
         } else {
             self.route_incoming(
-                now,
+                seen_at(now.saturating_sub(report.total_ms), &report),
                 done.peer,
                 report,
                 ProbeEvent::Incoming,
@@ -1046,7 +1077,7 @@ impl ScanDriver {
         send: &mut Vec<u8>,
     ) -> Verdict {
         let report = conv.snapshot(now);
-        let at = now.saturating_sub(report.total_ms);
+        let at = seen_at(now.saturating_sub(report.total_ms), &report);
         let progress = report.progress();
         if incoming {
             let score = progress.map(|p| self.watch_score(p, None, true));
@@ -1081,12 +1112,7 @@ impl ScanDriver {
         }
         let watch = match progress {
             Some(p) => {
-                let entry = self.table.get(idx);
-                let speed = (entry.has(flag::EVALUATED) && Self::secs(at) > entry.last_contact)
-                    .then(|| {
-                        (p - progress_fraction(entry.progress))
-                            / f64::from(Self::secs(at) - entry.last_contact)
-                    });
+                let speed = speed_since_last_contact(self.table.get(idx), p, at);
                 let score = self.watch_score(p, speed, false);
                 self.admit_watch(p, score).then_some(score)
             }
@@ -1171,7 +1197,22 @@ impl WorkerDriver for ScanDriver {
                 .drain_due(&mut self.table, Self::secs(now), 1024, &mut self.due);
             self.due.reverse(); // pop() then serves them in due order
         }
-        let idx = self.due.pop()?;
+        // Aimed visits go first: they are due to the millisecond, the wheel's by the second.
+        while let Some(&Reverse((at, idx, second))) = self.aimed.peek() {
+            if at > now {
+                break;
+            }
+            self.aimed.pop();
+            let p = self.table.get_mut(idx);
+            if p.next_visit == second && !p.has(flag::IN_FLIGHT) {
+                p.next_visit = NOT_SCHEDULED;
+                self.due_aimed.push(idx);
+            }
+        }
+        let (idx, aimed) = match self.due_aimed.pop() {
+            Some(idx) => (idx, true),
+            None => (self.due.pop()?, false),
+        };
         let entry = self.table.get_mut(idx);
         entry.flags |= flag::IN_FLIGHT;
         let kind = if entry.has(flag::EVALUATED) || entry.failures > 0 {
@@ -1197,6 +1238,9 @@ impl WorkerDriver for ScanDriver {
         .with_peer_id_nonce(nonce);
         if use_mse {
             conv = conv.with_mse();
+        }
+        if aimed {
+            conv = conv.without_grace();
         }
         Some(ProbeRequest {
             addr,
@@ -1264,7 +1308,9 @@ impl WorkerDriver for ScanDriver {
             incoming = done.incoming,
             watched = done.conv.was_watched,
             at_ms = now,
+            started_ms = done.started_at,
             connect_ms = ?done.connect_ms,
+            answer_ms = ?done.conv.report().answer_ms,
             progress = ?done.conv.report().progress(),
             end = ?done.conv.report().end,
             "connection ended"
@@ -1318,7 +1364,8 @@ impl WorkerDriver for ScanDriver {
         let mse_failed = mse_attempted
             && report.mse.is_none()
             && (hung_up || matches!(report.end, ProbeEnd::MseFailed(_)));
-        self.apply_visit(idx, report, kind, done.started_at, done.connect_ms, true);
+        let at = seen_at(done.started_at + done.connect_ms.unwrap_or(0), &report);
+        self.apply_visit(idx, report, kind, at, done.connect_ms, true);
         let secs = Self::secs(now);
         let p = self.table.get_mut(idx);
         let retry = if mse_failed && self.encryption != Encryption::Require {
@@ -1412,6 +1459,14 @@ pub fn stored_as_success(report: &ProbeReport) -> bool {
     report.handshake && report.progress_source.is_some()
 }
 
+/// When a probe connected at `connected_at` saw the peer's progress: its first progress
+/// message (the grace after it adds only trailing haves); without one, the connection's start.
+/// Progress is timed by this, not by the probe's end: with Transmission the answer comes about
+/// a second after connecting, and a crossing timed a second off is a crossing misplaced.
+fn seen_at(connected_at: Millis, report: &ProbeReport) -> Millis {
+    connected_at + report.answer_ms.unwrap_or(0)
+}
+
 /// The store's record of one finished probe.
 pub fn outcome_record(
     torrent_id: i64,
@@ -1456,6 +1511,7 @@ pub fn outcome_record(
             .then_some(report.longest_gap_ms.min(u32::MAX as u64) as u32),
         messages: report.messages,
         next_visit_at,
+        portless: false,
     }
 }
 

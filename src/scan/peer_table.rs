@@ -49,7 +49,7 @@ pub mod flag {
     pub const WATCHED_INCOMING: u8 = 128;
 }
 
-/// One known peer. Times are whole seconds since the scan's epoch.
+/// One known peer. Times are since the scan's epoch: whole seconds unless named otherwise.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(C)]
 pub struct PeerEntry {
@@ -62,8 +62,9 @@ pub struct PeerEntry {
     pub torrent: u32,
     /// When the peer is due for a visit, or [`NOT_SCHEDULED`].
     pub next_visit: u32,
-    /// Time of the last successful contact (0 = never).
-    pub last_contact: u32,
+    /// Time of the last successful contact in hundredths of a second (0 = never): speeds
+    /// measured over a few seconds need better than whole seconds.
+    pub last_contact_cs: u32,
     pub flags: u8,
     pub sources: u8,
     /// Consecutive failed probes (saturating); drives the retry back-off.
@@ -189,7 +190,7 @@ impl PeerTable {
             progress: 0,
             torrent,
             next_visit: now,
-            last_contact: 0,
+            last_contact_cs: 0,
             flags: 0,
             sources: source,
             failures: 0,

@@ -168,6 +168,9 @@ pub struct VisitEffect {
     pub newly_confirmed: bool,
     /// Progress speed between the last two contacts, fraction per second.
     pub speed: Option<f64>,
+    /// The next visit was aimed at the peer's predicted crossing: its instant (milliseconds
+    /// since the scan's epoch), finer than the wheel's whole seconds.
+    pub aim_ms: Option<u64>,
 }
 
 /// Converts a fraction to fixed point.
@@ -181,13 +184,27 @@ pub fn progress_fraction(fixed: u16) -> f64 {
 
 impl RevisitPolicy {
     /// Applies a visit's result to the peer (progress, flags, failures) and sets its next visit.
+    /// `now_ms` is milliseconds since the scan's epoch.
     ///
     /// The next visit is the base interval, except: a peer whose measured speed predicts it
     /// crosses the threshold sooner is visited just after the predicted crossing (clients often
     /// leave as soon as they finish); a failing peer backs off exponentially; a peer at the
     /// threshold is not visited again unless `done_revisit_secs` says so.
-    pub fn apply(&self, peer: &mut PeerEntry, now: u32, result: VisitResult) -> VisitEffect {
+    pub fn apply(&self, peer: &mut PeerEntry, now_ms: u64, result: VisitResult) -> VisitEffect {
+        self.apply_answer(peer, now_ms, result, 0)
+    }
+
+    /// [`RevisitPolicy::apply`] for a probe whose peer answered `answer_ms` after we
+    /// connected: an aimed visit connects that much before the instant it aims at.
+    pub fn apply_answer(
+        &self,
+        peer: &mut PeerEntry,
+        now_ms: u64,
+        result: VisitResult,
+        answer_ms: u64,
+    ) -> VisitEffect {
         let mut effect = VisitEffect::default();
+        let now = (now_ms / 1000) as u32;
         match result {
             VisitResult::Failed => {
                 peer.failures = peer.failures.saturating_add(1);
@@ -203,29 +220,29 @@ impl RevisitPolicy {
             VisitResult::Progress(p) => {
                 let threshold_fixed = progress_fixed(self.threshold);
                 let p_fixed = progress_fixed(p);
-                if peer.has(flag::EVALUATED) && now > peer.last_contact && p_fixed >= peer.progress
-                {
-                    let dp = progress_fraction(p_fixed) - progress_fraction(peer.progress);
-                    effect.speed = Some(dp / (now - peer.last_contact) as f64);
-                }
+                effect.speed = speed_since_last_contact(peer, p, now_ms);
                 peer.failures = 0;
                 peer.contacts = peer.contacts.saturating_add(1);
                 peer.flags |= flag::EVALUATED;
                 peer.progress = p_fixed;
-                peer.last_contact = now;
+                peer.last_contact_cs = contact_time(now_ms);
                 if p_fixed < threshold_fixed {
                     peer.flags |= flag::SEEN_BELOW;
                     peer.flags &= !flag::AT_THRESHOLD;
-                    let mut interval = self.revisit_secs;
-                    if let Some(speed) = effect.speed.filter(|s| *s > 0.0) {
-                        // Aim at the middle of the window in which the peer is at or above
-                        // the threshold but not yet complete: a client that quits the moment
-                        // it finishes can only be seen there.
-                        let middle = (self.threshold + 1.0) / 2.0;
-                        let predicted = (middle - p) / speed;
-                        interval = interval.min(predicted.max(self.min_revisit_secs));
+                    let latency = answer_ms as f64 / 1000.0;
+                    let aimed = effect.speed.and_then(|speed| self.aim(p, speed, latency));
+                    match aimed {
+                        Some(secs) if secs < self.revisit_secs => {
+                            let due_ms = now_ms + (secs * 1000.0).round() as u64;
+                            effect.aim_ms = Some(due_ms);
+                            // The wheel's whole second at or after the aimed instant; the
+                            // caller may visit at `aim_ms` itself, which is earlier.
+                            peer.next_visit = due_ms.div_ceil(1000) as u32;
+                        }
+                        _ => {
+                            peer.next_visit = now.saturating_add(self.revisit_secs.max(1.0) as u32);
+                        }
                     }
-                    peer.next_visit = now.saturating_add(interval.max(1.0) as u32);
                 } else {
                     if peer.has(flag::SEEN_BELOW) && !peer.has(flag::CONFIRMED) {
                         peer.flags |= flag::CONFIRMED;
@@ -242,6 +259,60 @@ impl RevisitPolicy {
         }
         effect
     }
+
+    /// Seconds from now to the visit aimed at a peer at progress `p` (below the threshold)
+    /// moving at `speed` (fraction per second) that answers `latency` seconds after we
+    /// connect, or None when it is not moving.
+    ///
+    /// The aim is inside the window in which the peer is at or above the threshold but not
+    /// yet complete (a client that quits the moment it finishes can only be seen there). A
+    /// quarter into it when the window leaves time for a second look after an early
+    /// arrival (arriving early costs one more visit, aimed again from closer; arriving late
+    /// can lose the peer), else its middle. The shortest interval, `min_revisit_secs`, keeps
+    /// noisy speeds from hammering a peer, except when waiting that long would miss the
+    /// window's first half.
+    fn aim(&self, p: f64, speed: f64, latency: f64) -> Option<f64> {
+        if speed.is_nan() || speed <= 0.0 {
+            return None;
+        }
+        let window = 1.0 - self.threshold;
+        let window_secs = window / speed;
+        let into = if 0.75 * window_secs >= 2.0 * latency + 1.0 {
+            0.25
+        } else {
+            0.5
+        };
+        let to_target = (self.threshold + window * into - p) / speed - latency;
+        let to_middle = (self.threshold + window / 2.0 - p) / speed - latency;
+        let shortest = if self.min_revisit_secs <= to_middle {
+            self.min_revisit_secs
+        } else {
+            MIN_AIMED_SECS
+        };
+        Some(to_target.max(shortest))
+    }
+}
+
+/// The shortest interval to an aimed visit: a fresh connection every 100 ms at most.
+const MIN_AIMED_SECS: f64 = 0.1;
+
+/// The peer's progress speed (fraction per second) from its last successful contact to
+/// progress `p` at `now_ms`; None without an earlier contact or when progress went back.
+pub fn speed_since_last_contact(peer: &PeerEntry, p: f64, now_ms: u64) -> Option<f64> {
+    let now_cs = contact_time(now_ms);
+    let p_fixed = progress_fixed(p);
+    (peer.has(flag::EVALUATED) && now_cs > peer.last_contact_cs && p_fixed >= peer.progress).then(
+        || {
+            let dp = progress_fraction(p_fixed) - progress_fraction(peer.progress);
+            dp / (f64::from(now_cs - peer.last_contact_cs) / 100.0)
+        },
+    )
+}
+
+/// A contact time as stored in [`PeerEntry::last_contact_cs`]: hundredths of a second since
+/// the scan's epoch (a `u32` lasts 497 days per run), never 0 (0 = never contacted).
+pub fn contact_time(now_ms: u64) -> u32 {
+    ((now_ms / 10).min(u64::from(u32::MAX))).max(1) as u32
 }
 
 #[cfg(test)]
@@ -249,6 +320,10 @@ mod tests {
     use super::*;
     use crate::scan::peer_table::{Inserted, PeerTable};
     use std::net::SocketAddr;
+
+    fn ms(secs: u32) -> u64 {
+        u64::from(secs) * 1000
+    }
 
     fn table_with(n: u32) -> PeerTable {
         let mut t = PeerTable::new(n);
@@ -319,7 +394,7 @@ mod tests {
         let peer = t.get_mut(0);
         let mut delays = Vec::new();
         for now in [1000, 2000, 3000, 4000] {
-            policy.apply(peer, now, VisitResult::Failed);
+            policy.apply(peer, ms(now), VisitResult::Failed);
             delays.push(peer.next_visit - now);
         }
         assert_eq!(
@@ -327,17 +402,17 @@ mod tests {
             vec![10, 30, 90, 100],
             "10 s, ×3 each time, capped at 100 s"
         );
-        policy.apply(peer, 5000, VisitResult::Failed);
+        policy.apply(peer, ms(5000), VisitResult::Failed);
         assert_eq!(peer.next_visit, NOT_SCHEDULED, "forgotten after 5 failures");
         // A success resets the count.
         let never = RevisitPolicy {
             max_failures: 0,
             ..policy
         };
-        never.apply(peer, 6000, VisitResult::Progress(0.5));
+        never.apply(peer, ms(6000), VisitResult::Progress(0.5));
         assert_eq!(peer.failures, 0);
         for i in 0..300 {
-            never.apply(peer, 7000 + i, VisitResult::Failed);
+            never.apply(peer, ms(7000 + i), VisitResult::Failed);
         }
         assert_ne!(peer.next_visit, NOT_SCHEDULED, "0 = retried forever");
     }
@@ -349,18 +424,18 @@ mod tests {
         let leecher = t.get_mut(0);
         assert!(
             !policy
-                .apply(leecher, 10, VisitResult::Progress(0.5))
+                .apply(leecher, ms(10), VisitResult::Progress(0.5))
                 .newly_confirmed
         );
         assert_eq!(leecher.next_visit, 310);
         assert!(
             !policy
-                .apply(leecher, 400, VisitResult::Failed)
+                .apply(leecher, ms(400), VisitResult::Failed)
                 .newly_confirmed
         );
         assert!(
             policy
-                .apply(leecher, 700, VisitResult::Progress(0.99))
+                .apply(leecher, ms(700), VisitResult::Progress(0.99))
                 .newly_confirmed
         );
         assert_eq!(leecher.next_visit, NOT_SCHEDULED);
@@ -369,12 +444,12 @@ mod tests {
         let seeder = t.get_mut(1);
         assert!(
             !policy
-                .apply(seeder, 10, VisitResult::Progress(1.0))
+                .apply(seeder, ms(10), VisitResult::Progress(1.0))
                 .newly_confirmed
         );
         assert!(
             !policy
-                .apply(seeder, 400, VisitResult::Progress(1.0))
+                .apply(seeder, ms(400), VisitResult::Progress(1.0))
                 .newly_confirmed
         );
         assert!(!seeder.has(flag::CONFIRMED));
@@ -385,29 +460,97 @@ mod tests {
         let policy = RevisitPolicy::default();
         let mut t = table_with(2);
         let p = t.get_mut(0);
-        policy.apply(p, 0, VisitResult::Progress(0.10));
-        // 0.8 in 100 s: 0.008/s; 0.09 left to 0.99 (between 0.98 and done) → 11.25 s,
-        // clamped to the 30 s minimum.
-        let e = policy.apply(p, 100, VisitResult::Progress(0.90));
-        assert!((e.speed.unwrap() - 0.008).abs() < 1e-4);
-        assert_eq!(p.next_visit, 130);
-        // 0.1 in 10 s more: 0.01/s; 0.09 left to 0.99 → 9 s... still the minimum; from 0.5
-        // at 0.001/s, 490 s → the base interval wins.
+        policy.apply(p, ms(0), VisitResult::Progress(0.10));
+        // 0.5 in 100 s: 0.005/s; the aim (a quarter into the window, 0.985) is 17 s away,
+        // completion 20 s: the 30 s minimum would skip the window, so the aim wins.
+        let e = policy.apply(p, ms(100), VisitResult::Progress(0.60));
+        assert!((e.speed.unwrap() - 0.005).abs() < 1e-4);
+        let aim = e.aim_ms.expect("aimed");
+        assert!((76_900..=77_100).contains(&(aim - 100_000)), "{aim}");
+        assert_eq!(u64::from(p.next_visit), aim.div_ceil(1000));
+
+        // 0.004/s from 0.4: 146 s to the aim, sooner than the base interval.
         let q = t.get_mut(1);
-        policy.apply(q, 0, VisitResult::Progress(0.0));
-        policy.apply(q, 100, VisitResult::Progress(0.4));
-        // 0.004/s, 0.59 left to 0.99 → 147.5 s.
+        policy.apply(q, ms(0), VisitResult::Progress(0.0));
+        let e = policy.apply(q, ms(100), VisitResult::Progress(0.4));
+        assert!((246_100..=246_400).contains(&e.aim_ms.unwrap()));
         assert_eq!(q.next_visit, 247);
 
         let mut t = table_with(1);
         let f = t.get_mut(0);
-        policy.apply(f, 0, VisitResult::Failed);
+        policy.apply(f, ms(0), VisitResult::Failed);
         assert_eq!(f.next_visit, 300);
-        policy.apply(f, 300, VisitResult::Failed);
+        policy.apply(f, ms(300), VisitResult::Failed);
         assert_eq!(f.next_visit, 900);
         for _ in 0..10 {
-            policy.apply(f, 1000, VisitResult::Failed);
+            policy.apply(f, ms(1000), VisitResult::Failed);
         }
         assert_eq!(f.next_visit, 1000 + 3600);
+    }
+
+    #[test]
+    fn the_shortest_interval_holds_unless_it_would_skip_the_window() {
+        let policy = RevisitPolicy::default(); // 30 s minimum, threshold 0.98
+        let mut t = table_with(2);
+        // Slow near the end: 0.001/s at 0.95 → aim 35 s, minimum irrelevant.
+        let slow = t.get_mut(0);
+        policy.apply(slow, ms(0), VisitResult::Progress(0.90));
+        let e = policy.apply(slow, ms(50), VisitResult::Progress(0.95));
+        let aim = e.aim_ms.unwrap() - 50_000;
+        assert!((34_800..=35_200).contains(&aim), "{aim}");
+        // 0.002/s at 0.95: aim 17.5 s, completion 25 s — both within 30 s, so visiting at
+        // 30 s would find it complete (and a quitter gone): aimed at 17.5 s.
+        let fast = t.get_mut(1);
+        policy.apply(fast, ms(0), VisitResult::Progress(0.85));
+        let e = policy.apply(fast, ms(50), VisitResult::Progress(0.95));
+        let aim = e.aim_ms.unwrap() - 50_000;
+        assert!((17_300..=17_700).contains(&aim), "{aim}");
+        // Wide window: 0.0006/s at 0.97 → aim 25 s, clamped to 30 s; completion 50 s.
+        let mut t = table_with(1);
+        let wide = t.get_mut(0);
+        policy.apply(wide, ms(0), VisitResult::Progress(0.94));
+        let e = policy.apply(wide, ms(50), VisitResult::Progress(0.97));
+        assert_eq!(
+            e.aim_ms,
+            Some(80_000),
+            "the 30 s minimum still lands in the window"
+        );
+        // Sub-second precision: a peer 0.3 s from the window is not visited a second late.
+        let policy = RevisitPolicy {
+            min_revisit_secs: 1.0,
+            ..RevisitPolicy::default()
+        };
+        let mut t = table_with(1);
+        let quick = t.get_mut(0);
+        policy.apply(quick, 10_000, VisitResult::Progress(0.90));
+        // 0.07 in 2.5 s: 0.028/s; the window (0.98 to 1) lasts 0.71 s, too short for a second
+        // look: aimed at its middle, 0.71 s away (completion 1.07 s: the 1 s minimum would
+        // land in the window's last moment).
+        let e = policy.apply(quick, 12_500, VisitResult::Progress(0.97));
+        let aim = e.aim_ms.unwrap() - 12_500;
+        assert!((680..=750).contains(&aim), "{aim}");
+    }
+
+    #[test]
+    fn an_aimed_visit_connects_as_long_before_as_the_peer_takes_to_answer() {
+        let policy = RevisitPolicy {
+            min_revisit_secs: 1.0,
+            ..RevisitPolicy::default()
+        };
+        let mut t = table_with(2);
+        // 0.01/s at 0.90: the window lasts 2 s. Answering in 0.1 s leaves time for a second
+        // look: a quarter in (0.985, 8.5 s away), connecting 0.1 s before.
+        let prompt = t.get_mut(0);
+        policy.apply(prompt, 0, VisitResult::Progress(0.80));
+        let e = policy.apply_answer(prompt, 10_000, VisitResult::Progress(0.90), 100);
+        let aim = e.aim_ms.unwrap() - 10_000;
+        assert!((8_350..=8_450).contains(&aim), "{aim}");
+        // Answering in 1 s (Transmission): no time for a second look; the middle (0.99, 9 s
+        // away), connecting 1 s before.
+        let slow = t.get_mut(1);
+        policy.apply(slow, 0, VisitResult::Progress(0.80));
+        let e = policy.apply_answer(slow, 10_000, VisitResult::Progress(0.90), 1_000);
+        let aim = e.aim_ms.unwrap() - 10_000;
+        assert!((7_950..=8_050).contains(&aim), "{aim}");
     }
 }

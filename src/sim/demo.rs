@@ -10,14 +10,14 @@ use crate::run::{run_scan, RunOptions, TorrentInput};
 
 #[derive(clap::Args, Debug)]
 pub struct DemoArgs {
-    /// How long to scan.
-    #[arg(long, default_value_t = 60)]
+    /// How long to scan, seconds (1 to 86400).
+    #[arg(long, default_value_t = 60, value_parser = crate::limits::count::<u64>(1, 86_400))]
     pub seconds: u64,
     /// Keep the database here (default: a temporary directory, removed afterwards).
     #[arg(long)]
     pub database: Option<PathBuf>,
-    /// Simulated peers per torrent (3 torrents).
-    #[arg(long, default_value_t = 40)]
+    /// Simulated peers per torrent (3 torrents; 1 to 250).
+    #[arg(long, default_value_t = 40, value_parser = crate::limits::count::<usize>(1, 250))]
     pub peers: usize,
     /// Print the report as JSON.
     #[arg(long)]
@@ -93,6 +93,11 @@ fn demo(args: &DemoArgs) -> Result<(), String> {
             ..RunOptions::default()
         },
     )?;
+    if let Some(name) = sim.ended_thread() {
+        return Err(format!(
+            "the simulation's thread '{name}' died during the scan (see the panic above): no report"
+        ));
+    }
     let truth = sim.observable_confirmations(config.peer.threshold);
     let crossed = sim.crossings(config.peer.threshold, summary.seconds);
     let report_args = crate::cli::report_cmd::ReportArgs {

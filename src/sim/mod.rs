@@ -144,6 +144,14 @@ fn make_torrent(
 }
 
 impl SimSwarm {
+    /// The name of a simulation thread (trackers, peers) that has ended: it panicked, and the
+    /// swarm no longer behaves as simulated.
+    pub fn ended_thread(&self) -> Option<String> {
+        self.tracker
+            .ended_thread()
+            .or_else(|| self.peers.ended_thread())
+    }
+
     pub fn start(opts: &SimOptions) -> Result<SimSwarm, String> {
         let view = Arc::new(View {
             state: OnceLock::new(),

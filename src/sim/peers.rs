@@ -228,6 +228,11 @@ impl SimPeers {
         self.epoch.elapsed().as_secs_f64()
     }
 
+    /// The name of a simulation thread that ended before [`SimPeers::stop`] (it panicked).
+    pub fn ended_thread(&self) -> Option<String> {
+        crate::threads::first_finished(&self.threads)
+    }
+
     pub fn stop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         for t in self.threads.drain(..) {

@@ -123,6 +123,11 @@ impl SimTracker {
         format!("udp://{}/announce", self.udp_addr)
     }
 
+    /// The name of a tracker thread that ended before [`SimTracker::stop`] (it panicked).
+    pub fn ended_thread(&self) -> Option<String> {
+        crate::threads::first_finished(&self.threads)
+    }
+
     pub fn stop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         for t in self.threads.drain(..) {

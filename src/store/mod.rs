@@ -46,6 +46,7 @@
 //!     longest_gap_ms: Some(120),
 //!     messages: 3,
 //!     next_visit_at: Some(1_700_000_310_000),
+//!     portless: false,
 //! }.into());
 //! if records.pump() > 0 { /* writer behind: delay new connects */ }
 //! // Shutdown: hand over overflow, then drain, commit and close.
@@ -204,6 +205,11 @@ const MIGRATIONS: &[&str] = &[
     // v3: how each confirmed crossing was seen.
     r#"
     ALTER TABLE peers ADD COLUMN crossing_seen TEXT; -- live | revisit | incoming (confirmed peers)
+    "#,
+    // v4: incoming peers that gave no listen port, and the one download two rows can share.
+    r#"
+    ALTER TABLE peers ADD COLUMN portless INTEGER NOT NULL DEFAULT 0; -- port = an incoming connection's source port
+    ALTER TABLE peers ADD COLUMN duplicate_of INTEGER REFERENCES peers(id); -- same download, counted there
     "#,
 ];
 
@@ -369,6 +375,11 @@ pub struct PeerRow {
     /// How the crossing of a confirmed peer was seen: `live` (a watched connection),
     /// `revisit` (a probe of ours) or `incoming` (a connection the peer opened).
     pub crossing_seen: Option<String>,
+    /// An incoming peer that gave no listen port: `port` is its connection's source port.
+    pub portless: bool,
+    /// The port of the row at the same address that counts this row's download (a portless
+    /// row whose crossing was also seen there); this row is then not confirmed itself.
+    pub duplicate_of_port: Option<u16>,
 }
 
 fn is_not_a_database(e: &rusqlite::Error) -> bool {
@@ -632,8 +643,9 @@ impl Store {
                 "SELECT coalesce(t.info_hash_v1, t.info_hash_v2), p.ip, p.port, p.first_seen_at, p.last_contact_at,
                         p.first_contact_at, p.first_progress, p.last_progress, p.crossed_at, p.confirmed, p.sources,
                         p.first_source, p.client, p.transport, p.contacts, p.failures, p.max_speed, p.last_error,
-                        p.crossing_seen
+                        p.crossing_seen, p.portless, d.port
                  FROM peers p JOIN torrents t ON t.id = p.torrent_id
+                 LEFT JOIN peers d ON d.id = p.duplicate_of
                  WHERE ?1 IS NULL OR p.torrent_id = ?1
                  ORDER BY p.id",
             )
@@ -663,6 +675,8 @@ impl Store {
                     max_speed: r.get(16)?,
                     last_error: r.get(17)?,
                     crossing_seen: r.get(18)?,
+                    portless: r.get(19)?,
+                    duplicate_of_port: r.get(20)?,
                 })
             };
             f(read().map_err(|e| self.err(e))?);

@@ -401,7 +401,8 @@ pub struct ProbeOutcome {
     pub addr: SocketAddr,
     /// First contact, later contact or incoming.
     pub event: ProbeEvent,
-    /// When the probe ended.
+    /// When the peer's progress was seen (its first progress message; for a watched
+    /// connection, the message observed); without progress, when the connection started.
     pub at: UnixMs,
     /// Progress or error class.
     pub result: ProbeResult,
@@ -421,6 +422,10 @@ pub struct ProbeOutcome {
     pub messages: u32,
     /// When the scheduler wants to visit again (None = not again); stored for restart resume.
     pub next_visit_at: Option<UnixMs>,
+    /// An incoming peer that gave no listen port (BEP 10 `p`): `addr` is the connection's
+    /// source address, an identity of this connection only. When the same download is
+    /// confirmed under the peer's listen address too, it is counted there (see the writer).
+    pub portless: bool,
 }
 
 /// Everything the writer accepts.

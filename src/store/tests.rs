@@ -61,6 +61,7 @@ fn outcome(
         longest_gap_ms: None,
         messages: 3,
         next_visit_at: Some(at + 300_000),
+        portless: false,
     }
     .into()
 }
@@ -381,6 +382,7 @@ fn one_million_outcomes_from_two_threads_all_arrive() {
                         longest_gap_ms: Some(visit * 100),
                         messages: 3,
                         next_visit_at: None,
+                        portless: false,
                     };
                     tx.send(record.into());
                     if i % 1024 == 0 {
@@ -1281,4 +1283,101 @@ fn a_database_that_stays_unwritable_stops_the_writer_with_a_clear_error() {
     }
     assert_eq!(metrics.lost.load(Relaxed), 80);
     assert_eq!(metrics.committed.load(Relaxed), 0);
+}
+
+#[test]
+fn a_download_seen_on_a_portless_incoming_row_and_its_listen_address_counts_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("portless.sqlite");
+    let store = Store::open(&path).unwrap();
+    let tid = store.upsert_torrent(&torrent(1, Some(100))).unwrap();
+    let writer = Writer::start(store, full(), options(10, 100, 16)).unwrap();
+    let mut tx = writer.sender();
+    let portless = |peer: &str, event, at, have| {
+        let Record::Outcome(mut o) = outcome(tid, peer, event, at, ok(have)) else {
+            unreachable!()
+        };
+        o.portless = true;
+        Record::Outcome(o)
+    };
+    // Peer A at [::1]:6001 (its listen port): its crossing seen on our probes at T0+20 s, and
+    // on the connection it opened to us from port 50001 (no listen port) 1 s apart; the
+    // portless row crosses first.
+    tx.send(portless("[::1]:50001", ProbeEvent::Incoming, T0, 40));
+    tx.send(portless(
+        "[::1]:50001",
+        ProbeEvent::Watched,
+        T0 + 19_000,
+        99,
+    ));
+    tx.send(outcome(
+        tid,
+        "[::1]:6001",
+        ProbeEvent::FirstContact,
+        T0 + 1_000,
+        ok(40),
+    ));
+    tx.send(outcome(
+        tid,
+        "[::1]:6001",
+        ProbeEvent::LaterContact,
+        T0 + 20_000,
+        ok(99),
+    ));
+    // Peer B at [::1]:6002: the listen-port row crosses first, then the portless one.
+    tx.send(outcome(
+        tid,
+        "[::1]:6002",
+        ProbeEvent::FirstContact,
+        T0,
+        ok(10),
+    ));
+    tx.send(outcome(
+        tid,
+        "[::1]:6002",
+        ProbeEvent::LaterContact,
+        T0 + 60_000,
+        ok(99),
+    ));
+    tx.send(portless(
+        "[::1]:50002",
+        ProbeEvent::Incoming,
+        T0 + 30_000,
+        50,
+    ));
+    tx.send(portless(
+        "[::1]:50002",
+        ProbeEvent::Watched,
+        T0 + 61_000,
+        99,
+    ));
+    // A portless peer whose crossing matches none: its own download.
+    tx.send(portless("[::1]:50003", ProbeEvent::Incoming, T0, 10));
+    tx.send(portless(
+        "[::1]:50003",
+        ProbeEvent::Watched,
+        T0 + 200_000,
+        99,
+    ));
+    drop(tx);
+    writer.finish().unwrap();
+    let store = Store::open_existing(&path).unwrap();
+    let mut rows = Vec::new();
+    store
+        .for_each_peer(None, |p| {
+            rows.push((p.port, p.confirmed, p.portless, p.duplicate_of_port))
+        })
+        .unwrap();
+    rows.sort();
+    assert_eq!(
+        rows,
+        vec![
+            (6001, true, false, None),
+            (6002, true, false, None),
+            (50001, false, true, Some(6001)),
+            (50002, false, true, Some(6002)),
+            (50003, true, true, None),
+        ]
+    );
+    assert_eq!(store.report().unwrap().total.confirmed, 3);
 }

@@ -61,6 +61,58 @@ pub struct WriterOptions {
     pub unwritable: Duration,
 }
 
+/// How far apart two crossings at one address may be to be one download seen twice.
+pub const SAME_CROSSING_MS: i64 = 10_000;
+
+/// A download confirmed on two rows of one address, one of them a portless incoming row (a
+/// client that dialled us without naming its listen port: libtorrent on IPv6 before it knows
+/// its external address; its peer-id differs per connection, so nothing else links the
+/// rows), is counted once, on the row with the listen port. The crossings must lie within
+/// [`SAME_CROSSING_MS`]: the same crossing seen on two connections. Two peers behind one
+/// address that cross within seconds of each other, one of them portless, would be counted
+/// once; that is the rarer error.
+fn settle_same_download(
+    conn: &rusqlite::Connection,
+    torrent_id: i64,
+    ip_key: &str,
+    id: i64,
+    portless: bool,
+    crossed_at: i64,
+) -> rusqlite::Result<()> {
+    if portless {
+        let counted: Option<i64> = conn
+            .prepare_cached(
+                "SELECT id FROM peers
+                 WHERE torrent_id = ?1 AND ip_key = ?2 AND id != ?3 AND confirmed AND NOT portless
+                   AND abs(crossed_at - ?4) <= ?5
+                 ORDER BY abs(crossed_at - ?4) LIMIT 1",
+            )?
+            .query_row(
+                params![torrent_id, ip_key, id, crossed_at, SAME_CROSSING_MS],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(counted) = counted {
+            conn.prepare_cached("UPDATE peers SET confirmed = 0, duplicate_of = ?2 WHERE id = ?1")?
+                .execute(params![id, counted])?;
+        }
+    } else {
+        conn.prepare_cached(
+            "UPDATE peers SET confirmed = 0, duplicate_of = ?3
+             WHERE torrent_id = ?1 AND ip_key = ?2 AND portless AND confirmed
+               AND abs(crossed_at - ?4) <= ?5",
+        )?
+        .execute(params![
+            torrent_id,
+            ip_key,
+            id,
+            crossed_at,
+            SAME_CROSSING_MS
+        ])?;
+    }
+    Ok(())
+}
+
 impl WriterOptions {
     /// Settings from `[store]` and `peer.threshold`.
     pub fn from_config(config: &crate::config::Config) -> WriterOptions {
@@ -234,14 +286,26 @@ impl Writer {
         self.metrics.clone()
     }
 
+    /// The writer thread has ended before [`Writer::finish`]: it failed (panicked, or could not
+    /// start), and nothing sent from now on reaches the database.
+    pub fn ended(&self) -> bool {
+        match &self.thread {
+            Some(t) => t.is_finished(),
+            None => true,
+        }
+    }
+
     /// Stops the writer: every record already sent (and every sender's overflow handed over by
     /// dropping or closing it first) is applied and committed, then the database is closed.
     pub fn finish(mut self) -> Result<WriterCounts, StoreError> {
         let _ = self.tx.send(Msg::Shutdown);
         let thread = self.thread.take().expect("finish is called once");
-        let (mut counts, conn) = thread
-            .join()
-            .map_err(|_| StoreError::Io(std::io::Error::other("writer thread panicked")))??;
+        let (mut counts, conn) = thread.join().map_err(|p| {
+            let message = crate::threads::panic_message(&*p);
+            StoreError::Io(std::io::Error::other(format!(
+                "thread 'swarmscan-writer' panicked: {message}"
+            )))
+        })??;
         if let Some(why) = self.metrics.failure() {
             let lost = self.metrics.lost.load(Ordering::Relaxed);
             let _ = conn.close();
@@ -884,6 +948,7 @@ impl WriterThread {
                 self.sums.counts.outcomes += 1;
             }
             Record::Stats(s) => {
+                crate::threads::debug_panic_point("writer");
                 self.store
                     .conn
                     .prepare_cached(
@@ -985,10 +1050,10 @@ impl WriterThread {
             Some(found) => found,
             None => {
                 conn.prepare_cached(
-                    "INSERT INTO peers (torrent_id, ip_key, ip, port, ipv6, sources, first_source, first_seen_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7)",
+                    "INSERT INTO peers (torrent_id, ip_key, ip, port, ipv6, sources, first_source, first_seen_at, portless)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?8)",
                 )?
-                .execute(params![o.torrent_id, ip.key, ip.shown, o.addr.port(), is_ipv6(&o.addr), incoming_bit, o.at])?;
+                .execute(params![o.torrent_id, ip.key, ip.shown, o.addr.port(), is_ipv6(&o.addr), incoming_bit, o.at, o.portless])?;
                 self.sums.counts.new_peers += 1;
                 (conn.last_insert_rowid(), ProgressState::default())
             }
@@ -1054,6 +1119,10 @@ impl WriterThread {
             incoming_bit,
             (next.confirmed && !state.confirmed).then(|| o.event.crossing_seen()),
         ])?;
+        if let (true, false, Some(crossed_at)) = (next.confirmed, state.confirmed, next.crossed_at)
+        {
+            settle_same_download(conn, o.torrent_id, &ip.key, id, o.portless, crossed_at)?;
+        }
         let sums = self
             .sums
             .outcome_counts

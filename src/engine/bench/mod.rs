@@ -20,8 +20,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::engine::{self, Ending, EngineConfig, Millis, ProbeDone, ProbeRequest, WorkerDriver};
+use crate::limits;
 
 pub use conv::{BenchConversation, BenchOutcome};
+
+/// Most fake peers: distinct addresses from 127.10.0.1 to 127.255.255.255.
+pub const MAX_FAKE_PEERS: u64 = 0x00F5_FFFE;
 
 /// The info-hash of the benchmark torrent (the fake swarm's MSE responder knows only it).
 pub const BENCH_INFO_HASH: [u8; 20] = [0xAB; 20];
@@ -58,35 +62,35 @@ enum BenchCommand {
 /// Options of `bench probes`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ProbesArgs {
-    /// Measured seconds per side (engine and floor), split over the rounds.
-    #[arg(long, default_value_t = 10.0)]
+    /// Measured seconds per side (engine and floor), split over the rounds (0.1 to 86400).
+    #[arg(long, default_value_t = 10.0, value_parser = limits::secs(0.1, 86_400.0))]
     seconds: f64,
-    /// Fake peers (distinct 127.x addresses).
-    #[arg(long, default_value_t = 20_000)]
+    /// Fake peers (distinct 127.x addresses, 127.10.0.1 upwards).
+    #[arg(long, default_value_t = 20_000, value_parser = limits::count::<u32>(1, MAX_FAKE_PEERS))]
     peers: u32,
     /// Probes in flight (over all workers).
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, value_parser = limits::count::<usize>(1, limits::MAX_CONNECTIONS))]
     in_flight: usize,
     /// Delay before a fake peer answers the handshake.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = limits::count::<u64>(0, limits::MAX_MS))]
     peer_delay_ms: u64,
     /// Engine workers (and floor threads).
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = limits::count::<usize>(1, limits::MAX_THREADS))]
     workers: usize,
     /// Fake swarm threads.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = limits::count::<usize>(1, limits::MAX_THREADS))]
     swarm_threads: usize,
     /// Alternating engine/floor rounds (evens out machine noise).
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = limits::count::<u32>(1, 1000))]
     rounds: u32,
     /// Pieces in the fake torrent (bitfield size).
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, value_parser = limits::count::<u32>(1, limits::MAX_PIECES))]
     pieces: u32,
     /// Connects per second (0 = unlimited).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = limits::count::<u64>(0, limits::MAX_CONNECTIONS))]
     connect_rate: u64,
     /// Receive buffers per worker ring (power of two) × 4 KiB.
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = 1024, value_parser = limits::power_of_two::<u16>(1, 32768))]
     recv_buffers: u16,
     /// Pin workers to cores.
     #[arg(long)]
@@ -109,19 +113,19 @@ pub struct ProbesArgs {
 #[derive(clap::Args, Debug, Clone)]
 pub struct FakeSwarmArgs {
     /// Serving threads.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = limits::count::<usize>(1, limits::MAX_THREADS))]
     threads: usize,
     /// Answer delay.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = limits::count::<u64>(0, limits::MAX_MS))]
     delay_ms: u64,
     /// Pieces in the torrent.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, value_parser = limits::count::<u32>(1, limits::MAX_PIECES))]
     pieces: u32,
     /// Exit after this many seconds at the latest.
-    #[arg(long, default_value_t = 600)]
+    #[arg(long, default_value_t = 600, value_parser = limits::count::<u64>(1, limits::MAX_SECS as u64))]
     max_seconds: u64,
     /// After answering, send a `have` this often per connection (0 = never; `bench watch`).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = limits::count::<u64>(0, limits::MAX_MS))]
     have_every_ms: u64,
 }
 
@@ -481,6 +485,9 @@ fn engine_phase(
     let ok_before = shared.ok.load(Ordering::Relaxed);
     let cpu_before = cpu_secs();
     let (result, rss_max, ok) = std::thread::scope(|scope| {
+        // Set on every way out of this closure, a panic included: the threads then end.
+        let _stop = crate::threads::StoreOnDrop(&stop, true);
+        let _sampling = crate::threads::StoreOnDrop(&sampling, false);
         let sampler = scope.spawn(|| {
             let mut max = 0;
             while sampling.load(Ordering::Relaxed) {
@@ -522,6 +529,7 @@ fn floor_phase(
     let cpu_before = cpu_secs();
     let per = (args.in_flight / args.workers.max(1)).max(1);
     let (ok, result) = std::thread::scope(|scope| {
+        let _stop = crate::threads::StoreOnDrop(&stop, true);
         let handles: Vec<_> = (0..args.workers)
             .map(|w| {
                 let (stop, done, errors) = (&stop, &done, &errors);
@@ -601,16 +609,7 @@ fn bench_store() -> std::io::Result<BenchStore> {
 }
 
 fn run_probes(args: &ProbesArgs) -> std::io::Result<()> {
-    if args.workers == 0 || args.in_flight == 0 || args.peers == 0 || args.rounds == 0 {
-        return Err(std::io::Error::other(
-            "workers, in-flight, peers and rounds must be positive",
-        ));
-    }
-    if args.peers > 0x00F5_FFFE {
-        return Err(std::io::Error::other(
-            "at most 16 million peers (127.10.0.1 upwards)",
-        ));
-    }
+    // Every flag was checked by its parser (crate::limits): positive counts, bounded seconds.
     let needed = EngineConfig {
         workers: args.workers,
         max_in_flight: args.in_flight,

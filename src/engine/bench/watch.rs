@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use super::{cpu_secs, peer_addr, round2, spawn_fake_swarm, status_field, SwarmChild};
 use crate::engine::{self, Ending, EngineConfig, Millis, ProbeDone, ProbeRequest, WorkerDriver};
+use crate::limits;
 use crate::proto::probe::{AskReason, ProbeSettings, WatchPlan};
 use crate::scan::catalog::{Catalog, CatalogTorrent};
 use crate::scan::driver::{ProbeConv, WatchSettings};
@@ -27,37 +28,37 @@ use crate::scan::driver::{ProbeConv, WatchSettings};
 #[derive(clap::Args, Debug, Clone)]
 pub struct WatchArgs {
     /// Connections to hold open (one fake peer each, 127.10.0.1 upwards).
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 10_000, value_parser = limits::count::<u32>(1, super::MAX_FAKE_PEERS))]
     watched: u32,
-    /// Seconds to hold them all while sampling RSS.
-    #[arg(long, default_value_t = 30.0)]
+    /// Seconds to hold them all while sampling RSS (up to 86400).
+    #[arg(long, default_value_t = 30.0, value_parser = limits::secs(limits::MIN_SECS, 86_400.0))]
     hold_secs: f64,
-    /// Longest time to get them all connected and held, seconds.
-    #[arg(long, default_value_t = 120.0)]
+    /// Longest time to get them all connected and held, seconds (up to 86400).
+    #[arg(long, default_value_t = 120.0, value_parser = limits::secs(limits::MIN_SECS, 86_400.0))]
     connect_secs: f64,
     /// Engine workers.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = limits::count::<usize>(1, limits::MAX_THREADS))]
     workers: usize,
     /// Fake swarm threads.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = limits::count::<usize>(1, limits::MAX_THREADS))]
     swarm_threads: usize,
     /// Pieces in the fake torrent (bitfield size; each peer has about half).
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, value_parser = limits::count::<u32>(1, limits::MAX_PIECES))]
     pieces: u32,
     /// Each fake peer sends a `have` this often (0 = never).
-    #[arg(long, default_value_t = 5000)]
+    #[arg(long, default_value_t = 5000, value_parser = limits::count::<u64>(0, limits::MAX_MS))]
     have_every_ms: u64,
     /// Keep-alive interval on watched connections, ms (the scan's is 60 000).
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 10_000, value_parser = limits::count::<u64>(1, limits::MAX_MS))]
     keepalive_ms: u64,
     /// Probes in flight before they turn into watches (over all workers).
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, value_parser = limits::count::<usize>(1, limits::MAX_CONNECTIONS))]
     in_flight: usize,
     /// Connects per second (0 = unlimited).
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = 2000, value_parser = limits::count::<u64>(0, limits::MAX_CONNECTIONS))]
     connect_rate: u64,
     /// Receive buffers per worker ring (power of two) × 4 KiB.
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = 1024, value_parser = limits::power_of_two::<u16>(1, 32768))]
     recv_buffers: u16,
     /// Print one JSON object.
     #[arg(long)]
@@ -259,16 +260,7 @@ fn sample(shared: &WatchShared) -> Sample {
 
 /// Runs `bench watch`.
 pub fn run(args: &WatchArgs) -> std::io::Result<()> {
-    if args.watched == 0 || args.workers == 0 || args.in_flight == 0 {
-        return Err(std::io::Error::other(
-            "watched, workers and in-flight must be positive",
-        ));
-    }
-    if args.watched > 0x00F5_FFFE {
-        return Err(std::io::Error::other(
-            "at most 16 million watched (127.10.0.1 upwards)",
-        ));
-    }
+    // Every flag was checked by its parser (crate::limits).
     let watched = args.watched as usize;
     let cfg = EngineConfig {
         workers: args.workers,
@@ -336,6 +328,8 @@ pub fn run(args: &WatchArgs) -> std::io::Result<()> {
     let half = watched / 2;
     let (result, baseline, at_half, at_full, rss_max, at_end, connect_secs, hold_secs) =
         std::thread::scope(|scope| {
+            // Set on every way out of this closure, a panic included: the workers then end.
+            let _stop = crate::threads::StoreOnDrop(&stop, true);
             let runner = scope.spawn(|| engine::run_workers(&cfg, drivers, &stop));
             // Rings, buffer rings and slabs built, no connection yet.
             wait_for(connect_until, || {
