@@ -1416,7 +1416,9 @@ impl WorkerDriver for ScanDriver {
             self.counters
                 .known_peers
                 .store(self.table.len() as u64, Ordering::Relaxed);
-            let due = self.due.len() + self.wheel.due_count(&self.table, Self::secs(now));
+            let due = self.due.len()
+                + self.due_aimed.len()
+                + self.wheel.due_count(&self.table, Self::secs(now));
             self.counters.due_queue.store(due as u64, Ordering::Relaxed);
         }
         self.last_tick = now;
