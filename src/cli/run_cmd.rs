@@ -62,12 +62,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SWARMSCAN_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    crate::logging::init();
 }
 
 pub fn run(args: &RunArgs) -> i32 {
@@ -105,7 +100,9 @@ pub fn run(args: &RunArgs) -> i32 {
     ) {
         Ok(summary) => {
             if args.json {
-                println!("{}", serde_json::to_string(&summary).unwrap_or_default());
+                // Not println!: a failed write (stdout on a full disk) must not panic.
+                let json = serde_json::to_string(&summary).unwrap_or_default();
+                let _ = writeln!(std::io::stdout(), "{json}");
             } else {
                 let refused = match summary.mse_incoming_refused {
                     0 => String::new(),
@@ -113,7 +110,7 @@ pub fn run(args: &RunArgs) -> i32 {
                         format!(", {n} incoming MSE handshakes refused (net.mse_incoming_per_sec)")
                     }
                 };
-                eprintln!(
+                crate::logging::say(format_args!(
                     "swarmscan: scanned {} torrent(s) for {:.0}s: {} peers known, {} probes ({} answered), {} confirmed downloads this run ({} seen live on watched connections){refused}; database {}",
                     summary.torrents,
                     summary.seconds,
@@ -123,18 +120,18 @@ pub fn run(args: &RunArgs) -> i32 {
                     summary.confirmed_this_run,
                     summary.crossed_live,
                     config.database.display()
-                );
+                ));
                 if summary.own_address_dropped > 0 {
-                    eprintln!(
+                    crate::logging::say(format_args!(
                         "swarmscan: {} addresses from trackers and PEX were our own (announced port {}) and were not probed",
                         summary.own_address_dropped, summary.announce_port
-                    );
+                    ));
                 }
             }
             0
         }
         Err(e) => {
-            eprintln!("swarmscan: run: {e}");
+            crate::logging::say(format_args!("swarmscan: run: {e}"));
             1
         }
     }
