@@ -260,6 +260,9 @@ pub struct StoreConfig {
     pub batch_ms: u64,
     /// Records the channel to the writer holds before producers keep them in overflow.
     pub channel_capacity: usize,
+    /// Seconds the database may refuse every commit (disk full, I/O errors) before the scan
+    /// stops with an error; until then records are held and retried.
+    pub unwritable_secs: f64,
 }
 
 impl Default for StoreConfig {
@@ -268,6 +271,7 @@ impl Default for StoreConfig {
             batch_rows: 5000,
             batch_ms: 500,
             channel_capacity: 65536,
+            unwritable_secs: 300.0,
         }
     }
 }
@@ -496,6 +500,13 @@ pub const KEY_DOCS: &[(&str, &str)] = &[
          own overflow and retry (counted as writer back-pressure), they never block or drop.",
     ),
     (
+        "store.unwritable_secs",
+        "When a commit fails (disk full, I/O error), the writer keeps the records (up to\n\
+         channel_capacity of them in memory; past that the channel fills and workers stop starting\n\
+         probes) and retries with back-off. When the database has refused every commit for this\n\
+         many seconds, the scan stops probing, says why and exits non-zero.",
+    ),
+    (
         "privacy.ip",
         "How peer IP addresses are stored: \"full\", \"truncate\" (IPv4 /24, IPv6 /48; peers told apart\n\
          by a keyed hash) or \"hmac\" (keyed HMAC-SHA256, hex). A database keeps the mode it was made with.",
@@ -677,6 +688,7 @@ impl Config {
             ("tracker.announce_secs", t.announce_secs, false),
             ("tracker.scrape_secs", t.scrape_secs, true),
             ("stats.interval_secs", self.stats.interval_secs, false),
+            ("store.unwritable_secs", self.store.unwritable_secs, false),
         ] {
             if !(zero_is_off && v == 0.0) {
                 check_secs(v, MIN_SECS, MAX_SECS).map_err(|m| {

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod limits;
+pub mod logging;
 pub mod metrics;
 pub mod proto;
 pub mod run;

@@ -157,6 +157,28 @@ pub fn duration(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever a user types: an error or a value within the bounds, never a panic.
+        #[test]
+        fn any_text_parses_within_bounds_or_fails(
+            text in prop_oneof![
+                any::<String>(),
+                "[-+]?[0-9]{0,25}(\\.[0-9]{0,5})?(e[-+]?[0-9]{1,4})?(ms|s|sec|m|min|h|d|x)?",
+            ]
+        ) {
+            if let Ok(d) = parse_duration(&text, MIN_SECS, MAX_SECS) {
+                prop_assert!(d.as_secs_f64() >= MIN_SECS * 0.999 && d.as_secs_f64() <= MAX_SECS);
+            }
+            if let Ok(v) = parse_secs(&text, MIN_SECS, MAX_SECS) {
+                prop_assert!((MIN_SECS..=MAX_SECS).contains(&v));
+            }
+            if let Ok(v) = parse_count(&text, 1, 1000) {
+                prop_assert!((1..=1000).contains(&v));
+            }
+        }
+    }
 
     #[test]
     fn durations_in_bounds_and_out() {

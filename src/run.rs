@@ -261,6 +261,8 @@ pub struct RunSummary {
     /// Probes the stop cut short before the peer stated its progress (not recorded; those
     /// that had it are recorded as the visits they were).
     pub cancelled_at_stop: u64,
+    /// Log lines dropped because stderr could not be written (e.g. its file system is full).
+    pub log_writes_dropped: u64,
 }
 
 /// Listen addresses with port 0 get a concrete free port, so that every worker listens on the
@@ -653,6 +655,8 @@ pub fn run_scan(
     let mut last_at = Instant::now();
     let mut rate = 0.0;
     let sum = |f: fn(&WorkerCounters) -> u64| counters.iter().map(|c| f(c)).sum::<u64>();
+    let mut cpu = crate::metrics::CpuMeter::default();
+    let writer_metrics = writer.metrics();
     let mut ended: Option<String> = None;
     let mut errors_before_join: Vec<String> = Vec::new();
     while !stop.load(Ordering::Relaxed) {
@@ -672,6 +676,11 @@ pub fn run_scan(
             if stop.load(Ordering::SeqCst) {
                 ended = None;
             }
+            break;
+        }
+        if let Some(why) = writer_metrics.failure() {
+            // The database stayed unwritable: stop probing; `finish` below reports it.
+            tracing::error!("stopping the scan: {why}");
             break;
         }
         crate::threads::debug_panic_point("status");
@@ -733,11 +742,11 @@ pub fn run_scan(
                 in_flight: sum(|c| c.in_flight.load(Ordering::Relaxed)) as i64,
                 probes_per_sec: rate,
                 confirmed: sum(|c| c.confirmed.load(Ordering::Relaxed)) as i64,
-                due_queue: 0,
+                due_queue: sum(|c| c.due_queue.load(Ordering::Relaxed)) as i64,
                 writer_overflow: metrics.overflow.load(Ordering::Relaxed),
                 writer_backpressure: metrics.backpressure.load(Ordering::Relaxed) as i64,
                 rss_bytes: crate::metrics::rss_bytes() as i64,
-                cpu_percent: 0.0,
+                cpu_percent: cpu.percent(),
             }));
             stats_sender.pump();
             // One log line per statistics interval (journald's view of the scan), never one
@@ -807,6 +816,7 @@ pub fn run_scan(
         watch_refused: sum(|c| c.watch_refused.load(Ordering::Relaxed)),
         ipv6_ignored: sum(|c| c.ipv6_ignored.load(Ordering::Relaxed)),
         cancelled_at_stop: sum(|c| c.cancelled_at_stop.load(Ordering::Relaxed)),
+        log_writes_dropped: crate::logging::dropped_writes(),
     })
 }
 

@@ -53,6 +53,7 @@ fn small_db(path: &Path) {
             batch_ms: 100,
             channel_capacity: 64,
             threshold: 0.98,
+            unwritable: std::time::Duration::from_secs(300),
         },
     )
     .unwrap();

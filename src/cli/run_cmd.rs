@@ -61,38 +61,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     crate::limits::parse_duration(s, crate::limits::MIN_SECS, crate::limits::MAX_SECS)
 }
 
-/// Logs go to stderr through `tracing` (`SWARMSCAN_LOG`, default `warn`): colours only on a
-/// terminal, and under systemd (`JOURNAL_STREAM` names our stderr) no timestamp, since the
-/// journal adds its own. Nothing logs per probe: per-probe detail is at `trace` level only.
 fn init_logging() {
-    use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SWARMSCAN_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    let _ = if stderr_is_journal() {
-        builder.without_time().try_init()
-    } else {
-        builder.try_init()
-    };
-}
-
-/// Whether stderr is the journal's stream: `JOURNAL_STREAM` is `DEVICE:INODE` of it.
-fn stderr_is_journal() -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let Some(v) = std::env::var_os("JOURNAL_STREAM") else {
-        return false;
-    };
-    let v = v.to_string_lossy();
-    let Some((dev, ino)) = v.split_once(':') else {
-        return false;
-    };
-    let (Ok(dev), Ok(ino)) = (dev.parse::<u64>(), ino.parse::<u64>()) else {
-        return false;
-    };
-    std::fs::metadata("/proc/self/fd/2").is_ok_and(|m| m.dev() == dev && m.ino() == ino)
+    crate::logging::init();
 }
 
 pub fn run(args: &RunArgs) -> i32 {
@@ -130,7 +100,9 @@ pub fn run(args: &RunArgs) -> i32 {
     ) {
         Ok(summary) => {
             if args.json {
-                println!("{}", serde_json::to_string(&summary).unwrap_or_default());
+                // Not println!: a failed write (stdout on a full disk) must not panic.
+                let json = serde_json::to_string(&summary).unwrap_or_default();
+                let _ = writeln!(std::io::stdout(), "{json}");
             } else {
                 let refused = match summary.mse_incoming_refused {
                     0 => String::new(),
@@ -138,7 +110,7 @@ pub fn run(args: &RunArgs) -> i32 {
                         format!(", {n} incoming MSE handshakes refused (net.mse_incoming_per_sec)")
                     }
                 };
-                eprintln!(
+                crate::logging::say(format_args!(
                     "swarmscan: scanned {} torrent(s) for {:.0}s: {} peers known, {} probes ({} answered), {} confirmed downloads this run ({} seen live on watched connections){refused}; database {}",
                     summary.torrents,
                     summary.seconds,
@@ -148,18 +120,18 @@ pub fn run(args: &RunArgs) -> i32 {
                     summary.confirmed_this_run,
                     summary.crossed_live,
                     config.database.display()
-                );
+                ));
                 if summary.own_address_dropped > 0 {
-                    eprintln!(
+                    crate::logging::say(format_args!(
                         "swarmscan: {} addresses from trackers and PEX were our own (announced port {}) and were not probed",
                         summary.own_address_dropped, summary.announce_port
-                    );
+                    ));
                 }
             }
             0
         }
         Err(e) => {
-            eprintln!("swarmscan: run: {e}");
+            crate::logging::say(format_args!("swarmscan: run: {e}"));
             1
         }
     }

@@ -388,6 +388,8 @@ pub struct WorkerCounters {
     pub blocked: AtomicU64,
     pub unknown_info_hash: AtomicU64,
     pub writer_backlog: AtomicU64,
+    /// Peers due for a visit and not started yet (updated about once a second).
+    pub due_queue: AtomicU64,
     /// Incoming MSE handshakes closed because the worker's DH budget was spent.
     pub mse_incoming_refused: AtomicU64,
     /// Connections held open to watch peers, now.
@@ -631,6 +633,9 @@ impl ScanDriver {
                 None => p.next_visit = NOT_SCHEDULED,
             }
         }
+        self.counters
+            .known_peers
+            .store(self.table.len() as u64, Ordering::Relaxed);
     }
 
     fn secs(now: Millis) -> u32 {
@@ -772,8 +777,11 @@ impl ScanDriver {
                 self.aimed.push(Reverse((at, idx, next)));
             }
         }
-        if report.succeeded() && event != ProbeEvent::Watched {
+        if stored_as_success(&report) && event != ProbeEvent::Watched {
+            // Counted by the rule the store uses, so the summary matches the database.
             self.counters.probes_ok.fetch_add(1, Ordering::Relaxed);
+        }
+        if report.succeeded() && event != ProbeEvent::Watched {
             if let Some(peer_id) = report.peer_id {
                 self.peer_ids.learn(torrent, peer_id, addr);
             }
@@ -1185,6 +1193,11 @@ impl WorkerDriver for ScanDriver {
     type Conv = ProbeConv;
 
     fn next_probe(&mut self, now: Millis) -> Option<ProbeRequest<ProbeConv>> {
+        // Back-pressure: while the writer is behind (its channel is full and this worker's
+        // records wait in the overflow queue), no new probe starts; probes in flight finish.
+        if self.records.pending() > 0 && self.records.pump() > 0 {
+            return None;
+        }
         if self.due.is_empty() {
             self.wheel
                 .drain_due(&mut self.table, Self::secs(now), 1024, &mut self.due);
@@ -1419,6 +1432,16 @@ impl WorkerDriver for ScanDriver {
     fn tick(&mut self, now: Millis) {
         self.counters.loops.fetch_add(1, Ordering::Relaxed);
         crate::threads::debug_stall_point("engine");
+        if now / 1000 != self.last_tick / 1000 {
+            // Once a second: table size (restored peers too) and the due queue.
+            self.counters
+                .known_peers
+                .store(self.table.len() as u64, Ordering::Relaxed);
+            let due = self.due.len()
+                + self.due_aimed.len()
+                + self.wheel.due_count(&self.table, Self::secs(now));
+            self.counters.due_queue.store(due as u64, Ordering::Relaxed);
+        }
         self.last_tick = now;
         self.handle_inbox(now);
         self.flush_outbox();
@@ -1467,6 +1490,12 @@ impl Drop for ScanDriver {
     }
 }
 
+/// True when the probe's outcome is stored as a success: the peer completed the handshake and
+/// stated its progress (even when the torrent's piece count is not known yet).
+pub fn stored_as_success(report: &ProbeReport) -> bool {
+    report.handshake && report.progress_source.is_some()
+}
+
 /// When a probe connected at `connected_at` saw the peer's progress: its first progress
 /// message (the grace after it adds only trailing haves); without one, the connection's start.
 /// Progress is timed by this, not by the probe's end: with Transmission the answer comes about
@@ -1485,7 +1514,7 @@ pub fn outcome_record(
     report: &ProbeReport,
     next_visit_at: Option<i64>,
 ) -> ProbeOutcome {
-    let result = if report.handshake && report.progress_source.is_some() {
+    let result = if stored_as_success(report) {
         ProbeResult::Success(Progress {
             have: report.pieces_have,
             pieces: report.piece_count,

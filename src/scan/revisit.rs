@@ -79,6 +79,28 @@ impl RevisitWheel {
         }
     }
 
+    /// Peers due at or before `now` and not yet handed out (the due queue, for statistics):
+    /// this round's entries of the slots not drained yet, and the drained ones waiting; a peer
+    /// with a stale entry besides its live one counts once. Costs a pass over that backlog.
+    pub fn due_count(&self, table: &PeerTable, now: u32) -> usize {
+        let mut seen = std::collections::HashSet::new();
+        let mut count = |idx: &PeerIdx| {
+            let due = table.get(*idx).next_visit;
+            if due != NOT_SCHEDULED && due <= now {
+                seen.insert(*idx);
+            }
+        };
+        self.pending.iter().for_each(&mut count);
+        if self.cursor <= now {
+            let behind = (now - self.cursor) as usize + 1;
+            for k in 0..behind.min(WHEEL_SLOTS) {
+                let second = self.cursor as usize + k;
+                self.slots[second % WHEEL_SLOTS].iter().for_each(&mut count);
+            }
+        }
+        seen.len()
+    }
+
     /// Entries held (including stale ones), for metrics.
     pub fn len(&self) -> usize {
         self.slots.iter().map(Vec::len).sum::<usize>() + self.pending.len()
@@ -339,6 +361,31 @@ mod tests {
         w.drain_due(&mut t, 2000, 100, &mut out);
         assert_eq!(out, vec![2]);
         assert!(out.iter().all(|&i| t.get(i).next_visit == NOT_SCHEDULED));
+    }
+
+    #[test]
+    fn due_count_counts_peers_due_and_not_handed_out() {
+        let mut t = table_with(5);
+        let mut w = RevisitWheel::new(100);
+        for (idx, due) in [(0, 105), (1, 101), (2, 2000), (3, 103), (4, 100)] {
+            t.get_mut(idx).next_visit = due;
+            w.schedule(idx, due);
+        }
+        assert_eq!(w.due_count(&t, 99), 0);
+        assert_eq!(w.due_count(&t, 100), 1);
+        assert_eq!(w.due_count(&t, 104), 3);
+        // Peer 3 moved to later: its old entry no longer counts.
+        t.get_mut(3).next_visit = 150;
+        w.schedule(3, 150);
+        assert_eq!(w.due_count(&t, 104), 2);
+        // Handed out (some left pending by `max`): only those not handed out count.
+        let mut out = Vec::new();
+        w.drain_due(&mut t, 110, 1, &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(w.due_count(&t, 110), 2, "peers 1 and 0");
+        // More than a revolution ahead counts only when due.
+        assert_eq!(w.due_count(&t, 1999), 3, "and peer 3");
+        assert_eq!(w.due_count(&t, 2000), 4, "and peer 2");
     }
 
     #[test]

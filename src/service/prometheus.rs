@@ -259,13 +259,13 @@ impl Collector for ScanMetrics {
             &mut e,
             "writer_commit_seconds",
             "Time per COMMIT (the batch's aggregates included).",
-            &w.commit_seconds,
+            &w.commit_seconds.0,
         )?;
         histogram(
             &mut e,
             "writer_batch_records",
             "Records per committed transaction.",
-            &w.batch_records,
+            &w.batch_records.0,
         )?;
         counter(
             &mut e,

@@ -248,6 +248,9 @@ pub enum StoreError {
     /// Key file problem.
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// The database refused every commit for longer than `store.unwritable_secs`.
+    #[error("{0}")]
+    Unwritable(String),
     /// SQLite said no.
     #[error("database {path}: {source}")]
     Sqlite {

@@ -14,6 +14,7 @@ fn options(batch_rows: usize, batch_ms: u64, channel_capacity: usize) -> WriterO
         batch_ms,
         channel_capacity,
         threshold: 0.98,
+        unwritable: std::time::Duration::from_secs(300),
     }
 }
 
@@ -1097,6 +1098,191 @@ fn each_confirmed_crossing_says_how_it_was_seen_and_watched_records_are_not_atte
         "watched observations are not evaluation attempts"
     );
     assert_eq!(report.watched.as_ref().map(|w| w.attempts), Some(3));
+}
+
+fn wait_for(what: &str, secs: u64, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_refused_commit_is_retried_with_its_peer_rows_and_nothing_is_counted_before_it_commits() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("retry.sqlite");
+    let writer = Writer::start(Store::open(&path).unwrap(), full(), options(10, 50, 1024)).unwrap();
+    let tid = writer
+        .handle()
+        .register_torrent(torrent(7, Some(100)))
+        .unwrap();
+    let metrics = writer.metrics();
+    metrics.inject_disk_full.store(true, Relaxed);
+    let mut tx = writer.sender();
+    // The discovery creates 50 peer rows that the outcomes after it update; 20 outcomes
+    // create their own peer rows (unannounced peers).
+    let announced: Vec<SocketAddr> = (0..50)
+        .map(|i| addr(&format!("127.3.0.{}:6881", i + 1)))
+        .collect();
+    tx.send(Record::Discovery(DiscoveryRecord {
+        at: T0,
+        torrent_id: tid,
+        source: PeerSource::TrackerHttp,
+        tracker: Some("http://127.0.0.1:1/announce".into()),
+        duration_ms: 40,
+        error: None,
+        peers: announced.clone(),
+    }));
+    for (i, a) in announced.iter().enumerate() {
+        tx.send(outcome(
+            tid,
+            &a.to_string(),
+            ProbeEvent::FirstContact,
+            T0 + i as i64,
+            ok(10),
+        ));
+    }
+    for i in 0..20 {
+        tx.send(outcome(
+            tid,
+            &format!("127.3.1.{}:6881", i + 1),
+            ProbeEvent::Incoming,
+            T0,
+            ok(50),
+        ));
+    }
+    wait_for("three refused commits", 20, || {
+        metrics.failed_commits.load(Relaxed) >= 3
+    });
+    let reader = Store::open_existing(&path).unwrap();
+    assert_eq!(count(&reader, "SELECT count(*) FROM peers"), 0);
+    assert_eq!(
+        metrics.committed.load(Relaxed),
+        0,
+        "nothing committed, nothing counted"
+    );
+    assert_eq!(
+        count(&reader, "SELECT coalesce(sum(records), 0) FROM runs"),
+        0
+    );
+    assert_eq!(metrics.spooled.load(Relaxed), 71);
+    // The disk is freed: the held records go in, parents first, in one transaction.
+    metrics.inject_disk_full.store(false, Relaxed);
+    writer.handle().flush().unwrap();
+    assert_eq!(metrics.committed.load(Relaxed), 71);
+    assert_eq!(metrics.spooled.load(Relaxed), 0);
+    assert_eq!(count(&reader, "SELECT count(*) FROM peers"), 70);
+    assert_eq!(
+        count(&reader, "SELECT count(*) FROM peers WHERE contacts = 1"),
+        70
+    );
+    assert_eq!(count(&reader, "SELECT sum(count) FROM outcome_counts"), 70);
+    assert_eq!(count(&reader, "SELECT count(*) FROM discovery_requests"), 1);
+    assert_eq!(count(&reader, "SELECT sum(records) FROM runs"), 71);
+    drop(tx);
+    let counts = writer.finish().unwrap();
+    assert_eq!(
+        (counts.records, counts.outcomes, counts.errors),
+        (71, 70, 0)
+    );
+    assert_eq!(counts.new_peers, 70);
+    assert_eq!(metrics.lost.load(Relaxed), 0);
+    assert!(metrics.failed_commits.load(Relaxed) >= 3);
+}
+
+#[test]
+fn past_the_spool_bound_records_wait_with_their_producer_and_none_is_lost() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bound.sqlite");
+    let store = Store::open(&path).unwrap();
+    let tid = store.upsert_torrent(&torrent(1, Some(100))).unwrap();
+    // Spool bound = max(channel_capacity, batch_rows) = 8.
+    let writer = Writer::start(store, full(), options(8, 20, 8)).unwrap();
+    let metrics = writer.metrics();
+    metrics.inject_disk_full.store(true, Relaxed);
+    let mut tx = writer.sender();
+    for i in 0..300u32 {
+        tx.send(outcome(
+            tid,
+            &format!("127.4.{}.{}:6881", i / 250, i % 250 + 1),
+            ProbeEvent::FirstContact,
+            T0,
+            ok(10),
+        ));
+    }
+    std::thread::sleep(Duration::from_millis(400));
+    // Spool (8) + channel (8) hold 16; the rest waits with the producer (back-pressure).
+    assert!(tx.pump() >= 300 - 16 - 1, "pending {}", tx.pending());
+    assert!(
+        metrics.spooled.load(Relaxed) <= 9,
+        "{}",
+        metrics.spooled.load(Relaxed)
+    );
+    assert!(metrics.backpressure.load(Relaxed) > 0);
+    metrics.inject_disk_full.store(false, Relaxed);
+    wait_for("the overflow to drain", 30, || tx.pump() == 0);
+    tx.close();
+    let counts = writer.finish().unwrap();
+    assert_eq!(counts.outcomes, 300);
+    assert_eq!(metrics.lost.load(Relaxed), 0);
+    let reader = Store::open_existing(&path).unwrap();
+    assert_eq!(count(&reader, "SELECT count(*) FROM peers"), 300);
+    assert_eq!(count(&reader, "SELECT sum(records) FROM runs"), 300);
+}
+
+#[test]
+fn a_database_that_stays_unwritable_stops_the_writer_with_a_clear_error() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("stuck.sqlite");
+    let store = Store::open(&path).unwrap();
+    let tid = store.upsert_torrent(&torrent(1, Some(100))).unwrap();
+    let mut opts = options(10, 20, 16);
+    opts.unwritable = Duration::from_millis(800);
+    let writer = Writer::start(store, full(), opts).unwrap();
+    let metrics = writer.metrics();
+    metrics.inject_disk_full.store(true, Relaxed);
+    let mut tx = writer.sender();
+    for i in 0..30u32 {
+        tx.send(outcome(
+            tid,
+            &format!("127.5.0.{}:6881", i + 1),
+            ProbeEvent::FirstContact,
+            T0,
+            ok(10),
+        ));
+    }
+    let started = Instant::now();
+    wait_for("the writer to give up", 10, || metrics.failure().is_some());
+    assert!(started.elapsed() >= Duration::from_millis(700));
+    let why = metrics.failure().unwrap();
+    assert!(
+        why.contains("store.unwritable_secs") && why.contains("stuck.sqlite"),
+        "{why}"
+    );
+    // Producers never block on a writer that gave up; what they send is counted as lost.
+    for i in 0..50u32 {
+        tx.send(outcome(
+            tid,
+            &format!("127.5.1.{}:6881", i + 1),
+            ProbeEvent::FirstContact,
+            T0,
+            ok(10),
+        ));
+    }
+    tx.close();
+    assert!(writer.handle().flush().is_err());
+    match writer.finish() {
+        Err(StoreError::Unwritable(msg)) => {
+            assert!(msg.contains("80 records not stored"), "{msg}")
+        }
+        other => panic!("expected Unwritable, got {other:?}"),
+    }
+    assert_eq!(metrics.lost.load(Relaxed), 80);
+    assert_eq!(metrics.committed.load(Relaxed), 0);
 }
 
 #[test]

@@ -11,6 +11,27 @@
 //! The thread commits in batches: after `batch_rows` records or `batch_ms` after the first
 //! uncommitted one, whichever comes first, using cached prepared statements in one transaction.
 //! [`Writer::finish`] drains the channel, commits, closes the database and returns counts.
+//!
+//! A record is never dropped because a commit failed. Every record stays in the writer's
+//! spool until the transaction holding it commits; when the database refuses (disk full, I/O
+//! error, locked), the transaction is rolled back and the whole spool is applied again, in
+//! arrival order, at the next attempt (back-off from 100 ms doubling to 2 s). So torrent and
+//! peer rows are always written before the rows that refer to them, in the same transaction,
+//! and a retried batch keeps them. While commits fail the spool takes up to
+//! `max(channel_capacity, batch_rows)` records; past that the thread stops taking records,
+//! the channel fills, records wait in the producers' overflow queues, and the workers start no
+//! new probe (see `ScanDriver::next_probe`) until the writer catches up. When the database has
+//! refused every commit for `unwritable` (`store.unwritable_secs`), the writer gives up: it
+//! logs why, sets [`WriterMetrics::failure`] (the scan stops probing), counts what it held as
+//! lost, and [`Writer::finish`] returns [`StoreError::Unwritable`] (non-zero exit).
+//!
+//! Counts (`committed`, [`WriterCounts`], the `runs.records` column) are what committed
+//! transactions hold, never what was sent. A torrent registration commits what is pending and
+//! then the torrent row in a transaction of its own before answering.
+//!
+//! A crash (`kill -9`) loses at most what was not committed yet: the open batch (at most
+//! `batch_rows` records or `batch_ms` of them) plus what waited in the channel, which the
+//! thread drains continuously. WAL mode keeps the database intact.
 
 use super::anon::Anonymizer;
 use super::record::*;
@@ -36,6 +57,8 @@ pub struct WriterOptions {
     pub channel_capacity: usize,
     /// Completion threshold for the confirmation rule.
     pub threshold: f64,
+    /// Give up (and stop the scan) when the database has refused every commit for this long.
+    pub unwritable: Duration,
 }
 
 /// How far apart two crossings at one address may be to be one download seen twice.
@@ -98,6 +121,8 @@ impl WriterOptions {
             batch_ms: config.store.batch_ms,
             channel_capacity: config.store.channel_capacity,
             threshold: config.peer.threshold,
+            unwritable: Duration::try_from_secs_f64(config.store.unwritable_secs)
+                .unwrap_or(Duration::from_secs(365 * 86_400)),
         }
     }
 }
@@ -114,18 +139,39 @@ pub const BATCH_RECORDS_BOUNDS: &[f64] = &[
 /// ([`WriterMetrics::loops`]) moves while it is healthy (the systemd watchdog reads it).
 pub const IDLE_BEAT: Duration = Duration::from_millis(250);
 
-/// Counters shared between producers, the writer thread and the stats thread.
+/// A histogram of commit latencies (the default for [`WriterMetrics::commit_seconds`]).
 #[derive(Debug)]
+pub struct CommitSeconds(pub crate::metrics::AtomicHistogram);
+
+impl Default for CommitSeconds {
+    fn default() -> Self {
+        CommitSeconds(crate::metrics::AtomicHistogram::new(COMMIT_SECONDS_BOUNDS))
+    }
+}
+
+/// A histogram of batch sizes (the default for [`WriterMetrics::batch_records`]).
+#[derive(Debug)]
+pub struct BatchRecords(pub crate::metrics::AtomicHistogram);
+
+impl Default for BatchRecords {
+    fn default() -> Self {
+        BatchRecords(crate::metrics::AtomicHistogram::new(BATCH_RECORDS_BOUNDS))
+    }
+}
+
+/// Counters shared between producers, the writer thread and the stats thread.
+#[derive(Debug, Default)]
 pub struct WriterMetrics {
     /// Iterations of the writer thread's loop: its heartbeat (a stuck writer stops it).
     pub loops: AtomicU64,
     /// Messages waiting in the channel, as the writer last saw it.
     pub queued: AtomicU64,
-    /// How long each COMMIT took (aggregates included), seconds.
-    pub commit_seconds: crate::metrics::AtomicHistogram,
+    /// How long each successful commit attempt took (records applied, aggregates, COMMIT).
+    pub commit_seconds: CommitSeconds,
     /// Records per committed transaction.
-    pub batch_records: crate::metrics::AtomicHistogram,
-    /// What the applied records say (outcomes, discovery, clients), for the metrics endpoint.
+    pub batch_records: BatchRecords,
+    /// What the records handed to the writer say (outcomes, discovery, clients), for the
+    /// metrics endpoint; each record counted once, however often a failing commit is retried.
     pub tally: crate::metrics::RecordTally,
     /// Records that found the channel full and waited in a producer's overflow queue.
     pub backpressure: AtomicU64,
@@ -135,24 +181,25 @@ pub struct WriterMetrics {
     pub committed: AtomicU64,
     /// Transactions committed.
     pub batches: AtomicU64,
-    /// Records lost because the writer was gone (only after [`Writer::finish`] or a crash).
+    /// Records not stored: the writer was gone (only after [`Writer::finish`] or a crash), or
+    /// it gave up on a database that stayed unwritable past `store.unwritable_secs`.
     pub lost: AtomicU64,
+    /// Commit attempts the database refused (disk full, I/O error, locked); each is retried.
+    pub failed_commits: AtomicU64,
+    /// Records held in the writer's spool while the database refuses commits.
+    pub spooled: AtomicU64,
+    /// Set when the writer gave up: why. The scan stops and exits non-zero.
+    pub failure: std::sync::Mutex<Option<String>>,
+    /// Fault injection for tests: while set, every commit attempt fails as if the disk were
+    /// full (the open transaction is rolled back and the spool kept, as for a real failure).
+    #[doc(hidden)]
+    pub inject_disk_full: std::sync::atomic::AtomicBool,
 }
 
-impl Default for WriterMetrics {
-    fn default() -> Self {
-        WriterMetrics {
-            loops: AtomicU64::new(0),
-            queued: AtomicU64::new(0),
-            commit_seconds: crate::metrics::AtomicHistogram::new(COMMIT_SECONDS_BOUNDS),
-            batch_records: crate::metrics::AtomicHistogram::new(BATCH_RECORDS_BOUNDS),
-            tally: crate::metrics::RecordTally::default(),
-            backpressure: AtomicU64::new(0),
-            overflow: AtomicI64::new(0),
-            committed: AtomicU64::new(0),
-            batches: AtomicU64::new(0),
-            lost: AtomicU64::new(0),
-        }
+impl WriterMetrics {
+    /// Why the writer gave up, once it has (the database stayed unwritable too long).
+    pub fn failure(&self) -> Option<String> {
+        self.failure.lock().ok().and_then(|f| f.clone())
     }
 }
 
@@ -177,7 +224,8 @@ pub struct WriterCounts {
     pub stats: u64,
     /// Transactions committed.
     pub batches: u64,
-    /// Records that failed to apply (SQLite errors; logged).
+    /// Records that failed to apply for a reason of their own (a constraint; logged). Errors of
+    /// the database itself (disk full, I/O) are retried, not counted here.
     pub errors: u64,
     /// Producer back-pressure events (channel full).
     pub backpressure: u64,
@@ -301,6 +349,13 @@ impl Writer {
                 "thread 'swarmscan-writer' panicked: {message}"
             )))
         })??;
+        if let Some(why) = self.metrics.failure() {
+            let lost = self.metrics.lost.load(Ordering::Relaxed);
+            let _ = conn.close();
+            return Err(StoreError::Unwritable(format!(
+                "{why}; {lost} records not stored"
+            )));
+        }
         counts.backpressure = self.metrics.backpressure.load(Ordering::Relaxed);
         if let Err((_, e)) = conn.close() {
             tracing::warn!("closing the database: {e}");
@@ -453,21 +508,94 @@ pub(crate) const GAP_BUCKET_MS: i64 = 100;
 /// The last bucket holds every gap of at least this many ms.
 pub(crate) const GAP_LAST_BUCKET_MS: i64 = 60_000;
 
+/// What applying the records of the open batch did; added to the totals only when the batch
+/// commits, and rebuilt from the spool when a failed batch is tried again.
+#[derive(Default)]
+struct BatchSums {
+    counts: WriterCounts,
+    /// Outcome counts of the open batch: (torrent, event, class) → count.
+    outcome_counts: HashMap<(TorrentId, ProbeEvent, String), OutcomeSums>,
+    /// Gap histogram of the open batch: bucket → count.
+    gaps: HashMap<i64, i64>,
+    /// Earliest and latest activity of the batch's records.
+    window: Option<(UnixMs, UnixMs)>,
+}
+
+/// The database has refused commits since `since`.
+struct Failing {
+    since: Instant,
+    retry_at: Instant,
+    backoff: Duration,
+    last_error: String,
+    attempts: u64,
+}
+
+/// First and longest wait between two attempts to commit a failed batch.
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(2);
+
 struct WriterThread {
     store: Store,
     anonymizer: Anonymizer,
     options: WriterOptions,
     metrics: Arc<WriterMetrics>,
+    /// What committed transactions did.
     counts: WriterCounts,
     in_transaction: bool,
-    uncommitted: usize,
-    /// Outcome counts of the open batch: (torrent, event, class) → count.
-    outcome_counts: HashMap<(TorrentId, ProbeEvent, String), OutcomeSums>,
-    /// Gap histogram of the open batch: bucket → count.
-    gaps: HashMap<i64, i64>,
+    /// Every record not committed yet, in arrival order: the open batch, and while the
+    /// database refuses commits, every record since the first failed one (the spool).
+    spool: Vec<Record>,
+    /// Records of `spool` already applied to the open transaction.
+    applied: usize,
+    /// What applying them did.
+    sums: BatchSums,
+    /// The spool's bound while commits fail; past it the thread stops taking records.
+    spool_cap: usize,
+    failing: Option<Failing>,
+    /// Why the writer gave up (the database stayed unwritable past `options.unwritable`).
+    gave_up: Option<String>,
     run_id: i64,
+    /// Committed activity window and record count of this run (the `runs` row).
     run_window: Option<(UnixMs, UnixMs)>,
     run_records: i64,
+}
+
+/// True for errors that say nothing about the record itself (disk full, I/O, locks, memory):
+/// the batch is kept and tried again. Constraint and type errors are the record's own.
+fn is_transient(e: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode as C;
+    match e {
+        rusqlite::Error::SqliteFailure(f, _) => !matches!(
+            f.code,
+            C::ConstraintViolation | C::TypeMismatch | C::TooBig | C::ParameterOutOfRange
+        ),
+        _ => false,
+    }
+}
+
+impl WriterCounts {
+    fn add(&mut self, o: &WriterCounts) {
+        self.records += o.records;
+        self.torrents += o.torrents;
+        self.discoveries += o.discoveries;
+        self.addresses += o.addresses;
+        self.new_peers += o.new_peers;
+        self.outcomes += o.outcomes;
+        self.scrapes += o.scrapes;
+        self.stats += o.stats;
+        self.batches += o.batches;
+        self.errors += o.errors;
+    }
+}
+
+fn merge_window(
+    a: Option<(UnixMs, UnixMs)>,
+    b: Option<(UnixMs, UnixMs)>,
+) -> Option<(UnixMs, UnixMs)> {
+    match (a, b) {
+        (Some((l1, h1)), Some((l2, h2))) => Some((l1.min(l2), h1.max(h2))),
+        (x, None) | (None, x) => x,
+    }
 }
 
 impl WriterThread {
@@ -485,6 +613,7 @@ impl WriterThread {
             )
             .map_err(|e| store.err(e))?;
         let run_id = store.conn.last_insert_rowid();
+        let spool_cap = options.channel_capacity.max(options.batch_rows).max(1);
         Ok(WriterThread {
             store,
             anonymizer,
@@ -492,9 +621,12 @@ impl WriterThread {
             metrics,
             counts: WriterCounts::default(),
             in_transaction: false,
-            uncommitted: 0,
-            outcome_counts: HashMap::new(),
-            gaps: HashMap::new(),
+            spool: Vec::new(),
+            applied: 0,
+            sums: BatchSums::default(),
+            spool_cap,
+            failing: None,
+            gave_up: None,
             run_id,
             run_window: None,
             run_records: 0,
@@ -510,8 +642,25 @@ impl WriterThread {
                 .queued
                 .store(rx.len() as u64, Ordering::Relaxed);
             crate::threads::debug_stall_point("writer");
-            let msg = match batch_started {
-                Some(start) => match rx.recv_deadline(start + batch_time) {
+            if self.gave_up.is_some() {
+                self.discard_until_shutdown(&rx);
+                return;
+            }
+            // While commits fail, the next attempt is due at `retry_at`; the spool takes
+            // records up to its bound, then the channel fills and producers hold back.
+            let deadline = match &self.failing {
+                Some(f) => Some(f.retry_at),
+                None => batch_started.map(|s| s + batch_time),
+            };
+            if self.failing.is_some() && self.spool.len() >= self.spool_cap {
+                if let Some(d) = deadline {
+                    std::thread::sleep(d.saturating_duration_since(Instant::now()));
+                }
+                self.commit();
+                continue;
+            }
+            let msg = match deadline {
+                Some(d) => match rx.recv_deadline(d) {
                     Ok(m) => Some(m),
                     Err(RecvTimeoutError::Timeout) => None,
                     Err(RecvTimeoutError::Disconnected) => break,
@@ -526,7 +675,9 @@ impl WriterThread {
             match msg {
                 None => {
                     self.commit();
-                    batch_started = None;
+                    if self.spool.is_empty() {
+                        batch_started = None;
+                    }
                 }
                 Some(Msg::Shutdown) => {
                     // Everything queued before and after the shutdown request still goes in.
@@ -540,26 +691,56 @@ impl WriterThread {
                     break;
                 }
                 Some(m) => {
-                    let is_flush = matches!(m, Msg::Flush(_));
                     if batch_started.is_none() {
                         batch_started = Some(Instant::now());
                     }
                     self.handle(m);
-                    if is_flush || self.uncommitted >= self.options.batch_rows {
+                    // Checked here too: under a steady stream `recv_deadline` may never time out.
+                    let due = match &self.failing {
+                        Some(f) => Instant::now() >= f.retry_at,
+                        None => {
+                            self.spool.len() >= self.options.batch_rows
+                                || batch_started.is_some_and(|s| s.elapsed() >= batch_time)
+                        }
+                    };
+                    if due {
                         self.commit();
+                    }
+                    if self.spool.is_empty() {
                         batch_started = None;
                     }
                 }
             }
         }
-        self.commit();
+        // Shutdown: what is left is committed, retrying until it is or the writer gives up.
+        self.commit_blocking();
     }
 
-    fn begin(&mut self) {
-        if !self.in_transaction {
-            match self.store.conn.execute_batch("BEGIN") {
-                Ok(()) => self.in_transaction = true,
-                Err(e) => self.fail("BEGIN", &e),
+    /// After giving up: takes every message so no producer blocks, counts records as lost,
+    /// answers requests with an error, until the shutdown request.
+    fn discard_until_shutdown(&mut self, rx: &Receiver<Msg>) {
+        let mut shutdown = false;
+        loop {
+            let msg = if shutdown {
+                match rx.try_recv() {
+                    Ok(m) => m,
+                    Err(_) => return,
+                }
+            } else {
+                match rx.recv() {
+                    Ok(m) => m,
+                    Err(_) => return,
+                }
+            };
+            match msg {
+                Msg::Record(_) => {
+                    self.metrics.lost.fetch_add(1, Ordering::Relaxed);
+                }
+                Msg::Register(_, reply) => {
+                    let _ = reply.send(Err(self.gave_up.clone().unwrap_or_default()));
+                }
+                Msg::Flush(_) => {} // the reply channel drops: "writer stopped"
+                Msg::Shutdown => shutdown = true,
             }
         }
     }
@@ -567,49 +748,213 @@ impl WriterThread {
     fn handle(&mut self, msg: Msg) {
         match msg {
             Msg::Record(record) => {
-                self.begin();
-                self.metrics.tally.observe(&record);
-                if let Some(at) = record.activity_at() {
-                    self.run_window = Some(match self.run_window {
-                        None => (at, at),
-                        Some((lo, hi)) => (lo.min(at), hi.max(at)),
-                    });
+                if self.gave_up.is_some() {
+                    self.metrics.lost.fetch_add(1, Ordering::Relaxed);
+                    return;
                 }
-                self.run_records += 1;
-                let result = self.apply(&record);
-                self.counts.records += 1;
-                self.uncommitted += 1;
-                if let Err(e) = result {
-                    self.fail("applying a record", &e);
+                self.metrics.tally.observe(&record);
+                self.spool.push(record);
+                if self.failing.is_some() {
+                    self.metrics.spooled.fetch_add(1, Ordering::Relaxed);
+                    return; // applied with the next attempt
+                }
+                if let Err(e) = self.apply_pending() {
+                    self.abort();
+                    self.note_failure(&e);
                 }
             }
             Msg::Register(torrent, reply) => {
-                self.begin();
-                let result = upsert_torrent(&self.store.conn, &torrent).map_err(|e| e.to_string());
-                if result.is_ok() {
-                    self.counts.torrents += 1;
-                    self.uncommitted += 1;
-                }
-                let _ = reply.send(result);
+                let _ = reply.send(self.register(&torrent));
             }
             Msg::Flush(reply) => {
-                self.commit();
-                let _ = reply.send(());
+                if self.commit_blocking() {
+                    let _ = reply.send(());
+                }
             }
             Msg::Shutdown => {}
         }
     }
 
-    fn fail(&mut self, what: &str, e: &rusqlite::Error) {
-        self.counts.errors += 1;
-        tracing::error!(database = %self.store.path.display(), "writer: {what}: {e}");
+    /// Commits what is pending, then registers the torrent in a transaction of its own (a
+    /// torrent row is committed before any record that refers to it), retrying like a batch.
+    fn register(&mut self, torrent: &TorrentRecord) -> Result<TorrentId, String> {
+        if !self.commit_blocking() {
+            return Err(self.gave_up.clone().unwrap_or_default());
+        }
+        loop {
+            let attempt = (|| {
+                let conn = &self.store.conn;
+                conn.execute_batch("BEGIN IMMEDIATE")?;
+                let id = upsert_torrent(conn, torrent)?;
+                conn.execute_batch("COMMIT")?;
+                Ok(id)
+            })();
+            match attempt {
+                Ok(id) => {
+                    self.counts.torrents += 1;
+                    self.recovered();
+                    return Ok(id);
+                }
+                Err(e) => {
+                    if !self.store.conn.is_autocommit() {
+                        let _ = self.store.conn.execute_batch("ROLLBACK");
+                    }
+                    if !is_transient(&e) {
+                        return Err(e.to_string());
+                    }
+                    self.note_failure(&e);
+                    if self.gave_up.is_some() {
+                        return Err(self.gave_up.clone().unwrap_or_default());
+                    }
+                    self.wait_for_retry();
+                }
+            }
+        }
+    }
+
+    fn wait_for_retry(&self) {
+        if let Some(f) = &self.failing {
+            std::thread::sleep(f.retry_at.saturating_duration_since(Instant::now()));
+        }
+    }
+
+    /// Commits until the spool is empty (true) or the writer gives up (false).
+    fn commit_blocking(&mut self) -> bool {
+        loop {
+            if self.gave_up.is_some() {
+                return false;
+            }
+            if self.spool.is_empty() && !self.in_transaction {
+                return true;
+            }
+            self.commit();
+            if self.failing.is_none() {
+                return true;
+            }
+            if self.gave_up.is_some() {
+                return false;
+            }
+            self.wait_for_retry();
+        }
+    }
+
+    /// Applies the spooled records not yet in the open transaction. A transient error ends
+    /// the attempt (the caller rolls back and keeps the spool); a record's own error (a
+    /// constraint) is logged and counted, and the record is skipped.
+    fn apply_pending(&mut self) -> rusqlite::Result<()> {
+        if !self.in_transaction {
+            self.store.conn.execute_batch("BEGIN")?;
+            self.in_transaction = true;
+        }
+        let spool = std::mem::take(&mut self.spool);
+        let mut result = Ok(());
+        while self.applied < spool.len() {
+            let record = &spool[self.applied];
+            match self.apply(record) {
+                Ok(()) => {
+                    self.sums.counts.records += 1;
+                    if let Some(at) = record.activity_at() {
+                        self.sums.window = merge_window(self.sums.window, Some((at, at)));
+                    }
+                }
+                Err(e) if is_transient(&e) => {
+                    result = Err(e);
+                    break;
+                }
+                Err(e) => {
+                    if self.store.conn.is_autocommit() {
+                        // SQLite ended the transaction itself: nothing of the batch is left.
+                        result = Err(e);
+                        break;
+                    }
+                    self.sums.counts.errors += 1;
+                    tracing::error!(database = %self.store.path.display(), "writer: a record was not stored: {e}");
+                }
+            }
+            self.applied += 1;
+        }
+        self.spool = spool;
+        result
+    }
+
+    /// Rolls the open transaction back; the spool is applied again from its start next time.
+    fn abort(&mut self) {
+        if self.in_transaction && !self.store.conn.is_autocommit() {
+            let _ = self.store.conn.execute_batch("ROLLBACK");
+        }
+        self.in_transaction = false;
+        self.applied = 0;
+        self.sums = BatchSums::default();
+    }
+
+    /// A commit failed: back off, and give up when the database has refused commits for
+    /// longer than `options.unwritable`.
+    fn note_failure(&mut self, e: &rusqlite::Error) {
+        let now = Instant::now();
+        self.metrics.failed_commits.fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .spooled
+            .store(self.spool.len() as u64, Ordering::Relaxed);
+        let f = self.failing.get_or_insert_with(|| {
+            tracing::warn!(
+                database = %self.store.path.display(),
+                "writer: the database refused a commit ({e}); holding {} records and retrying \
+                 (giving up after store.unwritable_secs = {:.0})",
+                self.spool.len(),
+                self.options.unwritable.as_secs_f64()
+            );
+            Failing {
+                since: now,
+                retry_at: now,
+                backoff: RETRY_FIRST / 2,
+                last_error: String::new(),
+                attempts: 0,
+            }
+        });
+        f.backoff = (f.backoff * 2).min(RETRY_MAX);
+        f.retry_at = now + f.backoff;
+        f.last_error = e.to_string();
+        f.attempts += 1;
+        let since = f.since;
+        if now.duration_since(since) >= self.options.unwritable {
+            let lost = self.spool.len() as u64;
+            let why = format!(
+                "the database {} stayed unwritable for {:.0} s (store.unwritable_secs = {}): {}; \
+                 stopped probing",
+                self.store.path.display(),
+                now.duration_since(since).as_secs_f64(),
+                self.options.unwritable.as_secs_f64(),
+                f.last_error,
+            );
+            tracing::error!("writer: {why}; the {lost} records held are not stored");
+            self.metrics.lost.fetch_add(lost, Ordering::Relaxed);
+            self.metrics.spooled.store(0, Ordering::Relaxed);
+            self.spool.clear();
+            if let Ok(mut slot) = self.metrics.failure.lock() {
+                *slot = Some(why.clone());
+            }
+            self.gave_up = Some(why);
+        }
+    }
+
+    /// A commit went through after failures.
+    fn recovered(&mut self) {
+        if let Some(f) = self.failing.take() {
+            tracing::warn!(
+                database = %self.store.path.display(),
+                "writer: the database is writable again after {:.1} s and {} failed attempts",
+                f.since.elapsed().as_secs_f64(),
+                f.attempts
+            );
+            self.metrics.spooled.store(0, Ordering::Relaxed);
+        }
     }
 
     fn apply(&mut self, record: &Record) -> rusqlite::Result<()> {
         match record {
             Record::Torrent(t) => {
                 upsert_torrent(&self.store.conn, t)?;
-                self.counts.torrents += 1;
+                self.sums.counts.torrents += 1;
             }
             Record::Discovery(d) => self.apply_discovery(d)?,
             Record::Outcome(o) => self.apply_outcome(o)?,
@@ -621,7 +966,7 @@ impl WriterThread {
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                     )?
                     .execute(params![s.at, s.torrent_id, s.tracker, s.complete, s.incomplete, s.downloaded])?;
-                self.counts.scrapes += 1;
+                self.sums.counts.scrapes += 1;
             }
             Record::TrackerSchedule(s) => {
                 self.store
@@ -646,11 +991,12 @@ impl WriterThread {
                     ])?;
             }
             Record::UnmatchedIncoming { error, .. } => {
-                self.outcome_counts
+                self.sums
+                    .outcome_counts
                     .entry((0, ProbeEvent::Incoming, error.name()))
                     .or_default()
                     .count += 1;
-                self.counts.outcomes += 1;
+                self.sums.counts.outcomes += 1;
             }
             Record::Stats(s) => {
                 crate::threads::debug_panic_point("writer");
@@ -673,7 +1019,7 @@ impl WriterThread {
                         s.rss_bytes,
                         s.cpu_percent
                     ])?;
-                self.counts.stats += 1;
+                self.sums.counts.stats += 1;
             }
         }
         Ok(())
@@ -709,9 +1055,9 @@ impl WriterThread {
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         )?
         .execute(params![d.at, d.torrent_id, bit, d.tracker, received, new, received - new, d.duration_ms, d.error])?;
-        self.counts.discoveries += 1;
-        self.counts.addresses += received as u64;
-        self.counts.new_peers += new as u64;
+        self.sums.counts.discoveries += 1;
+        self.sums.counts.addresses += received as u64;
+        self.sums.counts.new_peers += new as u64;
         Ok(())
     }
 
@@ -759,7 +1105,7 @@ impl WriterThread {
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?8)",
                 )?
                 .execute(params![o.torrent_id, ip.key, ip.shown, o.addr.port(), is_ipv6(&o.addr), incoming_bit, o.at, o.portless])?;
-                self.counts.new_peers += 1;
+                self.sums.counts.new_peers += 1;
                 (conn.last_insert_rowid(), ProgressState::default())
             }
         };
@@ -829,6 +1175,7 @@ impl WriterThread {
             settle_same_download(conn, o.torrent_id, &ip.key, id, o.portless, crossed_at)?;
         }
         let sums = self
+            .sums
             .outcome_counts
             .entry((o.torrent_id, o.event, class))
             .or_default();
@@ -841,45 +1188,67 @@ impl WriterThread {
         }
         if let (true, Some(gap)) = (success, o.longest_gap_ms) {
             let bucket = (i64::from(gap).min(GAP_LAST_BUCKET_MS) / GAP_BUCKET_MS) * GAP_BUCKET_MS;
-            *self.gaps.entry(bucket).or_insert(0) += 1;
+            *self.sums.gaps.entry(bucket).or_insert(0) += 1;
         }
-        self.counts.outcomes += 1;
+        self.sums.counts.outcomes += 1;
         Ok(())
     }
 
-    /// Writes the batch's aggregates and the run window, then commits.
+    /// Applies what is pending, writes the batch's aggregates and the run row, and commits.
+    /// On failure the transaction is rolled back and the spool kept for the next attempt.
     fn commit(&mut self) {
-        if !self.in_transaction {
+        if self.gave_up.is_some() || (self.spool.is_empty() && !self.in_transaction) {
             return;
         }
         let started = Instant::now();
-        if let Err(e) = self.write_aggregates() {
-            self.fail("writing aggregates", &e);
-        }
-        match self.store.conn.execute_batch("COMMIT") {
+        let result = self
+            .apply_pending()
+            .and_then(|()| {
+                if self.metrics.inject_disk_full.load(Ordering::Relaxed) {
+                    return Err(rusqlite::Error::SqliteFailure(
+                        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+                        Some("injected: database or disk is full".into()),
+                    ));
+                }
+                Ok(())
+            })
+            .and_then(|()| self.write_aggregates())
+            .and_then(|()| self.store.conn.execute_batch("COMMIT"));
+        match result {
             Ok(()) => {
+                self.in_transaction = false;
+                let mut sums = std::mem::take(&mut self.sums);
+                sums.counts.batches = 1;
                 self.metrics
                     .commit_seconds
+                    .0
                     .observe(started.elapsed().as_secs_f64());
-                self.metrics.batch_records.observe(self.uncommitted as f64);
-                self.counts.batches += 1;
+                self.metrics
+                    .batch_records
+                    .0
+                    .observe(sums.counts.records as f64);
+                self.counts.add(&sums.counts);
+                self.run_records += sums.counts.records as i64;
+                self.run_window = merge_window(self.run_window, sums.window);
                 self.metrics.batches.fetch_add(1, Ordering::Relaxed);
                 self.metrics
                     .committed
-                    .fetch_add(self.uncommitted as u64, Ordering::Relaxed);
+                    .fetch_add(sums.counts.records, Ordering::Relaxed);
+                self.spool.clear();
+                self.applied = 0;
+                self.recovered();
             }
             Err(e) => {
-                self.fail("COMMIT", &e);
-                let _ = self.store.conn.execute_batch("ROLLBACK");
+                self.abort();
+                self.note_failure(&e);
             }
         }
-        self.in_transaction = false;
-        self.uncommitted = 0;
     }
 
+    /// Writes the open batch's aggregates and the run row (inside its transaction).
     fn write_aggregates(&mut self) -> rusqlite::Result<()> {
         let conn = &self.store.conn;
-        for ((torrent, event, class), sums) in self.outcome_counts.drain() {
+        for ((torrent, event, class), sums) in &self.sums.outcome_counts {
             conn.prepare_cached(
                 "INSERT INTO outcome_counts (torrent_id, event, class, count, duration_ms, connects, connect_ms, messages)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
@@ -899,21 +1268,22 @@ impl WriterThread {
                 sums.messages
             ])?;
         }
-        for (bucket, count) in self.gaps.drain() {
+        for (bucket, count) in &self.sums.gaps {
             conn.prepare_cached(
                 "INSERT INTO gap_histogram (bucket_ms, count) VALUES (?1, ?2)
                  ON CONFLICT (bucket_ms) DO UPDATE SET count = count + excluded.count",
             )?
             .execute(params![bucket, count])?;
         }
-        let (start, end) = match self.run_window {
+        let (start, end) = match merge_window(self.run_window, self.sums.window) {
             Some((lo, hi)) => (Some(lo), Some(hi)),
             None => (None, None),
         };
+        let records = self.run_records + self.sums.counts.records as i64;
         conn.prepare_cached(
             "UPDATE runs SET started_at = ?2, ended_at = ?3, records = ?4 WHERE id = ?1",
         )?
-        .execute(params![self.run_id, start, end, self.run_records])?;
+        .execute(params![self.run_id, start, end, records])?;
         Ok(())
     }
 }
