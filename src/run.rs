@@ -691,10 +691,12 @@ pub fn run_scan(
                 .iter()
                 .map(|(n, d)| format!("{n} ({:.1} s)", d.as_secs_f64()))
                 .collect();
-            tracing::error!(
-                "no progress from {}: watchdog pings withheld",
-                names.join(", ")
-            );
+            let consequence = if watchdog.is_some() {
+                "watchdog pings withheld"
+            } else {
+                "no systemd watchdog to tell"
+            };
+            tracing::error!("no progress from {}: {consequence}", names.join(", "));
             let _ = notifier.notify(&crate::service::notify::status_line(&format!(
                 "stalled: {}",
                 names.join(", ")
