@@ -258,6 +258,17 @@ pub struct RunSummary {
     pub watch_refused: u64,
     /// IPv6 addresses ignored because `net.ipv6 = false`.
     pub ipv6_ignored: u64,
+    /// Incoming connections reset at once: `peer.max_incoming` were alive.
+    pub incoming_refused_full: u64,
+    /// Incoming connections closed without a handshake after `peer.incoming_handshake_ms`.
+    pub incoming_silent_closed: u64,
+    /// Metadata fetches started (torrents known by hash or magnet).
+    pub metadata_fetches: u64,
+    /// Metadata claims above `peer.metadata_max_bytes` (or 0) refused.
+    pub metadata_refused_too_large: u64,
+    /// Metadata offers turned away while `peer.metadata_fetches_per_torrent` /
+    /// `peer.metadata_fetches` were under way.
+    pub metadata_refused_busy: u64,
 }
 
 /// Listen addresses with port 0 get a concrete free port, so that every worker listens on the
@@ -389,7 +400,7 @@ pub fn run_scan(
             s.database.display()
         ));
     }
-    let catalog = Catalog::new(torrents);
+    let catalog = Catalog::with_metadata_limits(torrents, s.metadata);
 
     let listen_addrs = resolve_listen_ports(&s.engine.listen)?;
     let workers = if s.engine.workers == 0 {
@@ -407,8 +418,8 @@ pub fn run_scan(
     crate::engine::net::raise_nofile_limit(
         engine_cfg.descriptors_needed(),
         &format!(
-            "peer.max_in_flight = {} + peer.max_watched = {}",
-            engine_cfg.max_in_flight, engine_cfg.max_held
+            "peer.max_in_flight = {} + peer.max_watched = {} + peer.max_incoming = {}",
+            engine_cfg.max_in_flight, engine_cfg.max_held, engine_cfg.max_incoming
         ),
     )?;
 
@@ -648,9 +659,10 @@ pub fn run_scan(
     sd_notify("STOPPING=1");
     stop.store(true, Ordering::SeqCst);
     let mut worker_error = None;
+    let mut incoming_refused_full = 0;
     for t in worker_threads {
         match t.join() {
-            Ok(Ok(_)) => {}
+            Ok(Ok(stats)) => incoming_refused_full += stats.incoming_budget_full,
             Ok(Err(e)) => worker_error = Some(e),
             Err(_) => worker_error = Some("a worker thread panicked".into()),
         }
@@ -676,6 +688,11 @@ pub fn run_scan(
         crossed_live: sum(|c| c.crossed_live.load(Ordering::Relaxed)),
         watch_refused: sum(|c| c.watch_refused.load(Ordering::Relaxed)),
         ipv6_ignored: sum(|c| c.ipv6_ignored.load(Ordering::Relaxed)),
+        incoming_refused_full,
+        incoming_silent_closed: sum(|c| c.incoming_silent_closed.load(Ordering::Relaxed)),
+        metadata_fetches: catalog.metadata.started.load(Ordering::Relaxed),
+        metadata_refused_too_large: catalog.metadata.refused_too_large.load(Ordering::Relaxed),
+        metadata_refused_busy: catalog.metadata.refused_busy.load(Ordering::Relaxed),
     })
 }
 

@@ -381,6 +381,9 @@ pub struct WorkerCounters {
     pub writer_backlog: AtomicU64,
     /// Incoming MSE handshakes closed because the worker's DH budget was spent.
     pub mse_incoming_refused: AtomicU64,
+    /// Incoming connections closed because they did not complete the handshake within
+    /// `peer.incoming_handshake_ms`.
+    pub incoming_silent_closed: AtomicU64,
     /// Connections held open to watch peers, now.
     pub watched: AtomicU64,
     /// Threshold crossings seen live on a watched connection.
@@ -887,6 +890,12 @@ impl ScanDriver {
 
     fn on_incoming_done(&mut self, done: ProbeDone<ProbeConv>, now: Millis) {
         let was_watched = done.conv.was_watched;
+        let report = done.conv.report();
+        if !report.handshake && report.end == ProbeEnd::QuietTimeout {
+            self.counters
+                .incoming_silent_closed
+                .fetch_add(1, Ordering::Relaxed);
+        }
         if was_watched {
             self.watched.remove(&done.token);
             self.watched_changed();
