@@ -48,9 +48,10 @@ pub const OUR_UT_METADATA_ID: u8 = 2;
 /// (real ones are at most a few MiB; the scan's limit is `peer.metadata_max_bytes`).
 pub const MAX_METADATA_SIZE: i64 = 8 << 20;
 
-/// ut_metadata requests a fetch keeps outstanding. The buffer grows only as pieces arrive, so
-/// a fetch holds at most the bytes received plus this many pieces (16 KiB each) of room.
-pub const METADATA_WINDOW: u32 = 4;
+/// ut_metadata requests a fetch keeps outstanding. Each piece (16 KiB) is kept in its own
+/// buffer, allocated when it arrives, so a fetch holds the bytes received, never the size the
+/// peer claimed.
+pub const METADATA_WINDOW: u32 = 8;
 
 /// Most `have` indices remembered while the piece count is still unknown.
 const MAX_PENDING_HAVES: usize = 1024;
@@ -199,6 +200,10 @@ pub struct ProbeReport {
     pub mse: Option<&'static str>,
     /// The peer offered metadata we needed, and the fetch was refused (why).
     pub metadata_refused: Option<MetadataRefusal>,
+    /// A metadata fetch from this peer failed: rejected, a bad piece, not the torrent's
+    /// metadata, or unfinished when the probe ended. Its owner should not let it hold a
+    /// fetch's place again.
+    pub metadata_failed: bool,
 }
 
 impl ProbeReport {
@@ -399,6 +404,8 @@ pub struct Probe {
     /// `have` indices seen while the piece count is unknown.
     pending_haves: Vec<u32>,
     metadata: Option<MetadataFetch>,
+    /// Metadata may be fetched on this connection (see [`Probe::without_metadata_fetch`]).
+    may_fetch_metadata: bool,
     peer_id_nonce: Option<u64>,
     /// The owner was asked about the answer ([`AskReason::Answered`]).
     asked: bool,
@@ -407,17 +414,18 @@ pub struct Probe {
     watch: Option<Watch>,
 }
 
-/// An info dictionary being fetched with ut_metadata. The buffer grows as pieces arrive (never
-/// to the size the peer claimed up front), at most [`METADATA_WINDOW`] are requested at once,
-/// and the whole is checked against the info-hash at the end.
+/// An info dictionary being fetched with ut_metadata. Pieces are kept as they arrive (nothing is
+/// allocated for the size the peer claimed up front), at most [`METADATA_WINDOW`] are
+/// requested at once, and the whole is checked against the info-hash at the end (hashed piece
+/// by piece: only the torrent's real metadata is ever put in one buffer).
 #[derive(Debug)]
 struct MetadataFetch {
     size: usize,
     /// The peer's ut_metadata extension id.
     their_id: u8,
     pieces: u32,
-    buf: Vec<u8>,
-    received: Vec<bool>,
+    /// Each piece's bytes, once received.
+    chunks: Vec<Option<Box<[u8]>>>,
     left: u32,
     /// Pieces below this one were requested.
     next_request: u32,
@@ -482,6 +490,7 @@ impl Probe {
                 metainfo: None,
                 mse: None,
                 metadata_refused: None,
+                metadata_failed: false,
             },
             started: now,
             last_message: now,
@@ -493,6 +502,7 @@ impl Probe {
             raw_bitfield: Vec::new(),
             pending_haves: Vec::new(),
             metadata: None,
+            may_fetch_metadata: true,
             peer_id_nonce: None,
             asked: false,
             ask: None,
@@ -520,7 +530,7 @@ impl Probe {
             self.report.total_ms = now.saturating_sub(self.started);
             self.done = true;
             self.bits = Vec::new();
-            self.metadata = None;
+            self.drop_fetch();
         }
     }
 
@@ -575,6 +585,17 @@ impl Probe {
         report
     }
 
+    /// Gives back what [`Probe::snapshot`] moved out of a report its owner did not record
+    /// (PEX addresses, fetched metadata), so the final report carries them.
+    pub fn unsnapshot(&mut self, report: ProbeReport) {
+        let mut pex = report.pex;
+        pex.append(&mut self.report.pex);
+        self.report.pex = pex;
+        if self.report.metainfo.is_none() {
+            self.report.metainfo = report.metainfo;
+        }
+    }
+
     /// The answer is known: ask the owner once, then end.
     fn answer_known(&mut self, settings: &ProbeSettings, now: Millis, send: &mut Vec<u8>) -> Step {
         if self.asked {
@@ -600,6 +621,12 @@ impl Probe {
             }
         }
         super::peer_wire::encode_handshake(info_hash, &peer_id, reserved)
+    }
+
+    /// Fetches no metadata on this connection (the peer failed a fetch before).
+    pub fn without_metadata_fetch(mut self) -> Probe {
+        self.may_fetch_metadata = false;
+        self
     }
 
     /// Gives this probe its own peer-id suffix. A client that has a connection open with us
@@ -708,7 +735,7 @@ impl Probe {
         self.report.total_ms = now.saturating_sub(self.started);
         self.done = true;
         self.bits = Vec::new();
-        self.metadata = None;
+        self.drop_fetch();
     }
 
     fn finish(
@@ -736,7 +763,7 @@ impl Probe {
         self.report.total_ms = now.saturating_sub(self.started);
         self.done = true;
         self.bits = Vec::new();
-        self.metadata = None;
+        self.drop_fetch();
         Step::Finished
     }
 
@@ -1019,6 +1046,7 @@ impl Probe {
         send: &mut Vec<u8>,
     ) {
         if !settings.fetch_metadata
+            || !self.may_fetch_metadata
             || self.report.piece_count > 0
             || self.metadata.is_some()
             || self.report.metainfo.is_some()
@@ -1046,8 +1074,7 @@ impl Probe {
             size: size as usize,
             their_id,
             pieces,
-            buf: Vec::new(),
-            received: vec![false; pieces as usize],
+            chunks: vec![None; pieces as usize],
             left: pieces,
             next_request: 0,
             outstanding: 0,
@@ -1080,24 +1107,21 @@ impl Probe {
                 let ok = total_size as usize == fetch.size
                     && piece < fetch.next_request
                     && data.len() == expected;
-                if !ok {
-                    self.metadata = None;
+                // An info dictionary is a bencoded dictionary: garbage ends at the first piece.
+                if !ok || (piece == 0 && data.first() != Some(&b'd')) {
+                    self.drop_fetch();
                     return None;
                 }
-                if !fetch.received[piece as usize] {
-                    fetch.received[piece as usize] = true;
-                    if fetch.buf.len() < start + expected {
-                        // Within the window: at most METADATA_WINDOW pieces past what arrived.
-                        fetch.buf.resize(start + expected, 0);
-                    }
-                    fetch.buf[start..start + expected].copy_from_slice(data);
+                let chunk = &mut fetch.chunks[piece as usize];
+                if chunk.is_none() {
+                    *chunk = Some(data.into());
                     fetch.left -= 1;
                     fetch.outstanding -= 1;
                     fetch.request_more(send);
                 }
                 if fetch.left == 0 {
                     let fetch = self.metadata.take()?;
-                    self.on_metadata_complete(fetch.buf);
+                    self.on_metadata_complete(fetch.chunks);
                     if settings.grace_ms == 0 && self.answered_at.is_some() && !self.asked {
                         return Some(self.answer_known(settings, now, send));
                     }
@@ -1105,28 +1129,42 @@ impl Probe {
             }
             // BEP 9: unknown message types are ignored, not an error.
             Err(super::peer_wire::ext::ExtError::UnknownMetadataType(_)) => {}
-            Ok(MetadataMessage::Reject { .. }) | Err(_) => self.metadata = None,
+            Ok(MetadataMessage::Reject { .. }) | Err(_) => self.drop_fetch(),
             Ok(MetadataMessage::Request { .. }) => {}
         }
         None
     }
 
+    /// Abandons a metadata fetch under way (its place in the budget is given back) and says so
+    /// in the report.
+    fn drop_fetch(&mut self) {
+        if self.metadata.take().is_some() {
+            self.report.metadata_failed = true;
+        }
+    }
+
     /// Verifies the info dictionary against the info-hash (v1, or truncated v2) and, if it
     /// matches, learns the piece count and measures what the peer already advertised.
-    fn on_metadata_complete(&mut self, info: Vec<u8>) {
+    fn on_metadata_complete(&mut self, chunks: Vec<Option<Box<[u8]>>>) {
         use sha1::Digest as _;
         let Some(wire) = self.report.info_hash else {
             return;
         };
-        let v1: [u8; 20] = sha1::Sha1::digest(&info).into();
+        let pieces = || chunks.iter().flatten();
+        let mut sha1 = sha1::Sha1::new();
+        pieces().for_each(|c| sha1.update(c));
+        let v1: [u8; 20] = sha1.finalize().into();
         let expected = if v1 == wire {
             InfoHashes {
                 v1: Some(InfoHashV1(v1)),
                 v2: None,
             }
         } else {
-            let v2: [u8; 32] = sha2::Sha256::digest(&info).into();
+            let mut sha256 = sha2::Sha256::new();
+            pieces().for_each(|c| sha256.update(c));
+            let v2: [u8; 32] = sha256.finalize().into();
             if v2[..20] != wire {
+                self.report.metadata_failed = true;
                 return; // not the torrent's metadata: ignore it
             }
             InfoHashes {
@@ -1134,7 +1172,10 @@ impl Probe {
                 v2: Some(InfoHashV2(v2)),
             }
         };
+        let info: Vec<u8> = pieces().flat_map(|c| c.iter().copied()).collect();
+        drop(chunks);
         let Ok(meta) = Metainfo::from_info_dict(&info, &expected) else {
+            self.report.metadata_failed = true;
             return;
         };
         let n = match u32::try_from(meta.piece_count) {
@@ -1606,6 +1647,7 @@ mod tests {
         p.on_bytes(&s, &no_torrents, 3, &data_message(&info, 0), &mut out);
         assert_eq!(p.report().piece_count, 0);
         assert!(p.report().metainfo.is_none());
+        assert!(p.report().metadata_failed);
         // A rejected or useless fetch leaves the probe to end on its grace.
         assert_eq!(p.deadline(&s), 2 + s.grace_ms);
     }
@@ -1974,7 +2016,7 @@ mod tests {
             (0..METADATA_WINDOW).collect::<Vec<_>>()
         );
         let fetch = p.metadata.as_ref().expect("fetch under way");
-        assert_eq!(fetch.buf.capacity(), 0);
+        assert!(fetch.chunks.iter().all(Option::is_none));
         assert_eq!(lookup.live.load(std::sync::atomic::Ordering::SeqCst), 1);
 
         // A second bomb of the same torrent finds the budget spent.
@@ -1989,6 +2031,78 @@ mod tests {
         let end = p.deadline(&s);
         assert_eq!(p.on_deadline(&s, end, &mut out), Step::Finished);
         assert_eq!(lookup.live.load(std::sync::atomic::Ordering::SeqCst), 0);
+        assert!(p.report().metadata_failed, "unfinished: failed");
+        assert!(!q.report().metadata_failed, "never started");
+
+        // The owner remembers: the next probe of the bomb fetches nothing.
+        let mut p = unknown_size_probe(HASH).without_metadata_fetch();
+        let mut out = Vec::new();
+        p.on_connected(&s, 0, &mut out);
+        p.on_bytes(&s, &lookup, 1, &stream, &mut out);
+        assert!(metadata_requests(&out).is_empty());
+        assert_eq!(lookup.live.load(std::sync::atomic::Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn a_first_metadata_piece_that_is_no_dictionary_ends_the_fetch() {
+        let (info, hash) = info_dict(20_000);
+        let s = settings();
+        let lookup = budgeted(8 << 20, 1);
+        let mut p = unknown_size_probe(hash);
+        let mut out = Vec::new();
+        p.on_connected(&s, 0, &mut out);
+        p.on_bytes(&s, &lookup, 1, &metadata_peer(&info, &hash, 3), &mut out);
+        let mut garbage = info.clone();
+        garbage[0] = b'x';
+        p.on_bytes(&s, &lookup, 2, &data_message(&garbage, 0), &mut out);
+        assert!(p.metadata.is_none());
+        assert!(p.report().metadata_failed);
+        assert_eq!(lookup.live.load(std::sync::atomic::Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn a_snapshot_not_recorded_gives_its_pex_and_metadata_back() {
+        let (info, hash) = info_dict(1000);
+        let s = settings();
+        let mut p = unknown_size_probe(hash);
+        let mut out = Vec::new();
+        p.on_connected(&s, 0, &mut out);
+        p.on_bytes(
+            &s,
+            &no_torrents,
+            1,
+            &metadata_peer(&info, &hash, 3),
+            &mut out,
+        );
+        for piece in 0..2 {
+            p.on_bytes(&s, &no_torrents, 2, &data_message(&info, piece), &mut out);
+        }
+        let pex = PexMessage {
+            added: vec![crate::proto::peer_wire::ext::PexPeer {
+                addr: "10.0.0.1:6881".parse().unwrap(),
+                flags: crate::proto::peer_wire::ext::PexFlags(0),
+            }],
+            ..PexMessage::default()
+        }
+        .encode();
+        p.on_bytes(
+            &s,
+            &no_torrents,
+            3,
+            &msg(Message::Extended {
+                ext_id: OUR_UT_PEX_ID,
+                payload: &pex,
+            }),
+            &mut out,
+        );
+        let snap = p.snapshot(4);
+        assert!(snap.metainfo.is_some() && snap.pex.len() == 1);
+        assert!(p.report().metainfo.is_none() && p.report().pex.is_empty());
+        p.unsnapshot(snap);
+        p.stop(&s, 5, &mut out);
+        let r = p.into_report();
+        assert!(r.metainfo.is_some(), "the end report has the metadata");
+        assert_eq!(r.pex.len(), 1);
     }
 
     #[test]
@@ -2021,7 +2135,7 @@ mod tests {
     }
 
     #[test]
-    fn metadata_arrives_window_by_window_and_the_buffer_grows_with_it() {
+    fn metadata_arrives_window_by_window_and_memory_grows_with_it() {
         // 20 000 pieces: 400 KB of hashes, 25 ut_metadata pieces.
         let (info, hash) = info_dict(20_000);
         let pieces = metadata_piece_count(info.len() as u32);
@@ -2047,12 +2161,8 @@ mod tests {
                     asked.extend(metadata_requests(&tail));
                     answered += 1;
                     if let Some(f) = p.metadata.as_ref() {
-                        let got = f.received.iter().filter(|r| **r).count();
-                        assert!(
-                            f.buf.len() <= (got + METADATA_WINDOW as usize) * 16384,
-                            "buffer {} for {got} pieces",
-                            f.buf.len()
-                        );
+                        let held: usize = f.chunks.iter().flatten().map(|c| c.len()).sum();
+                        assert_eq!(held, answered * 16384, "exactly what arrived");
                     }
                 }
             }
@@ -2074,6 +2184,7 @@ mod tests {
         p.on_bytes(&s, &lookup, 1, &metadata_peer(&info, &hash, 3), &mut out);
         p.on_bytes(&s, &lookup, 2, &data_message(&info, 10), &mut out);
         assert!(p.metadata.is_none());
+        assert!(p.report().metadata_failed);
         assert_eq!(lookup.live.load(std::sync::atomic::Ordering::SeqCst), 0);
     }
 

@@ -63,11 +63,19 @@ impl Default for MetadataLimits {
 
 /// The metadata fetches under way, shared by every worker: what a peer's claim of a size may
 /// start (see [`crate::proto::probe::TorrentLookup::metadata_permit`]).
+///
+/// A claim above `max_bytes` is refused. Of a torrent's `per_torrent` places, one may go to a
+/// large claim (above `max_bytes / 8`, 1 MiB by default; real info dictionaries rarely are);
+/// the others only to smaller ones. So peers that all claim the largest size allowed (the
+/// cheapest attack) hold one place, and a peer with the real metadata finds another free.
+/// A peer whose fetch fails does not get a place again (see `ScanDriver`).
 #[derive(Debug, Default)]
 pub struct MetadataBudget {
     limits: MetadataLimits,
     /// Fetches under way, per torrent and in all.
     per_torrent: Vec<AtomicU32>,
+    /// Fetches of large claims under way, per torrent (at most one).
+    large: Vec<AtomicU32>,
     total: AtomicU32,
     /// Fetches started.
     pub started: AtomicU64,
@@ -82,11 +90,17 @@ impl MetadataBudget {
         MetadataBudget {
             limits,
             per_torrent: (0..torrents).map(|_| AtomicU32::new(0)).collect(),
+            large: (0..torrents).map(|_| AtomicU32::new(0)).collect(),
             ..MetadataBudget::default()
         }
     }
 
-    /// Takes a place for torrent `t` in both budgets, or none.
+    /// True for a claim that only the one large place of a torrent may take.
+    fn is_large(&self, size: u64) -> bool {
+        size > self.limits.max_bytes / 8
+    }
+
+    /// Takes a place for torrent `t` in the budgets, or none.
     fn take(&self, t: usize, size: u64) -> Result<(), MetadataRefusal> {
         if size == 0 || size > self.limits.max_bytes {
             self.refused_too_large.fetch_add(1, Ordering::Relaxed);
@@ -98,20 +112,35 @@ impl MetadataBudget {
             })
             .is_ok()
         };
-        if !inc(&self.per_torrent[t], self.limits.per_torrent) {
+        let large = self.is_large(size);
+        let busy = || {
             self.refused_busy.fetch_add(1, Ordering::Relaxed);
-            return Err(MetadataRefusal::Busy);
+            Err(MetadataRefusal::Busy)
+        };
+        if large && !inc(&self.large[t], 1) {
+            return busy();
+        }
+        if !inc(&self.per_torrent[t], self.limits.per_torrent) {
+            if large {
+                self.large[t].fetch_sub(1, Ordering::AcqRel);
+            }
+            return busy();
         }
         if !inc(&self.total, self.limits.total) {
             self.per_torrent[t].fetch_sub(1, Ordering::AcqRel);
-            self.refused_busy.fetch_add(1, Ordering::Relaxed);
-            return Err(MetadataRefusal::Busy);
+            if large {
+                self.large[t].fetch_sub(1, Ordering::AcqRel);
+            }
+            return busy();
         }
         self.started.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
-    fn give_back(&self, t: usize) {
+    fn give_back(&self, t: usize, size: u64) {
+        if self.is_large(size) {
+            self.large[t].fetch_sub(1, Ordering::AcqRel);
+        }
         self.per_torrent[t].fetch_sub(1, Ordering::AcqRel);
         self.total.fetch_sub(1, Ordering::AcqRel);
     }
@@ -197,7 +226,7 @@ impl crate::proto::probe::TorrentLookup for Catalog {
         let t = t as usize;
         self.metadata.take(t, size)?;
         let budget = self.metadata.clone();
-        Ok(MetadataPermit::releasing(move || budget.give_back(t)))
+        Ok(MetadataPermit::releasing(move || budget.give_back(t, size)))
     }
 }
 
@@ -255,6 +284,34 @@ mod tests {
             c.metadata.in_progress(),
             2,
             "the last permit was dropped at once"
+        );
+    }
+
+    #[test]
+    fn one_place_per_torrent_for_large_claims() {
+        let limits = MetadataLimits {
+            max_bytes: 8 << 20,
+            per_torrent: 3,
+            total: 8,
+        };
+        let c = Catalog::with_metadata_limits(vec![torrent(1)], limits);
+        let big = c.metadata_permit(&[1; 20], 8 << 20).unwrap();
+        assert_eq!(
+            c.metadata_permit(&[1; 20], (1 << 20) + 1).unwrap_err(),
+            MetadataRefusal::Busy,
+            "one large claim at a time"
+        );
+        let _small = c.metadata_permit(&[1; 20], 1 << 20).unwrap();
+        let _small2 = c.metadata_permit(&[1; 20], 40_000).unwrap();
+        assert_eq!(
+            c.metadata_permit(&[1; 20], 40_000).unwrap_err(),
+            MetadataRefusal::Busy
+        );
+        drop(big);
+        assert_eq!(c.metadata.in_progress(), 2);
+        assert!(
+            c.metadata_permit(&[1; 20], 8 << 20).is_ok(),
+            "the large place is free again"
         );
     }
 }

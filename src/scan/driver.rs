@@ -102,6 +102,12 @@ impl ProbeConv {
         }
     }
 
+    /// See [`Probe::without_metadata_fetch`].
+    pub fn without_metadata_fetch(mut self) -> ProbeConv {
+        self.probe = self.probe.without_metadata_fetch();
+        self
+    }
+
     /// See [`Probe::with_peer_id_nonce`].
     pub fn with_peer_id_nonce(mut self, nonce: u64) -> ProbeConv {
         self.probe = self.probe.with_peer_id_nonce(nonce);
@@ -138,6 +144,11 @@ impl ProbeConv {
     /// The report so far (see [`Probe::snapshot`]).
     pub fn snapshot(&mut self, now: Millis) -> ProbeReport {
         self.probe.snapshot(now)
+    }
+
+    /// See [`Probe::unsnapshot`].
+    pub fn unsnapshot(&mut self, report: ProbeReport) {
+        self.probe.unsnapshot(report);
     }
 
     /// Milliseconds from the start of the probe to its connection, if it connected.
@@ -480,6 +491,9 @@ pub struct ScanDriver {
     watched: HashMap<u64, Watched>,
     /// Peers not to watch again: they batch their haves (see `AskReason::Progress`).
     no_watch: std::collections::HashSet<PeerIdx>,
+    /// Peers whose metadata fetch failed (bad pieces, not the torrent's, or never finished):
+    /// they do not get a place in the metadata budget again, so hostile peers can't keep it.
+    no_metadata: std::collections::HashSet<PeerIdx>,
     /// Incoming connections accepted (makes their tokens unique).
     incoming_seq: u64,
     /// Our own addresses: never probed when PEX names them.
@@ -532,6 +546,7 @@ impl ScanDriver {
             ipv6: true,
             watched: HashMap::new(),
             no_watch: std::collections::HashSet::new(),
+            no_metadata: std::collections::HashSet::new(),
             incoming_seq: 0,
             own: Arc::new(OwnAddresses::default()),
             peer_ids: Arc::new(PeerIds::default()),
@@ -1069,7 +1084,9 @@ impl ScanDriver {
                 );
                 return Verdict::Continue;
             }
-            // Recorded once, when the connection comes back through `probe_done`.
+            // Recorded once, when the connection comes back through `probe_done` (with the
+            // PEX and metadata the snapshot took).
+            conv.unsnapshot(report);
             conv.stop(now, send);
             return Verdict::Finished;
         }
@@ -1077,6 +1094,7 @@ impl ScanDriver {
         if self.watched.contains_key(&token) || self.no_watch.contains(&idx) {
             // A fresh look at a peer we watch already (it batches its haves): recorded when it
             // comes back through `probe_done`.
+            conv.unsnapshot(report);
             conv.stop(now, send);
             return Verdict::Finished;
         }
@@ -1104,6 +1122,7 @@ impl ScanDriver {
             return Verdict::Continue;
         }
         // Recorded when the probe comes back through `probe_done`.
+        conv.unsnapshot(report);
         conv.stop(now, send);
         Verdict::Finished
     }
@@ -1193,6 +1212,9 @@ impl WorkerDriver for ScanDriver {
         .with_peer_id_nonce(nonce);
         if use_mse {
             conv = conv.with_mse();
+        }
+        if self.no_metadata.contains(&idx) {
+            conv = conv.without_metadata_fetch();
         }
         Some(ProbeRequest {
             addr,
@@ -1302,6 +1324,9 @@ impl WorkerDriver for ScanDriver {
         let kind = done.conv.kind;
         let mse_attempted = done.conv.mse_attempted;
         let report = done.conv.into_report();
+        if report.metadata_failed {
+            self.no_metadata.insert(idx);
+        }
         // A peer that hangs up on our plaintext handshake right after connecting usually
         // requires encryption (libtorrent's "forced" policy does exactly this); one whose MSE
         // handshake fails gets plaintext. Either way it is retried at once, the other way.
