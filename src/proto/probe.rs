@@ -1047,6 +1047,7 @@ impl Probe {
     ) {
         if !settings.fetch_metadata
             || !self.may_fetch_metadata
+            || self.report.metadata_failed
             || self.report.piece_count > 0
             || self.metadata.is_some()
             || self.report.metainfo.is_some()
