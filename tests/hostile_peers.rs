@@ -762,6 +762,26 @@ fn metadata_bombs_buy_no_memory_and_normal_probes_keep_their_speed() {
         .filter(|p| rows[&p.addr].4 == Some(1.0))
         .count();
     assert_eq!(measured, normal.len(), "{rows:?}");
+    // The bombs: never measured with progress, every connection over by the quiet timeout (6 s;
+    // they never state their progress), and each tried again at the retry interval.
+    let bomb_held = held_secs(&bombs);
+    let longest = bomb_held.iter().cloned().fold(0.0, f64::max);
+    eprintln!(
+        "bombs: {} connections, held median {:.2} s, longest {longest:.2} s; stored {:?}",
+        bomb_held.len(),
+        median(bomb_held.clone()),
+        rows[&bombs[0].addr]
+    );
+    assert!(longest < 6.0 + 1.5, "a bomb held {longest:.2} s");
+    for p in bombs.iter().chain(&big) {
+        let (attempts, _, _, _, progress) = rows[&p.addr].clone();
+        assert!(attempts >= 2, "{}: {attempts} attempts", p.addr);
+        assert!(
+            progress.unwrap_or(0.0) == 0.0,
+            "{}: progress {progress:?}",
+            p.addr
+        );
+    }
 }
 
 /// Opens up to `n` idle connections to `to` and keeps them open, reopening any that
