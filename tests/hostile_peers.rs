@@ -689,6 +689,7 @@ fn metadata_bombs_buy_no_memory_and_normal_probes_keep_their_speed() {
             }
         })
     };
+    // (HOSTILE_BOMBS=0 gives the same scan without bombs, for comparison.)
     let n_bombs: usize = std::env::var("HOSTILE_BOMBS")
         .map(|v| v.parse().unwrap())
         .unwrap_or(300);
