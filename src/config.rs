@@ -164,6 +164,16 @@ pub struct PeerConfig {
     pub max_in_flight: u32,
     /// Connections kept open to watch peers near the threshold, all workers together.
     pub max_watched: u32,
+    /// Incoming connections alive at once (before they are watched), all workers together.
+    pub max_incoming: u32,
+    /// An incoming connection must complete its handshake this soon, ms.
+    pub incoming_handshake_ms: u64,
+    /// Largest metadata (info dictionary) size a peer may claim before we fetch it, bytes.
+    pub metadata_max_bytes: u32,
+    /// Metadata fetches of one torrent at once.
+    pub metadata_fetches_per_torrent: u32,
+    /// Metadata fetches at once, all torrents together.
+    pub metadata_fetches: u32,
     /// New connections per second, all workers together.
     pub connects_per_sec: u32,
     /// First retry delay after a failed probe, seconds; 0 = `revisit_secs`.
@@ -207,6 +217,11 @@ impl Default for PeerConfig {
             bitfield_grace_ms: 500,
             max_in_flight: 4096,
             max_watched: 4096,
+            max_incoming: 2048,
+            incoming_handshake_ms: 3000,
+            metadata_max_bytes: 8 << 20,
+            metadata_fetches_per_torrent: 2,
+            metadata_fetches: 8,
             connects_per_sec: 1000,
             retry_backoff_secs: 0.0,
             retry_backoff_factor: 2.0,
@@ -467,6 +482,35 @@ pub const KEY_DOCS: &[(&str, &str)] = &[
          reserved up front, used or not, and ~0.25 KB + pieces/4 bytes while held). Measured with\n\
          `swarmscan bench watch` (bench/README.md). 0 = never watch.",
     ),
+    (
+        "peer.max_incoming",
+        "Connections peers open to us, alive at once, all workers together: a budget of its own, apart\n\
+         from peer.max_in_flight (outgoing probes) and peer.max_watched, so no flood of incoming\n\
+         connections takes a slot from a probe. Past it, a new connection is reset at once (counted:\n\
+         `incoming_refused_full` in the run summary). One descriptor each: the three budgets plus a few\n\
+         per worker must fit RLIMIT_NOFILE's hard limit (defaults 4096 + 4096 + 2048).",
+    ),
+    (
+        "peer.incoming_handshake_ms",
+        "An incoming connection must complete the BitTorrent handshake (inside MSE when it is\n\
+         encrypted) this soon after it is accepted, ms; otherwise it is closed as timed out (counted:\n\
+         `incoming_silent_closed`). A peer that dials us speaks first, so this is short; after the\n\
+         handshake peer.quiet_timeout_ms applies.",
+    ),
+    (
+        "peer.metadata_max_bytes",
+        "Largest info dictionary fetched (BEP 9 ut_metadata) for a torrent known only by hash or\n\
+         magnet, bytes: a larger claim in a peer's extension handshake is refused (counted:\n\
+         `metadata_refused_too_large`). The buffer grows as pieces arrive (16 KiB each, 4 requested\n\
+         at a time) and is checked against the info-hash at the end, so memory follows what a peer\n\
+         really sends, never what it claims: at most peer.metadata_fetches times this limit.",
+    ),
+    (
+        "peer.metadata_fetches_per_torrent",
+        "Metadata fetches of one torrent under way at once; further offers wait for a later visit\n\
+         (counted: `metadata_refused_busy`).",
+    ),
+    ("peer.metadata_fetches", "Metadata fetches under way at once, all torrents together (see peer.metadata_max_bytes)."),
     ("peer.connects_per_sec", "New outgoing connections per second, all workers together."),
     ("peer.retry_backoff_secs", "Retry delay after a failed probe, seconds; 0 = the revisit interval (peer.revisit_secs)."),
     ("peer.retry_backoff_factor", "Factor applied to the retry delay after each further consecutive failure (>= 1)."),
@@ -738,6 +782,36 @@ impl Config {
                 MAX_CONNECTIONS,
             ),
             ("peer.max_watched", p.max_watched as u64, 0, MAX_CONNECTIONS),
+            (
+                "peer.max_incoming",
+                p.max_incoming as u64,
+                0,
+                MAX_CONNECTIONS,
+            ),
+            (
+                "peer.incoming_handshake_ms",
+                p.incoming_handshake_ms,
+                1,
+                MAX_MS,
+            ),
+            (
+                "peer.metadata_max_bytes",
+                p.metadata_max_bytes as u64,
+                1,
+                64 << 20,
+            ),
+            (
+                "peer.metadata_fetches_per_torrent",
+                p.metadata_fetches_per_torrent as u64,
+                1,
+                1_000,
+            ),
+            (
+                "peer.metadata_fetches",
+                p.metadata_fetches as u64,
+                1,
+                100_000,
+            ),
             (
                 "peer.connects_per_sec",
                 p.connects_per_sec as u64,

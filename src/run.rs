@@ -263,6 +263,17 @@ pub struct RunSummary {
     pub cancelled_at_stop: u64,
     /// Log lines dropped because stderr could not be written (e.g. its file system is full).
     pub log_writes_dropped: u64,
+    /// Incoming connections reset at once: `peer.max_incoming` were alive.
+    pub incoming_refused_full: u64,
+    /// Incoming connections closed without a handshake after `peer.incoming_handshake_ms`.
+    pub incoming_silent_closed: u64,
+    /// Metadata fetches started (torrents known by hash or magnet).
+    pub metadata_fetches: u64,
+    /// Metadata claims above `peer.metadata_max_bytes` (or 0) refused.
+    pub metadata_refused_too_large: u64,
+    /// Metadata offers turned away while `peer.metadata_fetches_per_torrent` /
+    /// `peer.metadata_fetches` were under way.
+    pub metadata_refused_busy: u64,
 }
 
 /// Listen addresses with port 0 get a concrete free port, so that every worker listens on the
@@ -391,7 +402,7 @@ pub fn run_scan(
             s.database.display()
         ));
     }
-    let catalog = Catalog::new(torrents);
+    let catalog = Catalog::with_metadata_limits(torrents, s.metadata);
 
     let listen_addrs = resolve_listen_ports(&s.engine.listen)?;
     let workers = if s.engine.workers == 0 {
@@ -409,8 +420,8 @@ pub fn run_scan(
     crate::engine::net::raise_nofile_limit(
         engine_cfg.descriptors_needed(),
         &format!(
-            "peer.max_in_flight = {} + peer.max_watched = {}",
-            engine_cfg.max_in_flight, engine_cfg.max_held
+            "peer.max_in_flight = {} + peer.max_watched = {} + peer.max_incoming = {}",
+            engine_cfg.max_in_flight, engine_cfg.max_held, engine_cfg.max_incoming
         ),
     )?;
 
@@ -777,9 +788,11 @@ pub fn run_scan(
         }
     }
     let mut errors = errors_before_join;
+    let mut incoming_refused_full = 0;
     for t in worker_threads {
-        if let Err(e) = crate::threads::join(t).and_then(|r| r) {
-            errors.push(e);
+        match crate::threads::join(t).and_then(|r| r) {
+            Ok(stats) => incoming_refused_full += stats.incoming_budget_full,
+            Err(e) => errors.push(e),
         }
     }
     if let Err(e) = discovery.join() {
@@ -819,6 +832,11 @@ pub fn run_scan(
         ipv6_ignored: sum(|c| c.ipv6_ignored.load(Ordering::Relaxed)),
         cancelled_at_stop: sum(|c| c.cancelled_at_stop.load(Ordering::Relaxed)),
         log_writes_dropped: crate::logging::dropped_writes(),
+        incoming_refused_full,
+        incoming_silent_closed: sum(|c| c.incoming_silent_closed.load(Ordering::Relaxed)),
+        metadata_fetches: catalog.metadata.started.load(Ordering::Relaxed),
+        metadata_refused_too_large: catalog.metadata.refused_too_large.load(Ordering::Relaxed),
+        metadata_refused_busy: catalog.metadata.refused_busy.load(Ordering::Relaxed),
     })
 }
 

@@ -11,6 +11,7 @@ use std::time::Duration;
 use crate::config::{Config, Encryption, IpMode};
 use crate::engine::EngineConfig;
 use crate::proto::probe::ProbeSettings;
+use crate::scan::catalog::MetadataLimits;
 use crate::scan::driver::WatchSettings;
 use crate::scan::revisit::RevisitPolicy;
 use crate::store::writer::WriterOptions;
@@ -48,6 +49,8 @@ pub struct ScanSettings {
     pub policy: RevisitPolicy,
     /// Watched connections (`budget` is the total over all workers).
     pub watch: WatchSettings,
+    /// Metadata fetches (BEP 9) for torrents known by hash or magnet.
+    pub metadata: MetadataLimits,
     /// MSE/PE use.
     pub encryption: Encryption,
     /// DH computations per second and worker for incoming MSE handshakes.
@@ -86,6 +89,7 @@ impl ScanSettings {
                 workers: config.engine.workers,
                 max_in_flight: peer.max_in_flight as usize,
                 max_held: peer.max_watched as usize,
+                max_incoming: peer.max_incoming as usize,
                 connects_per_sec: u64::from(peer.connects_per_sec),
                 connect_timeout_ms: peer.connect_timeout_ms,
                 listen: config.net.listen.clone(),
@@ -100,6 +104,7 @@ impl ScanSettings {
                 dht_port: 0, // no DHT node yet: send no `port` message
                 client: concat!("swarmscan/", env!("CARGO_PKG_VERSION")).to_string(),
                 quiet_timeout_ms: peer.quiet_timeout_ms,
+                incoming_handshake_ms: peer.incoming_handshake_ms,
                 grace_ms: peer.bitfield_grace_ms,
                 message_cap: peer.message_cap,
                 max_duration_ms: peer.max_duration_ms,
@@ -126,6 +131,11 @@ impl ScanSettings {
                 threshold: peer.threshold,
                 sample_ms: (peer.revisit_secs * 1000.0) as u64,
                 ..WatchSettings::default()
+            },
+            metadata: MetadataLimits {
+                max_bytes: u64::from(peer.metadata_max_bytes),
+                per_torrent: peer.metadata_fetches_per_torrent,
+                total: peer.metadata_fetches,
             },
             encryption: config.net.encryption,
             mse_incoming_per_sec: config.net.mse_incoming_per_sec,

@@ -121,6 +121,17 @@ pub fn run(args: &RunArgs) -> i32 {
                     summary.crossed_live,
                     config.database.display()
                 ));
+                let budgets = [
+                    (summary.incoming_refused_full, "incoming connections reset (peer.max_incoming full)"),
+                    (summary.incoming_silent_closed, "incoming connections closed without a handshake (peer.incoming_handshake_ms)"),
+                    (summary.metadata_refused_too_large, "metadata claims refused (over peer.metadata_max_bytes)"),
+                    (summary.metadata_refused_busy, "metadata offers turned away (peer.metadata_fetches_per_torrent / peer.metadata_fetches under way)"),
+                ];
+                for (n, what) in budgets {
+                    if n > 0 {
+                        crate::logging::say(format_args!("swarmscan: {n} {what}"));
+                    }
+                }
                 if summary.own_address_dropped > 0 {
                     crate::logging::say(format_args!(
                         "swarmscan: {} addresses from trackers and PEX were our own (announced port {}) and were not probed",

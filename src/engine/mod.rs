@@ -69,11 +69,14 @@ pub use worker::{
 pub struct EngineConfig {
     /// Number of workers (threads, rings).
     pub workers: usize,
-    /// Total probes + accepted connections alive at once, over all workers.
+    /// Total outgoing probes alive at once, over all workers.
     pub max_in_flight: usize,
     /// Total held connections (long-lived on purpose, see [`Conversation::held`]) on top of
     /// `max_in_flight`, over all workers.
     pub max_held: usize,
+    /// Total accepted connections (not held) alive at once, over all workers: a budget apart
+    /// from `max_in_flight`, so accepted connections never take an outgoing probe's slot.
+    pub max_incoming: usize,
     /// Total connects per second over all workers (0 = unlimited).
     pub connects_per_sec: u64,
     /// Connect deadline in milliseconds.
@@ -98,6 +101,7 @@ impl Default for EngineConfig {
                 .unwrap_or(1),
             max_in_flight: 4096,
             max_held: 0,
+            max_incoming: 1024,
             connects_per_sec: 0,
             connect_timeout_ms: 5000,
             listen: Vec::new(),
@@ -114,6 +118,7 @@ impl EngineConfig {
     pub fn descriptors_needed(&self) -> u64 {
         self.max_in_flight as u64
             + self.max_held as u64
+            + self.max_incoming as u64
             + (self.workers as u64) * (2 + self.listen.len() as u64)
             + 64
     }
@@ -126,6 +131,7 @@ impl EngineConfig {
             index,
             max_in_flight: share(self.max_in_flight).max(1),
             max_held: share(self.max_held),
+            max_incoming: share(self.max_incoming),
             connects_per_sec: if self.connects_per_sec == 0 {
                 0
             } else {

@@ -845,3 +845,57 @@ fn held_connections_have_their_own_budget_and_never_block_probes() {
     settle(&mut worker, &mut driver);
     server.join().unwrap();
 }
+
+#[test]
+fn accepted_connections_have_a_budget_of_their_own() {
+    // Two outgoing slots, three incoming ones; five silent clients dial in.
+    let mut cfg = config(2);
+    cfg.max_incoming = 3;
+    cfg.listen = vec!["127.0.0.1:0".parse().unwrap()];
+    let mut worker = Worker::<Recorder>::new(cfg, Instant::now()).unwrap();
+    let listen = worker.listen_addrs()[0];
+    let clients: Vec<TcpStream> = (0..5)
+        .map(|_| TcpStream::connect(listen).unwrap())
+        .collect();
+    let mut driver = TestDriver::default();
+    let limit = Instant::now() + Duration::from_secs(5);
+    while worker.stats().incoming_accepted + worker.stats().incoming_budget_full < 5 {
+        assert!(Instant::now() < limit, "{:?}", worker.stats());
+        worker.step(&mut driver, 20).unwrap();
+    }
+    assert_eq!(worker.stats().incoming_accepted, 3);
+    assert_eq!(worker.stats().incoming_budget_full, 2);
+    assert_eq!(worker.incoming(), 3);
+    // Outgoing probes still get both their slots.
+    let (addr, server) = serve(2, |_, mut s| {
+        let mut b = [0u8; 5];
+        s.read_exact(&mut b).unwrap();
+        s.write_all(b"world").unwrap();
+        b.to_vec()
+    });
+    for t in 0..2 {
+        driver
+            .queue
+            .push_back(probe(addr, t, Recorder::new(b"hello", 5, 5000)));
+    }
+    step_until(&mut worker, &mut driver, "two probes", |d| {
+        d.done.iter().filter(|d| d.token < 2).count() == 2
+    });
+    assert!(driver
+        .done
+        .iter()
+        .filter(|d| d.token < 2)
+        .all(|d| d.ending == Ending::Finished));
+    assert_eq!(server.join().unwrap().len(), 2);
+    assert_eq!(
+        worker.stats().in_flight_max,
+        5,
+        "3 incoming + 2 outgoing at once"
+    );
+    drop(clients);
+    step_until(&mut worker, &mut driver, "clients gone", |d| {
+        d.done.len() == 5
+    });
+    settle(&mut worker, &mut driver);
+    assert_eq!(worker.incoming(), 0);
+}

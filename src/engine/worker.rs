@@ -27,10 +27,13 @@ use super::wheel::{TimerEntry, TimerWheel, TICK_MS};
 pub struct WorkerConfig {
     /// Worker number (also the buffer group id and, with `pin_cpu`, the core).
     pub index: usize,
-    /// Slots: outgoing probes plus accepted connections alive at once (= descriptors used).
+    /// Slots for outgoing probes alive at once (= descriptors used).
     pub max_in_flight: usize,
     /// Held connections (see [`Conversation::held`]) on top of `max_in_flight`.
     pub max_held: usize,
+    /// Accepted connections (not held) alive at once, on top of `max_in_flight`: a budget of
+    /// their own, so a flood of accepted connections never takes an outgoing probe's slot.
+    pub max_incoming: usize,
     /// New outgoing connects per second (0 = unlimited).
     pub connects_per_sec: u64,
     /// Token-bucket burst in connects.
@@ -59,6 +62,7 @@ impl Default for WorkerConfig {
             index: 0,
             max_in_flight: 1024,
             max_held: 0,
+            max_incoming: 1024,
             connects_per_sec: 0,
             connect_burst: 64,
             connect_timeout_ms: 5000,
@@ -167,8 +171,13 @@ pub struct WorkerStats {
     pub probes_started: u64,
     /// Connections accepted and given a conversation.
     pub incoming_accepted: u64,
-    /// Accepted connections the driver refused or no slot was free for.
+    /// Accepted connections the driver refused or no slot was free for (including
+    /// `incoming_budget_full`).
     pub incoming_refused: u64,
+    /// Accepted connections reset at once because `max_incoming` were alive.
+    pub incoming_budget_full: u64,
+    /// Most accepted (not held) connections alive at once.
+    pub incoming_max: usize,
     /// Conversations handed back with `Finished`.
     pub finished: u64,
     /// Conversations handed back with `Closed`.
@@ -284,6 +293,9 @@ pub struct Worker<C: Conversation> {
     stopping: bool,
     /// Live slots whose conversation is held (not counted against `max_in_flight`).
     held: usize,
+    /// Live slots of accepted connections that are not held (counted against `max_incoming`,
+    /// not `max_in_flight`), including ones closing.
+    incoming: usize,
 }
 
 fn errno_of(res: i32) -> i32 {
@@ -336,7 +348,7 @@ impl<C: Conversation> Worker<C> {
         Ok(Worker {
             ring,
             bufs: ManuallyDrop::new(bufs),
-            slots: Slab::with_capacity(cfg.max_in_flight + cfg.max_held),
+            slots: Slab::with_capacity(cfg.max_in_flight + cfg.max_held + cfg.max_incoming),
             wheel: TimerWheel::new(now),
             budget: ConnectBudget::new(
                 cfg.connects_per_sec,
@@ -359,6 +371,7 @@ impl<C: Conversation> Worker<C> {
             driver_idle: false,
             stopping: false,
             held: 0,
+            incoming: 0,
         })
     }
 
@@ -383,9 +396,14 @@ impl<C: Conversation> Worker<C> {
         self.held
     }
 
+    /// Accepted connections live that are not held (see [`WorkerConfig::max_incoming`]).
+    pub fn incoming(&self) -> usize {
+        self.incoming
+    }
+
     /// Slots that count against `max_in_flight`.
     fn probing(&self) -> usize {
-        self.slots.len() - self.held
+        self.slots.len() - self.held - self.incoming
     }
 
     /// Counters so far.
@@ -805,8 +823,12 @@ impl<C: Conversation> Worker<C> {
             return;
         }
         let fd = res;
+        let budget_full = self.incoming >= self.cfg.max_incoming;
+        if budget_full && !self.stopping {
+            self.stats.incoming_budget_full += 1;
+        }
         let accepted = (|| {
-            if self.stopping || self.slots.is_full() || self.probing() >= self.cfg.max_in_flight {
+            if self.stopping || budget_full || self.slots.is_full() {
                 return None;
             }
             let remote = net::peer_addr(fd).ok()?;
@@ -849,6 +871,8 @@ impl<C: Conversation> Worker<C> {
             unreachable!("checked not full")
         };
         self.stats.incoming_accepted += 1;
+        self.incoming += 1;
+        self.stats.incoming_max = self.stats.incoming_max.max(self.incoming);
         self.stats.in_flight_max = self.stats.in_flight_max.max(self.slots.len());
         self.start_conversation(i, g, now);
     }
@@ -991,6 +1015,14 @@ impl<C: Conversation> Worker<C> {
                 self.stats.held_max = self.stats.held_max.max(self.held);
             } else {
                 self.held -= 1;
+            }
+            if slot.incoming {
+                // A held accepted connection counts against `max_held` instead.
+                if held {
+                    self.incoming -= 1;
+                } else {
+                    self.incoming += 1;
+                }
             }
         }
         match answer {
@@ -1174,6 +1206,9 @@ impl<C: Conversation> Worker<C> {
             return;
         };
         if slot.pending == 0 && slot.conv.is_none() && slot.fd < 0 {
+            if slot.incoming && !slot.held {
+                self.incoming -= 1;
+            }
             self.slots.remove(i, g);
         }
     }
@@ -1194,6 +1229,9 @@ impl<C: Conversation> Worker<C> {
         if slot.held {
             slot.held = false;
             self.held -= 1;
+            if slot.incoming {
+                self.incoming += 1; // closing: counted with the accepted ones until freed
+            }
         }
         if let Ending::Closed(errno) = ending {
             conv.on_closed(now, errno);

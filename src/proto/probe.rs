@@ -44,8 +44,14 @@ pub const MAX_PEX_PEERS: usize = 500;
 /// The extension id under which we ask peers to send us ut_metadata (BEP 9).
 pub const OUR_UT_METADATA_ID: u8 = 2;
 
-/// Largest info dictionary we fetch with ut_metadata (real ones are at most a few MiB).
+/// Largest info dictionary fetched with ut_metadata when the lookup sets no limit of its own
+/// (real ones are at most a few MiB; the scan's limit is `peer.metadata_max_bytes`).
 pub const MAX_METADATA_SIZE: i64 = 8 << 20;
+
+/// ut_metadata requests a fetch keeps outstanding. Each piece (16 KiB) is kept in its own
+/// buffer, allocated when it arrives, so a fetch holds the bytes received, never the size the
+/// peer claimed.
+pub const METADATA_WINDOW: u32 = 8;
 
 /// Most `have` indices remembered while the piece count is still unknown.
 const MAX_PENDING_HAVES: usize = 1024;
@@ -61,6 +67,10 @@ pub struct ProbeSettings {
     /// Client string in our extension handshake (`v`).
     pub client: String,
     pub quiet_timeout_ms: Millis,
+    /// An incoming connection must complete the BitTorrent handshake (through MSE when it is
+    /// encrypted) this soon after it was accepted, or it ends as a quiet timeout: a peer that
+    /// dials us speaks first, so a silent one holds a slot for nothing.
+    pub incoming_handshake_ms: Millis,
     pub grace_ms: Millis,
     pub message_cap: u32,
     /// Longest whole conversation, whatever happens (a bound on slow-drip peers).
@@ -102,6 +112,7 @@ impl Default for ProbeSettings {
             dht_port: 0,
             client: concat!("swarmscan/", env!("CARGO_PKG_VERSION")).to_string(),
             quiet_timeout_ms: 6000,
+            incoming_handshake_ms: 3000,
             grace_ms: 500,
             message_cap: 256,
             max_duration_ms: 30_000,
@@ -185,6 +196,12 @@ pub struct ProbeReport {
     pub metainfo: Option<Box<Metainfo>>,
     /// The connection used MSE/PE: the method selected ("rc4" or "plaintext").
     pub mse: Option<&'static str>,
+    /// The peer offered metadata we needed, and the fetch was refused (why).
+    pub metadata_refused: Option<MetadataRefusal>,
+    /// A metadata fetch from this peer failed: rejected, a bad piece, not the torrent's
+    /// metadata, or unfinished when the probe ended. Its owner should not let it hold a
+    /// fetch's place again.
+    pub metadata_failed: bool,
 }
 
 impl ProbeReport {
@@ -291,8 +308,73 @@ const BATCH_MIN_PIECES: u32 = 2;
 const BATCH_GAP_MS: Millis = 3000;
 
 /// Looks up a torrent by info-hash for incoming connections: its piece count, if we scan it.
+/// It also decides whether a probe may fetch a torrent's metadata (BEP 9): a peer's extension
+/// handshake names the size, and a hostile peer names the largest it may, so fetches are a
+/// budget the owner keeps (per torrent and in all), and sizes above a limit are refused.
 pub trait TorrentLookup {
     fn piece_count(&self, info_hash: &[u8; 20]) -> Option<u32>;
+
+    /// A fetch of `size` bytes of the metadata of `info_hash` may start: the permit is held
+    /// for as long as the fetch lasts. The default allows every fetch up to
+    /// [`MAX_METADATA_SIZE`].
+    fn metadata_permit(
+        &self,
+        _info_hash: &[u8; 20],
+        size: u64,
+    ) -> Result<MetadataPermit, MetadataRefusal> {
+        if size > MAX_METADATA_SIZE as u64 {
+            return Err(MetadataRefusal::TooLarge);
+        }
+        Ok(MetadataPermit::unlimited())
+    }
+}
+
+/// Why a metadata fetch did not start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MetadataRefusal {
+    /// The size the peer claimed is above the limit (or 0).
+    TooLarge,
+    /// Enough fetches of this torrent, or of all torrents, are under way.
+    Busy,
+}
+
+/// Permission for one metadata fetch (see [`TorrentLookup::metadata_permit`]); dropping it
+/// gives the place back.
+pub struct MetadataPermit {
+    release: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl MetadataPermit {
+    /// A permit that holds no place in any budget.
+    pub fn unlimited() -> MetadataPermit {
+        MetadataPermit { release: None }
+    }
+
+    /// A permit that calls `release` when dropped.
+    pub fn releasing(release: impl FnOnce() + Send + 'static) -> MetadataPermit {
+        MetadataPermit {
+            release: Some(Box::new(release)),
+        }
+    }
+}
+
+impl Drop for MetadataPermit {
+    fn drop(&mut self) {
+        if let Some(release) = self.release.take() {
+            release();
+        }
+    }
+}
+
+impl std::fmt::Debug for MetadataPermit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.release.is_some() {
+            "MetadataPermit"
+        } else {
+            "MetadataPermit(unlimited)"
+        })
+    }
 }
 
 impl<F: Fn(&[u8; 20]) -> Option<u32>> TorrentLookup for F {
@@ -320,6 +402,8 @@ pub struct Probe {
     /// `have` indices seen while the piece count is unknown.
     pending_haves: Vec<u32>,
     metadata: Option<MetadataFetch>,
+    /// Metadata may be fetched on this connection (see [`Probe::without_metadata_fetch`]).
+    may_fetch_metadata: bool,
     peer_id_nonce: Option<u64>,
     /// Replaces `ProbeSettings::grace_ms` for this probe (see [`Probe::without_grace`]).
     grace_override: Option<Millis>,
@@ -330,13 +414,43 @@ pub struct Probe {
     watch: Option<Watch>,
 }
 
-/// An info dictionary being fetched with ut_metadata.
+/// An info dictionary being fetched with ut_metadata. Pieces are kept as they arrive (nothing is
+/// allocated for the size the peer claimed up front), at most [`METADATA_WINDOW`] are
+/// requested at once, and the whole is checked against the info-hash at the end (hashed piece
+/// by piece: only the torrent's real metadata is ever put in one buffer).
 #[derive(Debug)]
 struct MetadataFetch {
     size: usize,
-    buf: Vec<u8>,
-    received: Vec<bool>,
+    /// The peer's ut_metadata extension id.
+    their_id: u8,
+    pieces: u32,
+    /// Each piece's bytes, once received.
+    chunks: Vec<Option<Box<[u8]>>>,
     left: u32,
+    /// Pieces below this one were requested.
+    next_request: u32,
+    /// Requested, not yet received.
+    outstanding: u32,
+    _permit: MetadataPermit,
+}
+
+impl MetadataFetch {
+    /// Requests pieces until the window is full.
+    fn request_more(&mut self, send: &mut Vec<u8>) {
+        while self.outstanding < METADATA_WINDOW && self.next_request < self.pieces {
+            let payload = MetadataMessage::Request {
+                piece: self.next_request,
+            }
+            .encode();
+            Message::Extended {
+                ext_id: self.their_id,
+                payload: &payload,
+            }
+            .encode_into(send);
+            self.next_request += 1;
+            self.outstanding += 1;
+        }
+    }
 }
 
 impl Probe {
@@ -375,6 +489,8 @@ impl Probe {
                 pex: Vec::new(),
                 metainfo: None,
                 mse: None,
+                metadata_refused: None,
+                metadata_failed: false,
             },
             started: now,
             last_message: now,
@@ -386,6 +502,7 @@ impl Probe {
             raw_bitfield: Vec::new(),
             pending_haves: Vec::new(),
             metadata: None,
+            may_fetch_metadata: true,
             peer_id_nonce: None,
             grace_override: None,
             asked: false,
@@ -414,6 +531,7 @@ impl Probe {
             self.report.total_ms = now.saturating_sub(self.started);
             self.done = true;
             self.bits = Vec::new();
+            self.drop_fetch();
         }
     }
 
@@ -468,6 +586,17 @@ impl Probe {
         report
     }
 
+    /// Gives back what [`Probe::snapshot`] moved out of a report its owner did not record
+    /// (PEX addresses, fetched metadata), so the final report carries them.
+    pub fn unsnapshot(&mut self, report: ProbeReport) {
+        let mut pex = report.pex;
+        pex.append(&mut self.report.pex);
+        self.report.pex = pex;
+        if self.report.metainfo.is_none() {
+            self.report.metainfo = report.metainfo;
+        }
+    }
+
     /// The answer is known: ask the owner once, then end.
     fn answer_known(&mut self, settings: &ProbeSettings, now: Millis, send: &mut Vec<u8>) -> Step {
         if self.asked {
@@ -493,6 +622,12 @@ impl Probe {
             }
         }
         super::peer_wire::encode_handshake(info_hash, &peer_id, reserved)
+    }
+
+    /// Fetches no metadata on this connection (the peer failed a fetch before).
+    pub fn without_metadata_fetch(mut self) -> Probe {
+        self.may_fetch_metadata = false;
+        self
     }
 
     /// Gives this probe its own peer-id suffix. A client that has a connection open with us
@@ -534,6 +669,9 @@ impl Probe {
         }
         let mut d = (self.last_message + settings.quiet_timeout_ms)
             .min(self.started + settings.max_duration_ms);
+        if self.direction == Direction::Incoming && !self.report.handshake {
+            d = d.min(self.started + settings.incoming_handshake_ms);
+        }
         // While metadata is on its way, the grace does not end the probe (quiet still does).
         if let (Some(at), None) = (self.answered_at, &self.metadata) {
             d = d.min(at + self.grace_ms(settings));
@@ -607,6 +745,7 @@ impl Probe {
         self.report.total_ms = now.saturating_sub(self.started);
         self.done = true;
         self.bits = Vec::new();
+        self.drop_fetch();
     }
 
     fn finish(
@@ -634,6 +773,7 @@ impl Probe {
         self.report.total_ms = now.saturating_sub(self.started);
         self.done = true;
         self.bits = Vec::new();
+        self.drop_fetch();
         Step::Finished
     }
 
@@ -678,7 +818,8 @@ impl Probe {
                     break self.finish(settings, now, ProbeEnd::ProtocolError(e), send);
                 }
             };
-            if let Some(step) = self.on_event(settings, now, Event::from_message(&msg), send) {
+            let event = Event::from_message(&msg);
+            if let Some(step) = self.on_event(settings, lookup, now, event, send) {
                 break step;
             }
         };
@@ -762,6 +903,7 @@ impl Probe {
     fn on_event(
         &mut self,
         settings: &ProbeSettings,
+        lookup: &dyn TorrentLookup,
         now: Millis,
         event: Event,
         send: &mut Vec<u8>,
@@ -855,7 +997,7 @@ impl Probe {
                     self.peer_ut_pex = h.id_of(UT_PEX).is_some_and(|id| id != 0);
                     let their_id = h.id_of(UT_METADATA).filter(|id| *id != 0);
                     if let (Some(id), Some(size)) = (their_id, h.metadata_size) {
-                        self.start_metadata_fetch(settings, id, size, send);
+                        self.start_metadata_fetch(settings, lookup, id, size, send);
                     }
                 }
             }
@@ -908,33 +1050,49 @@ impl Probe {
     fn start_metadata_fetch(
         &mut self,
         settings: &ProbeSettings,
+        lookup: &dyn TorrentLookup,
         their_id: u8,
         size: i64,
         send: &mut Vec<u8>,
     ) {
         if !settings.fetch_metadata
+            || !self.may_fetch_metadata
+            || self.report.metadata_failed
             || self.report.piece_count > 0
             || self.metadata.is_some()
             || self.report.metainfo.is_some()
-            || !(1..=MAX_METADATA_SIZE).contains(&size)
         {
             return;
         }
-        let pieces = metadata_piece_count(size as u32);
-        for piece in 0..pieces {
-            let payload = MetadataMessage::Request { piece }.encode();
-            Message::Extended {
-                ext_id: their_id,
-                payload: &payload,
+        let Some(info_hash) = self.report.info_hash else {
+            return;
+        };
+        // A claim of 0, or one that does not fit the 32-bit sizes of BEP 9, is refused like
+        // one above the limit.
+        let permit = match u32::try_from(size) {
+            Ok(s) if s > 0 => lookup.metadata_permit(&info_hash, u64::from(s)),
+            _ => Err(MetadataRefusal::TooLarge),
+        };
+        let permit = match permit {
+            Ok(p) => p,
+            Err(why) => {
+                self.report.metadata_refused = Some(why);
+                return;
             }
-            .encode_into(send);
-        }
-        self.metadata = Some(MetadataFetch {
+        };
+        let pieces = metadata_piece_count(size as u32);
+        let mut fetch = MetadataFetch {
             size: size as usize,
-            buf: vec![0; size as usize],
-            received: vec![false; pieces as usize],
+            their_id,
+            pieces,
+            chunks: vec![None; pieces as usize],
             left: pieces,
-        });
+            next_request: 0,
+            outstanding: 0,
+            _permit: permit,
+        };
+        fetch.request_more(send);
+        self.metadata = Some(fetch);
     }
 
     /// A ut_metadata message for us. A reject or a bad piece abandons the fetch (the probe
@@ -956,21 +1114,25 @@ impl Probe {
             }) => {
                 let start = piece as usize * piece_len;
                 let expected = fetch.size.saturating_sub(start).min(piece_len);
+                // Only pieces we asked for, of the length the claimed size gives them.
                 let ok = total_size as usize == fetch.size
-                    && (piece as usize) < fetch.received.len()
+                    && piece < fetch.next_request
                     && data.len() == expected;
-                if !ok {
-                    self.metadata = None;
+                // An info dictionary is a bencoded dictionary: garbage ends at the first piece.
+                if !ok || (piece == 0 && data.first() != Some(&b'd')) {
+                    self.drop_fetch();
                     return None;
                 }
-                if !fetch.received[piece as usize] {
-                    fetch.received[piece as usize] = true;
-                    fetch.buf[start..start + expected].copy_from_slice(data);
+                let chunk = &mut fetch.chunks[piece as usize];
+                if chunk.is_none() {
+                    *chunk = Some(data.into());
                     fetch.left -= 1;
+                    fetch.outstanding -= 1;
+                    fetch.request_more(send);
                 }
                 if fetch.left == 0 {
                     let fetch = self.metadata.take()?;
-                    self.on_metadata_complete(fetch.buf);
+                    self.on_metadata_complete(fetch.chunks);
                     if self.grace_ms(settings) == 0 && self.answered_at.is_some() && !self.asked {
                         return Some(self.answer_known(settings, now, send));
                     }
@@ -978,28 +1140,42 @@ impl Probe {
             }
             // BEP 9: unknown message types are ignored, not an error.
             Err(super::peer_wire::ext::ExtError::UnknownMetadataType(_)) => {}
-            Ok(MetadataMessage::Reject { .. }) | Err(_) => self.metadata = None,
+            Ok(MetadataMessage::Reject { .. }) | Err(_) => self.drop_fetch(),
             Ok(MetadataMessage::Request { .. }) => {}
         }
         None
     }
 
+    /// Abandons a metadata fetch under way (its place in the budget is given back) and says so
+    /// in the report.
+    fn drop_fetch(&mut self) {
+        if self.metadata.take().is_some() {
+            self.report.metadata_failed = true;
+        }
+    }
+
     /// Verifies the info dictionary against the info-hash (v1, or truncated v2) and, if it
     /// matches, learns the piece count and measures what the peer already advertised.
-    fn on_metadata_complete(&mut self, info: Vec<u8>) {
+    fn on_metadata_complete(&mut self, chunks: Vec<Option<Box<[u8]>>>) {
         use sha1::Digest as _;
         let Some(wire) = self.report.info_hash else {
             return;
         };
-        let v1: [u8; 20] = sha1::Sha1::digest(&info).into();
+        let pieces = || chunks.iter().flatten();
+        let mut sha1 = sha1::Sha1::new();
+        pieces().for_each(|c| sha1.update(c));
+        let v1: [u8; 20] = sha1.finalize().into();
         let expected = if v1 == wire {
             InfoHashes {
                 v1: Some(InfoHashV1(v1)),
                 v2: None,
             }
         } else {
-            let v2: [u8; 32] = sha2::Sha256::digest(&info).into();
+            let mut sha256 = sha2::Sha256::new();
+            pieces().for_each(|c| sha256.update(c));
+            let v2: [u8; 32] = sha256.finalize().into();
             if v2[..20] != wire {
+                self.report.metadata_failed = true;
                 return; // not the torrent's metadata: ignore it
             }
             InfoHashes {
@@ -1007,7 +1183,10 @@ impl Probe {
                 v2: Some(InfoHashV2(v2)),
             }
         };
+        let info: Vec<u8> = pieces().flat_map(|c| c.iter().copied()).collect();
+        drop(chunks);
         let Ok(meta) = Metainfo::from_info_dict(&info, &expected) else {
+            self.report.metadata_failed = true;
             return;
         };
         let n = match u32::try_from(meta.piece_count) {
@@ -1503,6 +1682,7 @@ mod tests {
         p.on_bytes(&s, &no_torrents, 3, &data_message(&info, 0), &mut out);
         assert_eq!(p.report().piece_count, 0);
         assert!(p.report().metainfo.is_none());
+        assert!(p.report().metadata_failed);
         // A rejected or useless fetch leaves the probe to end on its grace.
         assert_eq!(p.deadline(&s), 2 + s.grace_ms);
     }
@@ -1780,5 +1960,289 @@ mod tests {
                 "10.0.0.2:6882".parse().unwrap()
             ]
         );
+    }
+
+    /// A lookup with a metadata budget of `places` fetches up to `limit` bytes; counts the
+    /// permits live.
+    struct Budgeted {
+        limit: u64,
+        places: usize,
+        live: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl TorrentLookup for Budgeted {
+        fn piece_count(&self, _: &[u8; 20]) -> Option<u32> {
+            None
+        }
+        fn metadata_permit(
+            &self,
+            _: &[u8; 20],
+            size: u64,
+        ) -> Result<MetadataPermit, MetadataRefusal> {
+            use std::sync::atomic::Ordering::SeqCst;
+            if size > self.limit {
+                return Err(MetadataRefusal::TooLarge);
+            }
+            if self.live.load(SeqCst) >= self.places {
+                return Err(MetadataRefusal::Busy);
+            }
+            self.live.fetch_add(1, SeqCst);
+            let live = self.live.clone();
+            Ok(MetadataPermit::releasing(move || {
+                live.fetch_sub(1, SeqCst);
+            }))
+        }
+    }
+
+    fn budgeted(limit: u64, places: usize) -> Budgeted {
+        Budgeted {
+            limit,
+            places,
+            live: Default::default(),
+        }
+    }
+
+    /// The ut_metadata requests in `out` after our extension handshake.
+    fn metadata_requests(out: &[u8]) -> Vec<u32> {
+        let mut reader = MessageReader::new(DEFAULT_MAX_MESSAGE_LEN);
+        reader.feed(&out[68..]);
+        let mut pieces = Vec::new();
+        while let Ok(Some(m)) = reader.read_message() {
+            if let Message::Extended { ext_id: 3, payload } = m {
+                if let Ok(MetadataMessage::Request { piece }) = MetadataMessage::decode(payload) {
+                    pieces.push(piece);
+                }
+            }
+        }
+        pieces
+    }
+
+    fn unknown_size_probe(hash: [u8; 20]) -> Probe {
+        Probe::new(
+            Direction::Outgoing {
+                info_hash: hash,
+                piece_count: 0,
+            },
+            0,
+        )
+    }
+
+    #[test]
+    fn a_metadata_bomb_buys_no_memory_and_holds_its_place_only_while_it_lasts() {
+        // A peer claims 8 MiB of metadata and sends none of it.
+        let s = settings();
+        let lookup = budgeted(8 << 20, 1);
+        let mut stream = encode_handshake(&HASH, b"-qB4130-abcdefghijkl", Reserved::PROBE).to_vec();
+        stream.extend(
+            ExtHandshake {
+                m: vec![(b"ut_metadata".as_slice(), 3)],
+                metadata_size: Some(8 << 20),
+                ..ExtHandshake::default()
+            }
+            .to_message_bytes(),
+        );
+        let mut p = unknown_size_probe(HASH);
+        let mut out = Vec::new();
+        p.on_connected(&s, 0, &mut out);
+        p.on_bytes(&s, &lookup, 1, &stream, &mut out);
+        // A window of requests, not all 512, and no buffer until data comes.
+        assert_eq!(
+            metadata_requests(&out),
+            (0..METADATA_WINDOW).collect::<Vec<_>>()
+        );
+        let fetch = p.metadata.as_ref().expect("fetch under way");
+        assert!(fetch.chunks.iter().all(Option::is_none));
+        assert_eq!(lookup.live.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+        // A second bomb of the same torrent finds the budget spent.
+        let mut q = unknown_size_probe(HASH);
+        let mut out2 = Vec::new();
+        q.on_connected(&s, 0, &mut out2);
+        q.on_bytes(&s, &lookup, 1, &stream, &mut out2);
+        assert!(metadata_requests(&out2).is_empty());
+        assert_eq!(q.report().metadata_refused, Some(MetadataRefusal::Busy));
+
+        // The probe ends at the quiet timeout; its place is given back.
+        let end = p.deadline(&s);
+        assert_eq!(p.on_deadline(&s, end, &mut out), Step::Finished);
+        assert_eq!(lookup.live.load(std::sync::atomic::Ordering::SeqCst), 0);
+        assert!(p.report().metadata_failed, "unfinished: failed");
+        assert!(!q.report().metadata_failed, "never started");
+
+        // The owner remembers: the next probe of the bomb fetches nothing.
+        let mut p = unknown_size_probe(HASH).without_metadata_fetch();
+        let mut out = Vec::new();
+        p.on_connected(&s, 0, &mut out);
+        p.on_bytes(&s, &lookup, 1, &stream, &mut out);
+        assert!(metadata_requests(&out).is_empty());
+        assert_eq!(lookup.live.load(std::sync::atomic::Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn a_first_metadata_piece_that_is_no_dictionary_ends_the_fetch() {
+        let (info, hash) = info_dict(20_000);
+        let s = settings();
+        let lookup = budgeted(8 << 20, 1);
+        let mut p = unknown_size_probe(hash);
+        let mut out = Vec::new();
+        p.on_connected(&s, 0, &mut out);
+        p.on_bytes(&s, &lookup, 1, &metadata_peer(&info, &hash, 3), &mut out);
+        let mut garbage = info.clone();
+        garbage[0] = b'x';
+        p.on_bytes(&s, &lookup, 2, &data_message(&garbage, 0), &mut out);
+        assert!(p.metadata.is_none());
+        assert!(p.report().metadata_failed);
+        assert_eq!(lookup.live.load(std::sync::atomic::Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn a_snapshot_not_recorded_gives_its_pex_and_metadata_back() {
+        let (info, hash) = info_dict(1000);
+        let s = settings();
+        let mut p = unknown_size_probe(hash);
+        let mut out = Vec::new();
+        p.on_connected(&s, 0, &mut out);
+        p.on_bytes(
+            &s,
+            &no_torrents,
+            1,
+            &metadata_peer(&info, &hash, 3),
+            &mut out,
+        );
+        for piece in 0..2 {
+            p.on_bytes(&s, &no_torrents, 2, &data_message(&info, piece), &mut out);
+        }
+        let pex = PexMessage {
+            added: vec![crate::proto::peer_wire::ext::PexPeer {
+                addr: "10.0.0.1:6881".parse().unwrap(),
+                flags: crate::proto::peer_wire::ext::PexFlags(0),
+            }],
+            ..PexMessage::default()
+        }
+        .encode();
+        p.on_bytes(
+            &s,
+            &no_torrents,
+            3,
+            &msg(Message::Extended {
+                ext_id: OUR_UT_PEX_ID,
+                payload: &pex,
+            }),
+            &mut out,
+        );
+        let snap = p.snapshot(4);
+        assert!(snap.metainfo.is_some() && snap.pex.len() == 1);
+        assert!(p.report().metainfo.is_none() && p.report().pex.is_empty());
+        p.unsnapshot(snap);
+        p.stop(&s, 5, &mut out);
+        let r = p.into_report();
+        assert!(r.metainfo.is_some(), "the end report has the metadata");
+        assert_eq!(r.pex.len(), 1);
+    }
+
+    #[test]
+    fn metadata_claims_above_the_limit_are_refused() {
+        let s = settings();
+        let lookup = budgeted(1 << 20, 4);
+        for claim in [(1i64 << 20) + 1, 0, -5, i64::from(u32::MAX) + 1] {
+            let mut stream =
+                encode_handshake(&HASH, b"-qB4130-abcdefghijkl", Reserved::PROBE).to_vec();
+            stream.extend(
+                ExtHandshake {
+                    m: vec![(b"ut_metadata".as_slice(), 3)],
+                    metadata_size: Some(claim),
+                    ..ExtHandshake::default()
+                }
+                .to_message_bytes(),
+            );
+            let mut p = unknown_size_probe(HASH);
+            let mut out = Vec::new();
+            p.on_connected(&s, 0, &mut out);
+            p.on_bytes(&s, &lookup, 1, &stream, &mut out);
+            assert!(metadata_requests(&out).is_empty(), "claim {claim}");
+            assert_eq!(
+                p.report().metadata_refused,
+                Some(MetadataRefusal::TooLarge),
+                "claim {claim}"
+            );
+        }
+        assert_eq!(lookup.live.load(std::sync::atomic::Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn metadata_arrives_window_by_window_and_memory_grows_with_it() {
+        // 20 000 pieces: 400 KB of hashes, 25 ut_metadata pieces.
+        let (info, hash) = info_dict(20_000);
+        let pieces = metadata_piece_count(info.len() as u32);
+        assert!(pieces > 2 * METADATA_WINDOW);
+        let s = settings();
+        let lookup = budgeted(8 << 20, 1);
+        let mut p = unknown_size_probe(hash);
+        let mut out = Vec::new();
+        p.on_connected(&s, 0, &mut out);
+        p.on_bytes(&s, &lookup, 1, &metadata_peer(&info, &hash, 3), &mut out);
+        let mut asked = metadata_requests(&out);
+        assert_eq!(asked.len(), METADATA_WINDOW as usize);
+        // The peer answers each request as it comes, the second of each pair first.
+        let mut answered = 0;
+        while answered < asked.len() {
+            let batch: Vec<u32> = asked[answered..].to_vec();
+            for pair in batch.chunks(2) {
+                for &piece in pair.iter().rev() {
+                    let before = out.len();
+                    p.on_bytes(&s, &lookup, 2, &data_message(&info, piece), &mut out);
+                    let mut tail = vec![0u8; 68];
+                    tail.extend_from_slice(&out[before..]);
+                    asked.extend(metadata_requests(&tail));
+                    answered += 1;
+                    if let Some(f) = p.metadata.as_ref() {
+                        let held: usize = f.chunks.iter().flatten().map(|c| c.len()).sum();
+                        assert_eq!(held, answered * 16384, "exactly what arrived");
+                    }
+                }
+            }
+        }
+        assert_eq!(asked, (0..pieces).collect::<Vec<_>>());
+        assert_eq!(p.report().piece_count, 20_000, "verified and learned");
+        assert!(p.report().metainfo.is_some());
+        assert_eq!(lookup.live.load(std::sync::atomic::Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn a_piece_we_did_not_ask_for_ends_the_fetch() {
+        let (info, hash) = info_dict(20_000);
+        let s = settings();
+        let lookup = budgeted(8 << 20, 1);
+        let mut p = unknown_size_probe(hash);
+        let mut out = Vec::new();
+        p.on_connected(&s, 0, &mut out);
+        p.on_bytes(&s, &lookup, 1, &metadata_peer(&info, &hash, 3), &mut out);
+        p.on_bytes(&s, &lookup, 2, &data_message(&info, 10), &mut out);
+        assert!(p.metadata.is_none());
+        assert!(p.report().metadata_failed);
+        assert_eq!(lookup.live.load(std::sync::atomic::Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn a_silent_incoming_connection_ends_at_the_handshake_timeout() {
+        let s = settings();
+        let known = |h: &[u8; 20]| (h == &HASH).then_some(40u32);
+        let mut p = Probe::new(Direction::Incoming, 0);
+        let mut out = Vec::new();
+        p.on_connected(&s, 100, &mut out);
+        assert!(s.incoming_handshake_ms < s.quiet_timeout_ms);
+        assert_eq!(p.deadline(&s), 100 + s.incoming_handshake_ms);
+        assert_eq!(
+            p.on_deadline(&s, 100 + s.incoming_handshake_ms, &mut out),
+            Step::Finished
+        );
+        assert_eq!(p.report().end, ProbeEnd::QuietTimeout);
+        assert!(!p.report().handshake);
+
+        // After the handshake, the quiet timeout applies as for any probe.
+        let mut p = Probe::new(Direction::Incoming, 0);
+        p.on_connected(&s, 100, &mut out);
+        p.on_bytes(&s, &known, 200, &peer_handshake(Reserved::PROBE), &mut out);
+        assert_eq!(p.deadline(&s), 200 + s.quiet_timeout_ms);
     }
 }

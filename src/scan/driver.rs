@@ -111,6 +111,12 @@ impl ProbeConv {
         self
     }
 
+    /// See [`Probe::without_metadata_fetch`].
+    pub fn without_metadata_fetch(mut self) -> ProbeConv {
+        self.probe = self.probe.without_metadata_fetch();
+        self
+    }
+
     /// See [`Probe::with_peer_id_nonce`].
     pub fn with_peer_id_nonce(mut self, nonce: u64) -> ProbeConv {
         self.probe = self.probe.with_peer_id_nonce(nonce);
@@ -147,6 +153,11 @@ impl ProbeConv {
     /// The report so far (see [`Probe::snapshot`]).
     pub fn snapshot(&mut self, now: Millis) -> ProbeReport {
         self.probe.snapshot(now)
+    }
+
+    /// See [`Probe::unsnapshot`].
+    pub fn unsnapshot(&mut self, report: ProbeReport) {
+        self.probe.unsnapshot(report);
     }
 
     /// Milliseconds from the start of the probe to its connection, if it connected.
@@ -392,6 +403,9 @@ pub struct WorkerCounters {
     pub due_queue: AtomicU64,
     /// Incoming MSE handshakes closed because the worker's DH budget was spent.
     pub mse_incoming_refused: AtomicU64,
+    /// Incoming connections closed because they did not complete the handshake within
+    /// `peer.incoming_handshake_ms`.
+    pub incoming_silent_closed: AtomicU64,
     /// Connections held open to watch peers, now.
     pub watched: AtomicU64,
     /// Threshold crossings seen live on a watched connection.
@@ -499,6 +513,9 @@ pub struct ScanDriver {
     watched: HashMap<u64, Watched>,
     /// Peers not to watch again: they batch their haves (see `AskReason::Progress`).
     no_watch: std::collections::HashSet<PeerIdx>,
+    /// Peers whose metadata fetch failed (bad pieces, not the torrent's, or never finished):
+    /// they do not get a place in the metadata budget again, so hostile peers can't keep it.
+    no_metadata: std::collections::HashSet<PeerIdx>,
     /// Incoming connections accepted (makes their tokens unique).
     incoming_seq: u64,
     /// Our own addresses: never probed when PEX names them.
@@ -553,6 +570,7 @@ impl ScanDriver {
             ipv6: true,
             watched: HashMap::new(),
             no_watch: std::collections::HashSet::new(),
+            no_metadata: std::collections::HashSet::new(),
             incoming_seq: 0,
             own: Arc::new(OwnAddresses::default()),
             peer_ids: Arc::new(PeerIds::default()),
@@ -932,6 +950,12 @@ impl ScanDriver {
 
     fn on_incoming_done(&mut self, done: ProbeDone<ProbeConv>, now: Millis) {
         let was_watched = done.conv.was_watched;
+        let report = done.conv.report();
+        if !report.handshake && report.end == ProbeEnd::QuietTimeout {
+            self.counters
+                .incoming_silent_closed
+                .fetch_add(1, Ordering::Relaxed);
+        }
         if was_watched {
             self.watched.remove(&done.token);
             self.watched_changed();
@@ -1105,7 +1129,9 @@ impl ScanDriver {
                 );
                 return Verdict::Continue;
             }
-            // Recorded once, when the connection comes back through `probe_done`.
+            // Recorded once, when the connection comes back through `probe_done` (with the
+            // PEX and metadata the snapshot took).
+            conv.unsnapshot(report);
             conv.stop(now, send);
             return Verdict::Finished;
         }
@@ -1113,6 +1139,7 @@ impl ScanDriver {
         if self.watched.contains_key(&token) || self.no_watch.contains(&idx) {
             // A fresh look at a peer we watch already (it batches its haves): recorded when it
             // comes back through `probe_done`.
+            conv.unsnapshot(report);
             conv.stop(now, send);
             return Verdict::Finished;
         }
@@ -1135,6 +1162,7 @@ impl ScanDriver {
             return Verdict::Continue;
         }
         // Recorded when the probe comes back through `probe_done`.
+        conv.unsnapshot(report);
         conv.stop(now, send);
         Verdict::Finished
     }
@@ -1247,6 +1275,9 @@ impl WorkerDriver for ScanDriver {
         }
         if aimed {
             conv = conv.without_grace();
+        }
+        if self.no_metadata.contains(&idx) {
+            conv = conv.without_metadata_fetch();
         }
         Some(ProbeRequest {
             addr,
@@ -1365,6 +1396,9 @@ impl WorkerDriver for ScanDriver {
         let kind = done.conv.kind;
         let mse_attempted = done.conv.mse_attempted;
         let report = done.conv.into_report();
+        if report.metadata_failed {
+            self.no_metadata.insert(idx);
+        }
         // A peer that hangs up on our plaintext handshake right after connecting usually
         // requires encryption (libtorrent's "forced" policy does exactly this); one whose MSE
         // handshake fails gets plaintext. Either way it is retried at once, the other way.

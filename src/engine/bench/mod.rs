@@ -443,6 +443,7 @@ fn engine_phase(
         workers: args.workers,
         max_in_flight: args.in_flight,
         max_held: 0,
+        max_incoming: 0,
         connects_per_sec: args.connect_rate,
         connect_timeout_ms: 10_000,
         pin_cores: args.pin,

@@ -266,6 +266,7 @@ pub fn run(args: &WatchArgs) -> std::io::Result<()> {
         workers: args.workers,
         max_in_flight: args.in_flight.min(watched),
         max_held: watched,
+        max_incoming: 0,
         connects_per_sec: args.connect_rate,
         connect_timeout_ms: 10_000,
         pin_cores: false,
