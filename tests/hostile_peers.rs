@@ -459,7 +459,8 @@ fn kinds(hash: [u8; 20], pieces: u32) -> Vec<Kind> {
                     until_closed(&mut s);
                 }
             }),
-            class: Some("unknown_protocol"),
+            // A BitTorrent peer (its handshake was right) breaking the protocol.
+            class: Some("protocol_error"),
             progress: None,
             max_secs: 2.0,
             min_secs: 0.0,
@@ -547,7 +548,7 @@ fn kinds(hash: [u8; 20], pieces: u32) -> Vec<Kind> {
                     until_closed(&mut s);
                 }
             }),
-            class: Some("unknown_protocol"),
+            class: Some("protocol_error"),
             progress: None,
             max_secs: 2.0,
             min_secs: 0.0,
@@ -664,6 +665,110 @@ fn hostile_outgoing_peers_end_in_time_classified_with_bounded_memory() {
     }
     // Memory: the whole scan of 80 hostile and 10 normal peers stays near an idle scan's.
     assert!(peak_kb < 64 * 1024, "swarmscan VmHWM {peak_kb} kB");
+}
+
+/// Outcome counts of the scan's database: (event, class) → count.
+fn outcome_counts(db: &Path) -> HashMap<(String, String), i64> {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let mut stmt = conn
+        .prepare("SELECT event, class, sum(count) FROM outcome_counts GROUP BY event, class")
+        .unwrap();
+    let rows = stmt
+        .query_map([], |r| Ok(((r.get(0)?, r.get(1)?), r.get(2)?)))
+        .unwrap();
+    rows.map(Result::unwrap).collect()
+}
+
+/// docs/OUTCOMES.md: a peer that completes the handshake and then breaks the protocol, or
+/// stays silent, is a failure (never a success at 0 %), backs off like any failure, and only
+/// its first attempt is a `first_contact`. Revisits every 2 s (a setting a user gives) make
+/// the back-off visible within the scan: without it, 6 attempts in 12 s.
+#[test]
+fn peers_that_break_the_protocol_or_state_nothing_fail_and_back_off() {
+    let _serial = serial();
+    let dir = common::test_dir("hostile-taxonomy");
+    const PIECES: u32 = 64;
+    const PER_KIND: usize = 5;
+    let (_, hash, _) = torrent(PIECES, "http://x/announce");
+    let violator: Behaviour = Arc::new(move |mut s| {
+        if read_handshake(&mut s, &hash) {
+            let mut out = our_handshake(&hash);
+            out.extend(msg(Message::Bitfield(&[0xff; 3])));
+            let _ = s.write_all(&out);
+            until_closed(&mut s);
+        }
+    });
+    let silent: Behaviour = Arc::new(move |mut s| {
+        if read_handshake(&mut s, &hash) && s.write_all(&our_handshake(&hash)).is_ok() {
+            until_closed(&mut s);
+        }
+    });
+    let violators: Vec<FakePeer> = (0..PER_KIND)
+        .map(|_| FakePeer::start(ip(111), violator.clone()))
+        .collect();
+    let silents: Vec<FakePeer> = (0..PER_KIND)
+        .map(|_| FakePeer::start(ip(112), silent.clone()))
+        .collect();
+    let all: Vec<SocketAddr> = violators.iter().chain(&silents).map(|p| p.addr).collect();
+    let announce = tracker(ip(110), &all);
+    let (_, _, file) = torrent(PIECES, &announce);
+    let path = dir.path().join("taxonomy.torrent");
+    std::fs::write(&path, file).unwrap();
+    let listen = SocketAddr::new(ip(110), free_tcp_port("127.0.0.110"));
+    let mut scan = Scan::start(
+        dir.path(),
+        12,
+        listen,
+        &["peer.revisit_secs=2"],
+        &[path.display().to_string()],
+    );
+    scan.wait_until(12.0);
+    let (_, _, db) = scan.finish(40.0);
+    let rows = peer_rows(&db);
+    let counts = outcome_counts(&db);
+    eprintln!("outcome counts: {counts:?}");
+    for (peers, class, most) in [(&violators, "protocol_error", 3), (&silents, "broken", 2)] {
+        for p in peers {
+            let (attempts, contacts, failures, last_error, last_progress) = rows[&p.addr].clone();
+            eprintln!("{class}: {} attempts {attempts}", p.addr);
+            assert_eq!(last_error.as_deref(), Some(class), "{}", p.addr);
+            assert_eq!(
+                (contacts, last_progress),
+                (0, None),
+                "{}: never a success",
+                p.addr
+            );
+            assert_eq!(failures, attempts, "{}", p.addr);
+            // Back-off from 2 s, doubling: at 0, 2 and 6 s for an answer that comes at once
+            // (12 s scan); the silent ones hold each attempt for the 6 s quiet timeout.
+            assert!(
+                (1..=most).contains(&attempts),
+                "{class} {}: {attempts} attempts in 12 s (backed off: at most {most})",
+                p.addr
+            );
+        }
+        let first = counts
+            .get(&("first_contact".to_string(), class.to_string()))
+            .copied()
+            .unwrap_or(0);
+        assert_eq!(
+            first, PER_KIND as i64,
+            "{class}: one first_contact per peer"
+        );
+        assert_eq!(
+            counts.get(&("first_contact".to_string(), "success".to_string())),
+            None,
+            "nothing here is a success"
+        );
+    }
+    let later = counts
+        .get(&("later_contact".to_string(), "protocol_error".to_string()))
+        .copied()
+        .unwrap_or(0);
+    assert!(
+        later >= PER_KIND as i64,
+        "violators retried as later_contact: {later}"
+    );
 }
 
 #[test]
