@@ -785,7 +785,7 @@ impl Config {
             (
                 "peer.max_incoming",
                 p.max_incoming as u64,
-                0,
+                1,
                 MAX_CONNECTIONS,
             ),
             (

@@ -1,7 +1,9 @@
 #![no_main]
 //! The probe state machine fed arbitrary peer bytes in arbitrary chunks, for an outgoing and
-//! an incoming connection: it must never panic, must end at its deadline, and must never report
-//! more pieces than the torrent has. When the piece count is unknown the probe may fetch
+//! an incoming connection, with or without the grace, and — when the owner is asked — either
+//! ended or kept open to watch the peer (as the scan driver does): it must never panic, must
+//! end at its deadlines, must never report more pieces than the torrent has, and a crossing it
+//! reports must be one (below the watched count before, at or above it after). When the piece count is unknown the probe may fetch
 //! metadata (BEP 9) under a budget: at most one fetch per probe, no claim above the budget's
 //! limit, and the place is given back by the time the probe has ended.
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -10,7 +12,8 @@ use std::sync::Arc;
 use libfuzzer_sys::fuzz_target;
 use swarmscan::proto::peer_wire::{encode_handshake, Reserved};
 use swarmscan::proto::probe::{
-    Direction, MetadataPermit, MetadataRefusal, Probe, ProbeSettings, Step, TorrentLookup,
+    AskReason, Direction, MetadataPermit, MetadataRefusal, Probe, ProbeSettings, Step,
+    TorrentLookup, WatchPlan,
 };
 
 const HASH: [u8; 20] = [5; 20];
@@ -42,12 +45,15 @@ impl TorrentLookup for Budget {
 }
 
 fuzz_target!(|data: &[u8]| {
-    if data.len() < 3 {
+    if data.len() < 4 {
         return;
     }
     let pieces = u16::from_le_bytes([data[0], data[1]]) as u32 % 5000;
     let incoming = data[2] & 1 == 1;
-    let chunk = (data[2] >> 1) as usize + 1;
+    let chunk = (data[2] >> 1 & 0x3f) as usize + 1;
+    let watch = data[3] & 1 == 1;
+    let no_grace = data[3] & 2 == 2;
+    let notify_have = (u32::from(data[3] >> 2) * pieces / 63).max(1);
     let s = ProbeSettings::default();
     let lookup = Budget {
         // Piece count 0 (unknown) for a quarter of the inputs: the metadata paths.
@@ -62,6 +68,9 @@ fuzz_target!(|data: &[u8]| {
         Direction::Outgoing { info_hash: HASH, piece_count: lookup.pieces }
     };
     let mut p = Probe::new(direction, 0);
+    if no_grace {
+        p = p.without_grace();
+    }
     let mut out = Vec::new();
     p.on_connected(&s, 0, &mut out);
     // Half the inputs start with a valid handshake so the fuzzer reaches the messages.
@@ -69,20 +78,35 @@ fuzz_target!(|data: &[u8]| {
     if data[2] & 0x80 != 0 {
         stream.extend_from_slice(&encode_handshake(&HASH, &[1; 20], Reserved::PROBE));
     }
-    stream.extend_from_slice(&data[3..]);
+    stream.extend_from_slice(&data[4..]);
+    let plan = WatchPlan { notify_have, sample_ms: 50, keepalive_ms: 200, silence_ms: 1_000 };
+    let answer = |p: &mut Probe, now, out: &mut Vec<u8>| match p.take_ask() {
+        Some(AskReason::Answered) if watch => p.watch(now, plan),
+        Some(AskReason::Crossed(c)) => {
+            assert!(c.below_have < plan.notify_have, "{c:?}");
+            assert!(c.have >= plan.notify_have, "{c:?}");
+            p.stop(&s, now, out);
+        }
+        Some(AskReason::Answered) => p.stop(&s, now, out),
+        Some(_) | None => {}
+    };
     let mut now = 1;
     for c in stream.chunks(chunk) {
-        if p.on_bytes(&s, &lookup, now, c, &mut out) == Step::Finished {
-            break;
+        match p.on_bytes(&s, &lookup, now, c, &mut out) {
+            Step::Finished => break,
+            Step::Ask => answer(&mut p, now, &mut out),
+            Step::Continue => {}
         }
         now += 7;
     }
     let mut guard = 0;
     while !p.is_done() {
         let d = p.deadline(&s);
-        p.on_deadline(&s, d, &mut out);
+        if p.on_deadline(&s, d, &mut out) == Step::Ask {
+            answer(&mut p, d, &mut out);
+        }
         guard += 1;
-        assert!(guard < 4, "deadline must end the probe");
+        assert!(guard < 200, "deadlines must end the probe");
     }
     let r = p.report();
     if r.piece_count > 0 {
