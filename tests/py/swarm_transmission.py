@@ -236,14 +236,21 @@ class Leecher:
              "--config-dir", self.config_dir, "--pid-file", self.pid_file],
             stdin=subprocess.DEVNULL, stdout=self.log_file, stderr=subprocess.STDOUT, env=env)
         self.state = "running"
-        deadline = time.monotonic() + 10
+        # A loaded machine (CI shares its cores) can take a while to start a daemon.
+        deadline = time.monotonic() + 30
         while True:
             try:
                 self.rpc.call("session-get", {"fields": ["version"]}, timeout=1.0)
                 break
             except RpcError as e:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"{self.name}: transmission-daemon RPC not up: {e}")
+                    self.log_file.flush()
+                    with open(os.path.join(self.dir, "daemon.log"), errors="replace") as f:
+                        tail = f.read()[-2000:]
+                    state = ("exited " + str(self.proc.returncode)
+                             if self.proc.poll() is not None else "running")
+                    raise RuntimeError(f"{self.name}: transmission-daemon RPC on port "
+                                       f"{self.rpc.port} not up ({state}): {e}; its log:\n{tail}")
                 time.sleep(0.05)
         with open(torrent_path, "rb") as f:
             meta = base64.b64encode(f.read()).decode()
