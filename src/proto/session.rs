@@ -420,3 +420,5 @@ impl PeerSession {
     }
 }
 
+#[cfg(test)]
+mod tests;
