@@ -12,7 +12,9 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use swarmscan::proto::mse::{self, Crypto, CryptoSet, DhKey, Initiator, MseStream, Progress, Responder};
+use swarmscan::proto::mse::{
+    self, Crypto, CryptoSet, DhKey, Initiator, MseStream, Progress, Responder,
+};
 use swarmscan::proto::peer_wire::{encode_handshake, Reserved};
 use swarmscan::proto::probe::{
     AskReason, Millis, ProbeEnd, ProbeSettings, Step, TorrentLookup, WatchPlan,
@@ -71,8 +73,11 @@ struct Run {
 
 impl Run {
     fn feed(&mut self, now: Millis, bytes: &[u8]) -> Step {
-        let mut env =
-            SessionEnv { settings: &self.settings, lookup: &self.lookup, mse: &mut self.mse };
+        let mut env = SessionEnv {
+            settings: &self.settings,
+            lookup: &self.lookup,
+            mse: &mut self.mse,
+        };
         let step = self.s.on_bytes(&mut env, now, bytes, &mut self.sent);
         if step == Step::Ask {
             self.answer(now);
@@ -88,7 +93,10 @@ impl Run {
             }
             (Some(AskReason::Crossed(c)), plan) => {
                 let plan = plan.expect("only watched sessions cross");
-                assert!(c.below_have < plan.notify_have && c.have >= plan.notify_have, "{c:?}");
+                assert!(
+                    c.below_have < plan.notify_have && c.have >= plan.notify_have,
+                    "{c:?}"
+                );
                 self.s.stop(&self.settings, now, &mut self.sent);
             }
             (Some(AskReason::Answered), None) => self.s.stop(&self.settings, now, &mut self.sent),
@@ -115,11 +123,19 @@ fuzz_target!(|data: &[u8]| {
     let admit = data[0] & 32 != 0;
     let close_at_end = data[0] & 64 != 0;
     let cipher_garbage = data[0] & 128 != 0;
-    let chunks = [usize::from(data[1] & 15) * 7 + 1, usize::from(data[1] >> 4) * 13 + 1];
+    let chunks = [
+        usize::from(data[1] & 15) * 7 + 1,
+        usize::from(data[1] >> 4) * 13 + 1,
+    ];
     let pads = (usize::from(data[2] & 31), usize::from(data[2] >> 5) * 40);
     let pieces = u32::from(data[3]) * 20;
-    let prefer = if data[4] & 1 == 0 { Crypto::Rc4 } else { Crypto::Plaintext };
-    let provide = [CryptoSet::BOTH, CryptoSet::RC4, CryptoSet::PLAINTEXT][usize::from(data[4] >> 1) % 3];
+    let prefer = if data[4] & 1 == 0 {
+        Crypto::Rc4
+    } else {
+        Crypto::Plaintext
+    };
+    let provide =
+        [CryptoSet::BOTH, CryptoSet::RC4, CryptoSet::PLAINTEXT][usize::from(data[4] >> 1) % 3];
     let notify_have = (u32::from(data[4] >> 3) * pieces / 31).max(1);
     let input = &data[5..];
 
@@ -137,9 +153,17 @@ fuzz_target!(|data: &[u8]| {
         s = s.without_grace();
     }
     let mut run = Run {
-        settings: ProbeSettings { dht_port: 6881, ..ProbeSettings::default() },
+        settings: ProbeSettings {
+            dht_port: 6881,
+            ..ProbeSettings::default()
+        },
         lookup: Torrents { pieces },
-        mse: Source { pad_len: pads.0, admit, keys: 0, admissions: 0 },
+        mse: Source {
+            pad_len: pads.0,
+            admit,
+            keys: 0,
+            admissions: 0,
+        },
         s,
         watch: watch.then_some(WatchPlan {
             notify_have,
@@ -150,7 +174,11 @@ fuzz_target!(|data: &[u8]| {
         sent: Vec::new(),
     };
     {
-        let mut env = SessionEnv { settings: &run.settings, lookup: &run.lookup, mse: &mut run.mse };
+        let mut env = SessionEnv {
+            settings: &run.settings,
+            lookup: &run.lookup,
+            mse: &mut run.mse,
+        };
         run.s.on_connected(&mut env, 0, &mut run.sent);
     }
 
@@ -158,7 +186,14 @@ fuzz_target!(|data: &[u8]| {
     let mut peer = match (real_peer, mode) {
         (false, _) | (true, 0) => Peer::None,
         (true, 1) => Peer::Responder(Box::new(
-            Responder::new(key(1), vec![1; pads.1], vec![2; pads.0], CryptoSet::BOTH, prefer).unwrap(),
+            Responder::new(
+                key(1),
+                vec![1; pads.1],
+                vec![2; pads.0],
+                CryptoSet::BOTH,
+                prefer,
+            )
+            .unwrap(),
         )),
         (true, _) => {
             let hs = encode_handshake(&HASH, &[1; 20], Reserved::PROBE).to_vec();
@@ -210,7 +245,10 @@ fuzz_target!(|data: &[u8]| {
         assert!(run.s.report().mse.is_some());
     }
     if !outgoing && real_peer && admit {
-        assert!(run.s.report().mse.is_some(), "a real initiator's handshake completes");
+        assert!(
+            run.s.report().mse.is_some(),
+            "a real initiator's handshake completes"
+        );
         assert!(run.s.report().handshake);
     }
     if refused {
@@ -264,7 +302,11 @@ fuzz_target!(|data: &[u8]| {
     }
     let m = &run.mse;
     if !use_mse && outgoing {
-        assert_eq!((m.keys, m.admissions, r.mse), (0, 0, None), "plaintext costs no DH");
+        assert_eq!(
+            (m.keys, m.admissions, r.mse),
+            (0, 0, None),
+            "plaintext costs no DH"
+        );
     }
     if outgoing {
         assert_eq!(m.admissions, 0);
