@@ -11,5 +11,6 @@ pub mod metainfo;
 pub mod mse;
 pub mod peer_wire;
 pub mod probe;
+pub mod session;
 pub mod tracker_http;
 pub mod tracker_udp;

@@ -327,6 +327,14 @@ pub trait TorrentLookup {
         }
         Ok(MetadataPermit::unlimited())
     }
+
+    /// The info-hash of a torrent we scan whose MSE `req2` hash ([`mse::req2_hash`]) is
+    /// `req2`: which torrent an incoming encrypted connection asks for. The default knows none.
+    ///
+    /// [`mse::req2_hash`]: super::mse::req2_hash
+    fn info_hash_by_req2(&self, _req2: &[u8; 20]) -> Option<[u8; 20]> {
+        None
+    }
 }
 
 /// Why a metadata fetch did not start.

@@ -228,6 +228,10 @@ impl crate::proto::probe::TorrentLookup for Catalog {
         let budget = self.metadata.clone();
         Ok(MetadataPermit::releasing(move || budget.give_back(t, size)))
     }
+
+    fn info_hash_by_req2(&self, req2: &[u8; 20]) -> Option<[u8; 20]> {
+        self.by_req2(req2)
+    }
 }
 
 #[cfg(test)]

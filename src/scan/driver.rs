@@ -11,7 +11,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::blocklist::Blocklist;
 use super::catalog::Catalog;
-use super::mse_budget::{random_bytes, worker_dh_key, IncomingDhBudget};
+use super::mse_budget::{IncomingDhBudget, WorkerMse};
 use super::own_addr::OwnAddresses;
 use super::peer_ids::PeerIds;
 use super::peer_table::{flag, owner_worker, source, Inserted, PeerIdx, PeerTable, NOT_SCHEDULED};
@@ -21,61 +21,24 @@ use super::revisit::{
 use crate::config::Encryption;
 use crate::engine::conversation::{Conversation, Millis, Verdict};
 use crate::engine::worker::{Ending, ProbeDone, ProbeRequest, WorkerDriver};
-use crate::proto::mse;
-use crate::proto::probe::{
-    AskReason, Direction, Probe, ProbeEnd, ProbeReport, ProbeSettings, Step, WatchPlan,
-};
+use crate::proto::probe::{AskReason, ProbeEnd, ProbeReport, ProbeSettings, Step, WatchPlan};
+use crate::proto::session::{Fallback, PeerSession, SessionEnv};
 use crate::store::record::{
     DiscoveryRecord, ErrorClass, PeerSource, ProbeEvent, ProbeOutcome, ProbeResult, Progress,
     Record, TorrentRecord, TorrentSource, Transport,
 };
 use crate::store::writer::RecordSender;
 
-/// The encryption layer between the socket and the probe.
-enum Layer {
-    /// Plain BitTorrent.
-    Plain,
-    /// Incoming: the first bytes decide between plain and MSE.
-    Sniffing(Vec<u8>),
-    /// Outgoing MSE handshake under way (our BitTorrent handshake rides in it as IA).
-    Initiating(Box<mse::Initiator>),
-    /// Incoming MSE handshake under way.
-    Responding(Box<mse::Responder>),
-    /// MSE done: everything passes through the stream's ciphers.
-    Stream(Box<mse::MseStream>),
-}
-
-/// A probe adapted to the engine's conversation contract, with optional MSE/PE.
+/// A peer session ([`PeerSession`]: encryption layer and probe, sans-IO) adapted to the
+/// engine's conversation contract: it supplies the session's settings, torrent lookup and
+/// the worker's MSE key, pads and incoming DH budget, and maps its steps to verdicts.
 pub struct ProbeConv {
-    probe: Probe,
+    session: PeerSession,
     settings: Arc<ProbeSettings>,
     catalog: Arc<Catalog>,
     pub kind: ProbeEvent,
-    layer: Layer,
-    /// An outgoing MSE handshake was attempted.
-    pub mse_attempted: bool,
-    /// When the conversation was made and when its connection came up (engine clock).
-    created_at: Millis,
-    connected_at: Option<Millis>,
-    /// The owner kept it open to watch the peer (it stays true after the watch ends).
-    pub was_watched: bool,
     /// Incoming: the worker's budget of DH computations for MSE handshakes.
     mse_budget: Option<Arc<IncomingDhBudget>>,
-}
-
-/// A short random pad (0–31 bytes): obfuscation only, so keep the bytes on the wire small.
-fn pad() -> Vec<u8> {
-    let mut bytes = random_bytes(33);
-    let len = bytes[32] as usize % 32;
-    bytes.truncate(len);
-    bytes
-}
-
-fn crypto_name(c: mse::Crypto) -> &'static str {
-    match c {
-        mse::Crypto::Rc4 => "rc4",
-        mse::Crypto::Plaintext => "plaintext",
-    }
 }
 
 impl ProbeConv {
@@ -87,111 +50,48 @@ impl ProbeConv {
         now: Millis,
     ) -> ProbeConv {
         let t = catalog.get(torrent);
-        let direction = Direction::Outgoing {
-            info_hash: t.wire_hash,
-            piece_count: t.pieces(),
-        };
+        let session = PeerSession::outgoing(t.wire_hash, t.pieces(), now);
         ProbeConv {
-            probe: Probe::new(direction, now),
+            session,
             settings,
             catalog,
             kind,
-            layer: Layer::Plain,
-            mse_attempted: false,
-            created_at: now,
-            connected_at: None,
-            was_watched: false,
             mse_budget: None,
         }
-    }
-
-    /// See [`Probe::without_grace`].
-    pub fn without_grace(mut self) -> ProbeConv {
-        self.probe = self.probe.without_grace();
-        self
-    }
-
-    /// See [`Probe::without_metadata_fetch`].
-    pub fn without_metadata_fetch(mut self) -> ProbeConv {
-        self.probe = self.probe.without_metadata_fetch();
-        self
-    }
-
-    /// See [`Probe::with_peer_id_nonce`].
-    pub fn with_peer_id_nonce(mut self, nonce: u64) -> ProbeConv {
-        self.probe = self.probe.with_peer_id_nonce(nonce);
-        self
-    }
-
-    /// Talk MSE/PE (BEP 8 style encryption) on this outgoing connection; the initiator is
-    /// built at connect time, with our handshake as its initial payload.
-    pub fn with_mse(mut self) -> ProbeConv {
-        self.mse_attempted = true;
-        self
     }
 
     pub fn incoming(settings: Arc<ProbeSettings>, catalog: Arc<Catalog>, now: Millis) -> ProbeConv {
         ProbeConv {
-            probe: Probe::new(Direction::Incoming, now),
+            session: PeerSession::incoming(now),
             settings,
             catalog,
             kind: ProbeEvent::Incoming,
-            layer: Layer::Sniffing(Vec::new()),
-            mse_attempted: false,
             mse_budget: None,
-            created_at: now,
-            connected_at: Some(now),
-            was_watched: false,
         }
     }
 
-    /// Why the conversation asked its owner (see [`Probe::take_ask`]).
-    pub fn take_ask(&mut self) -> Option<AskReason> {
-        self.probe.take_ask()
+    /// See [`PeerSession::without_grace`].
+    pub fn without_grace(mut self) -> ProbeConv {
+        self.session = self.session.without_grace();
+        self
     }
 
-    /// The report so far (see [`Probe::snapshot`]).
-    pub fn snapshot(&mut self, now: Millis) -> ProbeReport {
-        self.probe.snapshot(now)
+    /// See [`PeerSession::without_metadata_fetch`].
+    pub fn without_metadata_fetch(mut self) -> ProbeConv {
+        self.session = self.session.without_metadata_fetch();
+        self
     }
 
-    /// See [`Probe::unsnapshot`].
-    pub fn unsnapshot(&mut self, report: ProbeReport) {
-        self.probe.unsnapshot(report);
+    /// See [`PeerSession::with_peer_id_nonce`].
+    pub fn with_peer_id_nonce(mut self, nonce: u64) -> ProbeConv {
+        self.session = self.session.with_peer_id_nonce(nonce);
+        self
     }
 
-    /// Milliseconds from the start of the probe to its connection, if it connected.
-    pub fn connect_ms(&self) -> Option<Millis> {
-        self.connected_at
-            .map(|at| at.saturating_sub(self.created_at))
-    }
-
-    /// True when the watched peer sends its haves in bursts.
-    pub fn haves_batched(&self) -> bool {
-        self.probe.haves_batched()
-    }
-
-    /// Keeps the connection open to watch the peer.
-    pub fn watch(&mut self, now: Millis, plan: WatchPlan) {
-        self.probe.watch(now, plan);
-        self.was_watched = true;
-    }
-
-    /// Ends the probe now; its last bytes (the `port` message) go through the cipher.
-    pub fn stop(&mut self, now: Millis, send: &mut Vec<u8>) {
-        let start = send.len();
-        self.probe.stop(&self.settings, now, send);
-        self.encrypt_tail(send, start);
-    }
-
-    /// Encrypts what was appended from `start` when the stream is encrypted; drops it while an
-    /// MSE handshake is still under way (nothing may go out in the clear then).
-    fn encrypt_tail(&mut self, send: &mut Vec<u8>, start: usize) {
-        match &mut self.layer {
-            Layer::Stream(stream) => stream.encrypt(&mut send[start..]),
-            Layer::Plain => {}
-            _ => send.truncate(start),
-        }
+    /// See [`PeerSession::with_mse`].
+    pub fn with_mse(mut self) -> ProbeConv {
+        self.session = self.session.with_mse();
+        self
     }
 
     /// Incoming MSE handshakes take one DH computation from `budget` (none: unlimited); over
@@ -201,29 +101,62 @@ impl ProbeConv {
         self
     }
 
+    /// The session under this conversation.
+    pub fn session(&self) -> &PeerSession {
+        &self.session
+    }
+
+    /// An outgoing MSE handshake was attempted.
+    pub fn mse_attempted(&self) -> bool {
+        self.session.mse_attempted()
+    }
+
+    /// The owner kept it open to watch the peer (it stays true after the watch ends).
+    pub fn was_watched(&self) -> bool {
+        self.session.was_watched()
+    }
+
+    /// See [`PeerSession::take_ask`].
+    pub fn take_ask(&mut self) -> Option<AskReason> {
+        self.session.take_ask()
+    }
+
+    /// See [`PeerSession::snapshot`].
+    pub fn snapshot(&mut self, now: Millis) -> ProbeReport {
+        self.session.snapshot(now)
+    }
+
+    /// See [`PeerSession::unsnapshot`].
+    pub fn unsnapshot(&mut self, report: ProbeReport) {
+        self.session.unsnapshot(report);
+    }
+
+    /// See [`PeerSession::connect_ms`].
+    pub fn connect_ms(&self) -> Option<Millis> {
+        self.session.connect_ms()
+    }
+
+    /// See [`PeerSession::haves_batched`].
+    pub fn haves_batched(&self) -> bool {
+        self.session.haves_batched()
+    }
+
+    /// See [`PeerSession::watch`].
+    pub fn watch(&mut self, now: Millis, plan: WatchPlan) {
+        self.session.watch(now, plan);
+    }
+
+    /// See [`PeerSession::stop`].
+    pub fn stop(&mut self, now: Millis, send: &mut Vec<u8>) {
+        self.session.stop(&self.settings, now, send);
+    }
+
     pub fn report(&self) -> &ProbeReport {
-        self.probe.report()
+        self.session.report()
     }
 
     pub fn into_report(self) -> ProbeReport {
-        self.probe.into_report()
-    }
-
-    /// Feeds plaintext to the probe; what it sends goes through the stream's cipher.
-    fn feed(&mut self, now: Millis, plain: &[u8], send: &mut Vec<u8>) -> Step {
-        let start = send.len();
-        let step = self
-            .probe
-            .on_bytes(&self.settings, &*self.catalog, now, plain, send);
-        if let Layer::Stream(stream) = &mut self.layer {
-            stream.encrypt(&mut send[start..]);
-        }
-        step
-    }
-
-    fn mse_failed(&mut self, now: Millis, e: mse::MseError) -> Verdict {
-        self.probe.abort(now, ProbeEnd::MseFailed(e.to_string()));
-        Verdict::Finished
+        self.session.into_report()
     }
 }
 
@@ -237,118 +170,39 @@ fn verdict(step: Step) -> Verdict {
 
 impl Conversation for ProbeConv {
     fn on_connected(&mut self, now: Millis, send: &mut Vec<u8>) {
-        self.connected_at = Some(now);
-        if !self.mse_attempted {
-            self.probe.on_connected(&self.settings, now, send);
-            return;
-        }
-        let mut handshake = Vec::new();
-        self.probe.on_connected(&self.settings, now, &mut handshake);
-        let info_hash = self.probe.report().info_hash.unwrap_or_default();
-        match mse::Initiator::new(
-            info_hash,
-            worker_dh_key(),
-            pad(),
-            Vec::new(),
-            mse::CryptoSet::BOTH,
-            handshake,
-        ) {
-            Ok(mut initiator) => {
-                initiator.start(send);
-                self.layer = Layer::Initiating(Box::new(initiator));
-            }
-            Err(e) => {
-                self.mse_failed(now, e);
-            }
-        }
+        let mut mse = WorkerMse::new(self.mse_budget.as_deref());
+        let mut env = SessionEnv {
+            settings: &self.settings,
+            lookup: &*self.catalog,
+            mse: &mut mse,
+        };
+        self.session.on_connected(&mut env, now, send);
     }
 
     fn on_bytes(&mut self, now: Millis, bytes: &[u8], send: &mut Vec<u8>) -> Verdict {
-        match &mut self.layer {
-            Layer::Plain => verdict(self.feed(now, bytes, send)),
-            Layer::Stream(stream) => {
-                let mut plain = bytes.to_vec();
-                stream.decrypt(&mut plain);
-                verdict(self.feed(now, &plain, send))
-            }
-            Layer::Initiating(initiator) => match initiator.on_bytes(bytes, send) {
-                Ok(mse::Progress::NeedMore) => Verdict::Continue,
-                Ok(mse::Progress::Done(done)) => {
-                    self.probe.set_mse(crypto_name(done.crypto));
-                    self.layer = Layer::Stream(Box::new(done.stream));
-                    verdict(self.feed(now, &done.payload, send))
-                }
-                Err(e) => self.mse_failed(now, e),
-            },
-            Layer::Sniffing(seen) => {
-                seen.extend_from_slice(bytes);
-                match mse::classify_incoming(seen) {
-                    mse::IncomingKind::NeedMore => Verdict::Continue,
-                    mse::IncomingKind::Plaintext => {
-                        let seen = std::mem::take(seen);
-                        self.layer = Layer::Plain;
-                        verdict(self.feed(now, &seen, send))
-                    }
-                    mse::IncomingKind::Encrypted if seen.len() < mse::KEY_LEN => {
-                        Verdict::Continue // the DH starts with the whole public key
-                    }
-                    mse::IncomingKind::Encrypted => {
-                        let seen = std::mem::take(seen);
-                        if self.mse_budget.as_ref().is_some_and(|b| !b.try_take(now)) {
-                            let e = mse::MseError::Refused("incoming DH budget spent");
-                            return self.mse_failed(now, e);
-                        }
-                        match mse::Responder::new(
-                            worker_dh_key(),
-                            pad(),
-                            Vec::new(),
-                            mse::CryptoSet::BOTH,
-                            mse::Crypto::Rc4,
-                        ) {
-                            Ok(r) => {
-                                self.layer =
-                                    Layer::Responding(Box::new(r.with_max_initial_payload(4096)));
-                                self.on_bytes(now, &seen, send)
-                            }
-                            Err(e) => self.mse_failed(now, e),
-                        }
-                    }
-                }
-            }
-            Layer::Responding(responder) => {
-                let catalog = self.catalog.clone();
-                match responder.on_bytes(bytes, send, |req2| catalog.by_req2(req2)) {
-                    Ok(mse::Progress::NeedMore) => Verdict::Continue,
-                    Ok(mse::Progress::Done(done)) => {
-                        self.probe.set_mse(crypto_name(done.crypto));
-                        self.layer = Layer::Stream(Box::new(done.stream));
-                        let mut plain = done.initial_payload;
-                        plain.extend_from_slice(&done.payload);
-                        verdict(self.feed(now, &plain, send))
-                    }
-                    Err(e) => self.mse_failed(now, e),
-                }
-            }
-        }
+        let mut mse = WorkerMse::new(self.mse_budget.as_deref());
+        let mut env = SessionEnv {
+            settings: &self.settings,
+            lookup: &*self.catalog,
+            mse: &mut mse,
+        };
+        verdict(self.session.on_bytes(&mut env, now, bytes, send))
     }
 
     fn deadline(&self) -> Millis {
-        self.probe.deadline(&self.settings)
+        self.session.deadline(&self.settings)
     }
 
     fn on_deadline(&mut self, now: Millis, send: &mut Vec<u8>) -> Verdict {
-        let start = send.len();
-        let step = self.probe.on_deadline(&self.settings, now, send);
-        self.encrypt_tail(send, start);
-        verdict(step)
+        verdict(self.session.on_deadline(&self.settings, now, send))
     }
 
     fn on_closed(&mut self, now: Millis, errno: Option<i32>) {
-        self.probe.on_closed(now, errno);
+        self.session.on_closed(now, errno);
     }
 
     fn held(&self) -> bool {
-        self.probe.is_watching()
+        self.session.is_watching()
     }
 }
 
@@ -949,7 +803,7 @@ impl ScanDriver {
     }
 
     fn on_incoming_done(&mut self, done: ProbeDone<ProbeConv>, now: Millis) {
-        let was_watched = done.conv.was_watched;
+        let was_watched = done.conv.was_watched();
         let report = done.conv.report();
         if !report.handshake && report.end == ProbeEnd::QuietTimeout {
             self.counters
@@ -1343,7 +1197,7 @@ impl WorkerDriver for ScanDriver {
         tracing::trace!(
             peer = %done.peer,
             incoming = done.incoming,
-            watched = done.conv.was_watched,
+            watched = done.conv.was_watched(),
             at_ms = now,
             started_ms = done.started_at,
             connect_ms = ?done.connect_ms,
@@ -1357,7 +1211,7 @@ impl WorkerDriver for ScanDriver {
             return;
         }
         let idx = done.token as PeerIdx;
-        if !done.conv.was_watched {
+        if !done.conv.was_watched() {
             self.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
         } else {
             // The watch ended (the peer closed or went silent, the scan stopped, or we let
@@ -1394,24 +1248,19 @@ impl WorkerDriver for ScanDriver {
             return;
         }
         let kind = done.conv.kind;
-        let mse_attempted = done.conv.mse_attempted;
+        let mse_attempted = done.conv.mse_attempted();
+        // A peer that hangs up on our plaintext handshake right after connecting usually
+        // requires encryption (libtorrent's "forced" policy does exactly this); one whose MSE
+        // handshake fails gets plaintext. Either way it is retried at once, the other way.
+        let Fallback {
+            hung_up,
+            mse_failed,
+            silent: connected_but_silent,
+        } = done.conv.session().fallback();
         let report = done.conv.into_report();
         if report.metadata_failed {
             self.no_metadata.insert(idx);
         }
-        // A peer that hangs up on our plaintext handshake right after connecting usually
-        // requires encryption (libtorrent's "forced" policy does exactly this); one whose MSE
-        // handshake fails gets plaintext. Either way it is retried at once, the other way.
-        let hung_up = done.connect_ms.is_some()
-            && !report.handshake
-            && matches!(
-                report.end,
-                ProbeEnd::PeerClosed | ProbeEnd::SocketError(libc::ECONNRESET)
-            );
-        let mse_failed = mse_attempted
-            && report.mse.is_none()
-            && (hung_up || matches!(report.end, ProbeEnd::MseFailed(_)));
-        let connected_but_silent = done.connect_ms.is_some() && !report.handshake;
         let at = seen_at(done.started_at + done.connect_ms.unwrap_or(0), &report);
         self.apply_visit(idx, report, kind, at, done.connect_ms, true);
         let secs = Self::secs(now);
@@ -1626,6 +1475,12 @@ fn describe_client(report: &ProbeReport) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The session reads resets by the errno value the engine passes on.
+    #[test]
+    fn session_errno_matches_libc() {
+        assert_eq!(crate::proto::session::ECONNRESET, libc::ECONNRESET);
+    }
 
     #[test]
     fn transport_memory_alternates_where_the_setting_allows_both_ways() {

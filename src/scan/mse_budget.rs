@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::engine::conversation::Millis;
 use crate::proto::mse;
+use crate::proto::session::MseSource;
 
 /// `n` bytes from the kernel's CSPRNG.
 pub fn random_bytes(n: usize) -> Vec<u8> {
@@ -45,6 +46,41 @@ pub fn worker_dh_key() -> mse::DhKey {
         };
     }
     KEY.with(|k| k.clone())
+}
+
+/// A short random pad (0–31 bytes): obfuscation only, so keep the bytes on the wire small.
+pub fn pad() -> Vec<u8> {
+    let mut bytes = random_bytes(33);
+    let len = bytes[32] as usize % 32;
+    bytes.truncate(len);
+    bytes
+}
+
+/// What a worker gives a peer session for MSE ([`mse`]'s sans-IO handshake takes them as
+/// arguments): this thread's DH key pair, pads from the kernel's CSPRNG, and the worker's
+/// budget of DH computations for incoming handshakes (none: unlimited).
+pub struct WorkerMse<'a> {
+    budget: Option<&'a IncomingDhBudget>,
+}
+
+impl<'a> WorkerMse<'a> {
+    pub fn new(budget: Option<&'a IncomingDhBudget>) -> WorkerMse<'a> {
+        WorkerMse { budget }
+    }
+}
+
+impl MseSource for WorkerMse<'_> {
+    fn dh_key(&mut self) -> mse::DhKey {
+        worker_dh_key()
+    }
+
+    fn pad(&mut self) -> Vec<u8> {
+        pad()
+    }
+
+    fn admit_incoming(&mut self, now: Millis) -> bool {
+        self.budget.map_or(true, |b| b.try_take(now))
+    }
 }
 
 /// A per-worker budget of DH computations per second for incoming MSE handshakes, with a

@@ -157,7 +157,7 @@ impl WorkerDriver for WatchDriver {
 
     fn probe_done(&mut self, _now: Millis, done: ProbeDone<ProbeConv>) {
         let s = &self.shared;
-        if done.conv.was_watched {
+        if done.conv.was_watched() {
             self.held -= 1;
             s.held.fetch_sub(1, Ordering::Relaxed);
             s.haves
