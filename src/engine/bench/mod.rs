@@ -802,11 +802,7 @@ fn run_probes(args: &ProbesArgs) -> std::io::Result<()> {
         "kernel": engine::ring::kernel_release(),
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
     });
-    if args.json {
-        println!("{out}");
-    } else {
-        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
-    }
+    print_report(&out, args.json);
     Ok(())
 }
 
@@ -865,4 +861,13 @@ fn round2(v: f64) -> f64 {
 
 fn round3(v: f64) -> f64 {
     (v * 1000.0).round() / 1000.0
+}
+
+/// Prints a benchmark's JSON report: one line with `--json`, indented otherwise.
+fn print_report(out: &serde_json::Value, one_line: bool) {
+    if one_line {
+        println!("{out}");
+    } else {
+        println!("{}", serde_json::to_string_pretty(out).unwrap_or_default());
+    }
 }

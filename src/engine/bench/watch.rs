@@ -17,7 +17,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{cpu_secs, peer_addr, round2, spawn_fake_swarm, status_field, SwarmChild};
+use super::{
+    cpu_secs, peer_addr, print_report, round2, spawn_fake_swarm, status_field, SwarmChild,
+};
 use crate::engine::{self, Ending, EngineConfig, Millis, ProbeDone, ProbeRequest, WorkerDriver};
 use crate::limits;
 use crate::proto::probe::{AskReason, ProbeSettings, WatchPlan};
@@ -455,10 +457,6 @@ pub fn run(args: &WatchArgs) -> std::io::Result<()> {
         "loadavg": loadavg.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
     });
-    if args.json {
-        println!("{out}");
-    } else {
-        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
-    }
+    print_report(&out, args.json);
     Ok(())
 }
