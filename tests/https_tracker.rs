@@ -39,7 +39,7 @@ fn aquatic_http() -> PathBuf {
         Some(p) if p.is_file() => p,
         other => panic!(
             "this test needs the aquatic_http tracker binary in env SWARMSCAN_AQUATIC_HTTP (got {other:?}). \
-             Run scripts/test (it runs `cargo install aquatic_http --version 0.9.0 --root target/tools`) \
+             Run scripts/test (it runs `cargo install aquatic_http --version 0.9.0 --root ~/.cache/swarmscan/tools`) \
              or set SWARMSCAN_AQUATIC_HTTP=/path/to/aquatic_http."
         ),
     }

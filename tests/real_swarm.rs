@@ -49,7 +49,7 @@ fn aquatic_udp() -> PathBuf {
         Some(p) if p.is_file() => p,
         other => panic!(
             "this test needs the aquatic_udp tracker binary in env SWARMSCAN_AQUATIC_UDP (got {other:?}). \
-             Run scripts/test (it runs `cargo install aquatic_udp --version 0.9.0 --locked --root target/tools`) \
+             Run scripts/test (it runs `cargo install aquatic_udp --version 0.9.0 --root ~/.cache/swarmscan/tools`) \
              or set SWARMSCAN_AQUATIC_UDP=/path/to/aquatic_udp."
         ),
     }

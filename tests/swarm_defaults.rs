@@ -69,7 +69,7 @@ fn tracker_package() -> PathBuf {
         other => panic!(
             "this test needs the npm package bittorrent-tracker 11: its directory in env \
              SWARMSCAN_BITTORRENT_TRACKER (got {other:?}). Run scripts/test (it runs `npm install \
-             --prefix target/tools/npm --ignore-scripts bittorrent-tracker@11`) or set \
+             --prefix ~/.cache/swarmscan/npm --ignore-scripts bittorrent-tracker@11`) or set \
              SWARMSCAN_BITTORRENT_TRACKER=/path/to/node_modules/bittorrent-tracker."
         ),
     }

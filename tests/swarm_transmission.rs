@@ -173,7 +173,7 @@ fn bittorrent_tracker_package() -> PathBuf {
         other => panic!(
             "this test needs the npm package bittorrent-tracker 11, its directory in env \
              SWARMSCAN_BITTORRENT_TRACKER (got {other:?}). Run scripts/test (it installs it into \
-             target/tools/npm) or set it to .../node_modules/bittorrent-tracker."
+             ~/.cache/swarmscan/npm) or set it to .../node_modules/bittorrent-tracker."
         ),
     }
 }
