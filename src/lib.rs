@@ -4,13 +4,12 @@
 //! `engine` is the only code that touches io_uring, sockets and time; `scan` decides what to
 //! probe and when; `store` owns the SQLite database.
 
+pub mod bench;
 pub mod cli;
 pub mod config;
-pub mod engine;
 pub mod limits;
 pub mod logging;
 pub mod metrics;
-pub mod proto;
 pub mod run;
 pub mod scan;
 pub mod service;
@@ -18,3 +17,8 @@ pub mod settings;
 pub mod sim;
 pub mod store;
 pub mod threads;
+
+/// The io_uring engine crate, under the name the application has always used for it.
+pub use swarmscan_engine as engine;
+/// The sans-IO protocol crate, under the name the application has always used for it.
+pub use swarmscan_proto as proto;

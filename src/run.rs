@@ -717,7 +717,7 @@ pub fn run_scan(
         }
         stalled_before = !stalled.is_empty();
         if let Some(wd) = watchdog {
-            if stalled.is_empty() && last_ping.map_or(true, |t| t.elapsed() >= wd / 4) {
+            if stalled.is_empty() && last_ping.is_none_or(|t| t.elapsed() >= wd / 4) {
                 let _ = notifier.notify("WATCHDOG=1");
                 last_ping = Some(Instant::now());
             }

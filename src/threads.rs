@@ -2,20 +2,10 @@
 //! stop flag is set has failed), stops everything, and reports the thread by name with its panic
 //! message, ending with a non-zero exit code. Never a half-run that exits 0.
 
-use std::any::Any;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 
-/// The message a panic was raised with (`panic!("...")`, `expect`, an arithmetic overflow ...).
-pub fn panic_message(payload: &(dyn Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "(no message)".to_string()
-    }
-}
+pub use swarmscan_engine::panic_message;
 
 /// Joins `handle`; a panic becomes an error naming the thread and saying what it panicked with.
 pub fn join<T>(handle: JoinHandle<T>) -> Result<T, String> {

@@ -411,10 +411,8 @@ fn kill_9_at_random_moments_keeps_the_database_intact_and_loses_at_most_one_batc
             std::thread::sleep(Duration::from_secs_f64(1.0 + 2.5 * next()));
             let at = now_second_of_day();
             // Safety: kill(2) on our own child, which has not been reaped yet.
-            assert_eq!(
-                unsafe { libc::kill(child.child.id() as i32, libc::SIGKILL) },
-                0
-            );
+            let killed = unsafe { libc::kill(child.child.id() as i32, libc::SIGKILL) };
+            assert_eq!(killed, 0);
             let status = wait_exit(&mut child, Duration::from_secs(10));
             assert_eq!(
                 std::os::unix::process::ExitStatusExt::signal(&status),

@@ -1,6 +1,6 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use swarmscan::proto::bencode;
+use swarmscan_proto::bencode;
 
 fuzz_target!(|data: &[u8]| {
     // Any input either fails cleanly or decodes to a value whose canonical re-encoding

@@ -1,6 +1,6 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use swarmscan::proto::client_id;
+use swarmscan_proto::client_id;
 
 fuzz_target!(|data: &[u8]| {
     // Never panics on any bytes; a peer-id and a `v` string from the same input combine.

@@ -1,7 +1,7 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use swarmscan::proto::http::{self, Progress, ResponseLimits, ResponseReader};
-use swarmscan::proto::tracker_http;
+use swarmscan_proto::http::{self, Progress, ResponseLimits, ResponseReader};
+use swarmscan_proto::tracker_http;
 
 // First byte picks the chunk size the stream is fed in; the rest is the HTTP response.
 // Whatever the chunking, the reader must reach the same result as feeding it all at once.

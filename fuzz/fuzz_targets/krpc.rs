@@ -1,6 +1,6 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use swarmscan::proto::{client_id, krpc};
+use swarmscan_proto::{client_id, krpc};
 
 fuzz_target!(|data: &[u8]| {
     // Any datagram either fails cleanly or decodes to a message whose encoding decodes to

@@ -1,6 +1,6 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use swarmscan::proto::magnet::{Magnet, TorrentRef};
+use swarmscan_proto::magnet::{Magnet, TorrentRef};
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);

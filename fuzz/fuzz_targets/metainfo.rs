@@ -1,7 +1,7 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use swarmscan::proto::magnet::Magnet;
-use swarmscan::proto::metainfo::{InfoHashV1, InfoHashes, Metainfo};
+use swarmscan_proto::magnet::Magnet;
+use swarmscan_proto::metainfo::{InfoHashV1, InfoHashes, Metainfo};
 
 fuzz_target!(|data: &[u8]| {
     // Never panics; a torrent that parses is self-consistent and its info dict, fed alone
@@ -13,7 +13,7 @@ fuzz_target!(|data: &[u8]| {
         for f in &m.files {
             assert!(f.path.iter().all(|c| !c.is_empty() && c != ".." && !c.contains('/')));
         }
-        let root = swarmscan::proto::bencode::decode(data).expect("decoded once already");
+        let root = swarmscan_proto::bencode::decode(data).expect("decoded once already");
         let info = root.get("info").expect("has info").raw();
         let again = Metainfo::from_info_dict(info, &m.info_hashes).expect("info dict alone");
         assert_eq!(again.files, m.files);

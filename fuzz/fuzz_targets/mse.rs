@@ -4,7 +4,7 @@
 //! chunk sizes and optionally one corrupted byte must complete with the right payloads when
 //! nothing was corrupted, and never panic when something was.
 use libfuzzer_sys::fuzz_target;
-use swarmscan::proto::mse::{self, Crypto, CryptoSet, Initiator, Progress, Responder};
+use swarmscan_proto::mse::{self, Crypto, CryptoSet, Initiator, Progress, Responder};
 
 const IH: [u8; 20] = [0x42; 20];
 

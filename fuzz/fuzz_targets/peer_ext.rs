@@ -3,7 +3,7 @@
 //! decodes must survive an encode → decode round trip.
 use libfuzzer_sys::fuzz_target;
 use std::collections::BTreeMap;
-use swarmscan::proto::peer_wire::ext::{ExtHandshake, MetadataMessage, PexMessage};
+use swarmscan_proto::peer_wire::ext::{ExtHandshake, MetadataMessage, PexMessage};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(h) = ExtHandshake::decode(data) {

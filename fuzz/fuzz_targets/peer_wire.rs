@@ -3,7 +3,7 @@
 //! Whatever the split, the framer must see the same handshake, messages and final error as the
 //! whole-buffer decoder, and every decoded message must re-encode to the bytes it came from.
 use libfuzzer_sys::fuzz_target;
-use swarmscan::proto::peer_wire::{self, Handshake, MessageReader, WireError};
+use swarmscan_proto::peer_wire::{self, Handshake, MessageReader, WireError};
 
 /// Decode everything in `stream` at once: handshake, re-encoded messages, stopping error.
 fn whole(stream: &[u8], max: u32) -> (Option<Handshake>, Vec<Vec<u8>>, Option<WireError>) {

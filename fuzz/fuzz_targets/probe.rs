@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
-use swarmscan::proto::peer_wire::{encode_handshake, Reserved};
-use swarmscan::proto::probe::{
+use swarmscan_proto::peer_wire::{encode_handshake, Reserved};
+use swarmscan_proto::probe::{
     AskReason, Direction, MetadataPermit, MetadataRefusal, Probe, ProbeSettings, Step,
     TorrentLookup, WatchPlan,
 };

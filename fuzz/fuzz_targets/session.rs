@@ -12,14 +12,14 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use swarmscan::proto::mse::{
+use swarmscan_proto::mse::{
     self, Crypto, CryptoSet, DhKey, Initiator, MseStream, Progress, Responder,
 };
-use swarmscan::proto::peer_wire::{encode_handshake, Reserved};
-use swarmscan::proto::probe::{
+use swarmscan_proto::peer_wire::{encode_handshake, Reserved};
+use swarmscan_proto::probe::{
     AskReason, Millis, ProbeEnd, ProbeSettings, Step, TorrentLookup, WatchPlan,
 };
-use swarmscan::proto::session::{MseSource, PeerSession, SessionEnv};
+use swarmscan_proto::session::{MseSource, PeerSession, SessionEnv};
 
 const HASH: [u8; 20] = [5; 20];
 

@@ -1,6 +1,6 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use swarmscan::proto::tracker_udp::{AddressFamily, Request, Response};
+use swarmscan_proto::tracker_udp::{AddressFamily, Request, Response};
 
 // Every packet either fails cleanly or decodes to a value whose encoding decodes to the
 // same value (requests and responses, both address families).

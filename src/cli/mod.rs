@@ -31,7 +31,7 @@ enum Command {
     /// Show what a torrent file, magnet link or info-hash contains.
     Inspect(inspect::InspectArgs),
     /// Benchmarks: probe throughput of the engine against a fake swarm.
-    Bench(crate::engine::bench::BenchArgs),
+    Bench(crate::bench::BenchArgs),
     /// Print the documented default configuration (or the effective one with --config/--set; --check FILE validates).
     Config(config_cmd::ConfigCmdArgs),
     /// Confirmed downloads per torrent, peer sources and probe outcomes (thesis tables 5.5-5.7).
@@ -57,7 +57,7 @@ pub fn main() -> i32 {
         Command::Add(args) => run_cmd::add(&args),
         Command::Probe(args) => run_cmd::probe(&args),
         Command::Inspect(args) => inspect::run(&args),
-        Command::Bench(args) => crate::engine::bench::run(&args),
+        Command::Bench(args) => crate::bench::run(&args),
         Command::Config(args) => config_cmd::run(&args),
         Command::Report(args) => report_cmd::run_report(&args),
         Command::Peers(args) => report_cmd::run_peers(&args),

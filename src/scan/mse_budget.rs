@@ -79,7 +79,7 @@ impl MseSource for WorkerMse<'_> {
     }
 
     fn admit_incoming(&mut self, now: Millis) -> bool {
-        self.budget.map_or(true, |b| b.try_take(now))
+        self.budget.is_none_or(|b| b.try_take(now))
     }
 }
 
