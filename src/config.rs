@@ -291,28 +291,7 @@ impl Default for StoreConfig {
     }
 }
 
-/// How peer IP addresses are written to the database.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum IpMode {
-    /// The address as it is.
-    Full,
-    /// IPv4 /24 and IPv6 /48 networks only (peers are still told apart by a keyed hash).
-    Truncate,
-    /// A keyed HMAC-SHA256 of the address (hex); the key never leaves the key file.
-    Hmac,
-}
-
-impl IpMode {
-    /// The name used in the config file.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            IpMode::Full => "full",
-            IpMode::Truncate => "truncate",
-            IpMode::Hmac => "hmac",
-        }
-    }
-}
+pub use crate::store::anon::IpMode;
 
 /// `[privacy]`: anonymisation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -1121,7 +1100,7 @@ mod tests {
         assert_eq!(c.peer.message_cap, 256);
         assert_eq!(c.tracker.announce_secs, 300.0);
         assert!(c.tracker.respect_interval);
-        // 0: announce the first listener's port (see run::announce_port).
+        // 0: announce the first listener's port (see session::announce_port).
         assert_eq!(c.net.announce_port, 0);
         assert_eq!(c.privacy.ip, IpMode::Hmac);
         assert!(c.net.listen.iter().all(|a| a.ip().is_loopback()));

@@ -7,12 +7,13 @@
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod inputs;
 pub mod limits;
 pub mod logging;
 pub mod metrics;
-pub mod run;
 pub mod scan;
 pub mod service;
+pub mod session;
 pub mod settings;
 pub mod sim;
 pub mod store;

@@ -1,9 +1,12 @@
 //! Everything a scan takes from the configuration, derived in one place.
 //!
-//! [`ScanSettings::from_config`] is the only translation from [`Config`] (what the user
-//! writes) to the settings the engine, the probes, the revisit policy, discovery and the writer
-//! run with. Keeping it in one function lets a test walk every documented key, change it, and
-//! check that the derived settings change: a key that nothing reads fails that test.
+//! One `From<&Config>` per runtime settings struct (the engine's, the probes', the revisit
+//! policy's, the watch's, metadata limits, discovery's, the writer's), gathered by
+//! `ScanSettings::from(&Config)`: the only translation from [`Config`] (what the user writes)
+//! to what the scan runs with. Keeping it in one place lets a test walk every documented key,
+//! change it, and check that the derived settings change: a key that nothing reads fails that
+//! test. The layers below (`store`, `scan`, the engine and protocol crates) never read the
+//! config themselves.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -14,7 +17,8 @@ use crate::proto::probe::ProbeSettings;
 use crate::scan::catalog::MetadataLimits;
 use crate::scan::driver::WatchSettings;
 use crate::scan::revisit::RevisitPolicy;
-use crate::store::writer::WriterOptions;
+use crate::store::writer::{Writer, WriterOptions};
+use crate::store::StoreError;
 
 /// The `tracker.*` settings discovery runs with.
 #[derive(Debug, Clone, PartialEq)]
@@ -75,88 +79,157 @@ pub struct ScanSettings {
     pub metrics_allow_remote: bool,
 }
 
-impl ScanSettings {
-    /// The settings `config` asks for (validated configs only: see [`Config::load`]).
-    pub fn from_config(config: &Config) -> ScanSettings {
+impl From<&Config> for EngineConfig {
+    /// `[engine]` and the `peer.*` budgets; workers 0 and listen port 0 are resolved at start.
+    fn from(config: &Config) -> EngineConfig {
+        let peer = &config.peer;
+        EngineConfig {
+            workers: config.engine.workers,
+            max_in_flight: peer.max_in_flight as usize,
+            max_held: peer.max_watched as usize,
+            max_incoming: peer.max_incoming as usize,
+            connects_per_sec: u64::from(peer.connects_per_sec),
+            connect_timeout_ms: peer.connect_timeout_ms,
+            listen: config.net.listen.clone(),
+            pin_cores: config.engine.pin_workers,
+            recv_buffers: config.engine.recv_buffers.min(32768) as u16,
+            recv_buffer_size: config.engine.recv_buffer_size,
+            ring_entries: config.engine.ring_entries,
+        }
+    }
+}
+
+impl From<&Config> for ProbeSettings {
+    /// Every probe's settings; `peer_id` holds the configured prefix (the rest is made unique
+    /// at start) and `listen_port` the configured `net.announce_port`.
+    fn from(config: &Config) -> ProbeSettings {
         let peer = &config.peer;
         let mut peer_id = [b'0'; 20];
         let prefix = peer.peer_id_prefix.as_bytes();
         let n = prefix.len().min(20);
         peer_id[..n].copy_from_slice(&prefix[..n]);
+        ProbeSettings {
+            peer_id,
+            listen_port: config.net.announce_port,
+            dht_port: 0, // no DHT node yet: send no `port` message
+            client: concat!("swarmscan/", env!("CARGO_PKG_VERSION")).to_string(),
+            quiet_timeout_ms: peer.quiet_timeout_ms,
+            incoming_handshake_ms: peer.incoming_handshake_ms,
+            grace_ms: peer.bitfield_grace_ms,
+            message_cap: peer.message_cap,
+            max_duration_ms: peer.max_duration_ms,
+            ext_handshake_cache: Default::default(),
+            fetch_metadata: true,
+            pex: peer.pex,
+        }
+    }
+}
+
+impl From<&Config> for RevisitPolicy {
+    fn from(config: &Config) -> RevisitPolicy {
+        let peer = &config.peer;
+        RevisitPolicy {
+            revisit_secs: peer.revisit_secs,
+            retry_secs: peer.first_retry_secs(),
+            retry_factor: peer.retry_backoff_factor,
+            max_failures: peer.max_failures,
+            min_revisit_secs: (peer.revisit_secs / 10.0).max(1.0),
+            max_backoff_secs: peer.retry_backoff_max_secs,
+            threshold: peer.threshold,
+            done_revisit_secs: if peer.stop_at_threshold {
+                0.0
+            } else {
+                peer.revisit_secs
+            },
+        }
+    }
+}
+
+impl From<&Config> for WatchSettings {
+    /// `budget` is the total over all workers.
+    fn from(config: &Config) -> WatchSettings {
+        let peer = &config.peer;
+        WatchSettings {
+            budget: peer.max_watched as usize,
+            threshold: peer.threshold,
+            sample_ms: (peer.revisit_secs * 1000.0) as u64,
+            ..WatchSettings::default()
+        }
+    }
+}
+
+impl From<&Config> for MetadataLimits {
+    fn from(config: &Config) -> MetadataLimits {
+        let peer = &config.peer;
+        MetadataLimits {
+            max_bytes: u64::from(peer.metadata_max_bytes),
+            per_torrent: peer.metadata_fetches_per_torrent,
+            total: peer.metadata_fetches,
+        }
+    }
+}
+
+impl From<&Config> for TrackerSettings {
+    fn from(config: &Config) -> TrackerSettings {
+        let tracker = &config.tracker;
+        TrackerSettings {
+            announce_secs: tracker.announce_secs,
+            respect_interval: tracker.respect_interval,
+            scrape_secs: tracker.scrape_secs,
+            numwant: tracker.numwant,
+            timeout: Duration::from_millis(tracker.timeout_ms),
+            ca_files: tracker.ca_files.clone(),
+        }
+    }
+}
+
+impl From<&Config> for WriterOptions {
+    /// `[store]` and `peer.threshold`.
+    fn from(config: &Config) -> WriterOptions {
+        WriterOptions {
+            batch_rows: config.store.batch_rows,
+            batch_ms: config.store.batch_ms,
+            channel_capacity: config.store.channel_capacity,
+            threshold: config.peer.threshold,
+            unwritable: Duration::try_from_secs_f64(config.store.unwritable_secs)
+                .unwrap_or(Duration::from_secs(365 * 86_400)),
+        }
+    }
+}
+
+impl From<&Config> for ScanSettings {
+    /// The settings `config` asks for (validated configs only: see [`Config::load`]).
+    fn from(config: &Config) -> ScanSettings {
         ScanSettings {
             database: config.database.clone(),
-            engine: EngineConfig {
-                workers: config.engine.workers,
-                max_in_flight: peer.max_in_flight as usize,
-                max_held: peer.max_watched as usize,
-                max_incoming: peer.max_incoming as usize,
-                connects_per_sec: u64::from(peer.connects_per_sec),
-                connect_timeout_ms: peer.connect_timeout_ms,
-                listen: config.net.listen.clone(),
-                pin_cores: config.engine.pin_workers,
-                recv_buffers: config.engine.recv_buffers.min(32768) as u16,
-                recv_buffer_size: config.engine.recv_buffer_size,
-                ring_entries: config.engine.ring_entries,
-            },
-            probe: ProbeSettings {
-                peer_id,
-                listen_port: config.net.announce_port,
-                dht_port: 0, // no DHT node yet: send no `port` message
-                client: concat!("swarmscan/", env!("CARGO_PKG_VERSION")).to_string(),
-                quiet_timeout_ms: peer.quiet_timeout_ms,
-                incoming_handshake_ms: peer.incoming_handshake_ms,
-                grace_ms: peer.bitfield_grace_ms,
-                message_cap: peer.message_cap,
-                max_duration_ms: peer.max_duration_ms,
-                ext_handshake_cache: Default::default(),
-                fetch_metadata: true,
-                pex: peer.pex,
-            },
-            policy: RevisitPolicy {
-                revisit_secs: peer.revisit_secs,
-                retry_secs: peer.first_retry_secs(),
-                retry_factor: peer.retry_backoff_factor,
-                max_failures: peer.max_failures,
-                min_revisit_secs: (peer.revisit_secs / 10.0).max(1.0),
-                max_backoff_secs: peer.retry_backoff_max_secs,
-                threshold: peer.threshold,
-                done_revisit_secs: if peer.stop_at_threshold {
-                    0.0
-                } else {
-                    peer.revisit_secs
-                },
-            },
-            watch: WatchSettings {
-                budget: peer.max_watched as usize,
-                threshold: peer.threshold,
-                sample_ms: (peer.revisit_secs * 1000.0) as u64,
-                ..WatchSettings::default()
-            },
-            metadata: MetadataLimits {
-                max_bytes: u64::from(peer.metadata_max_bytes),
-                per_torrent: peer.metadata_fetches_per_torrent,
-                total: peer.metadata_fetches,
-            },
+            engine: config.into(),
+            probe: config.into(),
+            policy: config.into(),
+            watch: config.into(),
+            metadata: config.into(),
             encryption: config.net.encryption,
             mse_incoming_per_sec: config.net.mse_incoming_per_sec,
             ipv6: config.net.ipv6,
             max_peers: config.engine.max_peers,
             blocklist_file: config.net.blocklist_file.clone(),
-            tracker: TrackerSettings {
-                announce_secs: config.tracker.announce_secs,
-                respect_interval: config.tracker.respect_interval,
-                scrape_secs: config.tracker.scrape_secs,
-                numwant: config.tracker.numwant,
-                timeout: Duration::from_millis(config.tracker.timeout_ms),
-                ca_files: config.tracker.ca_files.clone(),
-            },
-            writer: WriterOptions::from_config(config),
+            tracker: config.into(),
+            writer: config.into(),
             privacy: (config.privacy.ip, config.hmac_key_path()),
             stats_interval: Duration::from_secs_f64(config.stats.interval_secs.max(1.0)),
             metrics_listen: config.metrics.address().ok().flatten(),
             metrics_allow_remote: config.metrics.allow_remote,
         }
     }
+}
+
+/// Opens `config.database`, loads the anonymiser key and starts the writer.
+pub fn start_writer(config: &Config) -> Result<Writer, StoreError> {
+    Writer::start_with(
+        &config.database,
+        config.privacy.ip,
+        &config.hmac_key_path(),
+        config.into(),
+    )
 }
 
 #[cfg(test)]
@@ -195,7 +268,7 @@ mod tests {
     #[test]
     fn every_documented_key_changes_what_the_scan_runs_with() {
         let defaults = toml::Table::try_from(Config::default()).unwrap();
-        let base = ScanSettings::from_config(&Config::default());
+        let base = ScanSettings::from(&Config::default());
         let mut unread = Vec::new();
         for (key, _) in KEY_DOCS {
             let mut value = &toml::Value::Table(defaults.clone());
@@ -205,7 +278,7 @@ mod tests {
             let set = format!("{key}={}", another_value(key, value));
             let config = Config::load(None, std::slice::from_ref(&set))
                 .unwrap_or_else(|e| panic!("--set {set}: {e}"));
-            if ScanSettings::from_config(&config) == base {
+            if ScanSettings::from(&config) == base {
                 unread.push(*key);
             }
         }

@@ -7,7 +7,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use swarmscan::config::Config;
-use swarmscan::run::{run_scan, RunOptions, TorrentInput};
+use swarmscan::inputs::TorrentInput;
+use swarmscan::session::{run_scan, RunOptions};
 use swarmscan::sim::{SimOptions, SimSwarm};
 use swarmscan::store::Store;
 

@@ -585,9 +585,8 @@ fn bench_store() -> std::io::Result<BenchStore> {
     let store = Store::open(&dir.path().join("bench.sqlite")).map_err(other)?;
     let anonymizer = Anonymizer::new(crate::config::IpMode::Hmac, [7; 32]);
     let cfg = crate::config::Config::default();
-    let writer =
-        crate::store::writer::Writer::start(store, anonymizer, WriterOptions::from_config(&cfg))
-            .map_err(other)?;
+    let writer = crate::store::writer::Writer::start(store, anonymizer, WriterOptions::from(&cfg))
+        .map_err(other)?;
     let torrent_id = writer
         .handle()
         .register_torrent(crate::store::record::TorrentRecord {

@@ -1,6 +1,7 @@
 //! Command-line interface.
 
 pub mod config_cmd;
+pub mod demo_cmd;
 pub mod inspect;
 pub mod report_cmd;
 pub mod run_cmd;
@@ -21,7 +22,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Scan the built-in simulated swarm for about a minute, then print the report.
-    Demo(crate::sim::demo::DemoArgs),
+    Demo(demo_cmd::DemoArgs),
     /// Scan torrents in the foreground: discover peers, probe them again and again, store outcomes.
     Run(run_cmd::RunArgs),
     /// Add torrents to the database (scanned by every later `run` on it).
@@ -52,7 +53,7 @@ pub fn main() -> i32 {
         }
     };
     match cli.command {
-        Command::Demo(args) => crate::sim::demo::run(&args),
+        Command::Demo(args) => demo_cmd::run(&args),
         Command::Run(args) => run_cmd::run(&args),
         Command::Add(args) => run_cmd::add(&args),
         Command::Probe(args) => run_cmd::probe(&args),

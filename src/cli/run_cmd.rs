@@ -5,11 +5,12 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use crate::config::ConfigArgs;
+use crate::inputs::load_inputs;
 use crate::proto::hex;
 use crate::proto::magnet::TorrentRef;
 use crate::proto::peer_wire::{self, Message};
 use crate::proto::probe::{Direction, Probe, ProbeSettings, Step};
-use crate::run::{load_inputs, run_scan, RunOptions};
+use crate::session::{run_scan, RunOptions};
 
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {

@@ -10,8 +10,9 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Instant;
 
-use super::peer_table::{owner_worker, source, Inserted, PeerTable};
+use super::peer_table::{owner_worker, Inserted, PeerTable};
 use super::revisit::RevisitWheel;
+use crate::store::record::PeerSource;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct PeersBenchArgs {
@@ -70,7 +71,7 @@ pub fn run(args: &PeersBenchArgs) -> i32 {
         let w = owner_worker(torrent, a, workers);
         // Due times spread over a 300 s revisit interval, as in a running scan.
         let due = (i % 300) as u32;
-        match tables[w].insert(torrent, a, source::TRACKER_UDP, due) {
+        match tables[w].insert(torrent, a, PeerSource::TrackerUdp.mask(), due) {
             Inserted::New(idx) => wheels[w].schedule(idx, due),
             Inserted::Existing(_) => duplicates += 1,
             Inserted::Full => {}

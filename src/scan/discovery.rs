@@ -23,7 +23,7 @@ use super::announce_schedule::{self, DecidedBy, NextAnnounce};
 use super::catalog::Catalog;
 use super::driver::WorkerMsg;
 use super::own_addr::OwnAddresses;
-use super::peer_table::{owner_worker, source};
+use super::peer_table::owner_worker;
 use crate::proto::http::{self, ResponseLimits, ResponseReader};
 use crate::proto::tracker_http::{self, AnnounceParams, Event, HttpTrackerUrl};
 use crate::proto::tracker_udp::{self, AddressFamily, ConnectionIdCache};
@@ -509,9 +509,9 @@ impl Shared {
         };
         let duration_ms = started.elapsed().as_millis() as u64;
         let src = if kind == Kind::Udp {
-            source::TRACKER_UDP
+            PeerSource::TrackerUdp.mask()
         } else {
-            source::TRACKER_HTTP
+            PeerSource::TrackerHttp.mask()
         };
         let next = result.as_ref().ok().map(|a| {
             announce_schedule::next_announce(

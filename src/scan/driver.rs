@@ -14,7 +14,7 @@ use super::catalog::Catalog;
 use super::mse_budget::{IncomingDhBudget, WorkerMse};
 use super::own_addr::OwnAddresses;
 use super::peer_ids::PeerIds;
-use super::peer_table::{flag, owner_worker, source, Inserted, PeerIdx, PeerTable, NOT_SCHEDULED};
+use super::peer_table::{flag, owner_worker, Inserted, PeerIdx, PeerTable, NOT_SCHEDULED};
 use super::revisit::{
     contact_time, speed_since_last_contact, RevisitPolicy, RevisitWheel, VisitResult,
 };
@@ -682,7 +682,7 @@ impl ScanDriver {
                 error: None,
                 peers: pex.clone(),
             }));
-            self.route_peers(torrent, source::PEX, pex.into_iter());
+            self.route_peers(torrent, PeerSource::Pex.mask(), pex.into_iter());
         }
         let next_visit_at = if next != NOT_SCHEDULED {
             Some(self.unix_ms(next as u64 * 1000))
@@ -789,7 +789,7 @@ impl ScanDriver {
         let owner = owner_worker(torrent, addr, self.route.len());
         self.outbox[owner].push(WorkerMsg::Peers {
             torrent,
-            source: source::INCOMING,
+            source: PeerSource::Incoming.mask(),
             addrs: vec![addr],
         });
         self.outbox[owner].push(WorkerMsg::Visited {

@@ -18,16 +18,6 @@ pub const PROGRESS_ONE: u16 = u16::MAX;
 /// `next_visit` value of a peer that is not scheduled (done, or waiting for a probe result).
 pub const NOT_SCHEDULED: u32 = u32::MAX;
 
-/// Where a peer's address came from (bit flags, several may be set).
-pub mod source {
-    pub const TRACKER_HTTP: u8 = 1;
-    pub const TRACKER_UDP: u8 = 2;
-    pub const DHT: u8 = 4;
-    pub const PEX: u8 = 8;
-    pub const INCOMING: u8 = 16;
-    pub const CONFIG: u8 = 32;
-}
-
 /// Per-peer state flags.
 pub mod flag {
     /// Seen at least once with progress below the threshold.
@@ -66,6 +56,7 @@ pub struct PeerEntry {
     /// measured over a few seconds need better than whole seconds.
     pub last_contact_cs: u32,
     pub flags: u8,
+    /// [`PeerSource`](crate::store::record::PeerSource) bits, one per source seen.
     pub sources: u8,
     /// Consecutive failed probes (saturating); drives the retry back-off.
     pub failures: u8,
@@ -222,6 +213,7 @@ impl PeerTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::record::PeerSource;
 
     fn addr(s: &str) -> SocketAddr {
         s.parse().unwrap()
@@ -235,24 +227,27 @@ mod tests {
     #[test]
     fn identity_is_torrent_ip_port() {
         let mut t = PeerTable::new(1000);
-        let a = t.insert(1, addr("1.2.3.4:6881"), source::TRACKER_HTTP, 5);
+        let a = t.insert(1, addr("1.2.3.4:6881"), PeerSource::TrackerHttp.mask(), 5);
         assert_eq!(a, Inserted::New(0));
         assert_eq!(
-            t.insert(1, addr("1.2.3.4:6881"), source::DHT, 9),
+            t.insert(1, addr("1.2.3.4:6881"), PeerSource::Dht.mask(), 9),
             Inserted::Existing(0)
         );
-        assert_eq!(t.get(0).sources, source::TRACKER_HTTP | source::DHT);
+        assert_eq!(
+            t.get(0).sources,
+            PeerSource::TrackerHttp.mask() | PeerSource::Dht.mask()
+        );
         assert_eq!(t.get(0).next_visit, 5, "a duplicate does not reschedule");
         assert_eq!(
-            t.insert(2, addr("1.2.3.4:6881"), source::DHT, 9),
+            t.insert(2, addr("1.2.3.4:6881"), PeerSource::Dht.mask(), 9),
             Inserted::New(1)
         );
         assert_eq!(
-            t.insert(1, addr("1.2.3.4:6882"), source::DHT, 9),
+            t.insert(1, addr("1.2.3.4:6882"), PeerSource::Dht.mask(), 9),
             Inserted::New(2)
         );
         assert_eq!(
-            t.insert(1, addr("[::1]:6881"), source::DHT, 9),
+            t.insert(1, addr("[::1]:6881"), PeerSource::Dht.mask(), 9),
             Inserted::New(3)
         );
         assert_eq!(t.get(3).addr(), addr("[::1]:6881"));

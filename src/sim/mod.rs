@@ -2,7 +2,6 @@
 //! finishing, some misbehaving, plus an HTTP and a UDP tracker), used by `swarmscan demo` and
 //! the end-to-end tests. Its ground truth (who crossed the threshold, when) is known exactly.
 
-pub mod demo;
 pub mod peers;
 pub mod tracker;
 

@@ -6,11 +6,34 @@
 //! the /24 (IPv4) or /48 (IPv6) network and `key` the keyed hash, so that two peers of one
 //! network stay two peers.
 
-use crate::config::IpMode;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::io::Read as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
+
+/// How peer IP addresses are written to the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IpMode {
+    /// The address as it is.
+    Full,
+    /// IPv4 /24 and IPv6 /48 networks only (peers are still told apart by a keyed hash).
+    Truncate,
+    /// A keyed HMAC-SHA256 of the address (hex); the key never leaves the key file.
+    Hmac,
+}
+
+impl IpMode {
+    /// The name used in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IpMode::Full => "full",
+            IpMode::Truncate => "truncate",
+            IpMode::Hmac => "hmac",
+        }
+    }
+}
 
 /// Length of an HMAC key.
 pub const KEY_LEN: usize = 32;

@@ -17,7 +17,7 @@
 //! use swarmscan::store::*;
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let config = Config::load(None, &["database=scan.sqlite".to_string()])?;
-//! let writer = Writer::start_from_config(&config)?;
+//! let writer = swarmscan::settings::start_writer(&config)?;
 //! // Registration waits for the row id (not on the probe loop).
 //! let torrent = writer.handle().register_torrent(TorrentRecord {
 //!     info_hash_v1: Some([0xab; 20]),
@@ -57,9 +57,9 @@
 //! ```
 
 pub mod anon;
+pub mod confirmation;
 pub mod record;
 pub mod report;
-pub mod rules;
 pub mod writer;
 
 pub use record::*;
@@ -491,7 +491,7 @@ impl Store {
             (
                 "HMAC key fingerprint",
                 "privacy.key_fingerprint",
-                if mode == crate::config::IpMode::Full {
+                if mode == anon::IpMode::Full {
                     String::new()
                 } else {
                     anonymizer.key_fingerprint()

@@ -73,6 +73,9 @@ pub enum PeerSource {
     Pex = 8,
     /// The peer connected to us.
     Incoming = 16,
+    /// Named by the input itself (a magnet's `x.pe`) or resumed from the database: not a
+    /// discovery source, so not in [`PeerSource::ALL`] nor in reports.
+    Config = 32,
 }
 
 impl PeerSource {
@@ -90,6 +93,11 @@ impl PeerSource {
         self as u8 as i64
     }
 
+    /// The bit in an in-memory source mask ([`PeerEntry::sources`](crate::scan::peer_table::PeerEntry)).
+    pub const fn mask(self) -> u8 {
+        self as u8
+    }
+
     /// Name used in reports and the database.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -98,6 +106,7 @@ impl PeerSource {
             PeerSource::Dht => "dht",
             PeerSource::Pex => "pex",
             PeerSource::Incoming => "incoming",
+            PeerSource::Config => "config",
         }
     }
 

@@ -931,7 +931,7 @@ fn writer_registers_torrents_and_starts_from_config() {
     let db = dir.path().join("c.sqlite");
     let config =
         crate::config::Config::load(None, &[format!("database={}", db.display())]).unwrap();
-    let writer = Writer::start_from_config(&config).unwrap();
+    let writer = crate::settings::start_writer(&config).unwrap();
     // The default mode is hmac, with a key created next to the database.
     assert_eq!(
         std::fs::read(dir.path().join("c.sqlite.key"))

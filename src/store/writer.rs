@@ -34,8 +34,8 @@
 //! thread drains continuously. WAL mode keeps the database intact.
 
 use super::anon::Anonymizer;
+use super::confirmation::{apply_contact, Contact, ProgressState};
 use super::record::*;
-use super::rules::{apply_contact, Contact, ProgressState};
 use super::{upsert_torrent, Store, StoreError};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -111,20 +111,6 @@ fn settle_same_download(
         ])?;
     }
     Ok(())
-}
-
-impl WriterOptions {
-    /// Settings from `[store]` and `peer.threshold`.
-    pub fn from_config(config: &crate::config::Config) -> WriterOptions {
-        WriterOptions {
-            batch_rows: config.store.batch_rows,
-            batch_ms: config.store.batch_ms,
-            channel_capacity: config.store.channel_capacity,
-            threshold: config.peer.threshold,
-            unwritable: Duration::try_from_secs_f64(config.store.unwritable_secs)
-                .unwrap_or(Duration::from_secs(365 * 86_400)),
-        }
-    }
 }
 
 /// Commit latency bounds of [`WriterMetrics::commit_seconds`], seconds.
@@ -285,21 +271,11 @@ impl Writer {
         })
     }
 
-    /// Opens `config.database`, loads the anonymiser key, starts the writer.
-    pub fn start_from_config(config: &crate::config::Config) -> Result<Writer, StoreError> {
-        Writer::start_with(
-            &config.database,
-            config.privacy.ip,
-            &config.hmac_key_path(),
-            WriterOptions::from_config(config),
-        )
-    }
-
     /// Opens `database`, loads the anonymiser key from `key_file` (`privacy.ip` = `mode`),
     /// starts the writer.
     pub fn start_with(
         database: &std::path::Path,
-        mode: crate::config::IpMode,
+        mode: super::anon::IpMode,
         key_file: &std::path::Path,
         options: WriterOptions,
     ) -> Result<Writer, StoreError> {

@@ -56,7 +56,11 @@ pub struct BufRing {
 
 impl BufRing {
     /// Registers `entries` (power of two, ≤ 32768) buffers of `buf_size` bytes as group `group`.
-    pub fn register(
+    ///
+    /// # Safety
+    /// The kernel writes into this memory until the ring is torn down: the caller must keep
+    /// the returned `BufRing` alive until `ring` is dropped (or the group unregistered).
+    pub unsafe fn register(
         ring: &IoUring,
         group: u16,
         entries: u16,
@@ -81,8 +85,8 @@ impl BufRing {
             tail: 0,
         };
         // Safety: the ring memory is page aligned, sized for `entries` entries and lives as long
-        // as `this`; the owner drops `BufRing` only after the io_uring (see Worker field order)
-        // or unregisters first.
+        // as `this`, which our caller keeps alive as long as the io_uring (this function's
+        // contract).
         unsafe {
             ring.submitter()
                 .register_buf_ring_with_flags(this.ring.ptr as u64, entries, group, 0)
@@ -105,31 +109,17 @@ impl BufRing {
         self.group
     }
 
-    /// Size of each buffer.
-    pub fn buf_size(&self) -> u32 {
-        self.buf_size
-    }
-
-    /// Number of buffers.
-    pub fn entries(&self) -> u16 {
-        self.entries
-    }
-
-    /// Total bytes of receive memory held by this ring.
-    pub fn memory_bytes(&self) -> usize {
-        self.ring.len + self.buffers.len
-    }
-
     /// The first `len` bytes of buffer `bid`, as filled by the kernel.
     ///
-    /// The caller must only ask for a buffer the kernel just handed out in a completion and
-    /// must give it back with [`BufRing::recycle`] after use.
-    pub fn data(&self, bid: u16, len: usize) -> &[u8] {
+    /// # Safety
+    /// `bid` must be a buffer the kernel just handed out in a completion and not yet given
+    /// back with [`BufRing::recycle`]; otherwise the kernel may be writing it meanwhile.
+    pub unsafe fn data(&self, bid: u16, len: usize) -> &[u8] {
         let bid = (bid % self.entries) as usize;
         let len = len.min(self.buf_size as usize);
         // Safety: bid < entries and len ≤ buf_size, so the range lies inside the mapping; the
-        // kernel has finished writing this buffer (its completion was posted) and will not
-        // reuse it until we recycle it.
+        // kernel has finished writing this buffer (its completion was posted, this function's
+        // contract) and will not reuse it until we recycle it.
         unsafe {
             std::slice::from_raw_parts(self.buffers.ptr.add(bid * self.buf_size as usize), len)
         }

@@ -44,7 +44,7 @@
 //! }
 //! ```
 
-pub mod buf_ring;
+mod buf_ring;
 pub mod conversation;
 pub mod exchange;
 pub mod net;

@@ -245,6 +245,48 @@ struct Slot<C> {
     queued: Vec<u8>,
 }
 
+impl<C> Slot<C> {
+    /// A probe we dial: its socket is still to be created (one operation pending).
+    fn outgoing(conv: C, token: u64, peer: SocketAddr, now: Millis) -> Slot<C> {
+        Slot {
+            pending: 1,
+            ..Slot::new(conv, token, peer, -1, State::Socket, now)
+        }
+    }
+
+    /// A connection a listener accepted: open now, on `fd`.
+    fn accepted(conv: C, token: u64, peer: SocketAddr, fd: RawFd, now: Millis) -> Slot<C> {
+        Slot {
+            incoming: true,
+            connected_at: Some(now),
+            ..Slot::new(conv, token, peer, fd, State::Open, now)
+        }
+    }
+
+    fn new(conv: C, token: u64, peer: SocketAddr, fd: RawFd, state: State, now: Millis) -> Slot<C> {
+        Slot {
+            conv: Some(conv),
+            token,
+            peer,
+            addr: RawSockAddr::new(peer),
+            fd,
+            state,
+            incoming: false,
+            held: false,
+            pending: 0,
+            recv_armed: false,
+            send_in_flight: false,
+            close_after_send: false,
+            started: now,
+            connected_at: None,
+            timer_at: Millis::MAX,
+            sending: Vec::new(),
+            send_offset: 0,
+            queued: Vec::new(),
+        }
+    }
+}
+
 struct Listener {
     socket: socket2::Socket,
     armed: bool,
@@ -310,12 +352,16 @@ impl<C: Conversation> Worker<C> {
             net::pin_current_thread(cpu)?;
         }
         let (ring, flags): (IoUring, RingFlags) = ring::build_ring(cfg.ring_entries)?;
-        let bufs = BufRing::register(
-            &ring,
-            cfg.index as u16,
-            cfg.recv_buffers,
-            cfg.recv_buffer_size,
-        )?;
+        // Safety: `bufs` is kept in a ManuallyDrop field of the worker and freed only after the
+        // group is unregistered (Worker's Drop), or never when operations may still use it.
+        let bufs = unsafe {
+            BufRing::register(
+                &ring,
+                cfg.index as u16,
+                cfg.recv_buffers,
+                cfg.recv_buffer_size,
+            )
+        }?;
         let mut listeners = Vec::new();
         for addr in &cfg.listen {
             let socket = net::reuseport_listener(*addr, 4096)
@@ -606,26 +652,7 @@ impl<C: Conversation> Worker<C> {
     }
 
     fn start_probe(&mut self, req: ProbeRequest<C>, now: Millis) {
-        let slot = Slot {
-            conv: Some(req.conv),
-            token: req.token,
-            peer: req.addr,
-            addr: RawSockAddr::new(req.addr),
-            fd: -1,
-            state: State::Socket,
-            incoming: false,
-            held: false,
-            pending: 1,
-            recv_armed: false,
-            send_in_flight: false,
-            close_after_send: false,
-            started: now,
-            connected_at: None,
-            timer_at: Millis::MAX,
-            sending: Vec::new(),
-            send_offset: 0,
-            queued: Vec::new(),
-        };
+        let slot = Slot::outgoing(req.conv, req.token, req.addr, now);
         let domain = net::family(&req.addr);
         let (index, generation) = match self.slots.insert(slot) {
             Ok(h) => h,
@@ -847,26 +874,7 @@ impl<C: Conversation> Worker<C> {
             self.push(&[close]);
             return;
         };
-        let slot = Slot {
-            conv: Some(conv),
-            token,
-            peer: remote,
-            addr: RawSockAddr::new(remote),
-            fd,
-            state: State::Open,
-            incoming: true,
-            held: false,
-            pending: 0,
-            recv_armed: false,
-            send_in_flight: false,
-            close_after_send: false,
-            started: now,
-            connected_at: Some(now),
-            timer_at: Millis::MAX,
-            sending: Vec::new(),
-            send_offset: 0,
-            queued: Vec::new(),
-        };
+        let slot = Slot::accepted(conv, token, remote, fd, now);
         let Ok((i, g)) = self.slots.insert(slot) else {
             unreachable!("checked not full")
         };
@@ -965,7 +973,9 @@ impl<C: Conversation> Worker<C> {
         let Some(bid) = bid else { return };
         self.scratch.clear();
         let mut scratch = std::mem::take(&mut self.scratch);
-        let data = self.bufs.data(bid, res as usize);
+        // Safety: `bid` comes from this completion; the caller recycles it only after we
+        // return, when the conversation is done reading it.
+        let data = unsafe { self.bufs.data(bid, res as usize) };
         let slot = self.slots.get_mut(i, g).expect("live");
         let verdict = slot
             .conv

@@ -4,9 +4,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{SimOptions, SimSwarm};
 use crate::config::{Config, ConfigArgs};
-use crate::run::{run_scan, RunOptions, TorrentInput};
+use crate::inputs::TorrentInput;
+use crate::session::{run_scan, RunOptions};
+use crate::sim::{SimOptions, SimSwarm};
 
 #[derive(clap::Args, Debug)]
 pub struct DemoArgs {
