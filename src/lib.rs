@@ -1,8 +1,11 @@
 //! swarmscan: a BitTorrent measurement scanner that counts confirmed downloads.
 //!
-//! `proto` is pure protocol code (bytes in, bytes/events out; no sockets, threads or clocks);
-//! `engine` is the only code that touches io_uring, sockets and time; `scan` decides what to
-//! probe and when; `store` owns the SQLite database.
+//! The application crate of a three-crate workspace (map: `docs/DESIGN.md`, section 0):
+//! [`proto`] (`swarmscan-proto`) is pure protocol code (bytes in, bytes/events out; no
+//! sockets, threads or clocks); [`engine`] (`swarmscan-engine`) drives io_uring and the
+//! probes' sockets and knows nothing of BitTorrent; here, [`scan`] decides what to probe and
+//! when, [`store`] owns the SQLite database, [`session`] runs a scan end to end, [`cli`] holds
+//! the commands.
 
 pub mod bench;
 pub mod cli;

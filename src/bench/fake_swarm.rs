@@ -29,7 +29,7 @@ use crate::engine::wheel::{TimerEntry, TimerWheel};
 use crate::engine::Millis;
 use crate::proto::mse;
 
-use super::conv::{handshake, HANDSHAKE_LEN};
+use super::handshake::{handshake, HANDSHAKE_LEN};
 
 /// Fake swarm settings.
 #[derive(Debug, Clone)]

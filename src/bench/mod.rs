@@ -1,5 +1,6 @@
-//! Probe throughput benchmark: a fake swarm in a child process, the real engine with
-//! [`BenchConversation`], and the kernel floor (cheapest possible loop) in the same run.
+//! Probe throughput benchmark: a fake swarm in a child process, the real engine running the
+//! scan's own probe ([`ProbeConv`](crate::scan::driver::ProbeConv)), and the kernel floor
+//! (cheapest possible loop) in the same run.
 //!
 //! `swarmscan bench probes --seconds 10 --peers 20000 --in-flight 1000 --workers 2 --json`
 //!
@@ -7,9 +8,8 @@
 //! (the fake swarm answers as an MSE responder), and a micro-measurement of the DH
 //! exponentiation: encrypted and plaintext probes/s come from the same run.
 
-pub mod conv;
 pub mod fake_swarm;
-pub mod floor;
+pub mod handshake;
 pub mod watch;
 
 use std::io::{BufRead, BufReader, Read};
@@ -21,8 +21,6 @@ use std::time::{Duration, Instant};
 
 use crate::engine::{self, Ending, EngineConfig, Millis, ProbeDone, ProbeRequest, WorkerDriver};
 use crate::limits;
-
-pub use conv::{BenchConversation, BenchOutcome};
 
 /// Most fake peers: distinct addresses from 127.10.0.1 to 127.255.255.255.
 pub const MAX_FAKE_PEERS: u64 = 0x00F5_FFFE;
@@ -523,7 +521,7 @@ fn floor_phase(
     secs: f64,
     first: u64,
 ) -> std::io::Result<(u64, u64, f64)> {
-    let answer_len = conv::HANDSHAKE_LEN + 5 + args.pieces.div_ceil(8) as usize;
+    let answer_len = handshake::HANDSHAKE_LEN + 5 + args.pieces.div_ceil(8) as usize;
     let stop = AtomicBool::new(false);
     let done = AtomicU64::new(0);
     let errors = AtomicU64::new(0);
@@ -541,8 +539,10 @@ fn floor_phase(
                         let _ = engine::net::pin_current_thread(w);
                     }
                     let peer = move |i: u64| peer_addr(i, peers, port);
-                    floor::run(
+                    let request = handshake::handshake(&BENCH_INFO_HASH, b"-SS0001-floorfloorfl");
+                    engine::floor::run(
                         per,
+                        &request,
                         answer_len,
                         &peer,
                         first + w as u64 * 1_000_000,

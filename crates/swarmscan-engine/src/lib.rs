@@ -47,6 +47,7 @@
 mod buf_ring;
 pub mod conversation;
 pub mod exchange;
+pub mod floor;
 pub mod net;
 pub mod rate;
 pub mod ring;

@@ -1,6 +1,8 @@
-//! The kernel floor: the cheapest connect / send handshake / read answer / close loop we can
+//! The kernel floor: the cheapest connect / send request / read answer / close loop we can
 //! write with io_uring — no slab, no generations, no wheel, no conversation, no accounting
-//! beyond a counter. The engine's throughput is reported relative to this.
+//! beyond a counter. Benchmarks report the engine's throughput relative to this, measured in
+//! the same run against the same server (`swarmscan bench probes` with BitTorrent
+//! handshakes, this crate's `benches/exchange_floor.rs` with an [`Exchange`](crate::exchange)).
 
 use std::io;
 use std::net::SocketAddr;
@@ -8,9 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use io_uring::{opcode, types, IoUring};
 
-use crate::engine::net::{self, RawSockAddr};
-
-use super::conv::handshake;
+use crate::net::{self, RawSockAddr};
 
 const OP_CONNECT: u64 = 1;
 const OP_SEND: u64 = 2;
@@ -26,10 +26,13 @@ struct FloorSlot {
     buf: [u8; 512],
 }
 
-/// Runs `slots` probes in flight against `peer(i)` until `stop`; adds completed probes
-/// (full answer of `answer_len` bytes read) to `done` and failures to `errors`.
+/// Runs `slots` exchanges in flight against `peer(i)` (IPv4) until `stop`: each connects,
+/// sends `request`, reads until `answer_len` bytes arrived and closes with a reset. Adds
+/// completed exchanges to `done` and failures to `errors`.
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     slots: usize,
+    request: &[u8],
     answer_len: usize,
     peer: &dyn Fn(u64) -> SocketAddr,
     first_peer: u64,
@@ -41,7 +44,7 @@ pub fn run(
         .setup_single_issuer()
         .setup_defer_taskrun()
         .build((slots as u32 * 2).next_power_of_two().max(64))?;
-    let hs = handshake(&[0xAB; 20], b"-SS0001-floorfloorfl");
+    let hs = request;
     let mut table: Vec<FloorSlot> = (0..slots)
         .map(|_| FloorSlot {
             fd: -1,
