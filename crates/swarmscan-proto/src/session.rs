@@ -104,6 +104,9 @@ pub struct PeerSession {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PlainTap {
     pub chunks: Vec<TapChunk>,
+    /// Our handshake while it rides in an MSE handshake not done yet (it is in the tap once
+    /// the peer has it: a failed MSE handshake shows none).
+    in_mse: Vec<u8>,
 }
 
 /// Bytes that went one way at one time (see [`PlainTap`]).
@@ -302,7 +305,9 @@ impl PeerSession {
         }
         let mut handshake = Vec::new();
         self.probe.on_connected(env.settings, now, &mut handshake);
-        self.record(now, true, &handshake);
+        if let Some(tap) = &mut self.tap {
+            tap.in_mse.clone_from(&handshake);
+        }
         let info_hash = self.probe.report().info_hash.unwrap_or_default();
         match mse::Initiator::new(
             info_hash,
@@ -342,6 +347,10 @@ impl PeerSession {
                 Ok(mse::Progress::Done(done)) => {
                     self.probe.set_mse(crypto_name(done.crypto));
                     self.layer = Layer::Stream(Box::new(done.stream));
+                    if let Some(tap) = &mut self.tap {
+                        let handshake = std::mem::take(&mut tap.in_mse);
+                        self.record(now, true, &handshake);
+                    }
                     self.feed(env, now, &done.payload, send)
                 }
                 Err(e) => self.mse_failed(now, e),

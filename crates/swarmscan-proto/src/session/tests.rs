@@ -432,6 +432,12 @@ fn tap_keeps_the_plaintext_of_an_encrypted_session() {
     // Off by default: nothing kept.
     let (o, ..) = mse_outgoing_run(Crypto::Rc4, 1000, 0, &peer);
     assert!(o.session.tap().is_none());
+
+    // An MSE handshake the peer hangs up on: our handshake never reached it, so none is shown.
+    let mut o = Owner::new(PeerSession::outgoing(HASH, PIECES, 0).with_mse().with_tap());
+    assert!(!o.connect(1).is_empty());
+    o.session.on_closed(2, None);
+    assert_eq!(o.session.tap().unwrap().chunks, vec![]);
 }
 
 #[test]
