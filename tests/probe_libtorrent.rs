@@ -1,5 +1,6 @@
-//! `swarmscan probe` against a real libtorrent seeder: by .torrent-less info-hash only, so
-//! the probe must fetch the metadata (BEP 9) to learn the piece count and measure progress.
+//! `swarmscan probe` against real libtorrent peers: by .torrent-less info-hash only, so the
+//! probe must fetch the metadata (BEP 9) to learn the piece count and measure progress; and
+//! over MSE/PE, as the scan talks to a peer that requires encryption.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -17,11 +18,24 @@ use common::python_with_libtorrent as python;
 
 /// Starts a libtorrent seeder of `pieces` pieces; `encryption` is "plain" or "forced".
 fn seeder(pieces: u32, encryption: &str) -> (Kill, serde_json::Value) {
+    let (child, info) = peer(pieces, encryption, 0);
+    assert_eq!(info["seeding"], true);
+    (child, info)
+}
+
+/// Starts a libtorrent peer of `pieces` pieces that lacks `missing` of them; `encryption` is
+/// "plain", "forced" or "forced-rc4" (see tests/data/lt_probe_target.py).
+fn peer(pieces: u32, encryption: &str, missing: u32) -> (Kill, serde_json::Value) {
     let py = python();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/lt_probe_target.py");
     let mut child = Kill(
         Command::new(&py)
-            .args([script, &pieces.to_string(), encryption])
+            .args([
+                script,
+                &pieces.to_string(),
+                encryption,
+                &missing.to_string(),
+            ])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -31,9 +45,116 @@ fn seeder(pieces: u32, encryption: &str) -> (Kill, serde_json::Value) {
     BufReader::new(child.0.stdout.as_mut().unwrap())
         .read_line(&mut line)
         .unwrap();
-    let info: serde_json::Value = serde_json::from_str(&line).expect("seeder's JSON line");
-    assert_eq!(info["seeding"], true);
+    let info: serde_json::Value = serde_json::from_str(&line).expect("peer's JSON line");
+    assert_eq!(
+        info["pieces_have"].as_u64(),
+        Some(u64::from(pieces - missing)),
+        "{info}"
+    );
     (child, info)
+}
+
+fn probe(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_swarmscan"))
+        .arg("probe")
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A partial peer that accepts only RC4-encrypted connections: on the defaults (`fallback`)
+/// the probe is hung up on in plaintext, retries over MSE/PE as a scan does, and shows the
+/// decrypted conversation: the peer's bitfield and its progress.
+#[test]
+fn probe_talks_mse_to_a_peer_that_requires_it() {
+    let (_peer, info) = peer(50, "forced-rc4", 20);
+    let hash = info["info_hash"].as_str().unwrap();
+    let addr = format!("127.0.0.1:{}", info["port"]);
+
+    let (code, text, err) = probe(&[&addr, hash, "--pieces", "50"]);
+    assert_eq!(code, Some(0), "{text}{err}");
+    let mut at = 0;
+    for needle in [
+        "(plaintext, attempt 1 of the probe)",
+        "PeerClosed: the peer hung up on plaintext, trying MSE/PE",
+        "(MSE/PE (RC4 or plaintext offered), attempt 2 of the probe)",
+        "connected; MSE/PE handshake done: RC4-encrypted stream",
+        "-> handshake",
+        "<- handshake",
+        "<- bitfield (7 bytes, 30 bits set)",
+        "end: Answered; progress 60.0% (30 of 50 pieces, from Bitfield)",
+        "transport mse (rc4); attempts 2",
+    ] {
+        match text[at..].find(needle) {
+            Some(i) => at += i + needle.len(),
+            None => panic!("missing {needle:?} (in this order) in:\n{text}"),
+        }
+    }
+
+    // MSE from the start: one connection.
+    let (code, text, err) = probe(&[&addr, hash, "--encryption", "require", "--json"]);
+    assert_eq!(code, Some(0), "{text}{err}");
+    let r: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        (&r["transport"], &r["mse"], &r["attempts"]),
+        (&"mse".into(), &"rc4".into(), &1.into()),
+        "{r}"
+    );
+    assert_eq!(
+        (r["pieces_have"].as_u64(), r["piece_count"].as_u64()),
+        (Some(30), Some(50)),
+        "the piece count from the metadata, fetched over RC4: {r}"
+    );
+}
+
+/// `--encryption require` against a peer that refuses MSE/PE: one failed attempt, said
+/// plainly, no plaintext retry, exit code 1.
+#[test]
+fn probe_requiring_encryption_fails_clearly_against_a_plaintext_only_peer() {
+    let (_seeder, info) = seeder(20, "plain");
+    let hash = info["info_hash"].as_str().unwrap();
+    let addr = format!("127.0.0.1:{}", info["port"]);
+    let (code, text, err) = probe(&[&addr, hash, "--encryption", "require"]);
+    assert_eq!(code, Some(1), "{text}{err}");
+    for needle in [
+        "attempt 1 of the probe",
+        "MSE/PE failed and encryption is \"require\": no plaintext retry",
+        "transport mse; attempts 1",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
+    assert!(!text.contains("attempt 2"), "{text}");
+    assert!(!text.contains("<- handshake"), "{text}");
+    let (code, text, _) = probe(&[&addr, hash, "--encryption", "require", "--json"]);
+    assert_eq!(code, Some(1));
+    let r: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(r["handshake"], false, "{r}");
+    assert_eq!(
+        (&r["transport"], &r["attempts"]),
+        (&"mse".into(), &1.into())
+    );
+}
+
+/// A wrong `--encryption` is refused before anything is dialled, naming the flag and values.
+#[test]
+fn probe_refuses_an_unknown_encryption_mode() {
+    let (code, text, err) = probe(&[
+        "127.0.0.1:9",
+        "0123456789abcdef0123456789abcdef01234567",
+        "--encryption",
+        "always",
+    ]);
+    assert_eq!(code, Some(2), "{text}{err}");
+    assert!(text.is_empty(), "{text}");
+    assert!(
+        err.contains("--encryption") && err.contains("off, fallback, prefer, require"),
+        "{err}"
+    );
 }
 
 #[test]

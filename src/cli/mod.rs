@@ -3,6 +3,7 @@
 pub mod config_cmd;
 pub mod demo_cmd;
 pub mod inspect;
+pub mod probe_cmd;
 pub mod report_cmd;
 pub mod run_cmd;
 
@@ -28,7 +29,7 @@ enum Command {
     /// Add torrents to the database (scanned by every later `run` on it).
     Add(run_cmd::AddArgs),
     /// Probe one peer once and print the decoded conversation, like a capture.
-    Probe(run_cmd::ProbeArgs),
+    Probe(probe_cmd::ProbeArgs),
     /// Show what a torrent file, magnet link or info-hash contains.
     Inspect(inspect::InspectArgs),
     /// Benchmarks: probe throughput of the engine against a fake swarm.
@@ -56,7 +57,7 @@ pub fn main() -> i32 {
         Command::Demo(args) => demo_cmd::run(&args),
         Command::Run(args) => run_cmd::run(&args),
         Command::Add(args) => run_cmd::add(&args),
-        Command::Probe(args) => run_cmd::probe(&args),
+        Command::Probe(args) => probe_cmd::probe(&args),
         Command::Inspect(args) => inspect::run(&args),
         Command::Bench(args) => crate::bench::run(&args),
         Command::Config(args) => config_cmd::run(&args),

@@ -70,6 +70,12 @@ impl ProbeConv {
         }
     }
 
+    /// See [`PeerSession::with_tap`].
+    pub fn with_tap(mut self) -> ProbeConv {
+        self.session = self.session.with_tap();
+        self
+    }
+
     /// See [`PeerSession::without_grace`].
     pub fn without_grace(mut self) -> ProbeConv {
         self.session = self.session.without_grace();
@@ -474,12 +480,7 @@ impl ScanDriver {
 
     /// Whether the next probe of a peer with these flags uses MSE.
     fn use_mse(&self, flags: u8) -> bool {
-        match self.encryption {
-            Encryption::Off => false,
-            Encryption::Require => true,
-            Encryption::Prefer => flags & flag::MSE_FAILED == 0,
-            Encryption::Fallback => flags & flag::USE_MSE != 0 && flags & flag::MSE_FAILED == 0,
-        }
+        use_mse(self.encryption, flags)
     }
 
     pub fn table(&self) -> &PeerTable {
@@ -1249,14 +1250,8 @@ impl WorkerDriver for ScanDriver {
         }
         let kind = done.conv.kind;
         let mse_attempted = done.conv.mse_attempted();
-        // A peer that hangs up on our plaintext handshake right after connecting usually
-        // requires encryption (libtorrent's "forced" policy does exactly this); one whose MSE
-        // handshake fails gets plaintext. Either way it is retried at once, the other way.
-        let Fallback {
-            hung_up,
-            mse_failed,
-            silent: connected_but_silent,
-        } = done.conv.session().fallback();
+        // Retried at once the other way where the setting allows (see `retry_other_way`).
+        let fallback = done.conv.session().fallback();
         let report = done.conv.into_report();
         if report.metadata_failed {
             self.no_metadata.insert(idx);
@@ -1265,18 +1260,13 @@ impl WorkerDriver for ScanDriver {
         self.apply_visit(idx, report, kind, at, done.connect_ms, true);
         let secs = Self::secs(now);
         let p = self.table.get_mut(idx);
-        let retry = if mse_failed && self.encryption != Encryption::Require {
-            p.flags |= flag::MSE_FAILED;
-            true
-        } else if hung_up
-            && !mse_attempted
-            && self.encryption == Encryption::Fallback
-            && p.flags & (flag::USE_MSE | flag::MSE_FAILED) == 0
+        let retry = if let Some(flags) =
+            retry_other_way(self.encryption, p.flags, fallback, mse_attempted)
         {
-            p.flags |= flag::USE_MSE;
+            p.flags = flags;
             true
         } else {
-            if connected_but_silent && p.failures >= 2 && p.failures % 2 == 0 {
+            if fallback.silent && p.failures >= 2 && p.failures % 2 == 0 {
                 // Transport memory is a guess: after two failures in a row on a connection
                 // that came up, the other way is tried (at the back-off, not at once).
                 p.flags = other_encryption(self.encryption, p.flags);
@@ -1344,6 +1334,40 @@ impl WorkerDriver for ScanDriver {
 
     fn should_stop(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
+    }
+}
+
+/// Whether the next probe of a peer with these encryption flags (`flag::USE_MSE`,
+/// `flag::MSE_FAILED`) uses MSE under `net.encryption`.
+pub fn use_mse(encryption: Encryption, flags: u8) -> bool {
+    match encryption {
+        Encryption::Off => false,
+        Encryption::Require => true,
+        Encryption::Prefer => flags & flag::MSE_FAILED == 0,
+        Encryption::Fallback => flags & flag::USE_MSE != 0 && flags & flag::MSE_FAILED == 0,
+    }
+}
+
+/// After a probe that ended as `fallback` says: the peer's new encryption flags when it is to
+/// be tried again at once the other way, None when not. A peer that hangs up on our plaintext
+/// handshake right after connecting usually requires encryption (libtorrent's "forced"
+/// policy does exactly this); one whose MSE handshake fails gets plaintext.
+pub fn retry_other_way(
+    encryption: Encryption,
+    flags: u8,
+    fallback: Fallback,
+    mse_attempted: bool,
+) -> Option<u8> {
+    if fallback.mse_failed && encryption != Encryption::Require {
+        Some(flags | flag::MSE_FAILED)
+    } else if fallback.hung_up
+        && !mse_attempted
+        && encryption == Encryption::Fallback
+        && flags & (flag::USE_MSE | flag::MSE_FAILED) == 0
+    {
+        Some(flags | flag::USE_MSE)
+    } else {
+        None
     }
 }
 
@@ -1480,6 +1504,39 @@ mod tests {
     #[test]
     fn session_errno_matches_libc() {
         assert_eq!(crate::proto::session::ECONNRESET, libc::ECONNRESET);
+    }
+
+    /// The ways a first visit tries, in order, against a peer that hangs up on plaintext
+    /// (requires MSE) or on MSE (plaintext only), under each setting.
+    #[test]
+    fn immediate_retries_go_the_other_way_where_the_setting_allows() {
+        let tries = |encryption, peer_wants_mse: bool| {
+            let mut flags = 0;
+            let mut ways = Vec::new();
+            for _ in 0..5 {
+                let mse = use_mse(encryption, flags);
+                ways.push(if mse { "mse" } else { "plain" });
+                if mse == peer_wants_mse {
+                    break;
+                }
+                let fallback = Fallback {
+                    hung_up: true,
+                    mse_failed: mse,
+                    silent: true,
+                };
+                match retry_other_way(encryption, flags, fallback, mse) {
+                    Some(f) => flags = f,
+                    None => break,
+                }
+            }
+            ways
+        };
+        assert_eq!(tries(Encryption::Fallback, true), ["plain", "mse"]);
+        assert_eq!(tries(Encryption::Fallback, false), ["plain"]);
+        assert_eq!(tries(Encryption::Prefer, true), ["mse"]);
+        assert_eq!(tries(Encryption::Prefer, false), ["mse", "plain"]);
+        assert_eq!(tries(Encryption::Require, false), ["mse"]);
+        assert_eq!(tries(Encryption::Off, true), ["plain"]);
     }
 
     #[test]

@@ -93,6 +93,28 @@ pub struct PeerSession {
     connected_at: Option<Millis>,
     /// The owner kept it open to watch the peer (it stays true after the watch ends).
     was_watched: bool,
+    /// The plaintext both ways, when the owner asked for it.
+    tap: Option<Box<PlainTap>>,
+}
+
+/// The plaintext BitTorrent bytes of one session, both directions, with the owner's time:
+/// what a capture of the connection would show were it unencrypted (the MSE handshake and the
+/// cipher are not in it). Kept only when asked for ([`PeerSession::with_tap`]; `swarmscan
+/// probe` prints it): a scan's sessions have none and pay one branch per call for it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PlainTap {
+    pub chunks: Vec<TapChunk>,
+    /// Our handshake while it rides in an MSE handshake not done yet (it is in the tap once
+    /// the peer has it: a failed MSE handshake shows none).
+    in_mse: Vec<u8>,
+}
+
+/// Bytes that went one way at one time (see [`PlainTap`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TapChunk {
+    pub at: Millis,
+    pub outgoing: bool,
+    pub bytes: Vec<u8>,
 }
 
 /// What a finished session showed about how to reach the peer next time. The owner's policy
@@ -130,6 +152,7 @@ impl PeerSession {
             created_at: now,
             connected_at: None,
             was_watched: false,
+            tap: None,
         }
     }
 
@@ -142,6 +165,7 @@ impl PeerSession {
             created_at: now,
             connected_at: Some(now),
             was_watched: false,
+            tap: None,
         }
     }
 
@@ -150,6 +174,17 @@ impl PeerSession {
     pub fn with_mse(mut self) -> PeerSession {
         self.mse_attempted = true;
         self
+    }
+
+    /// Keep the plaintext BitTorrent bytes both ways (see [`PlainTap`]).
+    pub fn with_tap(mut self) -> PeerSession {
+        self.tap = Some(Box::default());
+        self
+    }
+
+    /// The plaintext kept so far, if [`PeerSession::with_tap`].
+    pub fn tap(&self) -> Option<&PlainTap> {
+        self.tap.as_deref()
     }
 
     /// See [`Probe::without_grace`].
@@ -226,7 +261,7 @@ impl PeerSession {
     pub fn stop(&mut self, settings: &ProbeSettings, now: Millis, send: &mut Vec<u8>) {
         let start = send.len();
         self.probe.stop(settings, now, send);
-        self.encrypt_tail(send, start);
+        self.encrypt_tail(now, send, start);
     }
 
     pub fn report(&self) -> &ProbeReport {
@@ -263,11 +298,16 @@ impl PeerSession {
     pub fn on_connected(&mut self, env: &mut SessionEnv<'_>, now: Millis, send: &mut Vec<u8>) {
         self.connected_at = Some(now);
         if !self.mse_attempted {
+            let start = send.len();
             self.probe.on_connected(env.settings, now, send);
+            self.record(now, true, &send[start..]);
             return;
         }
         let mut handshake = Vec::new();
         self.probe.on_connected(env.settings, now, &mut handshake);
+        if let Some(tap) = &mut self.tap {
+            tap.in_mse.clone_from(&handshake);
+        }
         let info_hash = self.probe.report().info_hash.unwrap_or_default();
         match mse::Initiator::new(
             info_hash,
@@ -307,6 +347,10 @@ impl PeerSession {
                 Ok(mse::Progress::Done(done)) => {
                     self.probe.set_mse(crypto_name(done.crypto));
                     self.layer = Layer::Stream(Box::new(done.stream));
+                    if let Some(tap) = &mut self.tap {
+                        let handshake = std::mem::take(&mut tap.in_mse);
+                        self.record(now, true, &handshake);
+                    }
                     self.feed(env, now, &done.payload, send)
                 }
                 Err(e) => self.mse_failed(now, e),
@@ -377,7 +421,7 @@ impl PeerSession {
     ) -> Step {
         let start = send.len();
         let step = self.probe.on_deadline(settings, now, send);
-        self.encrypt_tail(send, start);
+        self.encrypt_tail(now, send, start);
         step
     }
 
@@ -394,10 +438,12 @@ impl PeerSession {
         plain: &[u8],
         send: &mut Vec<u8>,
     ) -> Step {
+        self.record(now, false, plain);
         let start = send.len();
         let step = self
             .probe
             .on_bytes(env.settings, env.lookup, now, plain, send);
+        self.record(now, true, &send[start..]);
         if let Layer::Stream(stream) = &mut self.layer {
             stream.encrypt(&mut send[start..]);
         }
@@ -406,11 +452,24 @@ impl PeerSession {
 
     /// Encrypts what was appended from `start` when the stream is encrypted; drops it while an
     /// MSE handshake is still under way (nothing may go out in the clear then).
-    fn encrypt_tail(&mut self, send: &mut Vec<u8>, start: usize) {
+    fn encrypt_tail(&mut self, now: Millis, send: &mut Vec<u8>, start: usize) {
         match &mut self.layer {
-            Layer::Stream(stream) => stream.encrypt(&mut send[start..]),
-            Layer::Plain => {}
+            Layer::Stream(_) | Layer::Plain => self.record(now, true, &send[start..]),
             _ => send.truncate(start),
+        }
+        if let Layer::Stream(stream) = &mut self.layer {
+            stream.encrypt(&mut send[start..]);
+        }
+    }
+
+    /// Keeps plaintext in the tap, if there is one.
+    fn record(&mut self, now: Millis, outgoing: bool, bytes: &[u8]) {
+        if let (Some(tap), false) = (&mut self.tap, bytes.is_empty()) {
+            tap.chunks.push(TapChunk {
+                at: now,
+                outgoing,
+                bytes: bytes.to_vec(),
+            });
         }
     }
 

@@ -253,7 +253,19 @@ fn mse_outgoing_run(
     pad_len: usize,
     peer_plain: &[u8],
 ) -> (Owner, MseStream, Vec<u8>) {
-    let mut o = Owner::new(PeerSession::outgoing(HASH, PIECES, 0).with_mse());
+    let session = PeerSession::outgoing(HASH, PIECES, 0).with_mse();
+    mse_outgoing_run_of(session, prefer, chunk, pad_len, peer_plain)
+}
+
+/// [`mse_outgoing_run`] of a given outgoing MSE session.
+fn mse_outgoing_run_of(
+    session: PeerSession,
+    prefer: Crypto,
+    chunk: usize,
+    pad_len: usize,
+    peer_plain: &[u8],
+) -> (Owner, MseStream, Vec<u8>) {
+    let mut o = Owner::new(session);
     o.mse.pad_len = pad_len;
     let step1 = o.connect(0);
     assert_eq!(
@@ -383,6 +395,73 @@ fn mse_incoming_run(provide: CryptoSet, chunk: usize) -> (Owner, MseStream, Vec<
     }
     let done = done.expect("initiator done");
     (o, done.stream, done.payload)
+}
+
+/// The tap keeps the plaintext both ways: what the probe sent and read, not the MSE handshake
+/// or the ciphertext on the wire.
+#[test]
+fn tap_keeps_the_plaintext_of_an_encrypted_session() {
+    let mut peer = peer_handshake(&HASH);
+    peer.extend(peer_progress());
+    let session = PeerSession::outgoing(HASH, PIECES, 0).with_mse().with_tap();
+    let (mut o, mut stream, after) = mse_outgoing_run_of(session, Crypto::Rc4, 5, 0, &peer);
+    let mut wire_tail = o.run_out();
+    stream.decrypt(&mut wire_tail);
+    let tap = o.session.tap().expect("tap asked for").clone();
+    let joined = |outgoing: bool| -> Vec<u8> {
+        tap.chunks
+            .iter()
+            .filter(|c| c.outgoing == outgoing)
+            .flat_map(|c| c.bytes.iter().copied())
+            .collect()
+    };
+    assert_eq!(joined(false), peer, "the peer's stream, decrypted");
+    let sent = joined(true);
+    let (ours, n) = Handshake::decode(&sent).expect("our handshake first (it rode as IA)");
+    assert_eq!(ours.info_hash, HASH);
+    let mut after_handshake = after;
+    after_handshake.extend(wire_tail);
+    assert_eq!(
+        &sent[n..],
+        &after_handshake[..],
+        "then what went through the cipher"
+    );
+    assert!(tap.chunks.iter().all(|c| !c.bytes.is_empty()));
+    assert!(tap.chunks.windows(2).all(|w| w[0].at <= w[1].at));
+
+    // Off by default: nothing kept.
+    let (o, ..) = mse_outgoing_run(Crypto::Rc4, 1000, 0, &peer);
+    assert!(o.session.tap().is_none());
+
+    // An MSE handshake the peer hangs up on: our handshake never reached it, so none is shown.
+    let mut o = Owner::new(PeerSession::outgoing(HASH, PIECES, 0).with_mse().with_tap());
+    assert!(!o.connect(1).is_empty());
+    o.session.on_closed(2, None);
+    assert_eq!(o.session.tap().unwrap().chunks, vec![]);
+}
+
+#[test]
+fn plaintext_tap_is_the_wire() {
+    let mut o = Owner::new(PeerSession::outgoing(HASH, PIECES, 0).with_tap());
+    let mut wire = o.connect(1);
+    let mut stream = peer_handshake(&HASH);
+    stream.extend(peer_progress());
+    o.feed_chunks(2, &stream, 3, &mut wire);
+    wire.extend(o.run_out());
+    let tap = o.session.tap().unwrap();
+    let sent: Vec<u8> = tap
+        .chunks
+        .iter()
+        .filter(|c| c.outgoing)
+        .flat_map(|c| c.bytes.clone())
+        .collect();
+    let read: Vec<u8> = tap
+        .chunks
+        .iter()
+        .filter(|c| !c.outgoing)
+        .flat_map(|c| c.bytes.clone())
+        .collect();
+    assert_eq!((sent, read), (wire, stream));
 }
 
 #[test]
