@@ -540,10 +540,10 @@ fn geo_table_text(
         let confirmed: i64 = t.rows.iter().map(|r| r.confirmed).sum::<i64>() + t.unknown_confirmed;
         rows.push(vec![
             "unknown".into(),
-            "-".into(),
+            String::new(),
             unknown.to_string(),
             share(unknown as f64 / total.max(1) as f64),
-            "-".into(),
+            t.unknown_evaluated.to_string(),
             t.unknown_confirmed.to_string(),
             if confirmed > 0 {
                 share(t.unknown_confirmed as f64 / confirmed as f64)

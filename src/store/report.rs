@@ -213,6 +213,8 @@ pub struct GeoTable {
     pub not_looked_up: i64,
     /// Peers looked up that the database had no entry for (e.g. loopback, private addresses).
     pub no_entry: i64,
+    /// Peers without a value reached at least once.
+    pub unknown_evaluated: i64,
     /// Confirmed downloads among the peers without a value.
     pub unknown_confirmed: i64,
     /// Why the table is empty or incomplete, in words (`None` when every peer has a value).
@@ -664,16 +666,16 @@ impl Store {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| self.err(e))?;
         rows.sort_by(|a, b| b.peers.cmp(&a.peers).then_with(|| a.key.cmp(&b.key)));
-        let (not_looked_up, no_entry, unknown_confirmed): (i64, i64, i64) = self
+        let (not_looked_up, no_entry, unknown_evaluated, unknown_confirmed): (i64, i64, i64, i64) = self
             .conn
             .query_row(
                 &format!(
                     "SELECT coalesce(sum(geo_lookup & ?1 = 0), 0), coalesce(sum(geo_lookup & ?1 != 0), 0),
-                            coalesce(sum(confirmed), 0)
+                            coalesce(sum(contacts > 0), 0), coalesce(sum(confirmed), 0)
                      FROM peers WHERE {column} IS NULL"
                 ),
                 [bit],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
             )
             .map_err(|e| self.err(e))?;
         let source: Option<super::geo::GeoSource> = self
@@ -714,6 +716,7 @@ impl Store {
             rows,
             not_looked_up,
             no_entry,
+            unknown_evaluated,
             unknown_confirmed,
             note,
         })

@@ -1518,6 +1518,8 @@ fn peers_are_described_from_the_real_address_in_every_privacy_mode() {
         assert_eq!(geo.asns.rows[0].detail.as_deref(), Some("Telstra Pty Ltd"));
         assert_eq!((geo.asns.not_looked_up, geo.asns.no_entry), (0, 3));
         assert_eq!(geo.asns.unknown_confirmed, 1);
+        // London and the incoming peer were reached; they are in no ASN test network.
+        assert_eq!(geo.asns.unknown_evaluated, 2);
         let source = geo.countries.source.as_ref().unwrap();
         assert_eq!(source.database_type, "GeoIP2-City");
         assert_eq!(
