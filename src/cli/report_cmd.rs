@@ -588,6 +588,47 @@ mod tests {
     }
 
     #[test]
+    fn the_text_as_table_shows_the_largest_and_sums_the_rest() {
+        use crate::store::report::{GeoRow, GeoTable};
+        let rows: Vec<GeoRow> = (0..GEO_TEXT_ROWS as i64 + 5)
+            .map(|i| GeoRow {
+                key: (64_500 + i).to_string(),
+                detail: Some(format!("Net {i}")),
+                peers: 100 - i,
+                peer_share: (100 - i) as f64 / 10_000.0,
+                evaluated: 1,
+                confirmed: i % 2,
+                confirmed_share: Some((i % 2) as f64 / 20.0),
+            })
+            .collect();
+        let t = GeoTable {
+            source: None,
+            rows,
+            not_looked_up: 0,
+            no_entry: 7,
+            unknown_evaluated: 2,
+            unknown_confirmed: 1,
+            note: Some("7 of N peers have no AS number".into()),
+        };
+        let text = geo_table_text("By AS", &["asn", "organisation"], &t, GEO_TEXT_ROWS);
+        let lines: Vec<&str> = text.trim_start().lines().collect();
+        // Title, header, 30 rows, "5 more", unknown, note.
+        assert_eq!(lines.len(), 2 + GEO_TEXT_ROWS + 3, "{text}");
+        assert!(lines[2].starts_with("AS64500  Net 0 "), "{}", lines[2]);
+        let more: Vec<&str> = lines[2 + GEO_TEXT_ROWS].split_whitespace().collect();
+        // The 5 smallest: 70 + 69 + 68 + 67 + 66 peers, 2 confirmed (odd i).
+        assert_eq!(more[..2], ["5", "more"]);
+        assert!(
+            lines[2 + GEO_TEXT_ROWS].contains(" 340 "),
+            "{}",
+            lines[2 + GEO_TEXT_ROWS]
+        );
+        let unknown: Vec<&str> = lines[3 + GEO_TEXT_ROWS].split_whitespace().collect();
+        assert_eq!(unknown[..4], ["unknown", "7", "0.2%", "2"], "{text}");
+        assert_eq!(lines.last(), Some(&"7 of N peers have no AS number"));
+    }
+
+    #[test]
     fn table_aligns_columns() {
         let t = table(
             &["a", "count"],

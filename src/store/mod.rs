@@ -9,6 +9,8 @@
 //! Times are Unix milliseconds (`INTEGER`). Progress values are fractions 0..=1 (`REAL`).
 //! Peer addresses are stored as the configured [`anon::Anonymizer`] says (`privacy.ip`); a
 //! database remembers the mode and key fingerprint it was made with and refuses another.
+//! Peers are described (country, city, continent, AS) from the `geo.*` databases ([`geo`])
+//! with the real address when first stored, before it is anonymised.
 //!
 //! How a scan uses it:
 //!
