@@ -1105,7 +1105,7 @@ impl WriterThread {
             )?
             .query_row(params![o.torrent_id, ip.key, o.addr.port()], |r| {
                 Ok((
-                    (r.get::<_, i64>(0)?, r.get::<_, u8>(13)?),
+                    (r.get::<_, i64>(0)?, (r.get::<_, i64>(13)? & 0xff) as u8),
                     ProgressState {
                         first_contact_at: r.get(1)?,
                         first_progress: r.get(2)?,
