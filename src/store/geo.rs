@@ -25,6 +25,9 @@ pub const CITY_DB_KEY: &str = "geo.city_db";
 /// The config key of the ASN database.
 pub const ASN_DB_KEY: &str = "geo.asn_db";
 
+/// Largest database file read (GeoIP2-Enterprise, the largest edition, is a few hundred MB).
+pub const MAX_DB_BYTES: u64 = 2 << 30;
+
 /// `geo_lookup` bit: the City/Country database was consulted.
 pub const CONSULTED_CITY: u8 = 1;
 /// `geo_lookup` bit: the ASN database was consulted.
@@ -190,11 +193,23 @@ struct Database {
 impl Database {
     fn open(kind: Kind, path: &Path) -> Result<Database, GeoError> {
         let key = kind.key();
-        let bytes = std::fs::read(path).map_err(|source| GeoError::Read {
+        let read_error = |source| GeoError::Read {
             key,
             path: path.to_path_buf(),
             source,
-        })?;
+        };
+        // Checked before reading it into memory: a wrong path must not exhaust memory.
+        let len = std::fs::metadata(path).map_err(read_error)?.len();
+        if len > MAX_DB_BYTES {
+            return Err(GeoError::NotMmdb {
+                key,
+                path: path.to_path_buf(),
+                message: format!(
+                    "{len} bytes, more than any MaxMind database ({MAX_DB_BYTES} bytes at most)"
+                ),
+            });
+        }
+        let bytes = std::fs::read(path).map_err(read_error)?;
         let reader = Reader::from_source(bytes).map_err(|e| GeoError::NotMmdb {
             key,
             path: path.to_path_buf(),
@@ -516,6 +531,22 @@ mod tests {
                 "geo.asn_db: {} is not a MaxMind DB (.mmdb) file:",
                 text.display()
             )),
+            "{e}"
+        );
+        // A huge file (sparse here) is refused before it is read.
+        let huge = dir.path().join("huge.mmdb");
+        std::fs::File::create(&huge)
+            .unwrap()
+            .set_len(MAX_DB_BYTES + 1)
+            .unwrap();
+        let e = GeoDb::open(&GeoPaths {
+            city_db: huge,
+            asn_db: PathBuf::new(),
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("geo.city_db") && e.contains("more than any MaxMind database"),
             "{e}"
         );
         // The two databases swapped.
