@@ -34,6 +34,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// How peer IP addresses are stored.
     pub privacy: PrivacyConfig,
+    /// GeoIP and ASN databases for peer descriptions.
+    pub geo: GeoConfig,
     /// Periodic statistics.
     pub stats: StatsConfig,
     /// The Prometheus endpoint.
@@ -50,6 +52,7 @@ impl Default for Config {
             tracker: TrackerConfig::default(),
             store: StoreConfig::default(),
             privacy: PrivacyConfig::default(),
+            geo: GeoConfig::default(),
             stats: StatsConfig::default(),
             metrics: MetricsConfig::default(),
         }
@@ -325,6 +328,16 @@ impl Config {
     }
 }
 
+/// `[geo]`: MaxMind-format databases peers are looked up in when first stored.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GeoConfig {
+    /// GeoIP2/GeoLite2 City or Country database (`.mmdb`); "" = no country, city, continent.
+    pub city_db: PathBuf,
+    /// GeoLite2 ASN (or GeoIP2 ISP) database (`.mmdb`); "" = no AS number and organisation.
+    pub asn_db: PathBuf,
+}
+
 /// `[stats]`: periodic statistics.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -398,6 +411,11 @@ pub const SECTION_DOCS: &[(&str, &str)] = &[
         "The SQLite writer thread: records are committed in batches.",
     ),
     ("privacy", "How peer addresses are stored."),
+    (
+        "geo",
+        "Peer descriptions from MaxMind-format (.mmdb) databases, looked up with the real address when\n\
+         a peer is first stored (before privacy.ip anonymises it). Off unless a path is set.",
+    ),
     ("stats", "Periodic statistics (stats table and log)."),
     (
         "metrics",
@@ -535,6 +553,19 @@ pub const KEY_DOCS: &[(&str, &str)] = &[
          by a keyed hash) or \"hmac\" (keyed HMAC-SHA256, hex). A database keeps the mode it was made with.",
     ),
     ("privacy.hmac_key_file", "HMAC key file (32 random bytes, created if missing); \"\" = the database path + \".key\"."),
+    (
+        "geo.city_db",
+        "City or Country database: GeoLite2-City / GeoIP2-City (country, city, continent) or a\n\
+         Country edition (country, continent); \"\" = off. Read into memory at start (GeoLite2-City:\n\
+         about 60 MB). A file that is missing, unreadable, not a MaxMind DB or of another kind stops\n\
+         `run` at startup (exit 2). Peers stored while it is off stay without a country (`report`\n\
+         says so); rows are filled when a probe next brings the address.",
+    ),
+    (
+        "geo.asn_db",
+        "ASN database: GeoLite2-ASN or GeoIP2-ISP (AS number and organisation); \"\" = off. Checked\n\
+         and loaded like geo.city_db (GeoLite2-ASN: about 10 MB).",
+    ),
     ("stats.interval_secs", "Interval between statistics rows and log lines, seconds."),
     (
         "metrics.listen",

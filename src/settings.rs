@@ -17,6 +17,7 @@ use crate::proto::probe::ProbeSettings;
 use crate::scan::catalog::MetadataLimits;
 use crate::scan::driver::WatchSettings;
 use crate::scan::revisit::RevisitPolicy;
+use crate::store::geo::GeoPaths;
 use crate::store::writer::{Writer, WriterOptions};
 use crate::store::StoreError;
 
@@ -193,6 +194,17 @@ impl From<&Config> for WriterOptions {
             threshold: config.peer.threshold,
             unwritable: Duration::try_from_secs_f64(config.store.unwritable_secs)
                 .unwrap_or(Duration::from_secs(365 * 86_400)),
+            geo: config.into(),
+        }
+    }
+}
+
+impl From<&Config> for GeoPaths {
+    /// The `geo.*` keys.
+    fn from(config: &Config) -> GeoPaths {
+        GeoPaths {
+            city_db: config.geo.city_db.clone(),
+            asn_db: config.geo.asn_db.clone(),
         }
     }
 }

@@ -54,6 +54,7 @@ fn small_db(path: &Path) {
             channel_capacity: 64,
             threshold: 0.98,
             unwritable: std::time::Duration::from_secs(300),
+            geo: Default::default(),
         },
     )
     .unwrap();

@@ -138,6 +138,8 @@ fn peer_line_text(peer: Option<&PeerRow>) -> String {
             "conf",
             "seen",
             "sources",
+            "country",
+            "asn",
             "client",
             "transport",
         ]
@@ -161,6 +163,8 @@ fn peer_line_text(peer: Option<&PeerRow>) -> String {
             .to_string(),
             p.crossing_seen.clone().unwrap_or_else(|| "-".into()),
             p.sources.clone(),
+            p.country.clone().unwrap_or_else(|| "-".into()),
+            p.asn.map_or_else(|| "-".into(), |n| format!("AS{n}")),
             p.client.clone().unwrap_or_else(|| "-".into()),
             if p.transport.is_empty() {
                 "-".into()
@@ -170,9 +174,10 @@ fn peer_line_text(peer: Option<&PeerRow>) -> String {
         ],
     };
     // Widths fit a v1 info-hash, a full IPv6 address and a UTC time.
-    let widths = [40, 39, 5, 20, 20, 6, 6, 20, 4, 8, 22, 24, 0];
+    let widths = [40, 39, 5, 20, 20, 6, 6, 20, 4, 8, 22, 7, 12, 24, 0];
     let right = [
         false, false, true, false, false, true, true, false, false, false, false, false, false,
+        false, false,
     ];
     let mut line = String::new();
     for (i, cell) in cells.iter().enumerate() {
@@ -449,6 +454,123 @@ pub fn render_report(r: &Report) -> String {
         opt_i(g.p90_ms),
         opt_i(g.p99_ms)
     ));
+
+    out.push_str(&geo_table_text(
+        "Peers and confirmed downloads by country",
+        &["country", "continent"],
+        &r.geo.countries,
+        usize::MAX,
+    ));
+    out.push_str(&geo_table_text(
+        "Peers and confirmed downloads by autonomous system",
+        &["asn", "organisation"],
+        &r.geo.asns,
+        GEO_TEXT_ROWS,
+    ));
+    out
+}
+
+/// Rows of a long table (autonomous systems) the text report shows; `--json` has them all.
+const GEO_TEXT_ROWS: usize = 30;
+
+/// One geo table of the text report: a heading naming the database, the rows (at most
+/// `max_rows`), a line for the peers without a value, and the note saying why.
+fn geo_table_text(
+    title: &str,
+    names: &[&str; 2],
+    t: &crate::store::report::GeoTable,
+    max_rows: usize,
+) -> String {
+    let mut out = format!("\n{title}");
+    match &t.source {
+        Some(s) => out.push_str(&format!(
+            " ({}, built {}; shares of all peers and of all confirmed downloads)\n",
+            s.database_type,
+            iso_time(
+                i64::try_from(s.build_epoch)
+                    .ok()
+                    .map(|e| e.saturating_mul(1000))
+            )
+            .get(..10)
+            .unwrap_or("-")
+        )),
+        None => out.push_str(" (shares of all peers and of all confirmed downloads)\n"),
+    }
+    let share = |v: f64| format!("{:.1}%", v * 100.0);
+    let mut rows: Vec<Vec<String>> = t
+        .rows
+        .iter()
+        .take(max_rows)
+        .map(|row| {
+            vec![
+                if names[0] == "asn" {
+                    format!("AS{}", row.key)
+                } else {
+                    row.key.clone()
+                },
+                row.detail.clone().unwrap_or_else(|| "-".into()),
+                row.peers.to_string(),
+                share(row.peer_share),
+                row.evaluated.to_string(),
+                row.confirmed.to_string(),
+                row.confirmed_share.map_or_else(|| "-".into(), share),
+            ]
+        })
+        .collect();
+    if t.rows.len() > max_rows {
+        let rest = &t.rows[max_rows..];
+        let peers: i64 = rest.iter().map(|r| r.peers).sum();
+        let confirmed: i64 = rest.iter().map(|r| r.confirmed).sum();
+        rows.push(vec![
+            format!("{} more", rest.len()),
+            "(report --json has them)".into(),
+            peers.to_string(),
+            share(rest.iter().map(|r| r.peer_share).sum()),
+            rest.iter().map(|r| r.evaluated).sum::<i64>().to_string(),
+            confirmed.to_string(),
+            rest.iter()
+                .map(|r| r.confirmed_share)
+                .sum::<Option<f64>>()
+                .map_or_else(|| "-".into(), share),
+        ]);
+    }
+    let unknown = t.not_looked_up + t.no_entry;
+    if unknown > 0 && !t.rows.is_empty() {
+        let total: i64 = t.rows.iter().map(|r| r.peers).sum::<i64>() + unknown;
+        let confirmed: i64 = t.rows.iter().map(|r| r.confirmed).sum::<i64>() + t.unknown_confirmed;
+        rows.push(vec![
+            "unknown".into(),
+            String::new(),
+            unknown.to_string(),
+            share(unknown as f64 / total.max(1) as f64),
+            t.unknown_evaluated.to_string(),
+            t.unknown_confirmed.to_string(),
+            if confirmed > 0 {
+                share(t.unknown_confirmed as f64 / confirmed as f64)
+            } else {
+                "-".into()
+            },
+        ]);
+    }
+    if !rows.is_empty() {
+        out.push_str(&table(
+            &[
+                names[0],
+                names[1],
+                "peers",
+                "share",
+                "evaluated",
+                "confirmed",
+                "share",
+            ],
+            &rows,
+        ));
+    }
+    match &t.note {
+        Some(note) => out.push_str(&format!("{note}\n")),
+        None if t.rows.is_empty() => out.push_str("no peers yet\n"),
+        None => {}
+    }
     out
 }
 
@@ -463,6 +585,47 @@ mod tests {
         assert_eq!(iso_time(Some(951_782_400_000)), "2000-02-29T00:00:00Z");
         assert_eq!(iso_time(Some(-1000)), "1969-12-31T23:59:59Z");
         assert_eq!(iso_time(None), "-");
+    }
+
+    #[test]
+    fn the_text_as_table_shows_the_largest_and_sums_the_rest() {
+        use crate::store::report::{GeoRow, GeoTable};
+        let rows: Vec<GeoRow> = (0..GEO_TEXT_ROWS as i64 + 5)
+            .map(|i| GeoRow {
+                key: (64_500 + i).to_string(),
+                detail: Some(format!("Net {i}")),
+                peers: 100 - i,
+                peer_share: (100 - i) as f64 / 10_000.0,
+                evaluated: 1,
+                confirmed: i % 2,
+                confirmed_share: Some((i % 2) as f64 / 20.0),
+            })
+            .collect();
+        let t = GeoTable {
+            source: None,
+            rows,
+            not_looked_up: 0,
+            no_entry: 7,
+            unknown_evaluated: 2,
+            unknown_confirmed: 1,
+            note: Some("7 of N peers have no AS number".into()),
+        };
+        let text = geo_table_text("By AS", &["asn", "organisation"], &t, GEO_TEXT_ROWS);
+        let lines: Vec<&str> = text.trim_start().lines().collect();
+        // Title, header, 30 rows, "5 more", unknown, note.
+        assert_eq!(lines.len(), 2 + GEO_TEXT_ROWS + 3, "{text}");
+        assert!(lines[2].starts_with("AS64500  Net 0 "), "{}", lines[2]);
+        let more: Vec<&str> = lines[2 + GEO_TEXT_ROWS].split_whitespace().collect();
+        // The 5 smallest: 70 + 69 + 68 + 67 + 66 peers, 2 confirmed (odd i).
+        assert_eq!(more[..2], ["5", "more"]);
+        assert!(
+            lines[2 + GEO_TEXT_ROWS].contains(" 340 "),
+            "{}",
+            lines[2 + GEO_TEXT_ROWS]
+        );
+        let unknown: Vec<&str> = lines[3 + GEO_TEXT_ROWS].split_whitespace().collect();
+        assert_eq!(unknown[..4], ["unknown", "7", "0.2%", "2"], "{text}");
+        assert_eq!(lines.last(), Some(&"7 of N peers have no AS number"));
     }
 
     #[test]

@@ -59,6 +59,12 @@ pub fn run(args: &RunArgs) -> i32 {
             return 2;
         }
     };
+    // So is a geo database that cannot be used (the writer opens it again at start; a
+    // GeoLite2-City read twice costs a fraction of a second once).
+    if let Err(e) = crate::store::geo::GeoDb::open(&crate::store::geo::GeoPaths::from(&config)) {
+        eprintln!("swarmscan: run: {e}");
+        return 2;
+    }
     let inputs = match load_inputs(&args.torrents) {
         Ok(i) => i,
         Err(e) => {

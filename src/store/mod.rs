@@ -9,6 +9,8 @@
 //! Times are Unix milliseconds (`INTEGER`). Progress values are fractions 0..=1 (`REAL`).
 //! Peer addresses are stored as the configured [`anon::Anonymizer`] says (`privacy.ip`); a
 //! database remembers the mode and key fingerprint it was made with and refuses another.
+//! Peers are described (country, city, continent, AS) from the `geo.*` databases ([`geo`])
+//! with the real address when first stored, before it is anonymised.
 //!
 //! How a scan uses it:
 //!
@@ -58,6 +60,7 @@
 
 pub mod anon;
 pub mod confirmation;
+pub mod geo;
 pub mod record;
 pub mod report;
 pub mod writer;
@@ -211,6 +214,17 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE peers ADD COLUMN portless INTEGER NOT NULL DEFAULT 0; -- port = an incoming connection's source port
     ALTER TABLE peers ADD COLUMN duplicate_of INTEGER REFERENCES peers(id); -- same download, counted there
     "#,
+    // v5: peer descriptions, looked up in geo.city_db / geo.asn_db with the real address when
+    // the peer is first stored (before privacy.ip anonymises it); NULL = unknown.
+    r#"
+    ALTER TABLE peers ADD COLUMN country TEXT;     -- ISO 3166-1 alpha-2 code
+    ALTER TABLE peers ADD COLUMN city TEXT;        -- English name
+    ALTER TABLE peers ADD COLUMN continent TEXT;   -- two-letter code (EU, NA, ...)
+    ALTER TABLE peers ADD COLUMN asn INTEGER;      -- autonomous system number
+    ALTER TABLE peers ADD COLUMN as_org TEXT;      -- the autonomous system's organisation
+    ALTER TABLE peers ADD COLUMN host_domain TEXT; -- registrable domain of the reverse DNS name (not filled yet)
+    ALTER TABLE peers ADD COLUMN geo_lookup INTEGER NOT NULL DEFAULT 0; -- databases consulted: 1 geo.city_db, 2 geo.asn_db
+    "#,
 ];
 
 /// A store error; messages name the database file.
@@ -251,6 +265,9 @@ pub enum StoreError {
     /// The database refused every commit for longer than `store.unwritable_secs`.
     #[error("{0}")]
     Unwritable(String),
+    /// A `geo.*` database cannot be used (the message names the key and the file).
+    #[error("{0}")]
+    Geo(#[from] geo::GeoError),
     /// SQLite said no.
     #[error("database {path}: {source}")]
     Sqlite {
@@ -380,6 +397,18 @@ pub struct PeerRow {
     /// The port of the row at the same address that counts this row's download (a portless
     /// row whose crossing was also seen there); this row is then not confirmed itself.
     pub duplicate_of_port: Option<u16>,
+    /// Country (ISO 3166-1 alpha-2) from `geo.city_db`; `None`: not looked up or no entry.
+    pub country: Option<String>,
+    /// City (English name) from `geo.city_db`.
+    pub city: Option<String>,
+    /// Continent code from `geo.city_db`.
+    pub continent: Option<String>,
+    /// Autonomous system number from `geo.asn_db`.
+    pub asn: Option<u32>,
+    /// Its organisation.
+    pub as_org: Option<String>,
+    /// Registrable domain of the address's reverse DNS name (not filled yet).
+    pub host_domain: Option<String>,
 }
 
 fn is_not_a_database(e: &rusqlite::Error) -> bool {
@@ -643,7 +672,8 @@ impl Store {
                 "SELECT coalesce(t.info_hash_v1, t.info_hash_v2), p.ip, p.port, p.first_seen_at, p.last_contact_at,
                         p.first_contact_at, p.first_progress, p.last_progress, p.crossed_at, p.confirmed, p.sources,
                         p.first_source, p.client, p.transport, p.contacts, p.failures, p.max_speed, p.last_error,
-                        p.crossing_seen, p.portless, d.port
+                        p.crossing_seen, p.portless, d.port,
+                        p.country, p.city, p.continent, p.asn, p.as_org, p.host_domain
                  FROM peers p JOIN torrents t ON t.id = p.torrent_id
                  LEFT JOIN peers d ON d.id = p.duplicate_of
                  WHERE ?1 IS NULL OR p.torrent_id = ?1
@@ -677,6 +707,12 @@ impl Store {
                     crossing_seen: r.get(18)?,
                     portless: r.get(19)?,
                     duplicate_of_port: r.get(20)?,
+                    country: r.get(21)?,
+                    city: r.get(22)?,
+                    continent: r.get(23)?,
+                    asn: r.get(24)?,
+                    as_org: r.get(25)?,
+                    host_domain: r.get(26)?,
                 })
             };
             f(read().map_err(|e| self.err(e))?);

@@ -15,7 +15,7 @@
 use super::record::{PeerSource, ProbeEvent, UnixMs, SUCCESS_CLASS};
 use super::writer::{GAP_BUCKET_MS, GAP_LAST_BUCKET_MS};
 use super::{Store, StoreError};
-use rusqlite::params;
+use rusqlite::{params, OptionalExtension};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -183,6 +183,53 @@ pub struct SeriesPoint {
     pub new: i64,
 }
 
+/// Peers and confirmed downloads of one country (or one autonomous system).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GeoRow {
+    /// ISO country code, or AS number as text.
+    pub key: String,
+    /// Continent code (countries) or organisation (autonomous systems).
+    pub detail: Option<String>,
+    /// Peers (rows in `peers`).
+    pub peers: i64,
+    /// peers / all peers.
+    pub peer_share: f64,
+    /// Peers reached at least once.
+    pub evaluated: i64,
+    /// Confirmed downloads.
+    pub confirmed: i64,
+    /// confirmed / all confirmed downloads (`None` without any).
+    pub confirmed_share: Option<f64>,
+}
+
+/// One description table (by country, or by AS) and why peers are missing from it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GeoTable {
+    /// The database the values came from (`geo.city_db` or `geo.asn_db` as last used), if any.
+    pub source: Option<super::geo::GeoSource>,
+    /// One row per value, most peers first (ties by key).
+    pub rows: Vec<GeoRow>,
+    /// Peers stored while the database key was not set (never looked up).
+    pub not_looked_up: i64,
+    /// Peers looked up that the database had no entry for (e.g. loopback, private addresses).
+    pub no_entry: i64,
+    /// Peers without a value reached at least once.
+    pub unknown_evaluated: i64,
+    /// Confirmed downloads among the peers without a value.
+    pub unknown_confirmed: i64,
+    /// Why the table is empty or incomplete, in words (`None` when every peer has a value).
+    pub note: Option<String>,
+}
+
+/// Peer descriptions: where the peers and the confirmed downloads are.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GeoReport {
+    /// By country (`geo.city_db`).
+    pub countries: GeoTable,
+    /// By autonomous system (`geo.asn_db`).
+    pub asns: GeoTable,
+}
+
 /// The whole report.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Report {
@@ -205,6 +252,8 @@ pub struct Report {
     pub watched: Option<EventReport>,
     /// Figure 5.1 summary.
     pub gaps: GapReport,
+    /// Peers and confirmed downloads by country and by autonomous system.
+    pub geo: GeoReport,
 }
 
 fn per_hour(n: i64, hours: f64) -> Option<f64> {
@@ -560,6 +609,119 @@ impl Store {
         rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
     }
 
+    /// Peers and confirmed downloads by country and by autonomous system.
+    pub fn geo_report(&self) -> Result<GeoReport, StoreError> {
+        use super::geo::{ASN_DB_KEY, CITY_DB_KEY, CONSULTED_ASN, CONSULTED_CITY};
+        let (peers, confirmed): (i64, i64) = self
+            .conn
+            .query_row(
+                "SELECT count(*), coalesce(sum(confirmed), 0) FROM peers",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(|e| self.err(e))?;
+        let countries = self.geo_table(
+            "SELECT country, max(continent), count(*), coalesce(sum(contacts > 0), 0), coalesce(sum(confirmed), 0)
+             FROM peers WHERE country IS NOT NULL GROUP BY country",
+            "country",
+            CITY_DB_KEY,
+            CONSULTED_CITY,
+            (peers, confirmed),
+        )?;
+        let asns = self.geo_table(
+            "SELECT CAST(asn AS TEXT), max(as_org), count(*), coalesce(sum(contacts > 0), 0), coalesce(sum(confirmed), 0)
+             FROM peers WHERE asn IS NOT NULL GROUP BY asn",
+            "asn",
+            ASN_DB_KEY,
+            CONSULTED_ASN,
+            (peers, confirmed),
+        )?;
+        Ok(GeoReport { countries, asns })
+    }
+
+    fn geo_table(
+        &self,
+        sql: &str,
+        column: &str,
+        key: &str,
+        bit: u8,
+        (peers, confirmed): (i64, i64),
+    ) -> Result<GeoTable, StoreError> {
+        let mut stmt = self.conn.prepare(sql).map_err(|e| self.err(e))?;
+        let mut rows = stmt
+            .query_map([], |r| {
+                let n: i64 = r.get(2)?;
+                let c: i64 = r.get(4)?;
+                Ok(GeoRow {
+                    key: r.get(0)?,
+                    detail: r.get(1)?,
+                    peers: n,
+                    peer_share: n as f64 / peers.max(1) as f64,
+                    evaluated: r.get(3)?,
+                    confirmed: c,
+                    confirmed_share: (confirmed > 0).then(|| c as f64 / confirmed as f64),
+                })
+            })
+            .map_err(|e| self.err(e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.err(e))?;
+        rows.sort_by(|a, b| b.peers.cmp(&a.peers).then_with(|| a.key.cmp(&b.key)));
+        let (not_looked_up, no_entry, unknown_evaluated, unknown_confirmed): (i64, i64, i64, i64) = self
+            .conn
+            .query_row(
+                &format!(
+                    "SELECT coalesce(sum(geo_lookup & ?1 = 0), 0), coalesce(sum(geo_lookup & ?1 != 0), 0),
+                            coalesce(sum(contacts > 0), 0), coalesce(sum(confirmed), 0)
+                     FROM peers WHERE {column} IS NULL"
+                ),
+                [bit],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .map_err(|e| self.err(e))?;
+        let source: Option<super::geo::GeoSource> = self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| {
+                r.get::<_, String>(0)
+            })
+            .optional()
+            .map_err(|e| self.err(e))?
+            .and_then(|v| serde_json::from_str(&v).ok());
+        let what = if column == "country" {
+            "a country"
+        } else {
+            "an AS number"
+        };
+        let note = if not_looked_up + no_entry == 0 {
+            None
+        } else if not_looked_up == peers {
+            Some(format!(
+                "no peer has {what}: {key} was not set when they were stored (set it to a MaxMind .mmdb file; \
+                 stored peers are filled when a probe next reaches them)"
+            ))
+        } else if no_entry == peers {
+            Some(format!(
+                "no peer has {what}: the database ({key}) had no entry for any of the {peers} peer addresses \
+                 (loopback and private addresses are in no database)"
+            ))
+        } else {
+            Some(format!(
+                "{} of {peers} peers have no {}: {not_looked_up} stored while {key} was not set, {no_entry} \
+                 with no entry in the database",
+                not_looked_up + no_entry,
+                &what[what.find(' ').map_or(0, |i| i + 1)..]
+            ))
+        };
+        Ok(GeoTable {
+            source,
+            rows,
+            not_looked_up,
+            no_entry,
+            unknown_evaluated,
+            unknown_confirmed,
+            note,
+        })
+    }
+
     /// Everything `swarmscan report` shows.
     pub fn report(&self) -> Result<Report, StoreError> {
         let window = self.scan_window()?;
@@ -578,6 +740,7 @@ impl Store {
             outcomes,
             watched,
             gaps: self.gap_report()?,
+            geo: self.geo_report()?,
             torrents,
             total,
             window,

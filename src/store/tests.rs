@@ -15,6 +15,7 @@ fn options(batch_rows: usize, batch_ms: u64, channel_capacity: usize) -> WriterO
         channel_capacity,
         threshold: 0.98,
         unwritable: std::time::Duration::from_secs(300),
+        geo: Default::default(),
     }
 }
 
@@ -1380,4 +1381,233 @@ fn a_download_seen_on_a_portless_incoming_row_and_its_listen_address_counts_once
         ]
     );
     assert_eq!(store.report().unwrap().total.confirmed, 3);
+}
+
+fn mmdb(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/mmdb")
+        .join(name)
+}
+
+fn geo_options() -> WriterOptions {
+    WriterOptions {
+        geo: geo::GeoPaths {
+            city_db: mmdb("GeoIP2-City-Test.mmdb"),
+            asn_db: mmdb("GeoLite2-ASN-Test.mmdb"),
+        },
+        ..options(10, 100, 16)
+    }
+}
+
+/// Peers are described from the real address although only its keyed hash (or network) is
+/// stored; a miss leaves the columns empty; the report groups by country and AS and says why
+/// peers have none.
+#[test]
+fn peers_are_described_from_the_real_address_in_every_privacy_mode() {
+    for mode in [IpMode::Full, IpMode::Truncate, IpMode::Hmac] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.sqlite");
+        let store = Store::open(&path).unwrap();
+        let tid = store.upsert_torrent(&torrent(1, Some(10))).unwrap();
+        let anonymizer = Anonymizer::new(mode, [9; 32]);
+        let writer = Writer::start(store, anonymizer.clone(), geo_options()).unwrap();
+        let mut tx = writer.sender();
+        // London (GB) from a tracker, Telstra's network (AS1221, not in the City test
+        // database) from the DHT, loopback in no database, and an incoming peer in London.
+        tx.send(Record::Discovery(DiscoveryRecord {
+            at: T0,
+            torrent_id: tid,
+            source: PeerSource::TrackerUdp,
+            tracker: Some("udp://127.0.0.1:1/announce".into()),
+            duration_ms: 1,
+            error: None,
+            peers: vec![addr("81.2.69.142:6881"), addr("1.128.0.1:6881")],
+        }));
+        tx.send(Record::Discovery(DiscoveryRecord {
+            at: T0,
+            torrent_id: tid,
+            source: PeerSource::Dht,
+            tracker: None,
+            duration_ms: 1,
+            error: None,
+            peers: vec![addr("127.0.0.9:6881"), addr("81.2.69.142:6881")],
+        }));
+        tx.send(outcome(
+            tid,
+            "81.2.69.142:6881",
+            ProbeEvent::FirstContact,
+            T0 + 1000,
+            ok(1),
+        ));
+        tx.send(outcome(
+            tid,
+            "81.2.69.142:6881",
+            ProbeEvent::LaterContact,
+            T0 + 2000,
+            ok(100),
+        ));
+        tx.send(outcome(
+            tid,
+            "[::ffff:81.2.69.143]:7000",
+            ProbeEvent::Incoming,
+            T0 + 3000,
+            ok(5),
+        ));
+        drop(tx);
+        writer.finish().unwrap();
+
+        let store = Store::open_existing(&path).unwrap();
+        let mut peers = Vec::new();
+        store.for_each_peer(None, |p| peers.push(p)).unwrap();
+        assert_eq!(peers.len(), 4, "{mode:?}");
+        let shown = |ip: &str| anonymizer.anonymize(ip.parse().unwrap()).shown;
+        let find = |ip: &str| {
+            peers
+                .iter()
+                .find(|p| p.ip == shown(ip) && p.port == 6881)
+                .unwrap()
+        };
+        if mode != IpMode::Full {
+            assert!(
+                peers.iter().all(|p| !p.ip.contains("81.2.69.14")),
+                "{mode:?}"
+            );
+        }
+        let london = find("81.2.69.142");
+        assert_eq!(london.country.as_deref(), Some("GB"), "{mode:?}");
+        assert_eq!(london.city.as_deref(), Some("London"));
+        assert_eq!(london.continent.as_deref(), Some("EU"));
+        assert_eq!((london.asn, london.as_org.as_deref()), (None, None));
+        assert!(london.confirmed);
+        let telstra = find("1.128.0.1");
+        assert_eq!(telstra.asn, Some(1221));
+        assert_eq!(telstra.as_org.as_deref(), Some("Telstra Pty Ltd"));
+        let loopback = find("127.0.0.9");
+        assert_eq!(
+            (&loopback.country, &loopback.city, loopback.asn),
+            (&None, &None, None)
+        );
+        let incoming = peers.iter().find(|p| p.port == 7000).unwrap();
+        assert_eq!(incoming.country.as_deref(), Some("GB"));
+        assert!(peers.iter().all(|p| p.host_domain.is_none()));
+
+        let geo = store.report().unwrap().geo;
+        assert_eq!(geo.countries.rows.len(), 1, "{:?}", geo.countries);
+        let gb = &geo.countries.rows[0];
+        assert_eq!(
+            (
+                gb.key.as_str(),
+                gb.detail.as_deref(),
+                gb.peers,
+                gb.evaluated,
+                gb.confirmed
+            ),
+            ("GB", Some("EU"), 2, 2, 1)
+        );
+        assert_eq!(gb.peer_share, 0.5);
+        assert_eq!(gb.confirmed_share, Some(1.0));
+        // Telstra's network and loopback are not in the City test database.
+        assert_eq!(
+            (geo.countries.not_looked_up, geo.countries.no_entry),
+            (0, 2)
+        );
+        let note = geo.countries.note.as_deref().unwrap();
+        assert!(note.contains("2 of 4 peers have no country: 0 stored while geo.city_db was not set, 2 with no entry"), "{note}");
+        assert_eq!(geo.asns.rows.len(), 1);
+        assert_eq!(geo.asns.rows[0].key, "1221");
+        assert_eq!(geo.asns.rows[0].detail.as_deref(), Some("Telstra Pty Ltd"));
+        assert_eq!((geo.asns.not_looked_up, geo.asns.no_entry), (0, 3));
+        assert_eq!(geo.asns.unknown_confirmed, 1);
+        // London and the incoming peer were reached; they are in no ASN test network.
+        assert_eq!(geo.asns.unknown_evaluated, 2);
+        let source = geo.countries.source.as_ref().unwrap();
+        assert_eq!(source.database_type, "GeoIP2-City");
+        assert_eq!(
+            geo.asns.source.as_ref().unwrap().database_type,
+            "GeoLite2-ASN"
+        );
+    }
+}
+
+/// With geo off nothing is looked up and the report says which key was not set; a later run
+/// with the databases fills a row the next time an outcome brings its address.
+#[test]
+fn geo_off_says_why_and_a_later_run_fills_rows_it_probes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("off.sqlite");
+    let store = Store::open(&path).unwrap();
+    let tid = store.upsert_torrent(&torrent(1, Some(10))).unwrap();
+    let hmac = Anonymizer::new(IpMode::Hmac, [3; 32]);
+    let writer = Writer::start(store, hmac.clone(), options(10, 100, 16)).unwrap();
+    let mut tx = writer.sender();
+    for ip in ["81.2.69.142:1", "1.128.0.1:1"] {
+        tx.send(outcome(tid, ip, ProbeEvent::FirstContact, T0, ok(1)));
+    }
+    drop(tx);
+    writer.finish().unwrap();
+    let store = Store::open_existing(&path).unwrap();
+    let geo = store.report().unwrap().geo;
+    assert!(geo.countries.rows.is_empty() && geo.asns.rows.is_empty());
+    assert_eq!(geo.countries.not_looked_up, 2);
+    assert!(geo.countries.source.is_none());
+    let note = geo.countries.note.unwrap();
+    assert!(note.contains("geo.city_db was not set"), "{note}");
+    assert!(geo.asns.note.unwrap().contains("geo.asn_db was not set"));
+
+    // Only the ASN database now: the London peer is probed again, the other is not.
+    let writer = Writer::start(
+        store,
+        hmac,
+        WriterOptions {
+            geo: geo::GeoPaths {
+                city_db: Default::default(),
+                asn_db: mmdb("GeoLite2-ASN-Test.mmdb"),
+            },
+            ..options(10, 100, 16)
+        },
+    )
+    .unwrap();
+    let mut tx = writer.sender();
+    tx.send(outcome(
+        tid,
+        "1.128.0.1:1",
+        ProbeEvent::LaterContact,
+        T0 + 1000,
+        ok(2),
+    ));
+    drop(tx);
+    writer.finish().unwrap();
+    let store = Store::open_existing(&path).unwrap();
+    let geo = store.report().unwrap().geo;
+    assert_eq!(geo.asns.rows.len(), 1);
+    assert_eq!((geo.asns.not_looked_up, geo.asns.no_entry), (1, 0));
+    assert!(geo
+        .asns
+        .note
+        .unwrap()
+        .contains("1 stored while geo.asn_db was not set"));
+    assert_eq!(geo.countries.not_looked_up, 2);
+}
+
+#[test]
+fn a_bad_geo_database_stops_the_writer_before_it_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.sqlite");
+    let e = Writer::start(
+        Store::open(&path).unwrap(),
+        full(),
+        WriterOptions {
+            geo: geo::GeoPaths {
+                city_db: dir.path().join("nope.mmdb"),
+                asn_db: Default::default(),
+            },
+            ..options(10, 100, 16)
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.starts_with("geo.city_db: cannot read") && e.contains("nope.mmdb"),
+        "{e}"
+    );
 }

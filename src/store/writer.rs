@@ -35,6 +35,7 @@
 
 use super::anon::Anonymizer;
 use super::confirmation::{apply_contact, Contact, ProgressState};
+use super::geo::{GeoDb, GeoPaths};
 use super::record::*;
 use super::{upsert_torrent, Store, StoreError};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
@@ -59,6 +60,8 @@ pub struct WriterOptions {
     pub threshold: f64,
     /// Give up (and stop the scan) when the database has refused every commit for this long.
     pub unwritable: Duration,
+    /// GeoIP and ASN databases (`geo.*`) peers are looked up in when first stored.
+    pub geo: GeoPaths,
 }
 
 /// How far apart two crossings at one address may be to be one download seen twice.
@@ -240,13 +243,26 @@ impl std::fmt::Debug for Writer {
 }
 
 impl Writer {
-    /// Starts the writer thread on `store` after checking the database's privacy settings.
+    /// Starts the writer thread on `store` after checking the database's privacy settings and
+    /// opening the `geo.*` databases (an error names the key and the file).
     pub fn start(
         store: Store,
         anonymizer: Anonymizer,
         options: WriterOptions,
     ) -> Result<Writer, StoreError> {
         store.check_privacy(&anonymizer)?;
+        let geo = GeoDb::open(&options.geo)?;
+        // The databases in use, for reports (a later run with other files replaces them).
+        for (key, source) in geo.sources() {
+            store
+                .conn
+                .execute(
+                    "INSERT INTO meta (key, value) VALUES (?1, ?2)
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    params![key, serde_json::to_string(&source).unwrap_or_default()],
+                )
+                .map_err(|e| store.err(e))?;
+        }
         // A bigger page cache than SQLite's 2 MB default: peer lookups hit random index pages.
         store
             .conn
@@ -258,7 +274,7 @@ impl Writer {
         let thread = std::thread::Builder::new()
             .name("swarmscan-writer".into())
             .spawn(move || {
-                let mut state = WriterThread::new(store, anonymizer, options, thread_metrics)?;
+                let mut state = WriterThread::new(store, anonymizer, geo, options, thread_metrics)?;
                 state.run(rx);
                 let counts = state.counts.clone();
                 Ok((counts, state.store.conn))
@@ -513,6 +529,8 @@ const RETRY_MAX: Duration = Duration::from_secs(2);
 struct WriterThread {
     store: Store,
     anonymizer: Anonymizer,
+    /// Looks new peers up (with the real address, before anonymisation).
+    geo: GeoDb,
     options: WriterOptions,
     metrics: Arc<WriterMetrics>,
     /// What committed transactions did.
@@ -578,6 +596,7 @@ impl WriterThread {
     fn new(
         store: Store,
         anonymizer: Anonymizer,
+        geo: GeoDb,
         options: WriterOptions,
         metrics: Arc<WriterMetrics>,
     ) -> Result<Self, StoreError> {
@@ -593,6 +612,7 @@ impl WriterThread {
         Ok(WriterThread {
             store,
             anonymizer,
+            geo,
             options,
             metrics,
             counts: WriterCounts::default(),
@@ -1017,6 +1037,10 @@ impl WriterThread {
                 .execute(params![d.torrent_id, ip.key, ip.shown, addr.port(), is_ipv6(addr), bit, d.at])?;
             if inserted == 1 {
                 new += 1;
+                if self.geo.is_on() {
+                    let id = conn.last_insert_rowid();
+                    store_geo(conn, &mut self.geo, id, addr.ip())?;
+                }
             } else {
                 conn.prepare_cached(
                     "UPDATE peers SET sources = sources | ?4
@@ -1050,12 +1074,13 @@ impl WriterThread {
         let row = conn
             .prepare_cached(
                 "SELECT id, first_contact_at, first_progress, last_contact_at, last_progress, last_have,
-                        below_at, below_progress, above_at, above_progress, crossed_at, confirmed, max_speed
+                        below_at, below_progress, above_at, above_progress, crossed_at, confirmed, max_speed,
+                        geo_lookup
                  FROM peers WHERE torrent_id = ?1 AND ip_key = ?2 AND port = ?3",
             )?
             .query_row(params![o.torrent_id, ip.key, o.addr.port()], |r| {
                 Ok((
-                    r.get::<_, i64>(0)?,
+                    (r.get::<_, i64>(0)?, (r.get::<_, i64>(13)? & 0xff) as u8),
                     ProgressState {
                         first_contact_at: r.get(1)?,
                         first_progress: r.get(2)?,
@@ -1073,7 +1098,7 @@ impl WriterThread {
                 ))
             })
             .optional()?;
-        let (id, state) = match row {
+        let ((id, consulted), state) = match row {
             Some(found) => found,
             None => {
                 conn.prepare_cached(
@@ -1082,9 +1107,13 @@ impl WriterThread {
                 )?
                 .execute(params![o.torrent_id, ip.key, ip.shown, o.addr.port(), is_ipv6(&o.addr), incoming_bit, o.at, o.portless])?;
                 self.sums.counts.new_peers += 1;
-                (conn.last_insert_rowid(), ProgressState::default())
+                ((conn.last_insert_rowid(), 0), ProgressState::default())
             }
         };
+        // A new row, or one stored while a database was off: the record has the real address.
+        if consulted & self.geo.consults() != self.geo.consults() {
+            store_geo(conn, &mut self.geo, id, o.addr.ip())?;
+        }
         let (success, class, next) = match o.result {
             ProbeResult::Success(progress) => {
                 let next = match progress.fraction() {
@@ -1262,6 +1291,42 @@ impl WriterThread {
         .execute(params![self.run_id, start, end, records])?;
         Ok(())
     }
+}
+
+/// Looks `ip` up and stores what the databases say on peer row `id`. Fields a database now
+/// consulted has no value for are cleared; those of a database not consulted are kept.
+fn store_geo(
+    conn: &Connection,
+    geo: &mut GeoDb,
+    id: i64,
+    ip: std::net::IpAddr,
+) -> rusqlite::Result<()> {
+    use super::geo::{CONSULTED_ASN, CONSULTED_CITY};
+    let info = geo.lookup(ip);
+    let city = info.consulted & CONSULTED_CITY != 0;
+    let asn = info.consulted & CONSULTED_ASN != 0;
+    conn.prepare_cached(
+        "UPDATE peers SET
+            country = CASE WHEN ?2 THEN ?4 ELSE country END,
+            city = CASE WHEN ?2 THEN ?5 ELSE city END,
+            continent = CASE WHEN ?2 THEN ?6 ELSE continent END,
+            asn = CASE WHEN ?3 THEN ?7 ELSE asn END,
+            as_org = CASE WHEN ?3 THEN ?8 ELSE as_org END,
+            geo_lookup = geo_lookup | ?9
+         WHERE id = ?1",
+    )?
+    .execute(params![
+        id,
+        city,
+        asn,
+        info.country,
+        info.city,
+        info.continent,
+        info.asn,
+        info.as_org,
+        info.consulted
+    ])?;
+    Ok(())
 }
 
 fn is_ipv6(addr: &std::net::SocketAddr) -> bool {
