@@ -4,7 +4,9 @@
 //! io_uring, no bookkeeping). Both keep the same number of requests outstanding against the
 //! same echo peer (itself a recvmmsg/sendmmsg loop on its own thread); engine and floor rounds
 //! alternate and the ratio comes from the same run. Requests are 96 bytes, about a KRPC
-//! find_node query. Prints one JSON object.
+//! find_node query. Besides replies per second of wall time, each side's CPU time (its own
+//! thread, `RUSAGE_THREAD`) per reply gives replies per CPU-second — what one core sustains,
+//! which a shared, loaded machine blurs less. Prints one JSON object.
 //!
 //! `cargo bench -p swarmscan-engine --bench udp_floor` (3 s per side);
 //! `cargo test` runs it for a fraction of a second as a smoke test.
@@ -84,8 +86,26 @@ impl WorkerDriver for Client {
     }
 }
 
-/// Engine replies per second over `secs`, and window refills after losses.
-fn engine_round(server: SocketAddr, secs: f64) -> (f64, u64) {
+/// CPU seconds (user + system) the calling thread used so far.
+fn thread_cpu_secs() -> f64 {
+    // Safety: rusage is plain old data; getrusage fills it.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // Safety: a valid pointer to an rusage.
+    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut usage) };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
+}
+
+/// One side's round: replies, wall seconds, CPU seconds of the client thread, refills.
+struct Round {
+    replies: u64,
+    secs: f64,
+    cpu_secs: f64,
+    refills: u64,
+}
+
+/// The engine side: a worker on this thread for `secs`.
+fn engine_round(server: SocketAddr, secs: f64) -> Round {
     let stop = AtomicBool::new(false);
     let mut client = Client {
         server,
@@ -95,7 +115,7 @@ fn engine_round(server: SocketAddr, secs: f64) -> (f64, u64) {
         refills: 0,
         last_reply: 0,
     };
-    let started = Instant::now();
+    let (started, cpu) = (Instant::now(), thread_cpu_secs());
     std::thread::scope(|scope| {
         scope.spawn(|| {
             std::thread::sleep(Duration::from_secs_f64(secs));
@@ -112,8 +132,12 @@ fn engine_round(server: SocketAddr, secs: f64) -> (f64, u64) {
         let mut worker = Worker::<Exchange>::new(cfg, Instant::now()).expect("UDP worker");
         worker.run(&mut client, &stop).expect("UDP worker runs");
     });
-    let elapsed = started.elapsed().as_secs_f64();
-    (client.replies as f64 / elapsed, client.refills)
+    Round {
+        replies: client.replies,
+        secs: started.elapsed().as_secs_f64(),
+        cpu_secs: thread_cpu_secs() - cpu,
+        refills: client.refills,
+    }
 }
 
 /// Fixed arrays for one recvmmsg / sendmmsg batch; pointers are set right before each call.
@@ -195,8 +219,8 @@ fn echo_server(socket: UdpSocket, stop: &AtomicBool, echoed: &AtomicU64) {
     }
 }
 
-/// Floor replies per second over `secs`, and window refills after losses.
-fn floor_round(server: SocketAddr, secs: f64) -> (f64, u64) {
+/// The floor side: a sendmmsg/recvmmsg loop on this thread for `secs`.
+fn floor_round(server: SocketAddr, secs: f64) -> Round {
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
     socket
         .set_read_timeout(Some(Duration::from_millis(LOSS_MS)))
@@ -219,7 +243,7 @@ fn floor_round(server: SocketAddr, secs: f64) -> (f64, u64) {
         }
     };
     let (mut replies, mut refills) = (0u64, 0u64);
-    let started = Instant::now();
+    let (started, cpu) = (Instant::now(), thread_cpu_secs());
     let until = started + Duration::from_secs_f64(secs);
     send(&mut out, WINDOW);
     while Instant::now() < until {
@@ -232,7 +256,12 @@ fn floor_round(server: SocketAddr, secs: f64) -> (f64, u64) {
         replies += n as u64;
         send(&mut out, n);
     }
-    (replies as f64 / started.elapsed().as_secs_f64(), refills)
+    Round {
+        replies,
+        secs: started.elapsed().as_secs_f64(),
+        cpu_secs: thread_cpu_secs() - cpu,
+        refills,
+    }
 }
 
 fn main() {
@@ -242,32 +271,33 @@ fn main() {
     let server_socket = UdpSocket::bind("127.0.0.1:0").unwrap();
     let server = server_socket.local_addr().unwrap();
     let (stop, echoed) = (AtomicBool::new(false), AtomicU64::new(0));
-    let (mut engine_rates, mut floor_rates, mut refills) = (Vec::new(), Vec::new(), (0, 0));
+    let (mut engine_rounds, mut floor_rounds) = (Vec::new(), Vec::new());
     std::thread::scope(|scope| {
         let handle = scope.spawn(|| echo_server(server_socket, &stop, &echoed));
         let per_round = secs_per_side / rounds as f64;
         for _ in 0..rounds {
-            let (rate, lost) = engine_round(server, per_round);
-            engine_rates.push(rate);
-            refills.0 += lost;
-            let (rate, lost) = floor_round(server, per_round);
-            floor_rates.push(rate);
-            refills.1 += lost;
+            engine_rounds.push(engine_round(server, per_round));
+            floor_rounds.push(floor_round(server, per_round));
         }
         stop.store(true, Ordering::SeqCst);
         handle.join().expect("echo server");
     });
-    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
-    let (engine, floor) = (mean(&engine_rates), mean(&floor_rates));
+    // Totals over the rounds: replies per wall second and per CPU second of the client thread.
+    let sum = |v: &[Round], f: fn(&Round) -> f64| v.iter().map(f).sum::<f64>();
+    let per_sec = |v: &[Round]| sum(v, |r| r.replies as f64) / sum(v, |r| r.secs);
+    let per_cpu_sec = |v: &[Round]| sum(v, |r| r.replies as f64) / sum(v, |r| r.cpu_secs);
+    let (engine, floor) = (per_sec(&engine_rounds), per_sec(&floor_rounds));
     assert!(
         engine > 0.0 && floor > 0.0,
         "no reply came back: engine {engine}/s, floor {floor}/s"
     );
+    let (engine_cpu, floor_cpu) = (per_cpu_sec(&engine_rounds), per_cpu_sec(&floor_rounds));
     println!(
-        "{{\"bench\":\"udp_floor\",\"seconds_per_side\":{secs_per_side},\"rounds\":{rounds},\"window\":{WINDOW},\"request_bytes\":{REQUEST_LEN},\"engine_per_sec\":{engine:.1},\"floor_per_sec\":{floor:.1},\"ratio\":{:.3},\"engine_window_refills\":{},\"floor_window_refills\":{},\"server_echoed\":{}}}",
+        "{{\"bench\":\"udp_floor\",\"seconds_per_side\":{secs_per_side},\"rounds\":{rounds},\"window\":{WINDOW},\"request_bytes\":{REQUEST_LEN},\"engine_per_sec\":{engine:.1},\"floor_per_sec\":{floor:.1},\"ratio\":{:.3},\"engine_per_cpu_sec\":{engine_cpu:.1},\"floor_per_cpu_sec\":{floor_cpu:.1},\"cpu_ratio\":{:.3},\"engine_window_refills\":{},\"floor_window_refills\":{},\"server_echoed\":{}}}",
         engine / floor,
-        refills.0,
-        refills.1,
+        engine_cpu / floor_cpu,
+        sum(&engine_rounds, |r| r.refills as f64),
+        sum(&floor_rounds, |r| r.refills as f64),
         echoed.load(Ordering::Relaxed)
     );
 }

@@ -3,7 +3,9 @@
 //! The scan layer implements [`WorkerDriver`] (one per worker) and hands out
 //! [`Conversation`]s; [`run_workers`] runs one [`Worker`] per core until a stop flag is set.
 //! Every conversation that was started or accepted comes back through
-//! [`WorkerDriver::probe_done`] exactly once, with timings.
+//! [`WorkerDriver::probe_done`] exactly once, with timings. With [`EngineConfig::udp`] each
+//! worker also owns UDP sockets on its ring ([`udp`]): datagrams go to
+//! [`WorkerDriver::datagram`], answers and queries leave through a bounded [`DatagramQueue`].
 //!
 //! ```no_run
 //! use std::net::SocketAddr;

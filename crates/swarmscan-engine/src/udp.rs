@@ -35,6 +35,53 @@
 //!   [`WorkerDriver::next_wakeup`](crate::WorkerDriver::next_wakeup).
 //! - Demultiplexing by content (KRPC, uTP, tracker replies) is the application's business.
 //!
+//! # Example: a driver that answers every datagram
+//!
+//! ```
+//! use std::net::SocketAddr;
+//! use std::sync::atomic::AtomicBool;
+//! use swarmscan_engine::exchange::Exchange;
+//! use swarmscan_engine::{DatagramQueue, EngineConfig, Millis, ProbeDone, ProbeRequest, WorkerDriver};
+//!
+//! #[derive(Default)]
+//! struct Answerer {
+//!     port: u16,
+//!     answered: u64,
+//! }
+//!
+//! impl WorkerDriver for Answerer {
+//!     type Conv = Exchange; // no TCP here
+//!     fn next_probe(&mut self, _: Millis) -> Option<ProbeRequest<Exchange>> {
+//!         None
+//!     }
+//!     fn probe_done(&mut self, _: Millis, _: ProbeDone<Exchange>) {}
+//!     fn incoming(&mut self, _: Millis, _: SocketAddr, _: SocketAddr) -> Option<(u64, Exchange)> {
+//!         None
+//!     }
+//!     fn on_udp_bound(&mut self, udp: &[SocketAddr]) {
+//!         self.port = udp[0].port(); // e.g. announce it, or key a DHT node id to it
+//!     }
+//!     fn datagram(&mut self, _now: Millis, local: SocketAddr, from: SocketAddr, bytes: &[u8], out: &mut DatagramQueue) {
+//!         // A real driver routes by content (KRPC, uTP, tracker) and keeps its own timers.
+//!         if out.push(local, from, bytes).is_ok() {
+//!             self.answered += 1;
+//!         } // else the arena is full: the datagram is dropped and counted
+//!     }
+//! }
+//!
+//! let cfg = EngineConfig {
+//!     workers: 2,
+//!     udp: vec!["127.0.0.1:0".parse().unwrap()], // a port per worker
+//!     ..Default::default()
+//! };
+//! let stop = AtomicBool::new(true); // set it later from a signal handler in real use
+//! let drivers = vec![Answerer::default(), Answerer::default()];
+//! for (driver, stats) in swarmscan_engine::run_workers(&cfg, drivers, &stop).unwrap() {
+//!     assert_ne!(driver.port, 0);
+//!     println!("port {}: {} answered, {} refused", driver.port, driver.answered, stats.udp_send_dropped);
+//! }
+//! ```
+//!
 //! # Bounds and costs
 //! Per worker with UDP: `udp_recv_buffers × (udp_max_datagram + 44)` bytes of receive
 //! buffers (1024 × 2092 B ≈ 2 MiB by default) shared by its UDP sockets, and
