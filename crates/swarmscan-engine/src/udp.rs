@@ -545,6 +545,24 @@ impl UdpPlane {
         }
     }
 
+    /// Bookkeeping only, for a worker going away: a receive completion (`flags`) on socket
+    /// `socket_index` (its buffer, if any, is not given back).
+    pub(crate) fn receive_ended(&mut self, socket_index: usize, flags: u32) {
+        if let Some(socket) = self.sockets.get_mut(socket_index) {
+            if !cqueue::more(flags) {
+                socket.armed = false;
+            }
+        }
+    }
+
+    /// Bookkeeping only, for a worker going away: send slot `index` completed.
+    pub(crate) fn send_ended(&mut self, index: u32) {
+        if (index as usize) < self.queue.slots.len() {
+            self.queue.in_flight -= 1;
+            self.queue.free.push(index);
+        }
+    }
+
     /// Reads the error queues of the sockets that reported errors and tells the driver.
     fn drain_errors<D: WorkerDriver>(
         &mut self,

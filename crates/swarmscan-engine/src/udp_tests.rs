@@ -417,3 +417,18 @@ fn run_workers_tells_each_driver_its_udp_address() {
     );
     assert!(done.iter().all(|(_, s)| s.udp_sends_leaked == 0));
 }
+
+#[test]
+fn a_worker_dropped_without_run_frees_its_udp_sockets() {
+    let mut w = worker(config(&[V4, V6]));
+    let bound = w.udp_addrs();
+    let mut d = UdpDriver::default();
+    d.outbox.push_back((closed_port(V4), b"x".to_vec()));
+    w.step(&mut d, 0).unwrap(); // receives armed, a send submitted
+    assert!(UdpSocket::bind(bound[0]).is_err(), "the worker holds its port");
+    drop(w);
+    // The receives were cancelled and the plane freed, so the ports are free again.
+    for addr in bound {
+        UdpSocket::bind(addr).unwrap_or_else(|e| panic!("{addr} still held: {e}"));
+    }
+}

@@ -1545,6 +1545,36 @@ impl<C: Conversation> Worker<C> {
         Ok(())
     }
 
+    /// For a worker dropped without `run`'s drain (stepped by hand, or `run` failed): cancels
+    /// the UDP receives and waits, bounded, for them and the sends in flight, so the plane
+    /// can be freed. Other completions are dropped unread: the worker is going away.
+    fn quiesce_udp(&mut self) {
+        if !self.udp.busy() {
+            return;
+        }
+        let mut sqes = std::mem::take(&mut self.udp_sqes);
+        self.udp.cancel_receives(&mut sqes);
+        self.push_each(&mut sqes);
+        let deadline = Instant::now() + Duration::from_millis(self.cfg.drain_timeout_ms.min(1000));
+        while self.udp.busy() && Instant::now() < deadline {
+            self.flush_overflow();
+            if self.submit_and_wait(10).is_err() {
+                return;
+            }
+            let cq = self.ring.completion();
+            for cqe in cq {
+                let Some(ud) = UserData::unpack(cqe.user_data()) else {
+                    continue;
+                };
+                match ud.kind {
+                    OpKind::UdpRecv => self.udp.receive_ended(ud.slot as usize, cqe.flags()),
+                    OpKind::UdpSend => self.udp.send_ended(ud.slot),
+                    _ => {}
+                }
+            }
+        }
+    }
+
     /// Test hook: queue a no-op whose completion carries `user_data`.
     #[cfg(test)]
     pub(crate) fn inject_nop(&mut self, user_data: u64) {
@@ -1555,6 +1585,7 @@ impl<C: Conversation> Worker<C> {
 
 impl<C: Conversation> Drop for Worker<C> {
     fn drop(&mut self) {
+        self.quiesce_udp();
         if !self.udp.busy() {
             self.udp.release(&self.ring);
             // Safety: dropped exactly once, here; the kernel no longer uses the plane (no
