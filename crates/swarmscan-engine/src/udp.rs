@@ -27,9 +27,10 @@
 //!   errors (port unreachable → ECONNREFUSED, host unreachable, message too big) reach us:
 //!   the worker drains the socket's error queue when a receive or send reports one and
 //!   hands each to [`WorkerDriver::datagram_error`](crate::WorkerDriver::datagram_error) with
-//!   the destination the failed datagram was sent to; each counts in `udp_send_errors`. (The
-//!   kernel reports the error once more on the socket's next operation; when that is a send,
-//!   that datagram fails too and is reported the same way.)
+//!   the destination the failed datagram was sent to; each counts in `udp_send_errors`. The
+//!   kernel also reports the error once on the socket's next operation: when that is a send,
+//!   that datagram did not leave, so a failed send is sent once more (`udp_send_retries`) and
+//!   reported only when it fails again.
 //! - Timers of UDP protocols are the driver's: it gets `tick` and `poll_datagrams` every
 //!   iteration and the worker sleeps no later than
 //!   [`WorkerDriver::next_wakeup`](crate::WorkerDriver::next_wakeup).
@@ -154,6 +155,8 @@ struct SendSlot {
     to_addr: SocketAddr,
     len: usize,
     socket: usize,
+    /// Sent once more after a first failure (see `UdpPlane::on_send`).
+    retried: bool,
 }
 
 /// Datagrams the driver wants sent, in a fixed arena of send slots (see the module docs).
@@ -185,6 +188,7 @@ impl DatagramQueue {
                 to_addr: dummy,
                 len: 0,
                 socket: 0,
+                retried: false,
             })
             .collect();
         DatagramQueue {
@@ -234,6 +238,7 @@ impl DatagramQueue {
         slot.to_addr = to;
         slot.len = bytes.len();
         slot.socket = socket;
+        slot.retried = false;
         self.queued.push(index);
         Ok(())
     }
@@ -527,11 +532,23 @@ impl UdpPlane {
         res: i32,
         stats: &mut WorkerStats,
     ) {
-        let Some(slot) = self.queue.slots.get(index as usize) else {
+        let Some(slot) = self.queue.slots.get_mut(index as usize) else {
             return;
         };
         let (socket, to) = (slot.socket, slot.to_addr);
         self.queue.in_flight -= 1;
+        if res < 0 && !slot.retried {
+            // The kernel reports an ICMP error on the socket's next operation: when that is
+            // a send, the datagram never left, whatever its destination. Report the queued
+            // errors (with their own destinations) and send it once more; a second failure
+            // is its own.
+            slot.retried = true;
+            stats.udp_send_retries += 1;
+            self.queue.queued.push(index);
+            self.errors_pending.push(socket);
+            self.drain_errors(driver, now, stats);
+            return;
+        }
         self.queue.free.push(index);
         if res >= 0 {
             stats.udp_sent += 1;
@@ -539,9 +556,6 @@ impl UdpPlane {
             stats.udp_send_errors += 1;
             let local = self.sockets[socket].local;
             driver.datagram_error(now, local, to, -res, &mut self.queue);
-            // The failure may be an earlier datagram's ICMP error picked up by this send.
-            self.errors_pending.push(socket);
-            self.drain_errors(driver, now, stats);
         }
     }
 

@@ -425,10 +425,38 @@ fn a_worker_dropped_without_run_frees_its_udp_sockets() {
     let mut d = UdpDriver::default();
     d.outbox.push_back((closed_port(V4), b"x".to_vec()));
     w.step(&mut d, 0).unwrap(); // receives armed, a send submitted
-    assert!(UdpSocket::bind(bound[0]).is_err(), "the worker holds its port");
+    assert!(
+        UdpSocket::bind(bound[0]).is_err(),
+        "the worker holds its port"
+    );
     drop(w);
     // The receives were cancelled and the plane freed, so the ports are free again.
     for addr in bound {
         UdpSocket::bind(addr).unwrap_or_else(|e| panic!("{addr} still held: {e}"));
     }
+}
+
+#[test]
+fn a_send_that_meets_another_datagrams_icmp_error_is_sent_again() {
+    let mut w = worker(config(&[V4]));
+    let p = peer(V4);
+    let live = p.local_addr().unwrap();
+    let mut d = UdpDriver::default();
+    for round in 0..20u8 {
+        // The port unreachable for the first comes back while the second is being sent:
+        // the kernel reports it on the socket's next operation, which may be that send.
+        let closed = closed_port(V4);
+        d.outbox.push_back((closed, b"nobody".to_vec()));
+        d.outbox.push_back((live, vec![round]));
+        let sent = 2 * (round as u64 + 1);
+        step_until(&mut w, &mut d, "both sends and the error", |w, d| {
+            d.errors.iter().any(|e| e.1 == closed) && w.stats().udp_sent == sent
+        });
+        assert_eq!(recv(&p).0, vec![round], "round {round}: {:?}", w.stats());
+    }
+    assert!(d.errors.iter().all(|e| e.1 != live), "{:?}", d.errors);
+    // Each round's ICMP error met the next send (whether the multishot receive saw it first
+    // depends on timing, so this is at least one, not twenty).
+    assert!(w.stats().udp_send_retries >= 1, "{:?}", w.stats());
+    assert_eq!(w.stats().udp_send_errors, 20, "{:?}", w.stats());
 }
