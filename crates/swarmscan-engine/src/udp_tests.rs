@@ -393,6 +393,19 @@ fn each_worker_binds_its_own_port() {
         err.to_string().contains("127.0.0.1:65534") && err.to_string().contains("worker 3"),
         "{err}"
     );
+    let err = Worker::<Exchange>::new(
+        WorkerConfig {
+            udp_recv_buffers: 3,
+            ..config(&[V4])
+        },
+        Instant::now(),
+    )
+    .err()
+    .expect("3 receive buffers");
+    assert!(
+        err.to_string().contains("udp receive buffers") && err.to_string().contains("power of two"),
+        "{err}"
+    );
 }
 
 #[test]

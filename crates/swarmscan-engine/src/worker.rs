@@ -692,7 +692,8 @@ impl<C: Conversation> Worker<C> {
                     // Safety: every pointer in these SQEs refers to memory that stays valid
                     // until the operation's final completion: slot fields in the fixed slab
                     // (freed only when `pending` reaches 0), the boxed connect timespec, the
-                    // buffer ring. Timespecs for link timeouts are copied at submission.
+                    // buffer rings, the UDP plane's recvmsg headers and send arena (freed only
+                    // when no receive is armed and no send in flight). Timespecs for link timeouts are copied at submission.
                     unsafe { sq.push_multiple(entries) }.expect("capacity checked");
                     return;
                 }
