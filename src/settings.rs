@@ -96,6 +96,8 @@ impl From<&Config> for EngineConfig {
             recv_buffers: config.engine.recv_buffers.min(32768) as u16,
             recv_buffer_size: config.engine.recv_buffer_size,
             ring_entries: config.engine.ring_entries,
+            // No UDP sockets until the application has a UDP plane (issue 9).
+            ..EngineConfig::default()
         }
     }
 }

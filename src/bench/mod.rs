@@ -449,6 +449,8 @@ fn engine_phase(
         recv_buffer_size: 4096,
         ring_entries: 4096,
         listen: Vec::new(),
+        // No UDP sockets: these benchmarks are TCP only.
+        ..EngineConfig::default()
     };
     let settings = Arc::new(crate::proto::probe::ProbeSettings {
         quiet_timeout_ms: args.peer_delay_ms + 5000,

@@ -276,6 +276,8 @@ pub fn run(args: &WatchArgs) -> std::io::Result<()> {
         recv_buffer_size: 4096,
         ring_entries: 4096,
         listen: Vec::new(),
+        // No UDP sockets: these benchmarks are TCP only.
+        ..EngineConfig::default()
     };
     engine::net::raise_nofile_limit(
         cfg.descriptors_needed(),

@@ -3,7 +3,9 @@
 //! The scan layer implements [`WorkerDriver`] (one per worker) and hands out
 //! [`Conversation`]s; [`run_workers`] runs one [`Worker`] per core until a stop flag is set.
 //! Every conversation that was started or accepted comes back through
-//! [`WorkerDriver::probe_done`] exactly once, with timings.
+//! [`WorkerDriver::probe_done`] exactly once, with timings. With [`EngineConfig::udp`] each
+//! worker also owns UDP sockets on its ring ([`udp`]): datagrams go to
+//! [`WorkerDriver::datagram`], answers and queries leave through a bounded [`DatagramQueue`].
 //!
 //! ```no_run
 //! use std::net::SocketAddr;
@@ -52,12 +54,15 @@ pub mod net;
 pub mod rate;
 pub mod ring;
 pub mod slots;
+pub mod udp;
 pub mod user_data;
 pub mod wheel;
 pub mod worker;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod udp_tests;
 
 use std::io;
 use std::net::SocketAddr;
@@ -65,6 +70,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 pub use conversation::{Conversation, Millis, Verdict};
+pub use udp::{DatagramQueue, SendRefused};
 pub use worker::{
     Ending, ProbeDone, ProbeRequest, Waker, Worker, WorkerConfig, WorkerDriver, WorkerStats,
 };
@@ -96,6 +102,16 @@ pub struct EngineConfig {
     pub recv_buffer_size: u32,
     /// Submission queue entries per worker.
     pub ring_entries: u32,
+    /// UDP addresses (see [`udp`]): worker i binds each at `port + i` (port 0: a port of the
+    /// kernel's choosing per worker); the driver learns them in
+    /// [`WorkerDriver::on_udp_bound`]. Empty = no UDP.
+    pub udp: Vec<SocketAddr>,
+    /// UDP receive buffers per worker (power of two).
+    pub udp_recv_buffers: u16,
+    /// Longest UDP datagram received or sent.
+    pub udp_max_datagram: u32,
+    /// UDP datagrams queued or in flight at once per worker.
+    pub udp_send_slots: usize,
 }
 
 impl Default for EngineConfig {
@@ -114,17 +130,22 @@ impl Default for EngineConfig {
             recv_buffers: 1024,
             recv_buffer_size: 4096,
             ring_entries: 4096,
+            udp: Vec::new(),
+            udp_recv_buffers: 1024,
+            udp_max_datagram: 2048,
+            udp_send_slots: 1024,
         }
     }
 }
 
 impl EngineConfig {
-    /// Descriptors the engine needs: one per in-flight slot, plus rings, listeners, slack.
+    /// Descriptors the engine needs: one per in-flight slot, plus rings, listeners, UDP
+    /// sockets, slack.
     pub fn descriptors_needed(&self) -> u64 {
         self.max_in_flight as u64
             + self.max_held as u64
             + self.max_incoming as u64
-            + (self.workers as u64) * (2 + self.listen.len() as u64)
+            + (self.workers as u64) * (2 + self.listen.len() as u64 + self.udp.len() as u64)
             + 64
     }
 
@@ -148,6 +169,10 @@ impl EngineConfig {
             recv_buffers: self.recv_buffers,
             recv_buffer_size: self.recv_buffer_size,
             listen: self.listen.clone(),
+            udp: self.udp.clone(),
+            udp_recv_buffers: self.udp_recv_buffers,
+            udp_max_datagram: self.udp_max_datagram,
+            udp_send_slots: self.udp_send_slots,
             pin_cpu: self.pin_cores.then_some(index),
             ..WorkerConfig::default()
         }

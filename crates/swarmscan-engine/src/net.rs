@@ -4,7 +4,7 @@ use std::io;
 use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsRawFd, RawFd};
 
-fn setsockopt_raw<T>(fd: RawFd, level: i32, name: i32, value: &T) -> io::Result<()> {
+pub(crate) fn setsockopt_raw<T>(fd: RawFd, level: i32, name: i32, value: &T) -> io::Result<()> {
     // Safety: `value` points to a live `T` of exactly `size_of::<T>()` bytes for the call.
     let rc = unsafe {
         libc::setsockopt(
@@ -136,6 +136,37 @@ fn from_storage(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
         }
         _ => None,
     }
+}
+
+/// A std address from a `sockaddr_storage` the kernel filled (None for other families).
+pub(crate) fn sockaddr_from_storage(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    from_storage(storage)
+}
+
+/// A std address from the raw `sockaddr_in` / `sockaddr_in6` bytes the kernel wrote (e.g. the
+/// name field of a multishot recvmsg buffer); None when too short or of another family.
+pub(crate) fn sockaddr_from_bytes(bytes: &[u8]) -> Option<SocketAddr> {
+    let len = bytes
+        .len()
+        .min(std::mem::size_of::<libc::sockaddr_storage>());
+    if len < std::mem::size_of::<libc::sockaddr_in>() {
+        return None;
+    }
+    // Safety: sockaddr_storage is POD; zero is valid.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    // Safety: `len` bytes fit in both the source slice and the storage.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            bytes.as_ptr(),
+            (&mut storage as *mut libc::sockaddr_storage).cast::<u8>(),
+            len,
+        )
+    };
+    if storage.ss_family as i32 == libc::AF_INET6 && len < std::mem::size_of::<libc::sockaddr_in6>()
+    {
+        return None;
+    }
+    from_storage(&storage)
 }
 
 /// getpeername(2) as a std address.

@@ -30,6 +30,10 @@ pub enum OpKind {
     Nop = 10,
     /// Multishot poll on the worker's wake-up eventfd.
     Wake = 11,
+    /// Multishot IORING_OP_RECVMSG on a UDP socket; the slot field is the socket index.
+    UdpRecv = 12,
+    /// IORING_OP_SENDMSG of one datagram; the slot field is the send slot.
+    UdpSend = 13,
 }
 
 impl OpKind {
@@ -46,6 +50,8 @@ impl OpKind {
             9 => OpKind::CloseUntracked,
             10 => OpKind::Nop,
             11 => OpKind::Wake,
+            12 => OpKind::UdpRecv,
+            13 => OpKind::UdpSend,
             _ => return None,
         })
     }
@@ -111,6 +117,8 @@ mod tests {
             OpKind::CloseUntracked,
             OpKind::Nop,
             OpKind::Wake,
+            OpKind::UdpRecv,
+            OpKind::UdpSend,
         ] {
             for (slot, generation) in [(0, 0), (u32::MAX, GENERATION_MASK), (12345, 77)] {
                 let ud = UserData::new(kind, slot, generation);

@@ -19,6 +19,7 @@ use super::net::{self, RawSockAddr};
 use super::rate::ConnectBudget;
 use super::ring::{self, RingFlags};
 use super::slots::Slab;
+use super::udp::{DatagramQueue, UdpPlane};
 use super::user_data::{OpKind, UserData};
 use super::wheel::{TimerEntry, TimerWheel, TICK_MS};
 
@@ -54,6 +55,16 @@ pub struct WorkerConfig {
     pub max_wait_ms: u64,
     /// Longest time to wait for in-flight operations to drain at stop.
     pub drain_timeout_ms: u64,
+    /// UDP addresses to bind, one socket each (see [`crate::udp`]): this worker binds
+    /// `port + index` (its own socket and port), or a port of the kernel's choosing for
+    /// port 0. Empty = no UDP.
+    pub udp: Vec<SocketAddr>,
+    /// UDP receive buffers (power of two), shared by this worker's UDP sockets.
+    pub udp_recv_buffers: u16,
+    /// Longest UDP datagram received or sent; longer ones are dropped and counted.
+    pub udp_max_datagram: u32,
+    /// Datagrams queued or in flight at once (the send arena); more are refused.
+    pub udp_send_slots: usize,
 }
 
 impl Default for WorkerConfig {
@@ -73,6 +84,10 @@ impl Default for WorkerConfig {
             pin_cpu: None,
             max_wait_ms: 100,
             drain_timeout_ms: 3000,
+            udp: Vec::new(),
+            udp_recv_buffers: 1024,
+            udp_max_datagram: 2048,
+            udp_send_slots: 1024,
         }
     }
 }
@@ -154,7 +169,38 @@ pub trait WorkerDriver {
     }
     /// Called once per loop iteration.
     fn tick(&mut self, _now: Millis) {}
-    /// When the driver wants `tick`/`next_probe` again at the latest (None = no wish).
+    /// Called once when the worker starts running (after `on_start`), with the local
+    /// addresses of its UDP sockets (empty without UDP), in the order of
+    /// [`WorkerConfig::udp`].
+    fn on_udp_bound(&mut self, _udp: &[SocketAddr]) {}
+    /// A datagram from `from` arrived on the UDP socket bound to `local`; `bytes` is lent for
+    /// the call only. Answers go into `out`.
+    fn datagram(
+        &mut self,
+        _now: Millis,
+        _local: SocketAddr,
+        _from: SocketAddr,
+        _bytes: &[u8],
+        _out: &mut DatagramQueue,
+    ) {
+    }
+    /// Called once per loop iteration (after `tick`) to queue datagrams of the driver's own
+    /// (queries, retries); keep it cheap when there is nothing to send.
+    fn poll_datagrams(&mut self, _now: Millis, _out: &mut DatagramQueue) {}
+    /// A datagram sent from `local` to `to` failed with `errno`: the send itself, or an ICMP
+    /// error that came back (ECONNREFUSED: port unreachable; EHOSTUNREACH, ENETUNREACH;
+    /// EMSGSIZE: too big for the path).
+    fn datagram_error(
+        &mut self,
+        _now: Millis,
+        _local: SocketAddr,
+        _to: SocketAddr,
+        _errno: i32,
+        _out: &mut DatagramQueue,
+    ) {
+    }
+    /// When the driver wants `tick`/`next_probe`/`poll_datagrams` again at the latest (None =
+    /// no wish); UDP protocols' timers (retries, timeouts) go here.
     fn next_wakeup(&self) -> Option<Millis> {
         None
     }
@@ -203,6 +249,25 @@ pub struct WorkerStats {
     pub single_issuer: bool,
     /// DEFER_TASKRUN was accepted.
     pub defer_taskrun: bool,
+    /// Datagrams received and handed to the driver.
+    pub udp_received: u64,
+    /// Datagrams the kernel sent.
+    pub udp_sent: u64,
+    /// Failed UDP sends plus ICMP errors reported for sent datagrams (each one also went to
+    /// `datagram_error`).
+    pub udp_send_errors: u64,
+    /// Failed sends sent once more (the failure is often an earlier datagram's ICMP error,
+    /// reported on the socket's next operation).
+    pub udp_send_retries: u64,
+    /// Datagrams the queue refused (arena full, too large, no such socket): never sent.
+    pub udp_send_dropped: u64,
+    /// UDP receives that found their buffer ring empty (re-armed at the next iteration).
+    pub udp_recv_enobufs: u64,
+    /// Datagrams dropped on receipt: longer than `udp_max_datagram`, or unreadable source.
+    pub udp_recv_truncated: u64,
+    /// UDP sends still in flight when the drain timeout ran out at stop (their memory is
+    /// leaked on purpose, like `leaked_slots`).
+    pub udp_sends_leaked: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -315,6 +380,9 @@ pub struct Worker<C: Conversation> {
     // Field order matters for drop: the ring goes first, then the memory it may reference.
     ring: IoUring,
     bufs: ManuallyDrop<BufRing>,
+    /// UDP sockets, receive buffers and send arena; released in Drop only when idle.
+    udp: ManuallyDrop<UdpPlane>,
+    udp_sqes: Vec<squeue::Entry>,
     slots: Slab<Slot<C>>,
     wheel: TimerWheel,
     budget: ConnectBudget,
@@ -362,6 +430,18 @@ impl<C: Conversation> Worker<C> {
                 cfg.recv_buffer_size,
             )
         }?;
+        // Safety: the plane is kept in a ManuallyDrop field of the worker and released only
+        // when the kernel is done with it (Worker's Drop), else leaked.
+        let udp = unsafe {
+            UdpPlane::new(
+                &ring,
+                &cfg.udp,
+                cfg.index,
+                cfg.udp_recv_buffers,
+                cfg.udp_send_slots,
+                cfg.udp_max_datagram,
+            )
+        }?;
         let mut listeners = Vec::new();
         for addr in &cfg.listen {
             let socket = net::reuseport_listener(*addr, 4096)
@@ -394,6 +474,8 @@ impl<C: Conversation> Worker<C> {
         Ok(Worker {
             ring,
             bufs: ManuallyDrop::new(bufs),
+            udp: ManuallyDrop::new(udp),
+            udp_sqes: Vec::new(),
             slots: Slab::with_capacity(cfg.max_in_flight + cfg.max_held + cfg.max_incoming),
             wheel: TimerWheel::new(now),
             budget: ConnectBudget::new(
@@ -472,6 +554,11 @@ impl<C: Conversation> Worker<C> {
             .collect()
     }
 
+    /// Local addresses of the UDP sockets, in the order of [`WorkerConfig::udp`].
+    pub fn udp_addrs(&self) -> Vec<SocketAddr> {
+        self.udp.local_addrs()
+    }
+
     /// Runs until `stop` is set or the driver says so, then drains: every conversation still
     /// live is handed back with `Closed(Some(ECANCELED))`.
     pub fn run<D: WorkerDriver<Conv = C>>(
@@ -480,6 +567,7 @@ impl<C: Conversation> Worker<C> {
         stop: &AtomicBool,
     ) -> io::Result<WorkerStats> {
         driver.on_start(self.waker(), &self.listen_addrs());
+        driver.on_udp_bound(&self.udp_addrs());
         while !stop.load(Ordering::Relaxed) && !driver.should_stop() {
             self.step(driver, self.cfg.max_wait_ms)?;
         }
@@ -498,6 +586,7 @@ impl<C: Conversation> Worker<C> {
         self.flush_overflow();
         self.fire_timers(driver, now);
         driver.tick(now);
+        self.udp_poll(driver, now);
         self.arm_listeners(now);
         self.rearm_receives();
         if !self.stopping {
@@ -523,7 +612,43 @@ impl<C: Conversation> Worker<C> {
         let wait_ms = wake.saturating_sub(self.now());
         self.submit_and_wait(wait_ms)?;
         self.process_completions(driver);
+        self.flush_datagrams();
         Ok(())
+    }
+
+    /// The driver's own datagrams, then receives armed and every queued datagram handed to
+    /// the submission queue.
+    fn udp_poll<D: WorkerDriver<Conv = C>>(&mut self, driver: &mut D, now: Millis) {
+        if self.udp.is_empty() {
+            return;
+        }
+        if !self.stopping {
+            driver.poll_datagrams(now, &mut self.udp.queue);
+            let mut sqes = std::mem::take(&mut self.udp_sqes);
+            self.udp.arm_receives(&mut sqes);
+            self.push_each(&mut sqes);
+            self.udp_sqes = sqes;
+        }
+        self.flush_datagrams();
+    }
+
+    /// Hands every datagram the driver queued to the submission queue.
+    fn flush_datagrams(&mut self) {
+        if self.udp.is_empty() {
+            return;
+        }
+        let mut sqes = std::mem::take(&mut self.udp_sqes);
+        self.udp.take_sends(&mut sqes);
+        self.push_each(&mut sqes);
+        self.udp_sqes = sqes;
+        self.stats.udp_send_dropped = self.udp.queue.dropped();
+    }
+
+    /// Pushes independent SQEs one by one (a batch may exceed the queue's free space).
+    fn push_each(&mut self, sqes: &mut Vec<squeue::Entry>) {
+        for entry in sqes.drain(..) {
+            self.push(std::slice::from_ref(&entry));
+        }
     }
 
     fn submit_and_wait(&mut self, wait_ms: u64) -> io::Result<()> {
@@ -567,7 +692,8 @@ impl<C: Conversation> Worker<C> {
                     // Safety: every pointer in these SQEs refers to memory that stays valid
                     // until the operation's final completion: slot fields in the fixed slab
                     // (freed only when `pending` reaches 0), the boxed connect timespec, the
-                    // buffer ring. Timespecs for link timeouts are copied at submission.
+                    // buffer rings, the UDP plane's recvmsg headers and send arena (freed only
+                    // when no receive is armed and no send in flight). Timespecs for link timeouts are copied at submission.
                     unsafe { sq.push_multiple(entries) }.expect("capacity checked");
                     return;
                 }
@@ -734,6 +860,23 @@ impl<C: Conversation> Worker<C> {
                 if let Some(bid) = bid {
                     self.bufs.recycle(bid);
                 }
+            }
+            OpKind::UdpRecv => {
+                let deliver = !self.stopping;
+                self.udp.on_recv(
+                    driver,
+                    now,
+                    ud.slot as usize,
+                    res,
+                    flags,
+                    deliver,
+                    &mut self.stats,
+                );
+                self.flush_datagrams();
+            }
+            OpKind::UdpSend => {
+                self.udp.on_send(driver, now, ud.slot, res, &mut self.stats);
+                self.flush_datagrams();
             }
             OpKind::Nop => {
                 if self.slots.get(ud.slot, ud.generation).is_none() {
@@ -1358,6 +1501,12 @@ impl<C: Conversation> Worker<C> {
             }
             self.listeners[i].rearm_at = None;
         }
+        let mut sqes = std::mem::take(&mut self.udp_sqes);
+        self.udp.cancel_receives(&mut sqes);
+        self.push_each(&mut sqes);
+        self.udp_sqes = sqes;
+        // Datagrams already queued still go out (the drain waits for them).
+        self.flush_datagrams();
         if self.wake_armed {
             let cancel = opcode::AsyncCancel::new(UserData::new(OpKind::Wake, 0, 0).pack())
                 .build()
@@ -1387,15 +1536,47 @@ impl<C: Conversation> Worker<C> {
             }
         }
         let deadline = Instant::now() + Duration::from_millis(self.cfg.drain_timeout_ms);
-        while (!self.slots.is_empty() || self.listeners.iter().any(|l| l.armed))
+        while (!self.slots.is_empty() || self.listeners.iter().any(|l| l.armed) || self.udp.busy())
             && Instant::now() < deadline
         {
             self.flush_overflow();
             self.submit_and_wait(10)?;
             self.process_completions(driver);
+            self.flush_datagrams();
         }
         self.stats.leaked_slots = self.slots.len();
+        self.stats.udp_sends_leaked = self.udp.sends_in_flight();
         Ok(())
+    }
+
+    /// For a worker dropped without `run`'s drain (stepped by hand, or `run` failed): cancels
+    /// the UDP receives and waits, bounded, for them and the sends in flight, so the plane
+    /// can be freed. Other completions are dropped unread: the worker is going away.
+    fn quiesce_udp(&mut self) {
+        if !self.udp.busy() {
+            return;
+        }
+        let mut sqes = std::mem::take(&mut self.udp_sqes);
+        self.udp.cancel_receives(&mut sqes);
+        self.push_each(&mut sqes);
+        let deadline = Instant::now() + Duration::from_millis(self.cfg.drain_timeout_ms.min(1000));
+        while self.udp.busy() && Instant::now() < deadline {
+            self.flush_overflow();
+            if self.submit_and_wait(10).is_err() {
+                return;
+            }
+            let cq = self.ring.completion();
+            for cqe in cq {
+                let Some(ud) = UserData::unpack(cqe.user_data()) else {
+                    continue;
+                };
+                match ud.kind {
+                    OpKind::UdpRecv => self.udp.receive_ended(ud.slot as usize, cqe.flags()),
+                    OpKind::UdpSend => self.udp.send_ended(ud.slot),
+                    _ => {}
+                }
+            }
+        }
     }
 
     /// Test hook: queue a no-op whose completion carries `user_data`.
@@ -1408,6 +1589,14 @@ impl<C: Conversation> Worker<C> {
 
 impl<C: Conversation> Drop for Worker<C> {
     fn drop(&mut self) {
+        self.quiesce_udp();
+        if !self.udp.busy() {
+            self.udp.release(&self.ring);
+            // Safety: dropped exactly once, here; the kernel no longer uses the plane (no
+            // receive armed, no send in flight) and its buffer group is unregistered.
+            unsafe { ManuallyDrop::drop(&mut self.udp) };
+        }
+        // Otherwise the plane is leaked: the kernel may still read or write its memory.
         if self.stats.leaked_slots > 0 || !self.slots.is_empty() {
             // Operations may still reference slot memory and receive buffers: never free
             // them under the kernel.
