@@ -212,6 +212,9 @@ pub fn probe(args: &ProbeArgs) -> i32 {
         recv_buffers: scan.engine.recv_buffers.min(64),
         recv_buffer_size: scan.engine.recv_buffer_size,
         ring_entries: scan.engine.ring_entries.min(256),
+        // No UDP: the probe is one TCP connection.
+        udp: Vec::new(),
+        ..scan.engine.clone()
     };
     let catalog = Catalog::with_metadata_limits(
         vec![CatalogTorrent {
