@@ -206,8 +206,13 @@ impl Conversation for ProbeConv {
     }
 }
 
-/// Messages between workers (and from discovery to workers).
+/// Messages between workers (and from discovery and the session to workers).
 pub enum WorkerMsg {
+    /// The catalog grew (`swarmscan add` while the scan runs): the same torrents at the same
+    /// indices, then new ones. Sent to every worker before anyone else learns the new indices.
+    Catalog(Arc<Catalog>),
+    /// The revisit policy changed (SIGHUP): applies to every visit scheduled from now on.
+    Policy(RevisitPolicy),
     /// Addresses for a torrent from one source.
     Peers {
         torrent: u32,
@@ -381,6 +386,10 @@ pub struct ScanDriver {
     pub counters: Arc<WorkerCounters>,
 }
 
+/// How often a peer of a removed torrent is looked at again (to see whether the torrent was
+/// added back), seconds; within one revolution of the revisit wheel.
+const REMOVED_RECHECK_SECS: u32 = 300;
+
 /// Most messages taken from the inbox per tick, so a flood of addresses can't stall probing.
 const INBOX_PER_TICK: usize = 4096;
 
@@ -515,6 +524,11 @@ impl ScanDriver {
     }
 
     fn add_peers(&mut self, torrent: u32, src: u8, addrs: &[SocketAddr], now: Millis) {
+        // Removed (or not in this worker's snapshot, which never happens: a new catalog
+        // reaches every worker before its indices are used): nothing to probe.
+        if self.catalog.is_removed(torrent) {
+            return;
+        }
         for &a in addrs {
             if self.blocklist.blocks(&a) {
                 self.counters.blocked.fetch_add(1, Ordering::Relaxed);
@@ -840,6 +854,12 @@ impl ScanDriver {
                 break;
             };
             match msg {
+                WorkerMsg::Catalog(catalog) => {
+                    if catalog.len() >= self.catalog.len() {
+                        self.catalog = catalog;
+                    }
+                }
+                WorkerMsg::Policy(policy) => self.policy = policy,
                 WorkerMsg::Peers {
                     torrent,
                     source,
@@ -855,6 +875,9 @@ impl ScanDriver {
                     event,
                     watch,
                 } => {
+                    if self.catalog.try_get(torrent).is_none() {
+                        continue;
+                    }
                     if let Some(idx) = self.table.find(torrent, addr) {
                         // While an outgoing probe of the peer runs (or a connection watches
                         // it), its schedule is that connection's business.
@@ -990,7 +1013,9 @@ impl ScanDriver {
             return Verdict::Finished;
         }
         let idx = token as PeerIdx;
-        if self.watched.contains_key(&token) || self.no_watch.contains(&idx) {
+        // A torrent removed while the probe ran: the probe ends, nothing is watched.
+        let removed = self.catalog.is_removed(self.table.get(idx).torrent);
+        if self.watched.contains_key(&token) || self.no_watch.contains(&idx) || removed {
             // A fresh look at a peer we watch already (it batches its haves): recorded when it
             // comes back through `probe_done`.
             conv.unsnapshot(report);
@@ -1019,6 +1044,19 @@ impl ScanDriver {
         conv.unsnapshot(report);
         conv.stop(now, send);
         Verdict::Finished
+    }
+
+    /// True when the torrent of a watched connection was removed from the scan (the watch
+    /// ends at its next sample).
+    fn watched_torrent_removed(&self, token: u64, incoming: bool, conv: &ProbeConv) -> bool {
+        let torrent = if incoming {
+            conv.report()
+                .info_hash
+                .and_then(|h| self.catalog.index_of(&h))
+        } else {
+            Some(self.table.get(token as PeerIdx).torrent)
+        };
+        torrent.is_some_and(|t| self.catalog.is_removed(t))
     }
 
     /// A live observation on a watched connection: recorded on the peer's owner.
@@ -1097,9 +1135,20 @@ impl WorkerDriver for ScanDriver {
                 self.due_aimed.push(idx);
             }
         }
-        let (idx, aimed) = match self.due_aimed.pop() {
-            Some(idx) => (idx, true),
-            None => (self.due.pop()?, false),
+        let (idx, aimed) = loop {
+            let (idx, aimed) = match self.due_aimed.pop() {
+                Some(idx) => (idx, true),
+                None => (self.due.pop()?, false),
+            };
+            let torrent = self.table.get(idx).torrent;
+            if !self.catalog.is_removed(torrent) {
+                break (idx, aimed);
+            }
+            // Removed from the scan: dropped from the queue here, looked at again later in
+            // case the torrent is added back (each pop shrinks the bounded queues).
+            let later = Self::secs(now) + REMOVED_RECHECK_SECS;
+            self.table.get_mut(idx).next_visit = later;
+            self.wheel.schedule(idx, later);
         };
         let entry = self.table.get_mut(idx);
         entry.flags |= flag::IN_FLIGHT;
@@ -1183,7 +1232,9 @@ impl WorkerDriver for ScanDriver {
             Some(AskReason::Sample) => {
                 let report = conv.snapshot(now);
                 self.observe_watched(token, peer, incoming, report, now);
-                if self.watched.get(&token).is_some_and(|w| w.evict) {
+                if self.watched.get(&token).is_some_and(|w| w.evict)
+                    || self.watched_torrent_removed(token, incoming, conv)
+                {
                     conv.stop(now, send);
                     return Verdict::Finished;
                 }
