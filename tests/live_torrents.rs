@@ -243,6 +243,24 @@ fn added_torrents_are_scanned_and_removed_ones_left_alone_without_a_restart() {
         "B was announced"
     );
 
+    // A name the database does not have: an error naming it, nothing marked.
+    let unknown = swarmscan(&["remove", name_a, "no-such-torrent"], &sets);
+    assert_eq!(unknown.status.code(), Some(2), "{}", text(&unknown));
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr)
+            .contains("\"no-such-torrent\": no torrent of that name"),
+        "{}",
+        text(&unknown)
+    );
+    assert_eq!(
+        query(
+            &db,
+            "SELECT count(*) FROM torrents WHERE removed_at IS NOT NULL",
+            []
+        ),
+        0
+    );
+
     // Remove A by name: no more probes of A; B goes on.
     let removed = swarmscan(&["remove", name_a], &sets);
     assert!(removed.status.success(), "{}", text(&removed));
@@ -442,14 +460,47 @@ fn sighup_applies_live_keys_names_restart_ones_and_survives_a_bad_file() {
         .unwrap()
         .to_string();
     assert!(line.contains("peer.revisit_secs"), "{line}");
-    let before = attempts(&db, torrent_id(&db, "demo-torrent-1"));
+    let id = torrent_id(&db, "demo-torrent-1");
+    let before = attempts(&db, id);
     assert!(
-        wait_until(Duration::from_secs(20), || attempts(
-            &db,
-            torrent_id(&db, "demo-torrent-1")
-        ) > before),
+        wait_until(Duration::from_secs(20), || attempts(&db, id) > before),
         "the scan keeps probing after a bad reload:\n{}",
         scan.log()
+    );
+
+    // Removed by its magnet link, then added back: probed again in the same run.
+    let magnet = format!("magnet:?xt=urn:btih:{}", hex_of(&sim, 0));
+    let removed = swarmscan(&["remove", &magnet], &sets);
+    assert!(removed.status.success(), "{}", text(&removed));
+    assert!(
+        scan.wait_log(
+            "removed: no more probes or announces",
+            Duration::from_secs(5)
+        ),
+        "{}",
+        scan.log()
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let parked = attempts(&db, id);
+    let added = swarmscan(&["add", t.to_str().unwrap()], &sets);
+    assert!(added.status.success(), "{}", text(&added));
+    assert!(
+        scan.wait_log("added back to the scan", Duration::from_secs(5)),
+        "{}",
+        scan.log()
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || attempts(&db, id) > parked),
+        "probed again once added back:\n{}",
+        scan.log()
+    );
+    assert_eq!(
+        query(
+            &db,
+            "SELECT count(*) FROM torrents WHERE removed_at IS NOT NULL",
+            []
+        ),
+        0
     );
     assert!(scan.stop().success(), "{}", scan.log());
     assert!(!pid_file.exists(), "the lock file goes with the scan");

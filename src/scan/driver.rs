@@ -375,6 +375,9 @@ pub struct ScanDriver {
     /// Peers whose metadata fetch failed (bad pieces, not the torrent's, or never finished):
     /// they do not get a place in the metadata budget again, so hostile peers can't keep it.
     no_metadata: std::collections::HashSet<PeerIdx>,
+    /// Peers of removed torrents that came due, by torrent: due again at once if the torrent
+    /// is added back (`swarmscan add`), never looked at otherwise.
+    parked: HashMap<u32, Vec<PeerIdx>>,
     /// Incoming connections accepted (makes their tokens unique).
     incoming_seq: u64,
     /// Our own addresses: never probed when PEX names them.
@@ -385,10 +388,6 @@ pub struct ScanDriver {
     mse_budget: Arc<IncomingDhBudget>,
     pub counters: Arc<WorkerCounters>,
 }
-
-/// How often a peer of a removed torrent is looked at again (to see whether the torrent was
-/// added back), seconds; within one revolution of the revisit wheel.
-const REMOVED_RECHECK_SECS: u32 = 300;
 
 /// Most messages taken from the inbox per tick, so a flood of addresses can't stall probing.
 const INBOX_PER_TICK: usize = 4096;
@@ -434,6 +433,7 @@ impl ScanDriver {
             watched: HashMap::new(),
             no_watch: std::collections::HashSet::new(),
             no_metadata: std::collections::HashSet::new(),
+            parked: HashMap::new(),
             incoming_seq: 0,
             own: Arc::new(OwnAddresses::default()),
             peer_ids: Arc::new(PeerIds::default()),
@@ -1046,6 +1046,30 @@ impl ScanDriver {
         Verdict::Finished
     }
 
+    /// Peers of torrents added back since they were removed become due now.
+    fn unpark(&mut self, now: Millis) {
+        if self.parked.is_empty() {
+            return;
+        }
+        let back: Vec<u32> = self
+            .parked
+            .keys()
+            .copied()
+            .filter(|&t| !self.catalog.is_removed(t))
+            .collect();
+        let second = Self::secs(now);
+        for t in back {
+            for idx in self.parked.remove(&t).unwrap_or_default() {
+                let p = self.table.get_mut(idx);
+                // Scheduled meanwhile (an incoming visit) or in flight: already taken care of.
+                if p.next_visit == NOT_SCHEDULED && !p.has(flag::IN_FLIGHT) {
+                    p.next_visit = second;
+                    self.wheel.schedule(idx, second);
+                }
+            }
+        }
+    }
+
     /// True when the torrent of a watched connection was removed from the scan (the watch
     /// ends at its next sample).
     fn watched_torrent_removed(&self, token: u64, incoming: bool, conv: &ProbeConv) -> bool {
@@ -1144,11 +1168,9 @@ impl WorkerDriver for ScanDriver {
             if !self.catalog.is_removed(torrent) {
                 break (idx, aimed);
             }
-            // Removed from the scan: dropped from the queue here, looked at again later in
-            // case the torrent is added back (each pop shrinks the bounded queues).
-            let later = Self::secs(now) + REMOVED_RECHECK_SECS;
-            self.table.get_mut(idx).next_visit = later;
-            self.wheel.schedule(idx, later);
+            // Removed from the scan: off the queues (each pop shrinks them), kept aside in
+            // case the torrent is added back.
+            self.parked.entry(torrent).or_default().push(idx);
         };
         let entry = self.table.get_mut(idx);
         entry.flags |= flag::IN_FLIGHT;
@@ -1375,6 +1397,7 @@ impl WorkerDriver for ScanDriver {
                 + self.due_aimed.len()
                 + self.wheel.due_count(&self.table, Self::secs(now));
             self.counters.due_queue.store(due as u64, Ordering::Relaxed);
+            self.unpark(now);
         }
         self.last_tick = now;
         self.handle_inbox(now);

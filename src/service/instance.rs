@@ -8,8 +8,9 @@
 //! (a crash leaves a stale file, never a stale lock). A file removed and created again while
 //! someone waits for its lock is caught by comparing the locked file with the path.
 
-use std::fs::{File, OpenOptions, TryLockError};
+use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -41,9 +42,9 @@ impl InstanceLock {
                 .truncate(false)
                 .open(&path)
                 .map_err(|e| format!("lock file {}: {e}", path.display()))?;
-            match file.try_lock() {
-                Ok(()) => {}
-                Err(TryLockError::WouldBlock) => {
+            match try_flock(&file, libc::LOCK_EX) {
+                Ok(true) => {}
+                Ok(false) => {
                     let pid = read_pid(&mut file)
                         .map_or_else(|| "unknown pid".to_string(), |p| format!("pid {p}"));
                     return Err(format!(
@@ -53,9 +54,7 @@ impl InstanceLock {
                         path.display()
                     ));
                 }
-                Err(TryLockError::Error(e)) => {
-                    return Err(format!("lock file {}: {e}", path.display()))
-                }
+                Err(e) => return Err(format!("lock file {}: {e}", path.display())),
             }
             if !same_file(&file, &path) {
                 continue;
@@ -81,8 +80,28 @@ impl Drop for InstanceLock {
         if same_file(&self.file, &self.path) {
             let _ = std::fs::remove_file(&self.path);
         }
-        let _ = self.file.unlock();
+        unlock(&self.file);
     }
+}
+
+/// `flock(2)` without waiting: true when locked, false when another open file holds it.
+/// (Not `File::try_lock`: it needs a newer Rust than our `rust-version`.)
+fn try_flock(file: &File, operation: libc::c_int) -> std::io::Result<bool> {
+    // Safety: flock(2) on the descriptor `file` owns and keeps open during the call.
+    if unsafe { libc::flock(file.as_raw_fd(), operation | libc::LOCK_NB) } == 0 {
+        return Ok(true);
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(false)
+    } else {
+        Err(e)
+    }
+}
+
+fn unlock(file: &File) {
+    // Safety: flock(2) on the descriptor `file` owns; closing it would release the lock too.
+    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) };
 }
 
 /// True when `path` still names the open `file`.
@@ -103,14 +122,14 @@ fn read_pid(file: &mut File) -> Option<u32> {
 /// The process id of the scan running on `database`, if one is.
 pub fn running_scan(database: &Path) -> Option<u32> {
     let mut file = File::open(pid_path(database)).ok()?;
-    match file.try_lock_shared() {
+    match try_flock(&file, libc::LOCK_SH) {
         // Nobody holds it: a stale file (the scan ended without removing it).
-        Ok(()) => {
-            let _ = file.unlock();
+        Ok(true) => {
+            unlock(&file);
             None
         }
-        Err(TryLockError::WouldBlock) => read_pid(&mut file),
-        Err(TryLockError::Error(_)) => None,
+        Ok(false) => read_pid(&mut file),
+        Err(_) => None,
     }
 }
 

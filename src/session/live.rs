@@ -10,8 +10,8 @@
 //! catalog (shared by every snapshot): workers drop its peers from their queues as they come
 //! up, probes in flight finish, incoming peers for it are turned away, and discovery sends one
 //! `stopped` announce to each of its trackers and then leaves it alone. Adding it again clears
-//! the flag: announces resume at once, its known peers come back within five minutes (the
-//! workers look at a removed torrent's peers that often).
+//! the flag: announces resume at once (a `started` one), the peers the workers put aside
+//! are due again within a second.
 //!
 //! [`Catalog::with_added`]: crate::scan::catalog::Catalog::with_added
 
