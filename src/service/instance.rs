@@ -59,11 +59,20 @@ impl InstanceLock {
             if !same_file(&file, &path) {
                 continue;
             }
-            file.set_len(0)
+            // The lock is what keeps a second scan out; the pid inside only lets `add` and
+            // `remove` wake us (without it they wait for the next poll), so a disk too full
+            // for a few bytes does not stop the scan.
+            if let Err(e) = file
+                .set_len(0)
                 .and_then(|()| file.rewind())
                 .and_then(|()| writeln!(file, "{}", std::process::id()))
                 .and_then(|()| file.flush())
-                .map_err(|e| format!("lock file {}: {e}", path.display()))?;
+            {
+                tracing::warn!(
+                    "lock file {}: pid not written ({e}); add and remove reach this scan at its next poll",
+                    path.display()
+                );
+            }
             return Ok(InstanceLock { file, path });
         }
         Err(format!(
