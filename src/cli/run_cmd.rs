@@ -582,4 +582,48 @@ mod tests {
         assert!(parse_duration("-3s").is_err());
         assert!(parse_duration("").is_err());
     }
+
+    #[test]
+    fn remove_finds_torrents_by_hash_magnet_and_name_and_refuses_the_rest() {
+        use crate::store::{Store, TorrentRecord, TorrentSource};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.sqlite")).unwrap();
+        let record = |v1: u8, v2: Option<u8>, name: &str| TorrentRecord {
+            info_hash_v1: Some([v1; 20]),
+            info_hash_v2: v2.map(|b| [b; 32]),
+            name: Some(name.into()),
+            piece_count: None,
+            piece_length: None,
+            total_size: None,
+            source: TorrentSource::Hash,
+            added_at: 0,
+            trackers: vec![],
+        };
+        let a = store.upsert_torrent(&record(1, Some(9), "alpha")).unwrap();
+        let b = store.upsert_torrent(&record(2, None, "twin")).unwrap();
+        let c = store.upsert_torrent(&record(3, None, "twin")).unwrap();
+        let rows = store.torrents().unwrap();
+        let find = |arg: &str| super::find_torrent(&rows, arg).map(|r| r.id);
+        assert_eq!(find(&"01".repeat(20)), Ok(a));
+        assert_eq!(find(&"09".repeat(32)), Ok(a), "by its v2 hash");
+        assert_eq!(
+            find(&format!("magnet:?xt=urn:btih:{}", "02".repeat(20))),
+            Ok(b)
+        );
+        assert_eq!(find("alpha"), Ok(a));
+        let e = find("twin").unwrap_err();
+        assert!(
+            e.contains("2 torrents have that name")
+                && e.contains(&"02".repeat(20))
+                && e.contains(&"03".repeat(20)),
+            "{e}"
+        );
+        assert!(find(&"04".repeat(20))
+            .unwrap_err()
+            .contains("no torrent with this info-hash"));
+        assert!(find("beta")
+            .unwrap_err()
+            .contains("no torrent of that name"));
+        assert_ne!(b, c);
+    }
 }
