@@ -578,6 +578,22 @@ pub const KEY_DOCS: &[(&str, &str)] = &[
     ),
 ];
 
+/// Keys a running scan applies when SIGHUP reloads the configuration (see
+/// `session::reload`); every other key is read only at start and needs a restart. Revisit
+/// changes apply to every visit scheduled from then on (visits already scheduled keep their
+/// time); tracker intervals from the next announce or scrape on.
+pub const LIVE_KEYS: &[&str] = &[
+    "peer.revisit_secs",
+    "peer.stop_at_threshold",
+    "peer.retry_backoff_secs",
+    "peer.retry_backoff_factor",
+    "peer.retry_backoff_max_secs",
+    "peer.max_failures",
+    "tracker.announce_secs",
+    "tracker.scrape_secs",
+    "stats.interval_secs",
+];
+
 /// A configuration error; the message names the key (or file) at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -893,7 +909,9 @@ impl Config {
             "# swarmscan configuration. Every key is optional; shown here with its default.\n\
              # Override single keys on the command line: --set section.key=value\n\
              # Every number is bounded (seconds: 1 ms to a year; ms: up to a day; counts: each its\n\
-             # own range); a value out of range is an error naming the key and the range.\n",
+             # own range); a value out of range is an error naming the key and the range.\n\
+             # Keys marked \"SIGHUP: applied live\" change in a running scan on `kill -HUP` (systemctl\n\
+             # reload); the others are read at start only (a reload names those that changed).\n",
         );
         let mut current_section = "";
         for (key, doc) in KEY_DOCS {
@@ -918,6 +936,9 @@ impl Config {
             }
             for line in doc.lines() {
                 let _ = writeln!(out, "# {line}");
+            }
+            if LIVE_KEYS.contains(key) {
+                let _ = writeln!(out, "# SIGHUP: applied live.");
             }
             let value = lookup(&defaults, key).expect("KEY_DOCS names a key of Config");
             let _ = writeln!(out, "{name} = {value}");

@@ -289,7 +289,15 @@ pub fn render_report(r: &Report) -> String {
             } else {
                 t.info_hash.clone()
             },
-            t.name.clone().unwrap_or_else(|| "-".into()),
+            match t.removed_at {
+                // Taken out with `swarmscan remove`: its numbers stop there.
+                Some(at) => format!(
+                    "{} (removed {})",
+                    t.name.as_deref().unwrap_or("-"),
+                    iso_time(Some(at))
+                ),
+                None => t.name.clone().unwrap_or_else(|| "-".into()),
+            },
             t.peers_seen.to_string(),
             t.peers_evaluated.to_string(),
             t.confirmed.to_string(),

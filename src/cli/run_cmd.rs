@@ -1,12 +1,16 @@
-//! `swarmscan run` and `swarmscan add`.
+//! `swarmscan run`, `swarmscan add` and `swarmscan remove`.
 
 use std::io::Write;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::ConfigArgs;
 use crate::inputs::load_inputs;
 use crate::proto::hex;
-use crate::session::{run_scan, RunOptions};
+use crate::proto::magnet::TorrentRef;
+use crate::service::instance::InstanceLock;
+use crate::session::{run_scan, Reload, RunOptions};
 
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
@@ -29,6 +33,16 @@ pub struct AddArgs {
     pub config: ConfigArgs,
     /// What to add (same forms as `run`).
     #[arg(required = true)]
+    pub torrents: Vec<String>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RemoveArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// What to take out of the scan: info-hashes (v1 or v2), magnet links, .torrent files, or
+    /// torrent names as the database has them.
+    #[arg(required = true, value_name = "HASH|MAGNET|FILE|NAME")]
     pub torrents: Vec<String>,
 }
 
@@ -72,12 +86,38 @@ pub fn run(args: &RunArgs) -> i32 {
             return 2;
         }
     };
+    // SIGUSR1 (`add`/`remove` waking us) and SIGHUP (reload) get their handlers before the pid
+    // file names this process: their default action would end it.
+    let wake = Arc::new(AtomicBool::new(false));
+    let hup = Arc::new(AtomicBool::new(false));
+    for (sig, flag) in [
+        (signal_hook::consts::SIGUSR1, &wake),
+        (signal_hook::consts::SIGHUP, &hup),
+    ] {
+        if let Err(e) = signal_hook::flag::register(sig, flag.clone()) {
+            eprintln!("swarmscan: run: signal handler: {e}");
+            return 1;
+        }
+    }
+    // One scan per database, held until this function returns.
+    let _instance = match InstanceLock::acquire(&config.database) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("swarmscan: run: {e}");
+            return 2;
+        }
+    };
     match run_scan(
         &config,
         inputs,
         RunOptions {
             duration: args.duration,
             tracker_tls: Some(tracker_tls),
+            wake: Some(wake),
+            reload: Some(Reload {
+                signal: hup,
+                config: args.config.clone(),
+            }),
             ..RunOptions::default()
         },
     ) {
@@ -154,7 +194,11 @@ pub fn add(args: &AddArgs) -> i32 {
         }
     };
     for t in &inputs {
-        match store.upsert_torrent(&t.record) {
+        // Added again after `remove`: scanned again.
+        match store
+            .upsert_torrent(&t.record)
+            .and_then(|id| store.mark_added(id).map(|_| id))
+        {
             Ok(id) => println!("added {} {} (id {id})", hex::encode(&t.wire_hash), t.name),
             Err(e) => {
                 eprintln!("swarmscan: add: {}: {e}", t.name);
@@ -162,7 +206,109 @@ pub fn add(args: &AddArgs) -> i32 {
             }
         }
     }
+    tell_running_scan(&config.database);
     0
+}
+
+/// Wakes the scan running on `database`, if any, and says so (it would see the change within
+/// two seconds anyway).
+fn tell_running_scan(database: &std::path::Path) {
+    if let Some(pid) = crate::service::instance::wake_running_scan(database) {
+        println!("the scan running on this database (pid {pid}) picks the change up now");
+    }
+}
+
+pub fn remove(args: &RemoveArgs) -> i32 {
+    let config = match args.config.load() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("swarmscan: remove: {e}");
+            return 2;
+        }
+    };
+    let store = match crate::store::Store::open_existing(&config.database) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("swarmscan: remove: {e}");
+            return 2;
+        }
+    };
+    let rows = match store.torrents() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("swarmscan: remove: {e}");
+            return 1;
+        }
+    };
+    // Every argument must name a torrent before anything is marked.
+    let mut chosen: Vec<&crate::store::TorrentRow> = Vec::new();
+    for arg in &args.torrents {
+        match find_torrent(&rows, arg) {
+            Ok(row) => {
+                if !chosen.iter().any(|c| c.id == row.id) {
+                    chosen.push(row);
+                }
+            }
+            Err(e) => {
+                eprintln!("swarmscan: remove: {e}");
+                return 2;
+            }
+        }
+    }
+    let at = crate::inputs::now_unix_ms();
+    for row in chosen {
+        let label = format!(
+            "{} {}",
+            row.info_hash(),
+            row.name.as_deref().unwrap_or("(no name)")
+        );
+        match store.mark_removed(&[row.id], at) {
+            Ok(1) => println!("removed {label} (id {}): its rows stay", row.id),
+            Ok(_) => println!("already removed: {label} (id {})", row.id),
+            Err(e) => {
+                eprintln!("swarmscan: remove: {label}: {e}");
+                return 1;
+            }
+        }
+    }
+    tell_running_scan(&config.database);
+    0
+}
+
+/// The torrent `arg` names: an info-hash, magnet link or .torrent file (by hash), else a name.
+fn find_torrent<'a>(
+    rows: &'a [crate::store::TorrentRow],
+    arg: &str,
+) -> Result<&'a crate::store::TorrentRow, String> {
+    if TorrentRef::looks_like_input(arg) || std::path::Path::new(arg).is_file() {
+        let input = load_inputs(&[arg.to_string()])?
+            .into_iter()
+            .next()
+            .ok_or_else(|| format!("{arg}: no torrent in it"))?;
+        let v1 = input.record.info_hash_v1.map(|h| hex::encode(&h));
+        let v2 = input.record.info_hash_v2.map(|h| hex::encode(&h));
+        return rows
+            .iter()
+            .find(|r| {
+                (v1.is_some() && r.info_hash_v1 == v1) || (v2.is_some() && r.info_hash_v2 == v2)
+            })
+            .ok_or_else(|| format!("{arg}: no torrent with this info-hash in the database"));
+    }
+    let named: Vec<&crate::store::TorrentRow> = rows
+        .iter()
+        .filter(|r| r.name.as_deref() == Some(arg))
+        .collect();
+    match named.as_slice() {
+        [one] => Ok(one),
+        [] => Err(format!(
+            "{arg:?}: no torrent of that name (nor an info-hash, magnet link or .torrent file) in the database"
+        )),
+        many => Err(format!(
+            "{arg:?}: {} torrents have that name; give the info-hash instead: {}",
+            many.len(),
+            many.iter().map(|r| r.info_hash()).collect::<Vec<_>>().join(", ")
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -180,5 +326,49 @@ mod tests {
         assert!(parse_duration("5 parsecs").unwrap_err().contains("unit"));
         assert!(parse_duration("-3s").is_err());
         assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn remove_finds_torrents_by_hash_magnet_and_name_and_refuses_the_rest() {
+        use crate::store::{Store, TorrentRecord, TorrentSource};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.sqlite")).unwrap();
+        let record = |v1: u8, v2: Option<u8>, name: &str| TorrentRecord {
+            info_hash_v1: Some([v1; 20]),
+            info_hash_v2: v2.map(|b| [b; 32]),
+            name: Some(name.into()),
+            piece_count: None,
+            piece_length: None,
+            total_size: None,
+            source: TorrentSource::Hash,
+            added_at: 0,
+            trackers: vec![],
+        };
+        let a = store.upsert_torrent(&record(1, Some(9), "alpha")).unwrap();
+        let b = store.upsert_torrent(&record(2, None, "twin")).unwrap();
+        let c = store.upsert_torrent(&record(3, None, "twin")).unwrap();
+        let rows = store.torrents().unwrap();
+        let find = |arg: &str| super::find_torrent(&rows, arg).map(|r| r.id);
+        assert_eq!(find(&"01".repeat(20)), Ok(a));
+        assert_eq!(find(&"09".repeat(32)), Ok(a), "by its v2 hash");
+        assert_eq!(
+            find(&format!("magnet:?xt=urn:btih:{}", "02".repeat(20))),
+            Ok(b)
+        );
+        assert_eq!(find("alpha"), Ok(a));
+        let e = find("twin").unwrap_err();
+        assert!(
+            e.contains("2 torrents have that name")
+                && e.contains(&"02".repeat(20))
+                && e.contains(&"03".repeat(20)),
+            "{e}"
+        );
+        assert!(find(&"04".repeat(20))
+            .unwrap_err()
+            .contains("no torrent with this info-hash"));
+        assert!(find("beta")
+            .unwrap_err()
+            .contains("no torrent of that name"));
+        assert_ne!(b, c);
     }
 }

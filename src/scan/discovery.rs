@@ -78,8 +78,8 @@ impl Default for DiscoveryConfig {
     }
 }
 
-/// A torrent's index and wire hash.
-type TorrentHash = (u32, [u8; 20]);
+/// A torrent's row id and wire hash.
+type TorrentHash = (i64, [u8; 20]);
 /// A received datagram and its sender.
 type Datagram = (SocketAddr, Vec<u8>);
 /// Seeders, leechers and completed downloads, as far as the tracker says.
@@ -113,19 +113,65 @@ struct Target {
     started: bool,
     failures: u32,
     busy: bool,
+    /// The announce under way is the `stopped` one of a removed torrent.
+    stopping: bool,
+}
+
+/// What the session tells discovery while the scan runs.
+pub enum DiscoveryMsg {
+    /// The catalog grew: announce the new torrents too.
+    Catalog(Arc<Catalog>),
+    /// `tracker.announce_secs` and `tracker.scrape_secs` changed (SIGHUP): used from the next
+    /// announce and scrape on.
+    Intervals {
+        announce_secs: f64,
+        scrape_secs: f64,
+    },
+}
+
+/// One target per (torrent, tracker URL) of the torrents from index `from` on.
+fn targets_of(catalog: &Catalog, from: usize, now: Instant) -> Vec<Target> {
+    let mut targets = Vec::new();
+    for (i, t) in catalog.iter().enumerate().skip(from) {
+        let mut seen = std::collections::HashSet::new();
+        // Every tracker of every tier: a measurement wants all the peers it can get.
+        for url in t.trackers.iter().flatten() {
+            let Some(kind) = kind_of(url) else {
+                // Not a tracker protocol we speak (e.g. wss://): nothing to announce to.
+                tracing::debug!(url, "tracker URL scheme not supported; skipped");
+                continue;
+            };
+            if seen.insert(url.clone()) {
+                targets.push(Target {
+                    torrent: i as u32,
+                    url: url.clone(),
+                    kind,
+                    next_announce: now,
+                    started: false,
+                    failures: 0,
+                    busy: false,
+                    stopping: false,
+                });
+            }
+        }
+    }
+    targets
 }
 
 enum Job {
     Announce {
         target: usize,
         torrent: u32,
+        db_id: i64,
         url: String,
         params: AnnounceParams,
+        /// `tracker.announce_secs` when the job was made (SIGHUP may change it).
+        announce_secs: f64,
     },
     Scrape {
         url: String,
         kind: Kind,
-        torrents: Vec<(u32, [u8; 20])>,
+        torrents: Vec<TorrentHash>,
     },
 }
 
@@ -141,6 +187,7 @@ enum JobResult {
 /// Handle to the running discovery threads.
 pub struct Discovery {
     threads: Vec<JoinHandle<()>>,
+    control: Sender<DiscoveryMsg>,
 }
 
 impl Discovery {
@@ -154,30 +201,7 @@ impl Discovery {
         epoch: Instant,
         stop: Arc<AtomicBool>,
     ) -> std::io::Result<Discovery> {
-        let now = Instant::now();
-        let mut targets = Vec::new();
-        for (i, t) in catalog.torrents.iter().enumerate() {
-            let mut seen = std::collections::HashSet::new();
-            // Every tracker of every tier: a measurement wants all the peers it can get.
-            for url in t.trackers.iter().flatten() {
-                let Some(kind) = kind_of(url) else {
-                    // Not a tracker protocol we speak (e.g. wss://): nothing to announce to.
-                    tracing::debug!(url, "tracker URL scheme not supported; skipped");
-                    continue;
-                };
-                if seen.insert(url.clone()) {
-                    targets.push(Target {
-                        torrent: i as u32,
-                        url: url.clone(),
-                        kind,
-                        next_announce: now,
-                        started: false,
-                        failures: 0,
-                        busy: false,
-                    });
-                }
-            }
-        }
+        let targets = targets_of(&catalog, 0, Instant::now());
         let mut threads = Vec::new();
         let mut mux_threads = Vec::new();
         // A host without IPv6 simply has no v6 socket; requests to v6 trackers then fail clearly.
@@ -192,7 +216,6 @@ impl Discovery {
         let (res_tx, res_rx) = crossbeam_channel::unbounded::<JobResult>();
         let shared = Arc::new(Shared {
             cfg: cfg.clone(),
-            catalog: catalog.clone(),
             route,
             records: Mutex::new(records),
             epoch_unix_ms,
@@ -219,12 +242,20 @@ impl Discovery {
                     })?,
             );
         }
+        let (control, control_rx) = crossbeam_channel::unbounded::<DiscoveryMsg>();
         threads.push(
             std::thread::Builder::new()
                 .name("discovery".into())
-                .spawn(move || schedule_loop(cfg, catalog, targets, job_tx, res_rx, stop))?,
+                .spawn(move || {
+                    schedule_loop(cfg, catalog, targets, job_tx, res_rx, control_rx, stop)
+                })?,
         );
-        Ok(Discovery { threads })
+        Ok(Discovery { threads, control })
+    }
+
+    /// Tells the scheduler something changed (see [`DiscoveryMsg`]); it acts within 0.1 s.
+    pub fn tell(&self, msg: DiscoveryMsg) {
+        let _ = self.control.send(msg);
     }
 
     /// The name of a discovery thread that has ended. Before the stop flag is set every one
@@ -248,11 +279,12 @@ impl Discovery {
 }
 
 fn schedule_loop(
-    cfg: DiscoveryConfig,
-    catalog: Arc<Catalog>,
+    mut cfg: DiscoveryConfig,
+    mut catalog: Arc<Catalog>,
     mut targets: Vec<Target>,
     jobs: Sender<Job>,
     results: Receiver<JobResult>,
+    control: Receiver<DiscoveryMsg>,
     stop: Arc<AtomicBool>,
 ) {
     let mut next_scrape = Instant::now() + Duration::from_secs(5);
@@ -260,17 +292,49 @@ fn schedule_loop(
     let mut told: std::collections::HashSet<(String, Told)> = std::collections::HashSet::new();
     while !stop.load(Ordering::Relaxed) {
         crate::threads::debug_panic_point("discovery");
+        while let Ok(msg) = control.try_recv() {
+            match msg {
+                DiscoveryMsg::Catalog(grown) if grown.len() >= catalog.len() => {
+                    targets.extend(targets_of(&grown, catalog.len(), Instant::now()));
+                    catalog = grown;
+                }
+                DiscoveryMsg::Catalog(_) => {}
+                DiscoveryMsg::Intervals {
+                    announce_secs,
+                    scrape_secs,
+                } => {
+                    if scrape_secs != cfg.scrape_secs {
+                        next_scrape = Instant::now() + Duration::from_secs_f64(scrape_secs);
+                    }
+                    cfg.announce_secs = announce_secs;
+                    cfg.scrape_secs = scrape_secs;
+                }
+            }
+        }
         let now = Instant::now();
         for (i, t) in targets.iter_mut().enumerate() {
-            if t.busy || t.next_announce > now {
+            if t.busy {
                 continue;
             }
             let torrent = catalog.get(t.torrent);
+            let removed = catalog.is_removed(t.torrent);
+            if removed && !t.started {
+                continue;
+            }
+            if !removed && t.next_announce > now {
+                continue;
+            }
             let mut params = AnnounceParams::new(torrent.wire_hash, cfg.peer_id, cfg.listen_port);
             // Announce as a leecher so trackers hand out seeders too.
             params.left = torrent.total_size.max(1);
             params.numwant = Some(cfg.numwant);
-            params.event = if t.started {
+            params.event = if removed {
+                // `swarmscan remove`: the tracker may forget us (BEP 3 `stopped`), once.
+                params.numwant = Some(0);
+                t.started = false;
+                t.stopping = true;
+                Event::Stopped
+            } else if t.started {
                 Event::None
             } else {
                 Event::Started
@@ -280,19 +344,21 @@ fn schedule_loop(
             let _ = jobs.send(Job::Announce {
                 target: i,
                 torrent: t.torrent,
+                db_id: torrent.db_id,
                 url: t.url.clone(),
                 params,
+                announce_secs: cfg.announce_secs,
             });
         }
         if cfg.scrape_secs > 0.0 && now >= next_scrape {
             next_scrape = now + Duration::from_secs_f64(cfg.scrape_secs);
             let mut by_url: HashMap<(String, bool), Vec<TorrentHash>> = HashMap::new();
-            for t in &targets {
-                let h = catalog.get(t.torrent).wire_hash;
+            for t in targets.iter().filter(|t| !catalog.is_removed(t.torrent)) {
+                let torrent = catalog.get(t.torrent);
                 by_url
                     .entry((t.url.clone(), t.kind == Kind::Udp))
                     .or_default()
-                    .push((t.torrent, h));
+                    .push((torrent.db_id, torrent.wire_hash));
             }
             for ((url, udp), torrents) in by_url {
                 let chunk = if udp {
@@ -314,6 +380,12 @@ fn schedule_loop(
             if let JobResult::Announce { target, next } = r {
                 let t = &mut targets[target];
                 t.busy = false;
+                if std::mem::take(&mut t.stopping) {
+                    // The `stopped` announce: done whatever came back; if the torrent is added
+                    // again, its next announce is a `started` one, at once.
+                    t.next_announce = Instant::now();
+                    continue;
+                }
                 match next {
                     Some(next) => {
                         t.started = true;
@@ -374,7 +446,6 @@ fn tell_once(
 
 struct Shared {
     cfg: DiscoveryConfig,
-    catalog: Arc<Catalog>,
     route: Vec<Sender<WorkerMsg>>,
     records: Mutex<RecordSender>,
     epoch_unix_ms: i64,
@@ -479,9 +550,11 @@ impl Shared {
             Job::Announce {
                 target,
                 torrent,
+                db_id,
                 url,
                 params,
-            } => self.announce(target, torrent, url, params),
+                announce_secs,
+            } => self.announce(target, torrent, db_id, url, params, announce_secs),
             Job::Scrape {
                 url,
                 kind,
@@ -497,8 +570,10 @@ impl Shared {
         &self,
         target: usize,
         torrent: u32,
+        db_id: i64,
         url: String,
         params: AnnounceParams,
+        announce_secs: f64,
     ) -> JobResult {
         let started = Instant::now();
         let at_ms = self.now_ms();
@@ -515,7 +590,7 @@ impl Shared {
         };
         let next = result.as_ref().ok().map(|a| {
             announce_schedule::next_announce(
-                self.cfg.announce_secs,
+                announce_secs,
                 self.cfg.respect_interval,
                 a.interval,
                 a.min_interval,
@@ -539,7 +614,7 @@ impl Shared {
                     // Many HTTP trackers put scrape counts in the announce reply too.
                     self.send(Record::Scrape(ScrapeRecord {
                         at: self.epoch_unix_ms + at_ms as i64,
-                        torrent_id: self.catalog.get(torrent).db_id,
+                        torrent_id: db_id,
                         tracker: url.clone(),
                         complete: a.complete.unwrap_or(0) as i64,
                         incomplete: a.incomplete.unwrap_or(0) as i64,
@@ -552,7 +627,7 @@ impl Shared {
         };
         let record = DiscoveryRecord {
             at: self.epoch_unix_ms + at_ms as i64,
-            torrent_id: self.catalog.get(torrent).db_id,
+            torrent_id: db_id,
             source: if kind == Kind::Udp {
                 PeerSource::TrackerUdp
             } else {
@@ -567,7 +642,7 @@ impl Shared {
         if let Some(n) = &next {
             self.send(Record::TrackerSchedule(TrackerScheduleRecord {
                 at: self.epoch_unix_ms + at_ms as i64,
-                torrent_id: self.catalog.get(torrent).db_id,
+                torrent_id: db_id,
                 tracker: url,
                 interval: interval_sent,
                 min_interval: min_interval_sent,
@@ -717,7 +792,7 @@ impl Shared {
         }
     }
 
-    fn scrape(&self, url: &str, kind: Kind, torrents: &[(u32, [u8; 20])]) {
+    fn scrape(&self, url: &str, kind: Kind, torrents: &[TorrentHash]) {
         let at_ms = self.now_ms();
         let hashes: Vec<[u8; 20]> = torrents.iter().map(|t| t.1).collect();
         let result: Result<Vec<ScrapeCounts>, String> = match kind {
@@ -762,14 +837,14 @@ impl Shared {
             tracing::debug!(url, "scrape failed");
             return;
         };
-        for ((torrent, _), (complete, incomplete, downloaded)) in torrents.iter().zip(rows) {
+        for ((db_id, _), (complete, incomplete, downloaded)) in torrents.iter().zip(rows) {
             // Only a tracker that reports `downloaded` can be compared with confirmations.
             let Some(downloaded) = downloaded else {
                 continue;
             };
             self.send(Record::Scrape(ScrapeRecord {
                 at: self.epoch_unix_ms + at_ms as i64,
-                torrent_id: self.catalog.get(*torrent).db_id,
+                torrent_id: *db_id,
                 tracker: url.to_string(),
                 complete: complete.unwrap_or(0) as i64,
                 incomplete: incomplete.unwrap_or(0) as i64,

@@ -212,8 +212,13 @@ impl Conversation for ProbeConv {
     }
 }
 
-/// Messages between workers (and from discovery to workers).
+/// Messages between workers (and from discovery and the session to workers).
 pub enum WorkerMsg {
+    /// The catalog grew (`swarmscan add` while the scan runs): the same torrents at the same
+    /// indices, then new ones. Sent to every worker before anyone else learns the new indices.
+    Catalog(Arc<Catalog>),
+    /// The revisit policy changed (SIGHUP): applies to every visit scheduled from now on.
+    Policy(RevisitPolicy),
     /// Addresses for a torrent from one source.
     Peers {
         torrent: u32,
@@ -376,6 +381,9 @@ pub struct ScanDriver {
     /// Peers whose metadata fetch failed (bad pieces, not the torrent's, or never finished):
     /// they do not get a place in the metadata budget again, so hostile peers can't keep it.
     no_metadata: std::collections::HashSet<PeerIdx>,
+    /// Peers of removed torrents that came due, by torrent: due again at once if the torrent
+    /// is added back (`swarmscan add`), never looked at otherwise.
+    parked: HashMap<u32, Vec<PeerIdx>>,
     /// Incoming connections accepted (makes their tokens unique).
     incoming_seq: u64,
     /// Our own addresses: never probed when PEX names them.
@@ -431,6 +439,7 @@ impl ScanDriver {
             watched: HashMap::new(),
             no_watch: std::collections::HashSet::new(),
             no_metadata: std::collections::HashSet::new(),
+            parked: HashMap::new(),
             incoming_seq: 0,
             own: Arc::new(OwnAddresses::default()),
             peer_ids: Arc::new(PeerIds::default()),
@@ -516,6 +525,11 @@ impl ScanDriver {
     }
 
     fn add_peers(&mut self, torrent: u32, src: u8, addrs: &[SocketAddr], now: Millis) {
+        // Removed (or not in this worker's snapshot, which never happens: a new catalog
+        // reaches every worker before its indices are used): nothing to probe.
+        if self.catalog.is_removed(torrent) {
+            return;
+        }
         for &a in addrs {
             if self.blocklist.blocks(&a) {
                 self.counters.blocked.fetch_add(1, Ordering::Relaxed);
@@ -841,6 +855,12 @@ impl ScanDriver {
                 break;
             };
             match msg {
+                WorkerMsg::Catalog(catalog) => {
+                    if catalog.len() >= self.catalog.len() {
+                        self.catalog = catalog;
+                    }
+                }
+                WorkerMsg::Policy(policy) => self.policy = policy,
                 WorkerMsg::Peers {
                     torrent,
                     source,
@@ -856,6 +876,9 @@ impl ScanDriver {
                     event,
                     watch,
                 } => {
+                    if self.catalog.try_get(torrent).is_none() {
+                        continue;
+                    }
                     if let Some(idx) = self.table.find(torrent, addr) {
                         // While an outgoing probe of the peer runs (or a connection watches
                         // it), its schedule is that connection's business.
@@ -991,7 +1014,9 @@ impl ScanDriver {
             return Verdict::Finished;
         }
         let idx = token as PeerIdx;
-        if self.watched.contains_key(&token) || self.no_watch.contains(&idx) {
+        // A torrent removed while the probe ran: the probe ends, nothing is watched.
+        let removed = self.catalog.is_removed(self.table.get(idx).torrent);
+        if self.watched.contains_key(&token) || self.no_watch.contains(&idx) || removed {
             // A fresh look at a peer we watch already (it batches its haves): recorded when it
             // comes back through `probe_done`.
             conv.unsnapshot(report);
@@ -1020,6 +1045,43 @@ impl ScanDriver {
         conv.unsnapshot(report);
         conv.stop(now, send);
         Verdict::Finished
+    }
+
+    /// Peers of torrents added back since they were removed become due now.
+    fn unpark(&mut self, now: Millis) {
+        if self.parked.is_empty() {
+            return;
+        }
+        let back: Vec<u32> = self
+            .parked
+            .keys()
+            .copied()
+            .filter(|&t| !self.catalog.is_removed(t))
+            .collect();
+        let second = Self::secs(now);
+        for t in back {
+            for idx in self.parked.remove(&t).unwrap_or_default() {
+                let p = self.table.get_mut(idx);
+                // Scheduled meanwhile (an incoming visit) or in flight: already taken care of.
+                if p.next_visit == NOT_SCHEDULED && !p.has(flag::IN_FLIGHT) {
+                    p.next_visit = second;
+                    self.wheel.schedule(idx, second);
+                }
+            }
+        }
+    }
+
+    /// True when the torrent of a watched connection was removed from the scan (the watch
+    /// ends at its next sample).
+    fn watched_torrent_removed(&self, token: u64, incoming: bool, conv: &ProbeConv) -> bool {
+        let torrent = if incoming {
+            conv.report()
+                .info_hash
+                .and_then(|h| self.catalog.index_of(&h))
+        } else {
+            Some(self.table.get(token as PeerIdx).torrent)
+        };
+        torrent.is_some_and(|t| self.catalog.is_removed(t))
     }
 
     /// A live observation on a watched connection: recorded on the peer's owner.
@@ -1098,9 +1160,18 @@ impl WorkerDriver for ScanDriver {
                 self.due_aimed.push(idx);
             }
         }
-        let (idx, aimed) = match self.due_aimed.pop() {
-            Some(idx) => (idx, true),
-            None => (self.due.pop()?, false),
+        let (idx, aimed) = loop {
+            let (idx, aimed) = match self.due_aimed.pop() {
+                Some(idx) => (idx, true),
+                None => (self.due.pop()?, false),
+            };
+            let torrent = self.table.get(idx).torrent;
+            if !self.catalog.is_removed(torrent) {
+                break (idx, aimed);
+            }
+            // Removed from the scan: off the queues (each pop shrinks them), kept aside in
+            // case the torrent is added back.
+            self.parked.entry(torrent).or_default().push(idx);
         };
         let entry = self.table.get_mut(idx);
         entry.flags |= flag::IN_FLIGHT;
@@ -1184,7 +1255,9 @@ impl WorkerDriver for ScanDriver {
             Some(AskReason::Sample) => {
                 let report = conv.snapshot(now);
                 self.observe_watched(token, peer, incoming, report, now);
-                if self.watched.get(&token).is_some_and(|w| w.evict) {
+                if self.watched.get(&token).is_some_and(|w| w.evict)
+                    || self.watched_torrent_removed(token, incoming, conv)
+                {
                     conv.stop(now, send);
                     return Verdict::Finished;
                 }
@@ -1314,6 +1387,7 @@ impl WorkerDriver for ScanDriver {
                 + self.due_aimed.len()
                 + self.wheel.due_count(&self.table, Self::secs(now));
             self.counters.due_queue.store(due as u64, Ordering::Relaxed);
+            self.unpark(now);
         }
         self.last_tick = now;
         self.handle_inbox(now);

@@ -39,8 +39,8 @@ pub struct ScanMetrics {
     pub own: Arc<OwnAddresses>,
     /// Threads whose heartbeat stands still (set by the status loop; see `service::health`).
     pub stalled: Arc<AtomicU64>,
-    /// Torrents scanned.
-    pub torrents: usize,
+    /// Torrents scanned now: added while running counted, removed ones not (`session::live`).
+    pub torrents: Arc<AtomicU64>,
     /// When the scan started, Unix seconds.
     pub start_time: f64,
 }
@@ -108,8 +108,8 @@ impl Collector for ScanMetrics {
         gauge(
             &mut e,
             "torrents",
-            "Torrents scanned.",
-            self.torrents as u64,
+            "Torrents scanned (not removed).",
+            self.torrents.load(Ordering::Relaxed),
         )?;
         gauge(
             &mut e,

@@ -29,6 +29,21 @@ pub struct RunOptions {
     /// `tracker.ca_files` (`swarmscan run` does, to fail with exit code 2 before anything
     /// starts); None = built here.
     pub tracker_tls: Option<Arc<rustls::ClientConfig>>,
+    /// Set by SIGUSR1 (`swarmscan add` / `remove` waking the scan): read the `torrents` table
+    /// now rather than at the next poll. The caller registers the handler before it writes
+    /// the pid file, so the signal never meets the default action (which ends the process).
+    pub wake: Option<Arc<AtomicBool>>,
+    /// SIGHUP: where to read the configuration again (see `session::reload`).
+    pub reload: Option<Reload>,
+}
+
+/// How a running scan reloads its configuration on SIGHUP.
+#[derive(Debug, Clone)]
+pub struct Reload {
+    /// Set by SIGHUP (handler registered by the caller).
+    pub signal: Arc<AtomicBool>,
+    /// The same `--config FILE` and `--set`s the scan was started with.
+    pub config: crate::config::ConfigArgs,
 }
 
 /// A scan with its database open and its settings resolved; [`Built::start`] starts it.
@@ -37,6 +52,8 @@ pub(super) struct Built {
     /// Set by SIGINT/SIGTERM, by the monitor, or by a worker that cannot start.
     pub(super) stop: Arc<AtomicBool>,
     pub(super) started: Instant,
+    /// The configuration as started (SIGHUP compares the file read again with it).
+    pub(super) config: Config,
     pub(super) settings: ScanSettings,
     pub(super) blocklist: Arc<Blocklist>,
     pub(super) tracker_tls: Arc<rustls::ClientConfig>,
@@ -91,13 +108,25 @@ impl Built {
         };
 
         // Resume state, read before the writer takes the database: the torrents already in it
-        // (from `add` or an earlier run) and their peers.
+        // (from `add` or an earlier run) and their peers. A torrent `swarmscan remove` took out
+        // is resumed only when it is given again (that adds it back).
         let (resume, known_torrents) = {
             let store = Store::open(&s.database).map_err(|e| e.to_string())?;
-            (
-                store.load_peers().map_err(|e| e.to_string())?,
-                store.torrents().map_err(|e| e.to_string())?,
-            )
+            for t in &inputs {
+                let id = store.upsert_torrent(&t.record).map_err(|e| e.to_string())?;
+                if store.mark_added(id).map_err(|e| e.to_string())? {
+                    tracing::info!(torrent = %t.name, "given again: added back to the scan");
+                }
+            }
+            let removed: std::collections::HashSet<i64> = store
+                .torrent_states()
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .filter_map(|(id, removed_at)| removed_at.map(|_| id))
+                .collect();
+            let mut known = store.torrents().map_err(|e| e.to_string())?;
+            known.retain(|row| !removed.contains(&row.id));
+            (store.load_peers().map_err(|e| e.to_string())?, known)
         };
         let mut inputs = inputs;
         for row in known_torrents {
@@ -186,6 +215,7 @@ impl Built {
             opts,
             stop,
             started,
+            config: config.clone(),
             settings: s,
             blocklist,
             tracker_tls,

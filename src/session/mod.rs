@@ -10,7 +10,8 @@
 //!    then READY to systemd.
 //! 3. [`monitor`]: this thread's loop — status line, statistics rows and log lines, the
 //!    watchdog rule, and the stop conditions (SIGINT/SIGTERM, `--for`, a thread that ended,
-//!    a database that stayed unwritable).
+//!    a database that stayed unwritable); torrents added and removed while the scan runs
+//!    ([`live`]) and SIGHUP ([`reload`]).
 //! 4. [`shutdown`]: stop everything, join every thread, flush the writer, and say what the
 //!    scan did ([`RunSummary`]) or why it failed.
 //!
@@ -18,11 +19,13 @@
 //! flushes its records, the writer commits them and closes the database.
 
 mod build;
+mod live;
 mod monitor;
+mod reload;
 mod shutdown;
 mod start;
 
-pub use build::{announce_port, RunOptions};
+pub use build::{announce_port, Reload, RunOptions};
 pub use shutdown::RunSummary;
 
 use crate::config::Config;
@@ -36,7 +39,7 @@ pub fn run_scan(
     opts: RunOptions,
 ) -> Result<RunSummary, String> {
     let built = build::Built::build(config, inputs, opts)?;
-    let running = built.start()?;
+    let mut running = built.start()?;
     let ended = running.monitor();
     running.shutdown(ended)
 }

@@ -25,7 +25,7 @@ impl Running {
     }
 
     /// Runs until a signal, `--for`, a thread that ended or a database that stayed unwritable.
-    pub(super) fn monitor(&self) -> Ended {
+    pub(super) fn monitor(&mut self) -> Ended {
         // The watchdog rule (service::health): pings only while every worker loop and the
         // writer make progress.
         let mut heartbeats = Heartbeats::default();
@@ -68,6 +68,8 @@ impl Running {
         let mut cpu = crate::metrics::CpuMeter::default();
         let writer_metrics = self.writer.metrics();
         let mut ended: Option<String> = None;
+        let mut live = super::live::LiveTorrents::new(self);
+        let mut reloader = super::reload::Reloader::new(self);
         while !self.stop.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(200));
             if self
@@ -97,6 +99,12 @@ impl Running {
                 break;
             }
             crate::threads::debug_panic_point("status");
+            live.poll(self);
+            let stats_interval = self.stats_interval;
+            reloader.poll(self);
+            if self.stats_interval != stats_interval {
+                next_stats = Instant::now() + self.stats_interval;
+            }
             let stalled = heartbeats.stalled(Instant::now(), stall_limit);
             self.stalled_threads
                 .store(stalled.len() as u64, Ordering::Relaxed);

@@ -26,10 +26,15 @@ pub(super) struct Running {
     pub(super) opts: RunOptions,
     pub(super) stop: Arc<AtomicBool>,
     pub(super) started: Instant,
+    /// The configuration as started (see `session::reload`).
+    pub(super) config: crate::config::Config,
     pub(super) stats_interval: Duration,
     pub(super) notifier: Notifier,
     pub(super) writer: Writer,
+    /// The newest catalog snapshot (grows with `swarmscan add`, see `session::live`).
     pub(super) catalog: Arc<Catalog>,
+    /// Each worker's inbox: new catalog snapshots and revisit policies go there.
+    pub(super) worker_inboxes: Vec<crossbeam_channel::Sender<WorkerMsg>>,
     pub(super) own: Arc<OwnAddresses>,
     pub(super) counters: Vec<Arc<WorkerCounters>>,
     pub(super) discovery: Discovery,
@@ -37,6 +42,8 @@ pub(super) struct Running {
     pub(super) metrics_thread: Option<JoinHandle<()>>,
     /// Threads the watchdog rule sees stalled (shown by the metrics endpoint).
     pub(super) stalled_threads: Arc<AtomicU64>,
+    /// Torrents scanned now (the metrics endpoint's `torrents`), kept by `session::live`.
+    pub(super) scanned_torrents: Arc<AtomicU64>,
     /// Where the workers listen, as bound.
     pub(super) listen: Vec<SocketAddr>,
     pub(super) listen_port: u16,
@@ -49,6 +56,7 @@ impl Built {
             opts,
             stop,
             started,
+            config,
             settings: s,
             blocklist,
             tracker_tls,
@@ -104,7 +112,6 @@ impl Built {
         // an anonymised database the addresses are not stored; those peers return through
         // discovery.
         let by_db_id: std::collections::HashMap<i64, u32> = catalog
-            .torrents
             .iter()
             .enumerate()
             .map(|(i, t)| (t.db_id, i as u32))
@@ -205,7 +212,6 @@ impl Built {
             );
         }
         drop(listen_tx);
-        drop(txs);
         let mut listen: Vec<SocketAddr> = Vec::new();
         for addrs in listen_rx.iter().take(workers) {
             for a in addrs {
@@ -217,6 +223,7 @@ impl Built {
 
         // Metrics endpoint, then READY: the database is open and every worker is up.
         let stalled_threads = Arc::new(AtomicU64::new(0));
+        let scanned_torrents = Arc::new(AtomicU64::new(catalog.len() as u64));
         let metrics_thread = match metrics_listener {
             Some(l) => {
                 use crate::service::prometheus;
@@ -226,7 +233,7 @@ impl Built {
                     writer: writer.metrics(),
                     own: own.clone(),
                     stalled: stalled_threads.clone(),
-                    torrents: catalog.len(),
+                    torrents: scanned_torrents.clone(),
                     start_time: prometheus::unix_now(),
                 });
                 let t = prometheus::serve(l, registry, stop.clone())
@@ -241,16 +248,19 @@ impl Built {
             opts,
             stop,
             started,
+            config,
             stats_interval: s.stats_interval,
             notifier,
             writer,
             catalog,
+            worker_inboxes: txs,
             own,
             counters,
             discovery,
             worker_threads,
             metrics_thread,
             stalled_threads,
+            scanned_torrents,
             listen,
             listen_port,
         })

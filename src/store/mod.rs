@@ -225,6 +225,10 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE peers ADD COLUMN host_domain TEXT; -- registrable domain of the reverse DNS name (not filled yet)
     ALTER TABLE peers ADD COLUMN geo_lookup INTEGER NOT NULL DEFAULT 0; -- databases consulted: 1 geo.city_db, 2 geo.asn_db
     "#,
+    // v6: torrents taken out of the scan by `swarmscan remove` (rows and peers are kept).
+    r#"
+    ALTER TABLE torrents ADD COLUMN removed_at INTEGER; -- NULL = scanned; cleared when added again
+    "#,
 ];
 
 /// A store error; messages name the database file.
@@ -559,6 +563,49 @@ impl Store {
     /// Registers a torrent or updates it (matched by either info-hash); returns its id.
     pub fn upsert_torrent(&self, torrent: &TorrentRecord) -> Result<TorrentId, StoreError> {
         upsert_torrent(&self.conn, torrent).map_err(|e| self.err(e))
+    }
+
+    /// Marks torrents removed at `at` (`swarmscan remove`): a running scan stops probing and
+    /// announcing them, a later `run` does not resume them, their rows stay. Already removed
+    /// ones keep their time. Returns how many were marked now.
+    pub fn mark_removed(&self, ids: &[TorrentId], at: UnixMs) -> Result<usize, StoreError> {
+        let mut marked = 0;
+        for id in ids {
+            marked += self
+                .conn
+                .execute(
+                    "UPDATE torrents SET removed_at = ?2 WHERE id = ?1 AND removed_at IS NULL",
+                    params![id, at],
+                )
+                .map_err(|e| self.err(e))?;
+        }
+        Ok(marked)
+    }
+
+    /// Takes a removed torrent back into the scan (`swarmscan add` or `run` naming it again);
+    /// true when it had been removed.
+    pub fn mark_added(&self, id: TorrentId) -> Result<bool, StoreError> {
+        let changed = self
+            .conn
+            .execute(
+                "UPDATE torrents SET removed_at = NULL WHERE id = ?1 AND removed_at IS NOT NULL",
+                params![id],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(changed > 0)
+    }
+
+    /// Every torrent's row id and, for those taken out of the scan, when: the cheap query a
+    /// running scan polls to see `add` and `remove`.
+    pub fn torrent_states(&self) -> Result<Vec<(TorrentId, Option<UnixMs>)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT id, removed_at FROM torrents ORDER BY id")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
     }
 
     /// Every torrent.

@@ -57,6 +57,8 @@ pub struct TorrentReport {
     pub confirmed_per_hour: Option<f64>,
     /// How the confirmed crossings were seen.
     pub crossings_seen: CrossingsSeen,
+    /// When `swarmscan remove` took the torrent out of the scan (None: scanned).
+    pub removed_at: Option<UnixMs>,
 }
 
 /// How confirmed crossings were seen: live on a watched connection, by a revisit (a probe of
@@ -315,7 +317,8 @@ impl Store {
                         count(p.id), coalesce(sum(p.contacts > 0), 0), coalesce(sum(p.confirmed), 0),
                         coalesce(sum(p.confirmed AND p.crossing_seen = 'live'), 0),
                         coalesce(sum(p.confirmed AND p.crossing_seen = 'incoming'), 0),
-                        coalesce(sum(p.confirmed AND coalesce(p.crossing_seen, 'revisit') = 'revisit'), 0)
+                        coalesce(sum(p.confirmed AND coalesce(p.crossing_seen, 'revisit') = 'revisit'), 0),
+                        t.removed_at
                  FROM torrents t LEFT JOIN peers p ON p.torrent_id = t.id
                  GROUP BY t.id ORDER BY t.id",
             )
@@ -334,6 +337,7 @@ impl Store {
                         incoming: r.get(7)?,
                         revisit: r.get(8)?,
                     },
+                    r.get::<_, Option<UnixMs>>(9)?,
                 ))
             })
             .map_err(|e| self.err(e))?;
@@ -350,10 +354,19 @@ impl Store {
             ratio: None,
             confirmed_per_hour: None,
             crossings_seen: CrossingsSeen::default(),
+            removed_at: None,
         };
         for row in rows {
-            let (id, name, info_hash, peers_seen, peers_evaluated, confirmed, crossings_seen) =
-                row.map_err(|e| self.err(e))?;
+            let (
+                id,
+                name,
+                info_hash,
+                peers_seen,
+                peers_evaluated,
+                confirmed,
+                crossings_seen,
+                removed_at,
+            ) = row.map_err(|e| self.err(e))?;
             total.crossings_seen.add(crossings_seen);
             let (reported, reported_total) = match scrapes.get(&id) {
                 Some(&(growth, latest)) => (Some(growth), Some(latest)),
@@ -380,6 +393,7 @@ impl Store {
                 ratio: ratio(confirmed, reported),
                 confirmed_per_hour: per_hour(confirmed, window.hours),
                 crossings_seen,
+                removed_at,
             });
         }
         total.ratio = ratio(total.confirmed, total.reported);

@@ -203,6 +203,35 @@ fn torrent_upsert_matches_by_either_hash_and_fills_unknown_fields() {
 }
 
 #[test]
+fn removed_torrents_keep_their_rows_and_time_until_added_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("t.sqlite")).unwrap();
+    let a = store.upsert_torrent(&torrent(1, Some(10))).unwrap();
+    let b = store.upsert_torrent(&torrent(2, Some(10))).unwrap();
+    assert_eq!(store.torrent_states().unwrap(), vec![(a, None), (b, None)]);
+    assert_eq!(store.mark_removed(&[a], T0).unwrap(), 1);
+    assert_eq!(
+        store.mark_removed(&[a], T0 + 5).unwrap(),
+        0,
+        "a removed torrent keeps its first time"
+    );
+    assert_eq!(
+        store.torrent_states().unwrap(),
+        vec![(a, Some(T0)), (b, None)]
+    );
+    // Metadata learned later (an upsert) does not bring it back; `add` does.
+    assert_eq!(store.upsert_torrent(&torrent(1, Some(10))).unwrap(), a);
+    assert_eq!(store.torrent_states().unwrap()[0], (a, Some(T0)));
+    let report = store.report().unwrap();
+    assert_eq!(report.torrents[0].removed_at, Some(T0));
+    assert_eq!(report.torrents[1].removed_at, None);
+    assert_eq!(report.torrents.len(), 2, "its row stays in the report");
+    assert!(store.mark_added(a).unwrap());
+    assert!(!store.mark_added(a).unwrap(), "it was not removed any more");
+    assert_eq!(store.torrent_states().unwrap(), vec![(a, None), (b, None)]);
+}
+
+#[test]
 fn writer_commits_by_row_count_by_time_and_on_finish() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("w.sqlite");
