@@ -3,7 +3,7 @@
 //! answered. The candidate set is bounded (the furthest are forgotten), and so is the number
 //! of queries.
 
-use crate::krpc::{BloomFilter, Id20};
+use crate::krpc::{BloomFilter, Id20, BLOOM_BYTES};
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -336,12 +336,21 @@ impl Lookup {
             queries: self.queries,
             replies: self.replies,
             timeouts: self.timeouts,
-            seeds_estimate: self.seeds_filter.as_ref().map(|f| f.estimate()),
-            peers_estimate: self.peers_filter.as_ref().map(|f| f.estimate()),
+            seeds_estimate: self.seeds_filter.as_ref().map(estimate),
+            peers_estimate: self.peers_filter.as_ref().map(estimate),
             announced_to,
             started: self.started,
             finished: now,
         }
+    }
+}
+
+/// BEP 33 estimate, 0 for an empty filter (the formula's clamp reads 0.5 there).
+fn estimate(f: &BloomFilter) -> f64 {
+    if f.count_zero_bits() == BLOOM_BYTES * 8 {
+        0.0
+    } else {
+        f.estimate()
     }
 }
 
