@@ -225,10 +225,16 @@ struct Outstanding {
     query: QueryKind,
 }
 
-/// Peers one `get_peers` answer carries with BEP 33 filters: the filters say the rest.
+/// Info-hashes in one `sample_infohashes` answer.
 const SAMPLE_MAX: usize = 20;
 /// BEP 51 `interval` we advertise (seconds before our sample changes).
 const SAMPLE_INTERVAL_SECS: i64 = 6 * 3600;
+/// Bootstrap addresses remembered for re-bootstrapping.
+const MAX_BOOTSTRAP_ADDRS: usize = 32;
+/// While a table holds fewer than K nodes (just joined, or the network around us was
+/// empty when we did), look ourselves up this often instead of every 15 minutes; with
+/// empty tables, bootstrap again.
+const SMALL_TABLE_REFRESH: Duration = Duration::from_secs(30);
 
 pub struct DhtNode {
     config: DhtConfig,
@@ -251,6 +257,10 @@ pub struct DhtNode {
     events: VecDeque<Event>,
     next_maintenance: Instant,
     next_store_expiry: Instant,
+    /// The last bootstrap addresses, used again while the tables are empty.
+    bootstrap_addrs: Vec<SocketAddr>,
+    /// Next self-lookup allowed while the tables are small.
+    next_self_refresh: Instant,
     stats: DhtStats,
 }
 
@@ -283,6 +293,8 @@ impl DhtNode {
             events: VecDeque::new(),
             next_maintenance: now,
             next_store_expiry: now + Duration::from_secs(60),
+            bootstrap_addrs: Vec::new(),
+            next_self_refresh: now + SMALL_TABLE_REFRESH,
             stats: DhtStats::default(),
             id,
             rng,
@@ -855,6 +867,12 @@ impl DhtNode {
         addrs: &[SocketAddr],
         now: Instant,
     ) -> Result<LookupId, LookupError> {
+        self.bootstrap_addrs = addrs
+            .iter()
+            .filter(|a| self.family_enabled(a))
+            .take(MAX_BOOTSTRAP_ADDRS)
+            .copied()
+            .collect();
         self.start_lookup(self.id, LookupKind::FindNode, addrs, now)
     }
 
@@ -960,6 +978,12 @@ impl DhtNode {
                     }
                 }
                 let result = lookup.finish(announced, now);
+                if lookup.kind == LookupKind::FindNode
+                    && lookup.target == self.id
+                    && !result.closest.is_empty()
+                {
+                    self.refresh_after_join(now);
+                }
                 self.push_event(Event::LookupDone(result));
             }
         }
@@ -1022,7 +1046,38 @@ impl DhtNode {
         }
     }
 
+    /// After a lookup of our own id, refresh the buckets further away: they hold only the
+    /// few nodes met on the way.
+    fn refresh_after_join(&mut self, now: Instant) {
+        let mut targets = Vec::new();
+        for v6 in [false, true] {
+            let rng = &mut self.rng;
+            let table = if v6 {
+                &mut self.table6
+            } else {
+                &mut self.table4
+            };
+            if !table.is_empty() {
+                targets.extend(table.refresh_all(now, || rng.bytes()));
+            }
+        }
+        for target in targets {
+            // Refreshes wait when lookups are at their limit.
+            let _ = self.find_node(target, now);
+        }
+    }
+
     fn maintain(&mut self, now: Instant) {
+        if now >= self.next_self_refresh {
+            self.next_self_refresh = now + SMALL_TABLE_REFRESH;
+            let size = self.table4.len() + self.table6.len();
+            if size == 0 && !self.bootstrap_addrs.is_empty() {
+                let addrs = self.bootstrap_addrs.clone();
+                let _ = self.start_lookup(self.id, LookupKind::FindNode, &addrs, now);
+            } else if size < K {
+                let _ = self.find_node(self.id, now);
+            }
+        }
         let pings = self.config.maintenance_pings;
         for v6 in [false, true] {
             if !(if v6 {

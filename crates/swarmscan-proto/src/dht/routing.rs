@@ -352,9 +352,13 @@ impl RoutingTable {
         let may_ping = |last: Option<Instant>| {
             last.is_none_or(|t| now.saturating_duration_since(t) >= PING_INTERVAL)
         };
-        for idx in 0..self.buckets.len() {
+        let count = self.buckets.len();
+        for idx in 0..count {
             let bucket = &mut self.buckets[idx];
-            let room = bucket.nodes.len() < K
+            // Our own bucket always has room: a confirmed candidate splits it.
+            let splittable = idx == count - 1 && count < MAX_BUCKETS;
+            let room = splittable
+                || bucket.nodes.len() < K
                 || bucket
                     .nodes
                     .iter()
@@ -391,6 +395,19 @@ impl RoutingTable {
                 .map(|idx| self.random_id_in_bucket(idx, random()))
                 .collect(),
         }
+    }
+
+    /// One random target in every bucket but the last (ours), for the refresh that follows a
+    /// join (Kademlia §2.3: a new node refreshes the buckets further than its closest
+    /// neighbour). The buckets count as refreshed now.
+    pub fn refresh_all(&mut self, now: Instant, mut random: impl FnMut() -> [u8; 20]) -> Vec<Id20> {
+        let far = self.buckets.len() - 1;
+        for b in &mut self.buckets[..far] {
+            b.last_changed = now;
+        }
+        (0..far)
+            .map(|idx| self.random_id_in_bucket(idx, random()))
+            .collect()
     }
 
     /// Re-root the table at a new own id (after BEP 42 gave us one): nodes are re-inserted.
