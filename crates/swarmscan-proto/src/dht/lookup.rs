@@ -310,6 +310,17 @@ impl Lookup {
         false
     }
 
+    /// A query [`Lookup::next_queries`] handed out could not be sent: the candidate is fresh
+    /// again.
+    pub fn unsend(&mut self, addr: SocketAddr) {
+        if let Some(i) = self.find(addr) {
+            if let State::InFlight { attempts: 1 } = self.candidates[i].state {
+                self.candidates[i].state = State::Fresh;
+                self.queries -= 1;
+            }
+        }
+    }
+
     /// The k closest nodes that answered.
     pub fn closest(&self) -> Vec<ClosestNode> {
         self.candidates

@@ -668,6 +668,7 @@ impl DhtNode {
         };
         self.stats.replies += 1;
         let sender = msg.sender_id();
+        let is_error = matches!(msg.body, Body::Error(_));
         let v6 = from.is_ipv6();
         let response = match msg.body {
             Body::Response(r) => {
@@ -681,12 +682,17 @@ impl DhtNode {
             Body::Error(_) | Body::Query(_) => None,
         };
         let Some(r) = response else {
-            if let (Some(id), false) = (sender, msg.read_only) {
-                // It is alive, even if it refused; errors still keep a node good.
-                let verified = self.verified(&id, from.ip());
-                if out.node_id.is_none_or(|n| n == id) {
+            match (is_error, sender, out.node_id) {
+                // An error is an answer: the node is alive, it refused.
+                (true, Some(id), expected)
+                    if !msg.read_only && expected.is_none_or(|n| n == id) =>
+                {
+                    let verified = self.verified(&id, from.ip());
                     self.table_mut(v6).heard_from(id, from, verified, true, now);
                 }
+                // A garbage answer counts as no answer.
+                (false, _, Some(expected)) => self.table_mut(v6).failed(&expected, from, now),
+                _ => {}
             }
             if let Purpose::Lookup(l) = out.purpose {
                 if let Some(lookup) = self.lookups.get_mut(&l) {
@@ -950,8 +956,9 @@ impl DhtNode {
         let kind = lookup_query(lookup);
         for (node_id, addr) in to_send {
             if !self.send_query(addr, node_id, kind.clone(), Purpose::Lookup(l), now) {
+                // Not the node's fault (a full queue): it stays a candidate.
                 if let Some(lookup) = self.lookups.get_mut(&l) {
-                    lookup.on_failure(addr, true);
+                    lookup.unsend(addr);
                 }
             }
         }
