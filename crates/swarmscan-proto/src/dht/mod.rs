@@ -848,6 +848,13 @@ impl DhtNode {
             },
         );
         self.deadlines.push_back((deadline, to, seq));
+        if self.deadlines.len() > 4 * self.config.max_outstanding.max(16) {
+            // Answered queries leave their deadline behind until it passes; at high query
+            // rates drop those early (amortised: the queue is at least 3/4 stale here).
+            let outstanding = &self.outstanding;
+            self.deadlines
+                .retain(|(d, a, s)| outstanding.get(&(*a, *s)).is_some_and(|o| o.deadline == *d));
+        }
         true
     }
 

@@ -882,3 +882,25 @@ fn garbage_answers_count_as_failures_and_errors_as_life() {
         .unwrap();
     assert_eq!(e.failures, 0);
 }
+
+#[test]
+fn outstanding_queries_and_their_deadlines_stay_bounded() {
+    let mut n = node_with(DhtConfig {
+        max_outstanding: 16,
+        ..test_config()
+    });
+    // 16 unanswered: the 17th query is refused.
+    for i in 0..16u16 {
+        assert!(n.ping(SocketAddr::from(([127, 2, 0, 1], 1000 + i)), None, t0()));
+    }
+    assert!(!n.ping(local(9, 9), None, t0()));
+    n.tick(secs(5));
+    sent(&mut n);
+    // Thousands answered at once leave no pile of stale deadlines.
+    for i in 0..2000u16 {
+        let a = SocketAddr::from(([127, 3, (i >> 8) as u8, i as u8], 6881));
+        confirm(&mut n, other_id((i % 200) as u8), a, secs(6));
+        assert!(n.deadlines.len() <= 4 * 16 + 1);
+    }
+    assert!(n.outstanding.is_empty());
+}
