@@ -904,3 +904,35 @@ fn outstanding_queries_and_their_deadlines_stay_bounded() {
     }
     assert!(n.outstanding.is_empty());
 }
+
+#[test]
+fn ipv6_nodes_live_in_their_own_table_and_answer_as_nodes6() {
+    let mut n = node_with(DhtConfig::default());
+    let v6: SocketAddr = "[::1]:6881".parse().unwrap();
+    let v4 = local(2, 6881);
+    assert!(confirm(&mut n, other_id(6), v6, t0()));
+    assert!(confirm(&mut n, other_id(4), v4, t0()));
+    assert_eq!((n.table(false).len(), n.table(true).len()), (1, 1));
+    // Our queries ask for both families when we speak both (BEP 32).
+    n.ping(v4, None, t0());
+    let (_, q) = sent(&mut n).pop().unwrap();
+    let Body::Query(q) = q.body else { panic!() };
+    assert_eq!(q.want, Want { n4: true, n6: true });
+    // A query over IPv6 without `want` gets IPv6 nodes.
+    let fq = query(
+        b"f6",
+        other_id(9),
+        QueryKind::FindNode {
+            target: other_id(6),
+        },
+    );
+    let r = ask(&mut n, "[::2]:7000".parse().unwrap(), &fq, t0()).unwrap();
+    let reply = response(&r).find_node().unwrap();
+    assert!(reply.nodes.is_empty());
+    assert_eq!(reply.nodes6.len(), 1);
+    assert_eq!(SocketAddr::V6(reply.nodes6[0].addr), v6);
+    // An IPv4-only node drops IPv6 traffic.
+    let mut only4 = node();
+    assert!(ask(&mut only4, v6, &fq, t0()).is_none());
+    assert!(!only4.ping(v6, None, t0()));
+}
