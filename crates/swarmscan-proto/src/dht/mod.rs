@@ -711,12 +711,12 @@ impl DhtNode {
                 .heard_from(r.id, from, verified, true, now);
         }
         if let Purpose::Lookup(l) = out.purpose {
-            self.lookup_reply(l, from, &r, now);
+            self.lookup_reply(l, from, &r);
             self.advance(l, now);
         }
     }
 
-    fn lookup_reply(&mut self, l: LookupId, from: SocketAddr, r: &Response, now: Instant) {
+    fn lookup_reply(&mut self, l: LookupId, from: SocketAddr, r: &Response) {
         let (ipv4, ipv6) = (self.config.ipv4, self.config.ipv6);
         let Some(lookup) = self.lookups.get_mut(&l) else {
             return;
@@ -748,7 +748,6 @@ impl DhtNode {
             r.peers_filter.as_deref(),
         );
         let info_hash = lookup.target;
-        let _ = now;
         if !new_peers.is_empty() {
             self.push_event(Event::Peers {
                 lookup: l,
