@@ -3,6 +3,7 @@
 
 pub mod bencode;
 pub mod client_id;
+pub mod dht;
 pub mod hex;
 pub mod http;
 pub mod krpc;
