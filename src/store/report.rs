@@ -57,6 +57,8 @@ pub struct TorrentReport {
     pub confirmed_per_hour: Option<f64>,
     /// How the confirmed crossings were seen.
     pub crossings_seen: CrossingsSeen,
+    /// The torrent's labels (empty for the totals line and unlabelled torrents).
+    pub labels: Vec<String>,
 }
 
 /// How confirmed crossings were seen: live on a watched connection, by a revisit (a probe of
@@ -205,6 +207,8 @@ pub struct Report {
     pub watched: Option<EventReport>,
     /// Figure 5.1 summary.
     pub gaps: GapReport,
+    /// The study's planned tables, by torrent label.
+    pub study: super::study::StudyTables,
 }
 
 fn per_hour(n: i64, hours: f64) -> Option<f64> {
@@ -301,7 +305,9 @@ impl Store {
             ratio: None,
             confirmed_per_hour: None,
             crossings_seen: CrossingsSeen::default(),
+            labels: Vec::new(),
         };
+        let mut labels = self.labels()?;
         for row in rows {
             let (id, name, info_hash, peers_seen, peers_evaluated, confirmed, crossings_seen) =
                 row.map_err(|e| self.err(e))?;
@@ -331,6 +337,7 @@ impl Store {
                 ratio: ratio(confirmed, reported),
                 confirmed_per_hour: per_hour(confirmed, window.hours),
                 crossings_seen,
+                labels: labels.remove(&id).unwrap_or_default(),
             });
         }
         total.ratio = ratio(total.confirmed, total.reported);
@@ -578,6 +585,7 @@ impl Store {
             outcomes,
             watched,
             gaps: self.gap_report()?,
+            study: self.study_tables(&torrents)?,
             torrents,
             total,
             window,

@@ -1,0 +1,686 @@
+//! The tables the study planned and never finished, grouped by torrent label: torrent sets
+//! (table 5.6 per label), clients, host domains, countries, ASNs, download speed by country,
+//! and the threshold sensitivity; and the data of the figures (5.1, 5.3, 5.4 per label).
+//!
+//! Grouping: every torrent belongs to the group of each of its labels, or to
+//! [`NO_LABEL`](super::NO_LABEL) when it has none; when any torrent has a label, the group
+//! [`ALL_LABELS`](super::ALL_LABELS) holds every torrent once more. A torrent with two labels
+//! counts in both groups, so groups are not summed.
+//!
+//! Peer descriptions (`peers.country`, `continent`, `asn`, `as_org`, `host_domain`) come from
+//! the GeoIP / reverse-DNS columns when the database has them; a database without them gets
+//! empty tables and a note that says so, never an error.
+//!
+//! Threshold sensitivity: a peer counts as a confirmed download at threshold `t` when its first
+//! known progress is below `t` and a later stored progress (the last contact below the scan's
+//! threshold, the first at or above it, the latest contact) is at or above `t`. Every stored
+//! later value comes after the first contact in time, so this is the confirmation rule of
+//! [`super::rules`] applied to the stored contacts. At the scan's own threshold it gives
+//! the confirmed count; below it, it is exact for peers whose progress only grows; above it,
+//! it is a lower bound (peers are not revisited after reaching the scan's threshold with
+//! `peer.stop_at_threshold`, and contacts between the stored ones are not kept).
+
+use super::writer::{GAP_BUCKET_MS, GAP_LAST_BUCKET_MS};
+use super::{Store, StoreError, ALL_LABELS, NO_LABEL};
+use rusqlite::params;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+
+/// Rows kept per label in the client, host-domain, country and ASN tables; the rest are
+/// summed into one "(other)" row.
+pub const TOP_ROWS: usize = 25;
+
+/// The thresholds of the sensitivity table: 90 % to 100 % in steps of 1 %.
+pub const THRESHOLDS: [f64; 11] = [
+    0.90, 0.91, 0.92, 0.93, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99, 1.00,
+];
+
+/// The label groups: `(torrent_id, label)` for every group a torrent is in.
+const LABELLED: &str = "WITH tl(torrent_id, label) AS (
+    SELECT t.id, coalesce(l.label, '(none)') FROM torrents t LEFT JOIN torrent_labels l ON l.torrent_id = t.id
+    UNION ALL
+    SELECT id, '(all)' FROM torrents WHERE EXISTS (SELECT 1 FROM torrent_labels))";
+
+/// Table 5.6 for one torrent set (label).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LabelReport {
+    /// The label.
+    pub label: String,
+    /// Torrents in the set.
+    pub torrents: i64,
+    /// Peers any source reported.
+    pub peers_seen: i64,
+    /// Peers reached at least once.
+    pub peers_evaluated: i64,
+    /// Confirmed downloads.
+    pub confirmed: i64,
+    /// Scrape-reported downloads within the window, summed over the set's torrents that have
+    /// scrapes (see [`super::report`]).
+    pub reported: Option<i64>,
+    /// confirmed / reported.
+    pub ratio: Option<f64>,
+}
+
+/// One line of a "count by key" table (clients, host domains, countries, ASNs).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct KeyCount {
+    /// The label group.
+    pub label: String,
+    /// Client name, host domain, country code or "AS<number>".
+    pub key: String,
+    /// Client version (clients table), AS organisation (ASN table).
+    pub detail: Option<String>,
+    /// Peers.
+    pub peers: i64,
+    /// peers / peers of the label with a known key.
+    pub share_peers: f64,
+    /// Confirmed downloads.
+    pub confirmed: i64,
+    /// confirmed / confirmed downloads of the label with a known key (`None` when none).
+    pub share_confirmed: Option<f64>,
+}
+
+/// A "count by key" table with what it left out.
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct KeyTable {
+    /// Rows: per label, the largest [`TOP_ROWS`] by peers, then "(other)".
+    pub rows: Vec<KeyCount>,
+    /// Peers without a known key (not contacted, not resolved, not in the GeoIP database).
+    pub unknown_peers: i64,
+    /// Why the table is empty or partial, when it is.
+    pub note: Option<String>,
+}
+
+/// Download speed in one country: the highest speed between two contacts of each peer.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SpeedRow {
+    /// The label group.
+    pub label: String,
+    /// Country code.
+    pub country: String,
+    /// Peers with a measured speed.
+    pub peers: i64,
+    /// Median, bytes per second.
+    pub median_bps: f64,
+    /// Mean, bytes per second.
+    pub mean_bps: f64,
+    /// 90th percentile, bytes per second.
+    pub p90_bps: f64,
+}
+
+/// Speed by country.
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct SpeedTable {
+    /// Rows, per label by peers (largest first), at most [`TOP_ROWS`] per label.
+    pub rows: Vec<SpeedRow>,
+    /// Why the table is empty, when it is.
+    pub note: Option<String>,
+}
+
+/// Confirmed downloads at each threshold, for one label.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ThresholdRow {
+    /// The label group.
+    pub label: String,
+    /// Confirmed downloads as stored (the scan's threshold).
+    pub stored_confirmed: i64,
+    /// (threshold, confirmed downloads) for each of [`THRESHOLDS`].
+    pub points: Vec<(f64, i64)>,
+}
+
+/// One bucket of figure 5.1: contacts whose longest message gap fell in [from, from + 100 ms).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GapBucket {
+    /// Bucket start, ms (60000 = 60 s or more).
+    pub from_ms: i64,
+    /// Contacts.
+    pub contacts: i64,
+}
+
+/// One point of figure 5.4: confirmed and reported downloads of a label up to a time.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CumulativePoint {
+    /// The label group.
+    pub label: String,
+    /// End of the time bucket.
+    pub at: i64,
+    /// Confirmed downloads crossed before `at`.
+    pub confirmed: i64,
+    /// Scrape-reported downloads since the first scrape, as of `at` (`None` without scrapes).
+    pub reported: Option<i64>,
+}
+
+/// Everything this module adds to the report.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StudyTables {
+    /// Table 5.6 per torrent set.
+    pub labels: Vec<LabelReport>,
+    /// Clients (name and version from the peer-id).
+    pub clients: KeyTable,
+    /// Registrable domains of the peers' reverse DNS names.
+    pub host_domains: KeyTable,
+    /// Peers and confirmed downloads by country.
+    pub countries: KeyTable,
+    /// Peers and confirmed downloads by autonomous system.
+    pub asns: KeyTable,
+    /// Download speed by country.
+    pub speed_by_country: SpeedTable,
+    /// Confirmed downloads as a function of the threshold.
+    pub threshold_sensitivity: Vec<ThresholdRow>,
+}
+
+/// The figures' data.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FigureData {
+    /// Figure 5.1: the longest-gap histogram.
+    pub gaps: Vec<GapBucket>,
+    /// Figure 5.3: addresses received and new per source and bucket.
+    pub discovery: Vec<super::report::SeriesPoint>,
+    /// Figure 5.4: cumulative confirmed and reported downloads per label.
+    pub downloads: Vec<CumulativePoint>,
+    /// Width of the time buckets, ms.
+    pub bucket_ms: i64,
+}
+
+fn share(n: i64, of: i64) -> f64 {
+    if of > 0 {
+        n as f64 / of as f64
+    } else {
+        0.0
+    }
+}
+
+/// Keeps the largest [`TOP_ROWS`] rows of each label (rows come grouped by label) and sums
+/// the rest into "(other)"; fills in the shares.
+fn top_rows(rows: Vec<(String, String, Option<String>, i64, i64)>) -> Vec<KeyCount> {
+    let mut by_label: BTreeMap<String, Vec<(String, Option<String>, i64, i64)>> = BTreeMap::new();
+    for (label, key, detail, peers, confirmed) in rows {
+        by_label
+            .entry(label)
+            .or_default()
+            .push((key, detail, peers, confirmed));
+    }
+    let mut out = Vec::new();
+    for (label, mut rows) in by_label {
+        let peers: i64 = rows.iter().map(|r| r.2).sum();
+        let confirmed: i64 = rows.iter().map(|r| r.3).sum();
+        rows.sort_by(|a, b| b.2.cmp(&a.2).then(b.3.cmp(&a.3)).then(a.0.cmp(&b.0)));
+        let rest: Vec<_> = rows.split_off(rows.len().min(TOP_ROWS));
+        if !rest.is_empty() {
+            rows.push((
+                format!("(other: {})", rest.len()),
+                None,
+                rest.iter().map(|r| r.2).sum(),
+                rest.iter().map(|r| r.3).sum(),
+            ));
+        }
+        for (key, detail, p, c) in rows {
+            out.push(KeyCount {
+                label: label.clone(),
+                key,
+                detail,
+                peers: p,
+                share_peers: share(p, peers),
+                confirmed: c,
+                share_confirmed: (confirmed > 0).then(|| share(c, confirmed)),
+            });
+        }
+    }
+    out
+}
+
+/// Label groups first by name, "(none)" and "(all)" last.
+fn label_order(label: &str) -> (u8, &str) {
+    match label {
+        NO_LABEL => (1, label),
+        ALL_LABELS => (2, label),
+        _ => (0, label),
+    }
+}
+
+impl Store {
+    /// The `peers` columns present (the GeoIP / reverse-DNS columns may not be).
+    fn peer_columns(&self) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT name FROM pragma_table_info('peers')")
+            .map_err(|e| self.err(e))?;
+        let names = stmt
+            .query_map([], |r| r.get(0))
+            .map_err(|e| self.err(e))?
+            .collect::<Result<Vec<String>, _>>()
+            .map_err(|e| self.err(e))?;
+        Ok(names)
+    }
+
+    /// Runs a query returning (label, key, detail, peers, confirmed) rows.
+    fn key_rows(
+        &self,
+        sql: &str,
+    ) -> Result<Vec<(String, String, Option<String>, i64, i64)>, StoreError> {
+        let mut stmt = self.conn.prepare(sql).map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Unknown-key peers (the key expression is NULL) in all torrents.
+    fn count_where(&self, condition: &str) -> Result<i64, StoreError> {
+        self.conn
+            .query_row(
+                &format!("SELECT count(*) FROM peers WHERE {condition}"),
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.err(e))
+    }
+
+    /// Table 5.6 per torrent set, from the per-torrent lines.
+    pub fn label_reports(
+        &self,
+        torrents: &[super::report::TorrentReport],
+    ) -> Result<Vec<LabelReport>, StoreError> {
+        let labels = self.labels()?;
+        let mut groups: BTreeMap<(u8, String), LabelReport> = BTreeMap::new();
+        for t in torrents {
+            let mut names: Vec<&str> = match labels.get(&t.id) {
+                Some(l) => l.iter().map(String::as_str).collect(),
+                None => vec![NO_LABEL],
+            };
+            if !labels.is_empty() {
+                names.push(ALL_LABELS);
+            }
+            for name in names {
+                let g = groups
+                    .entry((label_order(name).0, name.to_string()))
+                    .or_insert_with(|| LabelReport {
+                        label: name.to_string(),
+                        torrents: 0,
+                        peers_seen: 0,
+                        peers_evaluated: 0,
+                        confirmed: 0,
+                        reported: None,
+                        ratio: None,
+                    });
+                g.torrents += 1;
+                g.peers_seen += t.peers_seen;
+                g.peers_evaluated += t.peers_evaluated;
+                g.confirmed += t.confirmed;
+                if let Some(r) = t.reported {
+                    g.reported = Some(g.reported.unwrap_or(0) + r);
+                }
+            }
+        }
+        Ok(groups
+            .into_values()
+            .map(|mut g| {
+                g.ratio = g
+                    .reported
+                    .filter(|r| *r > 0)
+                    .map(|r| g.confirmed as f64 / r as f64);
+                g
+            })
+            .collect())
+    }
+
+    /// Clients by name and version, decoded from the stored peer-id (the extension
+    /// handshake's client name when the peer sent no peer-id we kept).
+    pub fn client_table(&self) -> Result<KeyTable, StoreError> {
+        // Peer-ids are per peer (random tails), so they are decoded here rather than grouped
+        // in SQL; the decoded names are few, so the map stays small.
+        let mut counts: HashMap<(String, String, Option<String>), (i64, i64)> = HashMap::new();
+        let mut stmt = self
+            .conn
+            .prepare(&format!(
+                "{LABELLED} SELECT tl.label, p.peer_id, p.client, p.confirmed
+                 FROM peers p JOIN tl ON tl.torrent_id = p.torrent_id
+                 WHERE p.peer_id IS NOT NULL OR p.client IS NOT NULL"
+            ))
+            .map_err(|e| self.err(e))?;
+        let mut rows = stmt.query([]).map_err(|e| self.err(e))?;
+        while let Some(r) = rows.next().map_err(|e| self.err(e))? {
+            let label: String = r.get(0).map_err(|e| self.err(e))?;
+            let peer_id: Option<String> = r.get(1).map_err(|e| self.err(e))?;
+            let client: Option<String> = r.get(2).map_err(|e| self.err(e))?;
+            let confirmed: bool = r.get(3).map_err(|e| self.err(e))?;
+            let (name, version) = match peer_id
+                .as_deref()
+                .and_then(crate::proto::hex::decode_array::<20>)
+            {
+                Some(id) => {
+                    let id = crate::proto::client_id::from_peer_id(&id);
+                    match id.name() {
+                        Some(name) => (name.to_string(), id.version().map(str::to_string)),
+                        // The extension handshake's name, else say so.
+                        None => match &client {
+                            Some(c) => (c.clone(), None),
+                            None => ("(unrecognised peer-id)".to_string(), None),
+                        },
+                    }
+                }
+                None => (client.clone().unwrap_or_default(), None),
+            };
+            let e = counts.entry((label, name, version)).or_default();
+            e.0 += 1;
+            e.1 += i64::from(confirmed);
+        }
+        let rows = counts
+            .into_iter()
+            .map(|((label, name, version), (p, c))| (label, name, version, p, c))
+            .collect();
+        Ok(KeyTable {
+            rows: top_rows(rows),
+            unknown_peers: self.count_where("peer_id IS NULL AND client IS NULL")?,
+            note: None,
+        })
+    }
+
+    /// Peers and confirmed downloads by the value of a `peers` column (with an optional
+    /// detail column); an empty table with a note when the column is missing.
+    fn column_table(
+        &self,
+        columns: &[String],
+        column: &str,
+        detail: Option<&str>,
+        key_sql: &str,
+        missing_note: &str,
+        unknown_note: &str,
+    ) -> Result<KeyTable, StoreError> {
+        if !columns.iter().any(|c| c == column)
+            || detail.is_some_and(|d| !columns.iter().any(|c| c == d))
+        {
+            return Ok(KeyTable {
+                rows: Vec::new(),
+                unknown_peers: self.count_where("1")?,
+                note: Some(missing_note.to_string()),
+            });
+        }
+        let detail_sql = detail.map_or("NULL".to_string(), |d| format!("max(p.{d})"));
+        let rows = self.key_rows(&format!(
+            "{LABELLED} SELECT tl.label, {key_sql}, {detail_sql}, count(*), coalesce(sum(p.confirmed), 0)
+             FROM peers p JOIN tl ON tl.torrent_id = p.torrent_id
+             WHERE p.{column} IS NOT NULL AND p.{column} != ''
+             GROUP BY tl.label, p.{column}"
+        ))?;
+        let unknown = self.count_where(&format!("{column} IS NULL OR {column} = ''"))?;
+        let note = if rows.is_empty() {
+            Some(unknown_note.to_string())
+        } else {
+            None
+        };
+        Ok(KeyTable {
+            rows: top_rows(rows),
+            unknown_peers: unknown,
+            note,
+        })
+    }
+
+    /// Download speed by country: per peer the highest speed between two contacts
+    /// (`max_speed`, pieces per second) times the torrent's piece length.
+    pub fn speed_table(&self, columns: &[String]) -> Result<SpeedTable, StoreError> {
+        if !columns.iter().any(|c| c == "country") {
+            return Ok(SpeedTable {
+                rows: Vec::new(),
+                note: Some(GEO_MISSING.to_string()),
+            });
+        }
+        let mut speeds: HashMap<(String, String), Vec<f64>> = HashMap::new();
+        let mut stmt = self
+            .conn
+            .prepare(&format!(
+                "{LABELLED} SELECT tl.label, p.country, p.max_speed * t.piece_length
+                 FROM peers p JOIN tl ON tl.torrent_id = p.torrent_id JOIN torrents t ON t.id = p.torrent_id
+                 WHERE p.max_speed IS NOT NULL AND p.max_speed > 0 AND t.piece_length IS NOT NULL
+                   AND p.country IS NOT NULL AND p.country != ''"
+            ))
+            .map_err(|e| self.err(e))?;
+        let mut rows = stmt.query([]).map_err(|e| self.err(e))?;
+        while let Some(r) = rows.next().map_err(|e| self.err(e))? {
+            let label: String = r.get(0).map_err(|e| self.err(e))?;
+            let country: String = r.get(1).map_err(|e| self.err(e))?;
+            let bps: f64 = r.get(2).map_err(|e| self.err(e))?;
+            speeds.entry((label, country)).or_default().push(bps);
+        }
+        let mut out: Vec<SpeedRow> = speeds
+            .into_iter()
+            .map(|((label, country), mut v)| {
+                v.sort_by(f64::total_cmp);
+                let at = |q: f64| v[((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
+                SpeedRow {
+                    label,
+                    country,
+                    peers: v.len() as i64,
+                    median_bps: at(0.5),
+                    mean_bps: v.iter().sum::<f64>() / v.len() as f64,
+                    p90_bps: at(0.9),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| {
+            label_order(&a.label)
+                .cmp(&label_order(&b.label))
+                .then(b.peers.cmp(&a.peers))
+                .then(a.country.cmp(&b.country))
+        });
+        let mut kept: HashMap<String, usize> = HashMap::new();
+        out.retain(|r| {
+            let n = kept.entry(r.label.clone()).or_default();
+            *n += 1;
+            *n <= TOP_ROWS
+        });
+        let note = out.is_empty().then(|| {
+            "no peer with both a country and a measured speed (speed needs two contacts with growing progress)".to_string()
+        });
+        Ok(SpeedTable { rows: out, note })
+    }
+
+    /// Confirmed downloads at each of [`THRESHOLDS`], per label (see the module docs).
+    pub fn threshold_sensitivity(&self) -> Result<Vec<ThresholdRow>, StoreError> {
+        let sums: Vec<String> = (1..=THRESHOLDS.len())
+            .map(|i| format!("coalesce(sum(fp < ?{i} AND later >= ?{i}), 0)"))
+            .collect();
+        let sql = format!(
+            "{LABELLED} SELECT label, coalesce(sum(confirmed), 0), {}
+             FROM (SELECT tl.label AS label, p.confirmed AS confirmed, p.first_progress AS fp,
+                          max(coalesce(p.below_progress, 0), coalesce(p.above_progress, 0), coalesce(p.last_progress, 0)) AS later
+                   FROM peers p JOIN tl ON tl.torrent_id = p.torrent_id
+                   WHERE p.first_progress IS NOT NULL AND p.duplicate_of IS NULL)
+             GROUP BY label",
+            sums.join(", ")
+        );
+        let mut stmt = self.conn.prepare(&sql).map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(rusqlite::params_from_iter(THRESHOLDS.iter()), |r| {
+                let mut points = Vec::with_capacity(THRESHOLDS.len());
+                for (i, t) in THRESHOLDS.iter().enumerate() {
+                    points.push((*t, r.get::<_, i64>(i + 2)?));
+                }
+                Ok(ThresholdRow {
+                    label: r.get(0)?,
+                    stored_confirmed: r.get(1)?,
+                    points,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        let mut out = rows
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.err(e))?;
+        out.sort_by(|a, b| label_order(&a.label).cmp(&label_order(&b.label)));
+        Ok(out)
+    }
+
+    /// The study's planned tables (see the module docs).
+    pub fn study_tables(
+        &self,
+        torrents: &[super::report::TorrentReport],
+    ) -> Result<StudyTables, StoreError> {
+        let columns = self.peer_columns()?;
+        let sort = |mut t: KeyTable| {
+            // top_rows groups by label name; put "(none)" and "(all)" last.
+            t.rows
+                .sort_by(|a, b| label_order(&a.label).cmp(&label_order(&b.label)));
+            t
+        };
+        Ok(StudyTables {
+            labels: self.label_reports(torrents)?,
+            clients: sort(self.client_table()?),
+            host_domains: sort(self.column_table(
+                &columns,
+                "host_domain",
+                None,
+                "p.host_domain",
+                "not resolved: this database has no peers.host_domain column (reverse DNS of peers is not part of this build)",
+                "not resolved: no peer has a host domain (reverse DNS off, or no PTR records)",
+            )?),
+            countries: sort(self.column_table(
+                &columns,
+                "country",
+                None,
+                "p.country",
+                GEO_MISSING,
+                "no peer has a country (no GeoIP database configured, or no address in it)",
+            )?),
+            asns: sort(self.column_table(
+                &columns,
+                "asn",
+                Some("as_org"),
+                "'AS' || p.asn",
+                GEO_MISSING,
+                "no peer has an ASN (no ASN database configured, or no address in it)",
+            )?),
+            speed_by_country: self.speed_table(&columns)?,
+            threshold_sensitivity: self.threshold_sensitivity()?,
+        })
+    }
+
+    /// The figures' data, in `buckets` time buckets over the scan window (at least 1 s each).
+    pub fn figure_data(&self, buckets: i64) -> Result<FigureData, StoreError> {
+        let window = self.scan_window()?;
+        let (start, end) = (window.start.unwrap_or(0), window.end.unwrap_or(0));
+        let bucket_ms = ((end - start) / buckets.max(1) + 1).max(1000);
+        let mut stmt = self
+            .conn
+            .prepare("SELECT bucket_ms, count FROM gap_histogram ORDER BY bucket_ms")
+            .map_err(|e| self.err(e))?;
+        let gaps = stmt
+            .query_map([], |r| {
+                Ok(GapBucket {
+                    from_ms: r.get::<_, i64>(0)?.min(GAP_LAST_BUCKET_MS) / GAP_BUCKET_MS
+                        * GAP_BUCKET_MS,
+                    contacts: r.get(1)?,
+                })
+            })
+            .map_err(|e| self.err(e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.err(e))?;
+        let discovery = self.discovery_series(bucket_ms)?;
+        Ok(FigureData {
+            gaps,
+            discovery,
+            downloads: self.cumulative_downloads(start, bucket_ms)?,
+            bucket_ms,
+        })
+    }
+
+    /// Figure 5.4 per label: confirmed downloads by crossing time, and the scrape-reported
+    /// growth as of each bucket end (per torrent the tracker with the largest growth, as in
+    /// table 5.6), both cumulative.
+    fn cumulative_downloads(
+        &self,
+        start: i64,
+        bucket_ms: i64,
+    ) -> Result<Vec<CumulativePoint>, StoreError> {
+        // (label, bucket) -> confirmed in the bucket.
+        let mut confirmed: BTreeMap<(String, i64), i64> = BTreeMap::new();
+        let mut stmt = self
+            .conn
+            .prepare(&format!(
+                "{LABELLED} SELECT tl.label, (p.crossed_at - ?1) / ?2, count(*)
+                 FROM peers p JOIN tl ON tl.torrent_id = p.torrent_id
+                 WHERE p.confirmed AND p.crossed_at IS NOT NULL
+                 GROUP BY 1, 2"
+            ))
+            .map_err(|e| self.err(e))?;
+        let mut rows = stmt
+            .query(params![start, bucket_ms])
+            .map_err(|e| self.err(e))?;
+        while let Some(r) = rows.next().map_err(|e| self.err(e))? {
+            let key = (
+                r.get::<_, String>(0).map_err(|e| self.err(e))?,
+                r.get::<_, i64>(1).map_err(|e| self.err(e))?.max(0),
+            );
+            *confirmed.entry(key).or_default() += r.get::<_, i64>(2).map_err(|e| self.err(e))?;
+        }
+        // Scrapes: per (label, torrent, tracker) the growth since its first scrape, by bucket.
+        let mut growth: BTreeMap<(String, i64, String), Vec<(i64, i64)>> = BTreeMap::new();
+        let mut stmt = self
+            .conn
+            .prepare(&format!(
+                "{LABELLED} SELECT tl.label, s.torrent_id, s.tracker, (s.at - ?1) / ?2, s.downloaded
+                 FROM scrapes s JOIN tl ON tl.torrent_id = s.torrent_id ORDER BY s.at, s.id"
+            ))
+            .map_err(|e| self.err(e))?;
+        let mut rows = stmt
+            .query(params![start, bucket_ms])
+            .map_err(|e| self.err(e))?;
+        while let Some(r) = rows.next().map_err(|e| self.err(e))? {
+            let get = |i| r.get::<_, i64>(i);
+            let key = (
+                r.get::<_, String>(0).map_err(|e| self.err(e))?,
+                get(1).map_err(|e| self.err(e))?,
+                r.get::<_, String>(2).map_err(|e| self.err(e))?,
+            );
+            growth.entry(key).or_default().push((
+                get(3).map_err(|e| self.err(e))?.max(0),
+                get(4).map_err(|e| self.err(e))?,
+            ));
+        }
+        let last_bucket = confirmed
+            .keys()
+            .map(|k| k.1)
+            .chain(growth.values().flat_map(|v| v.iter().map(|p| p.0)))
+            .max()
+            .unwrap_or(0);
+        let mut labels: Vec<String> = confirmed
+            .keys()
+            .map(|k| k.0.clone())
+            .chain(growth.keys().map(|k| k.0.clone()))
+            .collect();
+        labels.sort_by(|a, b| label_order(a).cmp(&label_order(b)));
+        labels.dedup();
+        let mut out = Vec::new();
+        for label in labels {
+            let mut total = 0;
+            for bucket in 0..=last_bucket {
+                total += confirmed
+                    .get(&(label.clone(), bucket))
+                    .copied()
+                    .unwrap_or(0);
+                // Per torrent: the largest growth of its trackers as of this bucket.
+                let mut per_torrent: BTreeMap<i64, i64> = BTreeMap::new();
+                for ((l, torrent, _), points) in &growth {
+                    if *l != label {
+                        continue;
+                    }
+                    let first = points[0].1;
+                    if let Some(latest) = points.iter().take_while(|p| p.0 <= bucket).last() {
+                        let g = per_torrent.entry(*torrent).or_insert(i64::MIN);
+                        *g = (*g).max(latest.1 - first);
+                    }
+                }
+                out.push(CumulativePoint {
+                    label: label.clone(),
+                    at: start + (bucket + 1) * bucket_ms,
+                    confirmed: total,
+                    reported: (!per_torrent.is_empty()).then(|| per_torrent.values().sum()),
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
+const GEO_MISSING: &str = "this database has no GeoIP columns (peers.country, asn): made by a swarmscan without GeoIP support";
