@@ -1,9 +1,11 @@
 //! Command-line interface.
 
 pub mod config_cmd;
+pub mod export_cmd;
 pub mod inspect;
 pub mod report_cmd;
 pub mod run_cmd;
+pub mod synth_cmd;
 
 use clap::{Parser, Subcommand};
 
@@ -40,6 +42,11 @@ enum Command {
     Peers(report_cmd::PeersArgs),
     /// Time series behind thesis figures 5.3 and 5.4, as CSV (or JSON lines).
     Series(report_cmd::SeriesArgs),
+    /// Peers, their stored contacts, or discovery requests as CSV, JSON lines or Parquet (streamed).
+    Export(export_cmd::ExportArgs),
+    /// (for benchmarks and tests) Fill a new database with a synthetic study.
+    #[command(name = "synth-db", hide = true)]
+    SynthDb(synth_cmd::SynthArgs),
 }
 
 /// Runs the CLI and returns the process exit code.
@@ -62,6 +69,8 @@ pub fn main() -> i32 {
         Command::Report(args) => report_cmd::run_report(&args),
         Command::Peers(args) => report_cmd::run_peers(&args),
         Command::Series(args) => report_cmd::run_series(&args),
+        Command::Export(args) => export_cmd::run(&args),
+        Command::SynthDb(args) => synth_cmd::run(&args),
     }
 }
 

@@ -39,7 +39,7 @@ pub struct PeersArgs {
 }
 
 /// Opens the configured database read-for-report; prints the error and gives the exit code.
-fn open(config: &ConfigArgs) -> Result<Store, i32> {
+pub(crate) fn open(config: &ConfigArgs) -> Result<Store, i32> {
     let config = config.load().map_err(|e| {
         eprintln!("swarmscan: {e}");
         2

@@ -57,10 +57,12 @@
 //! ```
 
 pub mod anon;
+pub mod export;
 pub mod record;
 pub mod report;
 pub mod rules;
 pub mod study;
+pub mod synth;
 pub mod writer;
 
 pub use record::*;

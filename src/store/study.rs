@@ -240,7 +240,7 @@ fn label_order(label: &str) -> (u8, &str) {
 
 impl Store {
     /// The `peers` columns present (the GeoIP / reverse-DNS columns may not be).
-    fn peer_columns(&self) -> Result<Vec<String>, StoreError> {
+    pub(crate) fn peer_columns(&self) -> Result<Vec<String>, StoreError> {
         let mut stmt = self
             .conn
             .prepare("SELECT name FROM pragma_table_info('peers')")
