@@ -3,6 +3,7 @@
 pub mod config_cmd;
 pub mod export_cmd;
 pub mod inspect;
+pub mod plots;
 pub mod report_cmd;
 pub mod run_cmd;
 pub mod synth_cmd;

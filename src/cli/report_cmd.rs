@@ -19,10 +19,17 @@ pub struct ReportArgs {
     /// Print one JSON object instead of text tables.
     #[arg(long)]
     pub json: bool,
+    /// Also write every figure (5.1, 5.3, 5.4, clients, countries, speed by country, threshold
+    /// sensitivity) as SVG and PNG into this directory (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub plots: Option<std::path::PathBuf>,
     /// Configuration (the database path comes from here).
     #[command(flatten)]
     pub config: ConfigArgs,
 }
+
+/// Time buckets of the figures' time axes.
+const FIGURE_BUCKETS: i64 = 200;
 
 /// Arguments of `swarmscan peers`.
 #[derive(clap::Args, Debug)]
@@ -66,6 +73,23 @@ pub fn run_report(args: &ReportArgs) -> i32 {
             return 1;
         }
     };
+    if let Some(dir) = &args.plots {
+        let written = store
+            .figure_data(FIGURE_BUCKETS)
+            .map_err(|e| e.to_string())
+            .and_then(|data| super::plots::write_plots(&report, &data, dir));
+        match written {
+            Ok(files) => eprintln!(
+                "swarmscan: wrote {} figure files to {}",
+                files.len(),
+                dir.display()
+            ),
+            Err(e) => {
+                eprintln!("swarmscan: report --plots: {e}");
+                return 1;
+            }
+        }
+    }
     if args.json {
         match serde_json::to_string_pretty(&report) {
             Ok(text) => println!("{text}"),
