@@ -684,3 +684,279 @@ impl Store {
 }
 
 const GEO_MISSING: &str = "this database has no GeoIP columns (peers.country, asn): made by a swarmscan without GeoIP support";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{TorrentRecord, TorrentSource};
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.sqlite")).unwrap();
+        (dir, store)
+    }
+
+    fn torrent(store: &Store, byte: u8) -> i64 {
+        store
+            .upsert_torrent(&TorrentRecord {
+                info_hash_v1: Some([byte; 20]),
+                info_hash_v2: None,
+                name: None,
+                piece_count: Some(100),
+                piece_length: Some(1 << 20),
+                total_size: None,
+                source: TorrentSource::Hash,
+                added_at: 0,
+                trackers: vec![],
+            })
+            .unwrap()
+    }
+
+    /// A peer with (first, below, above, last) progress; `confirmed` as the scan stored it.
+    #[allow(clippy::too_many_arguments)]
+    fn peer(
+        store: &Store,
+        torrent: i64,
+        port: u16,
+        first: Option<f64>,
+        below: Option<f64>,
+        above: Option<f64>,
+        last: Option<f64>,
+        confirmed: bool,
+        duplicate_of: Option<i64>,
+    ) {
+        store
+            .conn
+            .execute(
+                "INSERT INTO peers (torrent_id, ip_key, ip, port, ipv6, sources, first_source, first_seen_at,
+                    first_contact_at, first_progress, below_progress, above_progress, last_progress, confirmed, duplicate_of)
+                 VALUES (?1, '10.0.0.1', '10.0.0.1', ?2, 0, 1, 1, 0, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![
+                    torrent,
+                    port,
+                    first.map(|_| 1000),
+                    first,
+                    below,
+                    above,
+                    last,
+                    confirmed,
+                    duplicate_of
+                ],
+            )
+            .unwrap();
+    }
+
+    #[test]
+    fn threshold_sensitivity_applies_the_rule_to_stored_contacts() {
+        let (_dir, store) = store();
+        let t = torrent(&store, 1);
+        store.add_labels(t, &["set".to_string()]).unwrap();
+        // Seen at 50 %, 95 %, then 99 %: confirmed at every threshold up to 99 %.
+        peer(
+            &store,
+            t,
+            1,
+            Some(0.5),
+            Some(0.95),
+            Some(0.99),
+            Some(0.99),
+            true,
+            None,
+        );
+        // First seen at 99 %, later complete: only a 100 % threshold confirms it.
+        peer(
+            &store,
+            t,
+            2,
+            Some(0.99),
+            None,
+            Some(0.99),
+            Some(1.0),
+            false,
+            None,
+        );
+        // 20 % → 93 %, never crossed 98 %: confirmed up to 93 %.
+        peer(
+            &store,
+            t,
+            3,
+            Some(0.2),
+            Some(0.93),
+            None,
+            Some(0.93),
+            false,
+            None,
+        );
+        // A duplicate row (its download counted on another row) and a peer never reached.
+        peer(
+            &store,
+            t,
+            4,
+            Some(0.1),
+            Some(0.1),
+            Some(1.0),
+            Some(1.0),
+            false,
+            Some(1),
+        );
+        peer(&store, t, 5, None, None, None, None, false, None);
+        let rows = store.threshold_sensitivity().unwrap();
+        let labels: Vec<&str> = rows.iter().map(|r| r.label.as_str()).collect();
+        assert_eq!(labels, ["set", ALL_LABELS]);
+        for row in &rows {
+            assert_eq!(row.stored_confirmed, 1);
+            let counts: Vec<i64> = row.points.iter().map(|p| p.1).collect();
+            //                   90 91 92 93 94 95 96 97 98 99 100
+            assert_eq!(counts, [2, 2, 2, 2, 1, 1, 1, 1, 1, 1, 1], "{row:?}");
+            // At 100 % only the second peer: the first never reached 100 %.
+            assert_eq!(row.points[10], (1.0, 1));
+        }
+    }
+
+    #[test]
+    fn unlabelled_torrents_are_their_own_group_and_all_appears_with_labels() {
+        let (_dir, store) = store();
+        let a = torrent(&store, 1);
+        let b = torrent(&store, 2);
+        peer(
+            &store,
+            a,
+            1,
+            Some(0.5),
+            Some(0.5),
+            Some(1.0),
+            Some(1.0),
+            true,
+            None,
+        );
+        peer(
+            &store,
+            b,
+            1,
+            Some(0.5),
+            Some(0.5),
+            None,
+            Some(0.5),
+            false,
+            None,
+        );
+        let groups = |store: &Store| -> Vec<(String, i64)> {
+            store
+                .threshold_sensitivity()
+                .unwrap()
+                .into_iter()
+                .map(|r| (r.label, r.stored_confirmed))
+                .collect()
+        };
+        assert_eq!(groups(&store), [(NO_LABEL.to_string(), 1)]);
+        store
+            .add_labels(a, &["big".to_string(), "films".to_string()])
+            .unwrap();
+        assert_eq!(
+            groups(&store),
+            [
+                ("big".to_string(), 1),
+                ("films".to_string(), 1),
+                (NO_LABEL.to_string(), 0),
+                (ALL_LABELS.to_string(), 1)
+            ]
+        );
+        let err = store
+            .add_labels(a, &["ok".into(), " x".into()])
+            .unwrap_err();
+        assert_eq!(err.to_string(), "label \" x\" starts or ends with a space");
+        assert_eq!(store.labels().unwrap()[&a], ["big", "films"]);
+    }
+
+    #[test]
+    fn clients_come_from_the_peer_id_and_geo_tables_say_when_columns_are_missing() {
+        let (_dir, store) = store();
+        let t = torrent(&store, 1);
+        for (port, peer_id, client, confirmed) in [
+            (
+                1,
+                Some("-qB4630-abcdefghijkl"),
+                Some("qBittorrent/4.6.3"),
+                1,
+            ),
+            (2, Some("-qB4630-mnopqrstuvwx"), None, 0),
+            (3, None, Some("Foo 1.0"), 0),
+            (4, Some("\u{1}\u{2}garbage-peer-id-xx"), Some("Bar 2"), 0),
+        ] {
+            store
+                .conn
+                .execute(
+                    "INSERT INTO peers (torrent_id, ip_key, ip, port, ipv6, sources, first_source, first_seen_at,
+                        peer_id, client, confirmed) VALUES (?1, 'k', 'k', ?2, 0, 1, 1, 0, ?3, ?4, ?5)",
+                    params![
+                        t,
+                        port,
+                        peer_id.map(|p: &str| crate::proto::hex::encode(p.as_bytes())),
+                        client,
+                        confirmed
+                    ],
+                )
+                .unwrap();
+        }
+        let clients = store.client_table().unwrap();
+        let rows: Vec<(&str, Option<&str>, i64, i64)> = clients
+            .rows
+            .iter()
+            .map(|r| (r.key.as_str(), r.detail.as_deref(), r.peers, r.confirmed))
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                ("qBittorrent", Some("4.6.3"), 2, 1),
+                ("Bar 2", None, 1, 0),
+                ("Foo 1.0", None, 1, 0)
+            ]
+        );
+        assert_eq!(clients.rows[0].share_peers, 0.5);
+        assert_eq!(clients.rows[0].share_confirmed, Some(1.0));
+
+        let columns = store.peer_columns().unwrap();
+        let tables = store.study_tables(&[]).unwrap();
+        assert!(tables.countries.rows.is_empty());
+        assert!(tables.countries.note.as_deref().unwrap().contains("GeoIP"));
+        assert!(tables
+            .host_domains
+            .note
+            .as_deref()
+            .unwrap()
+            .contains("not resolved"));
+        assert!(store.speed_table(&columns).unwrap().note.is_some());
+
+        // Once the columns exist (the GeoIP migration), the same queries fill the tables.
+        store
+            .conn
+            .execute_batch(
+                "ALTER TABLE peers ADD COLUMN country TEXT; ALTER TABLE peers ADD COLUMN asn INTEGER;
+                 ALTER TABLE peers ADD COLUMN as_org TEXT; ALTER TABLE peers ADD COLUMN host_domain TEXT;
+                 UPDATE peers SET country = 'DE', asn = 3320, as_org = 'DTAG' WHERE port <= 2;
+                 UPDATE peers SET max_speed = 2.0 WHERE port = 1;",
+            )
+            .unwrap();
+        let tables = store.study_tables(&[]).unwrap();
+        let de = &tables.countries.rows[0];
+        assert_eq!((de.key.as_str(), de.peers, de.confirmed), ("DE", 2, 1));
+        assert_eq!(tables.countries.unknown_peers, 2);
+        let asn = &tables.asns.rows[0];
+        assert_eq!(
+            (asn.key.as_str(), asn.detail.as_deref()),
+            ("AS3320", Some("DTAG"))
+        );
+        // 2 pieces/s of 1 MiB.
+        let speed = &tables.speed_by_country.rows[0];
+        assert_eq!(
+            (speed.country.as_str(), speed.median_bps),
+            ("DE", 2.0 * 1048576.0)
+        );
+        assert!(tables
+            .host_domains
+            .note
+            .as_deref()
+            .unwrap()
+            .contains("no peer has a host domain"));
+    }
+}
