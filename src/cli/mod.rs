@@ -89,6 +89,11 @@ mod tests {
         "encryption",
         "check",
         "torrent",
+        "label",
+        "list",
+        "plots",
+        "out",
+        "format",
     ];
 
     /// Every numeric or duration flag of every subcommand (hidden ones too) refuses negative,
@@ -145,6 +150,8 @@ mod tests {
             "demo --seconds",
             "probe --quiet-timeout-ms",
             "bench fake-swarm --max-seconds",
+            "synth-db --peers",
+            "synth-db --seed",
         ] {
             assert!(
                 checked.iter().any(|c| c == expected),
