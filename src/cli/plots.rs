@@ -39,14 +39,21 @@ fn color(i: usize) -> RGBColor {
 /// Bars shown per bar chart.
 const MAX_BARS: usize = 15;
 
+/// A named series of points.
+type Named<P> = (String, Vec<P>);
+/// (hour, received, new).
+type SourcePoint = (f64, i64, i64);
+/// (hour, confirmed, reported).
+type DownloadPoint = (f64, i64, Option<i64>);
+
 /// One figure's data, ready to draw.
 enum Figure {
     /// Figure 5.1: (bucket start ms, contacts).
     Gaps(Vec<(i64, i64)>),
     /// Figure 5.3: per source, (hour, received, new).
-    Discovery(Vec<(String, Vec<(f64, i64, i64)>)>),
+    Discovery(Vec<Named<SourcePoint>>),
     /// Figure 5.4: per label, (hour, confirmed, reported).
-    Downloads(Vec<(String, Vec<(f64, i64, Option<i64>)>)>),
+    Downloads(Vec<Named<DownloadPoint>>),
     /// Horizontal bars: two values per category (e.g. share of peers, share of confirmed).
     Bars {
         categories: Vec<String>,
@@ -116,7 +123,7 @@ fn plots(report: &Report, data: &FigureData) -> Vec<Plot> {
         .collect();
     let group = main_group(&labels);
 
-    let mut sources: Vec<(String, Vec<(f64, i64, i64)>)> = Vec::new();
+    let mut sources: Vec<Named<SourcePoint>> = Vec::new();
     for p in &data.discovery {
         let point = (hours(p.at + data.bucket_ms / 2), p.count, p.new);
         match sources.iter_mut().find(|s| s.0 == p.key) {
@@ -124,7 +131,7 @@ fn plots(report: &Report, data: &FigureData) -> Vec<Plot> {
             None => sources.push((p.key.clone(), vec![point])),
         }
     }
-    let mut downloads: Vec<(String, Vec<(f64, i64, Option<i64>)>)> = Vec::new();
+    let mut downloads: Vec<Named<DownloadPoint>> = Vec::new();
     for p in &data.downloads {
         let point = (hours(p.at), p.confirmed, p.reported);
         match downloads.iter_mut().find(|s| s.0 == p.label) {
@@ -385,7 +392,7 @@ fn draw_gaps<DB: DrawingBackend>(
 
 fn draw_discovery<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
-    sources: &[(String, Vec<(f64, i64, i64)>)],
+    sources: &[Named<SourcePoint>],
 ) -> DrawResult<DB> {
     if sources.is_empty() {
         return draw_empty(area, "no discovery requests recorded");
@@ -447,7 +454,7 @@ fn draw_discovery<DB: DrawingBackend>(
 
 fn draw_downloads<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
-    labels: &[(String, Vec<(f64, i64, Option<i64>)>)],
+    labels: &[Named<DownloadPoint>],
 ) -> DrawResult<DB> {
     if labels.is_empty() {
         return draw_empty(area, "no confirmed downloads and no scrapes yet");
@@ -593,11 +600,7 @@ fn draw_bars<DB: DrawingBackend>(
         } else {
             name.clone()
         };
-        left.draw(&Text::new(
-            shown,
-            (name_width as i32 - 4, py),
-            name_style.clone(),
-        ))?;
+        left.draw(&Text::new(shown, (name_width - 4, py), name_style.clone()))?;
     }
     chart
         .configure_series_labels()

@@ -182,6 +182,9 @@ pub struct FigureData {
     pub bucket_ms: i64,
 }
 
+/// (label, key, detail, peers, confirmed) of a "count by key" query.
+type KeyRow = (String, String, Option<String>, i64, i64);
+
 fn share(n: i64, of: i64) -> f64 {
     if of > 0 {
         n as f64 / of as f64
@@ -192,8 +195,9 @@ fn share(n: i64, of: i64) -> f64 {
 
 /// Keeps the largest [`TOP_ROWS`] rows of each label (rows come grouped by label) and sums
 /// the rest into "(other)"; fills in the shares.
-fn top_rows(rows: Vec<(String, String, Option<String>, i64, i64)>) -> Vec<KeyCount> {
-    let mut by_label: BTreeMap<String, Vec<(String, Option<String>, i64, i64)>> = BTreeMap::new();
+fn top_rows(rows: Vec<KeyRow>) -> Vec<KeyCount> {
+    type Counts = (String, Option<String>, i64, i64);
+    let mut by_label: BTreeMap<String, Vec<Counts>> = BTreeMap::new();
     for (label, key, detail, peers, confirmed) in rows {
         by_label
             .entry(label)
@@ -254,10 +258,7 @@ impl Store {
     }
 
     /// Runs a query returning (label, key, detail, peers, confirmed) rows.
-    fn key_rows(
-        &self,
-        sql: &str,
-    ) -> Result<Vec<(String, String, Option<String>, i64, i64)>, StoreError> {
+    fn key_rows(&self, sql: &str) -> Result<Vec<KeyRow>, StoreError> {
         let mut stmt = self.conn.prepare(sql).map_err(|e| self.err(e))?;
         let rows = stmt
             .query_map([], |r| {
