@@ -21,7 +21,7 @@
 //! `peer.stop_at_threshold`, and contacts between the stored ones are not kept).
 
 use super::writer::{GAP_BUCKET_MS, GAP_LAST_BUCKET_MS};
-use super::{Store, StoreError, ALL_LABELS, NO_LABEL};
+use super::{Store, StoreError, TorrentId, ALL_LABELS, NO_LABEL};
 use rusqlite::params;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
@@ -182,8 +182,10 @@ pub struct FigureData {
     pub bucket_ms: i64,
 }
 
-/// (label, key, detail, peers, confirmed) of a "count by key" query.
+/// (label, key, detail, peers, confirmed) of a "count by key" table.
 type KeyRow = (String, String, Option<String>, i64, i64);
+/// The same per torrent, as the queries give it.
+type TorrentKeyRow = (TorrentId, String, Option<String>, i64, i64);
 
 fn share(n: i64, of: i64) -> f64 {
     if of > 0 {
@@ -257,8 +259,28 @@ impl Store {
         Ok(names)
     }
 
-    /// Runs a query returning (label, key, detail, peers, confirmed) rows.
-    fn key_rows(&self, sql: &str) -> Result<Vec<KeyRow>, StoreError> {
+    /// Folds (torrent, key, detail, peers, confirmed) rows into label groups.
+    fn fold_rows(&self, rows: Vec<TorrentKeyRow>) -> Result<Vec<KeyRow>, StoreError> {
+        let groups = self.label_groups()?;
+        let mut folded: HashMap<(String, String), (Option<String>, i64, i64)> = HashMap::new();
+        for (torrent, key, detail, peers, confirmed) in rows {
+            for label in groups.get(&torrent).into_iter().flatten() {
+                let e = folded
+                    .entry((label.clone(), key.clone()))
+                    .or_insert((None, 0, 0));
+                e.0 = e.0.take().or_else(|| detail.clone());
+                e.1 += peers;
+                e.2 += confirmed;
+            }
+        }
+        Ok(folded
+            .into_iter()
+            .map(|((label, key), (detail, p, c))| (label, key, detail, p, c))
+            .collect())
+    }
+
+    /// Runs a query returning (torrent, key, detail, peers, confirmed) rows.
+    fn key_rows(&self, sql: &str) -> Result<Vec<TorrentKeyRow>, StoreError> {
         let mut stmt = self.conn.prepare(sql).map_err(|e| self.err(e))?;
         let rows = stmt
             .query_map([], |r| {
@@ -327,23 +349,51 @@ impl Store {
             .collect())
     }
 
+    /// The label groups of every torrent (see the module docs). Queries group by torrent,
+    /// which SQLite does in one pass over `peers`, and results are folded into label groups
+    /// here: a join with the groups would read every peer once per group.
+    fn label_groups(&self) -> Result<HashMap<TorrentId, Vec<String>>, StoreError> {
+        let labels = self.labels()?;
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id FROM torrents")
+            .map_err(|e| self.err(e))?;
+        let ids = stmt
+            .query_map([], |r| r.get::<_, TorrentId>(0))
+            .map_err(|e| self.err(e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.err(e))?;
+        Ok(ids
+            .into_iter()
+            .map(|id| {
+                let mut groups = labels
+                    .get(&id)
+                    .cloned()
+                    .unwrap_or_else(|| vec![NO_LABEL.to_string()]);
+                if !labels.is_empty() {
+                    groups.push(ALL_LABELS.to_string());
+                }
+                (id, groups)
+            })
+            .collect())
+    }
+
     /// Clients by name and version, decoded from the stored peer-id (the extension
     /// handshake's client name when the peer sent no peer-id we kept).
     pub fn client_table(&self) -> Result<KeyTable, StoreError> {
         // Peer-ids are per peer (random tails), so they are decoded here rather than grouped
         // in SQL; the decoded names are few, so the map stays small.
-        let mut counts: HashMap<(String, String, Option<String>), (i64, i64)> = HashMap::new();
+        let mut counts: HashMap<(TorrentId, String, Option<String>), (i64, i64)> = HashMap::new();
         let mut stmt = self
             .conn
-            .prepare(&format!(
-                "{LABELLED} SELECT tl.label, p.peer_id, p.client, p.confirmed
-                 FROM peers p JOIN tl ON tl.torrent_id = p.torrent_id
-                 WHERE p.peer_id IS NOT NULL OR p.client IS NOT NULL"
-            ))
+            .prepare(
+                "SELECT torrent_id, peer_id, client, confirmed FROM peers
+                 WHERE peer_id IS NOT NULL OR client IS NOT NULL",
+            )
             .map_err(|e| self.err(e))?;
         let mut rows = stmt.query([]).map_err(|e| self.err(e))?;
         while let Some(r) = rows.next().map_err(|e| self.err(e))? {
-            let label: String = r.get(0).map_err(|e| self.err(e))?;
+            let torrent: TorrentId = r.get(0).map_err(|e| self.err(e))?;
             let peer_id: Option<String> = r.get(1).map_err(|e| self.err(e))?;
             let client: Option<String> = r.get(2).map_err(|e| self.err(e))?;
             let confirmed: bool = r.get(3).map_err(|e| self.err(e))?;
@@ -364,16 +414,16 @@ impl Store {
                 }
                 None => (client.clone().unwrap_or_default(), None),
             };
-            let e = counts.entry((label, name, version)).or_default();
+            let e = counts.entry((torrent, name, version)).or_default();
             e.0 += 1;
             e.1 += i64::from(confirmed);
         }
         let rows = counts
             .into_iter()
-            .map(|((label, name, version), (p, c))| (label, name, version, p, c))
+            .map(|((torrent, name, version), (p, c))| (torrent, name, version, p, c))
             .collect();
         Ok(KeyTable {
-            rows: top_rows(rows),
+            rows: top_rows(self.fold_rows(rows)?),
             unknown_peers: self.count_where("peer_id IS NULL AND client IS NULL")?,
             note: None,
         })
@@ -400,12 +450,12 @@ impl Store {
             });
         }
         let detail_sql = detail.map_or("NULL".to_string(), |d| format!("max(p.{d})"));
-        let rows = self.key_rows(&format!(
-            "{LABELLED} SELECT tl.label, {key_sql}, {detail_sql}, count(*), coalesce(sum(p.confirmed), 0)
-             FROM peers p JOIN tl ON tl.torrent_id = p.torrent_id
+        let rows = self.fold_rows(self.key_rows(&format!(
+            "SELECT p.torrent_id, {key_sql}, {detail_sql}, count(*), coalesce(sum(p.confirmed), 0)
+             FROM peers p
              WHERE p.{column} IS NOT NULL AND p.{column} != ''
-             GROUP BY tl.label, p.{column}"
-        ))?;
+             GROUP BY p.torrent_id, p.{column}"
+        ))?)?;
         let unknown = self.count_where(&format!("{column} IS NULL OR {column} = ''"))?;
         let note = if rows.is_empty() {
             Some(unknown_note.to_string())
@@ -428,22 +478,28 @@ impl Store {
                 note: Some(GEO_MISSING.to_string()),
             });
         }
+        let groups = self.label_groups()?;
         let mut speeds: HashMap<(String, String), Vec<f64>> = HashMap::new();
         let mut stmt = self
             .conn
-            .prepare(&format!(
-                "{LABELLED} SELECT tl.label, p.country, p.max_speed * t.piece_length
-                 FROM peers p JOIN tl ON tl.torrent_id = p.torrent_id JOIN torrents t ON t.id = p.torrent_id
+            .prepare(
+                "SELECT p.torrent_id, p.country, p.max_speed * t.piece_length
+                 FROM peers p JOIN torrents t ON t.id = p.torrent_id
                  WHERE p.max_speed IS NOT NULL AND p.max_speed > 0 AND t.piece_length IS NOT NULL
-                   AND p.country IS NOT NULL AND p.country != ''"
-            ))
+                   AND p.country IS NOT NULL AND p.country != ''",
+            )
             .map_err(|e| self.err(e))?;
         let mut rows = stmt.query([]).map_err(|e| self.err(e))?;
         while let Some(r) = rows.next().map_err(|e| self.err(e))? {
-            let label: String = r.get(0).map_err(|e| self.err(e))?;
+            let torrent: TorrentId = r.get(0).map_err(|e| self.err(e))?;
             let country: String = r.get(1).map_err(|e| self.err(e))?;
             let bps: f64 = r.get(2).map_err(|e| self.err(e))?;
-            speeds.entry((label, country)).or_default().push(bps);
+            for label in groups.get(&torrent).into_iter().flatten() {
+                speeds
+                    .entry((label.clone(), country.clone()))
+                    .or_default()
+                    .push(bps);
+            }
         }
         let mut out: Vec<SpeedRow> = speeds
             .into_iter()
@@ -484,33 +540,42 @@ impl Store {
             .map(|i| format!("coalesce(sum(fp < ?{i} AND later >= ?{i}), 0)"))
             .collect();
         let sql = format!(
-            "{LABELLED} SELECT label, coalesce(sum(confirmed), 0), {}
-             FROM (SELECT tl.label AS label, p.confirmed AS confirmed, p.first_progress AS fp,
+            "SELECT torrent_id, coalesce(sum(confirmed), 0), {}
+             FROM (SELECT p.torrent_id AS torrent_id, p.confirmed AS confirmed, p.first_progress AS fp,
                           max(coalesce(p.below_progress, 0), coalesce(p.above_progress, 0), coalesce(p.last_progress, 0)) AS later
-                   FROM peers p JOIN tl ON tl.torrent_id = p.torrent_id
+                   FROM peers p
                    WHERE p.first_progress IS NOT NULL AND p.duplicate_of IS NULL)
-             GROUP BY label",
+             GROUP BY torrent_id",
             sums.join(", ")
         );
+        let groups = self.label_groups()?;
+        let mut by_label: BTreeMap<(u8, String), ThresholdRow> = BTreeMap::new();
         let mut stmt = self.conn.prepare(&sql).map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map(rusqlite::params_from_iter(THRESHOLDS.iter()), |r| {
-                let mut points = Vec::with_capacity(THRESHOLDS.len());
-                for (i, t) in THRESHOLDS.iter().enumerate() {
-                    points.push((*t, r.get::<_, i64>(i + 2)?));
+        let mut rows = stmt
+            .query(rusqlite::params_from_iter(THRESHOLDS.iter()))
+            .map_err(|e| self.err(e))?;
+        while let Some(r) = rows.next().map_err(|e| self.err(e))? {
+            let torrent: TorrentId = r.get(0).map_err(|e| self.err(e))?;
+            let stored: i64 = r.get(1).map_err(|e| self.err(e))?;
+            let mut counts = Vec::with_capacity(THRESHOLDS.len());
+            for i in 0..THRESHOLDS.len() {
+                counts.push(r.get::<_, i64>(i + 2).map_err(|e| self.err(e))?);
+            }
+            for label in groups.get(&torrent).into_iter().flatten() {
+                let row = by_label
+                    .entry((label_order(label).0, label.clone()))
+                    .or_insert_with(|| ThresholdRow {
+                        label: label.clone(),
+                        stored_confirmed: 0,
+                        points: THRESHOLDS.iter().map(|t| (*t, 0)).collect(),
+                    });
+                row.stored_confirmed += stored;
+                for (point, n) in row.points.iter_mut().zip(&counts) {
+                    point.1 += n;
                 }
-                Ok(ThresholdRow {
-                    label: r.get(0)?,
-                    stored_confirmed: r.get(1)?,
-                    points,
-                })
-            })
-            .map_err(|e| self.err(e))?;
-        let mut out = rows
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| self.err(e))?;
-        out.sort_by(|a, b| label_order(&a.label).cmp(&label_order(&b.label)));
-        Ok(out)
+            }
+        }
+        Ok(by_label.into_values().collect())
     }
 
     /// The study's planned tables (see the module docs).
@@ -596,24 +661,24 @@ impl Store {
     ) -> Result<Vec<CumulativePoint>, StoreError> {
         // (label, bucket) -> confirmed in the bucket.
         let mut confirmed: BTreeMap<(String, i64), i64> = BTreeMap::new();
+        let groups = self.label_groups()?;
         let mut stmt = self
             .conn
-            .prepare(&format!(
-                "{LABELLED} SELECT tl.label, (p.crossed_at - ?1) / ?2, count(*)
-                 FROM peers p JOIN tl ON tl.torrent_id = p.torrent_id
-                 WHERE p.confirmed AND p.crossed_at IS NOT NULL
-                 GROUP BY 1, 2"
-            ))
+            .prepare(
+                "SELECT torrent_id, (crossed_at - ?1) / ?2, count(*) FROM peers
+                 WHERE confirmed AND crossed_at IS NOT NULL GROUP BY 1, 2",
+            )
             .map_err(|e| self.err(e))?;
         let mut rows = stmt
             .query(params![start, bucket_ms])
             .map_err(|e| self.err(e))?;
         while let Some(r) = rows.next().map_err(|e| self.err(e))? {
-            let key = (
-                r.get::<_, String>(0).map_err(|e| self.err(e))?,
-                r.get::<_, i64>(1).map_err(|e| self.err(e))?.max(0),
-            );
-            *confirmed.entry(key).or_default() += r.get::<_, i64>(2).map_err(|e| self.err(e))?;
+            let torrent: TorrentId = r.get(0).map_err(|e| self.err(e))?;
+            let bucket = r.get::<_, i64>(1).map_err(|e| self.err(e))?.max(0);
+            let n: i64 = r.get(2).map_err(|e| self.err(e))?;
+            for label in groups.get(&torrent).into_iter().flatten() {
+                *confirmed.entry((label.clone(), bucket)).or_default() += n;
+            }
         }
         // Scrapes: per (label, torrent, tracker) the growth since its first scrape, by bucket.
         let mut growth: BTreeMap<(String, i64, String), Vec<(i64, i64)>> = BTreeMap::new();
