@@ -521,7 +521,7 @@ fn render_key_table(title: &str, key: &str, detail: Option<&str>, t: &KeyTable) 
         .collect();
     out.push_str(&table(&headers, &rows));
     out.push_str(&format!(
-        "peers without a {key} (all torrents): {}\n",
+        "peers with no {key} (all torrents): {}\n",
         t.unknown_peers
     ));
     out

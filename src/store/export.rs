@@ -191,7 +191,8 @@ impl Store {
                         p.first_contact_at, p.first_progress, p.below_at, p.below_progress, p.above_at, p.above_progress,
                         p.last_contact_at, p.last_progress, p.crossed_at
                  FROM peers p JOIN torrents t ON t.id = p.torrent_id
-                 WHERE p.first_contact_at IS NOT NULL OR p.crossed_at IS NOT NULL ORDER BY p.id"
+                 WHERE coalesce(p.first_contact_at, p.below_at, p.above_at, p.last_contact_at, p.crossed_at) IS NOT NULL
+                 ORDER BY p.id"
             ),
             ExportTable::Discovery => format!(
                 "SELECT d.at, coalesce(t.info_hash_v1, t.info_hash_v2), {LABELS_SQL}, d.source, d.tracker, d.received,
