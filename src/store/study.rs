@@ -279,17 +279,6 @@ impl Store {
             .collect())
     }
 
-    /// Runs a query returning (torrent, key, detail, peers, confirmed) rows.
-    fn key_rows(&self, sql: &str) -> Result<Vec<TorrentKeyRow>, StoreError> {
-        let mut stmt = self.conn.prepare(sql).map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-            })
-            .map_err(|e| self.err(e))?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
-    }
-
     /// Unknown-key peers (the key expression is NULL) in all torrents.
     fn count_where(&self, condition: &str) -> Result<i64, StoreError> {
         self.conn
@@ -449,13 +438,34 @@ impl Store {
                 note: Some(missing_note.to_string()),
             });
         }
-        let detail_sql = detail.map_or("NULL".to_string(), |d| format!("max(p.{d})"));
-        let rows = self.fold_rows(self.key_rows(&format!(
-            "SELECT p.torrent_id, {key_sql}, {detail_sql}, count(*), coalesce(sum(p.confirmed), 0)
-             FROM peers p
-             WHERE p.{column} IS NOT NULL AND p.{column} != ''
-             GROUP BY p.torrent_id, p.{column}"
-        ))?)?;
+        let detail_sql = detail.map_or("NULL".to_string(), |d| format!("p.{d}"));
+        // Counted here in one sequential pass: a GROUP BY would sort a million rows.
+        let mut counts: HashMap<(TorrentId, String), (Option<String>, i64, i64)> = HashMap::new();
+        let mut stmt = self
+            .conn
+            .prepare(&format!(
+                "SELECT p.torrent_id, {key_sql}, {detail_sql}, p.confirmed FROM peers p
+                 WHERE p.{column} IS NOT NULL AND p.{column} != ''"
+            ))
+            .map_err(|e| self.err(e))?;
+        let mut result = stmt.query([]).map_err(|e| self.err(e))?;
+        while let Some(r) = result.next().map_err(|e| self.err(e))? {
+            let torrent: TorrentId = r.get(0).map_err(|e| self.err(e))?;
+            let key: String = r.get(1).map_err(|e| self.err(e))?;
+            let confirmed: bool = r.get(3).map_err(|e| self.err(e))?;
+            let e = counts.entry((torrent, key)).or_insert((None, 0, 0));
+            if e.0.is_none() {
+                e.0 = r.get(2).map_err(|e| self.err(e))?;
+            }
+            e.1 += 1;
+            e.2 += i64::from(confirmed);
+        }
+        let rows = self.fold_rows(
+            counts
+                .into_iter()
+                .map(|((torrent, key), (detail, p, c))| (torrent, key, detail, p, c))
+                .collect(),
+        )?;
         let unknown = self.count_where(&format!("{column} IS NULL OR {column} = ''"))?;
         let note = if rows.is_empty() {
             Some(unknown_note.to_string())
