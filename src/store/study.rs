@@ -210,7 +210,13 @@ fn top_rows(rows: Vec<KeyRow>) -> Vec<KeyCount> {
     for (label, mut rows) in by_label {
         let peers: i64 = rows.iter().map(|r| r.2).sum();
         let confirmed: i64 = rows.iter().map(|r| r.3).sum();
-        rows.sort_by(|a, b| b.2.cmp(&a.2).then(b.3.cmp(&a.3)).then(a.0.cmp(&b.0)));
+        // Ties broken by key and detail (client version): the same bytes every run.
+        rows.sort_by(|a, b| {
+            b.2.cmp(&a.2)
+                .then(b.3.cmp(&a.3))
+                .then(a.0.cmp(&b.0))
+                .then(a.1.cmp(&b.1))
+        });
         let rest: Vec<_> = rows.split_off(rows.len().min(TOP_ROWS));
         if !rest.is_empty() {
             rows.push((
@@ -259,23 +265,23 @@ impl Store {
         Ok(names)
     }
 
-    /// Folds (torrent, key, detail, peers, confirmed) rows into label groups.
+    /// Folds (torrent, key, detail, peers, confirmed) rows into label groups; rows differing
+    /// in detail (a client's version) stay apart.
     fn fold_rows(&self, rows: Vec<TorrentKeyRow>) -> Result<Vec<KeyRow>, StoreError> {
         let groups = self.label_groups()?;
-        let mut folded: HashMap<(String, String), (Option<String>, i64, i64)> = HashMap::new();
+        let mut folded: HashMap<(String, String, Option<String>), (i64, i64)> = HashMap::new();
         for (torrent, key, detail, peers, confirmed) in rows {
             for label in groups.get(&torrent).into_iter().flatten() {
                 let e = folded
-                    .entry((label.clone(), key.clone()))
-                    .or_insert((None, 0, 0));
-                e.0 = e.0.take().or_else(|| detail.clone());
-                e.1 += peers;
-                e.2 += confirmed;
+                    .entry((label.clone(), key.clone(), detail.clone()))
+                    .or_insert((0, 0));
+                e.0 += peers;
+                e.1 += confirmed;
             }
         }
         Ok(folded
             .into_iter()
-            .map(|((label, key), (detail, p, c))| (label, key, detail, p, c))
+            .map(|((label, key, detail), (p, c))| (label, key, detail, p, c))
             .collect())
     }
 
@@ -958,6 +964,7 @@ mod tests {
             (2, Some("-qB4630-mnopqrstuvwx"), None, 0),
             (3, None, Some("Foo 1.0"), 0),
             (4, Some("\u{1}\u{2}garbage-peer-id-xx"), Some("Bar 2"), 0),
+            (5, Some("-qB4510-abcdefghijkl"), None, 0),
         ] {
             store
                 .conn
@@ -985,10 +992,11 @@ mod tests {
             [
                 ("qBittorrent", Some("4.6.3"), 2, 1),
                 ("Bar 2", None, 1, 0),
-                ("Foo 1.0", None, 1, 0)
+                ("Foo 1.0", None, 1, 0),
+                ("qBittorrent", Some("4.5.1"), 1, 0)
             ]
         );
-        assert_eq!(clients.rows[0].share_peers, 0.5);
+        assert_eq!(clients.rows[0].share_peers, 0.4);
         assert_eq!(clients.rows[0].share_confirmed, Some(1.0));
 
         let columns = store.peer_columns().unwrap();
@@ -1016,7 +1024,7 @@ mod tests {
         let tables = store.study_tables(&[]).unwrap();
         let de = &tables.countries.rows[0];
         assert_eq!((de.key.as_str(), de.peers, de.confirmed), ("DE", 2, 1));
-        assert_eq!(tables.countries.unknown_peers, 2);
+        assert_eq!(tables.countries.unknown_peers, 3);
         let asn = &tables.asns.rows[0];
         assert_eq!(
             (asn.key.as_str(), asn.detail.as_deref()),
