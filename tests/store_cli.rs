@@ -225,8 +225,9 @@ fn report_on_a_small_database() {
     let cells: Vec<&str> = demo_line.split_whitespace().collect();
     assert_eq!(
         cells[1..],
-        // The last column: crossings seen live / by revisit / on an incoming connection.
-        ["demo", "3", "2", "1", "2", "9", "50.0%", "1.00", "0/1/0"]
+        // Labels ("-": none); the last column: crossings seen live / by revisit / on an
+        // incoming connection.
+        ["demo", "-", "3", "2", "1", "2", "9", "50.0%", "1.00", "0/1/0"]
     );
     assert!(report.contains("table 5.5") && report.contains("table 5.7"));
     assert!(report.contains("2023-11-14T22:13:20Z"));

@@ -2,10 +2,13 @@
 
 pub mod config_cmd;
 pub mod demo_cmd;
+pub mod export_cmd;
 pub mod inspect;
+pub mod plots;
 pub mod probe_cmd;
 pub mod report_cmd;
 pub mod run_cmd;
+pub mod synth_cmd;
 
 use clap::{Parser, Subcommand};
 
@@ -44,6 +47,11 @@ enum Command {
     Peers(report_cmd::PeersArgs),
     /// Time series behind thesis figures 5.3 and 5.4, as CSV (or JSON lines).
     Series(report_cmd::SeriesArgs),
+    /// Peers, their stored contacts, or discovery requests as CSV, JSON lines or Parquet (streamed).
+    Export(export_cmd::ExportArgs),
+    /// (for benchmarks and tests) Fill a new database with a synthetic study.
+    #[command(name = "synth-db", hide = true)]
+    SynthDb(synth_cmd::SynthArgs),
 }
 
 /// Runs the CLI and returns the process exit code.
@@ -67,6 +75,8 @@ pub fn main() -> i32 {
         Command::Report(args) => report_cmd::run_report(&args),
         Command::Peers(args) => report_cmd::run_peers(&args),
         Command::Series(args) => report_cmd::run_series(&args),
+        Command::Export(args) => export_cmd::run(&args),
+        Command::SynthDb(args) => synth_cmd::run(&args),
     }
 }
 
@@ -84,6 +94,11 @@ mod tests {
         "encryption",
         "check",
         "torrent",
+        "label",
+        "list",
+        "plots",
+        "out",
+        "format",
     ];
 
     /// Every numeric or duration flag of every subcommand (hidden ones too) refuses negative,
@@ -140,6 +155,8 @@ mod tests {
             "demo --seconds",
             "probe --quiet-timeout-ms",
             "bench fake-swarm --max-seconds",
+            "synth-db --peers",
+            "synth-db --seed",
         ] {
             assert!(
                 checked.iter().any(|c| c == expected),

@@ -9,6 +9,7 @@
 
 use crate::config::ConfigArgs;
 use crate::store::report::Report;
+use crate::store::study::{KeyTable, StudyTables, THRESHOLDS};
 use crate::store::{PeerRow, Store, StoreError, UnixMs};
 use std::io::Write as _;
 
@@ -18,10 +19,17 @@ pub struct ReportArgs {
     /// Print one JSON object instead of text tables.
     #[arg(long)]
     pub json: bool,
+    /// Also write every figure (5.1, 5.3, 5.4, clients, countries, speed by country, threshold
+    /// sensitivity) as SVG and PNG into this directory (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub plots: Option<std::path::PathBuf>,
     /// Configuration (the database path comes from here).
     #[command(flatten)]
     pub config: ConfigArgs,
 }
+
+/// Time buckets of the figures' time axes.
+const FIGURE_BUCKETS: i64 = 200;
 
 /// Arguments of `swarmscan peers`.
 #[derive(clap::Args, Debug)]
@@ -38,7 +46,7 @@ pub struct PeersArgs {
 }
 
 /// Opens the configured database read-for-report; prints the error and gives the exit code.
-fn open(config: &ConfigArgs) -> Result<Store, i32> {
+pub(crate) fn open(config: &ConfigArgs) -> Result<Store, i32> {
     let config = config.load().map_err(|e| {
         eprintln!("swarmscan: {e}");
         2
@@ -65,6 +73,23 @@ pub fn run_report(args: &ReportArgs) -> i32 {
             return 1;
         }
     };
+    if let Some(dir) = &args.plots {
+        let written = store
+            .figure_data(FIGURE_BUCKETS)
+            .map_err(|e| e.to_string())
+            .and_then(|data| super::plots::write_plots(&report, &data, dir));
+        match written {
+            Ok(files) => eprintln!(
+                "swarmscan: wrote {} figure files to {}",
+                files.len(),
+                dir.display()
+            ),
+            Err(e) => {
+                eprintln!("swarmscan: report --plots: {e}");
+                return 1;
+            }
+        }
+    }
     if args.json {
         match serde_json::to_string_pretty(&report) {
             Ok(text) => println!("{text}"),
@@ -298,6 +323,11 @@ pub fn render_report(r: &Report) -> String {
                 ),
                 None => t.name.clone().unwrap_or_else(|| "-".into()),
             },
+            if t.labels.is_empty() {
+                "-".to_string()
+            } else {
+                t.labels.join(",")
+            },
             t.peers_seen.to_string(),
             t.peers_evaluated.to_string(),
             t.confirmed.to_string(),
@@ -318,6 +348,7 @@ pub fn render_report(r: &Report) -> String {
         &[
             "info_hash",
             "name",
+            "labels",
             "peers",
             "evaluated",
             "confirmed",
@@ -475,6 +506,50 @@ pub fn render_report(r: &Report) -> String {
         &r.geo.asns,
         GEO_TEXT_ROWS,
     ));
+    out.push_str(&render_study(&r.study));
+    out
+}
+
+fn share_cell(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".into(), |v| format!("{:.1}%", v * 100.0))
+}
+
+/// A "count by key" table with its note and unknown count.
+fn render_key_table(title: &str, key: &str, detail: Option<&str>, t: &KeyTable) -> String {
+    let mut out = format!("\n{title}\n");
+    if let Some(note) = &t.note {
+        out.push_str(&format!("({note})\n"));
+    }
+    if t.rows.is_empty() {
+        return out;
+    }
+    let mut headers = vec!["label", key];
+    if let Some(d) = detail {
+        headers.push(d);
+    }
+    headers.extend(["peers", "share", "confirmed", "share_confirmed"]);
+    let rows: Vec<Vec<String>> = t
+        .rows
+        .iter()
+        .map(|k| {
+            let mut row = vec![k.label.clone(), k.key.clone()];
+            if detail.is_some() {
+                row.push(k.detail.clone().unwrap_or_else(|| "-".into()));
+            }
+            row.extend([
+                k.peers.to_string(),
+                share_cell(Some(k.share_peers)),
+                k.confirmed.to_string(),
+                share_cell(k.share_confirmed),
+            ]);
+            row
+        })
+        .collect();
+    out.push_str(&table(&headers, &rows));
+    out.push_str(&format!(
+        "peers with no {key} (all torrents): {}\n",
+        t.unknown_peers
+    ));
     out
 }
 
@@ -579,6 +654,116 @@ fn geo_table_text(
         None if t.rows.is_empty() => out.push_str("no peers yet\n"),
         None => {}
     }
+    out
+}
+
+/// Bytes per second, human-readable (kB/s = 1000 B/s).
+pub fn rate(bps: f64) -> String {
+    if bps >= 1e6 {
+        format!("{:.2} MB/s", bps / 1e6)
+    } else {
+        format!("{:.1} kB/s", bps / 1e3)
+    }
+}
+
+/// The text form of the study's planned tables.
+pub fn render_study(s: &StudyTables) -> String {
+    let mut out = String::new();
+    out.push_str("\nConfirmed downloads per torrent set (label; thesis table 5.6 by set)\n");
+    let rows: Vec<Vec<String>> = s
+        .labels
+        .iter()
+        .map(|l| {
+            vec![
+                l.label.clone(),
+                l.torrents.to_string(),
+                l.peers_seen.to_string(),
+                l.peers_evaluated.to_string(),
+                l.confirmed.to_string(),
+                opt_i(l.reported),
+                share_cell(l.ratio),
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &[
+            "label",
+            "torrents",
+            "peers",
+            "evaluated",
+            "confirmed",
+            "reported",
+            "ratio",
+        ],
+        &rows,
+    ));
+    out.push_str(&render_key_table(
+        "Clients (name and version from the peer-id; the extension handshake's name when the peer-id says nothing)",
+        "client",
+        Some("version"),
+        &s.clients,
+    ));
+    out.push_str(&render_key_table(
+        "Host domains (registrable domain of the reverse DNS name)",
+        "host_domain",
+        None,
+        &s.host_domains,
+    ));
+    out.push_str(&render_key_table(
+        "Peers and confirmed downloads by country (GeoIP)",
+        "country",
+        None,
+        &s.countries,
+    ));
+    out.push_str(&render_key_table(
+        "Peers and confirmed downloads by autonomous system",
+        "asn",
+        Some("organisation"),
+        &s.asns,
+    ));
+    out.push_str("\nDownload speed by country (per peer the highest speed between two contacts)\n");
+    if let Some(note) = &s.speed_by_country.note {
+        out.push_str(&format!("({note})\n"));
+    }
+    if !s.speed_by_country.rows.is_empty() {
+        let rows: Vec<Vec<String>> = s
+            .speed_by_country
+            .rows
+            .iter()
+            .map(|r| {
+                vec![
+                    r.label.clone(),
+                    r.country.clone(),
+                    r.peers.to_string(),
+                    rate(r.median_bps),
+                    rate(r.mean_bps),
+                    rate(r.p90_bps),
+                ]
+            })
+            .collect();
+        out.push_str(&table(
+            &["label", "country", "peers", "median", "mean", "p90"],
+            &rows,
+        ));
+    }
+    out.push_str(
+        "\nThreshold sensitivity: confirmed downloads if the threshold were t, recomputed from the stored\n\
+         first progress and the later stored contacts (exact below the scan's threshold for growing progress,\n\
+         a lower bound above it); `stored` = confirmed as the scan counted them\n",
+    );
+    let mut headers = vec!["label".to_string(), "stored".to_string()];
+    headers.extend(THRESHOLDS.iter().map(|t| format!("{:.0}%", t * 100.0)));
+    let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
+    let rows: Vec<Vec<String>> = s
+        .threshold_sensitivity
+        .iter()
+        .map(|r| {
+            let mut row = vec![r.label.clone(), r.stored_confirmed.to_string()];
+            row.extend(r.points.iter().map(|p| p.1.to_string()));
+            row
+        })
+        .collect();
+    out.push_str(&table(&headers, &rows));
     out
 }
 

@@ -22,6 +22,9 @@ pub struct RunArgs {
     /// Print a JSON summary when the scan ends.
     #[arg(long)]
     pub json: bool,
+    /// Label for the torrents given here (repeatable), as with `swarmscan add --label`.
+    #[arg(long = "label", value_name = "LABEL", value_parser = parse_label)]
+    pub labels: Vec<String>,
     /// .torrent files, directories of them, magnet links, info-hashes, or .txt files with one
     /// magnet link or info-hash per line.
     pub torrents: Vec<String>,
@@ -31,9 +34,58 @@ pub struct RunArgs {
 pub struct AddArgs {
     #[command(flatten)]
     pub config: ConfigArgs,
+    /// Label for the torrents given here (repeatable): reports group torrents by label, e.g.
+    /// the study's sets "<1GB", "1-10GB", ">10GB". Labels add to those a torrent has.
+    #[arg(long = "label", value_name = "LABEL", value_parser = parse_label)]
+    pub labels: Vec<String>,
+    /// A TOML list of torrents with their labels: `[[torrent]]` tables with `input` (any form
+    /// `run` takes) and `labels` (a list of strings).
+    #[arg(long, value_name = "FILE")]
+    pub list: Option<std::path::PathBuf>,
     /// What to add (same forms as `run`).
-    #[arg(required = true)]
+    #[arg(required_unless_present = "list")]
     pub torrents: Vec<String>,
+}
+
+fn parse_label(s: &str) -> Result<String, String> {
+    crate::store::check_label(s).map(|()| s.to_string())
+}
+
+/// One entry of an `add --list` file.
+#[derive(serde::Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct ListEntry {
+    input: String,
+    #[serde(default)]
+    labels: Vec<String>,
+}
+
+#[derive(serde::Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct ListFile {
+    #[serde(default)]
+    torrent: Vec<ListEntry>,
+}
+
+/// Reads an `add --list` file: (input, labels) pairs; every problem names the file and entry.
+fn read_list(path: &std::path::Path) -> Result<Vec<(String, Vec<String>)>, String> {
+    let shown = path.display();
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{shown}: {e}"))?;
+    let list: ListFile = toml::from_str(&text).map_err(|e| format!("{shown}: {e}"))?;
+    if list.torrent.is_empty() {
+        return Err(format!("{shown}: no [[torrent]] entries"));
+    }
+    list.torrent
+        .into_iter()
+        .enumerate()
+        .map(|(i, entry)| {
+            for label in &entry.labels {
+                crate::store::check_label(label)
+                    .map_err(|e| format!("{shown}: torrent {}: {e}", i + 1))?;
+            }
+            Ok((entry.input, entry.labels))
+        })
+        .collect()
 }
 
 #[derive(clap::Args, Debug)]
@@ -107,6 +159,19 @@ pub fn run(args: &RunArgs) -> i32 {
             return 2;
         }
     };
+    if !args.labels.is_empty() {
+        // Registered (with their labels) before the scan, which then finds them by hash.
+        let labelled = crate::store::Store::open(&config.database).and_then(|store| {
+            inputs.iter().try_for_each(|t| {
+                let id = store.upsert_torrent(&t.record)?;
+                store.add_labels(id, &args.labels)
+            })
+        });
+        if let Err(e) = labelled {
+            eprintln!("swarmscan: run: {e}");
+            return 2;
+        }
+    }
     match run_scan(
         &config,
         inputs,
@@ -179,13 +244,32 @@ pub fn add(args: &AddArgs) -> i32 {
             return 2;
         }
     };
-    let inputs = match load_inputs(&args.torrents) {
-        Ok(i) => i,
-        Err(e) => {
-            eprintln!("swarmscan: add: {e}");
-            return 2;
+    // (inputs, labels) groups: the command line with --label, then each list entry.
+    let mut groups = vec![(args.torrents.clone(), args.labels.clone())];
+    if let Some(list) = &args.list {
+        match read_list(list) {
+            Ok(entries) => groups.extend(
+                entries
+                    .into_iter()
+                    .map(|(input, labels)| (vec![input], labels)),
+            ),
+            Err(e) => {
+                eprintln!("swarmscan: add: {e}");
+                return 2;
+            }
         }
-    };
+    }
+    // Every input is read before anything is stored: a bad one adds nothing.
+    let mut loaded = Vec::new();
+    for (torrents, labels) in groups {
+        match load_inputs(&torrents) {
+            Ok(inputs) => loaded.extend(inputs.into_iter().map(|t| (t, labels.clone()))),
+            Err(e) => {
+                eprintln!("swarmscan: add: {e}");
+                return 2;
+            }
+        }
+    }
     let store = match crate::store::Store::open(&config.database) {
         Ok(s) => s,
         Err(e) => {
@@ -193,13 +277,22 @@ pub fn add(args: &AddArgs) -> i32 {
             return 2;
         }
     };
-    for t in &inputs {
-        // Added again after `remove`: scanned again.
-        match store
+    for (t, labels) in &loaded {
+        let added = store
             .upsert_torrent(&t.record)
+            // Added again after `remove`: scanned again.
             .and_then(|id| store.mark_added(id).map(|_| id))
-        {
-            Ok(id) => println!("added {} {} (id {id})", hex::encode(&t.wire_hash), t.name),
+            .and_then(|id| store.add_labels(id, labels).map(|()| id));
+        match added {
+            Ok(id) if labels.is_empty() => {
+                println!("added {} {} (id {id})", hex::encode(&t.wire_hash), t.name)
+            }
+            Ok(id) => println!(
+                "added {} {} (id {id}, labels {})",
+                hex::encode(&t.wire_hash),
+                t.name,
+                labels.join(", ")
+            ),
             Err(e) => {
                 eprintln!("swarmscan: add: {}: {e}", t.name);
                 return 1;

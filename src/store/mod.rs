@@ -60,9 +60,12 @@
 
 pub mod anon;
 pub mod confirmation;
+pub mod export;
 pub mod geo;
 pub mod record;
 pub mod report;
+pub mod study;
+pub mod synth;
 pub mod writer;
 
 pub use record::*;
@@ -229,6 +232,14 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE torrents ADD COLUMN removed_at INTEGER; -- NULL = scanned; cleared when added again
     "#,
+    // v7: torrent labels (the study's torrent sets; reports group by them).
+    r#"
+    CREATE TABLE torrent_labels (
+        torrent_id INTEGER NOT NULL REFERENCES torrents(id),
+        label      TEXT NOT NULL,
+        PRIMARY KEY (torrent_id, label)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// A store error; messages name the database file.
@@ -260,6 +271,9 @@ pub enum StoreError {
         /// What the configuration says.
         configured: String,
     },
+    /// A torrent label that cannot be used (see [`check_label`]).
+    #[error("{0}")]
+    BadLabel(String),
     /// No torrent with this info-hash.
     #[error("no torrent with info-hash {0} in the database")]
     UnknownTorrent(String),
@@ -342,6 +356,8 @@ pub struct TorrentRow {
     pub added_at: UnixMs,
     /// Tracker URLs by tier.
     pub trackers: Vec<Vec<String>>,
+    /// Labels given when the torrent was added (`swarmscan add --label`), sorted.
+    pub labels: Vec<String>,
 }
 
 impl TorrentRow {
@@ -413,6 +429,33 @@ pub struct PeerRow {
     pub as_org: Option<String>,
     /// Registrable domain of the address's reverse DNS name (not filled yet).
     pub host_domain: Option<String>,
+}
+
+/// The group of torrents without a label in reports.
+pub const NO_LABEL: &str = "(none)";
+/// The group of all torrents in reports (shown when some torrents have labels).
+pub const ALL_LABELS: &str = "(all)";
+
+/// Checks a torrent label: 1 to 64 characters, no control characters, no leading or trailing
+/// space, and not one of the report's own group names ([`NO_LABEL`], [`ALL_LABELS`]).
+pub fn check_label(label: &str) -> Result<(), String> {
+    let problem = if label.is_empty() {
+        Some("is empty")
+    } else if label.chars().count() > 64 {
+        Some("is longer than 64 characters")
+    } else if label.chars().any(char::is_control) {
+        Some("contains a control character")
+    } else if label.trim() != label {
+        Some("starts or ends with a space")
+    } else if label == NO_LABEL || label == ALL_LABELS {
+        Some("is a name reports use for their own groups")
+    } else {
+        None
+    };
+    match problem {
+        Some(p) => Err(format!("label {label:?} {p}")),
+        None => Ok(()),
+    }
 }
 
 fn is_not_a_database(e: &rusqlite::Error) -> bool {
@@ -631,10 +674,54 @@ impl Store {
                     added_at: r.get(8)?,
                     // Written by us as JSON; an unreadable value means "no trackers".
                     trackers: serde_json::from_str(&r.get::<_, String>(9)?).unwrap_or_default(),
+                    labels: Vec::new(),
                 })
             })
             .map_err(|e| self.err(e))?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
+        let mut torrents = rows
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.err(e))?;
+        let mut labels = self.labels()?;
+        for t in &mut torrents {
+            t.labels = labels.remove(&t.id).unwrap_or_default();
+        }
+        Ok(torrents)
+    }
+
+    /// Gives a torrent labels (kept with those it has). Each label is checked with
+    /// [`check_label`] first; nothing is stored if one is refused.
+    pub fn add_labels(&self, torrent: TorrentId, labels: &[String]) -> Result<(), StoreError> {
+        for label in labels {
+            check_label(label).map_err(StoreError::BadLabel)?;
+        }
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "INSERT OR IGNORE INTO torrent_labels (torrent_id, label) VALUES (?1, ?2)",
+            )
+            .map_err(|e| self.err(e))?;
+        for label in labels {
+            stmt.execute(params![torrent, label])
+                .map_err(|e| self.err(e))?;
+        }
+        Ok(())
+    }
+
+    /// Every torrent's labels, sorted (torrents without labels are absent).
+    pub fn labels(&self) -> Result<std::collections::BTreeMap<TorrentId, Vec<String>>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT torrent_id, label FROM torrent_labels ORDER BY torrent_id, label")
+            .map_err(|e| self.err(e))?;
+        let mut out: std::collections::BTreeMap<TorrentId, Vec<String>> = Default::default();
+        let mut rows = stmt.query([]).map_err(|e| self.err(e))?;
+        while let Some(r) = rows.next().map_err(|e| self.err(e))? {
+            let id: TorrentId = r.get(0).map_err(|e| self.err(e))?;
+            out.entry(id)
+                .or_default()
+                .push(r.get(1).map_err(|e| self.err(e))?);
+        }
+        Ok(out)
     }
 
     /// The torrent with this hex info-hash (v1 or v2, any case).

@@ -59,6 +59,8 @@ pub struct TorrentReport {
     pub crossings_seen: CrossingsSeen,
     /// When `swarmscan remove` took the torrent out of the scan (None: scanned).
     pub removed_at: Option<UnixMs>,
+    /// The torrent's labels (empty for the totals line and unlabelled torrents).
+    pub labels: Vec<String>,
 }
 
 /// How confirmed crossings were seen: live on a watched connection, by a revisit (a probe of
@@ -256,6 +258,8 @@ pub struct Report {
     pub gaps: GapReport,
     /// Peers and confirmed downloads by country and by autonomous system.
     pub geo: GeoReport,
+    /// The study's planned tables, by torrent label.
+    pub study: super::study::StudyTables,
 }
 
 fn per_hour(n: i64, hours: f64) -> Option<f64> {
@@ -355,7 +359,9 @@ impl Store {
             confirmed_per_hour: None,
             crossings_seen: CrossingsSeen::default(),
             removed_at: None,
+            labels: Vec::new(),
         };
+        let mut labels = self.labels()?;
         for row in rows {
             let (
                 id,
@@ -394,6 +400,7 @@ impl Store {
                 confirmed_per_hour: per_hour(confirmed, window.hours),
                 crossings_seen,
                 removed_at,
+                labels: labels.remove(&id).unwrap_or_default(),
             });
         }
         total.ratio = ratio(total.confirmed, total.reported);
@@ -755,6 +762,7 @@ impl Store {
             watched,
             gaps: self.gap_report()?,
             geo: self.geo_report()?,
+            study: self.study_tables(&torrents)?,
             torrents,
             total,
             window,

@@ -139,10 +139,10 @@ fn refuses_future_versions_non_sqlite_files_and_missing_files() {
     let future = dir.path().join("future.sqlite");
     rusqlite::Connection::open(&future)
         .unwrap()
-        .pragma_update(None, "user_version", 7)
+        .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
         .unwrap();
     let e = Store::open(&future).unwrap_err().to_string();
-    assert_eq!(e, format!("database schema version 7 is newer than this swarmscan ({SCHEMA_VERSION}); upgrade swarmscan"));
+    assert_eq!(e, format!("database schema version {} is newer than this swarmscan ({SCHEMA_VERSION}); upgrade swarmscan", SCHEMA_VERSION + 1));
 
     let text = dir.path().join("notes.txt");
     std::fs::write(
