@@ -9,6 +9,7 @@ pub mod probe_cmd;
 pub mod report_cmd;
 pub mod run_cmd;
 pub mod synth_cmd;
+pub mod torrents_cmd;
 
 use clap::{Parser, Subcommand};
 
@@ -30,9 +31,9 @@ enum Command {
     /// Scan torrents in the foreground: discover peers, probe them again and again, store outcomes.
     Run(run_cmd::RunArgs),
     /// Add torrents to the database (scanned by every later `run` on it, and by the one running now).
-    Add(run_cmd::AddArgs),
+    Add(torrents_cmd::AddArgs),
     /// Take torrents out of the scan (the running one and later runs); their rows stay.
-    Remove(run_cmd::RemoveArgs),
+    Remove(torrents_cmd::RemoveArgs),
     /// Probe one peer once and print the decoded conversation, like a capture.
     Probe(probe_cmd::ProbeArgs),
     /// Show what a torrent file, magnet link or info-hash contains.
@@ -66,8 +67,8 @@ pub fn main() -> i32 {
     match cli.command {
         Command::Demo(args) => demo_cmd::run(&args),
         Command::Run(args) => run_cmd::run(&args),
-        Command::Add(args) => run_cmd::add(&args),
-        Command::Remove(args) => run_cmd::remove(&args),
+        Command::Add(args) => torrents_cmd::add(&args),
+        Command::Remove(args) => torrents_cmd::remove(&args),
         Command::Probe(args) => probe_cmd::probe(&args),
         Command::Inspect(args) => inspect::run(&args),
         Command::Bench(args) => crate::bench::run(&args),
