@@ -951,7 +951,7 @@ mod tests {
     }
 
     #[test]
-    fn clients_come_from_the_peer_id_and_geo_tables_say_when_columns_are_missing() {
+    fn clients_come_from_the_peer_id_and_geo_tables_say_why_they_are_empty() {
         let (_dir, store) = store();
         let t = torrent(&store, 1);
         for (port, peer_id, client, confirmed) in [
@@ -1011,13 +1011,12 @@ mod tests {
             .contains("not resolved"));
         assert!(store.speed_table(&columns).unwrap().note.is_some());
 
-        // Once the columns exist (the GeoIP migration), the same queries fill the tables.
+        // Once the columns hold values (the writer's GeoIP lookups), the same queries fill the
+        // tables.
         store
             .conn
             .execute_batch(
-                "ALTER TABLE peers ADD COLUMN country TEXT; ALTER TABLE peers ADD COLUMN asn INTEGER;
-                 ALTER TABLE peers ADD COLUMN as_org TEXT; ALTER TABLE peers ADD COLUMN host_domain TEXT;
-                 UPDATE peers SET country = 'DE', asn = 3320, as_org = 'DTAG' WHERE port <= 2;
+                "UPDATE peers SET country = 'DE', asn = 3320, as_org = 'DTAG' WHERE port <= 2;
                  UPDATE peers SET max_speed = 2.0 WHERE port = 1;",
             )
             .unwrap();
