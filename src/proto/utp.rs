@@ -739,30 +739,33 @@ impl UtpConnection {
             });
         }
         let carries_sequence = matches!(h.packet_type, PacketType::Data | PacketType::Fin);
-        if self.state == State::SynSent {
+        // The acceptor's STATE carries the sequence number of its first data packet.
+        let ack_nr = if self.state == State::SynSent {
             if h.ack_nr != self.syn_seq {
                 return Err(PacketError::Unexpected("packet not acking our SYN"));
             }
-            // The acceptor's STATE carries the sequence number of its first data packet.
-            self.ack_nr = h.seq_nr.wrapping_sub(1);
-            self.state = State::Connected;
-        }
-        if self.state == State::SynReceived {
-            self.state = State::Connected;
-        }
+            h.seq_nr.wrapping_sub(1)
+        } else {
+            self.ack_nr
+        };
         if carries_sequence {
             if let Some(fin) = self.peer_fin_seq {
                 if seq_before(fin, h.seq_nr) {
                     return Err(PacketError::AfterFin);
                 }
             }
-            let ahead = h.seq_nr.wrapping_sub(self.ack_nr);
+            let ahead = h.seq_nr.wrapping_sub(ack_nr);
             if ahead < 0x8000 && ahead > REORDER_PACKETS {
                 return Err(PacketError::BeyondWindow {
                     seq_nr: h.seq_nr,
-                    ack_nr: self.ack_nr,
+                    ack_nr,
                 });
             }
+        }
+        // Accepted: from here on the packet counts.
+        self.ack_nr = ack_nr;
+        if matches!(self.state, State::SynSent | State::SynReceived) {
+            self.state = State::Connected;
         }
 
         self.note_timestamp(h.timestamp_us, now_us);
