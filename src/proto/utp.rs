@@ -524,13 +524,15 @@ impl UtpConnection {
         }
     }
 
-    /// Queues stream bytes; returns how many were taken (fewer when the send buffer is full,
-    /// none after `close` or once closed).
+    /// Queues stream bytes; returns how many were taken (fewer when the send buffer, which
+    /// holds queued and in-flight bytes, is full; none after `close` or once closed).
     pub fn write(&mut self, data: &[u8]) -> usize {
         if self.is_closed() || self.fin_wanted {
             return 0;
         }
-        let n = data.len().min(SEND_BUFFER - self.send_queue.len());
+        let n = data
+            .len()
+            .min(SEND_BUFFER.saturating_sub(self.unacked_bytes()));
         self.send_queue.extend(&data[..n]);
         n
     }

@@ -447,6 +447,18 @@ fn hostile_peer_cannot_grow_buffers_past_their_bounds() {
 }
 
 #[test]
+fn bytes_in_flight_count_against_the_send_buffer() {
+    // Found by the fuzz target: written bytes that went out in packets left room for more
+    // writes, so queued + in flight grew past the send buffer.
+    let (mut a, _peer) = connected_initiator(1);
+    assert_eq!(a.write(&vec![0; SEND_BUFFER]), SEND_BUFFER);
+    let sent = std::iter::from_fn(|| a.poll_transmit(T0)).count();
+    assert!(sent > 1, "{sent}");
+    assert_eq!(a.write(&[1; 100]), 0, "in flight still counts until acked");
+    assert_eq!(a.unacked_bytes(), SEND_BUFFER);
+}
+
+#[test]
 fn reading_a_full_window_sends_a_window_update() {
     let (mut a, peer) = connected_initiator(1);
     let chunk = vec![1u8; 4096];
