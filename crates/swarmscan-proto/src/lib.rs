@@ -15,3 +15,4 @@ pub mod probe;
 pub mod session;
 pub mod tracker_http;
 pub mod tracker_udp;
+pub mod utp;
