@@ -23,7 +23,7 @@ pub struct Config {
     /// SQLite database file (created if missing).
     pub database: PathBuf,
     /// Worker threads and io_uring sizes.
-    pub engine: EngineConfig,
+    pub engine: EngineSection,
     /// Sockets: listeners, address families, transports.
     pub net: NetConfig,
     /// How peers are probed and revisited.
@@ -46,7 +46,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             database: PathBuf::from("swarmscan.sqlite"),
-            engine: EngineConfig::default(),
+            engine: EngineSection::default(),
             net: NetConfig::default(),
             peer: PeerConfig::default(),
             tracker: TrackerConfig::default(),
@@ -59,10 +59,11 @@ impl Default for Config {
     }
 }
 
-/// `[engine]`: threads and io_uring sizes.
+/// `[engine]`: threads and io_uring sizes (the engine crate's runtime settings,
+/// `swarmscan_engine::EngineConfig`, are derived from it in `settings.rs`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct EngineConfig {
+pub struct EngineSection {
     /// Worker threads; 0 = one per available core.
     pub workers: usize,
     /// Pin each worker to its own core.
@@ -78,9 +79,9 @@ pub struct EngineConfig {
     pub max_peers: u64,
 }
 
-impl Default for EngineConfig {
+impl Default for EngineSection {
     fn default() -> Self {
-        EngineConfig {
+        EngineSection {
             workers: 0,
             pin_workers: true,
             ring_entries: 4096,
