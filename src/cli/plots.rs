@@ -245,6 +245,20 @@ pub fn write_plots(report: &Report, data: &FigureData, dir: &Path) -> Result<Vec
 
 type DrawResult<DB> = Result<(), DrawingAreaErrorKind<<DB as DrawingBackend>::ErrorType>>;
 
+/// The legend every figure draws: the series' labels in a light box at `position`.
+fn draw_legend<'a, DB: DrawingBackend + 'a, CT: plotters::coord::CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    position: SeriesLabelPosition,
+) -> DrawResult<DB> {
+    chart
+        .configure_series_labels()
+        .label_font(label_font())
+        .background_style(WHITE.mix(0.9))
+        .border_style(RGBColor(0xbb, 0xbb, 0xbb))
+        .position(position)
+        .draw()
+}
+
 fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, plot: &Plot) -> DrawResult<DB> {
     root.fill(&WHITE)?;
     let body = root.titled(&plot.title, (FONT, 24).into_font().color(&BLACK))?;
@@ -380,13 +394,7 @@ fn draw_gaps<DB: DrawingBackend>(
                 PathElement::new(vec![(x, y), (x + 16, y)], RGBColor(0x55, 0x55, 0x55))
             });
     }
-    chart
-        .configure_series_labels()
-        .label_font(label_font())
-        .background_style(WHITE.mix(0.9))
-        .border_style(RGBColor(0xbb, 0xbb, 0xbb))
-        .position(SeriesLabelPosition::MiddleRight)
-        .draw()?;
+    draw_legend(&mut chart, SeriesLabelPosition::MiddleRight)?;
     Ok(())
 }
 
@@ -442,13 +450,7 @@ fn draw_discovery<DB: DrawingBackend>(
             .label(format!("{source}: new"))
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 6, y)], c.stroke_width(2)));
     }
-    chart
-        .configure_series_labels()
-        .label_font(label_font())
-        .background_style(WHITE.mix(0.9))
-        .border_style(RGBColor(0xbb, 0xbb, 0xbb))
-        .position(SeriesLabelPosition::UpperRight)
-        .draw()?;
+    draw_legend(&mut chart, SeriesLabelPosition::UpperRight)?;
     Ok(())
 }
 
@@ -508,13 +510,7 @@ fn draw_downloads<DB: DrawingBackend>(
                 });
         }
     }
-    chart
-        .configure_series_labels()
-        .label_font(label_font())
-        .background_style(WHITE.mix(0.9))
-        .border_style(RGBColor(0xbb, 0xbb, 0xbb))
-        .position(SeriesLabelPosition::LowerRight)
-        .draw()?;
+    draw_legend(&mut chart, SeriesLabelPosition::LowerRight)?;
     Ok(())
 }
 
@@ -602,13 +598,7 @@ fn draw_bars<DB: DrawingBackend>(
         };
         left.draw(&Text::new(shown, (name_width - 4, py), name_style.clone()))?;
     }
-    chart
-        .configure_series_labels()
-        .label_font(label_font())
-        .background_style(WHITE.mix(0.9))
-        .border_style(RGBColor(0xbb, 0xbb, 0xbb))
-        .position(SeriesLabelPosition::LowerRight)
-        .draw()?;
+    draw_legend(&mut chart, SeriesLabelPosition::LowerRight)?;
     Ok(())
 }
 
@@ -651,12 +641,6 @@ fn draw_threshold<DB: DrawingBackend>(
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], c.stroke_width(2)));
         chart.draw_series(pts.iter().map(|p| Circle::new(*p, 4, c.filled())))?;
     }
-    chart
-        .configure_series_labels()
-        .label_font(label_font())
-        .background_style(WHITE.mix(0.9))
-        .border_style(RGBColor(0xbb, 0xbb, 0xbb))
-        .position(SeriesLabelPosition::UpperRight)
-        .draw()?;
+    draw_legend(&mut chart, SeriesLabelPosition::UpperRight)?;
     Ok(())
 }
