@@ -18,9 +18,11 @@ use super::peer_table::{flag, owner_worker, Inserted, PeerIdx, PeerTable, NOT_SC
 use super::revisit::{
     contact_time, speed_since_last_contact, RevisitPolicy, RevisitWheel, VisitResult,
 };
+use super::udp_demux::{classify, DatagramKind};
 use crate::config::Encryption;
 use crate::engine::conversation::{Conversation, Millis, Verdict};
 use crate::engine::worker::{Ending, ProbeDone, ProbeRequest, WorkerDriver};
+use crate::engine::DatagramQueue;
 use crate::proto::probe::{AskReason, ProbeEnd, ProbeReport, ProbeSettings, Step, WatchPlan};
 use crate::proto::session::{Fallback, PeerSession, SessionEnv};
 use crate::store::record::{
@@ -284,6 +286,11 @@ pub struct WorkerCounters {
     /// Iterations of the worker's loop (one `tick` each): its heartbeat, read by the systemd
     /// watchdog check (`service::health`). A stuck worker stops it.
     pub loops: AtomicU64,
+    /// Datagrams received on the worker's UDP sockets, by kind (see [`super::udp_demux`]).
+    pub udp_krpc: AtomicU64,
+    pub udp_utp: AtomicU64,
+    pub udp_tracker: AtomicU64,
+    pub udp_other: AtomicU64,
 }
 
 /// How the scan watches peers (connections kept open to see the threshold crossing live).
@@ -392,6 +399,8 @@ pub struct ScanDriver {
     /// no listen port).
     peer_ids: Arc<PeerIds>,
     mse_budget: Arc<IncomingDhBudget>,
+    /// This worker's UDP sockets as bound (DHT, uTP and UDP trackers share them).
+    udp_locals: Vec<SocketAddr>,
     pub counters: Arc<WorkerCounters>,
 }
 
@@ -446,6 +455,7 @@ impl ScanDriver {
             mse_budget: Arc::new(IncomingDhBudget::new(
                 crate::config::NetConfig::default().mse_incoming_per_sec,
             )),
+            udp_locals: Vec::new(),
             counters: Arc::new(WorkerCounters::default()),
         }
     }
@@ -1399,6 +1409,29 @@ impl WorkerDriver for ScanDriver {
         self.counters
             .mse_incoming_refused
             .store(self.mse_budget.refused(), Ordering::Relaxed);
+    }
+
+    fn on_udp_bound(&mut self, udp: &[SocketAddr]) {
+        self.udp_locals = udp.to_vec();
+    }
+
+    fn datagram(
+        &mut self,
+        _now: Millis,
+        _local: SocketAddr,
+        _from: SocketAddr,
+        bytes: &[u8],
+        _out: &mut DatagramQueue,
+    ) {
+        // Each protocol on the shared sockets gets its arm here; until it has a handler its
+        // datagrams are only counted.
+        let counter = match classify(bytes) {
+            DatagramKind::Krpc => &self.counters.udp_krpc,
+            DatagramKind::Utp => &self.counters.udp_utp,
+            DatagramKind::TrackerReply => &self.counters.udp_tracker,
+            DatagramKind::Other => &self.counters.udp_other,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 
     fn next_wakeup(&self) -> Option<Millis> {

@@ -14,3 +14,4 @@ pub mod peer_ids;
 pub mod peer_table;
 pub mod revisit;
 pub mod tls;
+pub mod udp_demux;

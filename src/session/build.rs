@@ -176,6 +176,9 @@ impl Built {
         let engine = EngineConfig {
             workers,
             listen: listen_addrs.clone(),
+            // One UDP socket per listen address and worker (port + worker index): the DHT,
+            // uTP and UDP trackers share it; worker 0's is on the announced port.
+            udp: listen_addrs.clone(),
             ..s.engine.clone()
         };
         crate::engine::net::raise_nofile_limit(
