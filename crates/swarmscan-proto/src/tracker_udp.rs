@@ -9,21 +9,19 @@
 //! socket (BEP 15: the size depends on the address family the request came over), so
 //! decoding a reply needs the [`AddressFamily`].
 //!
-//! [`ConnectionIdCache`] keeps connection ids per tracker for their lifetime (a client may
-//! use one for one minute after receiving it); time is passed in.
+//! [`client::Client`] is the client's state machine on top of the codecs: connection ids
+//! reused for their lifetime, retransmissions, keyed transaction ids; time is passed in.
 
 use crate::tracker_http::{split_authority, strip_scheme, Event, UrlError};
-use std::collections::HashMap;
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::time::{Duration, Instant};
 
 /// Magic connection id of a connect request ("protocol id").
 pub const PROTOCOL_ID: u64 = 0x0417_2710_1980;
 /// Most info-hashes in one scrape (BEP 15: "up to about 74", so the reply fits a packet).
 pub const MAX_SCRAPE_HASHES: usize = 74;
-/// How long a client may use a connection id after receiving it (BEP 15).
-pub const CONNECTION_ID_LIFETIME: Duration = Duration::from_secs(60);
+/// How long a client may use a connection id after receiving it, ms (BEP 15: one minute).
+pub const CONNECTION_ID_LIFETIME_MS: u64 = 60_000;
 
 /// Request/response kind (the `action` field).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -664,80 +662,7 @@ pub fn parse_udp_url(url: &str) -> Result<UdpTrackerUrl, UrlError> {
     })
 }
 
-// ---------------------------------------------------------------------------------------
-// Connection ids
-
-/// Connection ids per tracker address, each valid for [`CONNECTION_ID_LIFETIME`] after it
-/// was received. Time comes from the caller. Bounded: when full, expired entries go first,
-/// then the oldest.
-#[derive(Debug, Clone)]
-pub struct ConnectionIdCache {
-    lifetime: Duration,
-    capacity: usize,
-    entries: HashMap<SocketAddr, (u64, Instant)>,
-}
-
-impl ConnectionIdCache {
-    /// A cache holding at most `capacity` trackers, with the BEP 15 lifetime.
-    pub fn new(capacity: usize) -> Self {
-        Self::with_lifetime(capacity, CONNECTION_ID_LIFETIME)
-    }
-
-    /// Same with another lifetime (a little under a minute gives slack for delays).
-    pub fn with_lifetime(capacity: usize, lifetime: Duration) -> Self {
-        ConnectionIdCache {
-            lifetime,
-            capacity: capacity.max(1),
-            entries: HashMap::new(),
-        }
-    }
-
-    /// Remembers an id received at `now`.
-    pub fn insert(&mut self, tracker: SocketAddr, connection_id: u64, now: Instant) {
-        if !self.entries.contains_key(&tracker) && self.entries.len() >= self.capacity {
-            self.purge(now);
-            if self.entries.len() >= self.capacity {
-                if let Some(oldest) = self
-                    .entries
-                    .iter()
-                    .min_by_key(|(_, (_, t))| *t)
-                    .map(|(k, _)| *k)
-                {
-                    self.entries.remove(&oldest);
-                }
-            }
-        }
-        self.entries.insert(tracker, (connection_id, now));
-    }
-
-    /// The id for `tracker` if it is still valid at `now` (else connect first).
-    pub fn get(&self, tracker: &SocketAddr, now: Instant) -> Option<u64> {
-        let (id, at) = self.entries.get(tracker)?;
-        (now.saturating_duration_since(*at) < self.lifetime).then_some(*id)
-    }
-
-    /// Forgets a tracker's id (e.g. after the tracker answered with an error).
-    pub fn remove(&mut self, tracker: &SocketAddr) {
-        self.entries.remove(tracker);
-    }
-
-    /// Drops every expired id.
-    pub fn purge(&mut self, now: Instant) {
-        let lifetime = self.lifetime;
-        self.entries
-            .retain(|_, (_, at)| now.saturating_duration_since(*at) < lifetime);
-    }
-
-    /// Number of ids held (expired ones included until purged).
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    /// True if no ids are held.
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-}
+pub mod client;
 
 #[cfg(test)]
 mod tests;

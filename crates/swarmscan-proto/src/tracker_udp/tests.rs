@@ -309,33 +309,6 @@ fn udp_urls() {
     ));
 }
 
-#[test]
-fn connection_id_cache_lifetime_and_capacity() {
-    let t0 = Instant::now();
-    let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
-    let b: SocketAddr = "127.0.0.1:2".parse().unwrap();
-    let c: SocketAddr = "[::1]:3".parse().unwrap();
-    let mut cache = ConnectionIdCache::new(2);
-    cache.insert(a, 11, t0);
-    assert_eq!(cache.get(&a, t0 + Duration::from_secs(59)), Some(11));
-    assert_eq!(cache.get(&a, t0 + Duration::from_secs(60)), None);
-    // A clock that appears to run backwards does not extend or break anything.
-    assert_eq!(cache.get(&a, t0), Some(11));
-    cache.insert(b, 22, t0 + Duration::from_secs(10));
-    cache.insert(c, 33, t0 + Duration::from_secs(20));
-    assert_eq!(cache.len(), 2);
-    assert_eq!(
-        cache.get(&a, t0 + Duration::from_secs(20)),
-        None,
-        "oldest evicted"
-    );
-    assert_eq!(cache.get(&b, t0 + Duration::from_secs(20)), Some(22));
-    cache.purge(t0 + Duration::from_secs(75));
-    assert_eq!(cache.len(), 1);
-    cache.remove(&c);
-    assert!(cache.is_empty());
-}
-
 fn arb_event() -> impl Strategy<Value = Event> {
     (0u32..4).prop_map(|n| Event::from_udp(n).unwrap_or_default())
 }
