@@ -250,8 +250,10 @@ pub struct TrackerConfig {
     pub numwant: u32,
     /// Interval between scrapes of one tracker, seconds; 0 = never scrape.
     pub scrape_secs: f64,
-    /// Request timeout, ms.
+    /// Request timeout, ms (UDP: the wait before the first retransmission, doubling after).
     pub timeout_ms: u64,
+    /// Retransmissions of an unanswered UDP tracker request before it fails (BEP 15: up to 8).
+    pub udp_retransmits: u32,
     /// Extra CA certificate files (PEM) trusted for `https://` trackers, besides the web PKI roots.
     pub ca_files: Vec<PathBuf>,
 }
@@ -264,6 +266,7 @@ impl Default for TrackerConfig {
             numwant: 200,
             scrape_secs: 300.0,
             timeout_ms: 15000,
+            udp_retransmits: 2,
             ca_files: Vec::new(),
         }
     }
@@ -526,7 +529,17 @@ pub const KEY_DOCS: &[(&str, &str)] = &[
     ),
     ("tracker.numwant", "Peers asked for per announce."),
     ("tracker.scrape_secs", "Interval between scrapes of one tracker, seconds; 0 = never scrape."),
-    ("tracker.timeout_ms", "Timeout of one tracker request (connect, TLS handshake for https, response), ms."),
+    (
+        "tracker.timeout_ms",
+        "Timeout of one tracker request (connect, TLS handshake for https, response), ms. For udp://
+         trackers the wait before a request is sent again, doubling each time (BEP 15: 15 s).",
+    ),
+    (
+        "tracker.udp_retransmits",
+        "Times an unanswered udp:// tracker request is sent again before it fails (0..=8). BEP 15 goes
+         up to 8 (the last wait 3840 s); 2 fails a dead tracker's announce after 15 + 30 + 60 s on the
+         default timeout_ms, before the next announce is due.",
+    ),
     (
         "tracker.ca_files",
         "Extra CA certificates for https:// trackers: PEM files, each with one or more certificates,\n\
@@ -848,6 +861,7 @@ impl Config {
             ("peer.max_failures", p.max_failures as u64, 0, 255),
             ("tracker.numwant", t.numwant as u64, 1, 100_000),
             ("tracker.timeout_ms", t.timeout_ms, 1, MAX_MS),
+            ("tracker.udp_retransmits", t.udp_retransmits as u64, 0, 8),
             (
                 "store.batch_rows",
                 self.store.batch_rows as u64,

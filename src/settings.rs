@@ -32,8 +32,10 @@ pub struct TrackerSettings {
     pub scrape_secs: f64,
     /// Peers asked for per announce.
     pub numwant: u32,
-    /// One request, connect to response.
+    /// One request, connect to response (UDP: the first retransmission's wait).
     pub timeout: Duration,
+    /// Retransmissions of a UDP tracker request before it fails.
+    pub udp_retransmits: u32,
     /// Extra CA files for https trackers.
     pub ca_files: Vec<PathBuf>,
 }
@@ -181,6 +183,7 @@ impl From<&Config> for TrackerSettings {
             scrape_secs: tracker.scrape_secs,
             numwant: tracker.numwant,
             timeout: Duration::from_millis(tracker.timeout_ms),
+            udp_retransmits: tracker.udp_retransmits,
             ca_files: tracker.ca_files.clone(),
         }
     }

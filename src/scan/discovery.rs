@@ -3,16 +3,20 @@
 //! [`super::announce_schedule`]), scrapes for the reported download counts, and hands the
 //! addresses to the workers that own them, minus our own addresses ([`OwnAddresses`]).
 //!
-//! Tracker traffic is a few requests per torrent every few minutes, far from the hot path, so
-//! it runs on a small pool of threads with blocking sockets and timeouts (bounded: every
-//! request ends within its timeout, and the pool stops with the scan). `https://` trackers
+//! HTTP(S) tracker traffic is a few requests per torrent every few minutes, far from the hot
+//! path, so it runs on a small pool of threads with blocking sockets and timeouts (bounded:
+//! every request ends within its timeout, and the pool stops with the scan). `udp://`
+//! trackers are asked from the workers' UDP sockets on their rings ([`super::udp_tracker`]):
+//! the pool only resolves their host names ([`DnsCache`]) and hands the request to the
+//! worker; the answer comes back to the scheduler thread, which records it exactly as an
+//! HTTP answer is recorded. `https://` trackers
 //! speak the same protocol over TLS (rustls, certificates verified against the web PKI roots
 //! plus `tracker.ca_files`); a TLS failure is recorded like any other failed announce.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs, UdpSocket};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -24,9 +28,11 @@ use super::catalog::Catalog;
 use super::driver::WorkerMsg;
 use super::own_addr::OwnAddresses;
 use super::peer_table::owner_worker;
+use super::udp_tracker::{UdpTrackerJob, UdpTrackerRoute};
 use crate::proto::http::{self, ResponseLimits, ResponseReader};
 use crate::proto::tracker_http::{self, AnnounceParams, Event, HttpTrackerUrl};
-use crate::proto::tracker_udp::{self, AddressFamily, ConnectionIdCache};
+use crate::proto::tracker_udp::client::{Answer, Query};
+use crate::proto::tracker_udp::{self, AnnounceRequest};
 use crate::store::record::{
     DiscoveryRecord, PeerSource, Record, ScrapeRecord, TrackerScheduleRecord,
 };
@@ -50,8 +56,10 @@ pub struct DiscoveryConfig {
     /// Our own addresses: dropped from tracker answers, counted.
     pub own: Arc<OwnAddresses>,
     pub peer_id: [u8; 20],
-    /// Timeout of one tracker request (connect, TLS handshake, response).
+    /// Timeout of one HTTP(S) tracker request (connect, TLS handshake, response); UDP
+    /// requests are paced by the workers' client (`tracker.timeout_ms` there too).
     pub timeout: Duration,
+    /// Request threads: HTTP(S) requests, and the name lookups of UDP trackers.
     pub threads: usize,
     pub user_agent: String,
     /// TLS client configuration for `https://` trackers (roots: web PKI plus
@@ -80,8 +88,6 @@ impl Default for DiscoveryConfig {
 
 /// A torrent's row id and wire hash.
 type TorrentHash = (i64, [u8; 20]);
-/// A received datagram and its sender.
-type Datagram = (SocketAddr, Vec<u8>);
 /// Seeders, leechers and completed downloads, as far as the tracker says.
 type ScrapeCounts = (Option<u64>, Option<u64>, Option<u64>);
 
@@ -182,6 +188,35 @@ enum JobResult {
         next: Option<NextAnnounce>,
     },
     Scraped,
+    /// A UDP tracker's answer from a worker, to be recorded (by the scheduler thread).
+    UdpAnswered(Box<UdpAnswered>),
+}
+
+/// What an announce was for, kept until its answer is recorded.
+struct AnnounceJob {
+    target: usize,
+    torrent: u32,
+    db_id: i64,
+    url: String,
+    /// `tracker.announce_secs` when the job was made (SIGHUP may change it).
+    announce_secs: f64,
+}
+
+/// The UDP request a worker answered, with when it started (its duration counts from the
+/// moment a request thread took it, name lookup included, as for HTTP).
+struct UdpAnswered {
+    what: UdpJob,
+    at_ms: u64,
+    duration_ms: u64,
+    answer: Result<Answer, String>,
+}
+
+enum UdpJob {
+    Announce(AnnounceJob),
+    Scrape {
+        url: String,
+        torrents: Vec<TorrentHash>,
+    },
 }
 
 /// Handle to the running discovery threads.
@@ -192,26 +227,19 @@ pub struct Discovery {
 
 impl Discovery {
     /// Starts discovery for every tracker of every torrent in `catalog`.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         cfg: DiscoveryConfig,
         catalog: Arc<Catalog>,
         route: Vec<Sender<WorkerMsg>>,
         records: RecordSender,
+        udp: UdpTrackerRoute,
         epoch_unix_ms: i64,
         epoch: Instant,
         stop: Arc<AtomicBool>,
     ) -> std::io::Result<Discovery> {
         let targets = targets_of(&catalog, 0, Instant::now());
         let mut threads = Vec::new();
-        let mut mux_threads = Vec::new();
-        // A host without IPv6 simply has no v6 socket; requests to v6 trackers then fail clearly.
-        let mut mux = |bind: &str| {
-            UdpMux::start(bind, stop.clone()).ok().map(|(m, t)| {
-                mux_threads.push(t);
-                m
-            })
-        };
-        let (udp4, udp6) = (mux("0.0.0.0:0"), mux("[::]:0"));
         let (job_tx, job_rx) = crossbeam_channel::unbounded::<Job>();
         let (res_tx, res_rx) = crossbeam_channel::unbounded::<JobResult>();
         let shared = Arc::new(Shared {
@@ -221,11 +249,10 @@ impl Discovery {
             epoch_unix_ms,
             epoch,
             stop: stop.clone(),
-            udp_ids: Mutex::new(ConnectionIdCache::new(4096)),
-            udp4,
-            udp6,
+            udp,
+            answers: res_tx.clone(),
+            dns: DnsCache::default(),
         });
-        threads.extend(mux_threads);
         for n in 0..cfg.threads.max(1) {
             let (shared, job_rx, res_tx) = (shared.clone(), job_rx.clone(), res_tx.clone());
             threads.push(
@@ -236,8 +263,10 @@ impl Discovery {
                             if shared.stop.load(Ordering::Relaxed) {
                                 break;
                             }
-                            let r = shared.run(job);
-                            let _ = res_tx.send(r);
+                            // A UDP request handed to a worker answers later (UdpAnswered).
+                            if let Some(r) = shared.run(job) {
+                                let _ = res_tx.send(r);
+                            }
                         }
                     })?,
             );
@@ -247,7 +276,7 @@ impl Discovery {
             std::thread::Builder::new()
                 .name("discovery".into())
                 .spawn(move || {
-                    schedule_loop(cfg, catalog, targets, job_tx, res_rx, control_rx, stop)
+                    schedule_loop(cfg, catalog, targets, job_tx, res_rx, control_rx, shared)
                 })?,
         );
         Ok(Discovery { threads, control })
@@ -285,8 +314,9 @@ fn schedule_loop(
     jobs: Sender<Job>,
     results: Receiver<JobResult>,
     control: Receiver<DiscoveryMsg>,
-    stop: Arc<AtomicBool>,
+    shared: Arc<Shared>,
 ) {
+    let stop = shared.stop.clone();
     let mut next_scrape = Instant::now() + Duration::from_secs(5);
     // What the log has said already, once per tracker URL.
     let mut told: std::collections::HashSet<(String, Told)> = std::collections::HashSet::new();
@@ -377,6 +407,10 @@ fn schedule_loop(
             }
         }
         while let Ok(r) = results.recv_timeout(Duration::from_millis(100)) {
+            let r = match r {
+                JobResult::UdpAnswered(a) => shared.finish_udp(*a),
+                r => r,
+            };
             if let JobResult::Announce { target, next } = r {
                 let t = &mut targets[target];
                 t.busy = false;
@@ -401,6 +435,14 @@ fn schedule_loop(
                     }
                 }
             }
+        }
+    }
+    // UDP answers the workers handed over before they stopped are recorded too (nothing
+    // collected is lost); the workers stop within a loop iteration of the flag, after which
+    // nothing more comes.
+    while let Ok(r) = results.recv_timeout(Duration::from_millis(250)) {
+        if let JobResult::UdpAnswered(a) = r {
+            shared.finish_udp(*a);
         }
     }
     // Dropping `jobs` ends the pool threads once their current request is done.
@@ -451,79 +493,46 @@ struct Shared {
     epoch_unix_ms: i64,
     epoch: Instant,
     stop: Arc<AtomicBool>,
-    udp_ids: Mutex<ConnectionIdCache>,
-    /// One UDP socket per address family for every tracker request, so connection ids
-    /// (which trackers tie to the client's address and port) stay valid across requests.
-    udp4: Option<Arc<UdpMux>>,
-    udp6: Option<Arc<UdpMux>>,
+    /// UDP tracker requests go to the workers (see `scan::udp_tracker`).
+    udp: UdpTrackerRoute,
+    /// Where the workers' UDP answers go: the scheduler records them.
+    answers: Sender<JobResult>,
+    dns: DnsCache,
 }
 
-/// A shared UDP socket whose replies are routed to the waiting request by transaction id.
-struct UdpMux {
-    sock: UdpSocket,
-    pending: Mutex<HashMap<u32, Sender<Datagram>>>,
+/// Tracker host names resolved on the request threads (never on a worker's ring), each
+/// kept for [`DNS_CACHE_SECS`]: a name is looked up again at the first request after
+/// that, so a tracker that moves is followed within minutes. Failures are not kept.
+#[derive(Default)]
+struct DnsCache {
+    entries: Mutex<HashMap<(String, u16), (SocketAddr, Instant)>>,
 }
 
-impl UdpMux {
-    fn start(bind: &str, stop: Arc<AtomicBool>) -> std::io::Result<(Arc<UdpMux>, JoinHandle<()>)> {
-        let sock = UdpSocket::bind(bind)?;
-        sock.set_read_timeout(Some(Duration::from_millis(100)))?;
-        let mux = Arc::new(UdpMux {
-            sock,
-            pending: Mutex::new(HashMap::new()),
-        });
-        let m = mux.clone();
-        let thread = std::thread::Builder::new()
-            .name("tracker-udp".into())
-            .spawn(move || {
-                let mut buf = vec![0u8; 65536];
-                while !stop.load(Ordering::Relaxed) {
-                    let Ok((n, from)) = m.sock.recv_from(&mut buf) else {
-                        continue;
-                    };
-                    // Keyed validation: only a reply to a transaction we are waiting for.
-                    let Some(tid) = tracker_udp::peek_transaction_id(&buf[..n]) else {
-                        continue;
-                    };
-                    let waiter = m.pending.lock().ok().and_then(|p| p.get(&tid).cloned());
-                    if let Some(tx) = waiter {
-                        let _ = tx.try_send((from, buf[..n].to_vec()));
-                    }
-                }
-            })?;
-        Ok((mux, thread))
-    }
+/// How long a resolved tracker address is used before the name is looked up again.
+const DNS_CACHE_SECS: u64 = 300;
 
-    /// Sends `bytes` and waits up to `timeout` for the reply to `tid` from `tracker`.
-    fn exchange(
-        &self,
-        tracker: SocketAddr,
-        bytes: &[u8],
-        tid: u32,
-        timeout: Duration,
-    ) -> Result<Option<Vec<u8>>, String> {
-        let (tx, rx) = crossbeam_channel::bounded(4);
-        if let Ok(mut p) = self.pending.lock() {
-            p.insert(tid, tx);
+impl DnsCache {
+    fn resolve(&self, host: &str, port: u16) -> Result<SocketAddr, String> {
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            return Ok(SocketAddr::new(ip, port));
         }
-        let result = (|| {
-            self.sock
-                .send_to(bytes, tracker)
-                .map_err(|e| format!("send to {tracker}: {e}"))?;
-            let deadline = Instant::now() + timeout;
-            loop {
-                let left = deadline.saturating_duration_since(Instant::now());
-                match rx.recv_timeout(left) {
-                    Ok((from, reply)) if from == tracker => return Ok(Some(reply)),
-                    Ok(_) => continue,
-                    Err(_) => return Ok(None),
-                }
-            }
-        })();
-        if let Ok(mut p) = self.pending.lock() {
-            p.remove(&tid);
+        let key = (host.to_ascii_lowercase(), port);
+        let fresh = |at: &Instant| at.elapsed() < Duration::from_secs(DNS_CACHE_SECS);
+        if let Some((addr, _)) = self
+            .entries
+            .lock()
+            .ok()
+            .and_then(|e| e.get(&key).copied())
+            .filter(|(_, at)| fresh(at))
+        {
+            return Ok(addr);
         }
-        result
+        let addr = resolve(host, port)?;
+        if let Ok(mut e) = self.entries.lock() {
+            e.retain(|_, (_, at)| fresh(at));
+            e.insert(key, (addr, Instant::now()));
+        }
+        Ok(addr)
     }
 }
 
@@ -545,7 +554,8 @@ impl Shared {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    fn run(&self, job: Job) -> JobResult {
+    /// Runs one job; None when it went to a worker (UDP), whose answer comes back later.
+    fn run(&self, job: Job) -> Option<JobResult> {
         match job {
             Job::Announce {
                 target,
@@ -554,35 +564,156 @@ impl Shared {
                 url,
                 params,
                 announce_secs,
-            } => self.announce(target, torrent, db_id, url, params, announce_secs),
+            } => {
+                let job = AnnounceJob {
+                    target,
+                    torrent,
+                    db_id,
+                    url,
+                    announce_secs,
+                };
+                let started = Instant::now();
+                let at_ms = self.now_ms();
+                let result = match kind_of(&job.url).unwrap_or(Kind::Http) {
+                    Kind::Http => self.announce_http(&job.url, &params),
+                    Kind::Udp => {
+                        let url_data = |u: &tracker_udp::UdpTrackerUrl| {
+                            Query::Announce(AnnounceRequest::from_params(
+                                0,
+                                0,
+                                &params,
+                                u.path_and_query.as_bytes(),
+                            ))
+                        };
+                        let url = job.url.clone();
+                        self.ask_udp(&url, url_data, UdpJob::Announce(job), started, at_ms);
+                        return None;
+                    }
+                };
+                let duration_ms = started.elapsed().as_millis() as u64;
+                Some(self.finish_announce(job, at_ms, duration_ms, result))
+            }
             Job::Scrape {
                 url,
                 kind,
                 torrents,
             } => {
-                self.scrape(&url, kind, &torrents);
+                let at_ms = self.now_ms();
+                match kind {
+                    Kind::Http => {
+                        let rows = self.scrape_http(&url, &torrents);
+                        self.finish_scrape(&url, &torrents, at_ms, rows);
+                    }
+                    Kind::Udp => {
+                        let hashes: Vec<[u8; 20]> = torrents.iter().map(|t| t.1).collect();
+                        let job = UdpJob::Scrape {
+                            url: url.clone(),
+                            torrents,
+                        };
+                        let query = move |_: &tracker_udp::UdpTrackerUrl| Query::Scrape(hashes);
+                        self.ask_udp(&url, query, job, Instant::now(), at_ms);
+                    }
+                }
+                Some(JobResult::Scraped)
+            }
+        }
+    }
+
+    /// Resolves the UDP tracker of `url` (on this request thread) and hands the request to
+    /// the tracker's worker. Its answer, or why it could not be asked, reaches the scheduler
+    /// as [`JobResult::UdpAnswered`].
+    fn ask_udp(
+        &self,
+        url: &str,
+        query: impl FnOnce(&tracker_udp::UdpTrackerUrl) -> Query,
+        what: UdpJob,
+        started: Instant,
+        at_ms: u64,
+    ) {
+        let answers = self.answers.clone();
+        let reply = move |answer| {
+            let _ = answers.send(JobResult::UdpAnswered(Box::new(UdpAnswered {
+                what,
+                at_ms,
+                duration_ms: started.elapsed().as_millis() as u64,
+                answer,
+            })));
+        };
+        let u = match tracker_udp::parse_udp_url(url) {
+            Ok(u) => u,
+            Err(e) => return reply(Err(e.to_string())),
+        };
+        let tracker = match self.dns.resolve(&u.host, u.port) {
+            Ok(a) => a,
+            Err(e) => return reply(Err(e)),
+        };
+        let job = UdpTrackerJob {
+            tracker,
+            query: query(&u),
+            reply: Box::new(reply),
+        };
+        if let Err(reply) = self.udp.send(job) {
+            reply(Err("the worker for this tracker has stopped".into()));
+        }
+    }
+
+    /// Records a worker's UDP answer as an HTTP answer is recorded.
+    fn finish_udp(&self, a: UdpAnswered) -> JobResult {
+        match a.what {
+            UdpJob::Announce(job) => {
+                let result = match a.answer {
+                    Ok(Answer::Announce(r)) => Ok(Announced {
+                        peers: r.peers,
+                        // BEP 15 sends a signed 32-bit interval.
+                        interval: Some(i64::from(r.interval as i32)),
+                        min_interval: None,
+                        external_ip: None,
+                        complete: Some(u64::from(r.seeders)),
+                        incomplete: Some(u64::from(r.leechers)),
+                        downloaded: None,
+                    }),
+                    Ok(Answer::Scrape(_)) => Err("unexpected reply to announce".into()),
+                    Err(e) => Err(e),
+                };
+                self.finish_announce(job, a.at_ms, a.duration_ms, result)
+            }
+            UdpJob::Scrape { url, torrents } => {
+                let rows = match a.answer {
+                    Ok(Answer::Scrape(stats)) => Ok(stats
+                        .iter()
+                        .map(|s| {
+                            (
+                                Some(u64::from(s.seeders)),
+                                Some(u64::from(s.leechers)),
+                                Some(u64::from(s.completed)),
+                            )
+                        })
+                        .collect()),
+                    Ok(Answer::Announce(_)) => Err("unexpected reply to scrape".into()),
+                    Err(e) => Err(e),
+                };
+                self.finish_scrape(&url, &torrents, a.at_ms, rows);
                 JobResult::Scraped
             }
         }
     }
 
-    fn announce(
+    /// The records, routing and schedule of one finished announce (either protocol).
+    fn finish_announce(
         &self,
-        target: usize,
-        torrent: u32,
-        db_id: i64,
-        url: String,
-        params: AnnounceParams,
-        announce_secs: f64,
+        job: AnnounceJob,
+        at_ms: u64,
+        duration_ms: u64,
+        result: Result<Announced, String>,
     ) -> JobResult {
-        let started = Instant::now();
-        let at_ms = self.now_ms();
+        let AnnounceJob {
+            target,
+            torrent,
+            db_id,
+            url,
+            announce_secs,
+        } = job;
         let kind = kind_of(&url).unwrap_or(Kind::Http);
-        let result = match kind {
-            Kind::Http => self.announce_http(&url, &params),
-            Kind::Udp => self.announce_udp(&url, &params),
-        };
-        let duration_ms = started.elapsed().as_millis() as u64;
         let src = if kind == Kind::Udp {
             PeerSource::TrackerUdp.mask()
         } else {
@@ -696,142 +827,33 @@ impl Shared {
         })
     }
 
-    fn udp_exchange(
+    fn scrape_http(
         &self,
-        mux: &UdpMux,
-        tracker: SocketAddr,
-        req: &tracker_udp::Request,
-    ) -> Result<tracker_udp::Response, String> {
-        let bytes = req.to_bytes();
-        let family = AddressFamily::of(&tracker);
-        // BEP 15 retransmits after 15·2ⁿ s; a measurement keeps it short: two tries.
-        for _attempt in 0..2 {
-            let Some(reply) =
-                mux.exchange(tracker, &bytes, req.transaction_id(), self.cfg.timeout / 2)?
-            else {
-                continue;
-            };
-            let resp = tracker_udp::Response::decode(&reply, family).map_err(|e| e.to_string())?;
-            return match resp {
-                tracker_udp::Response::Error { message, .. } => {
-                    Err(format!("tracker error: {message}"))
-                }
-                r => r.check_answers(req).map_err(|e| e.to_string()),
-            };
-        }
-        Err("timed out".into())
-    }
-
-    fn udp_connection(&self, sock: &UdpMux, tracker: SocketAddr) -> Result<u64, String> {
-        if let Some(id) = self
-            .udp_ids
-            .lock()
-            .ok()
-            .and_then(|c| c.get(&tracker, Instant::now()))
-        {
-            return Ok(id);
-        }
-        let tid = transaction_id();
-        match self.udp_exchange(
-            sock,
-            tracker,
-            &tracker_udp::Request::Connect {
-                transaction_id: tid,
-            },
-        )? {
-            tracker_udp::Response::Connect { connection_id, .. } => {
-                if let Ok(mut c) = self.udp_ids.lock() {
-                    c.insert(tracker, connection_id, Instant::now());
-                }
-                Ok(connection_id)
-            }
-            _ => Err("unexpected reply to connect".into()),
-        }
-    }
-
-    fn udp_socket(&self, url: &str) -> Result<(&UdpMux, SocketAddr, Vec<u8>), String> {
-        let u = tracker_udp::parse_udp_url(url).map_err(|e| e.to_string())?;
-        let tracker = resolve(&u.host, u.port)?;
-        let mux = if tracker.is_ipv4() {
-            self.udp4.as_deref()
-        } else {
-            self.udp6.as_deref()
-        };
-        let mux = mux.ok_or_else(|| format!("no UDP socket for {tracker}"))?;
-        Ok((mux, tracker, u.path_and_query.into_bytes()))
-    }
-
-    fn announce_udp(&self, url: &str, params: &AnnounceParams) -> Result<Announced, String> {
-        let (sock, tracker, url_data) = self.udp_socket(url)?;
-        let cid = self.udp_connection(sock, tracker)?;
-        let req = tracker_udp::Request::Announce(tracker_udp::AnnounceRequest::from_params(
-            cid,
-            transaction_id(),
-            params,
-            &url_data,
-        ));
-        match self.udp_exchange(sock, tracker, &req) {
-            Ok(tracker_udp::Response::Announce(a)) => Ok(Announced {
-                peers: a.peers,
-                // BEP 15 sends a signed 32-bit interval.
-                interval: Some(i64::from(a.interval as i32)),
-                min_interval: None,
-                external_ip: None,
-                complete: Some(a.seeders as u64),
-                incomplete: Some(a.leechers as u64),
-                downloaded: None,
-            }),
-            Ok(_) => Err("unexpected reply to announce".into()),
-            Err(e) => {
-                // A stale connection id is the usual cause of an error here: forget it.
-                if let Ok(mut c) = self.udp_ids.lock() {
-                    c.remove(&tracker);
-                }
-                Err(e)
-            }
-        }
-    }
-
-    fn scrape(&self, url: &str, kind: Kind, torrents: &[TorrentHash]) {
-        let at_ms = self.now_ms();
+        url: &str,
+        torrents: &[TorrentHash],
+    ) -> Result<Vec<ScrapeCounts>, String> {
         let hashes: Vec<[u8; 20]> = torrents.iter().map(|t| t.1).collect();
-        let result: Result<Vec<ScrapeCounts>, String> = match kind {
-            Kind::Http => (|| {
-                let surl = tracker_http::scrape_url(url)
-                    .ok_or("tracker URL does not support scrape (BEP 48)")?;
-                let body = http_get(&self.cfg, &tracker_http::scrape_request_url(&surl, &hashes))?;
-                let r = tracker_http::parse_scrape_response(&body).map_err(|e| e.to_string())?;
-                Ok(hashes
-                    .iter()
-                    .map(|h| match r.get(h) {
-                        Some(e) => (Some(e.complete), Some(e.incomplete), Some(e.downloaded)),
-                        None => (None, None, None),
-                    })
-                    .collect())
-            })(),
-            Kind::Udp => (|| {
-                let (sock, tracker, _) = self.udp_socket(url)?;
-                let cid = self.udp_connection(sock, tracker)?;
-                let req = tracker_udp::Request::Scrape(tracker_udp::ScrapeRequest {
-                    connection_id: cid,
-                    transaction_id: transaction_id(),
-                    info_hashes: hashes.clone(),
-                });
-                match self.udp_exchange(sock, tracker, &req)? {
-                    tracker_udp::Response::Scrape { stats, .. } => Ok(stats
-                        .iter()
-                        .map(|s| {
-                            (
-                                Some(s.seeders as u64),
-                                Some(s.leechers as u64),
-                                Some(s.completed as u64),
-                            )
-                        })
-                        .collect()),
-                    _ => Err("unexpected reply to scrape".into()),
-                }
-            })(),
-        };
+        let surl =
+            tracker_http::scrape_url(url).ok_or("tracker URL does not support scrape (BEP 48)")?;
+        let body = http_get(&self.cfg, &tracker_http::scrape_request_url(&surl, &hashes))?;
+        let r = tracker_http::parse_scrape_response(&body).map_err(|e| e.to_string())?;
+        Ok(hashes
+            .iter()
+            .map(|h| match r.get(h) {
+                Some(e) => (Some(e.complete), Some(e.incomplete), Some(e.downloaded)),
+                None => (None, None, None),
+            })
+            .collect())
+    }
+
+    /// The scrape records of one finished scrape (either protocol).
+    fn finish_scrape(
+        &self,
+        url: &str,
+        torrents: &[TorrentHash],
+        at_ms: u64,
+        result: Result<Vec<ScrapeCounts>, String>,
+    ) {
         let Ok(rows) = result else {
             // A failed scrape has nothing to compare; it shows in the logs only.
             tracing::debug!(url, "scrape failed");
@@ -999,15 +1021,6 @@ fn exchange<S: TrackerStream>(
     reader
         .into_response()
         .ok_or_else(|| "incomplete response".into())
-}
-
-/// A transaction id that differs between requests (keyed validation of UDP replies).
-fn transaction_id() -> u32 {
-    use std::hash::{BuildHasher, Hasher};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-    h.finish() as u32
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ use super::revisit::{
     contact_time, speed_since_last_contact, RevisitPolicy, RevisitWheel, VisitResult,
 };
 use super::udp_demux::{classify, DatagramKind};
+use super::udp_tracker::UdpTrackers;
 use crate::config::Encryption;
 use crate::engine::conversation::{Conversation, Millis, Verdict};
 use crate::engine::worker::{Ending, ProbeDone, ProbeRequest, WorkerDriver};
@@ -401,6 +402,8 @@ pub struct ScanDriver {
     mse_budget: Arc<IncomingDhBudget>,
     /// This worker's UDP sockets as bound (DHT, uTP and UDP trackers share them).
     udp_locals: Vec<SocketAddr>,
+    /// UDP tracker requests routed to this worker (see `scan::udp_tracker`).
+    udp_trackers: Option<UdpTrackers>,
     pub counters: Arc<WorkerCounters>,
 }
 
@@ -456,8 +459,15 @@ impl ScanDriver {
                 crate::config::NetConfig::default().mse_incoming_per_sec,
             )),
             udp_locals: Vec::new(),
+            udp_trackers: None,
             counters: Arc::new(WorkerCounters::default()),
         }
+    }
+
+    /// Runs the UDP tracker requests discovery routes to this worker.
+    pub fn with_udp_trackers(mut self, trackers: UdpTrackers) -> ScanDriver {
+        self.udp_trackers = Some(trackers);
+        self
     }
 
     /// When to talk MSE/PE to a peer (`net.encryption`).
@@ -1417,21 +1427,45 @@ impl WorkerDriver for ScanDriver {
 
     fn datagram(
         &mut self,
-        _now: Millis,
+        now: Millis,
         _local: SocketAddr,
-        _from: SocketAddr,
+        from: SocketAddr,
         bytes: &[u8],
-        _out: &mut DatagramQueue,
+        out: &mut DatagramQueue,
     ) {
         // Each protocol on the shared sockets gets its arm here; until it has a handler its
         // datagrams are only counted.
         let counter = match classify(bytes) {
             DatagramKind::Krpc => &self.counters.udp_krpc,
             DatagramKind::Utp => &self.counters.udp_utp,
-            DatagramKind::TrackerReply => &self.counters.udp_tracker,
+            DatagramKind::TrackerReply => {
+                if let Some(trackers) = &mut self.udp_trackers {
+                    trackers.on_datagram(now, from, bytes, out);
+                }
+                &self.counters.udp_tracker
+            }
             DatagramKind::Other => &self.counters.udp_other,
         };
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn poll_datagrams(&mut self, now: Millis, out: &mut DatagramQueue) {
+        if let Some(trackers) = &mut self.udp_trackers {
+            trackers.poll(now, out);
+        }
+    }
+
+    fn datagram_error(
+        &mut self,
+        _now: Millis,
+        _local: SocketAddr,
+        to: SocketAddr,
+        errno: i32,
+        out: &mut DatagramQueue,
+    ) {
+        if let Some(trackers) = &mut self.udp_trackers {
+            trackers.on_error(to, errno, out);
+        }
     }
 
     fn next_wakeup(&self) -> Option<Millis> {

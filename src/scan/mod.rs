@@ -15,3 +15,4 @@ pub mod peer_table;
 pub mod revisit;
 pub mod tls;
 pub mod udp_demux;
+pub mod udp_tracker;

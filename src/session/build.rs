@@ -177,8 +177,14 @@ impl Built {
             workers,
             listen: listen_addrs.clone(),
             // One UDP socket per listen address and worker (port + worker index): the DHT,
-            // uTP and UDP trackers share it; worker 0's is on the announced port.
-            udp: listen_addrs.clone(),
+            // uTP and UDP trackers share it; worker 0's is on the announced port. With no
+            // listener, an IPv4 socket on a port of the kernel's choosing, so that UDP
+            // trackers can still be asked (as discovery's own socket did before).
+            udp: if listen_addrs.is_empty() {
+                vec![SocketAddr::from(([0, 0, 0, 0], 0))]
+            } else {
+                listen_addrs.clone()
+            },
             ..s.engine.clone()
         };
         crate::engine::net::raise_nofile_limit(

@@ -17,6 +17,7 @@ use crate::scan::driver::{
 use crate::scan::own_addr::OwnAddresses;
 use crate::scan::peer_table::{flag, owner_worker};
 use crate::scan::revisit::progress_fixed;
+use crate::scan::udp_tracker;
 use crate::service::notify::Notifier;
 use crate::store::record::PeerSource;
 use crate::store::writer::Writer;
@@ -79,6 +80,16 @@ impl Built {
         let (txs, rxs): (Vec<_>, Vec<_>) = (0..workers)
             .map(|_| crossbeam_channel::unbounded::<WorkerMsg>())
             .unzip();
+        // UDP tracker requests run on the workers' sockets (`scan::udp_tracker`).
+        let (udp_trackers, mut udp_tracker_workers) = udp_tracker::channels(
+            workers,
+            crate::proto::tracker_udp::client::ClientSettings {
+                retransmit_ms: s.tracker.timeout.as_millis().min(u64::MAX as u128) as u64,
+                max_retransmits: s.tracker.udp_retransmits,
+                ..Default::default()
+            },
+            rand_secret,
+        );
         let mut drivers: Vec<ScanDriver> = rxs
             .into_iter()
             .enumerate()
@@ -105,6 +116,7 @@ impl Built {
                 })
                 .with_own_addresses(own.clone())
                 .with_peer_ids(peer_ids.clone())
+                .with_udp_trackers(udp_tracker_workers.remove(0))
             })
             .collect();
 
@@ -177,6 +189,7 @@ impl Built {
             catalog.clone(),
             txs.clone(),
             writer.sender(),
+            udp_trackers,
             epoch_unix_ms,
             epoch,
             stop.clone(),
@@ -265,4 +278,11 @@ impl Built {
             listen_port,
         })
     }
+}
+
+/// A secret for a worker's UDP tracker transaction ids (never sent; new every run).
+fn rand_secret() -> [u8; 32] {
+    let mut secret = [0u8; 32];
+    secret.copy_from_slice(&crate::scan::mse_budget::random_bytes(32));
+    secret
 }

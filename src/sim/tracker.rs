@@ -54,6 +54,8 @@ pub struct SimTracker {
     pub scrapes: Arc<AtomicU64>,
     /// The port of every announce, in arrival order (HTTP `port`, UDP `port` field).
     pub announced_ports: Arc<Mutex<Vec<u16>>>,
+    /// Every UDP request (connect, announce, scrape) and the address it came from.
+    pub udp_requests: Arc<Mutex<Vec<(tracker_udp::Action, SocketAddr)>>>,
 }
 
 impl SimTracker {
@@ -75,7 +77,9 @@ impl SimTracker {
         let announces = Arc::new(AtomicU64::new(0));
         let scrapes = Arc::new(AtomicU64::new(0));
         let announced_ports = Arc::new(Mutex::new(Vec::new()));
+        let udp_requests = Arc::new(Mutex::new(Vec::new()));
         let counters = Counters {
+            udp_requests: udp_requests.clone(),
             announces: announces.clone(),
             scrapes: scrapes.clone(),
             ports: announced_ports.clone(),
@@ -112,6 +116,7 @@ impl SimTracker {
             announces,
             scrapes,
             announced_ports,
+            udp_requests,
         })
     }
 
@@ -148,6 +153,7 @@ struct Counters {
     announces: Arc<AtomicU64>,
     scrapes: Arc<AtomicU64>,
     ports: Arc<Mutex<Vec<u16>>>,
+    udp_requests: Arc<Mutex<Vec<(tracker_udp::Action, SocketAddr)>>>,
 }
 
 impl Counters {
@@ -281,6 +287,9 @@ fn serve_udp(
         let Ok(req) = Request::decode(&buf[..n]) else {
             continue;
         };
+        if let Ok(mut r) = counters.udp_requests.lock() {
+            r.push((req.action(), from));
+        }
         let family = AddressFamily::of(&from);
         let resp = match req {
             Request::Connect { transaction_id } => Response::Connect {

@@ -1,0 +1,157 @@
+//! UDP tracker requests on the workers' rings: the app-side adapter of the sans-IO
+//! [`Client`] (BEP 15: connection ids, retransmission, keyed transaction ids).
+//!
+//! Discovery decides what to ask and when, and resolves the tracker's host name on its own
+//! threads; it hands each request ([`UdpTrackerJob`]) to the worker the tracker's address
+//! hashes to ([`tracker_worker`]), through [`UdpTrackerRoute`]. That worker owns the
+//! tracker's connection id and sends from its own UDP socket of the tracker's address family
+//! (the listen address, at port + worker index): one tracker always sees one source address,
+//! which BEP 15 trackers tie connection ids to. Replies come back to that socket, sorted out
+//! by `scan::udp_demux`, and reach [`UdpTrackers::on_datagram`]; the answer goes back
+//! through the job's [`Reply`], called on the worker thread (it only queues a message).
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::net::SocketAddr;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::engine::{DatagramQueue, Millis};
+use crate::proto::tracker_udp::client::{Answer, Client, ClientSettings, Query, RequestId};
+
+/// Where a request's outcome goes: the answer, or the error text recorded for it.
+pub type Reply = Box<dyn FnOnce(Result<Answer, String>) + Send>;
+
+/// One request for a worker: ask `tracker` `query`, then call `reply` once.
+pub struct UdpTrackerJob {
+    pub tracker: SocketAddr,
+    pub query: Query,
+    pub reply: Reply,
+}
+
+/// Which of `workers` runs the requests to `tracker` (a fixed-key hash of its address, so
+/// the same tracker stays on the same worker and socket for the whole run).
+pub fn tracker_worker(tracker: SocketAddr, workers: usize) -> usize {
+    if workers <= 1 {
+        return 0;
+    }
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    tracker.hash(&mut h);
+    (h.finish() % workers as u64) as usize
+}
+
+/// Discovery's side: a job channel to every worker.
+#[derive(Clone)]
+pub struct UdpTrackerRoute {
+    workers: Vec<Sender<UdpTrackerJob>>,
+}
+
+impl UdpTrackerRoute {
+    /// Hands `job` to the worker of its tracker; Err (the job's reply back) when that worker
+    /// is gone.
+    pub fn send(&self, job: UdpTrackerJob) -> Result<(), Reply> {
+        let w = tracker_worker(job.tracker, self.workers.len());
+        self.workers[w].send(job).map_err(|e| e.into_inner().reply)
+    }
+}
+
+/// The route and one [`UdpTrackers`] per worker; each worker's transaction ids are keyed
+/// with its own secret from `secret`.
+pub fn channels(
+    workers: usize,
+    settings: ClientSettings,
+    mut secret: impl FnMut() -> [u8; 32],
+) -> (UdpTrackerRoute, Vec<UdpTrackers>) {
+    let (txs, rxs): (Vec<_>, Vec<_>) = (0..workers.max(1))
+        .map(|_| crossbeam_channel::unbounded())
+        .unzip();
+    let per_worker = rxs
+        .into_iter()
+        .map(|jobs| UdpTrackers {
+            client: Client::new(secret(), settings),
+            jobs,
+            replies: HashMap::new(),
+        })
+        .collect();
+    (UdpTrackerRoute { workers: txs }, per_worker)
+}
+
+/// Jobs taken from the channel per poll, so a burst of announces can't stall the loop.
+const JOBS_PER_POLL: usize = 1024;
+
+/// One worker's UDP tracker requests.
+pub struct UdpTrackers {
+    client: Client,
+    jobs: Receiver<UdpTrackerJob>,
+    replies: HashMap<RequestId, Reply>,
+}
+
+impl UdpTrackers {
+    /// A tracker reply (or anything that looks like one) from `from`.
+    pub fn on_datagram(
+        &mut self,
+        now: Millis,
+        from: SocketAddr,
+        bytes: &[u8],
+        out: &mut DatagramQueue,
+    ) {
+        if let Err(why) = self.client.handle_datagram(now, from, bytes) {
+            tracing::trace!(%from, ?why, "UDP tracker datagram dropped");
+        }
+        self.flush(out);
+    }
+
+    /// A datagram to `to` failed with `errno` (an ICMP error, usually port unreachable):
+    /// requests to `to`, if it is a tracker of ours, fail with the error's text.
+    pub fn on_error(&mut self, to: SocketAddr, errno: i32, out: &mut DatagramQueue) {
+        let why = std::io::Error::from_raw_os_error(errno).to_string();
+        self.client.handle_unreachable(to, &why);
+        self.flush(out);
+    }
+
+    /// New jobs, retransmissions and timeouts due at `now`; every loop iteration.
+    pub fn poll(&mut self, now: Millis, out: &mut DatagramQueue) {
+        for job in self.jobs.try_iter().take(JOBS_PER_POLL) {
+            if out.local_for(&job.tracker).is_none() {
+                let family = if job.tracker.is_ipv4() {
+                    "IPv4"
+                } else {
+                    "IPv6"
+                };
+                (job.reply)(Err(format!(
+                    "no UDP socket for {} (no {family} address in net.listen)",
+                    job.tracker
+                )));
+                continue;
+            }
+            let id = self.client.request(now, job.tracker, job.query);
+            self.replies.insert(id, job.reply);
+        }
+        self.client.handle_timeout(now);
+        self.flush(out);
+    }
+
+    /// Requests under way.
+    pub fn pending(&self) -> usize {
+        self.replies.len()
+    }
+
+    /// Sends what the client wants sent and hands out finished requests.
+    fn flush(&mut self, out: &mut DatagramQueue) {
+        while let Some((to, bytes)) = self.client.poll_transmit() {
+            let sent = out
+                .local_for(&to)
+                .ok_or(crate::engine::SendRefused::NoSocket)
+                .and_then(|local| out.push(local, to, &bytes));
+            if let Err(e) = sent {
+                // Like a datagram lost on the way: the retransmission sends it again.
+                tracing::debug!(tracker = %to, "UDP tracker request not sent: {e}");
+            }
+        }
+        while let Some((id, result)) = self.client.poll_event() {
+            if let Some(reply) = self.replies.remove(&id) {
+                reply(result.map_err(|e| e.to_string()));
+            }
+        }
+    }
+}

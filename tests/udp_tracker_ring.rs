@@ -1,0 +1,113 @@
+//! UDP tracker requests leave from the workers' UDP sockets on their rings, not from a
+//! socket of discovery's thread pool: the simulated tracker (loopback) sees every connect,
+//! announce and scrape come from the listen address at port + worker index, one worker
+//! per tracker, with connection ids reused (fewer connects than announces).
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::process::Command;
+
+use swarmscan::proto::tracker_udp::Action;
+use swarmscan::sim::{SimOptions, SimSwarm};
+
+/// A port `p` with `p` and `p + 1` free for TCP and UDP on 127.0.0.1 (two workers).
+fn free_port_pair() -> u16 {
+    for _ in 0..100 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let p = l.local_addr().unwrap().port();
+        if p < 65535
+            && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok()
+            && std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok()
+            && std::net::UdpSocket::bind(("127.0.0.1", p + 1)).is_ok()
+        {
+            return p;
+        }
+    }
+    panic!("no two free ports in a row on 127.0.0.1");
+}
+
+#[test]
+fn udp_tracker_requests_come_from_the_workers_listen_sockets() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("udp.sqlite");
+    let sim = SimSwarm::start(&SimOptions {
+        torrents: 3,
+        peers_per_torrent: 4,
+        horizon_secs: 30.0,
+        addr_octet: 94,
+        tracker_interval_secs: 2,
+        ..SimOptions::default()
+    })
+    .unwrap();
+    let mut torrents = Vec::new();
+    for (i, bytes) in sim.torrent_files.iter().enumerate() {
+        let path = dir.path().join(format!("t{i}.torrent"));
+        std::fs::write(&path, bytes).unwrap();
+        torrents.push(path);
+    }
+    let listen = free_port_pair();
+    let db_arg = format!("database={:?}", db.display().to_string());
+    // Only what a user must give: database, listen address, intervals (and two workers, so
+    // that "the worker's socket" is one of two).
+    let out = Command::new(env!("CARGO_BIN_EXE_swarmscan"))
+        .args(["run", "--for", "7s", "--json", "--set", &db_arg])
+        .args(["--set", &format!("net.listen=[\"127.0.0.1:{listen}\"]")])
+        .args([
+            "--set",
+            "tracker.announce_secs=2",
+            "--set",
+            "tracker.scrape_secs=2",
+        ])
+        .args(["--set", "engine.workers=2"])
+        .args(&torrents)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let requests = sim.tracker.udp_requests.lock().unwrap().clone();
+    let count = |a: Action| requests.iter().filter(|(x, _)| *x == a).count();
+    let (connects, announces, scrapes) = (
+        count(Action::Connect),
+        count(Action::Announce),
+        count(Action::Scrape),
+    );
+    // Three torrents announced every 2 s for 7 s; the first scrape 5 s after the start.
+    assert!(announces >= 6, "{requests:?}");
+    assert!(scrapes >= 1, "{requests:?}");
+    // Connection ids are reused for a minute: one connect, all the rest on its id.
+    assert_eq!(connects, 1, "{requests:?}");
+    // Every request came from one of the workers' UDP sockets (listen port + worker index),
+    // the same one each time: the tracker's worker.
+    let workers: HashSet<SocketAddr> = (0..2)
+        .map(|i| SocketAddr::from(([127, 0, 0, 1], listen + i)))
+        .collect();
+    let sources: HashSet<SocketAddr> = requests.iter().map(|(_, from)| *from).collect();
+    assert_eq!(sources.len(), 1, "{sources:?}");
+    assert!(
+        sources.is_subset(&workers),
+        "{sources:?} not in {workers:?}"
+    );
+
+    // The outcomes are recorded as before: announces per tracker, none failed, and the UDP
+    // tracker's peers stored under the udp source.
+    let report = Command::new(env!("CARGO_BIN_EXE_swarmscan"))
+        .args(["report", "--json", "--set", &db_arg])
+        .output()
+        .unwrap();
+    assert!(report.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&report.stdout).unwrap();
+    let udp = report["trackers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["tracker"].as_str() == Some(sim.tracker.udp_url().as_str()))
+        .unwrap_or_else(|| panic!("no UDP tracker in {report}"))
+        .clone();
+    assert_eq!(udp["announces"].as_u64(), Some(announces as u64), "{udp}");
+    assert_eq!(udp["failed"].as_i64(), Some(0), "{udp}");
+    assert_eq!(udp["interval_secs"].as_i64(), Some(2), "{udp}");
+}
