@@ -1364,6 +1364,7 @@ mod tests {
                 "peer.max_failures",       // never forget
                 "peer.retry_backoff_secs", // the revisit interval
                 "tracker.scrape_secs",     // never scrape
+                "tracker.udp_retransmits", // one try
             ];
             let zero = set(&[format!("{key}=0").as_str()]);
             if zero_means_something.contains(key) {
