@@ -111,3 +111,86 @@ fn udp_tracker_requests_come_from_the_workers_listen_sockets() {
     assert_eq!(udp["failed"].as_i64(), Some(0), "{udp}");
     assert_eq!(udp["interval_secs"].as_i64(), Some(2), "{udp}");
 }
+
+/// A tracker whose port is closed fails at once (the ICMP error reaches the worker's socket);
+/// one that never answers gets BEP 15's retransmission (after `tracker.timeout_ms`, then
+/// twice that) and fails as timed out. Both are recorded as failed announces.
+#[test]
+fn closed_and_silent_udp_trackers_are_recorded_as_failed_announces() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("dead.sqlite");
+    let closed = {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.local_addr().unwrap()
+    }; // dropped: nothing listens there now
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    silent
+        .set_read_timeout(Some(std::time::Duration::from_millis(100)))
+        .unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    let magnet = format!(
+        "magnet:?xt=urn:btih:{}&tr=udp://{closed}/announce&tr=udp://{silent_addr}/announce",
+        "ab".repeat(20)
+    );
+    let listen = free_port_pair();
+    let db_arg = format!("database={:?}", db.display().to_string());
+    let out = Command::new(env!("CARGO_BIN_EXE_swarmscan"))
+        .args(["run", "--for", "4s", "--json", "--set", &db_arg])
+        .args(["--set", &format!("net.listen=[\"127.0.0.1:{listen}\"]")])
+        // The retransmission schedule, shortened: 0.5 s, then 1 s; failed 1.5 s after the start.
+        .args([
+            "--set",
+            "tracker.timeout_ms=500",
+            "--set",
+            "tracker.udp_retransmits=1",
+        ])
+        .args(["--set", "engine.workers=1"])
+        .arg(&magnet)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The silent tracker saw the connect twice (sent, then sent again), from the worker's
+    // socket, with the same transaction id, and nothing after the request failed.
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 2048];
+    while let Ok((n, from)) = silent.recv_from(&mut buf) {
+        let req = swarmscan::proto::tracker_udp::Request::decode(&buf[..n]).unwrap();
+        seen.push((req, from));
+    }
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(seen.iter().all(|(r, from)| {
+        matches!(r, swarmscan::proto::tracker_udp::Request::Connect { .. })
+            && *from == SocketAddr::from(([127, 0, 0, 1], listen))
+    }));
+    assert_eq!(seen[0].0, seen[1].0);
+
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let rows: Vec<(String, Option<String>, i64, i64)> = conn
+        .prepare("SELECT tracker, error, duration_ms, received FROM discovery_requests ORDER BY at")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let of = |addr: SocketAddr| -> Vec<_> {
+        let url = format!("udp://{addr}/announce");
+        rows.iter().filter(|r| r.0 == url).cloned().collect()
+    };
+    let closed_rows = of(closed);
+    assert_eq!(closed_rows.len(), 1, "{rows:?}");
+    let error = closed_rows[0].1.as_deref().unwrap_or_default();
+    assert!(
+        error.starts_with("unreachable: ") && error.contains("refused"),
+        "{error}"
+    );
+    assert!(closed_rows[0].2 < 1000, "failed at once: {rows:?}");
+    let silent_rows = of(silent_addr);
+    assert_eq!(silent_rows.len(), 1, "{rows:?}");
+    assert_eq!(silent_rows[0].1.as_deref(), Some("timed out"));
+    assert!(silent_rows[0].2 >= 1500, "{rows:?}");
+    assert_eq!(silent_rows[0].3, 0);
+}

@@ -1028,6 +1028,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn tracker_names_are_resolved_once_and_literals_never() {
+        let dns = DnsCache::default();
+        let literal = dns.resolve("127.0.0.5", 80).unwrap();
+        assert_eq!(literal, SocketAddr::from(([127, 0, 0, 5], 80)));
+        assert!(dns.entries.lock().unwrap().is_empty());
+        let a = dns.resolve("localhost", 6969).unwrap();
+        assert!(a.ip().is_loopback() && a.port() == 6969, "{a}");
+        assert_eq!(dns.entries.lock().unwrap().len(), 1);
+        // Within its lifetime the cached address is used (the name is not looked up).
+        let cached = SocketAddr::from(([127, 0, 0, 77], 6969));
+        dns.entries
+            .lock()
+            .unwrap()
+            .insert(("localhost".into(), 6969), (cached, Instant::now()));
+        assert_eq!(dns.resolve("LOCALHOST", 6969).unwrap(), cached);
+        // After it, the name is looked up again.
+        let Some(old) = Instant::now().checked_sub(Duration::from_secs(DNS_CACHE_SECS + 1)) else {
+            return; // a clock younger than the cache lifetime (just booted)
+        };
+        dns.entries
+            .lock()
+            .unwrap()
+            .insert(("localhost".into(), 6969), (cached, old));
+        assert!(dns.resolve("localhost", 6969).unwrap().ip().is_loopback());
+        assert_ne!(dns.resolve("localhost", 6969).unwrap(), cached);
+        assert!(dns.resolve("no-such-host.invalid", 1).is_err());
+    }
+
+    #[test]
     fn tracker_kinds_by_scheme() {
         assert_eq!(kind_of("udp://t:1/announce"), Some(Kind::Udp));
         assert_eq!(kind_of("http://t/announce"), Some(Kind::Http));

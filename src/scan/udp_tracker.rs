@@ -155,3 +155,50 @@ impl UdpTrackers {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tracker_stays_on_one_worker_and_trackers_spread_over_all() {
+        let addrs: Vec<SocketAddr> = (1..=64)
+            .map(|i| SocketAddr::from(([127, 0, 0, i], 6969)))
+            .collect();
+        let mut used = std::collections::HashSet::new();
+        for a in &addrs {
+            let w = tracker_worker(*a, 4);
+            assert!(w < 4);
+            assert_eq!(w, tracker_worker(*a, 4), "stable");
+            used.insert(w);
+        }
+        assert_eq!(used.len(), 4, "64 trackers use every worker");
+        assert_eq!(tracker_worker(addrs[0], 1), 0);
+    }
+
+    #[test]
+    fn a_job_reaches_its_trackers_worker_and_is_answered_there() {
+        let (route, mut workers) = channels(3, ClientSettings::default(), || [1; 32]);
+        let tracker = SocketAddr::from(([127, 0, 0, 9], 1337));
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let job = UdpTrackerJob {
+            tracker,
+            query: Query::Scrape(vec![[0; 20]]),
+            reply: Box::new(move |r| tx.send(r).unwrap()),
+        };
+        assert!(route.send(job).is_ok());
+        let w = tracker_worker(tracker, 3);
+        for (i, worker) in workers.iter().enumerate() {
+            assert_eq!(worker.jobs.len(), usize::from(i == w));
+        }
+        // A worker that has ended gives the reply back, so the caller can record why.
+        drop(workers.remove(w));
+        let job = UdpTrackerJob {
+            tracker,
+            query: Query::Scrape(vec![[0; 20]]),
+            reply: Box::new(|_| {}),
+        };
+        assert!(route.send(job).is_err());
+        assert!(rx.try_recv().is_err(), "nothing answered without a worker");
+    }
+}
