@@ -131,11 +131,6 @@ impl UdpTrackers {
         self.flush(out);
     }
 
-    /// Requests under way.
-    pub fn pending(&self) -> usize {
-        self.replies.len()
-    }
-
     /// Sends what the client wants sent and hands out finished requests.
     fn flush(&mut self, out: &mut DatagramQueue) {
         while let Some((to, bytes)) = self.client.poll_transmit() {
