@@ -10,20 +10,25 @@ use std::process::Command;
 use swarmscan::proto::tracker_udp::Action;
 use swarmscan::sim::{SimOptions, SimSwarm};
 
-/// A port `p` with `p` and `p + 1` free for TCP and UDP on 127.0.0.1 (two workers).
+/// A port `p` with `p` and `p + 1` free for TCP and UDP on 127.0.0.1 and ::1 (two workers).
 fn free_port_pair() -> u16 {
+    let free = |p: u16| {
+        ["127.0.0.1", "::1"].iter().all(|ip| {
+            std::net::TcpListener::bind((*ip, p)).is_ok()
+                && std::net::UdpSocket::bind((*ip, p)).is_ok()
+        })
+    };
     for _ in 0..100 {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let p = l.local_addr().unwrap().port();
-        if p < 65535
-            && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok()
-            && std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok()
-            && std::net::UdpSocket::bind(("127.0.0.1", p + 1)).is_ok()
-        {
+        let p = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if p < 65535 && free(p) && free(p + 1) {
             return p;
         }
     }
-    panic!("no two free ports in a row on 127.0.0.1");
+    panic!("no two free ports in a row on 127.0.0.1 and ::1");
 }
 
 #[test]
@@ -114,7 +119,8 @@ fn udp_tracker_requests_come_from_the_workers_listen_sockets() {
 
 /// A tracker whose port is closed fails at once (the ICMP error reaches the worker's socket);
 /// one that never answers gets BEP 15's retransmission (after `tracker.timeout_ms`, then
-/// twice that) and fails as timed out. Both are recorded as failed announces.
+/// twice that) and fails as timed out. Both are recorded as failed announces. An IPv6
+/// tracker is asked from the worker's IPv6 socket.
 #[test]
 fn closed_and_silent_udp_trackers_are_recorded_as_failed_announces() {
     let dir = tempfile::tempdir().unwrap();
@@ -128,15 +134,24 @@ fn closed_and_silent_udp_trackers_are_recorded_as_failed_announces() {
         .set_read_timeout(Some(std::time::Duration::from_millis(100)))
         .unwrap();
     let silent_addr = silent.local_addr().unwrap();
+    let silent6 = std::net::UdpSocket::bind("[::1]:0").unwrap();
+    silent6
+        .set_read_timeout(Some(std::time::Duration::from_millis(100)))
+        .unwrap();
+    let silent6_addr = silent6.local_addr().unwrap();
     let magnet = format!(
-        "magnet:?xt=urn:btih:{}&tr=udp://{closed}/announce&tr=udp://{silent_addr}/announce",
+        "magnet:?xt=urn:btih:{}&tr=udp://{closed}/announce&tr=udp://{silent_addr}/announce\
+         &tr=udp://{silent6_addr}/announce",
         "ab".repeat(20)
     );
     let listen = free_port_pair();
     let db_arg = format!("database={:?}", db.display().to_string());
     let out = Command::new(env!("CARGO_BIN_EXE_swarmscan"))
         .args(["run", "--for", "4s", "--json", "--set", &db_arg])
-        .args(["--set", &format!("net.listen=[\"127.0.0.1:{listen}\"]")])
+        .args([
+            "--set",
+            &format!("net.listen=[\"127.0.0.1:{listen}\", \"[::1]:{listen}\"]"),
+        ])
         // The retransmission schedule, shortened: 0.5 s, then 1 s; failed 1.5 s after the start.
         .args([
             "--set",
@@ -153,20 +168,24 @@ fn closed_and_silent_udp_trackers_are_recorded_as_failed_announces() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // The silent tracker saw the connect twice (sent, then sent again), from the worker's
-    // socket, with the same transaction id, and nothing after the request failed.
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 2048];
-    while let Ok((n, from)) = silent.recv_from(&mut buf) {
-        let req = swarmscan::proto::tracker_udp::Request::decode(&buf[..n]).unwrap();
-        seen.push((req, from));
+    // Each silent tracker saw the connect twice (sent, then sent again), from the worker's
+    // socket of its family, with the same transaction id, and nothing after the request failed.
+    for (sock, worker) in [
+        (&silent, SocketAddr::from(([127, 0, 0, 1], listen))),
+        (&silent6, SocketAddr::new("::1".parse().unwrap(), listen)),
+    ] {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = sock.recv_from(&mut buf) {
+            let req = swarmscan::proto::tracker_udp::Request::decode(&buf[..n]).unwrap();
+            seen.push((req, from));
+        }
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        assert!(seen.iter().all(|(r, from)| {
+            matches!(r, swarmscan::proto::tracker_udp::Request::Connect { .. }) && *from == worker
+        }));
+        assert_eq!(seen[0].0, seen[1].0);
     }
-    assert_eq!(seen.len(), 2, "{seen:?}");
-    assert!(seen.iter().all(|(r, from)| {
-        matches!(r, swarmscan::proto::tracker_udp::Request::Connect { .. })
-            && *from == SocketAddr::from(([127, 0, 0, 1], listen))
-    }));
-    assert_eq!(seen[0].0, seen[1].0);
 
     let conn = rusqlite::Connection::open(&db).unwrap();
     let rows: Vec<(String, Option<String>, i64, i64)> = conn
@@ -188,9 +207,11 @@ fn closed_and_silent_udp_trackers_are_recorded_as_failed_announces() {
         "{error}"
     );
     assert!(closed_rows[0].2 < 1000, "failed at once: {rows:?}");
-    let silent_rows = of(silent_addr);
-    assert_eq!(silent_rows.len(), 1, "{rows:?}");
-    assert_eq!(silent_rows[0].1.as_deref(), Some("timed out"));
-    assert!(silent_rows[0].2 >= 1500, "{rows:?}");
-    assert_eq!(silent_rows[0].3, 0);
+    for addr in [silent_addr, silent6_addr] {
+        let silent_rows = of(addr);
+        assert_eq!(silent_rows.len(), 1, "{rows:?}");
+        assert_eq!(silent_rows[0].1.as_deref(), Some("timed out"));
+        assert!(silent_rows[0].2 >= 1500, "{rows:?}");
+        assert_eq!(silent_rows[0].3, 0);
+    }
 }
