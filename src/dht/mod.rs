@@ -1,7 +1,9 @@
 //! The application side of our mainline DHT node (the node itself is sans-IO:
 //! [`crate::proto::dht`]): [`host`] runs a worker's nodes on its UDP sockets.
 
+pub mod bootstrap;
 pub mod host;
+pub mod scan;
 
 use std::time::Duration;
 
