@@ -1,15 +1,18 @@
 //! [`ScanDht`]: what the scan does with a worker's DHT nodes ([`DhtHost`]).
 //!
 //! - **Lookups**: torrent `t` is looked up by node `t % dht.node_ids` (so by the worker that
-//!   runs it), a `get_peers` with BEP 33 scrape every `dht.lookup_secs`. The first lookups
+//!   runs it), a `get_peers` every `dht.lookup_secs`; every [`SCRAPE_EVERY`]th lookup of a
+//!   torrent asks for BEP 33 bloom filters instead (libtorrent answers a scrape with the
+//!   filters *instead of* peers, as BEP 33 allows, so the two can't be one lookup). The first lookups
 //!   start a few seconds after the start (the nodes bootstrap meanwhile) and are staggered
 //!   over `min(lookup_secs, 250 ms × torrents)`; a node runs at most `dht.max_lookups` of
 //!   them at once, the others wait their turn. A torrent still without metadata (a magnet or
 //!   bare info-hash) is looked up at least every [`WAITING_FOR_METADATA_SECS`]: the peers
 //!   found are where its metadata comes from.
-//! - **Results**: each finished lookup gives one `Discovery` record (source `dht`: every
-//!   distinct peer received, the duration, an error when no node answered) and one
-//!   `DhtLookup` record (nodes queried, replies, timeouts, BEP 33 seeds/peers estimates);
+//! - **Results**: each finished peers lookup gives one `Discovery` record (source `dht`:
+//!   every distinct peer received, the duration, an error when no node answered); every
+//!   lookup gives one `DhtLookup` record (nodes queried, replies, timeouts, peers, and for a
+//!   scrape lookup the BEP 33 seeds/downloaders estimates);
 //!   its peers are handed back to the driver, which routes them to their owning workers.
 //! - **Nodes from peers**: a peer's `port` message names its DHT node; it is pinged once
 //!   (and enters the routing table when it answers).
@@ -23,12 +26,14 @@ use std::net::SocketAddr;
 use super::host::{DatagramSink, DhtHost, HostConfig, HostEvent};
 use super::DhtSettings;
 use crate::engine::Millis;
-use crate::proto::dht::{AnnounceOptions, DhtConfig, GetPeersOptions, LookupError};
+use crate::proto::dht::{AnnounceOptions, DhtConfig, GetPeersOptions, LookupError, LookupKind};
 use crate::proto::krpc::Id20;
 use crate::scan::catalog::Catalog;
 use crate::store::record::{DhtLookupRecord, DhtNodeRecord, DiscoveryRecord, PeerSource, Record};
 use crate::store::writer::RecordSender;
 
+/// Every this many lookups of a torrent, one is a BEP 33 scrape (the first is not).
+pub const SCRAPE_EVERY: u32 = 4;
 /// A torrent without metadata is looked up at least this often.
 pub const WAITING_FOR_METADATA_SECS: u64 = 60;
 /// Good nodes are written to the database this often (and at stop).
@@ -57,6 +62,8 @@ pub struct ScanDht {
     /// Port announced with `dht.announce`.
     announce_port: u16,
     pinged: HashSet<SocketAddr>,
+    /// Lookups started per torrent (every [`SCRAPE_EVERY`]th is a scrape).
+    lookups_started: std::collections::HashMap<u32, u32>,
     records: RecordSender,
     epoch_unix_ms: i64,
     next_persist: Millis,
@@ -101,6 +108,7 @@ impl ScanDht {
             scheduled: 0,
             announce_port,
             pinged: HashSet::new(),
+            lookups_started: std::collections::HashMap::new(),
             records,
             epoch_unix_ms,
             next_persist: PERSIST_SECS * 1000,
@@ -204,6 +212,10 @@ impl ScanDht {
                         .as_millis()
                         .min(u32::MAX as u128) as u32;
                     let at = self.epoch_unix_ms + now as i64;
+                    let scrape = matches!(
+                        result.kind,
+                        LookupKind::GetPeers(GetPeersOptions { scrape: true, .. })
+                    );
                     tracing::debug!(
                         node,
                         torrent = %t.name,
@@ -212,15 +224,18 @@ impl ScanDht {
                         replies = result.replies,
                         "DHT lookup done"
                     );
-                    self.records.send(Record::Discovery(DiscoveryRecord {
-                        at,
-                        torrent_id: t.db_id,
-                        source: PeerSource::Dht,
-                        tracker: None,
-                        duration_ms,
-                        error: (result.replies == 0).then(|| "no DHT node answered".to_string()),
-                        peers: result.peers.clone(),
-                    }));
+                    if !scrape {
+                        self.records.send(Record::Discovery(DiscoveryRecord {
+                            at,
+                            torrent_id: t.db_id,
+                            source: PeerSource::Dht,
+                            tracker: None,
+                            duration_ms,
+                            error: (result.replies == 0)
+                                .then(|| "no DHT node answered".to_string()),
+                            peers: result.peers.clone(),
+                        }));
+                    }
                     self.records.send(Record::DhtLookup(DhtLookupRecord {
                         at,
                         torrent_id: t.db_id,
@@ -229,6 +244,7 @@ impl ScanDht {
                         replies: result.replies,
                         timeouts: result.timeouts,
                         peers: result.peers.len().min(u32::MAX as usize) as u32,
+                        scrape,
                         seeds_estimate: result.seeds_estimate,
                         peers_estimate: result.peers_estimate,
                     }));
@@ -295,8 +311,10 @@ impl ScanDht {
                 later.push((now + 100, torrent));
                 continue;
             }
+            let started = self.lookups_started.entry(torrent).or_insert(0);
+            let scrape = *started % SCRAPE_EVERY == SCRAPE_EVERY - 1;
             let options = GetPeersOptions {
-                scrape: true,
+                scrape,
                 noseed: false,
                 announce: (self.settings.announce && self.announce_port != 0).then_some(
                     AnnounceOptions {
@@ -310,7 +328,7 @@ impl ScanDht {
                 .host
                 .get_peers(node, u64::from(torrent), Id20(t.wire_hash), options, now)
             {
-                Ok(_) => {}
+                Ok(_) => *self.lookups_started.entry(torrent).or_insert(0) += 1,
                 Err(LookupError::NoNodes) => later.push((now + RETRY_MS, torrent)),
                 Err(LookupError::TooManyLookups(_)) => later.push((now + 500, torrent)),
             }

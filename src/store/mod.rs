@@ -253,6 +253,7 @@ const MIGRATIONS: &[&str] = &[
         replies        INTEGER NOT NULL,
         timeouts       INTEGER NOT NULL,
         peers          INTEGER NOT NULL,
+        scrape         INTEGER NOT NULL,     -- 1: a BEP 33 scrape (filters instead of peers)
         seeds_estimate REAL,
         peers_estimate REAL
     );

@@ -199,6 +199,8 @@ pub struct DhtLookupRecord {
     pub timeouts: u32,
     /// Distinct peers received.
     pub peers: u32,
+    /// A BEP 33 scrape lookup (asks for bloom filters; libtorrent then sends no peers).
+    pub scrape: bool,
     /// BEP 33 estimates of seeds and downloaders from the nodes' bloom filters (None when no
     /// node sent filters).
     pub seeds_estimate: Option<f64>,

@@ -991,8 +991,8 @@ impl WriterThread {
                     .conn
                     .prepare_cached(
                         "INSERT INTO dht_lookups (at, torrent_id, duration_ms, queried, replies, timeouts, peers,
-                            seeds_estimate, peers_estimate)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                            scrape, seeds_estimate, peers_estimate)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                     )?
                     .execute(params![
                         l.at,
@@ -1002,6 +1002,7 @@ impl WriterThread {
                         l.replies,
                         l.timeouts,
                         l.peers,
+                        l.scrape,
                         l.seeds_estimate,
                         l.peers_estimate
                     ])?;
