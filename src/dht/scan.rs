@@ -522,8 +522,7 @@ mod tests {
 
     #[test]
     fn a_torrent_waiting_for_metadata_is_looked_up_every_minute_with_scrapes_between() {
-        let mut torrents = Vec::new();
-        torrents.push(CatalogTorrent {
+        let catalog = Catalog::new(vec![CatalogTorrent {
             db_id: 1,
             wire_hash: [7; 20],
             alt_hash: None,
@@ -531,8 +530,7 @@ mod tests {
             piece_count: AtomicU32::new(0),
             total_size: 0,
             trackers: Vec::new(),
-        });
-        let catalog = Catalog::new(torrents);
+        }]);
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("m.sqlite")).unwrap();
         store
