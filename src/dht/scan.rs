@@ -16,6 +16,9 @@
 //!   its peers are handed back to the driver, which routes them to their owning workers.
 //! - **Nodes from peers**: a peer's `port` message names its DHT node; it is pinged once
 //!   (and enters the routing table when it answers).
+//! - **Our address**: the nodes' BEP 42 ids follow the `ip` our queries' answers name (a
+//!   vote of distinct nodes, in the node core); a tracker's BEP 24 `external ip` (from
+//!   [`OwnAddresses`]) is one more vote, all trackers together counting as one voter.
 //! - **Persistence**: the good nodes go to the database (`DhtNodes`) every
 //!   [`PERSIST_SECS`] and when the worker stops; the next run feeds them to its nodes.
 
@@ -29,8 +32,10 @@ use crate::engine::Millis;
 use crate::proto::dht::{AnnounceOptions, DhtConfig, GetPeersOptions, LookupError, LookupKind};
 use crate::proto::krpc::Id20;
 use crate::scan::catalog::Catalog;
+use crate::scan::own_addr::OwnAddresses;
 use crate::store::record::{DhtLookupRecord, DhtNodeRecord, DiscoveryRecord, PeerSource, Record};
 use crate::store::writer::RecordSender;
+use std::sync::Arc;
 
 /// Every this many lookups of a torrent, one is a BEP 33 scrape (the first is not).
 pub const SCRAPE_EVERY: u32 = 4;
@@ -68,6 +73,10 @@ pub struct ScanDht {
     epoch_unix_ms: i64,
     next_persist: Millis,
     now: Millis,
+    /// Where trackers' `external ip` is learned, and those voted for already.
+    own: Option<Arc<OwnAddresses>>,
+    tracker_ips_voted: Vec<std::net::IpAddr>,
+    next_own_check: Millis,
 }
 
 impl ScanDht {
@@ -113,6 +122,42 @@ impl ScanDht {
             epoch_unix_ms,
             next_persist: PERSIST_SECS * 1000,
             now: 0,
+            own: None,
+            tracker_ips_voted: Vec::new(),
+            next_own_check: 0,
+        }
+    }
+
+    /// Trackers' `external ip` reports (in `own`) become votes on our external address.
+    pub fn with_own_addresses(mut self, own: Arc<OwnAddresses>) -> ScanDht {
+        self.own = Some(own);
+        self
+    }
+
+    /// New tracker-reported addresses, at most once a second: one vote each, under the
+    /// trackers' voter address (unspecified, port 0: no node has it).
+    fn vote_tracker_addresses(&mut self, now: Millis) {
+        let Some(own) = &self.own else {
+            return;
+        };
+        if now < self.next_own_check {
+            return;
+        }
+        self.next_own_check = now + 1000;
+        for ip in own.from_trackers() {
+            if self.tracker_ips_voted.contains(&ip) {
+                continue;
+            }
+            if self.tracker_ips_voted.len() >= 64 {
+                self.tracker_ips_voted.remove(0);
+            }
+            self.tracker_ips_voted.push(ip);
+            let voter = if ip.is_ipv6() {
+                SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0))
+            } else {
+                SocketAddr::from(([0, 0, 0, 0], 0))
+            };
+            self.host.external_address_hint(voter, ip, now);
         }
     }
 
@@ -193,6 +238,7 @@ impl ScanDht {
         if !self.host.is_running() {
             return Vec::new();
         }
+        self.vote_tracker_addresses(now);
         self.schedule_new(now, catalog);
         self.start_due(now, catalog);
         self.host.poll_transmit(now, out);
