@@ -567,6 +567,62 @@ mod tests {
     }
 
     #[test]
+    fn a_node_named_by_a_port_message_is_pinged_once_and_joins_when_it_answers() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("p.sqlite")).unwrap();
+        let writer = Writer::start(
+            store,
+            Anonymizer::new(IpMode::Full, [1; 32]),
+            WriterOptions {
+                batch_rows: 1,
+                batch_ms: 10,
+                channel_capacity: 64,
+                threshold: 0.98,
+                unwritable: Duration::from_secs(60),
+                geo: Default::default(),
+            },
+        )
+        .unwrap();
+        let settings = DhtSettings {
+            enabled: true,
+            bootstrap: Vec::new(),
+            node_ids: 1,
+            lookup_interval: Duration::from_secs(900),
+            max_lookups: 8,
+            read_only: false,
+            announce: false,
+        };
+        let mut dht = ScanDht::new(settings, 0, 1, Vec::new(), &[], 0, writer.sender(), 0);
+        let catalog = Catalog::new(Vec::new());
+        let peer_node: SocketAddr = "127.0.0.7:6881".parse().unwrap();
+        assert!(
+            !dht.node_from_peer(peer_node, 0),
+            "no node runs before the sockets are bound"
+        );
+        dht.on_udp_bound(&["127.0.0.5:6881".parse().unwrap()], 0);
+        assert!(dht.node_from_peer(peer_node, 10));
+        assert!(
+            dht.node_from_peer(peer_node, 20),
+            "known already: not pinged again"
+        );
+        // A public node named by a peer is not reachable from loopback: never pinged.
+        assert!(dht.node_from_peer("203.0.113.9:6881".parse().unwrap(), 20));
+        let mut sent: Sent = Vec::new();
+        dht.poll(30, &catalog, &mut sent);
+        let pings: Vec<&SocketAddr> = sent.iter().map(|(_, to, _)| to).collect();
+        assert_eq!(pings, vec![&peer_node]);
+        assert_eq!(dht.host().routing_nodes(), 0);
+        answer(&mut dht, sent, 40, &[]);
+        assert_eq!(
+            dht.host().routing_nodes(),
+            1,
+            "it answered: in the routing table"
+        );
+        drop(dht);
+        writer.finish().unwrap();
+    }
+
+    #[test]
     fn a_torrent_waiting_for_metadata_is_looked_up_every_minute_with_scrapes_between() {
         let catalog = Catalog::new(vec![CatalogTorrent {
             db_id: 1,
