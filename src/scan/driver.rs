@@ -228,6 +228,8 @@ pub enum WorkerMsg {
         source: u8,
         addrs: Vec<SocketAddr>,
     },
+    /// A peer's `port` message named this DHT node: ping it (sent to a worker running a node).
+    DhtNode(SocketAddr),
     /// An incoming connection evaluated a peer this worker owns (`Incoming`), or a watched
     /// incoming connection observed it live (`Watched`).
     Visited {
@@ -404,6 +406,8 @@ pub struct ScanDriver {
     udp_locals: Vec<SocketAddr>,
     /// UDP tracker requests routed to this worker (see `scan::udp_tracker`).
     udp_trackers: Option<UdpTrackers>,
+    /// Our DHT nodes on this worker and the lookups of its torrents (`dht.enabled`).
+    dht: Option<crate::dht::scan::ScanDht>,
     pub counters: Arc<WorkerCounters>,
 }
 
@@ -460,6 +464,7 @@ impl ScanDriver {
             )),
             udp_locals: Vec::new(),
             udp_trackers: None,
+            dht: None,
             counters: Arc::new(WorkerCounters::default()),
         }
     }
@@ -468,6 +473,28 @@ impl ScanDriver {
     pub fn with_udp_trackers(mut self, trackers: UdpTrackers) -> ScanDriver {
         self.udp_trackers = Some(trackers);
         self
+    }
+
+    /// Run this worker's DHT nodes and look its torrents up in the DHT (`[dht]`).
+    pub fn with_dht(mut self, dht: crate::dht::scan::ScanDht) -> ScanDriver {
+        self.dht = Some(dht);
+        self
+    }
+
+    /// A peer's `port` message: its DHT node is pinged by a worker that runs a node (this
+    /// one, or worker 0, which always runs node 0).
+    fn dht_node_from_peer(&mut self, peer: SocketAddr, port: u16, now: Millis) {
+        if port == 0 {
+            return;
+        }
+        let node = SocketAddr::new(peer.ip(), port);
+        let here = self
+            .dht
+            .as_mut()
+            .is_some_and(|d| d.node_from_peer(node, now));
+        if !here && self.worker != 0 && self.dht.is_some() {
+            self.outbox[0].push(WorkerMsg::DhtNode(node));
+        }
     }
 
     /// When to talk MSE/PE to a peer (`net.encryption`).
@@ -705,6 +732,9 @@ impl ScanDriver {
         if let Some(ip) = report.yourip {
             self.own.learn_from_peer(ip); // how peers see us: PEX lists us under it
         }
+        if let Some(port) = report.dht_port {
+            self.dht_node_from_peer(addr, port, at_ms);
+        }
         if !report.pex.is_empty() {
             let mut pex = report.pex.clone();
             self.own.drop_own_pex(&mut pex);
@@ -881,6 +911,11 @@ impl ScanDriver {
                     }
                 }
                 WorkerMsg::Policy(policy) => self.policy = policy,
+                WorkerMsg::DhtNode(node) => {
+                    if let Some(d) = &mut self.dht {
+                        d.node_from_peer(node, now);
+                    }
+                }
                 WorkerMsg::Peers {
                     torrent,
                     source,
@@ -1423,12 +1458,16 @@ impl WorkerDriver for ScanDriver {
 
     fn on_udp_bound(&mut self, udp: &[SocketAddr]) {
         self.udp_locals = udp.to_vec();
+        if let Some(d) = &mut self.dht {
+            d.on_udp_bound(udp, self.last_tick);
+        }
     }
+
 
     fn datagram(
         &mut self,
         now: Millis,
-        _local: SocketAddr,
+        local: SocketAddr,
         from: SocketAddr,
         bytes: &[u8],
         out: &mut DatagramQueue,
@@ -1436,7 +1475,12 @@ impl WorkerDriver for ScanDriver {
         // Each protocol on the shared sockets gets its arm here; until it has a handler its
         // datagrams are only counted.
         let counter = match classify(bytes) {
-            DatagramKind::Krpc => &self.counters.udp_krpc,
+            DatagramKind::Krpc => {
+                if let Some(d) = &mut self.dht {
+                    d.datagram(now, local, from, bytes);
+                }
+                &self.counters.udp_krpc
+            }
             DatagramKind::Utp => &self.counters.udp_utp,
             DatagramKind::TrackerReply => {
                 if let Some(trackers) = &mut self.udp_trackers {
@@ -1452,6 +1496,12 @@ impl WorkerDriver for ScanDriver {
     fn poll_datagrams(&mut self, now: Millis, out: &mut DatagramQueue) {
         if let Some(trackers) = &mut self.udp_trackers {
             trackers.poll(now, out);
+        }
+        if let Some(d) = &mut self.dht {
+            for (torrent, mut peers) in d.poll(now, &self.catalog, out) {
+                self.own.drop_own_pex(&mut peers);
+                self.route_peers(torrent, PeerSource::Dht.mask(), peers.into_iter());
+            }
         }
     }
 
@@ -1470,7 +1520,11 @@ impl WorkerDriver for ScanDriver {
 
     fn next_wakeup(&self) -> Option<Millis> {
         // Revisit times have one-second resolution; the inbox is polled at least this often.
-        Some(self.last_tick + 50)
+        let inbox = self.last_tick + 50;
+        Some(match self.dht.as_ref().and_then(|d| d.next_deadline()) {
+            Some(t) => t.min(inbox),
+            None => inbox,
+        })
     }
 
     fn should_stop(&self) -> bool {
