@@ -31,6 +31,9 @@ use crate::store::record::{
 };
 use crate::store::writer::RecordSender;
 
+mod utp_plane;
+pub use utp_plane::{UtpSettings, UtpStats};
+
 /// A peer session ([`PeerSession`]: encryption layer and probe, sans-IO) adapted to the
 /// engine's conversation contract: it supplies the session's settings, torrent lookup and
 /// the worker's MSE key, pads and incoming DH budget, and maps its steps to verdicts.
@@ -93,6 +96,12 @@ impl ProbeConv {
     /// See [`PeerSession::with_peer_id_nonce`].
     pub fn with_peer_id_nonce(mut self, nonce: u64) -> ProbeConv {
         self.session = self.session.with_peer_id_nonce(nonce);
+        self
+    }
+
+    /// See [`PeerSession::over_utp`].
+    pub fn over_utp(mut self) -> ProbeConv {
+        self.session = self.session.over_utp();
         self
     }
 
@@ -401,6 +410,8 @@ pub struct ScanDriver {
     mse_budget: Arc<IncomingDhBudget>,
     /// This worker's UDP sockets as bound (DHT, uTP and UDP trackers share them).
     udp_locals: Vec<SocketAddr>,
+    /// uTP connections, timers and transport memory (see [`utp_plane`]).
+    utp: utp_plane::UtpPlane,
     pub counters: Arc<WorkerCounters>,
 }
 
@@ -456,6 +467,7 @@ impl ScanDriver {
                 crate::config::NetConfig::default().mse_incoming_per_sec,
             )),
             udp_locals: Vec::new(),
+            utp: utp_plane::UtpPlane::new(UtpSettings::default(), epoch_unix_ms as u64),
             counters: Arc::new(WorkerCounters::default()),
         }
     }
@@ -1144,10 +1156,10 @@ impl ScanDriver {
     }
 }
 
-impl WorkerDriver for ScanDriver {
-    type Conv = ProbeConv;
-
-    fn next_probe(&mut self, now: Millis) -> Option<ProbeRequest<ProbeConv>> {
+impl ScanDriver {
+    /// The next due peer, marked in flight, with its conversation (TCP or uTP: see
+    /// [`ScanDriver::next_probe_any`]).
+    fn pick_probe(&mut self, now: Millis) -> Option<ProbeRequest<ProbeConv>> {
         // Back-pressure: while the writer is behind (its channel is full and this worker's
         // records wait in the overflow queue), no new probe starts; probes in flight finish.
         if self.records.pending() > 0 && self.records.pump() > 0 {
@@ -1220,6 +1232,14 @@ impl WorkerDriver for ScanDriver {
             token: idx as u64,
             conv,
         })
+    }
+}
+
+impl WorkerDriver for ScanDriver {
+    type Conv = ProbeConv;
+
+    fn next_probe(&mut self, now: Millis) -> Option<ProbeRequest<ProbeConv>> {
+        self.next_probe_any(now)
     }
 
     fn on_ask(
@@ -1332,6 +1352,7 @@ impl WorkerDriver for ScanDriver {
             return;
         }
         let kind = done.conv.kind;
+        let tried = utp_plane::TransportTry::of(&done);
         let mse_attempted = done.conv.mse_attempted();
         // Retried at once the other way where the setting allows (see `retry_other_way`).
         let fallback = done.conv.session().fallback();
@@ -1356,6 +1377,10 @@ impl WorkerDriver for ScanDriver {
             }
             false
         };
+        // TCP ↔ uTP (`net.utp`): the transport that works is remembered; one that fails is
+        // left for the other at once.
+        let retry = self.transport_after_probe(idx, tried, fallback, retry);
+        let p = self.table.get_mut(idx);
         if p.has(flag::WATCHED_INCOMING) {
             // Its incoming connection is watched; visits resume when that ends.
             p.next_visit = NOT_SCHEDULED;
@@ -1417,26 +1442,46 @@ impl WorkerDriver for ScanDriver {
 
     fn datagram(
         &mut self,
-        _now: Millis,
-        _local: SocketAddr,
-        _from: SocketAddr,
+        now: Millis,
+        local: SocketAddr,
+        from: SocketAddr,
         bytes: &[u8],
-        _out: &mut DatagramQueue,
+        out: &mut DatagramQueue,
     ) {
         // Each protocol on the shared sockets gets its arm here; until it has a handler its
         // datagrams are only counted.
         let counter = match classify(bytes) {
             DatagramKind::Krpc => &self.counters.udp_krpc,
-            DatagramKind::Utp => &self.counters.udp_utp,
+            DatagramKind::Utp => {
+                self.counters.udp_utp.fetch_add(1, Ordering::Relaxed);
+                self.utp_datagram(now, local, from, bytes, out);
+                return;
+            }
             DatagramKind::TrackerReply => &self.counters.udp_tracker,
             DatagramKind::Other => &self.counters.udp_other,
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
+    fn poll_datagrams(&mut self, now: Millis, out: &mut DatagramQueue) {
+        self.utp_poll(now, out);
+    }
+
+    fn datagram_error(
+        &mut self,
+        now: Millis,
+        _local: SocketAddr,
+        to: SocketAddr,
+        errno: i32,
+        _out: &mut DatagramQueue,
+    ) {
+        self.utp_unreachable(now, to, errno);
+    }
+
     fn next_wakeup(&self) -> Option<Millis> {
         // Revisit times have one-second resolution; the inbox is polled at least this often.
-        Some(self.last_tick + 50)
+        let inbox = self.last_tick + 50;
+        Some(self.utp_wakeup().map_or(inbox, |t| t.min(inbox)))
     }
 
     fn should_stop(&self) -> bool {
@@ -1497,6 +1542,7 @@ const INCOMING_TOKEN: u64 = 1 << 63;
 
 impl Drop for ScanDriver {
     fn drop(&mut self) {
+        self.utp_cancel_all();
         self.flush_outbox();
         self.counters
             .mse_incoming_refused
@@ -1536,7 +1582,11 @@ pub fn outcome_record(
     } else {
         ProbeResult::Failed(error_class(report))
     };
-    let mut transport = Transport::TCP;
+    let mut transport = if report.utp {
+        Transport::UTP
+    } else {
+        Transport::TCP
+    };
     if addr.is_ipv6() && addr.ip().to_canonical().is_ipv6() {
         transport = transport | Transport::IPV6;
     }
@@ -1569,6 +1619,7 @@ pub fn outcome_record(
 /// The thesis' error classes (table 5.7) for a probe that learned no progress.
 pub fn error_class(report: &ProbeReport) -> ErrorClass {
     match &report.end {
+        ProbeEnd::SocketError(e) if report.utp => ErrorClass::from_utp_errno(*e),
         ProbeEnd::SocketError(e) => ErrorClass::from_errno(*e),
         ProbeEnd::UnknownProtocol => ErrorClass::UnknownProtocol,
         // A BitTorrent peer that broke the protocol before stating its progress; before its
