@@ -509,7 +509,9 @@ impl ScanDriver {
             Some(_) => at = at.min(p.started_at + self.utp.settings.connect_timeout_ms),
             None => at = at.min(p.linger_until),
         }
-        at.max(now)
+        // Never now: a deadline that stays in the past (a watch polled each tick) must not
+        // spin the timer loop.
+        at.max(now + 1)
     }
 
     /// Moves a connection on after anything happened to it (a datagram, a timer): the
