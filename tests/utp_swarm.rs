@@ -5,10 +5,13 @@
 //!
 //! * Tracker: npm `bittorrent-tracker` 11 as in tests/swarm_defaults.rs (UDP on 127.0.0.1,
 //!   HTTP on [::1]).
-//! * Clients: libtorrent 2.1.1 through tests/py/swarm_kinds.py `--kinds utp,utpenc`: a seeder
-//!   (TCP and uTP) and six leechers on their own 127.0.0.x addresses, 8 s apart, download-rate
-//!   limited to about half a minute each. The clients report when they crossed the threshold
-//!   and finished: the ground truth.
+//! * Clients: libtorrent 2.1.1 through tests/py/swarm_kinds.py
+//!   `--kinds utp,utpenc,utpin,utpinenc`: a seeder (TCP and uTP) and eight leechers on their
+//!   own 127.0.0.x addresses, 8 s apart, download-rate limited to about half a minute each.
+//!   `utp*` leechers dial out over uTP (to swarmscan too, which then watches them on their
+//!   connection); `utpin*` ones dial nobody (outgoing uTP off as well), so swarmscan reaches
+//!   them only by its own uTP probes. The clients report when they crossed the threshold and
+//!   finished: the ground truth.
 //! * swarmscan: `swarmscan run --set database=… --set net.listen=[127.0.0.1:P, [::1]:P]
 //!   --set peer.revisit_secs=5 --set tracker.announce_secs=10
 //!   --set tracker.respect_interval=false --for 100s TORRENT`. Its default `net.utp =
@@ -16,8 +19,9 @@
 //!   (that is what libtorrent does with incoming TCP off), on plaintext and MSE alike, so
 //!   swarmscan turns to uTP; the leechers also dial swarmscan over uTP themselves.
 //!
-//! Asserted: every leecher that finished is confirmed and its row's transport includes `utp`;
-//! no other peer is confirmed (the seeder never); the report's transport table names uTP. The
+//! Asserted: every leecher that finished is confirmed and its row's transport includes `utp`
+//! (for `utpin*` leechers never `incoming`: swarmscan's outgoing uTP probes saw them); no other
+//! peer is confirmed (the seeder never); the report's transport table names uTP. The
 //! test prints one line per client on success and failure alike.
 //!
 //! Every child process is killed when the test ends, on every path; every wait has a hard
@@ -38,10 +42,10 @@ mod common;
 use common::process::{read_to_string_lossy, wait_collecting, ChildGuard, StdoutLines};
 use common::{free_port_on_all, now_ms, python_with_libtorrent, test_dir};
 
-/// Leechers (kinds utp and utpenc in turn: three of each).
-const LEECHERS: usize = 6;
-/// How long swarmscan scans. The last leecher starts 42 s after "go" and needs about 30 s.
-const SCAN_SECS: u64 = 100;
+/// Leechers (kinds utp, utpenc, utpin and utpinenc in turn: two of each).
+const LEECHERS: usize = 8;
+/// How long swarmscan scans. The last leecher starts 58 s after "go" and needs about 30 s.
+const SCAN_SECS: u64 = 110;
 /// A finished leecher must have finished this long before the scan ended (else the swarm was
 /// too slow on this machine for the test to say anything).
 const FINISH_MARGIN_MS: i64 = 8_000;
@@ -266,6 +270,13 @@ fn over_utp(row: &Json) -> bool {
         .is_some_and(|t| t.split('+').any(|x| x == "utp"))
 }
 
+/// Whether a row has a successful contact on a connection the peer opened.
+fn incoming(row: &Json) -> bool {
+    row["transport"]
+        .as_str()
+        .is_some_and(|t| t.split('+').any(|x| x == "incoming"))
+}
+
 /// Seconds since `t0`, for the table.
 fn rel(t: Option<i64>, t0: i64) -> String {
     t.map_or("-".into(), |t| format!("{:+.1}s", (t - t0) as f64 / 1000.0))
@@ -298,7 +309,7 @@ fn confirms_exactly_the_finished_leechers_that_speak_utp_only() {
                 "--leechers",
                 &LEECHERS.to_string(),
                 "--kinds",
-                "utp,utpenc",
+                "utp,utpenc,utpin,utpinenc",
                 "--max-secs",
                 &(SCAN_SECS + 20).to_string(),
                 "--workdir",
@@ -544,6 +555,14 @@ fn confirms_exactly_the_finished_leechers_that_speak_utp_only() {
                          (a client with TCP off): {r}",
                         p.name, p.kind
                     )),
+                    // It dials nobody: swarmscan reached it by its own uTP probes.
+                    (Some(r), _, _) if p.kind.starts_with("utpin") && incoming(r) => {
+                        failures.push(format!(
+                            "{} ({}, {addr}) opens no connection, yet a contact is marked \
+                             incoming: {r}",
+                            p.name, p.kind
+                        ))
+                    }
                     _ => {}
                 }
             }

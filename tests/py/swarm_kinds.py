@@ -20,6 +20,10 @@ Kinds, taken in turn (so that every kind is spread over the whole run):
   utp      127.0.0.x, TCP off both ways (enable_incoming_tcp / enable_outgoing_tcp false): it
            talks uTP only (tests/utp_swarm.rs; not among the default kinds).
   utpenc   as utp, with encryption forced both ways.
+  utpin    as utp, and it opens no connection itself (enable_outgoing_utp false): reachable only
+           by peers that dial it over uTP (swarmscan, the seeder, later leechers). The seeder
+           then re-announces every 5 s so that it learns of such leechers.
+  utpinenc as utpin, with encryption forced both ways.
 --kinds picks the kinds (comma-separated, taken in turn; default plain,nat,enc,v6).
 The seeder listens on 127.0.0.x and on ::1. In every kind, every second leecher (from the first)
 quits the moment it finishes (it exits on libtorrent's torrent_finished_alert); the others keep
@@ -131,10 +135,12 @@ def session_settings(kind, listen, outgoing, rate):
         # Unreachable from outside: inbound TCP SYNs are rejected by the test's iptables rule;
         # inbound uTP is refused here (rejecting UDP to the port would drop tracker replies).
         settings["enable_incoming_utp"] = False
-    if kind in ("utp", "utpenc"):
+    if kind in ("utp", "utpenc", "utpin", "utpinenc"):
         settings["enable_incoming_tcp"] = False
         settings["enable_outgoing_tcp"] = False
-    if kind in ("enc", "utpenc"):
+    if kind in ("utpin", "utpinenc"):
+        settings["enable_outgoing_utp"] = False
+    if kind in ("enc", "utpenc", "utpinenc"):
         settings["out_enc_policy"] = int(lt.enc_policy.forced)
         settings["in_enc_policy"] = int(lt.enc_policy.forced)
     if kind in ("v6", "seeder"):
@@ -159,6 +165,7 @@ def run_client(argv):
     ap.add_argument("--torrent", required=True)
     ap.add_argument("--save", required=True)
     ap.add_argument("--max-secs", type=float, required=True)
+    ap.add_argument("--reannounce-secs", type=float, default=0.0)
     args = ap.parse_args(argv)
     deadline = time.monotonic() + args.max_secs
     stop = threading.Event()
@@ -184,7 +191,11 @@ def run_client(argv):
     crossed = args.kind == "seeder"
     finished = args.kind == "seeder"
     last_snapshot = 0.0
+    last_announce = time.monotonic()
     while not stop.is_set() and time.monotonic() < deadline:
+        if args.reannounce_secs and time.monotonic() - last_announce >= args.reannounce_secs:
+            last_announce = time.monotonic()
+            h.force_reannounce()
         s.wait_for_alert(20)
         for a in s.pop_alerts():
             if isinstance(a, lt.piece_finished_alert):
@@ -253,7 +264,7 @@ def main():
     args = ap.parse_args()
     kinds = args.kinds.split(",")
     for k in kinds:
-        if k not in KINDS + ("utp", "utpenc"):
+        if k not in KINDS + ("utp", "utpenc", "utpin", "utpinenc"):
             ap.error(f"unknown kind {k!r}")
 
     stop = threading.Event()
@@ -321,6 +332,8 @@ def main():
                        "--max-secs", str(left)]
                 if quits:
                     cmd.append("--quits")
+                if kind == "seeder" and ("utpin" in kinds or "utpinenc" in kinds):
+                    cmd += ["--reannounce-secs", "5"]
                 proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         text=True)
                 t = threading.Thread(target=forward, args=(proc,), daemon=True)

@@ -703,3 +703,158 @@ impl ScanDriver {
         false
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scan::peer_table::Inserted;
+
+    /// A driver with one peer (index returned) and an IPv4 UDP socket, under `mode`; the
+    /// writer and its directory first, so that the driver is dropped before them.
+    fn driver(
+        mode: UtpMode,
+    ) -> (
+        crate::store::writer::Writer,
+        tempfile::TempDir,
+        PeerIdx,
+        ScanDriver,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(&dir.path().join("t.sqlite")).unwrap();
+        let writer = crate::store::writer::Writer::start(
+            store,
+            crate::store::anon::Anonymizer::new(crate::config::IpMode::Full, [1; 32]),
+            crate::store::writer::WriterOptions::from(&crate::config::Config::default()),
+        )
+        .unwrap();
+        let catalog = crate::scan::catalog::Catalog::new(Vec::new());
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let mut d = ScanDriver::new(
+            0,
+            catalog,
+            Arc::new(Default::default()),
+            crate::scan::revisit::RevisitPolicy::from(&crate::config::Config::default()),
+            16,
+            rx,
+            vec![tx],
+            writer.sender(),
+            0,
+            Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            Arc::new(crate::scan::blocklist::Blocklist::default()),
+        )
+        .with_utp(UtpSettings {
+            mode,
+            ..UtpSettings::default()
+        });
+        d.on_udp_bound(&["127.0.0.1:6881".parse().unwrap()]);
+        let Inserted::New(idx) = d.table.insert(0, "127.0.0.9:7000".parse().unwrap(), 1, 0)
+        else {
+            panic!("a new peer")
+        };
+        (writer, dir, idx, d)
+    }
+
+    const REFUSED: TransportTry = TransportTry {
+        utp: false,
+        connect_failed: true,
+        handshake: false,
+    };
+
+    fn refused(utp: bool) -> TransportTry {
+        TransportTry { utp, ..REFUSED }
+    }
+
+    fn answered(utp: bool) -> TransportTry {
+        TransportTry {
+            utp,
+            connect_failed: false,
+            handshake: true,
+        }
+    }
+
+    const NO_FALLBACK: Fallback = Fallback {
+        hung_up: false,
+        mse_failed: false,
+        silent: false,
+    };
+
+    #[test]
+    fn fallback_turns_to_utp_at_once_when_tcp_is_refused_and_remembers_it() {
+        let (_w, _dir, idx, mut d) = driver(UtpMode::Fallback);
+        assert!(!d.utp.prefers_utp(idx), "TCP first");
+        assert!(d.transport_after_probe(idx, refused(false), NO_FALLBACK, false));
+        assert!(d.utp.prefers_utp(idx), "uTP at once");
+        assert!(!d.transport_after_probe(idx, answered(true), NO_FALLBACK, false));
+        assert!(d.utp.prefers_utp(idx), "uTP worked: first choice from now on");
+        // The peer's uTP goes away: TCP is tried at once (a new chain may switch once).
+        assert!(d.transport_after_probe(idx, refused(true), NO_FALLBACK, false));
+        assert!(!d.utp.prefers_utp(idx));
+        // TCP refused too in the same chain: no more immediate tries; the default is back.
+        assert!(!d.transport_after_probe(idx, refused(false), NO_FALLBACK, false));
+        assert!(!d.utp.prefers_utp(idx));
+        assert!(d.utp.ways.is_empty(), "nothing remembered for a default peer");
+    }
+
+    #[test]
+    fn a_peer_that_hangs_up_on_every_encryption_over_tcp_gets_utp_with_fresh_flags() {
+        let (_w, _dir, idx, mut d) = driver(UtpMode::Fallback);
+        d.table.get_mut(idx).flags |= flag::USE_MSE | flag::MSE_FAILED;
+        let hung_up = Fallback {
+            hung_up: true,
+            mse_failed: false,
+            silent: true,
+        };
+        let tried = TransportTry {
+            utp: false,
+            connect_failed: false,
+            handshake: false,
+        };
+        // While the encryption fallback still has a try, it goes first (same transport).
+        assert!(d.transport_after_probe(idx, tried, hung_up, true));
+        assert!(!d.utp.prefers_utp(idx));
+        assert!(d.transport_after_probe(idx, tried, hung_up, false));
+        assert!(d.utp.prefers_utp(idx));
+        assert_eq!(
+            d.table.get(idx).flags & (flag::USE_MSE | flag::MSE_FAILED),
+            0,
+            "uTP starts over with plaintext"
+        );
+    }
+
+    #[test]
+    fn prefer_turns_to_tcp_when_utp_gets_no_answer_and_off_never_uses_utp() {
+        let (_w, _dir, idx, mut d) = driver(UtpMode::Prefer);
+        assert!(d.utp.prefers_utp(idx), "uTP first");
+        assert!(d.transport_after_probe(idx, refused(true), NO_FALLBACK, false));
+        assert!(!d.utp.prefers_utp(idx));
+        assert!(!d.transport_after_probe(idx, answered(false), NO_FALLBACK, false));
+        assert!(!d.utp.prefers_utp(idx), "TCP worked: remembered");
+
+        let (_w, _dir, idx, mut d) = driver(UtpMode::Off);
+        assert!(!d.utp.prefers_utp(idx));
+        assert!(!d.transport_after_probe(idx, refused(false), NO_FALLBACK, false));
+        assert!(!d.utp.prefers_utp(idx));
+        assert!(d.transport_after_probe(idx, refused(false), NO_FALLBACK, true));
+    }
+
+    #[test]
+    fn without_a_udp_socket_of_the_peers_family_tcp_failures_stay_on_tcp() {
+        let (_w, _dir, idx, mut d) = driver(UtpMode::Fallback);
+        d.on_udp_bound(&["[::1]:6881".parse().unwrap()]);
+        assert!(!d.transport_after_probe(idx, refused(false), NO_FALLBACK, false));
+        assert!(!d.utp.prefers_utp(idx));
+    }
+
+    #[test]
+    fn close_reasons_map_to_the_utp_error_classes() {
+        use crate::store::record::ErrorClass;
+        let class = |reason, connected| {
+            close_errno(reason, connected).map(ErrorClass::from_utp_errno)
+        };
+        assert_eq!(class(CloseReason::TimedOut, false), Some(ErrorClass::UtpTimedOut));
+        assert_eq!(class(CloseReason::Reset, false), Some(ErrorClass::UtpRefused));
+        assert_eq!(class(CloseReason::Reset, true), Some(ErrorClass::UtpReset));
+        assert_eq!(class(CloseReason::Aborted, true), Some(ErrorClass::UtpProtocol));
+        assert_eq!(class(CloseReason::Finished, true), None);
+    }
+}
