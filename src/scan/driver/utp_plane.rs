@@ -281,28 +281,27 @@ impl ScanDriver {
             if !self.utp.prefers_utp(idx) {
                 return Some(req);
             }
-            match self.utp_start(now, req) {
-                Ok(()) => {}
-                Err(req) => return Some(req),
+            if let Some(req) = self.utp_start(now, req) {
+                return Some(req);
             }
         }
         None
     }
 
-    /// Starts an outgoing probe over uTP; gives the request back when uTP cannot reach the
-    /// address (no UDP socket of its family).
+    /// Starts an outgoing probe over uTP; gives the request back (for TCP) when uTP cannot
+    /// reach the address (no UDP socket of its family).
     fn utp_start(
         &mut self,
         now: Millis,
         req: ProbeRequest<ProbeConv>,
-    ) -> Result<(), ProbeRequest<ProbeConv>> {
+    ) -> Option<ProbeRequest<ProbeConv>> {
         let remote = req.addr;
         let Some(&local) = self
             .udp_locals
             .iter()
             .find(|l| l.is_ipv4() == remote.is_ipv4())
         else {
-            return Err(req);
+            return Some(req);
         };
         let mut id = self.utp.random() as u16;
         for _ in 0..8 {
@@ -312,7 +311,7 @@ impl ScanDriver {
             id = self.utp.random() as u16;
         }
         if self.utp.conns.contains_key(&(remote, id)) {
-            return Err(req);
+            return Some(req);
         }
         let now_us = self.utp.now_us();
         let seq = self.utp.random() as u16;
@@ -336,7 +335,7 @@ impl ScanDriver {
         let at = self.utp_timer(now, now_us, &p);
         self.utp.schedule(&mut p, at);
         self.utp.conns.insert((remote, id), p);
-        Ok(())
+        None
     }
 
     /// A uTP datagram arrived (see [`super::super::udp_demux`]).
@@ -708,6 +707,7 @@ impl ScanDriver {
 mod tests {
     use super::*;
     use crate::scan::peer_table::Inserted;
+    use std::sync::Arc;
 
     /// A driver with one peer (index returned) and an IPv4 UDP socket, under `mode`; the
     /// writer and its directory first, so that the driver is dropped before them.
@@ -747,8 +747,7 @@ mod tests {
             ..UtpSettings::default()
         });
         d.on_udp_bound(&["127.0.0.1:6881".parse().unwrap()]);
-        let Inserted::New(idx) = d.table.insert(0, "127.0.0.9:7000".parse().unwrap(), 1, 0)
-        else {
+        let Inserted::New(idx) = d.table.insert(0, "127.0.0.9:7000".parse().unwrap(), 1, 0) else {
             panic!("a new peer")
         };
         (writer, dir, idx, d)
@@ -785,14 +784,20 @@ mod tests {
         assert!(d.transport_after_probe(idx, refused(false), NO_FALLBACK, false));
         assert!(d.utp.prefers_utp(idx), "uTP at once");
         assert!(!d.transport_after_probe(idx, answered(true), NO_FALLBACK, false));
-        assert!(d.utp.prefers_utp(idx), "uTP worked: first choice from now on");
+        assert!(
+            d.utp.prefers_utp(idx),
+            "uTP worked: first choice from now on"
+        );
         // The peer's uTP goes away: TCP is tried at once (a new chain may switch once).
         assert!(d.transport_after_probe(idx, refused(true), NO_FALLBACK, false));
         assert!(!d.utp.prefers_utp(idx));
         // TCP refused too in the same chain: no more immediate tries; the default is back.
         assert!(!d.transport_after_probe(idx, refused(false), NO_FALLBACK, false));
         assert!(!d.utp.prefers_utp(idx));
-        assert!(d.utp.ways.is_empty(), "nothing remembered for a default peer");
+        assert!(
+            d.utp.ways.is_empty(),
+            "nothing remembered for a default peer"
+        );
     }
 
     #[test]
@@ -848,13 +853,21 @@ mod tests {
     #[test]
     fn close_reasons_map_to_the_utp_error_classes() {
         use crate::store::record::ErrorClass;
-        let class = |reason, connected| {
-            close_errno(reason, connected).map(ErrorClass::from_utp_errno)
-        };
-        assert_eq!(class(CloseReason::TimedOut, false), Some(ErrorClass::UtpTimedOut));
-        assert_eq!(class(CloseReason::Reset, false), Some(ErrorClass::UtpRefused));
+        let class =
+            |reason, connected| close_errno(reason, connected).map(ErrorClass::from_utp_errno);
+        assert_eq!(
+            class(CloseReason::TimedOut, false),
+            Some(ErrorClass::UtpTimedOut)
+        );
+        assert_eq!(
+            class(CloseReason::Reset, false),
+            Some(ErrorClass::UtpRefused)
+        );
         assert_eq!(class(CloseReason::Reset, true), Some(ErrorClass::UtpReset));
-        assert_eq!(class(CloseReason::Aborted, true), Some(ErrorClass::UtpProtocol));
+        assert_eq!(
+            class(CloseReason::Aborted, true),
+            Some(ErrorClass::UtpProtocol)
+        );
         assert_eq!(class(CloseReason::Finished, true), None);
     }
 }
