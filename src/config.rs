@@ -1301,6 +1301,9 @@ mod tests {
         );
         let e = set(&["privacy.ip=everything"]).unwrap_err().to_string();
         assert!(e.contains("`privacy.ip`") && e.contains("hmac"), "{e}");
+        let e = set(&["net.utp=always"]).unwrap_err().to_string();
+        assert!(e.contains("`net.utp`") && e.contains("prefer"), "{e}");
+        assert_eq!(set(&["net.utp=off"]).unwrap().net.utp, UtpMode::Off);
         let e = Config::from_toml_str("peer = 3\n").unwrap_err().to_string();
         assert!(e.contains("`peer`") && e.contains("table"), "{e}");
     }
