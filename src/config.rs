@@ -109,6 +109,19 @@ pub enum Encryption {
     Require,
 }
 
+/// When to probe peers over uTP (BEP 29) instead of TCP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UtpMode {
+    /// TCP only; incoming uTP connections are not accepted either.
+    Off,
+    /// TCP first; uTP when TCP is refused or the peer hangs up on every try; remember per
+    /// peer what worked.
+    Fallback,
+    /// uTP first; TCP when uTP gets no answer; remember per peer what worked.
+    Prefer,
+}
+
 /// `[net]`: listeners and transports.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -119,6 +132,8 @@ pub struct NetConfig {
     pub ipv6: bool,
     /// MSE/PE use.
     pub encryption: Encryption,
+    /// uTP use.
+    pub utp: UtpMode,
     /// DH computations per second and worker for incoming MSE handshakes.
     pub mse_incoming_per_sec: u32,
     /// Port announced to trackers; 0 = the port of the
@@ -140,6 +155,7 @@ impl Default for NetConfig {
             ],
             ipv6: true,
             encryption: Encryption::Fallback,
+            utp: UtpMode::Fallback,
             mse_incoming_per_sec: 1000,
             announce_port: 0,
             blocklist_file: PathBuf::new(),
@@ -514,6 +530,12 @@ pub const KEY_DOCS: &[(&str, &str)] = &[
         "net.encryption",
         "Protocol encryption (MSE/PE): \"off\", \"fallback\" (plaintext first, MSE when it fails),\n\
          \"prefer\" (MSE first, plaintext when it fails) or \"require\". What worked is remembered per peer.",
+    ),
+    (
+        "net.utp",
+        "uTP (BEP 29, on the workers' UDP sockets): \"off\", \"fallback\" (TCP first, uTP at once when TCP is\n\
+         refused, times out or the peer hangs up on every try) or \"prefer\" (uTP first, TCP when uTP gets no\n\
+         answer). What worked is remembered per peer. Incoming uTP is accepted unless \"off\".",
     ),
     (
         "net.mse_incoming_per_sec",
@@ -1391,6 +1413,9 @@ mod tests {
         );
         let e = set(&["privacy.ip=everything"]).unwrap_err().to_string();
         assert!(e.contains("`privacy.ip`") && e.contains("hmac"), "{e}");
+        let e = set(&["net.utp=always"]).unwrap_err().to_string();
+        assert!(e.contains("`net.utp`") && e.contains("prefer"), "{e}");
+        assert_eq!(set(&["net.utp=off"]).unwrap().net.utp, UtpMode::Off);
         let e = Config::from_toml_str("peer = 3\n").unwrap_err().to_string();
         assert!(e.contains("`peer`") && e.contains("table"), "{e}");
     }

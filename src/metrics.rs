@@ -161,16 +161,17 @@ fn outcome_index(result: &ProbeResult) -> usize {
 
 fn error_index(class: ErrorClass) -> usize {
     match class {
-        ErrorClass::TimedOut => 1,
-        ErrorClass::Refused => 2,
-        ErrorClass::Reset => 3,
+        // uTP's classes count under their TCP counterparts: the transport is a label here.
+        ErrorClass::TimedOut | ErrorClass::UtpTimedOut => 1,
+        ErrorClass::Refused | ErrorClass::UtpRefused => 2,
+        ErrorClass::Reset | ErrorClass::UtpReset => 3,
         ErrorClass::Broken => 4,
         ErrorClass::NoRoute => 5,
         ErrorClass::NetUnreachable => 6,
         ErrorClass::UnknownProtocol => 7,
         ErrorClass::UnknownInfoHash => 8,
         ErrorClass::MseFailed => 9,
-        ErrorClass::ProtocolError => 10,
+        ErrorClass::ProtocolError | ErrorClass::UtpProtocol => 10,
         ErrorClass::Other(_) => 11,
     }
 }

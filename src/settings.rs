@@ -11,7 +11,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::config::{Config, Encryption, IpMode};
+use crate::config::{Config, Encryption, IpMode, UtpMode};
 use crate::engine::EngineConfig;
 use crate::proto::probe::ProbeSettings;
 use crate::scan::catalog::MetadataLimits;
@@ -60,6 +60,8 @@ pub struct ScanSettings {
     pub metadata: MetadataLimits,
     /// MSE/PE use.
     pub encryption: Encryption,
+    /// uTP use (`net.utp`).
+    pub utp: UtpMode,
     /// DH computations per second and worker for incoming MSE handshakes.
     pub mse_incoming_per_sec: u32,
     /// Probe IPv6 peers.
@@ -228,6 +230,7 @@ impl From<&Config> for ScanSettings {
             watch: config.into(),
             metadata: config.into(),
             encryption: config.net.encryption,
+            utp: config.net.utp,
             mse_incoming_per_sec: config.net.mse_incoming_per_sec,
             ipv6: config.net.ipv6,
             max_peers: config.engine.max_peers,
@@ -280,6 +283,7 @@ mod tests {
             "peer.threshold" => return "0.5".into(),
             "peer.peer_id_prefix" => return "\"-XX0001-\"".into(),
             "net.encryption" => return "\"require\"".into(),
+            "net.utp" => return "\"prefer\"".into(),
             "privacy.ip" => return "\"full\"".into(),
             "net.listen" => return "[\"127.0.0.1:7001\"]".into(),
             "dht.bootstrap" => return "[\"127.0.0.1:6881\"]".into(),

@@ -162,7 +162,7 @@ pub fn serve(
     Ok(())
 }
 
-fn bitfield_for(peer: u32, pieces: u32) -> Vec<u8> {
+pub(crate) fn bitfield_for(peer: u32, pieces: u32) -> Vec<u8> {
     let len = pieces.div_ceil(8) as usize;
     let mut state = (peer as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut bits: Vec<u8> = (0..len)

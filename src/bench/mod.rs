@@ -10,6 +10,7 @@
 
 pub mod fake_swarm;
 pub mod handshake;
+pub mod utp;
 pub mod watch;
 
 use std::io::{BufRead, BufReader, Read};
@@ -52,9 +53,14 @@ enum BenchCommand {
     Peers(crate::scan::bench_peers::PeersBenchArgs),
     /// Memory per watched (held) connection: the real probe watching fake peers.
     Watch(watch::WatchArgs),
+    /// uTP probe throughput against a fake uTP swarm, against TCP's in the same run.
+    Utp(utp::UtpBenchArgs),
     /// (internal) The fake swarm, run as a child process by `bench probes`.
     #[command(hide = true)]
     FakeSwarm(FakeSwarmArgs),
+    /// (internal) The fake uTP swarm, run as a child process by `bench utp`.
+    #[command(hide = true)]
+    FakeUtpSwarm(utp::FakeUtpSwarmArgs),
 }
 
 /// Options of `bench probes`.
@@ -135,7 +141,9 @@ pub fn run(args: &BenchArgs) -> i32 {
             return crate::scan::bench_peers::run(a);
         }
         BenchCommand::Watch(a) => watch::run(a),
+        BenchCommand::Utp(a) => utp::run(a),
         BenchCommand::FakeSwarm(a) => run_fake_swarm(a),
+        BenchCommand::FakeUtpSwarm(a) => utp::run_fake_utp_swarm(a),
     };
     match result {
         Ok(()) => 0,
@@ -180,6 +188,31 @@ fn run_fake_swarm(args: &FakeSwarmArgs) -> std::io::Result<()> {
         limit_stop.store(true, Ordering::Relaxed);
     });
     fake_swarm::serve(&cfg, listeners, stop)
+}
+
+/// A flag set when our stdin closes (the parent ended or dropped us) or after `max_seconds`.
+fn stop_on_stdin_or_after(max_seconds: u64) -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher_stop = stop.clone();
+    std::thread::spawn(move || {
+        let mut sink = [0u8; 64];
+        let mut stdin = std::io::stdin();
+        while let Ok(n) = stdin.read(&mut sink) {
+            if n == 0 {
+                break;
+            }
+        }
+        watcher_stop.store(true, Ordering::Relaxed);
+    });
+    let limit_stop = stop.clone();
+    std::thread::spawn(move || {
+        let until = Instant::now() + Duration::from_secs(max_seconds);
+        while !limit_stop.load(Ordering::Relaxed) && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        limit_stop.store(true, Ordering::Relaxed);
+    });
+    stop
 }
 
 /// The address of fake peer `i` (127.10.0.1 upwards).
@@ -401,9 +434,14 @@ fn spawn_swarm(args: &ProbesArgs, max_seconds: u64) -> std::io::Result<SwarmChil
 /// Starts `swarmscan bench fake-swarm ARGS` as a child (its descriptors do not count against
 /// ours) and waits for its `READY <port>` line.
 fn spawn_fake_swarm(args: &[String]) -> std::io::Result<SwarmChild> {
+    spawn_child("fake-swarm", args)
+}
+
+/// Starts `swarmscan bench SUBCOMMAND ARGS` as a child and waits for its `READY <port>` line.
+fn spawn_child(subcommand: &str, args: &[String]) -> std::io::Result<SwarmChild> {
     let exe = std::env::current_exe()?;
     let mut child = Command::new(exe)
-        .args(["bench", "fake-swarm"])
+        .args(["bench", subcommand])
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

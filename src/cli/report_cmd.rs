@@ -523,6 +523,20 @@ pub fn render_report(r: &Report) -> String {
         &rows,
     ));
 
+    out.push_str("\nTransports of successful contacts (per peer: every one it answered on)\n");
+    let rows: Vec<Vec<String>> = r
+        .transports
+        .iter()
+        .map(|t| {
+            vec![
+                t.transport.clone(),
+                t.peers.to_string(),
+                t.confirmed.to_string(),
+            ]
+        })
+        .collect();
+    out.push_str(&table(&["transport", "peers", "confirmed"], &rows));
+
     let c = &r.total.crossings_seen;
     out.push_str(&format!(
         "\nConfirmed crossings seen live (watched connection): {}, by revisit: {}, on an incoming connection: {}\n",

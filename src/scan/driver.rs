@@ -32,6 +32,9 @@ use crate::store::record::{
 };
 use crate::store::writer::RecordSender;
 
+mod utp_plane;
+pub use utp_plane::{UtpSettings, UtpStats};
+
 /// A peer session ([`PeerSession`]: encryption layer and probe, sans-IO) adapted to the
 /// engine's conversation contract: it supplies the session's settings, torrent lookup and
 /// the worker's MSE key, pads and incoming DH budget, and maps its steps to verdicts.
@@ -94,6 +97,12 @@ impl ProbeConv {
     /// See [`PeerSession::with_peer_id_nonce`].
     pub fn with_peer_id_nonce(mut self, nonce: u64) -> ProbeConv {
         self.session = self.session.with_peer_id_nonce(nonce);
+        self
+    }
+
+    /// See [`PeerSession::over_utp`].
+    pub fn over_utp(mut self) -> ProbeConv {
+        self.session = self.session.over_utp();
         self
     }
 
@@ -408,6 +417,8 @@ pub struct ScanDriver {
     udp_trackers: Option<UdpTrackers>,
     /// Our DHT nodes on this worker and the lookups of its torrents (`dht.enabled`).
     dht: Option<crate::dht::scan::ScanDht>,
+    /// uTP connections, timers and transport memory (see [`utp_plane`]).
+    utp: utp_plane::UtpPlane,
     pub counters: Arc<WorkerCounters>,
 }
 
@@ -465,6 +476,7 @@ impl ScanDriver {
             udp_locals: Vec::new(),
             udp_trackers: None,
             dht: None,
+            utp: utp_plane::UtpPlane::new(UtpSettings::default(), epoch_unix_ms as u64),
             counters: Arc::new(WorkerCounters::default()),
         }
     }
@@ -1189,10 +1201,10 @@ impl ScanDriver {
     }
 }
 
-impl WorkerDriver for ScanDriver {
-    type Conv = ProbeConv;
-
-    fn next_probe(&mut self, now: Millis) -> Option<ProbeRequest<ProbeConv>> {
+impl ScanDriver {
+    /// The next due peer, marked in flight, with its conversation (TCP or uTP: see
+    /// [`ScanDriver::next_probe_any`]).
+    fn pick_probe(&mut self, now: Millis) -> Option<ProbeRequest<ProbeConv>> {
         // Back-pressure: while the writer is behind (its channel is full and this worker's
         // records wait in the overflow queue), no new probe starts; probes in flight finish.
         if self.records.pending() > 0 && self.records.pump() > 0 {
@@ -1265,6 +1277,14 @@ impl WorkerDriver for ScanDriver {
             token: idx as u64,
             conv,
         })
+    }
+}
+
+impl WorkerDriver for ScanDriver {
+    type Conv = ProbeConv;
+
+    fn next_probe(&mut self, now: Millis) -> Option<ProbeRequest<ProbeConv>> {
+        self.next_probe_any(now)
     }
 
     fn on_ask(
@@ -1377,6 +1397,7 @@ impl WorkerDriver for ScanDriver {
             return;
         }
         let kind = done.conv.kind;
+        let tried = utp_plane::TransportTry::of(&done);
         let mse_attempted = done.conv.mse_attempted();
         // Retried at once the other way where the setting allows (see `retry_other_way`).
         let fallback = done.conv.session().fallback();
@@ -1401,6 +1422,10 @@ impl WorkerDriver for ScanDriver {
             }
             false
         };
+        // TCP ↔ uTP (`net.utp`): the transport that works is remembered; one that fails is
+        // left for the other at once.
+        let retry = self.transport_after_probe(idx, tried, fallback, retry);
+        let p = self.table.get_mut(idx);
         if p.has(flag::WATCHED_INCOMING) {
             // Its incoming connection is watched; visits resume when that ends.
             p.next_visit = NOT_SCHEDULED;
@@ -1481,7 +1506,11 @@ impl WorkerDriver for ScanDriver {
                 }
                 &self.counters.udp_krpc
             }
-            DatagramKind::Utp => &self.counters.udp_utp,
+            DatagramKind::Utp => {
+                self.counters.udp_utp.fetch_add(1, Ordering::Relaxed);
+                self.utp_datagram(now, local, from, bytes, out);
+                return;
+            }
             DatagramKind::TrackerReply => {
                 if let Some(trackers) = &mut self.udp_trackers {
                     trackers.on_datagram(now, from, bytes, out);
@@ -1503,11 +1532,12 @@ impl WorkerDriver for ScanDriver {
                 self.route_peers(torrent, PeerSource::Dht.mask(), peers.into_iter());
             }
         }
+        self.utp_poll(now, out);
     }
 
     fn datagram_error(
         &mut self,
-        _now: Millis,
+        now: Millis,
         _local: SocketAddr,
         to: SocketAddr,
         errno: i32,
@@ -1516,15 +1546,17 @@ impl WorkerDriver for ScanDriver {
         if let Some(trackers) = &mut self.udp_trackers {
             trackers.on_error(to, errno, out);
         }
+        self.utp_unreachable(now, to, errno);
     }
 
     fn next_wakeup(&self) -> Option<Millis> {
         // Revisit times have one-second resolution; the inbox is polled at least this often.
         let inbox = self.last_tick + 50;
-        Some(match self.dht.as_ref().and_then(|d| d.next_deadline()) {
-            Some(t) => t.min(inbox),
-            None => inbox,
-        })
+        let deadlines = [
+            self.dht.as_ref().and_then(|d| d.next_deadline()),
+            self.utp_wakeup(),
+        ];
+        Some(deadlines.into_iter().flatten().fold(inbox, Millis::min))
     }
 
     fn should_stop(&self) -> bool {
@@ -1585,6 +1617,7 @@ const INCOMING_TOKEN: u64 = 1 << 63;
 
 impl Drop for ScanDriver {
     fn drop(&mut self) {
+        self.utp_cancel_all();
         self.flush_outbox();
         self.counters
             .mse_incoming_refused
@@ -1624,7 +1657,11 @@ pub fn outcome_record(
     } else {
         ProbeResult::Failed(error_class(report))
     };
-    let mut transport = Transport::TCP;
+    let mut transport = if report.utp {
+        Transport::UTP
+    } else {
+        Transport::TCP
+    };
     if addr.is_ipv6() && addr.ip().to_canonical().is_ipv6() {
         transport = transport | Transport::IPV6;
     }
@@ -1657,6 +1694,7 @@ pub fn outcome_record(
 /// The thesis' error classes (table 5.7) for a probe that learned no progress.
 pub fn error_class(report: &ProbeReport) -> ErrorClass {
     match &report.end {
+        ProbeEnd::SocketError(e) if report.utp => ErrorClass::from_utp_errno(*e),
         ProbeEnd::SocketError(e) => ErrorClass::from_errno(*e),
         ProbeEnd::UnknownProtocol => ErrorClass::UnknownProtocol,
         // A BitTorrent peer that broke the protocol before stating its progress; before its

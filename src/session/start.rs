@@ -12,7 +12,7 @@ use crate::inputs::now_unix_ms;
 use crate::scan::catalog::Catalog;
 use crate::scan::discovery::{Discovery, DiscoveryConfig};
 use crate::scan::driver::{
-    ProbeConv, RestoredPeer, ScanDriver, WatchSettings, WorkerCounters, WorkerMsg,
+    ProbeConv, RestoredPeer, ScanDriver, UtpSettings, WatchSettings, WorkerCounters, WorkerMsg,
 };
 use crate::scan::own_addr::OwnAddresses;
 use crate::scan::peer_table::{flag, owner_worker};
@@ -108,6 +108,7 @@ impl Built {
                     blocklist.clone(),
                 )
                 .with_encryption(s.encryption)
+                .with_utp(UtpSettings::for_worker(s.utp, &engine.worker(i)))
                 .with_mse_incoming_per_sec(s.mse_incoming_per_sec)
                 .with_ipv6(s.ipv6)
                 .with_watch(WatchSettings {

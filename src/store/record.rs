@@ -315,6 +315,14 @@ pub enum ErrorClass {
     MseFailed,
     /// The peer sent a malformed message before telling its progress.
     ProtocolError,
+    /// uTP: the SYN went unanswered, or data stayed unacked through every retransmission.
+    UtpTimedOut,
+    /// uTP: the peer answered our SYN with RESET, or its port is closed (ICMP unreachable).
+    UtpRefused,
+    /// uTP: the peer sent RESET on an established connection.
+    UtpReset,
+    /// uTP: the peer's packets broke the protocol too often (we reset the connection).
+    UtpProtocol,
     /// Any other OS error (errno).
     Other(i32),
 }
@@ -333,6 +341,10 @@ impl ErrorClass {
             ErrorClass::UnknownInfoHash => "unknown_info_hash".into(),
             ErrorClass::MseFailed => "mse_failed".into(),
             ErrorClass::ProtocolError => "protocol_error".into(),
+            ErrorClass::UtpTimedOut => "utp_timed_out".into(),
+            ErrorClass::UtpRefused => "utp_refused".into(),
+            ErrorClass::UtpReset => "utp_reset".into(),
+            ErrorClass::UtpProtocol => "utp_protocol".into(),
             ErrorClass::Other(errno) => format!("other:{errno}"),
         }
     }
@@ -347,6 +359,18 @@ impl ErrorClass {
             libc::EHOSTUNREACH => ErrorClass::NoRoute,
             libc::ENETUNREACH => ErrorClass::NetUnreachable,
             other => ErrorClass::Other(other),
+        }
+    }
+
+    /// Classifies the error number a uTP connection ended with (see `scan::driver::utp_plane`:
+    /// ETIMEDOUT, ECONNREFUSED, ECONNRESET, EPROTO); others as for TCP.
+    pub fn from_utp_errno(errno: i32) -> ErrorClass {
+        match errno {
+            libc::ETIMEDOUT => ErrorClass::UtpTimedOut,
+            libc::ECONNREFUSED => ErrorClass::UtpRefused,
+            libc::ECONNRESET => ErrorClass::UtpReset,
+            libc::EPROTO => ErrorClass::UtpProtocol,
+            other => ErrorClass::from_errno(other),
         }
     }
 }

@@ -12,7 +12,7 @@
 //! so their counts overlap; summing would double-count, so the report takes the tracker with
 //! the largest growth (and shows the largest latest value as `reported_total`).
 
-use super::record::{PeerSource, ProbeEvent, UnixMs, SUCCESS_CLASS};
+use super::record::{PeerSource, ProbeEvent, Transport, UnixMs, SUCCESS_CLASS};
 use super::writer::{GAP_BUCKET_MS, GAP_LAST_BUCKET_MS};
 use super::{Store, StoreError};
 use rusqlite::{params, OptionalExtension};
@@ -234,6 +234,14 @@ pub struct GeoReport {
     pub asns: GeoTable,
 }
 
+/// Peers whose successful contacts used one set of transports ("tcp", "utp+mse", …).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TransportCount {
+    pub transport: String,
+    pub peers: i64,
+    pub confirmed: i64,
+}
+
 /// The whole report.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Report {
@@ -251,6 +259,8 @@ pub struct Report {
     pub trackers: Vec<TrackerReport>,
     /// Table 5.7.
     pub outcomes: Vec<EventReport>,
+    /// Peers by the transports their successful contacts used (`peers.transport`).
+    pub transports: Vec<TransportCount>,
     /// Live observations on watched connections (kept open after the answer), by result:
     /// not evaluation attempts, so apart from table 5.7.
     pub watched: Option<EventReport>,
@@ -552,6 +562,27 @@ impl Store {
         Ok(out)
     }
 
+    /// Peers by the union of transports of their successful contacts, most common first.
+    pub fn transport_counts(&self) -> Result<Vec<TransportCount>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT transport, count(*), sum(confirmed) FROM peers WHERE transport != 0
+                 GROUP BY transport ORDER BY count(*) DESC, transport",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(TransportCount {
+                    transport: Transport(r.get::<_, i64>(0)? as u8).names(),
+                    peers: r.get(1)?,
+                    confirmed: r.get(2)?,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
+    }
+
     /// Percentiles of the longest-gap histogram.
     pub fn gap_report(&self) -> Result<GapReport, StoreError> {
         let mut stmt = self
@@ -761,6 +792,7 @@ impl Store {
             sources: self.source_reports(&window)?,
             trackers: self.tracker_reports()?,
             outcomes,
+            transports: self.transport_counts()?,
             watched,
             gaps: self.gap_report()?,
             geo: self.geo_report()?,

@@ -17,6 +17,14 @@ Kinds, taken in turn (so that every kind is spread over the whole run):
   v6       IPv6 only: listens on and dials out from ::1 (the only IPv6 loopback address, so the
            v6 leechers differ by port; they and the seeder allow several connections from one
            address, since every IPv6 peer here has the same one).
+  utp      127.0.0.x, TCP off both ways (enable_incoming_tcp / enable_outgoing_tcp false): it
+           talks uTP only (tests/utp_swarm.rs; not among the default kinds).
+  utpenc   as utp, with encryption forced both ways.
+  utpin    as utp, and it opens no connection itself (enable_outgoing_utp false): reachable only
+           by peers that dial it over uTP (swarmscan, the seeder, later leechers). The seeder
+           then re-announces every 5 s so that it learns of such leechers.
+  utpinenc as utpin, with encryption forced both ways.
+--kinds picks the kinds (comma-separated, taken in turn; default plain,nat,enc,v6).
 The seeder listens on 127.0.0.x and on ::1. In every kind, every second leecher (from the first)
 quits the moment it finishes (it exits on libtorrent's torrent_finished_alert); the others keep
 seeding until the end.
@@ -127,7 +135,12 @@ def session_settings(kind, listen, outgoing, rate):
         # Unreachable from outside: inbound TCP SYNs are rejected by the test's iptables rule;
         # inbound uTP is refused here (rejecting UDP to the port would drop tracker replies).
         settings["enable_incoming_utp"] = False
-    if kind == "enc":
+    if kind in ("utp", "utpenc", "utpin", "utpinenc"):
+        settings["enable_incoming_tcp"] = False
+        settings["enable_outgoing_tcp"] = False
+    if kind in ("utpin", "utpinenc"):
+        settings["enable_outgoing_utp"] = False
+    if kind in ("enc", "utpenc", "utpinenc"):
         settings["out_enc_policy"] = int(lt.enc_policy.forced)
         settings["in_enc_policy"] = int(lt.enc_policy.forced)
     if kind in ("v6", "seeder"):
@@ -152,6 +165,7 @@ def run_client(argv):
     ap.add_argument("--torrent", required=True)
     ap.add_argument("--save", required=True)
     ap.add_argument("--max-secs", type=float, required=True)
+    ap.add_argument("--reannounce-secs", type=float, default=0.0)
     args = ap.parse_args(argv)
     deadline = time.monotonic() + args.max_secs
     stop = threading.Event()
@@ -177,7 +191,11 @@ def run_client(argv):
     crossed = args.kind == "seeder"
     finished = args.kind == "seeder"
     last_snapshot = 0.0
+    last_announce = time.monotonic()
     while not stop.is_set() and time.monotonic() < deadline:
+        if args.reannounce_secs and time.monotonic() - last_announce >= args.reannounce_secs:
+            last_announce = time.monotonic()
+            h.force_reannounce()
         s.wait_for_alert(20)
         for a in s.pop_alerts():
             if isinstance(a, lt.piece_finished_alert):
@@ -241,7 +259,13 @@ def main():
     ap.add_argument("--first-octet", type=int, default=20,
                     help="the seeder is 127.0.0.N, the IPv4 leechers follow")
     ap.add_argument("--max-secs", type=float, default=150.0)
+    ap.add_argument("--kinds", default=",".join(KINDS),
+                    help="leecher kinds, comma-separated, taken in turn")
     args = ap.parse_args()
+    kinds = args.kinds.split(",")
+    for k in kinds:
+        if k not in KINDS + ("utp", "utpenc", "utpin", "utpinenc"):
+            ap.error(f"unknown kind {k!r}")
 
     stop = threading.Event()
     path, info_hash, info, seed_dir = make_torrent(
@@ -256,9 +280,9 @@ def main():
     seed_port6 = free_port(socket.AF_INET6, "::1")
     plan = [("seeder", "seeder", False, seed_ip, seed_port,
              f"{seed_ip}:{seed_port},[::1]:{seed_port6}", f"{seed_ip},::1", 0.0, 0, seed_dir)]
-    counts = {k: 0 for k in KINDS}
+    counts = {k: 0 for k in kinds}
     for i in range(args.leechers):
-        kind = KINDS[i % len(KINDS)]
+        kind = kinds[i % len(kinds)]
         quits = counts[kind] % 2 == 0
         counts[kind] += 1
         if kind == "v6":
@@ -308,6 +332,8 @@ def main():
                        "--max-secs", str(left)]
                 if quits:
                     cmd.append("--quits")
+                if kind == "seeder" and ("utpin" in kinds or "utpinenc" in kinds):
+                    cmd += ["--reannounce-secs", "5"]
                 proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         text=True)
                 t = threading.Thread(target=forward, args=(proc,), daemon=True)

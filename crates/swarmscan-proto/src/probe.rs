@@ -202,6 +202,8 @@ pub struct ProbeReport {
     /// metadata, or unfinished when the probe ended. Its owner should not let it hold a
     /// fetch's place again.
     pub metadata_failed: bool,
+    /// The connection ran over uTP (BEP 29) rather than TCP (set by the connection's owner).
+    pub utp: bool,
 }
 
 impl ProbeReport {
@@ -499,6 +501,7 @@ impl Probe {
                 mse: None,
                 metadata_refused: None,
                 metadata_failed: false,
+                utp: false,
             },
             started: now,
             last_message: now,
@@ -517,6 +520,11 @@ impl Probe {
             ask: None,
             watch: None,
         }
+    }
+
+    /// Marks the report as one of a connection over uTP.
+    pub fn set_utp(&mut self) {
+        self.report.utp = true;
     }
 
     pub fn report(&self) -> &ProbeReport {

@@ -169,6 +169,12 @@ impl PeerSession {
         }
     }
 
+    /// The connection runs over uTP (BEP 29): the report says so ([`ProbeReport::utp`]).
+    pub fn over_utp(mut self) -> PeerSession {
+        self.probe.set_utp();
+        self
+    }
+
     /// Talk MSE/PE (BEP 8 style encryption) on this outgoing connection: the initiator is
     /// made when the connection comes up, with our handshake as its initial payload.
     pub fn with_mse(mut self) -> PeerSession {

@@ -1,0 +1,873 @@
+//! uTP probes (BEP 29) on the worker's UDP sockets: the same [`ProbeConv`] (peer session:
+//! MSE layer and probe) as over TCP, carried by a sans-IO [`UtpConnection`] instead of a TCP
+//! socket, with the results going through the same `probe_done` path as TCP ones.
+//!
+//! * Connections are keyed by (remote address, the connection id its packets carry to us).
+//!   Datagrams of known connections are fed to them; an unknown SYN is accepted (within the
+//!   incoming budget, unless `net.utp = "off"`); any other unknown packet is answered with
+//!   RESET as libtorrent does, at most [`MAX_RESETS_PER_SEC`] a second, and a RESET (20
+//!   bytes) is never larger than the packet it answers.
+//! * Timers (retransmissions, the probe's deadlines, the connect deadline, the linger after
+//!   the conversation ended) are kept in a heap and served from `poll_datagrams`; the worker
+//!   sleeps no longer than the earliest (`next_wakeup`).
+//! * Budgets: every outgoing probe start, TCP or uTP, takes a token from the worker's connect
+//!   budget here (`peer.connects_per_sec`, and `peer.max_in_flight` over TCP and uTP probes
+//!   together: the engine's own limits only see TCP). Incoming uTP connections alive at once
+//!   are bounded by the worker's share of `peer.max_incoming`.
+//! * Congestion control is the fixed window of `proto::utp` (no LEDBAT): a probe sends a few
+//!   hundred bytes and reads a few kilobytes.
+//! * Transport memory ([`Way`]): per peer, which transport to try first, and whether the
+//!   current chain of immediate retries has switched transport already (one switch per
+//!   chain, so a peer that answers neither way costs at most one try of each).
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use super::{flag, PeerIdx, ProbeConv, ScanDriver, INCOMING_TOKEN};
+use crate::config::UtpMode;
+use crate::engine::conversation::{Conversation, Millis, Verdict};
+use crate::engine::rate::ConnectBudget;
+use crate::engine::worker::{Ending, ProbeDone, ProbeRequest, WorkerConfig, WorkerDriver};
+use crate::engine::DatagramQueue;
+use crate::proto::probe::ProbeEnd;
+use crate::proto::session::Fallback;
+use crate::proto::utp::{self, CloseReason, PacketType, State, UtpConnection};
+use std::sync::atomic::Ordering;
+
+/// RESETs sent for packets of unknown connections, per worker and second.
+pub const MAX_RESETS_PER_SEC: u32 = 200;
+/// Packets a connection may have ignored (protocol violations) before we reset it.
+pub const MAX_IGNORED_PACKETS: u32 = 64;
+/// How long a connection whose conversation ended stays to deliver our FIN (and ack the
+/// peer's), ms; it is reset if not closed by then.
+pub const LINGER_MS: Millis = 3_000;
+/// Probe starts per `next_probe` call (uTP ones do not return to the engine).
+const STARTS_PER_CALL: usize = 64;
+
+/// The worker's uTP limits (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct UtpSettings {
+    pub mode: UtpMode,
+    /// Outgoing probes in flight, TCP and uTP together.
+    pub max_in_flight: usize,
+    /// Incoming uTP connections alive at once.
+    pub max_incoming: usize,
+    /// Probe starts per second, TCP and uTP together (0 = unlimited).
+    pub connects_per_sec: u64,
+    pub connect_burst: u64,
+    /// No answer to our SYN within this long: the connect timed out.
+    pub connect_timeout_ms: Millis,
+}
+
+impl Default for UtpSettings {
+    /// uTP on, no limits of its own (the engine's limits bound TCP): for drivers built
+    /// without [`ScanDriver::with_utp`].
+    fn default() -> Self {
+        UtpSettings {
+            mode: UtpMode::Fallback,
+            max_in_flight: usize::MAX,
+            max_incoming: 1024,
+            connects_per_sec: 0,
+            connect_burst: 64,
+            connect_timeout_ms: 5_000,
+        }
+    }
+}
+
+impl UtpSettings {
+    /// `net.utp` with one worker's budgets.
+    pub fn for_worker(mode: UtpMode, worker: &WorkerConfig) -> UtpSettings {
+        UtpSettings {
+            mode,
+            max_in_flight: worker.max_in_flight,
+            max_incoming: worker.max_incoming,
+            connects_per_sec: worker.connects_per_sec,
+            connect_burst: worker.connect_burst,
+            connect_timeout_ms: worker.connect_timeout_ms,
+        }
+    }
+}
+
+/// What to try first with a peer, and whether this chain of immediate retries switched
+/// transport already. Peers without an entry use the setting's default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Way {
+    utp: bool,
+    switched: bool,
+}
+
+/// One uTP connection and the conversation it carries (None once handed back: lingering).
+struct UtpProbe {
+    conn: UtpConnection,
+    conv: Option<ProbeConv>,
+    token: u64,
+    incoming: bool,
+    local: SocketAddr,
+    remote: SocketAddr,
+    started_at: Millis,
+    connected_at: Option<Millis>,
+    ignored: u32,
+    /// The heap entry that is current for this connection (older ones are stale).
+    timer_at: Millis,
+    linger_until: Millis,
+}
+
+/// Counters of the uTP plane (logged when the worker ends).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct UtpStats {
+    pub started: u64,
+    pub accepted: u64,
+    pub incoming_refused: u64,
+    pub resets_sent: u64,
+    pub resets_suppressed: u64,
+    pub ignored_packets: u64,
+}
+
+/// The worker's uTP connections, timers, budget and transport memory.
+pub struct UtpPlane {
+    settings: UtpSettings,
+    conns: HashMap<(SocketAddr, u16), UtpProbe>,
+    timers: BinaryHeap<Reverse<(Millis, SocketAddr, u16)>>,
+    budget: ConnectBudget,
+    outgoing: usize,
+    incoming: usize,
+    rng: u64,
+    clock: Instant,
+    ways: HashMap<PeerIdx, Way>,
+    /// SYNs of probes started in `next_probe` (no send queue there): sent at the next poll.
+    unsent: Vec<(SocketAddr, SocketAddr, Vec<u8>)>,
+    /// (second, RESETs sent in it).
+    resets: (Millis, u32),
+    pub stats: UtpStats,
+}
+
+impl UtpPlane {
+    pub fn new(settings: UtpSettings, seed: u64) -> UtpPlane {
+        UtpPlane {
+            settings,
+            conns: HashMap::new(),
+            timers: BinaryHeap::new(),
+            budget: ConnectBudget::new(
+                settings.connects_per_sec,
+                settings.connect_burst,
+                settings.max_in_flight,
+                0,
+            ),
+            outgoing: 0,
+            incoming: 0,
+            rng: seed | 1,
+            clock: Instant::now(),
+            ways: HashMap::new(),
+            unsent: Vec::new(),
+            resets: (0, 0),
+            stats: UtpStats::default(),
+        }
+    }
+
+    /// uTP's clock, microseconds (its low 32 bits are the wire timestamps).
+    fn now_us(&self) -> u64 {
+        self.clock.elapsed().as_micros() as u64
+    }
+
+    fn random(&mut self) -> u64 {
+        // xorshift64*: ids and initial sequence numbers need only be unpredictable enough
+        // not to collide.
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn way(&self, idx: PeerIdx) -> Way {
+        self.ways.get(&idx).copied().unwrap_or(Way {
+            utp: self.settings.mode == UtpMode::Prefer,
+            switched: false,
+        })
+    }
+
+    fn set_way(&mut self, idx: PeerIdx, way: Way) {
+        let default = Way {
+            utp: self.settings.mode == UtpMode::Prefer,
+            switched: false,
+        };
+        if way == default {
+            self.ways.remove(&idx);
+        } else {
+            self.ways.insert(idx, way);
+        }
+    }
+
+    /// Arms the connection's timer at `at` unless an earlier one is armed.
+    fn schedule(&mut self, p: &mut UtpProbe, at: Millis) {
+        if at < p.timer_at {
+            p.timer_at = at;
+            self.timers.push(Reverse((at, p.remote, p.conn.recv_id())));
+        }
+    }
+
+    /// Whether the next probe of this peer goes over uTP.
+    pub fn prefers_utp(&self, idx: PeerIdx) -> bool {
+        self.settings.mode != UtpMode::Off && self.way(idx).utp
+    }
+}
+
+/// How a finished outgoing probe went, for the transport memory.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct TransportTry {
+    utp: bool,
+    /// The connection never came up: refused, or no answer within the connect deadline.
+    connect_failed: bool,
+    /// The peer completed the BitTorrent handshake: this transport works.
+    handshake: bool,
+}
+
+impl TransportTry {
+    pub(super) fn of(done: &ProbeDone<ProbeConv>) -> TransportTry {
+        let report = done.conv.report();
+        let refused = matches!(report.end, ProbeEnd::SocketError(e)
+            if e == libc::ECONNREFUSED || e == libc::ETIMEDOUT);
+        TransportTry {
+            utp: report.utp,
+            connect_failed: done.connect_ms.is_none() && refused,
+            handshake: report.handshake,
+        }
+    }
+}
+
+/// The errno a uTP connection that closed this way reports to its conversation.
+fn close_errno(reason: CloseReason, connected: bool) -> Option<i32> {
+    match reason {
+        CloseReason::Finished => None,
+        CloseReason::Reset if connected => Some(libc::ECONNRESET),
+        CloseReason::Reset => Some(libc::ECONNREFUSED),
+        CloseReason::TimedOut => Some(libc::ETIMEDOUT),
+        CloseReason::Aborted => Some(libc::EPROTO),
+    }
+}
+
+impl ScanDriver {
+    /// uTP (`net.utp`) with this worker's budgets.
+    pub fn with_utp(mut self, settings: UtpSettings) -> ScanDriver {
+        let seed = self.utp_seed();
+        self.utp = UtpPlane::new(settings, seed);
+        self
+    }
+
+    pub(super) fn utp_seed(&self) -> u64 {
+        (self.epoch_unix_ms as u64)
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            .wrapping_add(self.worker as u64 + 1)
+    }
+
+    /// The uTP plane's counters so far.
+    pub fn utp_stats(&self) -> UtpStats {
+        self.utp.stats
+    }
+
+    /// The engine asks for a probe: due peers are taken one by one; those whose way is uTP
+    /// start here, the first TCP one goes back to the engine. Every start takes a token of
+    /// the worker's budget, and TCP and uTP probes in flight together stay within it.
+    pub(super) fn next_probe_any(&mut self, now: Millis) -> Option<ProbeRequest<ProbeConv>> {
+        for _ in 0..STARTS_PER_CALL {
+            let in_flight = self.counters.in_flight.load(Ordering::Relaxed) as usize;
+            if !self.utp.budget.may_connect(now, in_flight) {
+                return None;
+            }
+            let req = self.pick_probe(now)?;
+            self.utp.budget.take();
+            let idx = req.token as PeerIdx;
+            if !self.utp.prefers_utp(idx) {
+                return Some(req);
+            }
+            if let Some(req) = self.utp_start(now, req) {
+                return Some(req);
+            }
+        }
+        None
+    }
+
+    /// Starts an outgoing probe over uTP; gives the request back (for TCP) when uTP cannot
+    /// reach the address (no UDP socket of its family).
+    fn utp_start(
+        &mut self,
+        now: Millis,
+        req: ProbeRequest<ProbeConv>,
+    ) -> Option<ProbeRequest<ProbeConv>> {
+        let remote = req.addr;
+        let Some(&local) = self
+            .udp_locals
+            .iter()
+            .find(|l| l.is_ipv4() == remote.is_ipv4())
+        else {
+            return Some(req);
+        };
+        let mut id = self.utp.random() as u16;
+        for _ in 0..8 {
+            if !self.utp.conns.contains_key(&(remote, id)) {
+                break;
+            }
+            id = self.utp.random() as u16;
+        }
+        if self.utp.conns.contains_key(&(remote, id)) {
+            return Some(req);
+        }
+        let now_us = self.utp.now_us();
+        let seq = self.utp.random() as u16;
+        let (conn, syn) = UtpConnection::connect(id, seq, now_us);
+        self.utp.unsent.push((local, remote, syn));
+        self.utp.outgoing += 1;
+        self.utp.stats.started += 1;
+        let mut p = UtpProbe {
+            conn,
+            conv: Some(req.conv.over_utp()),
+            token: req.token,
+            incoming: false,
+            local,
+            remote,
+            started_at: now,
+            connected_at: None,
+            ignored: 0,
+            timer_at: Millis::MAX,
+            linger_until: Millis::MAX,
+        };
+        let at = self.utp_timer(now, now_us, &p);
+        self.utp.schedule(&mut p, at);
+        self.utp.conns.insert((remote, id), p);
+        None
+    }
+
+    /// A uTP datagram arrived (see [`super::super::udp_demux`]).
+    pub(super) fn utp_datagram(
+        &mut self,
+        now: Millis,
+        local: SocketAddr,
+        from: SocketAddr,
+        bytes: &[u8],
+        out: &mut DatagramQueue,
+    ) {
+        let Some((kind, id)) = utp::looks_like_utp(bytes) else {
+            return;
+        };
+        // A SYN names the initiator's receive id; we receive on the next one.
+        let ours = if kind == PacketType::Syn {
+            id.wrapping_add(1)
+        } else {
+            id
+        };
+        if let Some(mut p) = self.utp.conns.remove(&(from, ours)) {
+            let now_us = self.utp.now_us();
+            if p.conn.on_datagram(bytes, now_us).is_err() {
+                self.utp.stats.ignored_packets += 1;
+                p.ignored += 1;
+                if p.ignored > MAX_IGNORED_PACKETS {
+                    if let Some(reset) = p.conn.reset(now_us) {
+                        let _ = out.push(p.local, p.remote, &reset);
+                    }
+                }
+            }
+            self.utp_drive(now, p, out);
+            return;
+        }
+        match kind {
+            PacketType::Syn => self.utp_accept(now, local, from, bytes, out),
+            _ => self.utp_reset_unknown(now, local, from, bytes, out),
+        }
+    }
+
+    /// Answers a packet of no connection of ours with RESET, within the budget.
+    fn utp_reset_unknown(
+        &mut self,
+        now: Millis,
+        local: SocketAddr,
+        from: SocketAddr,
+        bytes: &[u8],
+        out: &mut DatagramQueue,
+    ) {
+        let second = now / 1000;
+        if self.utp.resets.0 != second {
+            self.utp.resets = (second, 0);
+        }
+        if self.utp.resets.1 >= MAX_RESETS_PER_SEC {
+            self.utp.stats.resets_suppressed += 1;
+            return;
+        }
+        let seq = self.utp.random() as u16;
+        let now_us = self.utp.now_us();
+        if let Some(reset) = utp::reset_for_unknown(bytes, seq, now_us) {
+            if reset.len() <= bytes.len() && out.push(local, from, &reset).is_ok() {
+                self.utp.resets.1 += 1;
+                self.utp.stats.resets_sent += 1;
+            }
+        }
+    }
+
+    /// An incoming SYN: accepted and evaluated like an incoming TCP connection, within the
+    /// incoming budget (over it, or with `net.utp = "off"`, the SYN is ignored: the peer's
+    /// retries and its TCP fallback take their course).
+    fn utp_accept(
+        &mut self,
+        now: Millis,
+        local: SocketAddr,
+        from: SocketAddr,
+        syn: &[u8],
+        out: &mut DatagramQueue,
+    ) {
+        if self.utp.settings.mode == UtpMode::Off {
+            return;
+        }
+        if self.utp.incoming >= self.utp.settings.max_incoming {
+            self.utp.stats.incoming_refused += 1;
+            return;
+        }
+        if self.blocklist.blocks(&from) {
+            self.counters.blocked.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let now_us = self.utp.now_us();
+        let seq = self.utp.random() as u16;
+        let Ok((conn, state)) = UtpConnection::accept(syn, seq, now_us) else {
+            return;
+        };
+        let _ = out.push(local, from, &state);
+        self.incoming_seq += 1;
+        let mut conv = ProbeConv::incoming(self.settings.clone(), self.catalog.clone(), now)
+            .with_incoming_budget(self.mse_budget.clone())
+            .over_utp();
+        let mut send = Vec::new();
+        conv.on_connected(now, &mut send);
+        let mut p = UtpProbe {
+            conn,
+            conv: Some(conv),
+            token: INCOMING_TOKEN | self.incoming_seq,
+            incoming: true,
+            local,
+            remote: from,
+            started_at: now,
+            connected_at: Some(now),
+            ignored: 0,
+            timer_at: Millis::MAX,
+            linger_until: Millis::MAX,
+        };
+        p.conn.write(&send);
+        self.utp.incoming += 1;
+        self.utp.stats.accepted += 1;
+        self.utp_drive(now, p, out);
+    }
+
+    /// The SYNs of new probes, then every timer due.
+    pub(super) fn utp_poll(&mut self, now: Millis, out: &mut DatagramQueue) {
+        for (local, remote, syn) in self.utp.unsent.drain(..) {
+            // A full send arena drops it like a lost packet: the SYN is resent on its timer.
+            let _ = out.push(local, remote, &syn);
+        }
+        while let Some(&Reverse((at, remote, id))) = self.utp.timers.peek() {
+            if at > now {
+                break;
+            }
+            self.utp.timers.pop();
+            let Some(mut p) = self.utp.conns.remove(&(remote, id)) else {
+                continue;
+            };
+            if p.timer_at != at {
+                self.utp.conns.insert((remote, id), p);
+                continue;
+            }
+            p.timer_at = Millis::MAX;
+            self.utp_drive(now, p, out);
+        }
+    }
+
+    /// An ICMP error for a datagram to `to`: port unreachable ends the connects to it that
+    /// are not up yet (refused); established connections ride it out.
+    pub(super) fn utp_unreachable(&mut self, now: Millis, to: SocketAddr, errno: i32) {
+        let keys: Vec<(SocketAddr, u16)> = self
+            .utp
+            .conns
+            .iter()
+            .filter(|(k, p)| k.0 == to && !p.incoming && p.connected_at.is_none())
+            .map(|(k, _)| *k)
+            .collect();
+        for key in keys {
+            if let Some(mut p) = self.utp.conns.remove(&key) {
+                // Dropped at once: the peer never answered, so there is nothing to close.
+                self.utp_hand_back(now, &mut p, Ending::Closed(Some(errno)));
+            }
+        }
+    }
+
+    /// When the connection needs attention next, on the engine clock.
+    fn utp_timer(&self, now: Millis, now_us: u64, p: &UtpProbe) -> Millis {
+        let mut at = Millis::MAX;
+        if let Some(t) = p.conn.next_timeout() {
+            at = at.min(now + t.saturating_sub(now_us).div_ceil(1000));
+        }
+        match &p.conv {
+            Some(conv) if p.connected_at.is_some() => at = at.min(conv.deadline()),
+            Some(_) => at = at.min(p.started_at + self.utp.settings.connect_timeout_ms),
+            None => at = at.min(p.linger_until),
+        }
+        // Never now: a deadline that stays in the past (a watch polled each tick) must not
+        // spin the timer loop.
+        at.max(now + 1)
+    }
+
+    /// Moves a connection on after anything happened to it (a datagram, a timer): the
+    /// conversation reads and answers, asks its owner, ends; then what the connection has to
+    /// send goes out and its timer is armed, or it is dropped once done.
+    fn utp_drive(&mut self, now: Millis, mut p: UtpProbe, out: &mut DatagramQueue) {
+        let now_us = self.utp.now_us();
+        let mut send = Vec::new();
+        if let Some(mut conv) = p.conv.take() {
+            let mut verdict = Verdict::Continue;
+            let mut closed = None;
+            if p.connected_at.is_none() && p.conn.is_connected() {
+                p.connected_at = Some(now);
+                conv.on_connected(now, &mut send);
+            }
+            if p.connected_at.is_some() {
+                let mut bytes = Vec::new();
+                if p.conn.read(&mut bytes) > 0 {
+                    verdict = conv.on_bytes(now, &bytes, &mut send);
+                }
+                if verdict == Verdict::Continue && conv.deadline() <= now {
+                    verdict = conv.on_deadline(now, &mut send);
+                }
+                if verdict == Verdict::Ask {
+                    verdict = self.on_ask(now, p.token, p.remote, p.incoming, &mut conv, &mut send);
+                }
+            } else if now >= p.started_at + self.utp.settings.connect_timeout_ms {
+                closed = Some(Some(libc::ETIMEDOUT));
+            }
+            if p.conn.write(&send) < send.len() {
+                // The send buffer (64 KiB) is far above what a probe sends.
+                tracing::debug!(peer = %p.remote, "uTP send buffer full; bytes dropped");
+            }
+            p.conv = Some(conv);
+            if let Some(errno) = closed {
+                if let Some(reset) = p.conn.reset(now_us) {
+                    let _ = out.push(p.local, p.remote, &reset);
+                }
+                self.utp_hand_back(now, &mut p, Ending::Closed(errno));
+            } else if verdict == Verdict::Finished {
+                p.conn.close();
+                self.utp_hand_back(now, &mut p, Ending::Finished);
+            } else if p.conn.is_eof() {
+                p.conn.close();
+                self.utp_hand_back(now, &mut p, Ending::Closed(None));
+            }
+        } else {
+            // Lingering: whatever still arrives is read and dropped.
+            let mut sink = Vec::new();
+            p.conn.read(&mut sink);
+        }
+        while let Some(datagram) = p.conn.poll_transmit(now_us) {
+            // A full arena drops it like a lost packet; retransmission covers it.
+            let _ = out.push(p.local, p.remote, &datagram);
+        }
+        if let State::Closed(reason) = p.conn.state() {
+            if p.conv.is_some() {
+                let errno = close_errno(reason, p.connected_at.is_some());
+                self.utp_hand_back(now, &mut p, Ending::Closed(errno));
+            }
+            return;
+        }
+        if p.conv.is_none() && (p.conn.fin_acked() && p.conn.is_eof() || now >= p.linger_until) {
+            if !(p.conn.fin_acked() && p.conn.is_eof()) {
+                if let Some(reset) = p.conn.reset(now_us) {
+                    let _ = out.push(p.local, p.remote, &reset);
+                }
+            }
+            return;
+        }
+        let at = self.utp_timer(now, now_us, &p);
+        self.utp.schedule(&mut p, at);
+        self.utp.conns.insert((p.remote, p.conn.recv_id()), p);
+    }
+
+    /// The conversation goes back through `probe_done`, like a TCP one; the connection
+    /// lingers to close.
+    fn utp_hand_back(&mut self, now: Millis, p: &mut UtpProbe, ending: Ending) {
+        let Some(mut conv) = p.conv.take() else {
+            return;
+        };
+        if let Ending::Closed(errno) = ending {
+            conv.on_closed(now, errno);
+        }
+        if p.incoming {
+            self.utp.incoming -= 1;
+        } else {
+            self.utp.outgoing -= 1;
+        }
+        p.linger_until = now + LINGER_MS;
+        let done = ProbeDone {
+            token: p.token,
+            conv,
+            peer: p.remote,
+            incoming: p.incoming,
+            ending,
+            connect_ms: p.connected_at.map(|t| t.saturating_sub(p.started_at)),
+            total_ms: now.saturating_sub(p.started_at),
+            started_at: p.started_at,
+        };
+        self.probe_done(now, done);
+    }
+
+    /// The worker stops: every uTP conversation comes back as cancelled, like TCP ones do.
+    pub(super) fn utp_cancel_all(&mut self) {
+        let now = self.last_tick;
+        let keys: Vec<(SocketAddr, u16)> = self.utp.conns.keys().copied().collect();
+        for key in keys {
+            if let Some(mut p) = self.utp.conns.remove(&key) {
+                self.utp_hand_back(now, &mut p, Ending::Closed(Some(libc::ECANCELED)));
+            }
+        }
+        tracing::debug!(worker = self.worker, stats = ?self.utp.stats, "uTP plane ended");
+    }
+
+    /// When the uTP plane wants the worker awake next.
+    pub(super) fn utp_wakeup(&self) -> Option<Millis> {
+        let mut at = self.utp.timers.peek().map(|Reverse((at, _, _))| *at);
+        if !self.utp.unsent.is_empty() {
+            at = Some(self.last_tick);
+        }
+        if let Some(t) = self.utp.budget.next_token_at() {
+            at = Some(at.map_or(t, |a| a.min(t)));
+        }
+        at
+    }
+
+    /// After an outgoing probe: updates the peer's transport memory and says whether to try
+    /// it again at once (`encryption_retry`: the encryption fallback wants one anyway).
+    /// A transport that works is remembered; one that is refused, times out at connect, or
+    /// whose peer hangs up on every encryption is left for the other at once, once per chain
+    /// of retries (the encryption flags start over: what TCP showed says nothing of uTP).
+    pub(super) fn transport_after_probe(
+        &mut self,
+        idx: PeerIdx,
+        tried: TransportTry,
+        fallback: Fallback,
+        encryption_retry: bool,
+    ) -> bool {
+        if self.utp.settings.mode == UtpMode::Off {
+            return encryption_retry;
+        }
+        let way = self.utp.way(idx);
+        if tried.handshake {
+            self.utp.set_way(
+                idx,
+                Way {
+                    utp: tried.utp,
+                    switched: false,
+                },
+            );
+            return encryption_retry;
+        }
+        if encryption_retry {
+            return true;
+        }
+        let gave_up = tried.connect_failed || fallback.hung_up;
+        // uTP needs a UDP socket of the peer's family.
+        let reachable = tried.utp
+            || self
+                .udp_locals
+                .iter()
+                .any(|l| l.is_ipv4() == self.table.get(idx).addr().is_ipv4());
+        if gave_up && !way.switched && reachable {
+            self.utp.set_way(
+                idx,
+                Way {
+                    utp: !tried.utp,
+                    switched: true,
+                },
+            );
+            if fallback.hung_up {
+                self.table.get_mut(idx).flags &= !(flag::USE_MSE | flag::MSE_FAILED);
+            }
+            return true;
+        }
+        // Nothing worked either way (or the chain ended): the setting's default next time.
+        if gave_up && way.switched {
+            self.utp.ways.remove(&idx);
+        } else {
+            self.utp.set_way(
+                idx,
+                Way {
+                    utp: way.utp,
+                    switched: false,
+                },
+            );
+        }
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scan::peer_table::Inserted;
+    use std::sync::Arc;
+
+    /// A driver with one peer (index returned) and an IPv4 UDP socket, under `mode`; the
+    /// writer and its directory first, so that the driver is dropped before them.
+    fn driver(
+        mode: UtpMode,
+    ) -> (
+        crate::store::writer::Writer,
+        tempfile::TempDir,
+        PeerIdx,
+        ScanDriver,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(&dir.path().join("t.sqlite")).unwrap();
+        let writer = crate::store::writer::Writer::start(
+            store,
+            crate::store::anon::Anonymizer::new(crate::config::IpMode::Full, [1; 32]),
+            crate::store::writer::WriterOptions::from(&crate::config::Config::default()),
+        )
+        .unwrap();
+        let catalog = crate::scan::catalog::Catalog::new(Vec::new());
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let mut d = ScanDriver::new(
+            0,
+            catalog,
+            Arc::new(Default::default()),
+            crate::scan::revisit::RevisitPolicy::from(&crate::config::Config::default()),
+            16,
+            rx,
+            vec![tx],
+            writer.sender(),
+            0,
+            Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            Arc::new(crate::scan::blocklist::Blocklist::default()),
+        )
+        .with_utp(UtpSettings {
+            mode,
+            ..UtpSettings::default()
+        });
+        d.on_udp_bound(&["127.0.0.1:6881".parse().unwrap()]);
+        let Inserted::New(idx) = d.table.insert(0, "127.0.0.9:7000".parse().unwrap(), 1, 0) else {
+            panic!("a new peer")
+        };
+        (writer, dir, idx, d)
+    }
+
+    const REFUSED: TransportTry = TransportTry {
+        utp: false,
+        connect_failed: true,
+        handshake: false,
+    };
+
+    fn refused(utp: bool) -> TransportTry {
+        TransportTry { utp, ..REFUSED }
+    }
+
+    fn answered(utp: bool) -> TransportTry {
+        TransportTry {
+            utp,
+            connect_failed: false,
+            handshake: true,
+        }
+    }
+
+    const NO_FALLBACK: Fallback = Fallback {
+        hung_up: false,
+        mse_failed: false,
+        silent: false,
+    };
+
+    #[test]
+    fn fallback_turns_to_utp_at_once_when_tcp_is_refused_and_remembers_it() {
+        let (_w, _dir, idx, mut d) = driver(UtpMode::Fallback);
+        assert!(!d.utp.prefers_utp(idx), "TCP first");
+        assert!(d.transport_after_probe(idx, refused(false), NO_FALLBACK, false));
+        assert!(d.utp.prefers_utp(idx), "uTP at once");
+        assert!(!d.transport_after_probe(idx, answered(true), NO_FALLBACK, false));
+        assert!(
+            d.utp.prefers_utp(idx),
+            "uTP worked: first choice from now on"
+        );
+        // The peer's uTP goes away: TCP is tried at once (a new chain may switch once).
+        assert!(d.transport_after_probe(idx, refused(true), NO_FALLBACK, false));
+        assert!(!d.utp.prefers_utp(idx));
+        // TCP refused too in the same chain: no more immediate tries; the default is back.
+        assert!(!d.transport_after_probe(idx, refused(false), NO_FALLBACK, false));
+        assert!(!d.utp.prefers_utp(idx));
+        assert!(
+            d.utp.ways.is_empty(),
+            "nothing remembered for a default peer"
+        );
+    }
+
+    #[test]
+    fn a_peer_that_hangs_up_on_every_encryption_over_tcp_gets_utp_with_fresh_flags() {
+        let (_w, _dir, idx, mut d) = driver(UtpMode::Fallback);
+        d.table.get_mut(idx).flags |= flag::USE_MSE | flag::MSE_FAILED;
+        let hung_up = Fallback {
+            hung_up: true,
+            mse_failed: false,
+            silent: true,
+        };
+        let tried = TransportTry {
+            utp: false,
+            connect_failed: false,
+            handshake: false,
+        };
+        // While the encryption fallback still has a try, it goes first (same transport).
+        assert!(d.transport_after_probe(idx, tried, hung_up, true));
+        assert!(!d.utp.prefers_utp(idx));
+        assert!(d.transport_after_probe(idx, tried, hung_up, false));
+        assert!(d.utp.prefers_utp(idx));
+        assert_eq!(
+            d.table.get(idx).flags & (flag::USE_MSE | flag::MSE_FAILED),
+            0,
+            "uTP starts over with plaintext"
+        );
+    }
+
+    #[test]
+    fn prefer_turns_to_tcp_when_utp_gets_no_answer_and_off_never_uses_utp() {
+        let (_w, _dir, idx, mut d) = driver(UtpMode::Prefer);
+        assert!(d.utp.prefers_utp(idx), "uTP first");
+        assert!(d.transport_after_probe(idx, refused(true), NO_FALLBACK, false));
+        assert!(!d.utp.prefers_utp(idx));
+        assert!(!d.transport_after_probe(idx, answered(false), NO_FALLBACK, false));
+        assert!(!d.utp.prefers_utp(idx), "TCP worked: remembered");
+
+        let (_w, _dir, idx, mut d) = driver(UtpMode::Off);
+        assert!(!d.utp.prefers_utp(idx));
+        assert!(!d.transport_after_probe(idx, refused(false), NO_FALLBACK, false));
+        assert!(!d.utp.prefers_utp(idx));
+        assert!(d.transport_after_probe(idx, refused(false), NO_FALLBACK, true));
+    }
+
+    #[test]
+    fn without_a_udp_socket_of_the_peers_family_tcp_failures_stay_on_tcp() {
+        let (_w, _dir, idx, mut d) = driver(UtpMode::Fallback);
+        d.on_udp_bound(&["[::1]:6881".parse().unwrap()]);
+        assert!(!d.transport_after_probe(idx, refused(false), NO_FALLBACK, false));
+        assert!(!d.utp.prefers_utp(idx));
+    }
+
+    #[test]
+    fn close_reasons_map_to_the_utp_error_classes() {
+        use crate::store::record::ErrorClass;
+        let class =
+            |reason, connected| close_errno(reason, connected).map(ErrorClass::from_utp_errno);
+        assert_eq!(
+            class(CloseReason::TimedOut, false),
+            Some(ErrorClass::UtpTimedOut)
+        );
+        assert_eq!(
+            class(CloseReason::Reset, false),
+            Some(ErrorClass::UtpRefused)
+        );
+        assert_eq!(class(CloseReason::Reset, true), Some(ErrorClass::UtpReset));
+        assert_eq!(
+            class(CloseReason::Aborted, true),
+            Some(ErrorClass::UtpProtocol)
+        );
+        assert_eq!(class(CloseReason::Finished, true), None);
+    }
+}
