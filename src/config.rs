@@ -40,6 +40,8 @@ pub struct Config {
     pub stats: StatsConfig,
     /// The Prometheus endpoint.
     pub metrics: MetricsConfig,
+    /// `swarmscan bttest`: the BitTorrent blocking and throttling test.
+    pub bttest: BttestConfig,
 }
 
 impl Default for Config {
@@ -55,6 +57,7 @@ impl Default for Config {
             geo: GeoConfig::default(),
             stats: StatsConfig::default(),
             metrics: MetricsConfig::default(),
+            bttest: BttestConfig::default(),
         }
     }
 }
@@ -389,6 +392,49 @@ impl MetricsConfig {
     }
 }
 
+/// `[bttest]`: `swarmscan bttest server` (the client takes the ports from the server).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BttestConfig {
+    /// The server's control address; the test ports listen on its IP too. The client's
+    /// default port when HOST has none.
+    pub listen: SocketAddr,
+    /// The two test ports: the well-known BitTorrent port first, then the other one.
+    pub ports: Vec<u16>,
+}
+
+impl Default for BttestConfig {
+    fn default() -> Self {
+        BttestConfig {
+            // Loopback by default, like net.listen: a test server is opened on purpose.
+            listen: SocketAddr::from(([127, 0, 0, 1], 6880)),
+            ports: vec![6881, 4711],
+        }
+    }
+}
+
+impl BttestConfig {
+    /// The two test ports, checked: two, distinct, non-zero, not the control port.
+    pub fn test_ports(&self) -> Result<[u16; 2], String> {
+        match self.ports[..] {
+            [a, b] if a != 0 && b != 0 && a != b => {
+                if a == self.listen.port() || b == self.listen.port() {
+                    Err(format!(
+                        "the test ports must differ from bttest.listen's port {}",
+                        self.listen.port()
+                    ))
+                } else {
+                    Ok([a, b])
+                }
+            }
+            _ => Err(format!(
+                "must be two different non-zero ports (the BitTorrent port first, e.g. [6881, 4711]), got {:?}",
+                self.ports
+            )),
+        }
+    }
+}
+
 /// Documentation of every section (printed above `[section]`).
 pub const SECTION_DOCS: &[(&str, &str)] = &[
     (
@@ -421,6 +467,10 @@ pub const SECTION_DOCS: &[(&str, &str)] = &[
     (
         "metrics",
         "Prometheus endpoint (OpenMetrics text at GET /metrics); off unless listen is set.",
+    ),
+    (
+        "bttest",
+        "`swarmscan bttest server`: does a path block or throttle BitTorrent (see README, bttest).",
     ),
 ];
 
@@ -576,6 +626,17 @@ pub const KEY_DOCS: &[(&str, &str)] = &[
     (
         "metrics.allow_remote",
         "Allow a metrics.listen address that is not loopback (put a firewall or proxy in front).",
+    ),
+    (
+        "bttest.listen",
+        "Control address of `swarmscan bttest server`; the test ports listen on the same IP.\n\
+         Loopback by default; a server for real paths uses e.g. \"0.0.0.0:6880\". Also the port\n\
+         `bttest client HOST` uses when HOST gives none.",
+    ),
+    (
+        "bttest.ports",
+        "The server's two test ports: the well-known BitTorrent port first (flows there are compared\n\
+         with the same flows on the second, to see throttling or blocking by port).",
     ),
 ];
 
@@ -898,6 +959,9 @@ impl Config {
         }
         if let Err(m) = self.metrics.address() {
             return bad("metrics.listen", &m);
+        }
+        if let Err(m) = self.bttest.test_ports() {
+            return bad("bttest.ports", &m);
         }
         Ok(())
     }

@@ -620,7 +620,10 @@ mod tests {
             let body = &frame[4..];
             for cut in 0..body.len() {
                 // A body cut short is malformed (or, at 0 bytes, has no type).
-                assert!(Control::decode_body(&body[..cut]).is_err(), "{m:?} cut {cut}");
+                assert!(
+                    Control::decode_body(&body[..cut]).is_err(),
+                    "{m:?} cut {cut}"
+                );
             }
             let mut longer = body.to_vec();
             longer.push(0);

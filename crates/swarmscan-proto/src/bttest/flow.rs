@@ -251,9 +251,7 @@ impl FlowEndpoint {
             return false;
         }
         match self.role {
-            Role::Leecher => {
-                self.stopped || (self.unchoked && self.next_offset >= self.total)
-            }
+            Role::Leecher => self.stopped || (self.unchoked && self.next_offset >= self.total),
             Role::Seeder => self.peer_eof && self.pending.is_empty(),
         }
     }
@@ -299,8 +297,7 @@ impl FlowEndpoint {
                                 .copy_from_slice(&(9 + block.length).to_be_bytes());
                             out[start + 4] = peer_wire::id::PIECE;
                             out[start + 5..start + 9].copy_from_slice(&block.index.to_be_bytes());
-                            out[start + 9..start + 13]
-                                .copy_from_slice(&block.begin.to_be_bytes());
+                            out[start + 9..start + 13].copy_from_slice(&block.begin.to_be_bytes());
                             self.rng.fill(&mut out[start + PIECE_HEADER..]);
                         }
                         FlowKind::PlainTcp => self.rng.fill(&mut out[start..]),
@@ -389,7 +386,11 @@ impl FlowEndpoint {
                             Message::Unchoke => Got::Unchoke,
                             Message::Interested => Got::Interested,
                             Message::Request(b) => Got::Request(b),
-                            Message::Piece { index, begin, block } => Got::Piece(BlockRef {
+                            Message::Piece {
+                                index,
+                                begin,
+                                block,
+                            } => Got::Piece(BlockRef {
                                 index,
                                 begin,
                                 length: block.len() as u32,
@@ -419,12 +420,10 @@ impl FlowEndpoint {
                             Stage::Bitfield => Got::Bitfield,
                             Stage::Unchoke => Got::Unchoke,
                             Stage::Interested => Got::Interested,
-                            Stage::Requests => {
-                                Got::Request(block_at(self.requested, self.total))
+                            Stage::Requests => Got::Request(block_at(self.requested, self.total)),
+                            Stage::Pieces => {
+                                Got::Piece(*self.outstanding.front().expect("unit_len checked it"))
                             }
-                            Stage::Pieces => Got::Piece(
-                                *self.outstanding.front().expect("unit_len checked it"),
-                            ),
                         };
                         self.handle(got)?;
                     }
