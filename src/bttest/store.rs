@@ -291,3 +291,76 @@ pub fn render(runs: &[RunSummary]) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bttest::verdict::{decide, FlowResult};
+    use crate::proto::bttest::{FlowOutcome, FlowReport};
+
+    #[test]
+    fn runs_round_trip_and_the_report_shows_verdicts_and_rates() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("b.sqlite")).unwrap();
+        assert!(!has_runs(&store).unwrap());
+        assert!(render(&runs(&store).unwrap()).contains("No bttest runs"));
+        let ports = [6881, 4711];
+        let flows: Vec<FlowResult> = crate::bttest::schedule(ports, 1)
+            .into_iter()
+            .enumerate()
+            .map(|(i, spec)| {
+                let bittorrent = spec.kind == crate::proto::bttest::FlowKind::BitTorrent;
+                let report = |seen| FlowReport {
+                    index: i as u16,
+                    payload_received: 1_000_000,
+                    payload_sent: 1_000_000,
+                    duration_us: if bittorrent { 1_000_000 } else { 100_000 },
+                    rst_sent: 0,
+                    rst_seen: seen,
+                    outcome: FlowOutcome::Complete,
+                    detail: String::new(),
+                };
+                FlowResult::new(i as u16, spec, ports[0], &report(0), Some(&report(0)))
+            })
+            .collect();
+        let verdict = decide(&flows, ports);
+        assert!(verdict.rate_limited.upload && verdict.rate_limited.download);
+        let id = save_run(
+            &store,
+            &RunRecord {
+                test_id: 0xabc,
+                server: "example.org",
+                server_addr: "192.0.2.1:6880".into(),
+                ports,
+                started_at: 1_700_000_000_000,
+                ended_at: 1_700_000_060_000,
+                repeats: 1,
+                flow_bytes: 1_000_000,
+                error: None,
+                verdict: &verdict,
+                flows: &flows,
+            },
+        )
+        .unwrap();
+        let stored = runs(&store).unwrap();
+        assert_eq!(stored.len(), 1);
+        assert_eq!(stored[0].id, id);
+        assert_eq!((stored[0].flows, stored[0].failed_flows), (8, 0));
+        assert_eq!(stored[0].test_id, "0000000000000abc");
+        assert_eq!(stored[0].verdict["rate_limited"]["upload"], true);
+        let text = render(&stored);
+        assert!(text.contains("2023-11-14T22:13:20Z"), "{text}");
+        assert!(text.contains("upload, download"), "{text}");
+        // Median KB/s: BitTorrent 1000, plain TCP 10000, on both ports.
+        assert!(text.contains("1000/10000 | 1000/10000"), "{text}");
+        let rows: i64 = store
+            .connection()
+            .query_row(
+                "SELECT COUNT(*) FROM bttest_flows WHERE rate IS NOT NULL",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(rows, 8);
+    }
+}
