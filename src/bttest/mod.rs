@@ -74,3 +74,34 @@ mod tests {
         assert_eq!(flows[1].kind, FlowKind::PlainTcp);
     }
 }
+
+#[cfg(test)]
+mod config_tests {
+    use crate::config::Config;
+    use crate::settings::BttestSettings;
+
+    fn load(set: &str) -> Result<Config, String> {
+        Config::load(None, &[set.to_string()]).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn test_ports_are_two_distinct_ports_apart_from_the_control_port() {
+        let s = BttestSettings::from(&Config::default());
+        assert_eq!(s.ports, [6881, 4711]);
+        assert_eq!(s.listen, "127.0.0.1:6880".parse().unwrap());
+        let s = BttestSettings::from(&load("bttest.ports=[6882, 80]").unwrap());
+        assert_eq!(s.ports, [6882, 80]);
+        for bad in [
+            "[6881]",
+            "[6881, 6881]",
+            "[6881, 0]",
+            "[1, 2, 3]",
+            "[6880, 4711]",
+        ] {
+            let e = load(&format!("bttest.ports={bad}")).unwrap_err();
+            assert!(e.contains("`bttest.ports`"), "{bad}: {e}");
+        }
+        let e = load("bttest.listen=nowhere").unwrap_err();
+        assert!(e.contains("`bttest.listen`"), "{e}");
+    }
+}

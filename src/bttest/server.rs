@@ -5,7 +5,7 @@
 //! so. A test-port connection is taken only from the address of the control connection.
 
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,6 +24,9 @@ pub const MAX_FLOW_MS: u32 = 600_000;
 const CONTROL_IDLE: Duration = Duration::from_secs(120);
 /// How long the server waits for a flow's connection after `Ready`.
 const ACCEPT_WAIT: Duration = Duration::from_secs(15);
+/// Control connections served at once (one runs a test, the others are told it is busy);
+/// more are closed at once, so a flood of connections cannot pile up threads.
+const MAX_SESSIONS: usize = 16;
 
 /// The bound listeners of a server.
 pub struct Server {
@@ -31,6 +34,7 @@ pub struct Server {
     test: Arc<[TcpListener; 2]>,
     ports: [u16; 2],
     busy: Arc<Mutex<()>>,
+    sessions: Arc<AtomicUsize>,
 }
 
 fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, String> {
@@ -56,6 +60,7 @@ impl Server {
             test: Arc::new(test),
             ports: settings.ports,
             busy: Arc::new(Mutex::new(())),
+            sessions: Arc::new(AtomicUsize::new(0)),
         })
     }
 
@@ -71,6 +76,14 @@ impl Server {
         while !stop.load(Ordering::Relaxed) && until.is_none_or(|t| Instant::now() < t) {
             match self.control.accept() {
                 Ok((stream, from)) => {
+                    if self.sessions.load(Ordering::Relaxed) >= MAX_SESSIONS {
+                        tracing::info!(
+                            "bttest: {from} turned away: {MAX_SESSIONS} connections already"
+                        );
+                        continue;
+                    }
+                    self.sessions.fetch_add(1, Ordering::Relaxed);
+                    let sessions = Arc::clone(&self.sessions);
                     let test = Arc::clone(&self.test);
                     let busy = Arc::clone(&self.busy);
                     let ports = self.ports;
@@ -80,8 +93,10 @@ impl Server {
                             if let Err(e) = session(stream, &test, ports, &busy) {
                                 tracing::warn!("bttest: test from {from} ended: {e}");
                             }
+                            sessions.fetch_sub(1, Ordering::Relaxed);
                         });
                     if let Err(e) = spawned {
+                        self.sessions.fetch_sub(1, Ordering::Relaxed);
                         tracing::warn!("bttest: cannot start a thread for {from}: {e}");
                     }
                 }
@@ -181,8 +196,11 @@ fn session(
                 let Some(spec) = flows.get(index as usize).copied() else {
                     return refuse(&mut link, format!("flow {index} is not in the schedule"));
                 };
-                link.send(&Control::Ready { index })?;
                 let listener = &test[if spec.port == ports[0] { 0 } else { 1 }];
+                // Connections left in the backlog (a client that gave up on an earlier flow)
+                // must not be taken for this flow's.
+                while listener.accept().is_ok() {}
+                link.send(&Control::Ready { index })?;
                 let report = serve_flow(&link, listener, spec, index, seed, flow_bytes, limits);
                 link.send(&Control::FlowEnd { index })?;
                 reports.push(report);

@@ -1,8 +1,9 @@
 //! `swarmscan bttest server` and `swarmscan bttest client HOST[:PORT]`: does this path block
 //! or throttle BitTorrent? (`crate::bttest`).
 //!
-//! Exit codes: 0 ok (whatever the verdict), 2 bad configuration or arguments, 1 the test
-//! could not run or broke off (what was measured until then is printed and stored).
+//! Exit codes: 0 ok (whatever the verdict), 2 bad configuration or arguments (a server that
+//! does not resolve included), 1 the test could not run or broke off (what was measured
+//! until then is printed and stored).
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -113,6 +114,10 @@ fn run_client(args: &ClientArgs) -> i32 {
         Ok(c) => c,
         Err(code) => return code,
     };
+    if let Err(e) = client::resolve(&args.server, config.bttest.listen.port()) {
+        eprintln!("swarmscan: bttest: {e}");
+        return 2;
+    }
     // Open the database first: a test that cannot be stored should say so before it runs.
     let store = if args.no_store {
         None
