@@ -229,9 +229,10 @@ fn run_one(
                 payload_bytes: flow_bytes,
                 seed,
             });
-            let peer_ended = |l: &ControlLink| l.peer_ended(index);
-            let l: &ControlLink = link;
-            run_flow(stream, endpoint, index, started, limits, &|| peer_ended(l))
+            let link: &ControlLink = link;
+            run_flow(stream, endpoint, index, started, limits, &|| {
+                link.peer_ended(index)
+            })
         }
         Err(e) => {
             // A connect answered with a reset (refused) while the server listens: not ours.

@@ -654,6 +654,29 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Arbitrary bytes in arbitrary chunks: messages or an error, never a panic, and the
+        /// reader holds no more than one frame plus the newest chunk.
+        #[test]
+        fn arbitrary_bytes_frame_or_fail(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2048), chunk in 1usize..300) {
+            let mut reader = ControlReader::new();
+            'feed: for piece in data.chunks(chunk) {
+                reader.feed(piece);
+                loop {
+                    match reader.next_message() {
+                        Ok(Some(m)) => {
+                            let frame = m.to_frame();
+                            proptest::prop_assert_eq!(Control::decode_body(&frame[4..]), Ok(m));
+                        }
+                        Ok(None) => break,
+                        Err(_) => break 'feed,
+                    }
+                }
+                proptest::prop_assert!(reader.buf.len() <= MAX_FRAME + 4 + chunk);
+            }
+        }
+    }
+
     #[test]
     fn long_text_is_cut_at_a_character_boundary() {
         let reason = "é".repeat(MAX_TEXT);
