@@ -23,7 +23,7 @@ use std::fmt;
 
 use super::control::FlowKind;
 use super::Rng;
-use crate::peer_wire::{self, BlockRef, Handshake, Message, MessageReader, Reserved};
+use crate::peer_wire::{BlockRef, Handshake, Message, MessageReader, Reserved};
 
 /// Bytes per block (request and piece), as every real client uses.
 pub const BLOCK: u32 = 16 * 1024;
@@ -166,6 +166,8 @@ pub struct FlowEndpoint {
     pending: VecDeque<BlockRef>,
     requested: u64,
     payload_sent: u64,
+    /// One block of random payload, refilled for every piece.
+    block_buf: Vec<u8>,
 }
 
 /// The block at byte `offset` of the torrent.
@@ -221,6 +223,10 @@ impl FlowEndpoint {
             pending: VecDeque::new(),
             requested: 0,
             payload_sent: 0,
+            block_buf: match params.role {
+                Role::Seeder => vec![0; BLOCK as usize],
+                Role::Leecher => Vec::new(),
+            },
         }
     }
 
@@ -289,18 +295,20 @@ impl FlowEndpoint {
                     let Some(block) = self.pending.pop_front() else {
                         break;
                     };
-                    let start = out.len();
-                    out.resize(start + PIECE_HEADER + block.length as usize, 0);
                     match self.kind {
                         FlowKind::BitTorrent => {
-                            out[start..start + 4]
-                                .copy_from_slice(&(9 + block.length).to_be_bytes());
-                            out[start + 4] = peer_wire::id::PIECE;
-                            out[start + 5..start + 9].copy_from_slice(&block.index.to_be_bytes());
-                            out[start + 9..start + 13].copy_from_slice(&block.begin.to_be_bytes());
-                            self.rng.fill(&mut out[start + PIECE_HEADER..]);
+                            let payload = &mut self.block_buf[..block.length as usize];
+                            self.rng.fill(payload);
+                            Message::Piece {
+                                index: block.index,
+                                begin: block.begin,
+                                block: payload,
+                            }
+                            .encode_into(out);
                         }
-                        FlowKind::PlainTcp => self.rng.fill(&mut out[start..]),
+                        FlowKind::PlainTcp => {
+                            self.push_random(out, PIECE_HEADER + block.length as usize)
+                        }
                     }
                     self.payload_sent += u64::from(block.length);
                 }
