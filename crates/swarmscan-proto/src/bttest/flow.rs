@@ -295,19 +295,22 @@ impl FlowEndpoint {
                     let Some(block) = self.pending.pop_front() else {
                         break;
                     };
+                    // Both kinds fill the block the same way and copy it once, so that
+                    // neither costs more CPU than the other on a fast path.
+                    let payload = &mut self.block_buf[..block.length as usize];
+                    self.rng.fill(payload);
                     match self.kind {
-                        FlowKind::BitTorrent => {
-                            let payload = &mut self.block_buf[..block.length as usize];
-                            self.rng.fill(payload);
-                            Message::Piece {
-                                index: block.index,
-                                begin: block.begin,
-                                block: payload,
-                            }
-                            .encode_into(out);
+                        FlowKind::BitTorrent => Message::Piece {
+                            index: block.index,
+                            begin: block.begin,
+                            block: payload,
                         }
+                        .encode_into(out),
                         FlowKind::PlainTcp => {
-                            self.push_random(out, PIECE_HEADER + block.length as usize)
+                            let mut header = [0u8; PIECE_HEADER];
+                            self.rng.fill(&mut header);
+                            out.extend_from_slice(&header);
+                            out.extend_from_slice(&self.block_buf[..block.length as usize]);
                         }
                     }
                     self.payload_sent += u64::from(block.length);
