@@ -42,6 +42,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// Our mainline DHT node(s).
     pub dht: DhtSection,
+    /// `swarmscan bttest`: the BitTorrent blocking and throttling test.
+    pub bttest: BttestConfig,
 }
 
 impl Default for Config {
@@ -58,6 +60,7 @@ impl Default for Config {
             stats: StatsConfig::default(),
             metrics: MetricsConfig::default(),
             dht: DhtSection::default(),
+            bttest: BttestConfig::default(),
         }
     }
 }
@@ -469,6 +472,49 @@ impl MetricsConfig {
     }
 }
 
+/// `[bttest]`: `swarmscan bttest server` (the client takes the ports from the server).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BttestConfig {
+    /// The server's control address; the test ports listen on its IP too. The client's
+    /// default port when HOST has none.
+    pub listen: SocketAddr,
+    /// The two test ports: the well-known BitTorrent port first, then the other one.
+    pub ports: Vec<u16>,
+}
+
+impl Default for BttestConfig {
+    fn default() -> Self {
+        BttestConfig {
+            // Loopback by default, like net.listen: a test server is opened on purpose.
+            listen: SocketAddr::from(([127, 0, 0, 1], 6880)),
+            ports: vec![6881, 4711],
+        }
+    }
+}
+
+impl BttestConfig {
+    /// The two test ports, checked: two, distinct, non-zero, not the control port.
+    pub fn test_ports(&self) -> Result<[u16; 2], String> {
+        match self.ports[..] {
+            [a, b] if a != 0 && b != 0 && a != b => {
+                if a == self.listen.port() || b == self.listen.port() {
+                    Err(format!(
+                        "the test ports must differ from bttest.listen's port {}",
+                        self.listen.port()
+                    ))
+                } else {
+                    Ok([a, b])
+                }
+            }
+            _ => Err(format!(
+                "must be two different non-zero ports (the BitTorrent port first, e.g. [6881, 4711]), got {:?}",
+                self.ports
+            )),
+        }
+    }
+}
+
 /// Documentation of every section (printed above `[section]`).
 pub const SECTION_DOCS: &[(&str, &str)] = &[
     (
@@ -507,6 +553,10 @@ pub const SECTION_DOCS: &[(&str, &str)] = &[
         "Our mainline DHT node(s) (BEP 5) on the workers' UDP sockets (net.listen, port + worker):\n\
          torrents are looked up with get_peers (peers of source `dht`, BEP 33 estimates), magnets\n\
          resolved through the peers found. Good nodes are kept in the database for the next run.",
+    ),
+    (
+        "bttest",
+        "`swarmscan bttest server`: does a path block or throttle BitTorrent (see README, bttest).",
     ),
 ];
 
@@ -701,6 +751,17 @@ pub const KEY_DOCS: &[(&str, &str)] = &[
         "announce_peer our listen port to the closest nodes after each lookup. Off by default: a\n\
          measurement scanner does not need to be found, and announcing would put us in the swarms\n\
          we count.",
+    ),
+    (
+        "bttest.listen",
+        "Control address of `swarmscan bttest server`; the test ports listen on the same IP.\n\
+         Loopback by default; a server for real paths uses e.g. \"0.0.0.0:6880\". Also the port\n\
+         `bttest client HOST` uses when HOST gives none.",
+    ),
+    (
+        "bttest.ports",
+        "The server's two test ports: the well-known BitTorrent port first (flows there are compared\n\
+         with the same flows on the second, to see throttling or blocking by port).",
     ),
 ];
 
@@ -1032,6 +1093,9 @@ impl Config {
         check_count(d.max_lookups as u64, 1, 64).map_err(named("dht.max_lookups"))?;
         for entry in &d.bootstrap {
             check_bootstrap_entry(entry).map_err(named("dht.bootstrap"))?;
+        }
+        if let Err(m) = self.bttest.test_ports() {
+            return bad("bttest.ports", &m);
         }
         Ok(())
     }

@@ -8,6 +8,7 @@
 //! the commands.
 
 pub mod bench;
+pub mod bttest;
 pub mod cli;
 pub mod config;
 pub mod dht;

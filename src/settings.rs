@@ -84,6 +84,27 @@ pub struct ScanSettings {
     pub metrics_allow_remote: bool,
     /// Our DHT nodes.
     pub dht: crate::dht::DhtSettings,
+    /// `swarmscan bttest server`'s addresses.
+    pub bttest: BttestSettings,
+}
+
+/// The `bttest.*` settings `swarmscan bttest` runs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BttestSettings {
+    /// The server's control address (and the client's default port).
+    pub listen: std::net::SocketAddr,
+    /// The test ports: the well-known BitTorrent port, then the other one.
+    pub ports: [u16; 2],
+}
+
+impl From<&Config> for BttestSettings {
+    /// Validated configs only (`bttest.ports` checked by `Config::validate`).
+    fn from(config: &Config) -> BttestSettings {
+        BttestSettings {
+            listen: config.bttest.listen,
+            ports: config.bttest.test_ports().unwrap_or([6881, 4711]),
+        }
+    }
 }
 
 impl From<&Config> for EngineConfig {
@@ -241,6 +262,7 @@ impl From<&Config> for ScanSettings {
             stats_interval: Duration::from_secs_f64(config.stats.interval_secs.max(1.0)),
             metrics_listen: config.metrics.address().ok().flatten(),
             metrics_allow_remote: config.metrics.allow_remote,
+            bttest: config.into(),
             dht: config.into(),
         }
     }
@@ -289,6 +311,8 @@ mod tests {
             "dht.bootstrap" => return "[\"127.0.0.1:6881\"]".into(),
             "tracker.ca_files" => return "[\"ca.pem\"]".into(),
             "metrics.listen" => return "\"127.0.0.1:9185\"".into(),
+            "bttest.listen" => return "\"127.0.0.1:7880\"".into(),
+            "bttest.ports" => return "[6882, 4711]".into(),
             // Must stay at least the first retry delay.
             "peer.retry_backoff_max_secs" => return "7200.0".into(),
             _ => {}

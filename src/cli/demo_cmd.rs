@@ -103,6 +103,7 @@ fn demo(args: &DemoArgs) -> Result<(), String> {
     let crossed = sim.crossings(config.peer.threshold, summary.seconds);
     let report_args = crate::cli::report_cmd::ReportArgs {
         json: args.json,
+        bttest: false,
         plots: None,
         config: ConfigArgs {
             config: None,

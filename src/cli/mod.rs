@@ -1,5 +1,6 @@
 //! Command-line interface.
 
+pub mod bttest_cmd;
 pub mod config_cmd;
 pub mod demo_cmd;
 pub mod export_cmd;
@@ -50,6 +51,8 @@ enum Command {
     Series(report_cmd::SeriesArgs),
     /// Peers, their stored contacts, or discovery requests as CSV, JSON lines or Parquet (streamed).
     Export(export_cmd::ExportArgs),
+    /// Does this path block or throttle BitTorrent? A Glasnost-style server and client.
+    Bttest(bttest_cmd::BttestArgs),
     /// (for benchmarks and tests) Fill a new database with a synthetic study.
     #[command(name = "synth-db", hide = true)]
     SynthDb(synth_cmd::SynthArgs),
@@ -78,6 +81,7 @@ pub fn main() -> i32 {
         Command::Series(args) => report_cmd::run_series(&args),
         Command::Export(args) => export_cmd::run(&args),
         Command::SynthDb(args) => synth_cmd::run(&args),
+        Command::Bttest(args) => bttest_cmd::run(&args),
     }
 }
 
@@ -158,6 +162,9 @@ mod tests {
             "bench fake-swarm --max-seconds",
             "synth-db --peers",
             "synth-db --seed",
+            "bttest client --repeat",
+            "bttest client --bytes",
+            "bttest server --for",
         ] {
             assert!(
                 checked.iter().any(|c| c == expected),

@@ -19,6 +19,9 @@ pub struct ReportArgs {
     /// Print one JSON object instead of text tables.
     #[arg(long)]
     pub json: bool,
+    /// Instead: the stored `swarmscan bttest` runs (date, verdicts, rates), one per line.
+    #[arg(long)]
+    pub bttest: bool,
     /// Also write every figure (5.1, 5.3, 5.4, clients, countries, speed by country, threshold
     /// sensitivity) as SVG and PNG into this directory (created if missing).
     #[arg(long, value_name = "DIR")]
@@ -66,6 +69,9 @@ pub fn run_report(args: &ReportArgs) -> i32 {
         Ok(s) => s,
         Err(code) => return code,
     };
+    if args.bttest {
+        return run_bttest_report(&store, args.json);
+    }
     let report = match store.report() {
         Ok(r) => r,
         Err(e) => {
@@ -100,6 +106,29 @@ pub fn run_report(args: &ReportArgs) -> i32 {
         }
     } else {
         print!("{}", render_report(&report));
+    }
+    0
+}
+
+/// `report --bttest`: every stored bttest run; returns the exit code.
+fn run_bttest_report(store: &Store, json: bool) -> i32 {
+    let runs = match crate::bttest::store::runs(store) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("swarmscan: {e}");
+            return 1;
+        }
+    };
+    if json {
+        match serde_json::to_string_pretty(&serde_json::json!({ "runs": runs })) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                eprintln!("swarmscan: {e}");
+                return 1;
+            }
+        }
+    } else {
+        print!("{}", crate::bttest::store::render(&runs));
     }
     0
 }

@@ -266,6 +266,54 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (ip, port)
     ) WITHOUT ROWID;
     "#,
+    // v9: `swarmscan bttest client` runs (is BitTorrent blocked or throttled on this path?)
+    // and their flows; the server's address is stored as given (it is ours, not a peer).
+    r#"
+    CREATE TABLE bttest_runs (
+        id                    INTEGER PRIMARY KEY,
+        test_id               TEXT NOT NULL,    -- 16 hex digits, also in the server's log
+        server                TEXT NOT NULL,    -- as given on the command line
+        server_addr           TEXT NOT NULL,    -- the address connected to
+        bittorrent_port       INTEGER NOT NULL,
+        other_port            INTEGER NOT NULL,
+        started_at            INTEGER NOT NULL,
+        ended_at              INTEGER NOT NULL,
+        version               TEXT NOT NULL,
+        repeats               INTEGER NOT NULL,
+        flow_bytes            INTEGER NOT NULL,
+        complete              INTEGER NOT NULL, -- 0: the control connection broke off
+        error                 TEXT,             -- why, when not complete
+        blocked_protocol      INTEGER NOT NULL,
+        blocked_direction     INTEGER NOT NULL,
+        blocked_port          INTEGER NOT NULL,
+        blocked_any           INTEGER NOT NULL,
+        rate_limited_upload   INTEGER NOT NULL,
+        rate_limited_download INTEGER NOT NULL,
+        rate_limited_port     INTEGER NOT NULL,
+        verdict               TEXT NOT NULL     -- the whole verdict as JSON (rates included)
+    );
+    CREATE TABLE bttest_flows (
+        run_id            INTEGER NOT NULL REFERENCES bttest_runs(id),
+        idx               INTEGER NOT NULL,     -- position in the schedule
+        repeat            INTEGER NOT NULL,
+        kind              TEXT NOT NULL,        -- bittorrent | tcp
+        direction         TEXT NOT NULL,        -- upload | download (seen from the client)
+        port              INTEGER NOT NULL,
+        bytes             INTEGER NOT NULL,     -- payload bytes the receiving end got
+        duration_ms       REAL NOT NULL,        -- the receiving end's
+        rate              REAL,                 -- bytes/s; NULL = did not end cleanly
+        failed            INTEGER NOT NULL,     -- reset that neither end caused
+        client_outcome    TEXT NOT NULL,
+        client_rst_sent   INTEGER NOT NULL,
+        client_rst_seen   INTEGER NOT NULL,
+        client_detail     TEXT NOT NULL,
+        server_outcome    TEXT,                 -- NULL: no report from the server
+        server_rst_sent   INTEGER,
+        server_rst_seen   INTEGER,
+        server_detail     TEXT,
+        PRIMARY KEY (run_id, idx)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// A store error; messages name the database file.

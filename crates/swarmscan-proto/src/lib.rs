@@ -2,6 +2,7 @@
 //! (time, where needed, is passed in by the caller).
 
 pub mod bencode;
+pub mod bttest;
 pub mod client_id;
 pub mod dht;
 pub mod hex;
