@@ -18,6 +18,7 @@ pub mod scan;
 pub mod service;
 pub mod session;
 pub mod settings;
+pub mod sink;
 pub mod sim;
 pub mod store;
 pub mod threads;

@@ -78,6 +78,8 @@ pub struct ScanSettings {
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// `metrics.allow_remote` (already applied to `metrics_listen`; kept to be shown).
     pub metrics_allow_remote: bool,
+    /// What `swarmscan sink` runs with (`sink.*`).
+    pub sink: crate::sink::SinkSettings,
 }
 
 impl From<&Config> for EngineConfig {
@@ -232,6 +234,7 @@ impl From<&Config> for ScanSettings {
             stats_interval: Duration::from_secs_f64(config.stats.interval_secs.max(1.0)),
             metrics_listen: config.metrics.address().ok().flatten(),
             metrics_allow_remote: config.metrics.allow_remote,
+            sink: config.into(),
         }
     }
 }
@@ -261,6 +264,7 @@ mod tests {
             "net.listen" => return "[\"127.0.0.1:7001\"]".into(),
             "tracker.ca_files" => return "[\"ca.pem\"]".into(),
             "metrics.listen" => return "\"127.0.0.1:9185\"".into(),
+            "sink.tcp" | "sink.udp" => return "[\"127.0.0.1:7002\"]".into(),
             // Must stay at least the first retry delay.
             "peer.retry_backoff_max_secs" => return "7200.0".into(),
             _ => {}

@@ -50,6 +50,8 @@ enum Command {
     Series(report_cmd::SeriesArgs),
     /// Peers, their stored contacts, or discovery requests as CSV, JSON lines or Parquet (streamed).
     Export(export_cmd::ExportArgs),
+    /// Passive trace collector: accept and record whatever arrives at the `sink.*` addresses, answer nothing.
+    Sink(crate::sink::cmd::SinkArgs),
     /// (for benchmarks and tests) Fill a new database with a synthetic study.
     #[command(name = "synth-db", hide = true)]
     SynthDb(synth_cmd::SynthArgs),
@@ -78,6 +80,7 @@ pub fn main() -> i32 {
         Command::Series(args) => report_cmd::run_series(&args),
         Command::Export(args) => export_cmd::run(&args),
         Command::SynthDb(args) => synth_cmd::run(&args),
+        Command::Sink(args) => crate::sink::cmd::run(&args),
     }
 }
 

@@ -1,0 +1,384 @@
+//! The sink's per-worker driver: a silent conversation per accepted TCP connection and a
+//! bounded table of UDP flows; every finished flow becomes a [`SinkFlowRecord`].
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+
+use crate::engine::{
+    Conversation, DatagramQueue, Millis, ProbeDone, ProbeRequest, Verdict, WorkerDriver,
+};
+use crate::proto::sink_classify::{self, Classification, Protocol, Transport};
+use crate::store::{RecordSender, SinkFlowRecord};
+
+/// What a sink worker needs to know (a share of the `sink.*` settings).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SinkLimits {
+    /// Quiet this long: the flow is over.
+    pub idle_ms: Millis,
+    /// Bytes of a flow kept for classification.
+    pub keep_bytes: usize,
+    /// Close a TCP connection after this many bytes (0 = never).
+    pub max_bytes: u64,
+    /// UDP flows tracked by this worker.
+    pub max_udp_flows: usize,
+}
+
+/// How a flow ended, as stored.
+fn ending_name(errno: Option<i32>) -> &'static str {
+    match errno {
+        None => "closed",
+        Some(libc::ECONNABORTED) => "evicted",
+        Some(libc::ECANCELED) => "stopped",
+        Some(_) => "reset",
+    }
+}
+
+/// One accepted TCP connection: reads, never writes; keeps the first bytes.
+#[derive(Debug)]
+pub struct SinkConv {
+    destination: SocketAddr,
+    idle_ms: Millis,
+    keep_bytes: usize,
+    max_bytes: u64,
+    prefix: Vec<u8>,
+    bytes: u64,
+    reads: u64,
+    started: Millis,
+    last: Millis,
+    ending: &'static str,
+}
+
+impl SinkConv {
+    /// A connection accepted at `now` that was sent to `destination`.
+    pub fn new(destination: SocketAddr, limits: &SinkLimits, now: Millis) -> SinkConv {
+        SinkConv {
+            destination,
+            idle_ms: limits.idle_ms,
+            keep_bytes: limits.keep_bytes,
+            max_bytes: limits.max_bytes,
+            prefix: Vec::new(),
+            bytes: 0,
+            reads: 0,
+            started: now,
+            last: now,
+            ending: "stopped",
+        }
+    }
+
+    /// What the first bytes are.
+    pub fn classify(&self) -> Classification {
+        sink_classify::classify_stream(&self.prefix)
+    }
+}
+
+impl Conversation for SinkConv {
+    fn on_connected(&mut self, now: Millis, _send: &mut Vec<u8>) {
+        self.last = now;
+    }
+
+    fn on_bytes(&mut self, now: Millis, bytes: &[u8], _send: &mut Vec<u8>) -> Verdict {
+        let room = self.keep_bytes.saturating_sub(self.prefix.len());
+        self.prefix
+            .extend_from_slice(&bytes[..bytes.len().min(room)]);
+        self.bytes += bytes.len() as u64;
+        self.reads += 1;
+        self.last = now;
+        if self.max_bytes > 0 && self.bytes >= self.max_bytes {
+            self.ending = "byte_cap";
+            return Verdict::Finished;
+        }
+        Verdict::Continue
+    }
+
+    fn deadline(&self) -> Millis {
+        self.last.saturating_add(self.idle_ms)
+    }
+
+    fn on_deadline(&mut self, _now: Millis, _send: &mut Vec<u8>) -> Verdict {
+        self.ending = "idle";
+        Verdict::Finished
+    }
+
+    fn on_closed(&mut self, _now: Millis, errno: Option<i32>) {
+        self.ending = ending_name(errno);
+    }
+}
+
+/// A UDP flow: datagrams of one protocol from one sender to one destination, until quiet.
+#[derive(Debug)]
+struct UdpFlow {
+    first: Millis,
+    last: Millis,
+    bytes: u64,
+    packets: u64,
+    class: Classification,
+}
+
+/// A UDP flow's identity: sender, destination, protocol (one client's DHT node, uTP
+/// connections and tracker announces on one socket are three flows).
+type FlowKey = (SocketAddr, SocketAddr, Protocol);
+
+/// Counters of one sink worker.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct SinkCounters {
+    /// TCP connections stored.
+    pub tcp_flows: u64,
+    /// UDP datagrams received.
+    pub datagrams: u64,
+    /// UDP flows stored.
+    pub udp_flows: u64,
+    /// UDP flows stored early to make room for a new one.
+    pub udp_flows_evicted: u64,
+    /// Most UDP flows tracked at once.
+    pub udp_flows_max: usize,
+}
+
+/// One worker's sink: hands the engine silent conversations, tracks UDP flows, sends records.
+pub struct SinkDriver {
+    limits: SinkLimits,
+    records: RecordSender,
+    /// Unix milliseconds at engine time 0.
+    unix_epoch_ms: i64,
+    next_token: u64,
+    udp: HashMap<FlowKey, UdpFlow>,
+    /// UDP flow keys oldest first (with their start, to skip keys of flows already gone).
+    udp_order: VecDeque<(FlowKey, Millis)>,
+    next_sweep: Millis,
+    /// Counters, read after the run.
+    pub counters: SinkCounters,
+}
+
+impl SinkDriver {
+    /// A driver whose engine clock started at `unix_epoch_ms`.
+    pub fn new(limits: SinkLimits, records: RecordSender, unix_epoch_ms: i64) -> SinkDriver {
+        SinkDriver {
+            limits,
+            records,
+            unix_epoch_ms,
+            next_token: 0,
+            udp: HashMap::new(),
+            udp_order: VecDeque::new(),
+            next_sweep: 0,
+            counters: SinkCounters::default(),
+        }
+    }
+
+    fn unix(&self, at: Millis) -> i64 {
+        self.unix_epoch_ms.saturating_add(at as i64)
+    }
+
+    fn store(
+        &mut self,
+        transport: Transport,
+        class: &Classification,
+        source: SocketAddr,
+        destination: SocketAddr,
+        times: (Millis, Millis, u64, u64),
+        ending: &'static str,
+    ) {
+        let (first, last, bytes, packets) = times;
+        let details = (!class.details.is_empty())
+            .then(|| serde_json::to_string(&class.details).unwrap_or_default());
+        let record = SinkFlowRecord {
+            transport: transport.name(),
+            protocol: class.protocol.name(),
+            source,
+            destination,
+            first_at: self.unix(first),
+            last_at: self.unix(last),
+            bytes,
+            packets,
+            ending,
+            details,
+        };
+        self.records.send(crate::store::Record::SinkFlow(Box::new(record)));
+    }
+
+    fn store_udp(&mut self, key: FlowKey, ending: &'static str) {
+        if let Some(flow) = self.udp.remove(&key) {
+            self.counters.udp_flows += 1;
+            let times = (flow.first, flow.last, flow.bytes, flow.packets);
+            self.store(Transport::Udp, &flow.class, key.0, key.1, times, ending);
+        }
+    }
+
+    /// Stores the UDP flows quiet for `idle_ms` (all of them with `everything`).
+    fn sweep_udp(&mut self, now: Millis, everything: bool) {
+        let idle = self.limits.idle_ms;
+        let quiet: Vec<_> = self
+            .udp
+            .iter()
+            .filter(|(_, f)| everything || now.saturating_sub(f.last) >= idle)
+            .map(|(k, _)| *k)
+            .collect();
+        let ending = if everything { "stopped" } else { "idle" };
+        for key in quiet {
+            self.store_udp(key, ending);
+        }
+        if self.udp_order.len() > 2 * self.udp.len() + 1024 {
+            let udp = &self.udp;
+            self.udp_order
+                .retain(|(k, first)| udp.get(k).is_some_and(|f| f.first == *first));
+        }
+    }
+
+    /// Stores every flow still open and hands the overflow to the writer (after the run).
+    pub fn finish(mut self) -> SinkCounters {
+        self.sweep_udp(Millis::MAX, true);
+        let counters = self.counters.clone();
+        self.records.close();
+        counters
+    }
+}
+
+impl WorkerDriver for SinkDriver {
+    type Conv = SinkConv;
+
+    fn next_probe(&mut self, _now: Millis) -> Option<ProbeRequest<SinkConv>> {
+        None
+    }
+
+    fn probe_done(&mut self, _now: Millis, done: ProbeDone<SinkConv>) {
+        let conv = done.conv;
+        let class = conv.classify();
+        self.counters.tcp_flows += 1;
+        let times = (conv.started, conv.last, conv.bytes, conv.reads);
+        self.store(
+            Transport::Tcp,
+            &class,
+            done.peer,
+            conv.destination,
+            times,
+            conv.ending,
+        );
+    }
+
+    fn incoming(
+        &mut self,
+        now: Millis,
+        remote: SocketAddr,
+        local: SocketAddr,
+    ) -> Option<(u64, SinkConv)> {
+        self.incoming_to(now, remote, local, None)
+    }
+
+    fn incoming_to(
+        &mut self,
+        now: Millis,
+        _remote: SocketAddr,
+        local: SocketAddr,
+        original_dst: Option<SocketAddr>,
+    ) -> Option<(u64, SinkConv)> {
+        self.next_token += 1;
+        let destination = original_dst.unwrap_or(local);
+        Some((
+            self.next_token,
+            SinkConv::new(destination, &self.limits, now),
+        ))
+    }
+
+    fn tick(&mut self, now: Millis) {
+        self.records.pump();
+        if now >= self.next_sweep {
+            // Flows are stored at most half an idle time late (and within a second).
+            self.next_sweep = now + (self.limits.idle_ms / 2).clamp(10, 1000);
+            self.sweep_udp(now, false);
+        }
+    }
+
+    fn datagram(
+        &mut self,
+        now: Millis,
+        local: SocketAddr,
+        from: SocketAddr,
+        bytes: &[u8],
+        out: &mut DatagramQueue,
+    ) {
+        self.datagram_to(now, local, None, from, bytes, out)
+    }
+
+    fn datagram_to(
+        &mut self,
+        now: Millis,
+        local: SocketAddr,
+        original_dst: Option<SocketAddr>,
+        from: SocketAddr,
+        bytes: &[u8],
+        _out: &mut DatagramQueue,
+    ) {
+        self.counters.datagrams += 1;
+        let kept = &bytes[..bytes.len().min(self.limits.keep_bytes)];
+        let class = sink_classify::classify_datagram(kept);
+        let key = (from, original_dst.unwrap_or(local), class.protocol);
+        if let Some(flow) = self.udp.get_mut(&key) {
+            flow.last = now;
+            flow.bytes += bytes.len() as u64;
+            flow.packets += 1;
+            return;
+        }
+        // A new flow: make room first, oldest first.
+        while self.udp.len() >= self.limits.max_udp_flows {
+            let Some((old, first)) = self.udp_order.pop_front() else {
+                break;
+            };
+            if self.udp.get(&old).is_some_and(|f| f.first == first) {
+                self.counters.udp_flows_evicted += 1;
+                self.store_udp(old, "evicted");
+            }
+        }
+        self.udp.insert(
+            key,
+            UdpFlow {
+                first: now,
+                last: now,
+                bytes: bytes.len() as u64,
+                packets: 1,
+                class,
+            },
+        );
+        self.udp_order.push_back((key, now));
+        self.counters.udp_flows_max = self.counters.udp_flows_max.max(self.udp.len());
+    }
+
+    fn next_wakeup(&self) -> Option<Millis> {
+        (!self.udp.is_empty()).then_some(self.next_sweep)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> SinkLimits {
+        SinkLimits {
+            idle_ms: 100,
+            keep_bytes: 8,
+            max_bytes: 20,
+            max_udp_flows: 2,
+        }
+    }
+
+    #[test]
+    fn a_connection_keeps_its_first_bytes_counts_the_rest_and_answers_nothing() {
+        let dst: SocketAddr = "127.0.0.1:6881".parse().unwrap();
+        let mut conv = SinkConv::new(dst, &limits(), 5);
+        let mut send = Vec::new();
+        conv.on_connected(5, &mut send);
+        assert_eq!(conv.deadline(), 105);
+        assert_eq!(
+            conv.on_bytes(10, b"GET / HTTP/1.1\r\n", &mut send),
+            Verdict::Continue
+        );
+        assert_eq!(conv.prefix, b"GET / HT");
+        assert_eq!(conv.deadline(), 110);
+        // The byte cap ends it.
+        assert_eq!(conv.on_bytes(20, b"Host: x\r\n", &mut send), Verdict::Finished);
+        assert_eq!((conv.bytes, conv.reads, conv.ending), (25, 2, "byte_cap"));
+        assert!(send.is_empty());
+        let mut idle = SinkConv::new(dst, &limits(), 0);
+        assert_eq!(idle.on_deadline(100, &mut send), Verdict::Finished);
+        assert_eq!(idle.ending, "idle");
+        idle.on_closed(101, Some(libc::ECONNABORTED));
+        assert_eq!(idle.ending, "evicted");
+    }
+}
