@@ -18,8 +18,8 @@ pub mod scan;
 pub mod service;
 pub mod session;
 pub mod settings;
-pub mod sink;
 pub mod sim;
+pub mod sink;
 pub mod store;
 pub mod threads;
 

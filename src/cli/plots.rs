@@ -243,7 +243,8 @@ pub fn write_plots(report: &Report, data: &FigureData, dir: &Path) -> Result<Vec
     Ok(written)
 }
 
-pub(crate) type DrawResult<DB> = Result<(), DrawingAreaErrorKind<<DB as DrawingBackend>::ErrorType>>;
+pub(crate) type DrawResult<DB> =
+    Result<(), DrawingAreaErrorKind<<DB as DrawingBackend>::ErrorType>>;
 
 /// The legend every figure draws: the series' labels in a light box at `position`.
 pub(crate) fn draw_legend<'a, DB: DrawingBackend + 'a, CT: plotters::coord::CoordTranslate>(
@@ -277,7 +278,10 @@ fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, plot: &Plot) -> DrawR
 }
 
 /// "No data" with the reason, in the middle of the figure.
-pub(crate) fn draw_empty<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, why: &str) -> DrawResult<DB> {
+pub(crate) fn draw_empty<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    why: &str,
+) -> DrawResult<DB> {
     let (w, h) = area.dim_in_pixel();
     let style = TextStyle::from((FONT, 18).into_font())
         .color(&RGBColor(0x55, 0x55, 0x55))

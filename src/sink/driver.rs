@@ -3,6 +3,8 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use crate::engine::{
     Conversation, DatagramQueue, Millis, ProbeDone, ProbeRequest, Verdict, WorkerDriver,
@@ -131,6 +133,9 @@ pub struct SinkCounters {
     pub udp_flows_evicted: u64,
     /// Most UDP flows tracked at once.
     pub udp_flows_max: usize,
+    /// Workers (for the start message; summed, it is the number of workers).
+    #[serde(skip)]
+    pub workers: usize,
 }
 
 /// One worker's sink: hands the engine silent conversations, tracks UDP flows, sends records.
@@ -144,6 +149,9 @@ pub struct SinkDriver {
     /// UDP flow keys oldest first (with their start, to skip keys of flows already gone).
     udp_order: VecDeque<(FlowKey, Millis)>,
     next_sweep: Millis,
+    /// Workers up so far (shared); the last one to come up says the sink listens.
+    started: Option<Arc<AtomicUsize>>,
+    tcp: Vec<SocketAddr>,
     /// Counters, read after the run.
     pub counters: SinkCounters,
 }
@@ -159,8 +167,17 @@ impl SinkDriver {
             udp: HashMap::new(),
             udp_order: VecDeque::new(),
             next_sweep: 0,
+            started: None,
+            tcp: Vec::new(),
             counters: SinkCounters::default(),
         }
+    }
+
+    /// Prints "sink: listening on ..." once all `workers` sharing `started` are up.
+    pub fn announce_when_up(mut self, started: Arc<AtomicUsize>, workers: usize) -> SinkDriver {
+        self.started = Some(started);
+        self.counters.workers = workers;
+        self
     }
 
     fn unix(&self, at: Millis) -> i64 {
@@ -191,7 +208,8 @@ impl SinkDriver {
             ending,
             details,
         };
-        self.records.send(crate::store::Record::SinkFlow(Box::new(record)));
+        self.records
+            .send(crate::store::Record::SinkFlow(Box::new(record)));
     }
 
     fn store_udp(&mut self, key: FlowKey, ending: &'static str) {
@@ -275,6 +293,21 @@ impl WorkerDriver for SinkDriver {
             self.next_token,
             SinkConv::new(destination, &self.limits, now),
         ))
+    }
+
+    fn on_start(&mut self, _waker: crate::engine::Waker, listening: &[SocketAddr]) {
+        self.tcp = listening.to_vec();
+    }
+
+    fn on_udp_bound(&mut self, udp: &[SocketAddr]) {
+        if let Some(started) = self.started.take() {
+            if started.fetch_add(1, Ordering::SeqCst) + 1 == self.counters.workers {
+                crate::logging::say(format_args!(
+                    "swarmscan: sink listening on tcp {:?} udp {:?}; answering nothing",
+                    self.tcp, udp
+                ));
+            }
+        }
     }
 
     fn tick(&mut self, now: Millis) {
@@ -372,7 +405,10 @@ mod tests {
         assert_eq!(conv.prefix, b"GET / HT");
         assert_eq!(conv.deadline(), 110);
         // The byte cap ends it.
-        assert_eq!(conv.on_bytes(20, b"Host: x\r\n", &mut send), Verdict::Finished);
+        assert_eq!(
+            conv.on_bytes(20, b"Host: x\r\n", &mut send),
+            Verdict::Finished
+        );
         assert_eq!((conv.bytes, conv.reads, conv.ending), (25, 2, "byte_cap"));
         assert!(send.is_empty());
         let mut idle = SinkConv::new(dst, &limits(), 0);

@@ -124,15 +124,13 @@ pub fn run(
     let mut limits = settings.limits.clone();
     limits.max_udp_flows = (limits.max_udp_flows / workers).max(1);
     let epoch_ms = unix_ms();
+    let up = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let drivers: Vec<SinkDriver> = (0..workers)
-        .map(|_| SinkDriver::new(limits.clone(), writer.sender(), epoch_ms))
+        .map(|_| {
+            SinkDriver::new(limits.clone(), writer.sender(), epoch_ms)
+                .announce_when_up(up.clone(), workers)
+        })
         .collect();
-    tracing::info!(
-        tcp = ?settings.engine.listen,
-        udp = ?settings.engine.udp,
-        workers,
-        "sink: listening; answers nothing"
-    );
     let started = Instant::now();
     let result = std::thread::scope(|scope| {
         let timer = duration.map(|d| {

@@ -91,20 +91,12 @@ pub fn local_time(
     let utc = chrono::DateTime::from_timestamp_millis(at_ms)?;
     if let Some(tz) = time_zone.and_then(|t| t.parse::<chrono_tz::Tz>().ok()) {
         let local = utc.with_timezone(&tz);
-        return Some((
-            local.hour(),
-            local.weekday().num_days_from_monday(),
-            true,
-        ));
+        return Some((local.hour(), local.weekday().num_days_from_monday(), true));
     }
     let longitude = longitude.filter(|l| l.is_finite() && (-180.0..=180.0).contains(l))?;
     let offset = FixedOffset::east_opt((longitude / 15.0).round() as i32 * 3600)?;
     let local = offset.from_utc_datetime(&utc.naive_utc());
-    Some((
-        local.hour(),
-        local.weekday().num_days_from_monday(),
-        false,
-    ))
+    Some((local.hour(), local.weekday().num_days_from_monday(), false))
 }
 
 /// The empirical CDF of `counts` (one per item), at each distinct count.
@@ -154,10 +146,10 @@ pub fn sink_report(conn: &Connection) -> rusqlite::Result<SinkReport> {
     }
     let (requests, sources, first_at, last_at): (i64, i64, Option<i64>, Option<i64>) = conn
         .query_row(
-            "SELECT COUNT(*), COUNT(DISTINCT src_ip_key), MIN(first_at), MAX(first_at) FROM sink_flows",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-        )?;
+        "SELECT COUNT(*), COUNT(DISTINCT src_ip_key), MIN(first_at), MAX(first_at) FROM sink_flows",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+    )?;
     let counts = |sql: &str| -> rusqlite::Result<Vec<u64>> {
         conn.prepare(sql)?
             .query_map([], |r| r.get::<_, i64>(0).map(|n| n as u64))?
@@ -277,8 +269,9 @@ pub fn render(report: &SinkReport) -> String {
     );
     for p in Protocol::ALL {
         let row = report.table.iter().find(|r| r.protocol == p.name());
-        let (tcp, udp, n, sources, bytes) =
-            row.map_or((0, 0, 0, 0, 0), |r| (r.tcp, r.udp, r.requests, r.sources, r.bytes));
+        let (tcp, udp, n, sources, bytes) = row.map_or((0, 0, 0, 0, 0), |r| {
+            (r.tcp, r.udp, r.requests, r.sources, r.bytes)
+        });
         let _ = writeln!(
             out,
             "{:<12} {:>9} {:>9} {:>9} {:>7.1} {:>9} {:>12}",
@@ -312,7 +305,10 @@ pub fn render(report: &SinkReport) -> String {
     for k in report.sink_addresses.iter().take(20) {
         let _ = writeln!(out, "{:<40} {:>9} {:>9}", k.key, k.requests, k.sources);
     }
-    let _ = writeln!(out, "\nSource countries (fig. 5; ? = unknown or no geo.city_db)");
+    let _ = writeln!(
+        out,
+        "\nSource countries (fig. 5; ? = unknown or no geo.city_db)"
+    );
     let _ = writeln!(
         out,
         "{:<8} {:>9} {:>7} {:>9}",
@@ -363,7 +359,10 @@ mod tests {
         // 2024-07-01 12:00:00 UTC, a Monday.
         let at = 1_719_835_200_000;
         // Tokyo: UTC+9 → 21h Monday.
-        assert_eq!(local_time(at, Some("Asia/Tokyo"), Some(0.0)), Some((21, 0, true)));
+        assert_eq!(
+            local_time(at, Some("Asia/Tokyo"), Some(0.0)),
+            Some((21, 0, true))
+        );
         // New York in summer: UTC-4 (daylight saving) → 8h Monday.
         assert_eq!(
             local_time(at, Some("America/New_York"), None),
@@ -371,7 +370,10 @@ mod tests {
         );
         // No zone: longitude 150° E → +10 h → 22h; 165° W → -11 h → 1h.
         assert_eq!(local_time(at, None, Some(150.0)), Some((22, 0, false)));
-        assert_eq!(local_time(at, Some("Not/AZone"), Some(-165.0)), Some((1, 0, false)));
+        assert_eq!(
+            local_time(at, Some("Not/AZone"), Some(-165.0)),
+            Some((1, 0, false))
+        );
         // Crossing midnight moves the weekday: 23:30 UTC Monday at +9 is Tuesday.
         assert_eq!(
             local_time(at + 11 * 3_600_000 + 1_800_000, Some("Asia/Tokyo"), None),
@@ -387,9 +389,18 @@ mod tests {
         assert_eq!(
             points,
             vec![
-                CdfPoint { requests: 1, share: 0.6 },
-                CdfPoint { requests: 3, share: 0.8 },
-                CdfPoint { requests: 10, share: 1.0 },
+                CdfPoint {
+                    requests: 1,
+                    share: 0.6
+                },
+                CdfPoint {
+                    requests: 3,
+                    share: 0.8
+                },
+                CdfPoint {
+                    requests: 10,
+                    share: 1.0
+                },
             ]
         );
         assert_eq!(
