@@ -52,6 +52,8 @@ enum BenchCommand {
     Peers(crate::scan::bench_peers::PeersBenchArgs),
     /// Memory per watched (held) connection: the real probe watching fake peers.
     Watch(watch::WatchArgs),
+    /// `swarmscan sink` under a connection and datagram flood, against a kernel baseline.
+    Sink(crate::sink::bench::SinkBenchArgs),
     /// (internal) The fake swarm, run as a child process by `bench probes`.
     #[command(hide = true)]
     FakeSwarm(FakeSwarmArgs),
@@ -136,6 +138,7 @@ pub fn run(args: &BenchArgs) -> i32 {
         }
         BenchCommand::Watch(a) => watch::run(a),
         BenchCommand::FakeSwarm(a) => run_fake_swarm(a),
+        BenchCommand::Sink(a) => crate::sink::bench::run(a).map_err(std::io::Error::other),
     };
     match result {
         Ok(()) => 0,

@@ -25,6 +25,7 @@
 //! Memory is bounded by the two caps: per connection a slot, a kernel socket and at most
 //! `keep_bytes`; per UDP flow about 200 bytes plus its kept details.
 
+pub mod bench;
 pub mod cmd;
 pub mod driver;
 pub mod plots;

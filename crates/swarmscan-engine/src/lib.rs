@@ -153,7 +153,7 @@ impl EngineConfig {
     pub fn descriptors_needed(&self) -> u64 {
         self.max_in_flight as u64
             + self.max_held as u64
-            + self.max_incoming as u64
+            + self.max_incoming as u64 * (1 + u64::from(self.evict_oldest_incoming))
             + (self.workers as u64) * (2 + self.listen.len() as u64 + self.udp.len() as u64)
             + 64
     }

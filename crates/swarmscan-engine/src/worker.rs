@@ -531,7 +531,12 @@ impl<C: Conversation> Worker<C> {
             bufs: ManuallyDrop::new(bufs),
             udp: ManuallyDrop::new(udp),
             udp_sqes: Vec::new(),
-            slots: Slab::with_capacity(cfg.max_in_flight + cfg.max_held + cfg.max_incoming),
+            // With eviction, room for as many evicted connections still closing as open ones.
+            slots: Slab::with_capacity(
+                cfg.max_in_flight
+                    + cfg.max_held
+                    + cfg.max_incoming * (1 + usize::from(cfg.evict_oldest_incoming)),
+            ),
             wheel: TimerWheel::new(now),
             budget: ConnectBudget::new(
                 cfg.connects_per_sec,
