@@ -306,6 +306,7 @@ impl Drop for Namespaces {
 
 #[test]
 fn every_port_of_the_address_arrives_with_its_original_destination() {
+    // Safety: geteuid(2) has no preconditions and cannot fail.
     let root = unsafe { libc::geteuid() } == 0;
     let tools = ["ip", "nft"].iter().all(|t| {
         Command::new(t)

@@ -34,7 +34,7 @@ fn figures(report: &SinkReport) -> Vec<(&'static str, String, Figure)> {
         .take(15)
         .map(|k| (k.key.clone(), k.requests as f64))
         .collect();
-    let known = !(report.local_time_from.time_zone + report.local_time_from.longitude == 0);
+    let known = report.local_time_from.time_zone + report.local_time_from.longitude != 0;
     let hours = if known {
         (0..24)
             .map(|h| (h.to_string(), report.local_hour[h] as f64))

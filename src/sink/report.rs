@@ -350,6 +350,42 @@ pub fn render(report: &SinkReport) -> String {
     out
 }
 
+/// `report --sink`: prints the report (text or JSON), writes the figures with `plots`.
+pub fn run(store: &crate::store::Store, json: bool, plots: Option<&std::path::Path>) -> i32 {
+    let report = match sink_report(store.connection()) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("swarmscan: report --sink: {e}");
+            return 1;
+        }
+    };
+    if let Some(dir) = plots {
+        match super::plots::write_plots(&report, dir) {
+            Ok(files) => eprintln!(
+                "swarmscan: wrote {} figure files to {}",
+                files.len(),
+                dir.display()
+            ),
+            Err(e) => {
+                eprintln!("swarmscan: report --sink --plots: {e}");
+                return 1;
+            }
+        }
+    }
+    if json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                eprintln!("swarmscan: report --sink: {e}");
+                return 1;
+            }
+        }
+    } else {
+        print!("{}", render(&report));
+    }
+    0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -409,40 +445,4 @@ mod tests {
         );
         assert!(cdf(vec![]).is_empty());
     }
-}
-
-/// `report --sink`: prints the report (text or JSON), writes the figures with `plots`.
-pub fn run(store: &crate::store::Store, json: bool, plots: Option<&std::path::Path>) -> i32 {
-    let report = match sink_report(store.connection()) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("swarmscan: report --sink: {e}");
-            return 1;
-        }
-    };
-    if let Some(dir) = plots {
-        match super::plots::write_plots(&report, dir) {
-            Ok(files) => eprintln!(
-                "swarmscan: wrote {} figure files to {}",
-                files.len(),
-                dir.display()
-            ),
-            Err(e) => {
-                eprintln!("swarmscan: report --sink --plots: {e}");
-                return 1;
-            }
-        }
-    }
-    if json {
-        match serde_json::to_string_pretty(&report) {
-            Ok(text) => println!("{text}"),
-            Err(e) => {
-                eprintln!("swarmscan: report --sink: {e}");
-                return 1;
-            }
-        }
-    } else {
-        print!("{}", render(&report));
-    }
-    0
 }

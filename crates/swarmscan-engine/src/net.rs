@@ -371,7 +371,7 @@ pub fn original_dst_from_control(control: &[u8]) -> Option<SocketAddr> {
         if is_orig {
             return sockaddr_from_bytes(data);
         }
-        at += (len + align - 1) / align * align;
+        at += len.div_ceil(align) * align;
     }
     None
 }
