@@ -275,40 +275,6 @@ pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn raw_sockaddr_round_trips_through_the_kernel() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let raw = RawSockAddr::new(addr);
-        assert_eq!(raw.len() as usize, std::mem::size_of::<libc::sockaddr_in>());
-        // Safety: plain socket/connect syscalls with a valid address pointer and length.
-        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-        assert!(fd >= 0);
-        // Safety: raw points to a valid sockaddr of raw.len() bytes.
-        let rc = unsafe { libc::connect(fd, raw.as_ptr(), raw.len()) };
-        assert_eq!(rc, 0, "{}", io::Error::last_os_error());
-        assert_eq!(peer_addr(fd).unwrap(), addr);
-        assert!(local_addr(fd).unwrap().ip().is_loopback());
-        prepare_probe_socket(fd).unwrap();
-        // Safety: fd is ours.
-        unsafe { libc::close(fd) };
-    }
-
-    #[test]
-    fn nofile_limit_error_names_the_need() {
-        let err = raise_nofile_limit(u64::MAX, "max_in_flight=test").unwrap_err();
-        assert!(
-            err.contains("max_in_flight=test") && err.contains("hard limit"),
-            "{err}"
-        );
-        assert!(raise_nofile_limit(16, "a few").unwrap() >= 16);
-    }
-}
-
 /// Where an accepted TCP connection was originally headed, from netfilter's connection
 /// tracking (`SO_ORIGINAL_DST`; `IP6T_SO_ORIGINAL_DST` for IPv6): after an nftables/iptables
 /// REDIRECT this is the address and port the peer dialled, before it was rewritten to the
@@ -374,4 +340,38 @@ pub fn original_dst_from_control(control: &[u8]) -> Option<SocketAddr> {
         at += len.div_ceil(align) * align;
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_sockaddr_round_trips_through_the_kernel() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let raw = RawSockAddr::new(addr);
+        assert_eq!(raw.len() as usize, std::mem::size_of::<libc::sockaddr_in>());
+        // Safety: plain socket/connect syscalls with a valid address pointer and length.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+        assert!(fd >= 0);
+        // Safety: raw points to a valid sockaddr of raw.len() bytes.
+        let rc = unsafe { libc::connect(fd, raw.as_ptr(), raw.len()) };
+        assert_eq!(rc, 0, "{}", io::Error::last_os_error());
+        assert_eq!(peer_addr(fd).unwrap(), addr);
+        assert!(local_addr(fd).unwrap().ip().is_loopback());
+        prepare_probe_socket(fd).unwrap();
+        // Safety: fd is ours.
+        unsafe { libc::close(fd) };
+    }
+
+    #[test]
+    fn nofile_limit_error_names_the_need() {
+        let err = raise_nofile_limit(u64::MAX, "max_in_flight=test").unwrap_err();
+        assert!(
+            err.contains("max_in_flight=test") && err.contains("hard limit"),
+            "{err}"
+        );
+        assert!(raise_nofile_limit(16, "a few").unwrap() >= 16);
+    }
 }
