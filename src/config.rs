@@ -980,7 +980,7 @@ impl Config {
         };
         check_secs(k.idle_secs, 0.01, MAX_SECS).map_err(named("sink.idle_secs"))?;
         check_count(u64::from(k.keep_bytes), 64, 1 << 20).map_err(named("sink.keep_bytes"))?;
-        check_count(k.max_bytes, 0, 1 << 40).map_err(named("sink.max_bytes"))?;
+        check_count(k.max_bytes, 0, 1 << 36).map_err(named("sink.max_bytes"))?;
         check_count(u64::from(k.max_connections), 1, MAX_CONNECTIONS)
             .map_err(named("sink.max_connections"))?;
         check_count(u64::from(k.max_udp_flows), 1, MAX_CONNECTIONS * 16)
@@ -1436,6 +1436,7 @@ mod tests {
                 "peer.max_failures",       // never forget
                 "peer.retry_backoff_secs", // the revisit interval
                 "tracker.scrape_secs",     // never scrape
+                "sink.max_bytes",          // close only when idle
             ];
             let zero = set(&[format!("{key}=0").as_str()]);
             if zero_means_something.contains(key) {

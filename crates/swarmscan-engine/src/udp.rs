@@ -8,6 +8,13 @@
 //!   meant for another worker, and a DHT node id keeps one stable port. The driver learns
 //!   the bound addresses in [`WorkerDriver::on_udp_bound`](crate::WorkerDriver::on_udp_bound)
 //!   (also [`Worker::udp_addrs`](crate::Worker::udp_addrs)).
+//! - Opt-in for receivers that never reply (the sink): with
+//!   [`WorkerConfig::udp_reuseport`](crate::WorkerConfig::udp_reuseport) every worker binds
+//!   the configured port itself (SO_REUSEPORT, the kernel spreads senders by address hash);
+//!   with [`WorkerConfig::original_dst`](crate::WorkerConfig::original_dst) the sockets set
+//!   `IP_RECVORIGDSTADDR` (and try `IP_TRANSPARENT`, for TPROXY), each receive buffer
+//!   reserves 64 control bytes, and the driver gets each datagram's original destination in
+//!   [`WorkerDriver::datagram_to`](crate::WorkerDriver::datagram_to).
 //! - Receive: one multishot `IORING_OP_RECVMSG` per socket from a provided-buffer ring of the
 //!   worker's own (buffer group [`UDP_BUF_GROUP`], apart from the TCP receive buffers, so a
 //!   UDP flood never starves TCP receives). Every datagram goes to
