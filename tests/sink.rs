@@ -441,7 +441,10 @@ fn local_time_and_country_come_from_the_city_database() {
         .args(["--set", &db_set(&db)])
         .args(["--set", &format!("sink.tcp=[\"{addr}\"]")])
         .args(["--set", &format!("sink.udp=[\"{addr}\"]")])
-        .args(["--set", &format!("geo.city_db={:?}", city.display().to_string())])
+        .args([
+            "--set",
+            &format!("geo.city_db={:?}", city.display().to_string()),
+        ])
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&log).unwrap());
     let sink = ChildGuard::spawn("swarmscan sink", &mut cmd);
@@ -475,7 +478,12 @@ fn local_time_and_country_come_from_the_city_database() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|c| (c["key"].as_str().unwrap().to_string(), c["requests"].as_u64().unwrap()))
+        .map(|c| {
+            (
+                c["key"].as_str().unwrap().to_string(),
+                c["requests"].as_u64().unwrap(),
+            )
+        })
         .collect();
     for country in ["JP", "US", "?"] {
         assert!(countries.contains(&(country.to_string(), 1)), "{json}");

@@ -339,10 +339,29 @@ impl WorkerDriver for SinkDriver {
         bytes: &[u8],
         _out: &mut DatagramQueue,
     ) {
+        // Nothing is ever pushed to `_out`: the sink never answers.
+        self.on_datagram(now, original_dst.unwrap_or(local), from, bytes);
+    }
+
+    fn next_wakeup(&self) -> Option<Millis> {
+        (!self.udp.is_empty()).then_some(self.next_sweep)
+    }
+}
+
+impl SinkDriver {
+    /// A datagram from `from` to `destination`: counted into its flow, or a new flow (the
+    /// oldest stored first when the table is full).
+    fn on_datagram(
+        &mut self,
+        now: Millis,
+        destination: SocketAddr,
+        from: SocketAddr,
+        bytes: &[u8],
+    ) {
         self.counters.datagrams += 1;
         let kept = &bytes[..bytes.len().min(self.limits.keep_bytes)];
         let class = sink_classify::classify_datagram(kept);
-        let key = (from, original_dst.unwrap_or(local), class.protocol);
+        let key = (from, destination, class.protocol);
         if let Some(flow) = self.udp.get_mut(&key) {
             flow.last = now;
             flow.bytes += bytes.len() as u64;
@@ -372,15 +391,105 @@ impl WorkerDriver for SinkDriver {
         self.udp_order.push_back((key, now));
         self.counters.udp_flows_max = self.counters.udp_flows_max.max(self.udp.len());
     }
-
-    fn next_wakeup(&self) -> Option<Millis> {
-        (!self.udp.is_empty()).then_some(self.next_sweep)
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::anon::Anonymizer;
+    use crate::store::{Store, Writer, WriterOptions};
+
+    #[test]
+    fn udp_flows_group_by_sender_and_protocol_end_when_idle_and_the_oldest_makes_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sqlite");
+        let writer = Writer::start(
+            Store::open(&path).unwrap(),
+            Anonymizer::new(crate::config::IpMode::Full, [0; 32]),
+            WriterOptions {
+                batch_rows: 100,
+                batch_ms: 50,
+                channel_capacity: 64,
+                threshold: 0.98,
+                unwritable: std::time::Duration::from_secs(60),
+                geo: Default::default(),
+            },
+        )
+        .unwrap();
+        let limits = SinkLimits {
+            keep_bytes: 1024,
+            ..limits()
+        };
+        let mut sink = SinkDriver::new(limits, writer.sender(), 1_000_000);
+        let dst: SocketAddr = "127.0.0.1:6881".parse().unwrap();
+        let (a, b, c): (SocketAddr, SocketAddr, SocketAddr) = (
+            "10.0.0.1:1000".parse().unwrap(),
+            "10.0.0.2:2000".parse().unwrap(),
+            "10.0.0.3:3000".parse().unwrap(),
+        );
+        let ping = b"d1:ad2:id20:abcdefghij0123456789e1:q4:ping1:t2:aa1:y1:qe";
+        let mut connect = crate::proto::tracker_udp::PROTOCOL_ID
+            .to_be_bytes()
+            .to_vec();
+        connect.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 9]);
+        // A's pings are one flow; its tracker connect is another (max 2 flows).
+        sink.on_datagram(0, dst, a, ping);
+        sink.on_datagram(10, dst, a, ping);
+        sink.on_datagram(20, dst, a, &connect);
+        assert_eq!(sink.udp.len(), 2);
+        // B's ping makes room: A's KRPC flow (the oldest) is stored as evicted.
+        sink.on_datagram(30, dst, b, ping);
+        assert_eq!(sink.counters.udp_flows_evicted, 1);
+        // Flows quiet for the idle time (100 ms) are stored by the sweep; C's, newer, stays
+        // until the end.
+        sink.tick(135);
+        assert!(sink.udp.is_empty());
+        sink.on_datagram(140, dst, c, ping);
+        sink.tick(150);
+        assert_eq!(sink.udp.len(), 1);
+        let counters = sink.finish();
+        assert_eq!((counters.datagrams, counters.udp_flows), (5, 4));
+        writer.finish().unwrap();
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        let rows: Vec<(String, String, i64, i64, i64, String)> = conn
+            .prepare(
+                "SELECT src_ip, protocol, packets, first_at, last_at, ending FROM sink_flows
+                 ORDER BY src_ip, protocol",
+            )
+            .unwrap()
+            .query_map([], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            })
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let row = |ip: &str, p: &str, n: i64, first: i64, last: i64, end: &str| {
+            (
+                ip.to_string(),
+                p.to_string(),
+                n,
+                1_000_000 + first,
+                1_000_000 + last,
+                end.to_string(),
+            )
+        };
+        assert_eq!(
+            rows,
+            vec![
+                row("10.0.0.1", "krpc", 2, 0, 10, "evicted"),
+                row("10.0.0.1", "udp_tracker", 1, 20, 20, "idle"),
+                row("10.0.0.2", "krpc", 1, 30, 30, "idle"),
+                row("10.0.0.3", "krpc", 1, 140, 140, "stopped"),
+            ]
+        );
+    }
 
     fn limits() -> SinkLimits {
         SinkLimits {
