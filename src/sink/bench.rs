@@ -249,6 +249,7 @@ pub fn run(args: &SinkBenchArgs) -> Result<(), String> {
             "connections_accepted": summary.connections_accepted,
             "connections_evicted": summary.connections_evicted,
             "connections_refused": summary.connections_refused,
+            "connections_no_slot": summary.connections_no_slot,
             "accept_errors": summary.accept_errors,
             "datagrams_received": summary.flows.datagrams,
             "datagrams_dropped": sent.datagrams.load(Ordering::Relaxed).saturating_sub(summary.flows.datagrams),

@@ -92,8 +92,10 @@ pub struct SinkSummary {
     pub connections_accepted: u64,
     /// TCP connections closed early for a newer one (at `sink.max_connections`).
     pub connections_evicted: u64,
-    /// TCP connections reset at once (no slot).
+    /// TCP connections reset at once: no slot, or gone (reset by the peer) before the accept.
     pub connections_refused: u64,
+    /// Of those, the ones that found every slot taken (evicted ones still closing).
+    pub connections_no_slot: u64,
     /// Accept errors (e.g. EMFILE).
     pub accept_errors: u64,
     /// Datagrams lost to full receive buffers (multishot re-armed).
@@ -183,6 +185,7 @@ fn add_stats(summary: &mut SinkSummary, s: &WorkerStats) {
     summary.connections_accepted += s.incoming_accepted;
     summary.connections_evicted += s.incoming_evicted;
     summary.connections_refused += s.incoming_refused;
+    summary.connections_no_slot += s.incoming_no_slot;
     summary.accept_errors += s.accept_errors;
     summary.udp_recv_enobufs += s.udp_recv_enobufs;
     summary.udp_truncated += s.udp_recv_truncated;

@@ -271,6 +271,9 @@ pub struct WorkerStats {
     /// Accepted connections closed to make room for a newer one
     /// ([`WorkerConfig::evict_oldest_incoming`]).
     pub incoming_evicted: u64,
+    /// Accepted connections reset because every slot was taken (with eviction: by evicted
+    /// connections still closing), counted in `incoming_refused` too.
+    pub incoming_no_slot: u64,
     /// Conversations handed back with `Finished`.
     pub finished: u64,
     /// Conversations handed back with `Closed`.
@@ -1060,6 +1063,9 @@ impl<C: Conversation> Worker<C> {
             if self.cfg.evict_oldest_incoming && self.evict_oldest_incoming(driver, now) {
                 budget_full = false;
             }
+        }
+        if !self.stopping && !budget_full && self.slots.is_full() {
+            self.stats.incoming_no_slot += 1;
         }
         let accepted = (|| {
             if self.stopping || budget_full || self.slots.is_full() {
