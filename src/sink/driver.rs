@@ -116,8 +116,9 @@ struct UdpFlow {
     class: Classification,
 }
 
-/// A UDP flow's identity: sender, destination, protocol (one client's DHT node, uTP
-/// connections and tracker announces on one socket are three flows).
+/// A UDP flow's identity: sender, destination, protocol family (one client's DHT node, uTP
+/// connections and tracker announces on one socket are three flows; see
+/// `sink_classify::datagram_family`).
 type FlowKey = (SocketAddr, SocketAddr, Protocol);
 
 /// Counters of one sink worker.
@@ -359,15 +360,16 @@ impl SinkDriver {
         bytes: &[u8],
     ) {
         self.counters.datagrams += 1;
-        let kept = &bytes[..bytes.len().min(self.limits.keep_bytes)];
-        let class = sink_classify::classify_datagram(kept);
-        let key = (from, destination, class.protocol);
+        // Grouped by the cheap family; only a flow's first datagram is fully classified.
+        let key = (from, destination, sink_classify::datagram_family(bytes));
         if let Some(flow) = self.udp.get_mut(&key) {
             flow.last = now;
             flow.bytes += bytes.len() as u64;
             flow.packets += 1;
             return;
         }
+        let kept = &bytes[..bytes.len().min(self.limits.keep_bytes)];
+        let class = sink_classify::classify_datagram(kept);
         // A new flow: make room first, oldest first.
         while self.udp.len() >= self.limits.max_udp_flows {
             let Some((old, first)) = self.udp_order.pop_front() else {

@@ -214,6 +214,21 @@ pub fn classify_datagram(bytes: &[u8]) -> Classification {
     other(bytes)
 }
 
+/// The protocol a datagram's first bytes suggest, without decoding it: a cheap key for
+/// grouping a sender's datagrams into flows (only a flow's first datagram gets
+/// [`classify_datagram`]). Agrees with it on well-formed datagrams.
+pub fn datagram_family(bytes: &[u8]) -> Protocol {
+    if udp_tracker_action(bytes).is_some() {
+        return Protocol::UdpTracker;
+    }
+    match bytes {
+        [b'd', ..] => Protocol::Krpc,
+        [first, ..] if bytes.len() >= 20 && first & 0x0f == 1 && first >> 4 <= 4 => Protocol::Utp,
+        [0xE3 | 0xC5 | 0xE4 | 0xE5, _, ..] => Protocol::Edonkey,
+        _ => Protocol::Other,
+    }
+}
+
 fn other(bytes: &[u8]) -> Classification {
     Classification {
         protocol: Protocol::Other,
@@ -357,32 +372,43 @@ fn looks_random(b: &[u8]) -> bool {
     distinct >= 0.8 * expected
 }
 
-fn udp_tracker(b: &[u8]) -> Option<Classification> {
+/// The BEP 15 request action (0 connect, 1 announce, 2 scrape) when `b` is shaped like one:
+/// a connect with the protocol magic, an announce of at least 98 bytes, a scrape of 16 + 20·n.
+fn udp_tracker_action(b: &[u8]) -> Option<u32> {
     if b.len() < 16 {
         return None;
     }
     let connection_id = u64::from_be_bytes(b[0..8].try_into().ok()?);
     let action = u32::from_be_bytes(b[8..12].try_into().ok()?);
+    match action {
+        0 if connection_id == PROTOCOL_ID => Some(0),
+        1 if b.len() >= 98 => Some(1),
+        2 if b.len() >= 36 && (b.len() - 16) % 20 == 0 => Some(2),
+        _ => None,
+    }
+}
+
+fn udp_tracker(b: &[u8]) -> Option<Classification> {
+    let action = udp_tracker_action(b)?;
     let hex20 = |at: usize| b.get(at..at + 20).map(hex::encode);
     let details = match action {
-        0 if connection_id == PROTOCOL_ID => Details {
+        0 => Details {
             kind: Some("connect".into()),
             ..Details::default()
         },
         // An announce or scrape carries a connection id only a tracker hands out; a sink
         // never answers a connect, so these come from clients that remember an old one.
-        1 if b.len() >= 98 => Details {
+        1 => Details {
             kind: Some("announce".into()),
             info_hash: hex20(16),
             peer_id: hex20(36),
             ..Details::default()
         },
-        2 if b.len() >= 36 && (b.len() - 16) % 20 == 0 => Details {
+        _ => Details {
             kind: Some("scrape".into()),
             info_hash: hex20(16),
             ..Details::default()
         },
-        _ => return None,
     };
     Some(Classification {
         protocol: Protocol::UdpTracker,

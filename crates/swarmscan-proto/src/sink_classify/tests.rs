@@ -207,3 +207,32 @@ fn no_prefix_of_any_kind_panics() {
         }
     }
 }
+
+#[test]
+fn the_cheap_family_agrees_with_the_classifier_on_well_formed_datagrams() {
+    let mut syn = Vec::new();
+    utp::encode(
+        &utp::Header {
+            packet_type: utp::PacketType::Syn,
+            conn_id: 1,
+            timestamp_us: 1,
+            timestamp_diff_us: 0,
+            wnd_size: 1,
+            seq_nr: 1,
+            ack_nr: 0,
+        },
+        None,
+        &[],
+        &mut syn,
+    );
+    let datagrams: Vec<Vec<u8>> = vec![
+        b"d1:ad2:id20:abcdefghij0123456789e1:q4:ping1:t2:aa1:y1:qe".to_vec(),
+        Request::Connect { transaction_id: 7 }.to_bytes(),
+        syn,
+        vec![0xE4, 0x01],
+        b"hello".to_vec(),
+    ];
+    for d in datagrams {
+        assert_eq!(datagram_family(&d), classify_datagram(&d).protocol, "{d:?}");
+    }
+}
