@@ -15,8 +15,9 @@
 //!   quiet `sink.idle_secs`, the peer closes it, or `sink.max_bytes` arrived. The first
 //!   `sink.keep_bytes` are kept for the classifier; the rest only counted. At
 //!   `sink.max_connections` open connections the oldest is closed for the newest.
-//! * UDP datagrams are grouped into flows by (sender, destination) until quiet for
-//!   `sink.idle_secs`; the first datagram is classified; every datagram is counted. At
+//! * UDP datagrams are grouped into flows by (sender, destination, protocol family) until
+//!   quiet for `sink.idle_secs`; a flow's first datagram is classified; every datagram is
+//!   counted. At
 //!   `sink.max_udp_flows` flows the oldest is stored early.
 //! * Each flow becomes one `sink_flows` row through the batched writer (source per
 //!   `privacy.ip`, GeoIP per `geo.*` looked up with the real address). SIGINT/SIGTERM or
