@@ -25,6 +25,11 @@ pub struct SinkLimits {
     pub max_udp_flows: usize,
 }
 
+/// Records a worker may hold waiting for the writer (about 200 bytes each). Past it the
+/// writer is behind the flood: new connections are reset and new UDP flows only counted, so
+/// memory stays bounded; flows already open are still stored.
+const MAX_PENDING_RECORDS: usize = 65_536;
+
 /// How a flow ended, as stored.
 fn ending_name(errno: Option<i32>) -> &'static str {
     match errno {
@@ -134,6 +139,10 @@ pub struct SinkCounters {
     pub udp_flows_evicted: u64,
     /// Most UDP flows tracked at once.
     pub udp_flows_max: usize,
+    /// Connections reset because the writer was [`MAX_PENDING_RECORDS`] behind.
+    pub refused_writer_behind: u64,
+    /// Datagrams of new UDP flows not recorded because the writer was that far behind.
+    pub datagrams_writer_behind: u64,
     /// Workers (for the start message; summed, it is the number of workers).
     #[serde(skip)]
     pub workers: usize,
@@ -288,6 +297,10 @@ impl WorkerDriver for SinkDriver {
         local: SocketAddr,
         original_dst: Option<SocketAddr>,
     ) -> Option<(u64, SinkConv)> {
+        if self.records.pending() >= MAX_PENDING_RECORDS {
+            self.counters.refused_writer_behind += 1;
+            return None;
+        }
         self.next_token += 1;
         let destination = original_dst.unwrap_or(local);
         Some((
@@ -366,6 +379,10 @@ impl SinkDriver {
             flow.last = now;
             flow.bytes += bytes.len() as u64;
             flow.packets += 1;
+            return;
+        }
+        if self.records.pending() >= MAX_PENDING_RECORDS {
+            self.counters.datagrams_writer_behind += 1;
             return;
         }
         let kept = &bytes[..bytes.len().min(self.limits.keep_bytes)];

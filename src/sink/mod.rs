@@ -24,7 +24,9 @@
 //!   `--for` stop it; open connections and flows are stored as `stopped`.
 //!
 //! Memory is bounded by the two caps: per connection a slot, a kernel socket and at most
-//! `keep_bytes`; per UDP flow about 200 bytes plus its kept details.
+//! `keep_bytes`; per UDP flow about 200 bytes plus its kept details; and by a bound on the
+//! records a worker holds for a writer that is behind (then new connections are reset and
+//! new UDP flows only counted: `refused_writer_behind`, `datagrams_writer_behind`).
 
 pub mod bench;
 pub mod cmd;
@@ -180,6 +182,8 @@ fn add_counters(total: &mut SinkCounters, c: &SinkCounters) {
     total.udp_flows += c.udp_flows;
     total.udp_flows_evicted += c.udp_flows_evicted;
     total.udp_flows_max += c.udp_flows_max;
+    total.refused_writer_behind += c.refused_writer_behind;
+    total.datagrams_writer_behind += c.datagrams_writer_behind;
 }
 
 fn add_stats(summary: &mut SinkSummary, s: &WorkerStats) {
