@@ -520,6 +520,63 @@ mod tests {
     }
 
     #[test]
+    fn a_writer_far_behind_bounds_what_is_held_and_loses_nothing_already_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sqlite");
+        let store = Store::open(&path).unwrap();
+        let writer = Writer::start(
+            store,
+            Anonymizer::new(crate::config::IpMode::Full, [0; 32]),
+            WriterOptions {
+                batch_rows: 16,
+                batch_ms: 10,
+                channel_capacity: 16,
+                threshold: 0.98,
+                unwritable: std::time::Duration::from_secs(600),
+                geo: Default::default(),
+            },
+        )
+        .unwrap();
+        // Another connection holds the database: the writer's commits fail, its spool fills,
+        // the channel fills, records wait in the worker's sender.
+        let blocker = rusqlite::Connection::open(&path).unwrap();
+        blocker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        let limits = SinkLimits {
+            keep_bytes: 1024,
+            max_udp_flows: 1,
+            ..limits()
+        };
+        let mut sink = SinkDriver::new(limits, writer.sender(), 0);
+        let dst: SocketAddr = "127.0.0.1:6881".parse().unwrap();
+        // With one flow allowed, each sender's datagram stores the previous sender's flow.
+        let total = MAX_PENDING_RECORDS + 200;
+        for i in 0..total {
+            let from = SocketAddr::from(([10, 0, (i >> 16) as u8, (i >> 8) as u8], i as u16));
+            sink.on_datagram(i as Millis, dst, from, b"x");
+        }
+        assert!(sink.records.pending() >= MAX_PENDING_RECORDS);
+        assert!(sink.counters.datagrams_writer_behind > 0);
+        assert!(sink.incoming_to(0, dst, dst, None).is_none());
+        assert_eq!(sink.counters.refused_writer_behind, 1);
+        let counters = sink.counters.clone();
+        blocker.execute_batch("ROLLBACK").unwrap();
+        drop(blocker);
+        let counters_after = sink.finish();
+        assert_eq!(counters_after.udp_flows, counters.udp_flows + 1);
+        writer.finish().unwrap();
+        let rows: i64 = rusqlite::Connection::open(&path)
+            .unwrap()
+            .query_row("SELECT COUNT(*) FROM sink_flows", [], |r| r.get(0))
+            .unwrap();
+        // Every flow recorded was stored; the rest were counted, not held.
+        assert_eq!(rows as u64, counters_after.udp_flows);
+        assert_eq!(
+            counters_after.udp_flows + counters_after.datagrams_writer_behind,
+            total as u64
+        );
+    }
+
+    #[test]
     fn a_connection_keeps_its_first_bytes_counts_the_rest_and_answers_nothing() {
         let dst: SocketAddr = "127.0.0.1:6881".parse().unwrap();
         let mut conv = SinkConv::new(dst, &limits(), 5);
