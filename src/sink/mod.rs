@@ -163,7 +163,7 @@ pub fn run(
         Ok(done) => done,
         Err(e) => {
             let _ = writer.finish();
-            return Err(format!("sink: {e}"));
+            return Err(e.to_string());
         }
     };
     for (driver, stats) in finished {
