@@ -23,10 +23,13 @@ enum Figure {
 }
 
 fn figures(report: &SinkReport) -> Vec<(&'static str, String, Figure)> {
-    let protocols = report
-        .protocols
+    // Table I's order.
+    let protocols = crate::proto::sink_classify::Protocol::ALL
         .iter()
-        .map(|(p, n)| (p.clone(), *n as f64))
+        .map(|p| {
+            let n = report.protocols.get(p.name()).copied().unwrap_or(0);
+            (p.name().to_string(), n as f64)
+        })
         .collect();
     let countries = report
         .countries
@@ -160,20 +163,21 @@ fn draw_bars<DB: DrawingBackend>(
         return draw_empty(area, empty);
     }
     let top = bars.iter().map(|b| b.1).fold(0.0, f64::max) * 1.1;
-    let n = bars.len();
+    let n = bars.len() as i32;
     let labels: Vec<String> = bars.iter().map(|b| b.0.clone()).collect();
     let mut chart = ChartBuilder::on(area)
         .margin(20)
         .x_label_area_size(50)
         .y_label_area_size(70)
-        .build_cartesian_2d(0f64..n as f64, 0f64..top)?;
+        // A segmented range has one segment per value, both ends included.
+        .build_cartesian_2d((0..(n - 1).max(0)).into_segmented(), 0f64..top)?;
     chart
         .configure_mesh()
         .disable_x_mesh()
-        .x_labels(n.max(1))
-        .x_label_formatter(&|x| {
-            let i = x.floor() as usize;
-            labels.get(i).cloned().unwrap_or_default()
+        .x_labels(bars.len() + 1)
+        .x_label_formatter(&|v| match v {
+            SegmentValue::CenterOf(i) => labels.get(*i as usize).cloned().unwrap_or_default(),
+            _ => String::new(),
         })
         .x_desc(x_desc)
         .y_desc(y_desc)
@@ -181,12 +185,12 @@ fn draw_bars<DB: DrawingBackend>(
         .axis_desc_style(label_font())
         .light_line_style(RGBColor(0xf4, 0xf4, 0xf4))
         .draw()?;
-    chart.draw_series(bars.iter().enumerate().map(|(i, (_, v))| {
-        Rectangle::new(
-            [(i as f64 + 0.1, 0.0), (i as f64 + 0.9, *v)],
-            color(0).mix(0.85).filled(),
-        )
-    }))?;
+    chart.draw_series(
+        Histogram::vertical(&chart)
+            .style(color(0).mix(0.85).filled())
+            .margin(8)
+            .data(bars.iter().enumerate().map(|(i, (_, v))| (i as i32, *v))),
+    )?;
     Ok(())
 }
 
@@ -210,6 +214,7 @@ fn draw_cdf<DB: DrawingBackend>(
         .build_cartesian_2d((1f64..max * 1.5).log_scale(), 0f64..100f64)?;
     chart
         .configure_mesh()
+        .x_label_formatter(&|x| format!("{x:.0}"))
         .x_desc("requests (log scale)")
         .y_desc("cumulative share, %")
         .label_style(label_font())
