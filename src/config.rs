@@ -44,6 +44,8 @@ pub struct Config {
     pub dht: DhtSection,
     /// `swarmscan bttest`: the BitTorrent blocking and throttling test.
     pub bttest: BttestConfig,
+    /// `swarmscan sink`, the passive trace collector.
+    pub sink: SinkConfig,
 }
 
 impl Default for Config {
@@ -61,6 +63,7 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             dht: DhtSection::default(),
             bttest: BttestConfig::default(),
+            sink: SinkConfig::default(),
         }
     }
 }
@@ -515,6 +518,42 @@ impl BttestConfig {
     }
 }
 
+/// `[sink]`: `swarmscan sink`, which records whatever arrives at its addresses and answers
+/// nothing (see `crate::sink`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SinkConfig {
+    /// TCP addresses to accept on.
+    pub tcp: Vec<SocketAddr>,
+    /// UDP addresses to receive on.
+    pub udp: Vec<SocketAddr>,
+    /// A TCP connection or UDP flow that is quiet this long is over, seconds.
+    pub idle_secs: f64,
+    /// Bytes of each flow kept for classification (the rest is only counted).
+    pub keep_bytes: u32,
+    /// A TCP connection is closed after this many bytes (0 = only when idle).
+    pub max_bytes: u64,
+    /// TCP connections open at once over all workers; the oldest is closed for a new one.
+    pub max_connections: u32,
+    /// UDP flows tracked at once over all workers; the oldest is stored and closed for a new one.
+    pub max_udp_flows: u32,
+}
+
+impl Default for SinkConfig {
+    fn default() -> Self {
+        let loopback: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 6881));
+        SinkConfig {
+            tcp: vec![loopback],
+            udp: vec![loopback],
+            idle_secs: 30.0,
+            keep_bytes: 1024,
+            max_bytes: 16 << 20,
+            max_connections: 4096,
+            max_udp_flows: 65536,
+        }
+    }
+}
+
 /// Documentation of every section (printed above `[section]`).
 pub const SECTION_DOCS: &[(&str, &str)] = &[
     (
@@ -557,6 +596,12 @@ pub const SECTION_DOCS: &[(&str, &str)] = &[
     (
         "bttest",
         "`swarmscan bttest server`: does a path block or throttle BitTorrent (see README, bttest).",
+    ),
+    (
+        "sink",
+        "`swarmscan sink`: the passive trace collector. It accepts and reads whatever arrives at its\n\
+         addresses, answers nothing, and stores one row per flow (see tuning/sink-redirect.nft to\n\
+         send every port of an address to it).",
     ),
 ];
 
@@ -762,6 +807,29 @@ pub const KEY_DOCS: &[(&str, &str)] = &[
         "bttest.ports",
         "The server's two test ports: the well-known BitTorrent port first (flows there are compared\n\
          with the same flows on the second, to see throttling or blocking by port).",
+    ),
+    (
+        "sink.tcp",
+        "TCP addresses the sink accepts on (every worker, SO_REUSEPORT). Loopback by default; for a\n\
+         study, the address taken over, with tuning/sink-redirect.nft sending every port to it.",
+    ),
+    (
+        "sink.udp",
+        "UDP addresses the sink receives on (every worker on the same port, SO_REUSEPORT).",
+    ),
+    (
+        "sink.idle_secs",
+        "A TCP connection or UDP flow quiet this long is over and stored (the study's T_c = 30 s).",
+    ),
+    ("sink.keep_bytes", "Bytes of each flow kept for classification; the rest is only counted."),
+    ("sink.max_bytes", "Close a TCP connection after this many bytes (0 = only when idle)."),
+    (
+        "sink.max_connections",
+        "TCP connections open at once over all workers; at the cap the oldest is closed (and stored).",
+    ),
+    (
+        "sink.max_udp_flows",
+        "UDP flows tracked at once over all workers; at the cap the oldest is stored and forgotten.",
     ),
 ];
 
@@ -1097,6 +1165,24 @@ impl Config {
         if let Err(m) = self.bttest.test_ports() {
             return bad("bttest.ports", &m);
         }
+        self.validate_sink()
+    }
+
+    /// The `sink.*` ranges.
+    fn validate_sink(&self) -> Result<(), ConfigError> {
+        use crate::limits::{check_count, check_secs, MAX_CONNECTIONS, MAX_SECS};
+        let k = &self.sink;
+        let named = |key: &str| {
+            let key = key.to_string();
+            move |message: String| ConfigError::Invalid { key, message }
+        };
+        check_secs(k.idle_secs, 0.01, MAX_SECS).map_err(named("sink.idle_secs"))?;
+        check_count(u64::from(k.keep_bytes), 64, 1 << 20).map_err(named("sink.keep_bytes"))?;
+        check_count(k.max_bytes, 0, 1 << 36).map_err(named("sink.max_bytes"))?;
+        check_count(u64::from(k.max_connections), 1, MAX_CONNECTIONS)
+            .map_err(named("sink.max_connections"))?;
+        check_count(u64::from(k.max_udp_flows), 1, MAX_CONNECTIONS * 16)
+            .map_err(named("sink.max_udp_flows"))?;
         Ok(())
     }
 
@@ -1552,6 +1638,7 @@ mod tests {
                 "peer.retry_backoff_secs", // the revisit interval
                 "tracker.scrape_secs",     // never scrape
                 "tracker.udp_retransmits", // one try
+                "sink.max_bytes",          // close only when idle
             ];
             let zero = set(&[format!("{key}=0").as_str()]);
             if zero_means_something.contains(key) {

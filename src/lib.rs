@@ -21,6 +21,7 @@ pub mod service;
 pub mod session;
 pub mod settings;
 pub mod sim;
+pub mod sink;
 pub mod store;
 pub mod threads;
 

@@ -86,6 +86,8 @@ pub struct ScanSettings {
     pub dht: crate::dht::DhtSettings,
     /// `swarmscan bttest server`'s addresses.
     pub bttest: BttestSettings,
+    /// What `swarmscan sink` runs with (`sink.*`).
+    pub sink: crate::sink::SinkSettings,
 }
 
 /// The `bttest.*` settings `swarmscan bttest` runs with.
@@ -262,6 +264,7 @@ impl From<&Config> for ScanSettings {
             stats_interval: Duration::from_secs_f64(config.stats.interval_secs.max(1.0)),
             metrics_listen: config.metrics.address().ok().flatten(),
             metrics_allow_remote: config.metrics.allow_remote,
+            sink: config.into(),
             bttest: config.into(),
             dht: config.into(),
         }
@@ -313,6 +316,7 @@ mod tests {
             "metrics.listen" => return "\"127.0.0.1:9185\"".into(),
             "bttest.listen" => return "\"127.0.0.1:7880\"".into(),
             "bttest.ports" => return "[6882, 4711]".into(),
+            "sink.tcp" | "sink.udp" => return "[\"127.0.0.1:7002\"]".into(),
             // Must stay at least the first retry delay.
             "peer.retry_backoff_max_secs" => return "7200.0".into(),
             _ => {}

@@ -55,6 +55,8 @@ enum BenchCommand {
     Watch(watch::WatchArgs),
     /// uTP probe throughput against a fake uTP swarm, against TCP's in the same run.
     Utp(utp::UtpBenchArgs),
+    /// `swarmscan sink` under a connection and datagram flood, against a kernel baseline.
+    Sink(crate::sink::bench::SinkBenchArgs),
     /// (internal) The fake swarm, run as a child process by `bench probes`.
     #[command(hide = true)]
     FakeSwarm(FakeSwarmArgs),
@@ -144,6 +146,7 @@ pub fn run(args: &BenchArgs) -> i32 {
         BenchCommand::Utp(a) => utp::run(a),
         BenchCommand::FakeSwarm(a) => run_fake_swarm(a),
         BenchCommand::FakeUtpSwarm(a) => utp::run_fake_utp_swarm(a),
+        BenchCommand::Sink(a) => crate::sink::bench::run(a).map_err(std::io::Error::other),
     };
     match result {
         Ok(()) => 0,

@@ -105,6 +105,7 @@ fn demo(args: &DemoArgs) -> Result<(), String> {
         json: args.json,
         bttest: false,
         plots: None,
+        sink: false,
         config: ConfigArgs {
             config: None,
             set: vec![format!("database={:?}", database.display().to_string())],

@@ -53,6 +53,8 @@ enum Command {
     Export(export_cmd::ExportArgs),
     /// Does this path block or throttle BitTorrent? A Glasnost-style server and client.
     Bttest(bttest_cmd::BttestArgs),
+    /// Passive trace collector: accept and record whatever arrives at the `sink.*` addresses, answer nothing.
+    Sink(crate::sink::cmd::SinkArgs),
     /// (for benchmarks and tests) Fill a new database with a synthetic study.
     #[command(name = "synth-db", hide = true)]
     SynthDb(synth_cmd::SynthArgs),
@@ -82,6 +84,7 @@ pub fn main() -> i32 {
         Command::Export(args) => export_cmd::run(&args),
         Command::SynthDb(args) => synth_cmd::run(&args),
         Command::Bttest(args) => bttest_cmd::run(&args),
+        Command::Sink(args) => crate::sink::cmd::run(&args),
     }
 }
 

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 pub const SIZE: (u32, u32) = (1000, 560);
 
 /// Font family name registered for the embedded font.
-const FONT: &str = "sans-serif";
+pub(crate) const FONT: &str = "sans-serif";
 
 /// Tableau 10: distinguishable, print-friendly.
 const PALETTE: [RGBColor; 10] = [
@@ -32,7 +32,7 @@ const PALETTE: [RGBColor; 10] = [
     RGBColor(0xba, 0xb0, 0xac),
 ];
 
-fn color(i: usize) -> RGBColor {
+pub(crate) fn color(i: usize) -> RGBColor {
     PALETTE[i % PALETTE.len()]
 }
 
@@ -243,10 +243,11 @@ pub fn write_plots(report: &Report, data: &FigureData, dir: &Path) -> Result<Vec
     Ok(written)
 }
 
-type DrawResult<DB> = Result<(), DrawingAreaErrorKind<<DB as DrawingBackend>::ErrorType>>;
+pub(crate) type DrawResult<DB> =
+    Result<(), DrawingAreaErrorKind<<DB as DrawingBackend>::ErrorType>>;
 
 /// The legend every figure draws: the series' labels in a light box at `position`.
-fn draw_legend<'a, DB: DrawingBackend + 'a, CT: plotters::coord::CoordTranslate>(
+pub(crate) fn draw_legend<'a, DB: DrawingBackend + 'a, CT: plotters::coord::CoordTranslate>(
     chart: &mut ChartContext<'a, DB, CT>,
     position: SeriesLabelPosition,
 ) -> DrawResult<DB> {
@@ -277,7 +278,10 @@ fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, plot: &Plot) -> DrawR
 }
 
 /// "No data" with the reason, in the middle of the figure.
-fn draw_empty<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, why: &str) -> DrawResult<DB> {
+pub(crate) fn draw_empty<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    why: &str,
+) -> DrawResult<DB> {
     let (w, h) = area.dim_in_pixel();
     let style = TextStyle::from((FONT, 18).into_font())
         .color(&RGBColor(0x55, 0x55, 0x55))
@@ -301,7 +305,7 @@ fn draw_empty<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, why: &str) -> D
     Ok(())
 }
 
-fn label_font() -> TextStyle<'static> {
+pub(crate) fn label_font() -> TextStyle<'static> {
     (FONT, 15).into_font().into()
 }
 

@@ -26,6 +26,9 @@ pub struct ReportArgs {
     /// sensitivity) as SVG and PNG into this directory (created if missing).
     #[arg(long, value_name = "DIR")]
     pub plots: Option<std::path::PathBuf>,
+    /// Report what `swarmscan sink` recorded instead (protocols, sources, countries, local times).
+    #[arg(long)]
+    pub sink: bool,
     /// Configuration (the database path comes from here).
     #[command(flatten)]
     pub config: ConfigArgs,
@@ -71,6 +74,9 @@ pub fn run_report(args: &ReportArgs) -> i32 {
     };
     if args.bttest {
         return run_bttest_report(&store, args.json);
+    }
+    if args.sink {
+        return crate::sink::report::run(&store, args.json, args.plots.as_deref());
     }
     let report = match store.report() {
         Ok(r) => r,

@@ -43,7 +43,7 @@ pub struct GeoPaths {
 }
 
 /// What the databases say about one address; `None` where they have nothing.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct GeoInfo {
     /// ISO 3166-1 alpha-2 code of the country the address is located in.
     pub country: Option<String>,
@@ -57,6 +57,10 @@ pub struct GeoInfo {
     pub as_org: Option<String>,
     /// Databases consulted ([`CONSULTED_CITY`], [`CONSULTED_ASN`]).
     pub consulted: u8,
+    /// IANA time zone of the location (`location.time_zone`; City databases only).
+    pub time_zone: Option<String>,
+    /// Longitude of the location, degrees east (City databases only).
+    pub longitude: Option<f64>,
 }
 
 /// Why a database cannot be used; every message names the key and the file.
@@ -273,6 +277,12 @@ impl Database {
                     out.country = field(&path!["country", "iso_code"]);
                     out.city = field(&path!["city", "names", "en"]);
                     out.continent = field(&path!["continent", "code"]);
+                    out.time_zone = field(&path!["location", "time_zone"]);
+                    out.longitude = found
+                        .decode_path::<f64>(&path!["location", "longitude"])
+                        .ok()
+                        .flatten()
+                        .filter(|l| l.is_finite() && (-180.0..=180.0).contains(l));
                 }
                 Kind::Asn => {
                     out.as_org = field(&path!["autonomous_system_organization"]);
@@ -308,6 +318,8 @@ impl Database {
                         info.country = found.country;
                         info.city = found.city;
                         info.continent = found.continent;
+                        info.time_zone = found.time_zone;
+                        info.longitude = found.longitude;
                         info.consulted |= CONSULTED_CITY;
                     }
                     Kind::Asn => {

@@ -314,6 +314,34 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (run_id, idx)
     ) WITHOUT ROWID;
     "#,
+    // v10: flows recorded by `swarmscan sink` (one row per TCP connection or UDP flow).
+    r#"
+    CREATE TABLE sink_flows (
+        id          INTEGER PRIMARY KEY,
+        transport   TEXT NOT NULL,           -- tcp | udp
+        protocol    TEXT NOT NULL,           -- bittorrent | mse | krpc | utp | udp_tracker | gnutella | edonkey | http | tls | other
+        src_ip_key  TEXT NOT NULL,           -- identity (address, or keyed hash), per privacy.ip
+        src_ip      TEXT NOT NULL,           -- as shown: address, network or keyed hash
+        src_port    INTEGER NOT NULL,
+        ipv6        INTEGER NOT NULL,
+        dst_ip      TEXT NOT NULL,           -- the sink's address the flow was sent to (original destination)
+        dst_port    INTEGER NOT NULL,        -- original destination port (before a REDIRECT)
+        first_at    INTEGER NOT NULL,
+        last_at     INTEGER NOT NULL,
+        bytes       INTEGER NOT NULL,        -- payload bytes received
+        packets     INTEGER NOT NULL,        -- datagrams (UDP) or reads (TCP)
+        ending      TEXT NOT NULL,           -- idle | closed | reset | evicted | byte_cap | stopped
+        details     TEXT,                    -- JSON: info_hash, peer_id, kind, target, host, path, first_bytes ...
+        country     TEXT,                    -- from geo.city_db when configured (real address)
+        continent   TEXT,
+        time_zone   TEXT,                    -- IANA name (location.time_zone)
+        longitude   REAL,
+        asn         INTEGER,
+        as_org      TEXT
+    );
+    CREATE INDEX sink_flows_by_protocol ON sink_flows (protocol);
+    CREATE INDEX sink_flows_by_source ON sink_flows (src_ip_key);
+    "#,
 ];
 
 /// A store error; messages name the database file.

@@ -519,6 +519,33 @@ pub enum Record {
         /// Why it could not be matched.
         error: ErrorClass,
     },
+    /// A flow recorded by `swarmscan sink`.
+    SinkFlow(Box<SinkFlowRecord>),
+}
+
+/// One TCP connection or UDP flow the sink recorded (`sink_flows`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SinkFlowRecord {
+    /// `tcp` or `udp`.
+    pub transport: &'static str,
+    /// The classifier's protocol name.
+    pub protocol: &'static str,
+    /// The sender (anonymised by the writer per `privacy.ip`).
+    pub source: SocketAddr,
+    /// Where it was sent: the original destination (before a REDIRECT).
+    pub destination: SocketAddr,
+    /// First byte or datagram.
+    pub first_at: UnixMs,
+    /// Last byte or datagram.
+    pub last_at: UnixMs,
+    /// Payload bytes received.
+    pub bytes: u64,
+    /// Datagrams (UDP) or reads (TCP).
+    pub packets: u64,
+    /// How it ended: idle | closed | reset | evicted | byte_cap | stopped.
+    pub ending: &'static str,
+    /// What the classifier kept, as JSON (`None` = nothing).
+    pub details: Option<String>,
 }
 
 impl Record {
@@ -535,6 +562,7 @@ impl Record {
             Record::UnmatchedIncoming { at, .. } => Some(*at),
             Record::DhtLookup(l) => Some(l.at),
             Record::DhtNodes(_) => None,
+            Record::SinkFlow(f) => Some(f.last_at),
         }
     }
 }

@@ -211,6 +211,8 @@ pub struct WriterCounts {
     pub scrapes: u64,
     /// Statistics rows.
     pub stats: u64,
+    /// Flows recorded by `swarmscan sink`.
+    pub sink_flows: u64,
     /// Transactions committed.
     pub batches: u64,
     /// Records that failed to apply for a reason of their own (a constraint; logged). Errors of
@@ -577,6 +579,7 @@ impl WriterCounts {
         self.outcomes += o.outcomes;
         self.scrapes += o.scrapes;
         self.stats += o.stats;
+        self.sink_flows += o.sink_flows;
         self.batches += o.batches;
         self.errors += o.errors;
     }
@@ -1031,6 +1034,7 @@ impl WriterThread {
                     .count += 1;
                 self.sums.counts.outcomes += 1;
             }
+            Record::SinkFlow(f) => self.apply_sink_flow(f)?,
             Record::Stats(s) => {
                 crate::threads::debug_panic_point("writer");
                 self.store
@@ -1055,6 +1059,49 @@ impl WriterThread {
                 self.sums.counts.stats += 1;
             }
         }
+        Ok(())
+    }
+
+    /// One `sink_flows` row: the source anonymised, described from the real address.
+    fn apply_sink_flow(&mut self, f: &SinkFlowRecord) -> rusqlite::Result<()> {
+        let ip = self.anonymizer.anonymize(f.source.ip());
+        let info = if self.geo.is_on() {
+            self.geo.lookup(f.source.ip())
+        } else {
+            Default::default()
+        };
+        self.store
+            .conn
+            .prepare_cached(
+                "INSERT INTO sink_flows (transport, protocol, src_ip_key, src_ip, src_port, ipv6,
+                    dst_ip, dst_port, first_at, last_at, bytes, packets, ending, details,
+                    country, continent, time_zone, longitude, asn, as_org)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
+                    ?17, ?18, ?19, ?20)",
+            )?
+            .execute(params![
+                f.transport,
+                f.protocol,
+                ip.key,
+                ip.shown,
+                f.source.port(),
+                is_ipv6(&f.source),
+                super::anon::canonical_ip(f.destination.ip()).to_string(),
+                f.destination.port(),
+                f.first_at,
+                f.last_at,
+                f.bytes as i64,
+                f.packets as i64,
+                f.ending,
+                f.details,
+                info.country,
+                info.continent,
+                info.time_zone,
+                info.longitude,
+                info.asn,
+                info.as_org,
+            ])?;
+        self.sums.counts.sink_flows += 1;
         Ok(())
     }
 

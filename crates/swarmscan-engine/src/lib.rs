@@ -112,6 +112,12 @@ pub struct EngineConfig {
     pub udp_max_datagram: u32,
     /// UDP datagrams queued or in flight at once per worker.
     pub udp_send_slots: usize,
+    /// See [`WorkerConfig::original_dst`].
+    pub original_dst: bool,
+    /// See [`WorkerConfig::udp_reuseport`].
+    pub udp_reuseport: bool,
+    /// See [`WorkerConfig::evict_oldest_incoming`].
+    pub evict_oldest_incoming: bool,
 }
 
 impl Default for EngineConfig {
@@ -134,6 +140,9 @@ impl Default for EngineConfig {
             udp_recv_buffers: 1024,
             udp_max_datagram: 2048,
             udp_send_slots: 1024,
+            original_dst: false,
+            udp_reuseport: false,
+            evict_oldest_incoming: false,
         }
     }
 }
@@ -144,7 +153,7 @@ impl EngineConfig {
     pub fn descriptors_needed(&self) -> u64 {
         self.max_in_flight as u64
             + self.max_held as u64
-            + self.max_incoming as u64
+            + self.max_incoming as u64 * (1 + u64::from(self.evict_oldest_incoming))
             + (self.workers as u64) * (2 + self.listen.len() as u64 + self.udp.len() as u64)
             + 64
     }
@@ -173,6 +182,9 @@ impl EngineConfig {
             udp_recv_buffers: self.udp_recv_buffers,
             udp_max_datagram: self.udp_max_datagram,
             udp_send_slots: self.udp_send_slots,
+            original_dst: self.original_dst,
+            udp_reuseport: self.udp_reuseport,
+            evict_oldest_incoming: self.evict_oldest_incoming,
             pin_cpu: self.pin_cores.then_some(index),
             ..WorkerConfig::default()
         }

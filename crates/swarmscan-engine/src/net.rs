@@ -275,6 +275,73 @@ pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
     }
 }
 
+/// Where an accepted TCP connection was originally headed, from netfilter's connection
+/// tracking (`SO_ORIGINAL_DST`; `IP6T_SO_ORIGINAL_DST` for IPv6): after an nftables/iptables
+/// REDIRECT this is the address and port the peer dialled, before it was rewritten to the
+/// listener's. For a connection that was not redirected it equals the local address. `None`
+/// when the kernel does not track the connection (no conntrack module) or `local`'s family
+/// is not the socket's.
+pub fn original_dst(fd: RawFd, local: &SocketAddr) -> Option<SocketAddr> {
+    // Safety: sockaddr_storage is POD; zero is valid.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let (level, name, mut len) = if local.is_ipv4() {
+        (
+            libc::SOL_IP,
+            libc::SO_ORIGINAL_DST,
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    } else {
+        (
+            libc::SOL_IPV6,
+            libc::IP6T_SO_ORIGINAL_DST,
+            std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+        )
+    };
+    // Safety: `storage` is large enough for either address and `len` says how much the
+    // kernel may write.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            level,
+            name,
+            (&mut storage as *mut libc::sockaddr_storage).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return None;
+    }
+    from_storage(&storage)
+}
+
+/// The original destination carried by an `IP_ORIGDSTADDR` / `IPV6_ORIGDSTADDR` control
+/// message in `control` (the control bytes of a received datagram, as the kernel laid them
+/// out: `cmsghdr`s, each padded to the native alignment). `None` when there is none.
+pub fn original_dst_from_control(control: &[u8]) -> Option<SocketAddr> {
+    let header_len = std::mem::size_of::<libc::cmsghdr>();
+    let align = std::mem::size_of::<usize>();
+    let mut at = 0usize;
+    while at + header_len <= control.len() {
+        // Safety: `header_len` bytes at `at` lie inside `control`; read unaligned since the
+        // slice carries no alignment guarantee.
+        let header: libc::cmsghdr =
+            unsafe { std::ptr::read_unaligned(control[at..].as_ptr().cast()) };
+        let len = header.cmsg_len as usize;
+        if len < header_len || at + len > control.len() {
+            return None;
+        }
+        let data = &control[at + header_len..at + len];
+        let is_orig = (header.cmsg_level == libc::SOL_IP
+            && header.cmsg_type == libc::IP_ORIGDSTADDR)
+            || (header.cmsg_level == libc::SOL_IPV6 && header.cmsg_type == libc::IPV6_ORIGDSTADDR);
+        if is_orig {
+            return sockaddr_from_bytes(data);
+        }
+        at += len.div_ceil(align) * align;
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,6 +8,13 @@
 //!   meant for another worker, and a DHT node id keeps one stable port. The driver learns
 //!   the bound addresses in [`WorkerDriver::on_udp_bound`](crate::WorkerDriver::on_udp_bound)
 //!   (also [`Worker::udp_addrs`](crate::Worker::udp_addrs)).
+//! - Opt-in for receivers that never reply (the sink): with
+//!   [`WorkerConfig::udp_reuseport`](crate::WorkerConfig::udp_reuseport) every worker binds
+//!   the configured port itself (SO_REUSEPORT, the kernel spreads senders by address hash);
+//!   with [`WorkerConfig::original_dst`](crate::WorkerConfig::original_dst) the sockets set
+//!   `IP_RECVORIGDSTADDR` (and try `IP_TRANSPARENT`, for TPROXY), each receive buffer
+//!   reserves 64 control bytes, and the driver gets each datagram's original destination in
+//!   [`WorkerDriver::datagram_to`](crate::WorkerDriver::datagram_to).
 //! - Receive: one multishot `IORING_OP_RECVMSG` per socket from a provided-buffer ring of the
 //!   worker's own (buffer group [`UDP_BUF_GROUP`], apart from the TCP receive buffers, so a
 //!   UDP flood never starves TCP receives). Every datagram goes to
@@ -295,11 +302,30 @@ pub(crate) struct UdpPlane {
     errors_pending: Vec<usize>,
 }
 
-/// Binds worker `index`'s socket for configured address `addr` (port + index, or 0).
-pub(crate) fn bind_udp(addr: SocketAddr, index: usize) -> io::Result<socket2::Socket> {
+/// Control bytes reserved per received datagram for the original destination
+/// (`IP_ORIGDSTADDR` / `IPV6_ORIGDSTADDR`: a cmsghdr and a sockaddr_in6, aligned).
+const ORIGINAL_DST_CONTROL: usize = 64;
+
+/// How a worker's UDP sockets are bound and what they report (see [`WorkerConfig`]'s
+/// `udp_reuseport` and `original_dst`).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct UdpOptions {
+    /// Every worker on the configured port, with SO_REUSEPORT.
+    pub(crate) reuseport: bool,
+    /// Ask for the original destination of each datagram.
+    pub(crate) original_dst: bool,
+}
+
+/// Binds worker `index`'s socket for configured address `addr`: port + index (or 0), or with
+/// `reuseport` the configured port itself.
+pub(crate) fn bind_udp_with(
+    addr: SocketAddr,
+    index: usize,
+    options: UdpOptions,
+) -> io::Result<socket2::Socket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let mut bind = addr;
-    if addr.port() != 0 {
+    if addr.port() != 0 && !options.reuseport {
         let port = u16::try_from(addr.port() as usize + index).map_err(|_| {
             io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -330,6 +356,31 @@ pub(crate) fn bind_udp(addr: SocketAddr, index: usize) -> io::Result<socket2::So
         (libc::IPPROTO_IPV6, libc::IPV6_RECVERR)
     };
     net::setsockopt_raw(socket.as_raw_fd(), level, name, &1i32).map_err(context)?;
+    if options.reuseport {
+        net::setsockopt_raw(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_REUSEPORT,
+            &1i32,
+        )
+        .map_err(context)?;
+    }
+    if options.original_dst {
+        let (level, name, transparent) = if bind.is_ipv4() {
+            (libc::SOL_IP, libc::IP_RECVORIGDSTADDR, libc::IP_TRANSPARENT)
+        } else {
+            (
+                libc::SOL_IPV6,
+                libc::IPV6_RECVORIGDSTADDR,
+                libc::IPV6_TRANSPARENT,
+            )
+        };
+        net::setsockopt_raw(socket.as_raw_fd(), level, name, &1i32).map_err(context)?;
+        // Best effort: a transparent socket receives TPROXY'd datagrams (their header keeps
+        // the original destination); it needs CAP_NET_ADMIN, and without it the socket
+        // still receives everything sent (or REDIRECTed) to its own address.
+        let _ = net::setsockopt_raw(socket.as_raw_fd(), level, transparent, &1i32);
+    }
     socket.bind(&bind.into()).map_err(context)?;
     Ok(socket)
 }
@@ -340,6 +391,7 @@ impl UdpPlane {
     /// # Safety
     /// As [`BufRing::register`]: the plane must not be dropped while the ring may still use
     /// its buffers; the worker releases it with [`UdpPlane::release`] or leaks it.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) unsafe fn new(
         ring: &IoUring,
         addrs: &[SocketAddr],
@@ -347,14 +399,23 @@ impl UdpPlane {
         recv_buffers: u16,
         send_slots: usize,
         max_datagram: u32,
+        options: UdpOptions,
     ) -> io::Result<UdpPlane> {
         let mut sockets = Vec::new();
+        let control_len = if options.original_dst {
+            ORIGINAL_DST_CONTROL
+        } else {
+            0
+        };
         for addr in addrs {
-            let socket = bind_udp(*addr, index)?;
+            let socket = bind_udp_with(*addr, index, options)?;
             let local = net::local_addr(socket.as_raw_fd())?;
             // Safety: msghdr is a plain C struct; all-zero is valid.
             let mut recv_msg: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
             recv_msg.msg_namelen = std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+            // Only the length matters to a multishot recvmsg: the control bytes land in the
+            // provided buffer after the name.
+            recv_msg.msg_controllen = control_len;
             sockets.push(UdpSocket {
                 socket,
                 local,
@@ -371,7 +432,7 @@ impl UdpPlane {
                     "udp_max_datagram and udp_send_slots must be at least 1",
                 ));
             }
-            let size = max_datagram as usize + RECV_HEADER;
+            let size = max_datagram as usize + RECV_HEADER + control_len;
             let size = u32::try_from(size).map_err(|_| {
                 io::Error::new(io::ErrorKind::InvalidInput, "udp_max_datagram too large")
             })?;
@@ -511,7 +572,19 @@ impl UdpPlane {
                         Some(_) if !deliver => {}
                         Some(from) => {
                             stats.udp_received += 1;
-                            driver.datagram(now, local, from, out.payload_data(), &mut self.queue);
+                            let original = if msg.msg_controllen > 0 {
+                                net::original_dst_from_control(out.control_data())
+                            } else {
+                                None
+                            };
+                            driver.datagram_to(
+                                now,
+                                local,
+                                original,
+                                from,
+                                out.payload_data(),
+                                &mut self.queue,
+                            );
                         }
                         None => stats.udp_recv_truncated += 1,
                     },

@@ -473,3 +473,79 @@ fn a_send_that_meets_another_datagrams_icmp_error_is_sent_again() {
     assert!(w.stats().udp_send_retries >= 1, "{:?}", w.stats());
     assert_eq!(w.stats().udp_send_errors, 20, "{:?}", w.stats());
 }
+
+/// Records each datagram's original destination (`datagram_to`).
+#[derive(Default)]
+struct OriginalDst(Vec<(SocketAddr, Option<SocketAddr>, Vec<u8>)>);
+
+impl WorkerDriver for OriginalDst {
+    type Conv = Exchange;
+    fn next_probe(&mut self, _: Millis) -> Option<ProbeRequest<Exchange>> {
+        None
+    }
+    fn probe_done(&mut self, _: Millis, _: ProbeDone<Exchange>) {}
+    fn incoming(&mut self, _: Millis, _: SocketAddr, _: SocketAddr) -> Option<(u64, Exchange)> {
+        None
+    }
+    fn datagram_to(
+        &mut self,
+        _now: Millis,
+        local: SocketAddr,
+        original: Option<SocketAddr>,
+        _from: SocketAddr,
+        bytes: &[u8],
+        _out: &mut DatagramQueue,
+    ) {
+        self.0.push((local, original, bytes.to_vec()));
+    }
+}
+
+#[test]
+fn original_destination_comes_with_each_datagram_when_asked() {
+    for family in [V4, V6] {
+        let mut cfg = config(&[family]);
+        cfg.original_dst = true;
+        let mut w: Worker<Exchange> = Worker::new(cfg, Instant::now()).unwrap();
+        let local = w.udp_addrs()[0];
+        let p = peer(family);
+        p.send_to(b"where to?", local).unwrap();
+        let mut d = OriginalDst::default();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while d.0.is_empty() {
+            assert!(Instant::now() < deadline, "{:?}", w.stats());
+            w.step(&mut d, 5).unwrap();
+        }
+        // Not redirected: the original destination is the socket's own address.
+        assert_eq!(d.0[0], (local, Some(local), b"where to?".to_vec()));
+    }
+}
+
+#[test]
+fn reuseport_binds_every_worker_on_the_configured_port() {
+    let port = closed_port(V4).port();
+    let addr: SocketAddr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut workers: Vec<Worker<Exchange>> = (0..2)
+        .map(|index| {
+            let mut cfg = config(&[]);
+            cfg.index = index;
+            cfg.udp = vec![addr];
+            cfg.udp_reuseport = true;
+            Worker::new(cfg, Instant::now()).expect("both bind the same port")
+        })
+        .collect();
+    assert!(workers.iter().all(|w| w.udp_addrs() == vec![addr]));
+    // Senders from several ports are spread by the kernel; every datagram arrives once.
+    let mut drivers = [OriginalDst::default(), OriginalDst::default()];
+    let senders: Vec<UdpSocket> = (0..16).map(|_| peer(V4)).collect();
+    for s in &senders {
+        s.send_to(b"x", addr).unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while drivers.iter().map(|d| d.0.len()).sum::<usize>() < senders.len() {
+        assert!(Instant::now() < deadline);
+        for (w, d) in workers.iter_mut().zip(drivers.iter_mut()) {
+            w.step(d, 5).unwrap();
+        }
+    }
+    assert_eq!(drivers.iter().map(|d| d.0.len()).sum::<usize>(), 16);
+}

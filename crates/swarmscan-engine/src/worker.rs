@@ -65,6 +65,19 @@ pub struct WorkerConfig {
     pub udp_max_datagram: u32,
     /// Datagrams queued or in flight at once (the send arena); more are refused.
     pub udp_send_slots: usize,
+    /// Recover where redirected traffic was headed (see [`crate::net::original_dst`]): TCP
+    /// accepts ask `SO_ORIGINAL_DST`, UDP sockets set `IP_RECVORIGDSTADDR`; the driver gets
+    /// it in [`WorkerDriver::incoming_to`] and [`WorkerDriver::datagram_to`]. Off: no extra
+    /// syscall per accept.
+    pub original_dst: bool,
+    /// Bind every worker's UDP sockets on the configured port itself with SO_REUSEPORT (the
+    /// kernel spreads senders over workers by address hash) instead of `port + index`. For
+    /// receivers that never reply (the sink).
+    pub udp_reuseport: bool,
+    /// When `max_incoming` accepted connections are alive, close the oldest accepted one
+    /// (handed back as `Closed(Some(ECONNABORTED))`) to make room, instead of resetting the
+    /// new one.
+    pub evict_oldest_incoming: bool,
 }
 
 impl Default for WorkerConfig {
@@ -88,6 +101,9 @@ impl Default for WorkerConfig {
             udp_recv_buffers: 1024,
             udp_max_datagram: 2048,
             udp_send_slots: 1024,
+            original_dst: false,
+            udp_reuseport: false,
+            evict_oldest_incoming: false,
         }
     }
 }
@@ -148,6 +164,19 @@ pub trait WorkerDriver {
         remote: SocketAddr,
         local: SocketAddr,
     ) -> Option<(u64, Self::Conv)>;
+    /// As [`incoming`](Self::incoming), with the destination the connection was originally
+    /// sent to when [`WorkerConfig::original_dst`] is on and the kernel knows it (a
+    /// REDIRECTed connection: the port it was redirected from; otherwise `local`). The
+    /// engine calls this one; the default forwards to `incoming`.
+    fn incoming_to(
+        &mut self,
+        now: Millis,
+        remote: SocketAddr,
+        local: SocketAddr,
+        _original_dst: Option<SocketAddr>,
+    ) -> Option<(u64, Self::Conv)> {
+        self.incoming(now, remote, local)
+    }
     /// Called once when the worker starts running, with a handle that wakes it (give it to
     /// whoever feeds this driver from other threads) and the listeners' local addresses.
     fn on_start(&mut self, _waker: Waker, _listening: &[SocketAddr]) {}
@@ -183,6 +212,21 @@ pub trait WorkerDriver {
         _bytes: &[u8],
         _out: &mut DatagramQueue,
     ) {
+    }
+    /// As [`datagram`](Self::datagram), with the datagram's original destination when
+    /// [`WorkerConfig::original_dst`] is on (the `IP_ORIGDSTADDR` / `IPV6_ORIGDSTADDR`
+    /// control message: a TPROXY'd datagram's real destination). The engine calls this one;
+    /// the default forwards to `datagram`.
+    fn datagram_to(
+        &mut self,
+        now: Millis,
+        local: SocketAddr,
+        _original_dst: Option<SocketAddr>,
+        from: SocketAddr,
+        bytes: &[u8],
+        out: &mut DatagramQueue,
+    ) {
+        self.datagram(now, local, from, bytes, out)
     }
     /// Called once per loop iteration (after `tick`) to queue datagrams of the driver's own
     /// (queries, retries); keep it cheap when there is nothing to send.
@@ -224,6 +268,12 @@ pub struct WorkerStats {
     pub incoming_budget_full: u64,
     /// Most accepted (not held) connections alive at once.
     pub incoming_max: usize,
+    /// Accepted connections closed to make room for a newer one
+    /// ([`WorkerConfig::evict_oldest_incoming`]).
+    pub incoming_evicted: u64,
+    /// Accepted connections reset because every slot was taken (with eviction: by evicted
+    /// connections still closing), counted in `incoming_refused` too.
+    pub incoming_no_slot: u64,
     /// Conversations handed back with `Finished`.
     pub finished: u64,
     /// Conversations handed back with `Closed`.
@@ -406,6 +456,10 @@ pub struct Worker<C: Conversation> {
     /// Live slots of accepted connections that are not held (counted against `max_incoming`,
     /// not `max_in_flight`), including ones closing.
     incoming: usize,
+    /// Accepted connections oldest first, with [`WorkerConfig::evict_oldest_incoming`]
+    /// (entries of closed ones are skipped when met, and dropped when it grows past twice the
+    /// budget).
+    accept_order: VecDeque<(u32, u32)>,
 }
 
 fn errno_of(res: i32) -> i32 {
@@ -440,6 +494,10 @@ impl<C: Conversation> Worker<C> {
                 cfg.udp_recv_buffers,
                 cfg.udp_send_slots,
                 cfg.udp_max_datagram,
+                super::udp::UdpOptions {
+                    reuseport: cfg.udp_reuseport,
+                    original_dst: cfg.original_dst,
+                },
             )
         }?;
         let mut listeners = Vec::new();
@@ -476,7 +534,12 @@ impl<C: Conversation> Worker<C> {
             bufs: ManuallyDrop::new(bufs),
             udp: ManuallyDrop::new(udp),
             udp_sqes: Vec::new(),
-            slots: Slab::with_capacity(cfg.max_in_flight + cfg.max_held + cfg.max_incoming),
+            // With eviction, room for as many evicted connections still closing as open ones.
+            slots: Slab::with_capacity(
+                cfg.max_in_flight
+                    + cfg.max_held
+                    + cfg.max_incoming * (1 + usize::from(cfg.evict_oldest_incoming)),
+            ),
             wheel: TimerWheel::new(now),
             budget: ConnectBudget::new(
                 cfg.connects_per_sec,
@@ -500,6 +563,7 @@ impl<C: Conversation> Worker<C> {
             stopping: false,
             held: 0,
             incoming: 0,
+            accept_order: VecDeque::new(),
         })
     }
 
@@ -993,9 +1057,15 @@ impl<C: Conversation> Worker<C> {
             return;
         }
         let fd = res;
-        let budget_full = self.incoming >= self.cfg.max_incoming;
+        let mut budget_full = self.incoming >= self.cfg.max_incoming;
         if budget_full && !self.stopping {
             self.stats.incoming_budget_full += 1;
+            if self.cfg.evict_oldest_incoming && self.evict_oldest_incoming(driver, now) {
+                budget_full = false;
+            }
+        }
+        if !self.stopping && !budget_full && self.slots.is_full() {
+            self.stats.incoming_no_slot += 1;
         }
         let accepted = (|| {
             if self.stopping || budget_full || self.slots.is_full() {
@@ -1004,7 +1074,12 @@ impl<C: Conversation> Worker<C> {
             let remote = net::peer_addr(fd).ok()?;
             let local = net::local_addr(fd).ok()?;
             net::prepare_probe_socket(fd).ok()?;
-            let (token, conv) = driver.incoming(now, remote, local)?;
+            let original = if self.cfg.original_dst {
+                net::original_dst(fd, &local)
+            } else {
+                None
+            };
+            let (token, conv) = driver.incoming_to(now, remote, local, original)?;
             Some((remote, token, conv))
         })();
         let Some((remote, token, conv)) = accepted else {
@@ -1022,10 +1097,39 @@ impl<C: Conversation> Worker<C> {
             unreachable!("checked not full")
         };
         self.stats.incoming_accepted += 1;
+        if self.cfg.evict_oldest_incoming {
+            if self.accept_order.len() >= 2 * self.cfg.max_incoming + 16 {
+                let slots = &self.slots;
+                self.accept_order
+                    .retain(|&(i, g)| slots.get(i, g).is_some_and(|s| s.conv.is_some()));
+            }
+            self.accept_order.push_back((i, g));
+        }
         self.incoming += 1;
         self.stats.incoming_max = self.stats.incoming_max.max(self.incoming);
         self.stats.in_flight_max = self.stats.in_flight_max.max(self.slots.len());
         self.start_conversation(i, g, now);
+    }
+
+    /// Closes the oldest accepted connection that is still open and not held, handing it
+    /// back as `Closed(Some(ECONNABORTED))`; false when there is none.
+    fn evict_oldest_incoming<D: WorkerDriver<Conv = C>>(
+        &mut self,
+        driver: &mut D,
+        now: Millis,
+    ) -> bool {
+        while let Some((i, g)) = self.accept_order.pop_front() {
+            let evictable = self.slots.get(i, g).is_some_and(|s| {
+                s.incoming && !s.held && s.state == State::Open && s.conv.is_some()
+            });
+            if evictable {
+                self.stats.incoming_evicted += 1;
+                self.hand_back(driver, now, i, g, Ending::Closed(Some(libc::ECONNABORTED)));
+                self.close_slot(i, g);
+                return true;
+            }
+        }
+        false
     }
 
     /// The connection is up (connected or accepted): let the conversation speak first, then

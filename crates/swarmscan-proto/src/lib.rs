@@ -14,6 +14,7 @@ pub mod mse;
 pub mod peer_wire;
 pub mod probe;
 pub mod session;
+pub mod sink_classify;
 pub mod tracker_http;
 pub mod tracker_udp;
 pub mod utp;
