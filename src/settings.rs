@@ -78,6 +78,19 @@ pub struct ScanSettings {
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// `metrics.allow_remote` (already applied to `metrics_listen`; kept to be shown).
     pub metrics_allow_remote: bool,
+    /// Reverse DNS of peers (`geo.reverse_dns`, `geo.dns_resolver`, `geo.reverse_dns_per_sec`).
+    pub reverse_dns: ReverseDnsSettings,
+}
+
+/// The `geo.*` reverse DNS settings; the system resolver is read at start.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReverseDnsSettings {
+    /// `geo.reverse_dns`.
+    pub on: bool,
+    /// `geo.dns_resolver`, checked by `Config::validate`; `None` = /etc/resolv.conf's.
+    pub resolver: Option<std::net::SocketAddr>,
+    /// Queries per second at most.
+    pub per_sec: u32,
 }
 
 impl From<&Config> for EngineConfig {
@@ -197,6 +210,7 @@ impl From<&Config> for WriterOptions {
             unwritable: Duration::try_from_secs_f64(config.store.unwritable_secs)
                 .unwrap_or(Duration::from_secs(365 * 86_400)),
             geo: config.into(),
+            reverse_dns: config.geo.reverse_dns,
         }
     }
 }
@@ -232,6 +246,11 @@ impl From<&Config> for ScanSettings {
             stats_interval: Duration::from_secs_f64(config.stats.interval_secs.max(1.0)),
             metrics_listen: config.metrics.address().ok().flatten(),
             metrics_allow_remote: config.metrics.allow_remote,
+            reverse_dns: ReverseDnsSettings {
+                on: config.geo.reverse_dns,
+                resolver: config.geo.resolver().ok().flatten(),
+                per_sec: config.geo.reverse_dns_per_sec,
+            },
         }
     }
 }
@@ -261,6 +280,7 @@ mod tests {
             "net.listen" => return "[\"127.0.0.1:7001\"]".into(),
             "tracker.ca_files" => return "[\"ca.pem\"]".into(),
             "metrics.listen" => return "\"127.0.0.1:9185\"".into(),
+            "geo.dns_resolver" => return "\"127.0.0.53\"".into(),
             // Must stay at least the first retry delay.
             "peer.retry_backoff_max_secs" => return "7200.0".into(),
             _ => {}

@@ -401,6 +401,8 @@ pub struct ScanDriver {
     mse_budget: Arc<IncomingDhBudget>,
     /// This worker's UDP sockets as bound (DHT, uTP and UDP trackers share them).
     udp_locals: Vec<SocketAddr>,
+    /// Reverse DNS of peers (worker 0 only, `geo.reverse_dns`).
+    rdns: Option<super::rdns::ReverseDns>,
     pub counters: Arc<WorkerCounters>,
 }
 
@@ -456,6 +458,7 @@ impl ScanDriver {
                 crate::config::NetConfig::default().mse_incoming_per_sec,
             )),
             udp_locals: Vec::new(),
+            rdns: None,
             counters: Arc::new(WorkerCounters::default()),
         }
     }
@@ -494,6 +497,12 @@ impl ScanDriver {
     /// (`net.mse_incoming_per_sec`).
     pub fn with_mse_incoming_per_sec(mut self, per_sec: u32) -> ScanDriver {
         self.mse_budget = Arc::new(IncomingDhBudget::new(per_sec));
+        self
+    }
+
+    /// Send the PTR queries of `geo.reverse_dns` from this worker (see [`super::rdns`]).
+    pub fn with_reverse_dns(mut self, rdns: super::rdns::ReverseDns) -> ScanDriver {
+        self.rdns = Some(rdns);
         self
     }
 
@@ -1417,12 +1426,19 @@ impl WorkerDriver for ScanDriver {
 
     fn datagram(
         &mut self,
-        _now: Millis,
+        now: Millis,
         _local: SocketAddr,
-        _from: SocketAddr,
+        from: SocketAddr,
         bytes: &[u8],
         _out: &mut DatagramQueue,
     ) {
+        // The resolver's answers, by source address, before any sorting by content.
+        if let Some(rdns) = self.rdns.as_mut().filter(|r| r.is_resolver(from)) {
+            if let Some(record) = rdns.datagram(now, bytes) {
+                self.records.send(record);
+            }
+            return;
+        }
         // Each protocol on the shared sockets gets its arm here; until it has a handler its
         // datagrams are only counted.
         let counter = match classify(bytes) {
@@ -1432,6 +1448,18 @@ impl WorkerDriver for ScanDriver {
             DatagramKind::Other => &self.counters.udp_other,
         };
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn poll_datagrams(&mut self, now: Millis, out: &mut DatagramQueue) {
+        if let Some(rdns) = &mut self.rdns {
+            let records = &mut self.records;
+            rdns.poll(
+                now,
+                &self.udp_locals,
+                |local, to, bytes| out.push(local, to, bytes).is_ok(),
+                |record| records.send(record),
+            );
+        }
     }
 
     fn next_wakeup(&self) -> Option<Millis> {

@@ -460,6 +460,31 @@ pub enum Record {
         /// Why it could not be matched.
         error: ErrorClass,
     },
+    /// The answer to a reverse DNS (PTR) query for a peer's address (`geo.reverse_dns`).
+    HostDomain(HostDomainRecord),
+}
+
+/// What the resolver said about an address (see [`crate::scan::rdns`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostAnswer {
+    /// The registrable domain of the address's PTR name (the name itself is not kept).
+    Domain(String),
+    /// NXDOMAIN, no PTR record, or a name with no registrable domain: not asked again.
+    NoName,
+    /// No usable answer (timeouts, SERVFAIL, REFUSED): asked again in a later run.
+    Failed,
+}
+
+/// A reverse DNS answer for the writer: stored in `host_domains` under the anonymised address
+/// and copied to the address's peer rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostDomainRecord {
+    /// When the answer came.
+    pub at: UnixMs,
+    /// The address asked about (anonymised by the writer like every other).
+    pub ip: std::net::IpAddr,
+    /// The answer.
+    pub answer: HostAnswer,
 }
 
 impl Record {
@@ -474,6 +499,7 @@ impl Record {
             Record::TrackerSchedule(s) => Some(s.at),
             Record::Stats(s) => Some(s.at),
             Record::UnmatchedIncoming { at, .. } => Some(*at),
+            Record::HostDomain(h) => Some(h.at),
         }
     }
 }

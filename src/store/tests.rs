@@ -16,6 +16,7 @@ fn options(batch_rows: usize, batch_ms: u64, channel_capacity: usize) -> WriterO
         threshold: 0.98,
         unwritable: std::time::Duration::from_secs(300),
         geo: Default::default(),
+        reverse_dns: false,
     }
 }
 

@@ -36,6 +36,7 @@
 use super::anon::Anonymizer;
 use super::confirmation::{apply_contact, Contact, ProgressState};
 use super::geo::{GeoDb, GeoPaths};
+use super::host_domain::{HostLookups, LOOKED_UP};
 use super::record::*;
 use super::{upsert_torrent, Store, StoreError};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
@@ -62,6 +63,9 @@ pub struct WriterOptions {
     pub unwritable: Duration,
     /// GeoIP and ASN databases (`geo.*`) peers are looked up in when first stored.
     pub geo: GeoPaths,
+    /// Ask worker 0 for the host domain of peers not in the `host_domains` cache
+    /// (`geo.reverse_dns`; see [`super::host_domain`]).
+    pub reverse_dns: bool,
 }
 
 /// How far apart two crossings at one address may be to be one download seen twice.
@@ -232,6 +236,8 @@ pub struct Writer {
     tx: Sender<Msg>,
     thread: Option<JoinHandle<Result<(WriterCounts, Connection), StoreError>>>,
     metrics: Arc<WriterMetrics>,
+    /// Addresses to look up in reverse DNS, for worker 0 (`reverse_dns` on).
+    host_lookups: Option<crossbeam_channel::Receiver<std::net::IpAddr>>,
 }
 
 impl std::fmt::Debug for Writer {
@@ -271,10 +277,18 @@ impl Writer {
         let (tx, rx) = bounded(options.channel_capacity.max(1));
         let metrics = Arc::new(WriterMetrics::default());
         let thread_metrics = metrics.clone();
+        let (lookups, host_lookups) = match options.reverse_dns {
+            true => {
+                let (l, rx) = HostLookups::new(crate::inputs::now_unix_ms());
+                (Some(l), Some(rx))
+            }
+            false => (None, None),
+        };
         let thread = std::thread::Builder::new()
             .name("swarmscan-writer".into())
             .spawn(move || {
                 let mut state = WriterThread::new(store, anonymizer, geo, options, thread_metrics)?;
+                state.host_lookups = lookups;
                 state.run(rx);
                 let counts = state.counts.clone();
                 Ok((counts, state.store.conn))
@@ -284,7 +298,13 @@ impl Writer {
             tx,
             thread: Some(thread),
             metrics,
+            host_lookups,
         })
+    }
+
+    /// The addresses to look up in reverse DNS (once; `None` when `reverse_dns` is off).
+    pub fn take_host_lookups(&mut self) -> Option<crossbeam_channel::Receiver<std::net::IpAddr>> {
+        self.host_lookups.take()
     }
 
     /// Opens `database`, loads the anonymiser key from `key_file` (`privacy.ip` = `mode`),
@@ -531,6 +551,8 @@ struct WriterThread {
     anonymizer: Anonymizer,
     /// Looks new peers up (with the real address, before anonymisation).
     geo: GeoDb,
+    /// Reverse DNS requests and answers (`reverse_dns` on).
+    host_lookups: Option<HostLookups>,
     options: WriterOptions,
     metrics: Arc<WriterMetrics>,
     /// What committed transactions did.
@@ -613,6 +635,7 @@ impl WriterThread {
             store,
             anonymizer,
             geo,
+            host_lookups: None,
             options,
             metrics,
             counts: WriterCounts::default(),
@@ -994,6 +1017,12 @@ impl WriterThread {
                     .count += 1;
                 self.sums.counts.outcomes += 1;
             }
+            Record::HostDomain(h) => {
+                if let Some(lookups) = &mut self.host_lookups {
+                    let key = self.anonymizer.anonymize(h.ip).key;
+                    lookups.store_answer(&self.store.conn, &key, h)?;
+                }
+            }
             Record::Stats(s) => {
                 crate::threads::debug_panic_point("writer");
                 self.store
@@ -1037,9 +1066,12 @@ impl WriterThread {
                 .execute(params![d.torrent_id, ip.key, ip.shown, addr.port(), is_ipv6(addr), bit, d.at])?;
             if inserted == 1 {
                 new += 1;
+                let id = conn.last_insert_rowid();
                 if self.geo.is_on() {
-                    let id = conn.last_insert_rowid();
                     store_geo(conn, &mut self.geo, id, addr.ip())?;
+                }
+                if let Some(lookups) = &mut self.host_lookups {
+                    lookups.fill_or_request(conn, id, &ip.key, addr.ip())?;
                 }
             } else {
                 conn.prepare_cached(
@@ -1113,6 +1145,9 @@ impl WriterThread {
         // A new row, or one stored while a database was off: the record has the real address.
         if consulted & self.geo.consults() != self.geo.consults() {
             store_geo(conn, &mut self.geo, id, o.addr.ip())?;
+        }
+        if let (Some(lookups), 0) = (&mut self.host_lookups, consulted & LOOKED_UP) {
+            lookups.fill_or_request(conn, id, &ip.key, o.addr.ip())?;
         }
         let (success, class, next) = match o.result {
             ProbeResult::Success(progress) => {
