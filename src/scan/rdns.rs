@@ -179,7 +179,6 @@ impl ReverseDns {
             resolver,
             requests,
             per_sec: f64::from(per_sec.max(1)),
-            // One query at once; the bucket holds a second's worth at most.
             tokens: 1.0,
             refilled_at: None,
             pending: HashMap::new(),
@@ -292,7 +291,10 @@ impl ReverseDns {
             None => 0,
         };
         self.refilled_at = Some(now);
-        self.tokens = (self.tokens + elapsed as f64 * self.per_sec / 1000.0).min(self.per_sec);
+        // The bucket holds one poll's worth (the worker polls at least every 50 ms), at least
+        // one query: queries are spread evenly, never a second's worth at once.
+        let burst = (self.per_sec / 20.0).max(1.0);
+        self.tokens = (self.tokens + elapsed as f64 * self.per_sec / 1000.0).min(burst);
         let Some(local) = self.local_for(locals) else {
             return;
         };

@@ -97,6 +97,32 @@ impl HostLookups {
         Ok(())
     }
 
+    /// A peer row that exists already was named again (discovery): asks for its address when
+    /// no answer came for it yet (e.g. the run that stored it ended before the answer).
+    pub fn known_peer(
+        &mut self,
+        conn: &Connection,
+        torrent_id: i64,
+        ip_key: &str,
+        port: u16,
+        ip: IpAddr,
+    ) -> rusqlite::Result<()> {
+        let row: Option<(i64, i64)> = conn
+            .prepare_cached(
+                "SELECT id, geo_lookup FROM peers WHERE torrent_id = ?1 AND ip_key = ?2 AND port = ?3",
+            )?
+            .query_row(params![torrent_id, ip_key, port], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()?;
+        match row {
+            Some((id, bits)) if bits & i64::from(LOOKED_UP) == 0 => {
+                self.fill_or_request(conn, id, ip_key, ip)
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Stores an answer under `ip_key` (the anonymised `h.ip`) and on the address's peer rows.
     pub fn store_answer(
         &mut self,
@@ -227,12 +253,16 @@ mod tests {
             a,
             &["10.0.0.1:1", "10.0.0.2:1", "10.0.0.3:1", "10.0.0.1:2"],
         ));
-        tx.send(discovered(a, &["10.0.0.1:3"]));
+        tx.send(discovered(a, &["10.0.0.1:3", "10.0.0.4:1"]));
         tx.pump();
-        let asked = drain(&rx);
+        let ips = |s: &[&str]| {
+            s.iter()
+                .map(|s| s.parse().unwrap())
+                .collect::<Vec<IpAddr>>()
+        };
         assert_eq!(
-            asked,
-            ["10.0.0.1", "10.0.0.2", "10.0.0.3"].map(|s| s.parse::<IpAddr>().unwrap())
+            drain(&rx),
+            ips(&["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4"])
         );
         tx.send(answer(
             "10.0.0.1",
@@ -282,14 +312,16 @@ mod tests {
         );
         assert_eq!(cache[2].2, "no_name");
 
-        // Run 2: new rows of known addresses come from the cache; the failure is asked again.
+        // Run 2: new rows of known addresses come from the cache; the failure is asked again,
+        // and so is the address never answered (the run that stored it ended first).
         std::thread::sleep(Duration::from_millis(5));
         let mut writer = Writer::start(store, anonymizer.clone(), options()).unwrap();
         let rx = writer.take_host_lookups().unwrap();
         let mut tx = writer.sender();
         tx.send(discovered(b, &["10.0.0.1:9", "10.0.0.2:9", "10.0.0.3:9"]));
+        tx.send(discovered(a, &["10.0.0.4:1", "10.0.0.1:1"]));
         tx.pump();
-        assert_eq!(drain(&rx), ["10.0.0.3".parse::<IpAddr>().unwrap()]);
+        assert_eq!(drain(&rx), ips(&["10.0.0.3", "10.0.0.4"]));
         tx.close();
         writer.finish().unwrap();
         let rows = peers(&path);

@@ -485,6 +485,50 @@ impl Store {
         })
     }
 
+    /// Host domains, with a note on how many peers reverse DNS answered (`geo_lookup` bit
+    /// [`LOOKED_UP`](super::host_domain::LOOKED_UP)) and how many it never asked about.
+    fn host_domain_table(&self, columns: &[String]) -> Result<KeyTable, StoreError> {
+        let mut t = self.column_table(
+            columns,
+            "host_domain",
+            None,
+            "p.host_domain",
+            "not resolved: this database has no peers.host_domain column",
+            "",
+        )?;
+        if !["host_domain", "geo_lookup"]
+            .iter()
+            .all(|c| columns.iter().any(|have| have == c))
+        {
+            return Ok(t);
+        }
+        let (looked_up, no_name): (i64, i64) = self
+            .conn
+            .query_row(
+                "SELECT coalesce(sum(geo_lookup & ?1 != 0), 0),
+                        coalesce(sum(geo_lookup & ?1 != 0 AND host_domain IS NULL), 0)
+                 FROM peers",
+                [super::host_domain::LOOKED_UP],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(|e| self.err(e))?;
+        let not_asked = t.unknown_peers - no_name;
+        t.note = match (looked_up, t.rows.is_empty()) {
+            (0, true) => Some(
+                "reverse DNS off: no peer was looked up (geo.reverse_dns = true turns it on)"
+                    .into(),
+            ),
+            (0, false) => None,
+            _ => Some(format!(
+                "reverse DNS answered for {looked_up} peers: {} with a name, {no_name} without one \
+                 (NXDOMAIN or no PTR record); {not_asked} not looked up (reverse DNS off when they \
+                 were stored, no answer yet, or the resolver failed)",
+                looked_up - no_name
+            )),
+        };
+        Ok(t)
+    }
+
     /// Download speed by country: per peer the highest speed between two contacts
     /// (`max_speed`, pieces per second) times the torrent's piece length.
     pub fn speed_table(&self, columns: &[String]) -> Result<SpeedTable, StoreError> {
@@ -609,14 +653,7 @@ impl Store {
         Ok(StudyTables {
             labels: self.label_reports(torrents)?,
             clients: sort(self.client_table()?),
-            host_domains: sort(self.column_table(
-                &columns,
-                "host_domain",
-                None,
-                "p.host_domain",
-                "not resolved: this database has no peers.host_domain column (reverse DNS of peers is not part of this build)",
-                "not resolved: no peer has a host domain (reverse DNS off, or no PTR records)",
-            )?),
+            host_domains: sort(self.host_domain_table(&columns)?),
             countries: sort(self.column_table(
                 &columns,
                 "country",
@@ -1008,7 +1045,7 @@ mod tests {
             .note
             .as_deref()
             .unwrap()
-            .contains("not resolved"));
+            .contains("reverse DNS off"));
         assert!(store.speed_table(&columns).unwrap().note.is_some());
 
         // Once the columns hold values (the writer's GeoIP lookups), the same queries fill the
@@ -1040,6 +1077,29 @@ mod tests {
             .note
             .as_deref()
             .unwrap()
-            .contains("no peer has a host domain"));
+            .contains("reverse DNS off"));
+        // Reverse DNS answers: a domain for two peers, no name for one.
+        store
+            .conn
+            .execute_batch(
+                "UPDATE peers SET host_domain = 'example-isp.co.uk', geo_lookup = geo_lookup | 4 WHERE port <= 2;
+                 UPDATE peers SET geo_lookup = geo_lookup | 4 WHERE port = 3;",
+            )
+            .unwrap();
+        let hosts = store.study_tables(&[]).unwrap().host_domains;
+        let isp = &hosts.rows[0];
+        assert_eq!(
+            (isp.key.as_str(), isp.peers, isp.confirmed),
+            ("example-isp.co.uk", 2, 1)
+        );
+        assert_eq!(hosts.unknown_peers, 3);
+        assert_eq!(
+            hosts.note.as_deref(),
+            Some(
+                "reverse DNS answered for 3 peers: 2 with a name, 1 without one (NXDOMAIN or no \
+                 PTR record); 2 not looked up (reverse DNS off when they were stored, no answer \
+                 yet, or the resolver failed)"
+            )
+        );
     }
 }

@@ -1079,6 +1079,9 @@ impl WriterThread {
                      WHERE torrent_id = ?1 AND ip_key = ?2 AND port = ?3 AND sources & ?4 = 0",
                 )?
                 .execute(params![d.torrent_id, ip.key, addr.port(), bit])?;
+                if let Some(lookups) = &mut self.host_lookups {
+                    lookups.known_peer(conn, d.torrent_id, &ip.key, addr.port(), addr.ip())?;
+                }
             }
         }
         let received = d.peers.len() as i64;
