@@ -531,6 +531,8 @@ struct BatchSums {
     gaps: HashMap<i64, i64>,
     /// Earliest and latest activity of the batch's records.
     window: Option<(UnixMs, UnixMs)>,
+    /// New peers and confirmed downloads by country (for the metrics, after the commit).
+    countries: HashMap<Option<String>, (u64, u64)>,
 }
 
 /// The database has refused commits since `since`.
@@ -1067,9 +1069,11 @@ impl WriterThread {
             if inserted == 1 {
                 new += 1;
                 let id = conn.last_insert_rowid();
-                if self.geo.is_on() {
-                    store_geo(conn, &mut self.geo, id, addr.ip())?;
-                }
+                let country = match self.geo.is_on() {
+                    true => store_geo(conn, &mut self.geo, id, addr.ip())?,
+                    false => None,
+                };
+                self.sums.countries.entry(country).or_default().0 += 1;
                 if let Some(lookups) = &mut self.host_lookups {
                     lookups.fill_or_request(conn, id, &ip.key, addr.ip())?;
                 }
@@ -1133,6 +1137,7 @@ impl WriterThread {
                 ))
             })
             .optional()?;
+        let new_row = row.is_none();
         let ((id, consulted), state) = match row {
             Some(found) => found,
             None => {
@@ -1146,8 +1151,13 @@ impl WriterThread {
             }
         };
         // A new row, or one stored while a database was off: the record has the real address.
-        if consulted & self.geo.consults() != self.geo.consults() {
-            store_geo(conn, &mut self.geo, id, o.addr.ip())?;
+        let country = if consulted & self.geo.consults() != self.geo.consults() {
+            store_geo(conn, &mut self.geo, id, o.addr.ip())?
+        } else {
+            None
+        };
+        if new_row {
+            self.sums.countries.entry(country).or_default().0 += 1;
         }
         if let (Some(lookups), 0) = (&mut self.host_lookups, consulted & LOOKED_UP) {
             lookups.fill_or_request(conn, id, &ip.key, o.addr.ip())?;
@@ -1216,6 +1226,13 @@ impl WriterThread {
         if let (true, false, Some(crossed_at)) = (next.confirmed, state.confirmed, next.crossed_at)
         {
             settle_same_download(conn, o.torrent_id, &ip.key, id, o.portless, crossed_at)?;
+            // Counted unless settling made it the duplicate of another row's download.
+            let (country, confirmed): (Option<String>, bool) = conn
+                .prepare_cached("SELECT country, confirmed FROM peers WHERE id = ?1")?
+                .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            if confirmed {
+                self.sums.countries.entry(country).or_default().1 += 1;
+            }
         }
         let sums = self
             .sums
@@ -1271,6 +1288,7 @@ impl WriterThread {
                     .0
                     .observe(sums.counts.records as f64);
                 self.counts.add(&sums.counts);
+                self.metrics.tally.add_countries(&sums.countries);
                 self.run_records += sums.counts.records as i64;
                 self.run_window = merge_window(self.run_window, sums.window);
                 self.metrics.batches.fetch_add(1, Ordering::Relaxed);
@@ -1333,12 +1351,13 @@ impl WriterThread {
 
 /// Looks `ip` up and stores what the databases say on peer row `id`. Fields a database now
 /// consulted has no value for are cleared; those of a database not consulted are kept.
+/// Returns the country found.
 fn store_geo(
     conn: &Connection,
     geo: &mut GeoDb,
     id: i64,
     ip: std::net::IpAddr,
-) -> rusqlite::Result<()> {
+) -> rusqlite::Result<Option<String>> {
     use super::geo::{CONSULTED_ASN, CONSULTED_CITY};
     let info = geo.lookup(ip);
     let city = info.consulted & CONSULTED_CITY != 0;
@@ -1364,7 +1383,7 @@ fn store_geo(
         info.as_org,
         info.consulted
     ])?;
-    Ok(())
+    Ok(info.country)
 }
 
 fn is_ipv6(addr: &std::net::SocketAddr) -> bool {
