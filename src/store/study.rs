@@ -596,31 +596,37 @@ impl Store {
 
     /// Confirmed downloads at each of [`THRESHOLDS`], per label (see the module docs).
     pub fn threshold_sensitivity(&self) -> Result<Vec<ThresholdRow>, StoreError> {
-        let sums: Vec<String> = (1..=THRESHOLDS.len())
-            .map(|i| format!("coalesce(sum(fp < ?{i} AND later >= ?{i}), 0)"))
-            .collect();
-        let sql = format!(
-            "SELECT torrent_id, coalesce(sum(confirmed), 0), {}
-             FROM (SELECT p.torrent_id AS torrent_id, p.confirmed AS confirmed, p.first_progress AS fp,
-                          max(coalesce(p.below_progress, 0), coalesce(p.above_progress, 0), coalesce(p.last_progress, 0)) AS later
-                   FROM peers p
-                   WHERE p.first_progress IS NOT NULL AND p.duplicate_of IS NULL)
-             GROUP BY torrent_id",
-            sums.join(", ")
-        );
-        let groups = self.label_groups()?;
-        let mut by_label: BTreeMap<(u8, String), ThresholdRow> = BTreeMap::new();
-        let mut stmt = self.conn.prepare(&sql).map_err(|e| self.err(e))?;
-        let mut rows = stmt
-            .query(rusqlite::params_from_iter(THRESHOLDS.iter()))
+        // Summed here in one sequential pass (NOT INDEXED): the index on torrent_id would
+        // visit a million rows in random order, and a GROUP BY would sort them.
+        let mut per_torrent: HashMap<TorrentId, (i64, Vec<i64>)> = HashMap::new();
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT torrent_id, confirmed, first_progress,
+                        max(coalesce(below_progress, 0), coalesce(above_progress, 0), coalesce(last_progress, 0))
+                 FROM peers NOT INDEXED
+                 WHERE first_progress IS NOT NULL AND duplicate_of IS NULL",
+            )
             .map_err(|e| self.err(e))?;
+        let mut rows = stmt.query([]).map_err(|e| self.err(e))?;
         while let Some(r) = rows.next().map_err(|e| self.err(e))? {
             let torrent: TorrentId = r.get(0).map_err(|e| self.err(e))?;
-            let stored: i64 = r.get(1).map_err(|e| self.err(e))?;
-            let mut counts = Vec::with_capacity(THRESHOLDS.len());
-            for i in 0..THRESHOLDS.len() {
-                counts.push(r.get::<_, i64>(i + 2).map_err(|e| self.err(e))?);
+            let confirmed: bool = r.get(1).map_err(|e| self.err(e))?;
+            let first: f64 = r.get(2).map_err(|e| self.err(e))?;
+            let later: f64 = r.get(3).map_err(|e| self.err(e))?;
+            let e = per_torrent
+                .entry(torrent)
+                .or_insert_with(|| (0, vec![0; THRESHOLDS.len()]));
+            e.0 += i64::from(confirmed);
+            for (n, t) in e.1.iter_mut().zip(THRESHOLDS) {
+                *n += i64::from(first < t && later >= t);
             }
+        }
+        let groups = self.label_groups()?;
+        let mut by_label: BTreeMap<(u8, String), ThresholdRow> = BTreeMap::new();
+        let mut per_torrent: Vec<_> = per_torrent.into_iter().collect();
+        per_torrent.sort_by_key(|(torrent, _)| *torrent);
+        for (torrent, (stored, counts)) in per_torrent {
             for label in groups.get(&torrent).into_iter().flatten() {
                 let row = by_label
                     .entry((label_order(label).0, label.clone()))
