@@ -335,7 +335,12 @@ impl Store {
                 e.1 += i64::from(contacted);
                 if confirmed {
                     e.2 += 1;
-                    match r.get_ref(3).map_err(|e| self.err(e))?.as_str().unwrap_or("") {
+                    match r
+                        .get_ref(3)
+                        .map_err(|e| self.err(e))?
+                        .as_str()
+                        .unwrap_or("")
+                    {
                         "live" => e.3.live += 1,
                         "incoming" => e.3.incoming += 1,
                         "revisit" => e.3.revisit += 1,

@@ -445,19 +445,25 @@ impl Store {
             });
         }
         let detail_sql = detail.map_or("NULL".to_string(), |d| format!("p.{d}"));
-        // Counted here in one sequential pass: a GROUP BY would sort a million rows.
+        // Counted here in one sequential pass, the peers without a value too: a GROUP BY would
+        // sort a million rows, and a second query would read them all again.
         let mut counts: HashMap<(TorrentId, String), (Option<String>, i64, i64)> = HashMap::new();
+        let mut unknown = 0i64;
         let mut stmt = self
             .conn
             .prepare(&format!(
-                "SELECT p.torrent_id, {key_sql}, {detail_sql}, p.confirmed FROM peers p
-                 WHERE p.{column} IS NOT NULL AND p.{column} != ''"
+                "SELECT p.torrent_id, CASE WHEN p.{column} IS NOT NULL AND p.{column} != '' THEN {key_sql} END,
+                        {detail_sql}, p.confirmed
+                 FROM peers p"
             ))
             .map_err(|e| self.err(e))?;
         let mut result = stmt.query([]).map_err(|e| self.err(e))?;
         while let Some(r) = result.next().map_err(|e| self.err(e))? {
             let torrent: TorrentId = r.get(0).map_err(|e| self.err(e))?;
-            let key: String = r.get(1).map_err(|e| self.err(e))?;
+            let Some(key) = r.get::<_, Option<String>>(1).map_err(|e| self.err(e))? else {
+                unknown += 1;
+                continue;
+            };
             let confirmed: bool = r.get(3).map_err(|e| self.err(e))?;
             let e = counts.entry((torrent, key)).or_insert((None, 0, 0));
             if e.0.is_none() {
@@ -472,7 +478,6 @@ impl Store {
                 .map(|((torrent, key), (detail, p, c))| (torrent, key, detail, p, c))
                 .collect(),
         )?;
-        let unknown = self.count_where(&format!("{column} IS NULL OR {column} = ''"))?;
         let note = if rows.is_empty() {
             Some(unknown_note.to_string())
         } else {
