@@ -415,14 +415,53 @@ impl Config {
     }
 }
 
-/// `[geo]`: MaxMind-format databases peers are looked up in when first stored.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+/// `[geo]`: MaxMind-format databases peers are looked up in when first stored, and reverse
+/// DNS of their addresses.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct GeoConfig {
     /// GeoIP2/GeoLite2 City or Country database (`.mmdb`); "" = no country, city, continent.
     pub city_db: PathBuf,
     /// GeoLite2 ASN (or GeoIP2 ISP) database (`.mmdb`); "" = no AS number and organisation.
     pub asn_db: PathBuf,
+    /// Look peers' host domains up in reverse DNS (PTR).
+    pub reverse_dns: bool,
+    /// The resolver asked ("IP" or "IP:port"); "" = the first nameserver of /etc/resolv.conf.
+    pub dns_resolver: String,
+    /// PTR queries per second at most (retries included).
+    pub reverse_dns_per_sec: u32,
+}
+
+impl Default for GeoConfig {
+    fn default() -> Self {
+        GeoConfig {
+            city_db: PathBuf::new(),
+            asn_db: PathBuf::new(),
+            reverse_dns: false,
+            dns_resolver: String::new(),
+            reverse_dns_per_sec: 5,
+        }
+    }
+}
+
+impl GeoConfig {
+    /// `geo.dns_resolver` as an address (port 53 unless given); `None` = the system's.
+    pub fn resolver(&self) -> Result<Option<SocketAddr>, String> {
+        let v = self.dns_resolver.trim();
+        if v.is_empty() {
+            return Ok(None);
+        }
+        if let Ok(ip) = v.parse::<std::net::IpAddr>() {
+            return Ok(Some(SocketAddr::new(ip, 53)));
+        }
+        match v.parse::<SocketAddr>() {
+            Ok(a) if a.port() != 0 => Ok(Some(a)),
+            _ => Err(format!(
+                "must be an IP address, optionally with a port (\"127.0.0.53\", \"[::1]:5353\"), or \"\" \
+                 for the first nameserver of /etc/resolv.conf; got {v:?}"
+            )),
+        }
+    }
 }
 
 /// `[stats]`: periodic statistics.
@@ -579,8 +618,9 @@ pub const SECTION_DOCS: &[(&str, &str)] = &[
     ("privacy", "How peer addresses are stored."),
     (
         "geo",
-        "Peer descriptions from MaxMind-format (.mmdb) databases, looked up with the real address when\n\
-         a peer is first stored (before privacy.ip anonymises it). Off unless a path is set.",
+        "Peer descriptions from MaxMind-format (.mmdb) databases and reverse DNS, looked up with the\n\
+         real address when a peer is first stored (before privacy.ip anonymises it). Off unless a\n\
+         path is set or reverse_dns = true.",
     ),
     ("stats", "Periodic statistics (stats table and log)."),
     (
@@ -763,6 +803,22 @@ pub const KEY_DOCS: &[(&str, &str)] = &[
         "geo.asn_db",
         "ASN database: GeoLite2-ASN or GeoIP2-ISP (AS number and organisation); \"\" = off. Checked\n\
          and loaded like geo.city_db (GeoLite2-ASN: about 10 MB).",
+    ),
+    (
+        "geo.reverse_dns",
+        "Look up each peer's host domain (the registrable domain of its reverse DNS name, e.g.\n\
+         example-isp.co.uk) with PTR queries from worker 0's UDP socket, before privacy.ip anonymises\n\
+         the address; answers are cached in the database (a later run does not ask again). Off by\n\
+         default: it tells the resolver (and the peers' networks' name servers) whom we scan.",
+    ),
+    (
+        "geo.dns_resolver",
+        "Resolver for geo.reverse_dns: \"IP\" or \"IP:port\" (port 53 if not given); \"\" = the first\n\
+         nameserver of /etc/resolv.conf. Must be reachable from a net.listen address of its family.",
+    ),
+    (
+        "geo.reverse_dns_per_sec",
+        "PTR queries per second at most, retries included (1 to 10000).",
     ),
     ("stats.interval_secs", "Interval between statistics rows and log lines, seconds."),
     (
@@ -1164,6 +1220,15 @@ impl Config {
         }
         if let Err(m) = self.bttest.test_ports() {
             return bad("bttest.ports", &m);
+        }
+        if let Err(m) = self.geo.resolver() {
+            return bad("geo.dns_resolver", &m);
+        }
+        if self.geo.reverse_dns_per_sec == 0 || self.geo.reverse_dns_per_sec > 10_000 {
+            return bad(
+                "geo.reverse_dns_per_sec",
+                &format!("must be 1 to 10000, got {}", self.geo.reverse_dns_per_sec),
+            );
         }
         self.validate_sink()
     }

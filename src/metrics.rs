@@ -150,6 +150,12 @@ pub const RESULTS: [&str; 2] = ["ok", "error"];
 /// Distinct client names kept as labels; further names count under `other`.
 pub const MAX_CLIENT_LABELS: usize = 64;
 
+/// Countries kept as labels: the first this many seen in a run (a swarm's largest countries
+/// come first almost always); later ones count under `other`. Labels never move once given:
+/// the series are counters, and a country moving from `other` to its own label would make
+/// `other` go down (read as a reset by Prometheus).
+pub const MAX_COUNTRY_LABELS: usize = 30;
+
 const CELLS: usize = PROBE_KINDS.len() * OUTCOMES.len() * TRANSPORTS.len() * FAMILIES.len();
 
 fn outcome_index(result: &ProbeResult) -> usize {
@@ -194,6 +200,8 @@ pub struct RecordTally {
     discovery: [[AtomicU64; RESULTS.len()]; SOURCES.len()],
     discovery_addresses: [AtomicU64; SOURCES.len()],
     clients: Mutex<HashMap<String, u64>>,
+    /// Peers stored and confirmed downloads of this run, by country label.
+    countries: Mutex<HashMap<String, (u64, u64)>>,
 }
 
 impl Default for RecordTally {
@@ -205,6 +213,7 @@ impl Default for RecordTally {
             discovery: Default::default(),
             discovery_addresses: Default::default(),
             clients: Mutex::new(HashMap::new()),
+            countries: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -321,6 +330,43 @@ impl RecordTally {
             .collect()
     }
 
+    /// Adds a committed batch's (new peers, confirmed downloads) by country (ISO code; `None`
+    /// = unknown: no GeoIP database or no entry).
+    pub fn add_countries(&self, batch: &HashMap<Option<String>, (u64, u64)>) {
+        let mut countries = self.countries.lock().unwrap_or_else(|e| e.into_inner());
+        for (country, (peers, confirmed)) in batch {
+            let label = match country {
+                None => "unknown".to_string(),
+                Some(c) if countries.contains_key(c) => c.clone(),
+                // "other" and "unknown" are not ISO codes: no clash.
+                Some(c)
+                    if countries
+                        .keys()
+                        .filter(|k| *k != "other" && *k != "unknown")
+                        .count()
+                        < MAX_COUNTRY_LABELS =>
+                {
+                    c.clone()
+                }
+                Some(_) => "other".to_string(),
+            };
+            let e = countries.entry(label).or_insert((0, 0));
+            e.0 += peers;
+            e.1 += confirmed;
+        }
+    }
+
+    /// (country label, peers stored, confirmed downloads) of this run, sorted by label.
+    pub fn countries(&self) -> Vec<(String, u64, u64)> {
+        let countries = self.countries.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<_> = countries
+            .iter()
+            .map(|(k, (p, c))| (k.clone(), *p, *c))
+            .collect();
+        v.sort();
+        v
+    }
+
     /// Answers carrying a peer-id, by client name, sorted by name.
     pub fn clients(&self) -> Vec<(String, u64)> {
         let clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
@@ -430,5 +476,49 @@ mod tests {
             ));
         }
         assert!(t.clients().len() <= MAX_CLIENT_LABELS + 1);
+    }
+
+    #[test]
+    fn countries_are_a_bounded_label_set_that_never_moves() {
+        let t = RecordTally::default();
+        let batch = |rows: &[(Option<&str>, u64, u64)]| {
+            rows.iter()
+                .map(|(c, p, k)| (c.map(str::to_string), (*p, *k)))
+                .collect::<HashMap<_, _>>()
+        };
+        t.add_countries(&batch(&[(Some("DE"), 3, 1), (None, 2, 0)]));
+        t.add_countries(&batch(&[(Some("DE"), 1, 1), (Some("SE"), 1, 0)]));
+        assert_eq!(
+            t.countries(),
+            vec![
+                ("DE".to_string(), 4, 2),
+                ("SE".to_string(), 1, 0),
+                ("unknown".to_string(), 2, 0)
+            ]
+        );
+        // 200 more countries: at most MAX_COUNTRY_LABELS codes, then "other"; a code that
+        // has its label keeps it.
+        for i in 0..200u32 {
+            let code = format!(
+                "{}{}",
+                (b'A' + (i / 26) as u8) as char,
+                (b'A' + (i % 26) as u8) as char
+            );
+            t.add_countries(&batch(&[
+                (Some(&code), 1, u64::from(i % 2)),
+                (Some("SE"), 1, 0),
+            ]));
+        }
+        let all = t.countries();
+        let codes = all
+            .iter()
+            .filter(|c| c.0 != "other" && c.0 != "unknown")
+            .count();
+        assert_eq!(codes, MAX_COUNTRY_LABELS);
+        let other = all.iter().find(|c| c.0 == "other").unwrap();
+        let named: u64 = all.iter().filter(|c| c.0 != "unknown").map(|c| c.1).sum();
+        assert_eq!(named, 4 + 1 + 200 + 200, "nothing lost");
+        assert!(other.1 > 150 && other.2 > 70, "{other:?}");
+        assert_eq!(all.iter().find(|c| c.0 == "SE").unwrap().1, 201);
     }
 }

@@ -88,6 +88,8 @@ pub struct ScanSettings {
     pub bttest: BttestSettings,
     /// What `swarmscan sink` runs with (`sink.*`).
     pub sink: crate::sink::SinkSettings,
+    /// Reverse DNS of peers (`geo.reverse_dns`, `geo.dns_resolver`, `geo.reverse_dns_per_sec`).
+    pub reverse_dns: ReverseDnsSettings,
 }
 
 /// The `bttest.*` settings `swarmscan bttest` runs with.
@@ -107,6 +109,17 @@ impl From<&Config> for BttestSettings {
             ports: config.bttest.test_ports().unwrap_or([6881, 4711]),
         }
     }
+}
+
+/// The `geo.*` reverse DNS settings; the system resolver is read at start.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReverseDnsSettings {
+    /// `geo.reverse_dns`.
+    pub on: bool,
+    /// `geo.dns_resolver`, checked by `Config::validate`; `None` = /etc/resolv.conf's.
+    pub resolver: Option<std::net::SocketAddr>,
+    /// Queries per second at most.
+    pub per_sec: u32,
 }
 
 impl From<&Config> for EngineConfig {
@@ -228,6 +241,7 @@ impl From<&Config> for WriterOptions {
             unwritable: Duration::try_from_secs_f64(config.store.unwritable_secs)
                 .unwrap_or(Duration::from_secs(365 * 86_400)),
             geo: config.into(),
+            reverse_dns: config.geo.reverse_dns,
         }
     }
 }
@@ -264,6 +278,11 @@ impl From<&Config> for ScanSettings {
             stats_interval: Duration::from_secs_f64(config.stats.interval_secs.max(1.0)),
             metrics_listen: config.metrics.address().ok().flatten(),
             metrics_allow_remote: config.metrics.allow_remote,
+            reverse_dns: ReverseDnsSettings {
+                on: config.geo.reverse_dns,
+                resolver: config.geo.resolver().ok().flatten(),
+                per_sec: config.geo.reverse_dns_per_sec,
+            },
             sink: config.into(),
             bttest: config.into(),
             dht: config.into(),
@@ -317,6 +336,7 @@ mod tests {
             "bttest.listen" => return "\"127.0.0.1:7880\"".into(),
             "bttest.ports" => return "[6882, 4711]".into(),
             "sink.tcp" | "sink.udp" => return "[\"127.0.0.1:7002\"]".into(),
+            "geo.dns_resolver" => return "\"127.0.0.53\"".into(),
             // Must stay at least the first retry delay.
             "peer.retry_backoff_max_secs" => return "7200.0".into(),
             _ => {}

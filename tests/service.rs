@@ -492,6 +492,8 @@ fn metrics_endpoint_serves_the_scan_in_a_format_prometheus_parses() {
         ("swarmscan_writer_batch_records", "histogram"),
         ("swarmscan_confirmed_downloads", "counter"),
         ("swarmscan_client_answers", "counter"),
+        ("swarmscan_peers_stored", "counter"),
+        ("swarmscan_confirmed_downloads_by_country", "counter"),
         ("swarmscan_threads_stalled", "gauge"),
         ("swarmscan_build_info", "gauge"),
     ] {
@@ -530,6 +532,14 @@ fn metrics_endpoint_serves_the_scan_in_a_format_prometheus_parses() {
         "{text}"
     );
     assert_eq!(value(&samples, "swarmscan_threads_stalled"), 0.0);
+    // No GeoIP database here: every peer under "unknown" (tests/geo_scan.rs has countries).
+    assert!(
+        value(
+            &samples,
+            "swarmscan_peers_stored_total{country=\"unknown\"}"
+        ) > 0.0,
+        "{text}"
+    );
     // Bounded labels only: no address, no info-hash.
     assert!(!text.contains("127."), "an address in the metrics: {text}");
     let hash = swarmscan::proto::hex::encode(&sim.metainfo[0].info_hashes.wire_ids()[0]);

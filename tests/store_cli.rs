@@ -55,6 +55,7 @@ fn small_db(path: &Path) {
             threshold: 0.98,
             unwritable: std::time::Duration::from_secs(300),
             geo: Default::default(),
+            reverse_dns: false,
         },
     )
     .unwrap();

@@ -496,6 +496,7 @@ mod tests {
             threshold: 0.98,
             unwritable: Duration::from_secs(60),
             geo: Default::default(),
+            reverse_dns: false,
         };
         let writer = Writer::start(store, Anonymizer::new(IpMode::Full, [1; 32]), options).unwrap();
         let settings = DhtSettings {
@@ -580,6 +581,7 @@ mod tests {
                 threshold: 0.98,
                 unwritable: Duration::from_secs(60),
                 geo: Default::default(),
+                reverse_dns: false,
             },
         )
         .unwrap();
@@ -655,6 +657,7 @@ mod tests {
             threshold: 0.98,
             unwritable: Duration::from_secs(60),
             geo: Default::default(),
+            reverse_dns: false,
         };
         let writer = Writer::start(store, Anonymizer::new(IpMode::Full, [1; 32]), options).unwrap();
         let settings = DhtSettings {

@@ -419,6 +419,8 @@ pub struct ScanDriver {
     dht: Option<crate::dht::scan::ScanDht>,
     /// uTP connections, timers and transport memory (see [`utp_plane`]).
     utp: utp_plane::UtpPlane,
+    /// Reverse DNS of peers (worker 0 only, `geo.reverse_dns`).
+    rdns: Option<super::rdns::ReverseDns>,
     pub counters: Arc<WorkerCounters>,
 }
 
@@ -477,6 +479,7 @@ impl ScanDriver {
             udp_trackers: None,
             dht: None,
             utp: utp_plane::UtpPlane::new(UtpSettings::default(), epoch_unix_ms as u64),
+            rdns: None,
             counters: Arc::new(WorkerCounters::default()),
         }
     }
@@ -543,6 +546,12 @@ impl ScanDriver {
     /// (`net.mse_incoming_per_sec`).
     pub fn with_mse_incoming_per_sec(mut self, per_sec: u32) -> ScanDriver {
         self.mse_budget = Arc::new(IncomingDhBudget::new(per_sec));
+        self
+    }
+
+    /// Send the PTR queries of `geo.reverse_dns` from this worker (see [`super::rdns`]).
+    pub fn with_reverse_dns(mut self, rdns: super::rdns::ReverseDns) -> ScanDriver {
+        self.rdns = Some(rdns);
         self
     }
 
@@ -1488,7 +1497,6 @@ impl WorkerDriver for ScanDriver {
         }
     }
 
-
     fn datagram(
         &mut self,
         now: Millis,
@@ -1497,6 +1505,13 @@ impl WorkerDriver for ScanDriver {
         bytes: &[u8],
         out: &mut DatagramQueue,
     ) {
+        // The resolver's answers, by source address, before any sorting by content.
+        if let Some(rdns) = self.rdns.as_mut().filter(|r| r.is_resolver(from)) {
+            if let Some(record) = rdns.datagram(now, bytes) {
+                self.records.send(record);
+            }
+            return;
+        }
         // Each protocol on the shared sockets gets its arm here; until it has a handler its
         // datagrams are only counted.
         let counter = match classify(bytes) {
@@ -1531,6 +1546,15 @@ impl WorkerDriver for ScanDriver {
                 self.own.drop_own_pex(&mut peers);
                 self.route_peers(torrent, PeerSource::Dht.mask(), peers.into_iter());
             }
+        }
+        if let Some(rdns) = &mut self.rdns {
+            let records = &mut self.records;
+            rdns.poll(
+                now,
+                &self.udp_locals,
+                |local, to, bytes| out.push(local, to, bytes).is_ok(),
+                |record| records.send(record),
+            );
         }
         self.utp_poll(now, out);
     }

@@ -12,6 +12,7 @@ pub mod mse_budget;
 pub mod own_addr;
 pub mod peer_ids;
 pub mod peer_table;
+pub mod rdns;
 pub mod revisit;
 pub mod tls;
 pub mod udp_demux;

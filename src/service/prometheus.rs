@@ -8,7 +8,8 @@
 //!
 //! Labels are bounded sets only: probe kind, outcome class, transport, address family,
 //! discovery source and result, client name (from the peer-id's fixed table, at most 64
-//! names). Never an address or an info-hash. Countries wait for GeoIP (issue 11).
+//! names), country (ISO code of the GeoIP lookup: the first 30 seen in a run, then `other`,
+//! and `unknown`). Never an address or an info-hash.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -216,6 +217,30 @@ impl Collector for ScanMetrics {
             )?;
             for (client, n) in tally.clients() {
                 ConstCounter::new(n).encode(m.encode_family(&[("client", client.as_str())])?)?;
+            }
+        }
+        {
+            let countries = tally.countries();
+            let mut m = e.encode_descriptor(
+                "peers_stored",
+                "Peers stored this run, by country (GeoIP; the first 30 countries seen, then \
+                 other; unknown: no GeoIP database or no entry).",
+                None,
+                MetricType::Counter,
+            )?;
+            for (country, peers, _) in &countries {
+                ConstCounter::new(*peers)
+                    .encode(m.encode_family(&[("country", country.as_str())])?)?;
+            }
+            let mut m = e.encode_descriptor(
+                "confirmed_downloads_by_country",
+                "Confirmed downloads this run, by the peer's country (labels as peers_stored).",
+                None,
+                MetricType::Counter,
+            )?;
+            for (country, _, confirmed) in &countries {
+                ConstCounter::new(*confirmed)
+                    .encode(m.encode_family(&[("country", country.as_str())])?)?;
             }
         }
         {

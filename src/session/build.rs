@@ -88,7 +88,11 @@ impl Built {
         register_signals(&stop)?;
         let started = Instant::now();
         // Every setting below comes from here: one translation of the config, tested key by key.
-        let s = ScanSettings::from(config);
+        let mut s = ScanSettings::from(config);
+        if s.reverse_dns.on {
+            // The system resolver, read now; the writer asks for lookups, worker 0 sends them.
+            s.reverse_dns.resolver = Some(crate::scan::rdns::resolver(s.reverse_dns.resolver)?);
+        }
         let blocklist = Arc::new(Blocklist::load(&s.blocklist_file)?);
         let tracker_tls = match opts.tracker_tls.clone() {
             Some(t) => t,
@@ -166,6 +170,9 @@ impl Built {
         let catalog = Catalog::with_metadata_limits(torrents, s.metadata);
 
         let listen_addrs = resolve_listen_ports(&s.engine.listen)?;
+        if let (true, Some(resolver)) = (s.reverse_dns.on, s.reverse_dns.resolver) {
+            crate::scan::rdns::check_reachable(resolver, &listen_addrs)?;
+        }
         let workers = if s.engine.workers == 0 {
             std::thread::available_parallelism()
                 .map(|n| n.get())

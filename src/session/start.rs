@@ -65,7 +65,7 @@ impl Built {
             metrics_listener,
             inputs,
             resume,
-            writer,
+            mut writer,
             catalog,
             engine,
             peer_id,
@@ -120,6 +120,20 @@ impl Built {
                 .with_udp_trackers(udp_tracker_workers.remove(0))
             })
             .collect();
+        // Reverse DNS from worker 0 alone: one rate limit, one socket the answers come back to.
+        if let (Some(requests), Some(resolver)) =
+            (writer.take_host_lookups(), s.reverse_dns.resolver)
+        {
+            tracing::info!(%resolver, per_sec = s.reverse_dns.per_sec, "reverse DNS of peers on");
+            let rdns = crate::scan::rdns::ReverseDns::new(
+                resolver,
+                s.reverse_dns.per_sec,
+                requests,
+                epoch_unix_ms,
+            );
+            let first = drivers.remove(0).with_reverse_dns(rdns);
+            drivers.insert(0, first);
+        }
 
         if s.dht.enabled {
             // Bootstrap names are resolved only when a socket reaches beyond loopback; the

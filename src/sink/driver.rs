@@ -432,6 +432,7 @@ mod tests {
                 threshold: 0.98,
                 unwritable: std::time::Duration::from_secs(60),
                 geo: Default::default(),
+                reverse_dns: false,
             },
         )
         .unwrap();
@@ -534,6 +535,7 @@ mod tests {
                 threshold: 0.98,
                 unwritable: std::time::Duration::from_secs(600),
                 geo: Default::default(),
+                reverse_dns: false,
             },
         )
         .unwrap();

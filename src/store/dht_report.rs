@@ -135,6 +135,7 @@ mod tests {
             threshold: 0.98,
             unwritable: std::time::Duration::from_secs(60),
             geo: Default::default(),
+            reverse_dns: false,
         };
         let writer = Writer::start(store, Anonymizer::new(IpMode::Hmac, [1; 32]), options).unwrap();
         let mut tx = writer.sender();

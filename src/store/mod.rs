@@ -63,6 +63,7 @@ pub mod confirmation;
 pub mod dht_report;
 pub mod export;
 pub mod geo;
+pub mod host_domain;
 pub mod record;
 pub mod report;
 pub mod study;
@@ -226,7 +227,7 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE peers ADD COLUMN continent TEXT;   -- two-letter code (EU, NA, ...)
     ALTER TABLE peers ADD COLUMN asn INTEGER;      -- autonomous system number
     ALTER TABLE peers ADD COLUMN as_org TEXT;      -- the autonomous system's organisation
-    ALTER TABLE peers ADD COLUMN host_domain TEXT; -- registrable domain of the reverse DNS name (not filled yet)
+    ALTER TABLE peers ADD COLUMN host_domain TEXT; -- registrable domain of the reverse DNS name (geo.reverse_dns, v8)
     ALTER TABLE peers ADD COLUMN geo_lookup INTEGER NOT NULL DEFAULT 0; -- databases consulted: 1 geo.city_db, 2 geo.asn_db
     "#,
     // v6: torrents taken out of the scan by `swarmscan remove` (rows and peers are kept).
@@ -341,6 +342,16 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX sink_flows_by_protocol ON sink_flows (protocol);
     CREATE INDEX sink_flows_by_source ON sink_flows (src_ip_key);
+    "#,
+    // v11: reverse DNS answers (geo.reverse_dns), by anonymised address, so that a later run
+    // does not ask again; peers.host_domain holds the domain, geo_lookup bit 4 says "answered".
+    r#"
+    CREATE TABLE host_domains (
+        ip_key       TEXT PRIMARY KEY,  -- as peers.ip_key (privacy.ip applies)
+        domain       TEXT,              -- registrable domain of the PTR name; NULL = none
+        result       TEXT NOT NULL,     -- name | no_name (NXDOMAIN, no PTR) | failed (asked again next run)
+        looked_up_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
     "#,
 ];
 

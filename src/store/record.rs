@@ -521,6 +521,8 @@ pub enum Record {
     },
     /// A flow recorded by `swarmscan sink`.
     SinkFlow(Box<SinkFlowRecord>),
+    /// The answer to a reverse DNS (PTR) query for a peer's address (`geo.reverse_dns`).
+    HostDomain(HostDomainRecord),
 }
 
 /// One TCP connection or UDP flow the sink recorded (`sink_flows`).
@@ -548,6 +550,29 @@ pub struct SinkFlowRecord {
     pub details: Option<String>,
 }
 
+/// What the resolver said about an address (see [`crate::scan::rdns`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostAnswer {
+    /// The registrable domain of the address's PTR name (the name itself is not kept).
+    Domain(String),
+    /// NXDOMAIN, no PTR record, or a name with no registrable domain: not asked again.
+    NoName,
+    /// No usable answer (timeouts, SERVFAIL, REFUSED): asked again in a later run.
+    Failed,
+}
+
+/// A reverse DNS answer for the writer: stored in `host_domains` under the anonymised address
+/// and copied to the address's peer rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostDomainRecord {
+    /// When the answer came.
+    pub at: UnixMs,
+    /// The address asked about (anonymised by the writer like every other).
+    pub ip: std::net::IpAddr,
+    /// The answer.
+    pub answer: HostAnswer,
+}
+
 impl Record {
     /// The time of the scan activity the record reports (used to track the scan window);
     /// `None` for torrent registrations, which are not scan activity.
@@ -563,6 +588,7 @@ impl Record {
             Record::DhtLookup(l) => Some(l.at),
             Record::DhtNodes(_) => None,
             Record::SinkFlow(f) => Some(f.last_at),
+            Record::HostDomain(h) => Some(h.at),
         }
     }
 }

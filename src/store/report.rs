@@ -326,34 +326,62 @@ impl Store {
                 entry.1 = entry.1.max(latest);
             }
         }
+        // Peers counted here in one sequential pass (NOT INDEXED): joining through the index on
+        // torrent_id visits a million rows in random order (13 s at a million peers).
+        let mut per_torrent: BTreeMap<i64, (i64, i64, i64, CrossingsSeen)> = BTreeMap::new();
+        {
+            let mut stmt = self
+                .conn
+                .prepare(
+                    "SELECT torrent_id, contacts > 0, confirmed, coalesce(crossing_seen, 'revisit')
+                     FROM peers NOT INDEXED",
+                )
+                .map_err(|e| self.err(e))?;
+            let mut rows = stmt.query([]).map_err(|e| self.err(e))?;
+            while let Some(r) = rows.next().map_err(|e| self.err(e))? {
+                let torrent: i64 = r.get(0).map_err(|e| self.err(e))?;
+                let contacted: bool = r.get(1).map_err(|e| self.err(e))?;
+                let confirmed: bool = r.get(2).map_err(|e| self.err(e))?;
+                let e = per_torrent.entry(torrent).or_default();
+                e.0 += 1;
+                e.1 += i64::from(contacted);
+                if confirmed {
+                    e.2 += 1;
+                    match r
+                        .get_ref(3)
+                        .map_err(|e| self.err(e))?
+                        .as_str()
+                        .unwrap_or("")
+                    {
+                        "live" => e.3.live += 1,
+                        "incoming" => e.3.incoming += 1,
+                        "revisit" => e.3.revisit += 1,
+                        _ => {}
+                    }
+                }
+            }
+        }
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT t.id, t.name, coalesce(t.info_hash_v1, t.info_hash_v2),
-                        count(p.id), coalesce(sum(p.contacts > 0), 0), coalesce(sum(p.confirmed), 0),
-                        coalesce(sum(p.confirmed AND p.crossing_seen = 'live'), 0),
-                        coalesce(sum(p.confirmed AND p.crossing_seen = 'incoming'), 0),
-                        coalesce(sum(p.confirmed AND coalesce(p.crossing_seen, 'revisit') = 'revisit'), 0),
-                        t.removed_at
-                 FROM torrents t LEFT JOIN peers p ON p.torrent_id = t.id
-                 GROUP BY t.id ORDER BY t.id",
+                "SELECT id, name, coalesce(info_hash_v1, info_hash_v2), removed_at
+                 FROM torrents ORDER BY id",
             )
             .map_err(|e| self.err(e))?;
         let rows = stmt
             .query_map([], |r| {
+                let id = r.get::<_, i64>(0)?;
+                let (seen, evaluated, confirmed, crossings) =
+                    per_torrent.get(&id).copied().unwrap_or_default();
                 Ok((
-                    r.get::<_, i64>(0)?,
+                    id,
                     r.get::<_, Option<String>>(1)?,
                     r.get::<_, String>(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                    CrossingsSeen {
-                        live: r.get(6)?,
-                        incoming: r.get(7)?,
-                        revisit: r.get(8)?,
-                    },
-                    r.get::<_, Option<UnixMs>>(9)?,
+                    seen,
+                    evaluated,
+                    confirmed,
+                    crossings,
+                    r.get::<_, Option<UnixMs>>(3)?,
                 ))
             })
             .map_err(|e| self.err(e))?;
@@ -675,16 +703,14 @@ impl Store {
             )
             .map_err(|e| self.err(e))?;
         let countries = self.geo_table(
-            "SELECT country, max(continent), count(*), coalesce(sum(contacts > 0), 0), coalesce(sum(confirmed), 0)
-             FROM peers WHERE country IS NOT NULL GROUP BY country",
+            "SELECT country, continent, contacts > 0, confirmed FROM peers WHERE country IS NOT NULL",
             "country",
             CITY_DB_KEY,
             CONSULTED_CITY,
             (peers, confirmed),
         )?;
         let asns = self.geo_table(
-            "SELECT CAST(asn AS TEXT), max(as_org), count(*), coalesce(sum(contacts > 0), 0), coalesce(sum(confirmed), 0)
-             FROM peers WHERE asn IS NOT NULL GROUP BY asn",
+            "SELECT CAST(asn AS TEXT), as_org, contacts > 0, confirmed FROM peers WHERE asn IS NOT NULL",
             "asn",
             ASN_DB_KEY,
             CONSULTED_ASN,
@@ -701,24 +727,35 @@ impl Store {
         bit: u8,
         (peers, confirmed): (i64, i64),
     ) -> Result<GeoTable, StoreError> {
+        // `sql` gives (key, detail, contacted, confirmed) per peer, grouped here in one pass: a
+        // GROUP BY would sort a million rows. The detail shown is the largest (as max() did).
+        let mut groups: std::collections::HashMap<String, (Option<String>, i64, i64, i64)> =
+            std::collections::HashMap::new();
         let mut stmt = self.conn.prepare(sql).map_err(|e| self.err(e))?;
-        let mut rows = stmt
-            .query_map([], |r| {
-                let n: i64 = r.get(2)?;
-                let c: i64 = r.get(4)?;
-                Ok(GeoRow {
-                    key: r.get(0)?,
-                    detail: r.get(1)?,
-                    peers: n,
-                    peer_share: n as f64 / peers.max(1) as f64,
-                    evaluated: r.get(3)?,
-                    confirmed: c,
-                    confirmed_share: (confirmed > 0).then(|| c as f64 / confirmed as f64),
-                })
+        let mut result = stmt.query([]).map_err(|e| self.err(e))?;
+        while let Some(r) = result.next().map_err(|e| self.err(e))? {
+            let key: String = r.get(0).map_err(|e| self.err(e))?;
+            let e = groups.entry(key).or_default();
+            let detail: Option<String> = r.get(1).map_err(|e| self.err(e))?;
+            if detail > e.0 {
+                e.0 = detail;
+            }
+            e.1 += 1;
+            e.2 += i64::from(r.get::<_, bool>(2).map_err(|e| self.err(e))?);
+            e.3 += i64::from(r.get::<_, bool>(3).map_err(|e| self.err(e))?);
+        }
+        let mut rows: Vec<GeoRow> = groups
+            .into_iter()
+            .map(|(key, (detail, n, evaluated, c))| GeoRow {
+                key,
+                detail,
+                peers: n,
+                peer_share: n as f64 / peers.max(1) as f64,
+                evaluated,
+                confirmed: c,
+                confirmed_share: (confirmed > 0).then(|| c as f64 / confirmed as f64),
             })
-            .map_err(|e| self.err(e))?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| self.err(e))?;
+            .collect();
         rows.sort_by(|a, b| b.peers.cmp(&a.peers).then_with(|| a.key.cmp(&b.key)));
         let (not_looked_up, no_entry, unknown_evaluated, unknown_confirmed): (i64, i64, i64, i64) = self
             .conn

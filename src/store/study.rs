@@ -445,19 +445,25 @@ impl Store {
             });
         }
         let detail_sql = detail.map_or("NULL".to_string(), |d| format!("p.{d}"));
-        // Counted here in one sequential pass: a GROUP BY would sort a million rows.
+        // Counted here in one sequential pass, the peers without a value too: a GROUP BY would
+        // sort a million rows, and a second query would read them all again.
         let mut counts: HashMap<(TorrentId, String), (Option<String>, i64, i64)> = HashMap::new();
+        let mut unknown = 0i64;
         let mut stmt = self
             .conn
             .prepare(&format!(
-                "SELECT p.torrent_id, {key_sql}, {detail_sql}, p.confirmed FROM peers p
-                 WHERE p.{column} IS NOT NULL AND p.{column} != ''"
+                "SELECT p.torrent_id, CASE WHEN p.{column} IS NOT NULL AND p.{column} != '' THEN {key_sql} END,
+                        {detail_sql}, p.confirmed
+                 FROM peers p"
             ))
             .map_err(|e| self.err(e))?;
         let mut result = stmt.query([]).map_err(|e| self.err(e))?;
         while let Some(r) = result.next().map_err(|e| self.err(e))? {
             let torrent: TorrentId = r.get(0).map_err(|e| self.err(e))?;
-            let key: String = r.get(1).map_err(|e| self.err(e))?;
+            let Some(key) = r.get::<_, Option<String>>(1).map_err(|e| self.err(e))? else {
+                unknown += 1;
+                continue;
+            };
             let confirmed: bool = r.get(3).map_err(|e| self.err(e))?;
             let e = counts.entry((torrent, key)).or_insert((None, 0, 0));
             if e.0.is_none() {
@@ -472,7 +478,6 @@ impl Store {
                 .map(|((torrent, key), (detail, p, c))| (torrent, key, detail, p, c))
                 .collect(),
         )?;
-        let unknown = self.count_where(&format!("{column} IS NULL OR {column} = ''"))?;
         let note = if rows.is_empty() {
             Some(unknown_note.to_string())
         } else {
@@ -483,6 +488,50 @@ impl Store {
             unknown_peers: unknown,
             note,
         })
+    }
+
+    /// Host domains, with a note on how many peers reverse DNS answered (`geo_lookup` bit
+    /// [`LOOKED_UP`](super::host_domain::LOOKED_UP)) and how many it never asked about.
+    fn host_domain_table(&self, columns: &[String]) -> Result<KeyTable, StoreError> {
+        let mut t = self.column_table(
+            columns,
+            "host_domain",
+            None,
+            "p.host_domain",
+            "not resolved: this database has no peers.host_domain column",
+            "",
+        )?;
+        if !["host_domain", "geo_lookup"]
+            .iter()
+            .all(|c| columns.iter().any(|have| have == c))
+        {
+            return Ok(t);
+        }
+        let (looked_up, no_name): (i64, i64) = self
+            .conn
+            .query_row(
+                "SELECT coalesce(sum(geo_lookup & ?1 != 0), 0),
+                        coalesce(sum(geo_lookup & ?1 != 0 AND host_domain IS NULL), 0)
+                 FROM peers",
+                [super::host_domain::LOOKED_UP],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(|e| self.err(e))?;
+        let not_asked = t.unknown_peers - no_name;
+        t.note = match (looked_up, t.rows.is_empty()) {
+            (0, true) => Some(
+                "reverse DNS off: no peer was looked up (geo.reverse_dns = true turns it on)"
+                    .into(),
+            ),
+            (0, false) => None,
+            _ => Some(format!(
+                "reverse DNS answered for {looked_up} peers: {} with a name, {no_name} without one \
+                 (NXDOMAIN or no PTR record); {not_asked} not looked up (reverse DNS off when they \
+                 were stored, no answer yet, or the resolver failed)",
+                looked_up - no_name
+            )),
+        };
+        Ok(t)
     }
 
     /// Download speed by country: per peer the highest speed between two contacts
@@ -552,31 +601,37 @@ impl Store {
 
     /// Confirmed downloads at each of [`THRESHOLDS`], per label (see the module docs).
     pub fn threshold_sensitivity(&self) -> Result<Vec<ThresholdRow>, StoreError> {
-        let sums: Vec<String> = (1..=THRESHOLDS.len())
-            .map(|i| format!("coalesce(sum(fp < ?{i} AND later >= ?{i}), 0)"))
-            .collect();
-        let sql = format!(
-            "SELECT torrent_id, coalesce(sum(confirmed), 0), {}
-             FROM (SELECT p.torrent_id AS torrent_id, p.confirmed AS confirmed, p.first_progress AS fp,
-                          max(coalesce(p.below_progress, 0), coalesce(p.above_progress, 0), coalesce(p.last_progress, 0)) AS later
-                   FROM peers p
-                   WHERE p.first_progress IS NOT NULL AND p.duplicate_of IS NULL)
-             GROUP BY torrent_id",
-            sums.join(", ")
-        );
-        let groups = self.label_groups()?;
-        let mut by_label: BTreeMap<(u8, String), ThresholdRow> = BTreeMap::new();
-        let mut stmt = self.conn.prepare(&sql).map_err(|e| self.err(e))?;
-        let mut rows = stmt
-            .query(rusqlite::params_from_iter(THRESHOLDS.iter()))
+        // Summed here in one sequential pass (NOT INDEXED): the index on torrent_id would
+        // visit a million rows in random order, and a GROUP BY would sort them.
+        let mut per_torrent: HashMap<TorrentId, (i64, Vec<i64>)> = HashMap::new();
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT torrent_id, confirmed, first_progress,
+                        max(coalesce(below_progress, 0), coalesce(above_progress, 0), coalesce(last_progress, 0))
+                 FROM peers NOT INDEXED
+                 WHERE first_progress IS NOT NULL AND duplicate_of IS NULL",
+            )
             .map_err(|e| self.err(e))?;
+        let mut rows = stmt.query([]).map_err(|e| self.err(e))?;
         while let Some(r) = rows.next().map_err(|e| self.err(e))? {
             let torrent: TorrentId = r.get(0).map_err(|e| self.err(e))?;
-            let stored: i64 = r.get(1).map_err(|e| self.err(e))?;
-            let mut counts = Vec::with_capacity(THRESHOLDS.len());
-            for i in 0..THRESHOLDS.len() {
-                counts.push(r.get::<_, i64>(i + 2).map_err(|e| self.err(e))?);
+            let confirmed: bool = r.get(1).map_err(|e| self.err(e))?;
+            let first: f64 = r.get(2).map_err(|e| self.err(e))?;
+            let later: f64 = r.get(3).map_err(|e| self.err(e))?;
+            let e = per_torrent
+                .entry(torrent)
+                .or_insert_with(|| (0, vec![0; THRESHOLDS.len()]));
+            e.0 += i64::from(confirmed);
+            for (n, t) in e.1.iter_mut().zip(THRESHOLDS) {
+                *n += i64::from(first < t && later >= t);
             }
+        }
+        let groups = self.label_groups()?;
+        let mut by_label: BTreeMap<(u8, String), ThresholdRow> = BTreeMap::new();
+        let mut per_torrent: Vec<_> = per_torrent.into_iter().collect();
+        per_torrent.sort_by_key(|(torrent, _)| *torrent);
+        for (torrent, (stored, counts)) in per_torrent {
             for label in groups.get(&torrent).into_iter().flatten() {
                 let row = by_label
                     .entry((label_order(label).0, label.clone()))
@@ -609,14 +664,7 @@ impl Store {
         Ok(StudyTables {
             labels: self.label_reports(torrents)?,
             clients: sort(self.client_table()?),
-            host_domains: sort(self.column_table(
-                &columns,
-                "host_domain",
-                None,
-                "p.host_domain",
-                "not resolved: this database has no peers.host_domain column (reverse DNS of peers is not part of this build)",
-                "not resolved: no peer has a host domain (reverse DNS off, or no PTR records)",
-            )?),
+            host_domains: sort(self.host_domain_table(&columns)?),
             countries: sort(self.column_table(
                 &columns,
                 "country",
@@ -1008,7 +1056,7 @@ mod tests {
             .note
             .as_deref()
             .unwrap()
-            .contains("not resolved"));
+            .contains("reverse DNS off"));
         assert!(store.speed_table(&columns).unwrap().note.is_some());
 
         // Once the columns hold values (the writer's GeoIP lookups), the same queries fill the
@@ -1040,6 +1088,29 @@ mod tests {
             .note
             .as_deref()
             .unwrap()
-            .contains("no peer has a host domain"));
+            .contains("reverse DNS off"));
+        // Reverse DNS answers: a domain for two peers, no name for one.
+        store
+            .conn
+            .execute_batch(
+                "UPDATE peers SET host_domain = 'example-isp.co.uk', geo_lookup = geo_lookup | 4 WHERE port <= 2;
+                 UPDATE peers SET geo_lookup = geo_lookup | 4 WHERE port = 3;",
+            )
+            .unwrap();
+        let hosts = store.study_tables(&[]).unwrap().host_domains;
+        let isp = &hosts.rows[0];
+        assert_eq!(
+            (isp.key.as_str(), isp.peers, isp.confirmed),
+            ("example-isp.co.uk", 2, 1)
+        );
+        assert_eq!(hosts.unknown_peers, 3);
+        assert_eq!(
+            hosts.note.as_deref(),
+            Some(
+                "reverse DNS answered for 3 peers: 2 with a name, 1 without one (NXDOMAIN or no \
+                 PTR record); 2 not looked up (reverse DNS off when they were stored, no answer \
+                 yet, or the resolver failed)"
+            )
+        );
     }
 }

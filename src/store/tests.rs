@@ -16,6 +16,7 @@ fn options(batch_rows: usize, batch_ms: u64, channel_capacity: usize) -> WriterO
         threshold: 0.98,
         unwritable: std::time::Duration::from_secs(300),
         geo: Default::default(),
+        reverse_dns: false,
     }
 }
 
@@ -1483,7 +1484,14 @@ fn peers_are_described_from_the_real_address_in_every_privacy_mode() {
             ok(5),
         ));
         drop(tx);
+        let metrics = writer.metrics();
         writer.finish().unwrap();
+        // The metrics' country labels: GB twice (one confirmed), no country for the others.
+        assert_eq!(
+            metrics.tally.countries(),
+            vec![("GB".to_string(), 2, 1), ("unknown".to_string(), 2, 0)],
+            "{mode:?}"
+        );
 
         let store = Store::open_existing(&path).unwrap();
         let mut peers = Vec::new();

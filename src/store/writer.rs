@@ -36,6 +36,7 @@
 use super::anon::Anonymizer;
 use super::confirmation::{apply_contact, Contact, ProgressState};
 use super::geo::{GeoDb, GeoPaths};
+use super::host_domain::{HostLookups, LOOKED_UP};
 use super::record::*;
 use super::{upsert_torrent, Store, StoreError};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
@@ -62,6 +63,9 @@ pub struct WriterOptions {
     pub unwritable: Duration,
     /// GeoIP and ASN databases (`geo.*`) peers are looked up in when first stored.
     pub geo: GeoPaths,
+    /// Ask worker 0 for the host domain of peers not in the `host_domains` cache
+    /// (`geo.reverse_dns`; see [`super::host_domain`]).
+    pub reverse_dns: bool,
 }
 
 /// How far apart two crossings at one address may be to be one download seen twice.
@@ -234,6 +238,8 @@ pub struct Writer {
     tx: Sender<Msg>,
     thread: Option<JoinHandle<Result<(WriterCounts, Connection), StoreError>>>,
     metrics: Arc<WriterMetrics>,
+    /// Addresses to look up in reverse DNS, for worker 0 (`reverse_dns` on).
+    host_lookups: Option<crossbeam_channel::Receiver<std::net::IpAddr>>,
 }
 
 impl std::fmt::Debug for Writer {
@@ -273,10 +279,18 @@ impl Writer {
         let (tx, rx) = bounded(options.channel_capacity.max(1));
         let metrics = Arc::new(WriterMetrics::default());
         let thread_metrics = metrics.clone();
+        let (lookups, host_lookups) = match options.reverse_dns {
+            true => {
+                let (l, rx) = HostLookups::new(crate::inputs::now_unix_ms());
+                (Some(l), Some(rx))
+            }
+            false => (None, None),
+        };
         let thread = std::thread::Builder::new()
             .name("swarmscan-writer".into())
             .spawn(move || {
                 let mut state = WriterThread::new(store, anonymizer, geo, options, thread_metrics)?;
+                state.host_lookups = lookups;
                 state.run(rx);
                 let counts = state.counts.clone();
                 Ok((counts, state.store.conn))
@@ -286,7 +300,13 @@ impl Writer {
             tx,
             thread: Some(thread),
             metrics,
+            host_lookups,
         })
+    }
+
+    /// The addresses to look up in reverse DNS (once; `None` when `reverse_dns` is off).
+    pub fn take_host_lookups(&mut self) -> Option<crossbeam_channel::Receiver<std::net::IpAddr>> {
+        self.host_lookups.take()
     }
 
     /// Opens `database`, loads the anonymiser key from `key_file` (`privacy.ip` = `mode`),
@@ -513,6 +533,8 @@ struct BatchSums {
     gaps: HashMap<i64, i64>,
     /// Earliest and latest activity of the batch's records.
     window: Option<(UnixMs, UnixMs)>,
+    /// New peers and confirmed downloads by country (for the metrics, after the commit).
+    countries: HashMap<Option<String>, (u64, u64)>,
 }
 
 /// The database has refused commits since `since`.
@@ -533,6 +555,8 @@ struct WriterThread {
     anonymizer: Anonymizer,
     /// Looks new peers up (with the real address, before anonymisation).
     geo: GeoDb,
+    /// Reverse DNS requests and answers (`reverse_dns` on).
+    host_lookups: Option<HostLookups>,
     options: WriterOptions,
     metrics: Arc<WriterMetrics>,
     /// What committed transactions did.
@@ -616,6 +640,7 @@ impl WriterThread {
             store,
             anonymizer,
             geo,
+            host_lookups: None,
             options,
             metrics,
             counts: WriterCounts::default(),
@@ -1035,6 +1060,12 @@ impl WriterThread {
                 self.sums.counts.outcomes += 1;
             }
             Record::SinkFlow(f) => self.apply_sink_flow(f)?,
+            Record::HostDomain(h) => {
+                if let Some(lookups) = &mut self.host_lookups {
+                    let key = self.anonymizer.anonymize(h.ip).key;
+                    lookups.store_answer(&self.store.conn, &key, h)?;
+                }
+            }
             Record::Stats(s) => {
                 crate::threads::debug_panic_point("writer");
                 self.store
@@ -1121,9 +1152,14 @@ impl WriterThread {
                 .execute(params![d.torrent_id, ip.key, ip.shown, addr.port(), is_ipv6(addr), bit, d.at])?;
             if inserted == 1 {
                 new += 1;
-                if self.geo.is_on() {
-                    let id = conn.last_insert_rowid();
-                    store_geo(conn, &mut self.geo, id, addr.ip())?;
+                let id = conn.last_insert_rowid();
+                let country = match self.geo.is_on() {
+                    true => store_geo(conn, &mut self.geo, id, addr.ip())?,
+                    false => None,
+                };
+                self.sums.countries.entry(country).or_default().0 += 1;
+                if let Some(lookups) = &mut self.host_lookups {
+                    lookups.fill_or_request(conn, id, &ip.key, addr.ip())?;
                 }
             } else {
                 conn.prepare_cached(
@@ -1131,6 +1167,9 @@ impl WriterThread {
                      WHERE torrent_id = ?1 AND ip_key = ?2 AND port = ?3 AND sources & ?4 = 0",
                 )?
                 .execute(params![d.torrent_id, ip.key, addr.port(), bit])?;
+                if let Some(lookups) = &mut self.host_lookups {
+                    lookups.known_peer(conn, d.torrent_id, &ip.key, addr.port(), addr.ip())?;
+                }
             }
         }
         let received = d.peers.len() as i64;
@@ -1182,6 +1221,7 @@ impl WriterThread {
                 ))
             })
             .optional()?;
+        let new_row = row.is_none();
         let ((id, consulted), state) = match row {
             Some(found) => found,
             None => {
@@ -1195,8 +1235,16 @@ impl WriterThread {
             }
         };
         // A new row, or one stored while a database was off: the record has the real address.
-        if consulted & self.geo.consults() != self.geo.consults() {
-            store_geo(conn, &mut self.geo, id, o.addr.ip())?;
+        let country = if consulted & self.geo.consults() != self.geo.consults() {
+            store_geo(conn, &mut self.geo, id, o.addr.ip())?
+        } else {
+            None
+        };
+        if new_row {
+            self.sums.countries.entry(country).or_default().0 += 1;
+        }
+        if let (Some(lookups), 0) = (&mut self.host_lookups, consulted & LOOKED_UP) {
+            lookups.fill_or_request(conn, id, &ip.key, o.addr.ip())?;
         }
         let (success, class, next) = match o.result {
             ProbeResult::Success(progress) => {
@@ -1262,6 +1310,13 @@ impl WriterThread {
         if let (true, false, Some(crossed_at)) = (next.confirmed, state.confirmed, next.crossed_at)
         {
             settle_same_download(conn, o.torrent_id, &ip.key, id, o.portless, crossed_at)?;
+            // Counted unless settling made it the duplicate of another row's download.
+            let (country, confirmed): (Option<String>, bool) = conn
+                .prepare_cached("SELECT country, confirmed FROM peers WHERE id = ?1")?
+                .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            if confirmed {
+                self.sums.countries.entry(country).or_default().1 += 1;
+            }
         }
         let sums = self
             .sums
@@ -1317,6 +1372,7 @@ impl WriterThread {
                     .0
                     .observe(sums.counts.records as f64);
                 self.counts.add(&sums.counts);
+                self.metrics.tally.add_countries(&sums.countries);
                 self.run_records += sums.counts.records as i64;
                 self.run_window = merge_window(self.run_window, sums.window);
                 self.metrics.batches.fetch_add(1, Ordering::Relaxed);
@@ -1379,12 +1435,13 @@ impl WriterThread {
 
 /// Looks `ip` up and stores what the databases say on peer row `id`. Fields a database now
 /// consulted has no value for are cleared; those of a database not consulted are kept.
+/// Returns the country found.
 fn store_geo(
     conn: &Connection,
     geo: &mut GeoDb,
     id: i64,
     ip: std::net::IpAddr,
-) -> rusqlite::Result<()> {
+) -> rusqlite::Result<Option<String>> {
     use super::geo::{CONSULTED_ASN, CONSULTED_CITY};
     let info = geo.lookup(ip);
     let city = info.consulted & CONSULTED_CITY != 0;
@@ -1410,7 +1467,7 @@ fn store_geo(
         info.as_org,
         info.consulted
     ])?;
-    Ok(())
+    Ok(info.country)
 }
 
 fn is_ipv6(addr: &std::net::SocketAddr) -> bool {
