@@ -561,8 +561,10 @@ fn kinds(hash: [u8; 20], pieces: u32) -> Vec<Kind> {
                 drop(s);
             }),
             // Tried plaintext, then at once over MSE (a hang-up right after connecting is what
-            // a peer that requires encryption does), then plaintext, then backed off.
-            class: Some("reset"),
+            // a peer that requires encryption does), then plaintext, then at once over uTP
+            // (`net.utp = "fallback"`: a peer that refuses TCP may speak uTP only), where
+            // nothing listens: the last try of the chain is refused, then backed off.
+            class: Some("utp_refused"),
             progress: None,
             max_secs: 1.0,
             min_secs: 0.0,
@@ -646,10 +648,17 @@ fn hostile_outgoing_peers_end_in_time_classified_with_bounded_memory() {
                     assert_eq!(last_progress, kind.progress, "{}", kind.name);
                 }
                 Some(class) => {
-                    assert_eq!(
-                        last_error.as_deref(),
-                        Some(class),
-                        "{} at {}",
+                    // rst_storm: whether the kernel reports the reset on accept as ECONNRESET
+                    // (`reset`, which ends the chain) or as an end of stream (a hang-up before
+                    // the handshake, tried at once over uTP: `utp_refused`) is a race.
+                    let accepted: &[&str] = if kind.name == "rst_storm" {
+                        &["reset", "utp_refused"]
+                    } else {
+                        &[class]
+                    };
+                    assert!(
+                        last_error.as_deref().is_some_and(|e| accepted.contains(&e)),
+                        "{} at {}: {last_error:?}, expected one of {accepted:?}",
                         kind.name,
                         p.addr
                     );
@@ -657,9 +666,9 @@ fn hostile_outgoing_peers_end_in_time_classified_with_bounded_memory() {
                 }
             }
             if kind.name == "rst_storm" {
-                // Plaintext, at once over MSE, at once plaintext again (MSE failed too), then
-                // the retry back-off (peer.revisit_secs): not hammered.
-                assert!(attempts <= 3, "rst_storm: {attempts} attempts in 12 s");
+                // Plaintext, at once over MSE, at once plaintext again (MSE failed too), at once
+                // over uTP, then the retry back-off (peer.revisit_secs): not hammered.
+                assert!(attempts <= 4, "rst_storm: {attempts} attempts in 12 s");
             }
         }
     }
