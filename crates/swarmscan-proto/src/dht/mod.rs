@@ -21,6 +21,8 @@ mod rate_limit;
 pub mod routing;
 
 #[cfg(test)]
+mod sim_adversarial;
+#[cfg(test)]
 mod sim_tests;
 #[cfg(test)]
 mod tests;
