@@ -8,6 +8,7 @@
 //! (the fake swarm answers as an MSE responder), and a micro-measurement of the DH
 //! exponentiation: encrypted and plaintext probes/s come from the same run.
 
+pub mod dht;
 pub mod fake_swarm;
 pub mod handshake;
 pub mod watch;
@@ -52,6 +53,9 @@ enum BenchCommand {
     Peers(crate::scan::bench_peers::PeersBenchArgs),
     /// Memory per watched (held) connection: the real probe watching fake peers.
     Watch(watch::WatchArgs),
+    /// KRPC queries/s and lookups/s of one worker's DHT node against a simulated DHT on
+    /// loopback, relative to a sendmmsg/recvmmsg floor.
+    Dht(dht::DhtBenchArgs),
     /// (internal) The fake swarm, run as a child process by `bench probes`.
     #[command(hide = true)]
     FakeSwarm(FakeSwarmArgs),
@@ -135,6 +139,7 @@ pub fn run(args: &BenchArgs) -> i32 {
             return crate::scan::bench_peers::run(a);
         }
         BenchCommand::Watch(a) => watch::run(a),
+        BenchCommand::Dht(a) => dht::run(a),
         BenchCommand::FakeSwarm(a) => run_fake_swarm(a),
     };
     match result {
