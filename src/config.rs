@@ -40,6 +40,8 @@ pub struct Config {
     pub stats: StatsConfig,
     /// The Prometheus endpoint.
     pub metrics: MetricsConfig,
+    /// Our mainline DHT node(s).
+    pub dht: DhtSection,
 }
 
 impl Default for Config {
@@ -55,6 +57,7 @@ impl Default for Config {
             geo: GeoConfig::default(),
             stats: StatsConfig::default(),
             metrics: MetricsConfig::default(),
+            dht: DhtSection::default(),
         }
     }
 }
@@ -269,6 +272,64 @@ impl Default for TrackerConfig {
     }
 }
 
+/// `[dht]`: our mainline DHT node(s) (BEP 5) on the workers' UDP sockets.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DhtSection {
+    /// Run DHT nodes and look torrents up in the DHT.
+    pub enabled: bool,
+    /// `host:port` entries to join the DHT through (names resolved at start).
+    pub bootstrap: Vec<String>,
+    /// Nodes (node ids) in all; node i runs on worker i % workers.
+    pub node_ids: u32,
+    /// Interval between `get_peers` lookups of one torrent, seconds.
+    pub lookup_secs: f64,
+    /// Lookups of ours one node runs at once.
+    pub max_lookups: u32,
+    /// BEP 43 read-only node: ask, never answer.
+    pub read_only: bool,
+    /// `announce_peer` ourselves to the closest nodes after each lookup.
+    pub announce: bool,
+}
+
+/// The well-known DHT routers, the default `dht.bootstrap`.
+pub const DEFAULT_DHT_ROUTERS: [&str; 3] = [
+    "router.bittorrent.com:6881",
+    "dht.transmissionbt.com:6881",
+    "router.utorrent.com:6881",
+];
+
+impl Default for DhtSection {
+    fn default() -> Self {
+        DhtSection {
+            enabled: true,
+            bootstrap: DEFAULT_DHT_ROUTERS.iter().map(|s| s.to_string()).collect(),
+            node_ids: 1,
+            lookup_secs: 900.0,
+            max_lookups: 8,
+            read_only: false,
+            announce: false,
+        }
+    }
+}
+
+/// Checks one `dht.bootstrap` entry: `host:port` or `[v6]:port`, port 1–65535.
+pub fn check_bootstrap_entry(entry: &str) -> Result<(), String> {
+    if entry.parse::<SocketAddr>().is_ok_and(|a| a.port() != 0) {
+        return Ok(());
+    }
+    let (host, port) = entry
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{entry:?} is not host:port"))?;
+    if host.is_empty() || host.contains(['/', ' ', '[', ']']) {
+        return Err(format!("{entry:?}: bad host name"));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p != 0 => Ok(()),
+        _ => Err(format!("{entry:?}: port must be 1–65535")),
+    }
+}
+
 /// `[store]`: the batched writer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -421,6 +482,12 @@ pub const SECTION_DOCS: &[(&str, &str)] = &[
     (
         "metrics",
         "Prometheus endpoint (OpenMetrics text at GET /metrics); off unless listen is set.",
+    ),
+    (
+        "dht",
+        "Our mainline DHT node(s) (BEP 5) on the workers' UDP sockets (net.listen, port + worker):\n\
+         torrents are looked up with get_peers (peers of source `dht`, BEP 33 estimates), magnets\n\
+         resolved through the peers found. Good nodes are kept in the database for the next run.",
     ),
 ];
 
@@ -576,6 +643,27 @@ pub const KEY_DOCS: &[(&str, &str)] = &[
     (
         "metrics.allow_remote",
         "Allow a metrics.listen address that is not loopback (put a firewall or proxy in front).",
+    ),
+    ("dht.enabled", "Run DHT nodes: look torrents up in the DHT and answer other nodes."),
+    (
+        "dht.bootstrap",
+        "Nodes to join the DHT through, \"host:port\" (names resolved at start; a failure is logged,\n\
+         never fatal), besides the nodes remembered in the database. A node bound to a loopback\n\
+         address (net.listen 127.x or ::1) can reach only loopback addresses: it never resolves\n\
+         names nor sends to any other address.",
+    ),
+    ("dht.node_ids", "DHT nodes (node ids) in all, 1–8; node i runs on worker i % workers."),
+    (
+        "dht.lookup_secs",
+        "Interval between get_peers lookups of one torrent, seconds (first lookups staggered).",
+    ),
+    ("dht.max_lookups", "Lookups of torrents one node runs at once (1–64); the rest wait their turn."),
+    ("dht.read_only", "BEP 43 read-only nodes: query the DHT, answer no one (others do not add us)."),
+    (
+        "dht.announce",
+        "announce_peer our listen port to the closest nodes after each lookup. Off by default: a\n\
+         measurement scanner does not need to be found, and announcing would put us in the swarms\n\
+         we count.",
     ),
 ];
 
@@ -898,6 +986,14 @@ impl Config {
         }
         if let Err(m) = self.metrics.address() {
             return bad("metrics.listen", &m);
+        }
+        let d = &self.dht;
+        check_secs(d.lookup_secs, MIN_SECS, MAX_SECS).map_err(named("dht.lookup_secs"))?;
+        check_count(d.node_ids as u64, 1, crate::dht::host::MAX_NODE_IDS as u64)
+            .map_err(named("dht.node_ids"))?;
+        check_count(d.max_lookups as u64, 1, 64).map_err(named("dht.max_lookups"))?;
+        for entry in &d.bootstrap {
+            check_bootstrap_entry(entry).map_err(named("dht.bootstrap"))?;
         }
         Ok(())
     }

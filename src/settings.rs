@@ -78,6 +78,8 @@ pub struct ScanSettings {
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// `metrics.allow_remote` (already applied to `metrics_listen`; kept to be shown).
     pub metrics_allow_remote: bool,
+    /// Our DHT nodes.
+    pub dht: crate::dht::DhtSettings,
 }
 
 impl From<&Config> for EngineConfig {
@@ -232,6 +234,23 @@ impl From<&Config> for ScanSettings {
             stats_interval: Duration::from_secs_f64(config.stats.interval_secs.max(1.0)),
             metrics_listen: config.metrics.address().ok().flatten(),
             metrics_allow_remote: config.metrics.allow_remote,
+            dht: config.into(),
+        }
+    }
+}
+
+impl From<&Config> for crate::dht::DhtSettings {
+    /// `[dht]`.
+    fn from(config: &Config) -> crate::dht::DhtSettings {
+        let d = &config.dht;
+        crate::dht::DhtSettings {
+            enabled: d.enabled,
+            bootstrap: d.bootstrap.clone(),
+            node_ids: d.node_ids as usize,
+            lookup_interval: Duration::from_secs_f64(d.lookup_secs.max(0.001)),
+            max_lookups: d.max_lookups as usize,
+            read_only: d.read_only,
+            announce: d.announce,
         }
     }
 }
@@ -259,6 +278,7 @@ mod tests {
             "net.encryption" => return "\"require\"".into(),
             "privacy.ip" => return "\"full\"".into(),
             "net.listen" => return "[\"127.0.0.1:7001\"]".into(),
+            "dht.bootstrap" => return "[\"127.0.0.1:6881\"]".into(),
             "tracker.ca_files" => return "[\"ca.pem\"]".into(),
             "metrics.listen" => return "\"127.0.0.1:9185\"".into(),
             // Must stay at least the first retry delay.

@@ -224,6 +224,54 @@ fn percent(p: Option<f64>) -> String {
     p.map_or_else(|| "-".into(), |p| format!("{:.1}%", p * 100.0))
 }
 
+/// The DHT section: lookups and BEP 33 estimates per torrent, metadata still awaited.
+fn render_dht(d: &crate::store::dht_report::DhtReport) -> String {
+    if d.torrents.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from(
+        "\nDHT: get_peers lookups per torrent and the latest BEP 33 estimates (seeds, downloaders)\n",
+    );
+    let rows: Vec<Vec<String>> = d
+        .torrents
+        .iter()
+        .map(|t| {
+            vec![
+                t.info_hash.clone(),
+                if t.waiting_for_metadata {
+                    "(waiting for metadata)".to_string()
+                } else {
+                    t.name.clone().unwrap_or_else(|| "-".into())
+                },
+                t.lookups.to_string(),
+                t.failed.to_string(),
+                t.nodes_queried.to_string(),
+                t.peers_received.to_string(),
+                opt_f(t.seeds_estimate, 0),
+                opt_f(t.peers_estimate, 0),
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &[
+            "info_hash",
+            "name",
+            "lookups",
+            "failed",
+            "nodes_queried",
+            "peers_received",
+            "seeds~",
+            "downloaders~",
+        ],
+        &rows,
+    ));
+    out.push_str(&format!(
+        "DHT nodes kept for the next run: {}\n",
+        d.nodes_kept
+    ));
+    out
+}
+
 fn opt_f(v: Option<f64>, decimals: usize) -> String {
     v.map_or_else(|| "-".into(), |v| format!("{v:.decimals$}"))
 }
@@ -392,6 +440,8 @@ pub fn render_report(r: &Report) -> String {
         ],
         &rows,
     ));
+
+    out.push_str(&render_dht(&r.dht));
 
     if !r.trackers.is_empty() {
         out.push_str(

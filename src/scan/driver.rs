@@ -227,6 +227,8 @@ pub enum WorkerMsg {
         source: u8,
         addrs: Vec<SocketAddr>,
     },
+    /// A peer's `port` message named this DHT node: ping it (sent to a worker running a node).
+    DhtNode(SocketAddr),
     /// An incoming connection evaluated a peer this worker owns (`Incoming`), or a watched
     /// incoming connection observed it live (`Watched`).
     Visited {
@@ -401,6 +403,8 @@ pub struct ScanDriver {
     mse_budget: Arc<IncomingDhBudget>,
     /// This worker's UDP sockets as bound (DHT, uTP and UDP trackers share them).
     udp_locals: Vec<SocketAddr>,
+    /// Our DHT nodes on this worker and the lookups of its torrents (`dht.enabled`).
+    dht: Option<crate::dht::scan::ScanDht>,
     pub counters: Arc<WorkerCounters>,
 }
 
@@ -456,7 +460,30 @@ impl ScanDriver {
                 crate::config::NetConfig::default().mse_incoming_per_sec,
             )),
             udp_locals: Vec::new(),
+            dht: None,
             counters: Arc::new(WorkerCounters::default()),
+        }
+    }
+
+    /// Run this worker's DHT nodes and look its torrents up in the DHT (`[dht]`).
+    pub fn with_dht(mut self, dht: crate::dht::scan::ScanDht) -> ScanDriver {
+        self.dht = Some(dht);
+        self
+    }
+
+    /// A peer's `port` message: its DHT node is pinged by a worker that runs a node (this
+    /// one, or worker 0, which always runs node 0).
+    fn dht_node_from_peer(&mut self, peer: SocketAddr, port: u16, now: Millis) {
+        if port == 0 {
+            return;
+        }
+        let node = SocketAddr::new(peer.ip(), port);
+        let here = self
+            .dht
+            .as_mut()
+            .is_some_and(|d| d.node_from_peer(node, now));
+        if !here && self.worker != 0 && self.dht.is_some() {
+            self.outbox[0].push(WorkerMsg::DhtNode(node));
         }
     }
 
@@ -695,6 +722,9 @@ impl ScanDriver {
         if let Some(ip) = report.yourip {
             self.own.learn_from_peer(ip); // how peers see us: PEX lists us under it
         }
+        if let Some(port) = report.dht_port {
+            self.dht_node_from_peer(addr, port, at_ms);
+        }
         if !report.pex.is_empty() {
             let mut pex = report.pex.clone();
             self.own.drop_own_pex(&mut pex);
@@ -871,6 +901,11 @@ impl ScanDriver {
                     }
                 }
                 WorkerMsg::Policy(policy) => self.policy = policy,
+                WorkerMsg::DhtNode(node) => {
+                    if let Some(d) = &mut self.dht {
+                        d.node_from_peer(node, now);
+                    }
+                }
                 WorkerMsg::Peers {
                     torrent,
                     source,
@@ -1413,13 +1448,26 @@ impl WorkerDriver for ScanDriver {
 
     fn on_udp_bound(&mut self, udp: &[SocketAddr]) {
         self.udp_locals = udp.to_vec();
+        if let Some(d) = &mut self.dht {
+            d.on_udp_bound(udp, self.last_tick);
+        }
+    }
+
+    fn poll_datagrams(&mut self, now: Millis, out: &mut DatagramQueue) {
+        let Some(d) = &mut self.dht else {
+            return;
+        };
+        for (torrent, mut peers) in d.poll(now, &self.catalog, out) {
+            self.own.drop_own_pex(&mut peers);
+            self.route_peers(torrent, PeerSource::Dht.mask(), peers.into_iter());
+        }
     }
 
     fn datagram(
         &mut self,
-        _now: Millis,
-        _local: SocketAddr,
-        _from: SocketAddr,
+        now: Millis,
+        local: SocketAddr,
+        from: SocketAddr,
         bytes: &[u8],
         _out: &mut DatagramQueue,
     ) {
@@ -1432,11 +1480,18 @@ impl WorkerDriver for ScanDriver {
             DatagramKind::Other => &self.counters.udp_other,
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        if let (DatagramKind::Krpc, Some(d)) = (classify(bytes), &mut self.dht) {
+            d.datagram(now, local, from, bytes);
+        }
     }
 
     fn next_wakeup(&self) -> Option<Millis> {
         // Revisit times have one-second resolution; the inbox is polled at least this often.
-        Some(self.last_tick + 50)
+        let inbox = self.last_tick + 50;
+        Some(match self.dht.as_ref().and_then(|d| d.next_deadline()) {
+            Some(t) => t.min(inbox),
+            None => inbox,
+        })
     }
 
     fn should_stop(&self) -> bool {

@@ -212,6 +212,12 @@ impl Built {
         let probe = Arc::new(ProbeSettings {
             peer_id,
             listen_port: 0,
+            // The DHT bit in our handshake and the `port` message name node 0 (worker 0's UDP
+            // socket on the first listen address); a read-only node answers no one.
+            dht_port: match listen_addrs.first() {
+                Some(a) if s.dht.enabled && !s.dht.read_only => a.port(),
+                _ => 0,
+            },
             ..s.probe.clone()
         });
         Ok(Built {

@@ -108,6 +108,41 @@ impl Built {
             })
             .collect();
 
+        if s.dht.enabled {
+            // Bootstrap names are resolved only when a socket reaches beyond loopback; the
+            // nodes the last run kept come back too (a failure to read them is not fatal).
+            let bootstrap =
+                crate::dht::bootstrap::resolve_bootstrap_system(&s.dht.bootstrap, &engine.udp);
+            let remembered = crate::store::Store::open(&s.database)
+                .and_then(|store| store.dht_nodes())
+                .unwrap_or_else(|e| {
+                    tracing::warn!("DHT nodes of the last run not read: {e}");
+                    Vec::new()
+                });
+            tracing::info!(
+                bootstrap = bootstrap.len(),
+                remembered = remembered.len(),
+                nodes = s.dht.node_ids,
+                "DHT: starting nodes"
+            );
+            drivers = drivers
+                .into_iter()
+                .enumerate()
+                .map(|(i, d)| {
+                    d.with_dht(crate::dht::scan::ScanDht::new(
+                        s.dht.clone(),
+                        i,
+                        workers,
+                        bootstrap.clone(),
+                        &remembered,
+                        listen_port,
+                        writer.sender(),
+                        epoch_unix_ms,
+                    ))
+                })
+                .collect();
+        }
+
         // Resume: peers of this database come back with their state and next visit time. In
         // an anonymised database the addresses are not stored; those peers return through
         // discovery.

@@ -60,6 +60,7 @@
 
 pub mod anon;
 pub mod confirmation;
+pub mod dht_report;
 pub mod export;
 pub mod geo;
 pub mod record;
@@ -238,6 +239,31 @@ const MIGRATIONS: &[&str] = &[
         torrent_id INTEGER NOT NULL REFERENCES torrents(id),
         label      TEXT NOT NULL,
         PRIMARY KEY (torrent_id, label)
+    ) WITHOUT ROWID;
+    "#,
+    // v8: our DHT nodes: each get_peers lookup (counts, BEP 33 seeds/peers estimates; its peers
+    // are a discovery_requests row of source dht), and the good nodes kept for the next run.
+    r#"
+    CREATE TABLE dht_lookups (
+        id             INTEGER PRIMARY KEY,
+        at             INTEGER NOT NULL,
+        torrent_id     INTEGER NOT NULL REFERENCES torrents(id),
+        duration_ms    INTEGER NOT NULL,
+        queried        INTEGER NOT NULL,
+        replies        INTEGER NOT NULL,
+        timeouts       INTEGER NOT NULL,
+        peers          INTEGER NOT NULL,
+        scrape         INTEGER NOT NULL,     -- 1: a BEP 33 scrape (filters instead of peers)
+        seeds_estimate REAL,
+        peers_estimate REAL
+    );
+    CREATE INDEX dht_lookups_by_torrent_time ON dht_lookups (torrent_id, at);
+    CREATE TABLE dht_nodes (
+        ip      TEXT NOT NULL,
+        port    INTEGER NOT NULL,
+        node_id BLOB NOT NULL,
+        seen_at INTEGER NOT NULL,
+        PRIMARY KEY (ip, port)
     ) WITHOUT ROWID;
     "#,
 ];
@@ -742,6 +768,39 @@ impl Store {
         let mut peers = Vec::new();
         self.for_each_peer_resume(|p| peers.push(p))?;
         Ok(peers)
+    }
+
+    /// The DHT nodes kept by the last run (`Record::DhtNodes`), most recently seen first.
+    pub fn dht_nodes(&self) -> Result<Vec<record::DhtNodeRecord>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT ip, port, node_id, seen_at FROM dht_nodes ORDER BY seen_at DESC")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, u16>(1)?,
+                    r.get::<_, Vec<u8>>(2)?,
+                    r.get::<_, i64>(3)?,
+                ))
+            })
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (ip, port, id, seen_at) = row.map_err(|e| self.err(e))?;
+            // A row that is not a node (edited by hand) is skipped, not fatal.
+            let (Ok(ip), Ok(id)) = (ip.parse::<std::net::IpAddr>(), <[u8; 20]>::try_from(id))
+            else {
+                continue;
+            };
+            out.push(record::DhtNodeRecord {
+                id,
+                addr: std::net::SocketAddr::new(ip, port),
+                seen_at,
+            });
+        }
+        Ok(out)
     }
 
     /// Calls `f` with every peer's resume information, in row order, without holding all rows.

@@ -186,6 +186,36 @@ pub struct ScrapeRecord {
     pub downloaded: i64,
 }
 
+/// One DHT `get_peers` lookup of a torrent (table `dht_lookups`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DhtLookupRecord {
+    /// When it finished.
+    pub at: UnixMs,
+    pub torrent_id: TorrentId,
+    pub duration_ms: u32,
+    /// Nodes queried (queries sent), replies, timeouts.
+    pub queried: u32,
+    pub replies: u32,
+    pub timeouts: u32,
+    /// Distinct peers received.
+    pub peers: u32,
+    /// A BEP 33 scrape lookup (asks for bloom filters; libtorrent then sends no peers).
+    pub scrape: bool,
+    /// BEP 33 estimates of seeds and downloaders from the nodes' bloom filters (None when no
+    /// node sent filters).
+    pub seeds_estimate: Option<f64>,
+    pub peers_estimate: Option<f64>,
+}
+
+/// A DHT node to contact again in the next run (table `dht_nodes`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DhtNodeRecord {
+    pub id: [u8; 20],
+    pub addr: SocketAddr,
+    /// When it last answered us.
+    pub seen_at: UnixMs,
+}
+
 /// Periodic statistics from the engine.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct StatsRecord {
@@ -452,6 +482,11 @@ pub enum Record {
     TrackerSchedule(TrackerScheduleRecord),
     /// Periodic statistics.
     Stats(StatsRecord),
+    /// A DHT `get_peers` lookup's counts and BEP 33 estimates (its peers come as a
+    /// `Discovery` record of source `dht`).
+    DhtLookup(DhtLookupRecord),
+    /// The DHT nodes worth contacting in the next run (replaces those kept before).
+    DhtNodes(Vec<DhtNodeRecord>),
     /// An incoming connection that could not be tied to a torrent we scan (unknown info-hash,
     /// or no BitTorrent handshake): counted in table 5.7 under `incoming`, no peer row.
     UnmatchedIncoming {
@@ -474,6 +509,8 @@ impl Record {
             Record::TrackerSchedule(s) => Some(s.at),
             Record::Stats(s) => Some(s.at),
             Record::UnmatchedIncoming { at, .. } => Some(*at),
+            Record::DhtLookup(l) => Some(l.at),
+            Record::DhtNodes(_) => None,
         }
     }
 }

@@ -260,6 +260,8 @@ pub struct Report {
     pub geo: GeoReport,
     /// The study's planned tables, by torrent label.
     pub study: super::study::StudyTables,
+    /// Our DHT lookups and BEP 33 estimates; torrents waiting for metadata.
+    pub dht: super::dht_report::DhtReport,
 }
 
 fn per_hour(n: i64, hours: f64) -> Option<f64> {
@@ -763,6 +765,7 @@ impl Store {
             gaps: self.gap_report()?,
             geo: self.geo_report()?,
             study: self.study_tables(&torrents)?,
+            dht: self.dht_report()?,
             torrents,
             total,
             window,

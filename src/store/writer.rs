@@ -986,6 +986,43 @@ impl WriterThread {
                         s.notes
                     ])?;
             }
+            Record::DhtLookup(l) => {
+                self.store
+                    .conn
+                    .prepare_cached(
+                        "INSERT INTO dht_lookups (at, torrent_id, duration_ms, queried, replies, timeouts, peers,
+                            scrape, seeds_estimate, peers_estimate)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                    )?
+                    .execute(params![
+                        l.at,
+                        l.torrent_id,
+                        l.duration_ms,
+                        l.queried,
+                        l.replies,
+                        l.timeouts,
+                        l.peers,
+                        l.scrape,
+                        l.seeds_estimate,
+                        l.peers_estimate
+                    ])?;
+            }
+            Record::DhtNodes(nodes) => {
+                // Each worker sends its own nodes: upserted; nodes not seen for a day, and
+                // all but the 1024 most recently seen, are dropped.
+                let conn = &self.store.conn;
+                for n in nodes {
+                    conn.prepare_cached(
+                        "INSERT OR REPLACE INTO dht_nodes (ip, port, node_id, seen_at) VALUES (?1, ?2, ?3, ?4)",
+                    )?
+                    .execute(params![n.addr.ip().to_string(), n.addr.port(), &n.id[..], n.seen_at])?;
+                }
+                conn.execute(
+                    "DELETE FROM dht_nodes WHERE seen_at < (SELECT max(seen_at) FROM dht_nodes) - 86400000
+                        OR (ip, port) NOT IN (SELECT ip, port FROM dht_nodes ORDER BY seen_at DESC LIMIT 1024)",
+                    [],
+                )?;
+            }
             Record::UnmatchedIncoming { error, .. } => {
                 self.sums
                     .outcome_counts

@@ -1,0 +1,370 @@
+//! [`ScanDht`]: what the scan does with a worker's DHT nodes ([`DhtHost`]).
+//!
+//! - **Lookups**: torrent `t` is looked up by node `t % dht.node_ids` (so by the worker that
+//!   runs it), a `get_peers` every `dht.lookup_secs`; every [`SCRAPE_EVERY`]th lookup of a
+//!   torrent asks for BEP 33 bloom filters instead (libtorrent answers a scrape with the
+//!   filters *instead of* peers, as BEP 33 allows, so the two can't be one lookup). The first lookups
+//!   start a few seconds after the start (the nodes bootstrap meanwhile) and are staggered
+//!   over `min(lookup_secs, 250 ms × torrents)`; a node runs at most `dht.max_lookups` of
+//!   them at once, the others wait their turn. A torrent still without metadata (a magnet or
+//!   bare info-hash) is looked up at least every [`WAITING_FOR_METADATA_SECS`]: the peers
+//!   found are where its metadata comes from.
+//! - **Results**: each finished peers lookup gives one `Discovery` record (source `dht`:
+//!   every distinct peer received, the duration, an error when no node answered); every
+//!   lookup gives one `DhtLookup` record (nodes queried, replies, timeouts, peers, and for a
+//!   scrape lookup the BEP 33 seeds/downloaders estimates);
+//!   its peers are handed back to the driver, which routes them to their owning workers.
+//! - **Nodes from peers**: a peer's `port` message names its DHT node; it is pinged once
+//!   (and enters the routing table when it answers).
+//! - **Persistence**: the good nodes go to the database (`DhtNodes`) every
+//!   [`PERSIST_SECS`] and when the worker stops; the next run feeds them to its nodes.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashSet};
+use std::net::SocketAddr;
+
+use super::host::{DatagramSink, DhtHost, HostConfig, HostEvent};
+use super::DhtSettings;
+use crate::engine::Millis;
+use crate::proto::dht::{AnnounceOptions, DhtConfig, GetPeersOptions, LookupError, LookupKind};
+use crate::proto::krpc::Id20;
+use crate::scan::catalog::Catalog;
+use crate::store::record::{DhtLookupRecord, DhtNodeRecord, DiscoveryRecord, PeerSource, Record};
+use crate::store::writer::RecordSender;
+
+/// Every this many lookups of a torrent, one is a BEP 33 scrape (the first is not).
+pub const SCRAPE_EVERY: u32 = 4;
+/// A torrent without metadata is looked up at least this often.
+pub const WAITING_FOR_METADATA_SECS: u64 = 60;
+/// Good nodes are written to the database this often (and at stop).
+pub const PERSIST_SECS: u64 = 600;
+/// First lookups wait this long after the start, for the bootstrap.
+const FIRST_LOOKUP_MS: Millis = 3_000;
+/// Spacing of the first lookups of many torrents, at most.
+const STAGGER_MS: Millis = 250;
+/// A lookup that could not start (no node known yet) is tried again after this long.
+const RETRY_MS: Millis = 2_000;
+/// `port` message senders remembered (each pinged once).
+const MAX_PINGED: usize = 8192;
+/// Nodes kept for the next run, at most.
+const MAX_PERSISTED: usize = 256;
+
+/// The scan's use of one worker's DHT nodes (see the module docs).
+pub struct ScanDht {
+    host: DhtHost,
+    settings: DhtSettings,
+    worker: usize,
+    workers: usize,
+    /// Lookups due: (when, torrent), for the torrents whose node runs here.
+    due: BinaryHeap<Reverse<(Millis, u32)>>,
+    /// Catalog entries already scheduled (the catalog only grows).
+    scheduled: usize,
+    /// Port announced with `dht.announce`.
+    announce_port: u16,
+    pinged: HashSet<SocketAddr>,
+    /// Lookups started per torrent (every [`SCRAPE_EVERY`]th is a scrape).
+    lookups_started: std::collections::HashMap<u32, u32>,
+    records: RecordSender,
+    epoch_unix_ms: i64,
+    next_persist: Millis,
+    now: Millis,
+}
+
+impl ScanDht {
+    /// Worker `worker`'s DHT side. `bootstrap` is resolved already
+    /// ([`super::bootstrap::resolve_bootstrap_system`]); `remembered` are the nodes the last
+    /// run kept.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        settings: DhtSettings,
+        worker: usize,
+        workers: usize,
+        bootstrap: Vec<SocketAddr>,
+        remembered: &[DhtNodeRecord],
+        announce_port: u16,
+        records: RecordSender,
+        epoch_unix_ms: i64,
+    ) -> ScanDht {
+        let node = DhtConfig {
+            read_only: settings.read_only,
+            version: Some(*b"SW\x01\x00"),
+            ..DhtConfig::default()
+        };
+        let host = DhtHost::new(HostConfig {
+            worker,
+            workers,
+            node_ids: settings.node_ids,
+            node,
+            bootstrap,
+            remembered: remembered.iter().map(|n| (Id20(n.id), n.addr)).collect(),
+            seed: None,
+        });
+        ScanDht {
+            host,
+            settings,
+            worker,
+            workers,
+            due: BinaryHeap::new(),
+            scheduled: 0,
+            announce_port,
+            pinged: HashSet::new(),
+            lookups_started: std::collections::HashMap::new(),
+            records,
+            epoch_unix_ms,
+            next_persist: PERSIST_SECS * 1000,
+            now: 0,
+        }
+    }
+
+    /// The host under this (its nodes, stats).
+    pub fn host(&self) -> &DhtHost {
+        &self.host
+    }
+
+    /// The worker's sockets are bound: start the nodes.
+    pub fn on_udp_bound(&mut self, udp: &[SocketAddr], now: Millis) {
+        self.host.on_udp_bound(udp, now);
+    }
+
+    /// A KRPC datagram.
+    pub fn datagram(&mut self, now: Millis, local: SocketAddr, from: SocketAddr, bytes: &[u8]) {
+        self.now = now;
+        self.host.handle_datagram(now, local, from, bytes);
+    }
+
+    /// When [`ScanDht::poll`] has work next.
+    pub fn next_deadline(&self) -> Option<Millis> {
+        let lookups = self.due.peek().map(|Reverse((t, _))| *t);
+        match (self.host.next_deadline(), lookups) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// A peer's `port` message named a DHT node at `node`: ping it once (true when this
+    /// worker's nodes can reach it; false: route it to a worker that runs a node).
+    pub fn node_from_peer(&mut self, node: SocketAddr, now: Millis) -> bool {
+        if !self.host.is_running() {
+            return false;
+        }
+        if self.pinged.contains(&node) {
+            return true;
+        }
+        if self.pinged.len() >= MAX_PINGED {
+            self.pinged.clear();
+        }
+        self.pinged.insert(node);
+        self.host.ping(node, now);
+        true
+    }
+
+    /// Whether this worker runs a node.
+    pub fn runs_a_node(&self) -> bool {
+        self.host.is_running()
+    }
+
+    fn node_of(&self, torrent: u32) -> usize {
+        torrent as usize % self.settings.node_ids.max(1)
+    }
+
+    fn hosted_here(&self, torrent: u32) -> bool {
+        self.node_of(torrent) % self.workers.max(1) == self.worker
+    }
+
+    fn interval_ms(&self, catalog: &Catalog, torrent: u32) -> Millis {
+        let interval = self.settings.lookup_interval.as_millis() as Millis;
+        let waiting = catalog.try_get(torrent).is_some_and(|t| t.pieces() == 0);
+        if waiting {
+            interval.min(WAITING_FOR_METADATA_SECS * 1000)
+        } else {
+            interval
+        }
+    }
+
+    /// Runs lookups and the nodes' timers, queues datagrams in `out`, records finished
+    /// lookups. Returns the peers found, by torrent, for the driver to route.
+    pub fn poll(
+        &mut self,
+        now: Millis,
+        catalog: &Catalog,
+        out: &mut impl DatagramSink,
+    ) -> Vec<(u32, Vec<SocketAddr>)> {
+        self.now = now;
+        if !self.host.is_running() {
+            return Vec::new();
+        }
+        self.schedule_new(now, catalog);
+        self.start_due(now, catalog);
+        self.host.poll_transmit(now, out);
+        let mut found = Vec::new();
+        while let Some(e) = self.host.poll_event() {
+            match e {
+                HostEvent::LookupDone { key, node, result } => {
+                    let torrent = key as u32;
+                    let next = now + self.interval_ms(catalog, torrent);
+                    self.due.push(Reverse((next, torrent)));
+                    let Some(t) = catalog.try_get(torrent) else {
+                        continue;
+                    };
+                    let duration_ms = result
+                        .finished
+                        .saturating_duration_since(result.started)
+                        .as_millis()
+                        .min(u32::MAX as u128) as u32;
+                    let at = self.epoch_unix_ms + now as i64;
+                    let scrape = matches!(
+                        result.kind,
+                        LookupKind::GetPeers(GetPeersOptions { scrape: true, .. })
+                    );
+                    tracing::debug!(
+                        node,
+                        torrent = %t.name,
+                        peers = result.peers.len(),
+                        queries = result.queries,
+                        replies = result.replies,
+                        "DHT lookup done"
+                    );
+                    if !scrape {
+                        self.records.send(Record::Discovery(DiscoveryRecord {
+                            at,
+                            torrent_id: t.db_id,
+                            source: PeerSource::Dht,
+                            tracker: None,
+                            duration_ms,
+                            error: (result.replies == 0)
+                                .then(|| "no DHT node answered".to_string()),
+                            peers: result.peers.clone(),
+                        }));
+                    }
+                    self.records.send(Record::DhtLookup(DhtLookupRecord {
+                        at,
+                        torrent_id: t.db_id,
+                        duration_ms,
+                        queried: result.queries,
+                        replies: result.replies,
+                        timeouts: result.timeouts,
+                        peers: result.peers.len().min(u32::MAX as usize) as u32,
+                        scrape,
+                        seeds_estimate: result.seeds_estimate,
+                        peers_estimate: result.peers_estimate,
+                    }));
+                    if !result.peers.is_empty() {
+                        found.push((torrent, result.peers));
+                    }
+                }
+                HostEvent::ExternalAddress { node, ip } => {
+                    tracing::info!(node, %ip, "DHT: our external address, as other nodes see it")
+                }
+                HostEvent::NodeIdChanged { node, new, .. } => tracing::info!(
+                    node,
+                    id = %crate::proto::hex::encode(&new.0),
+                    "DHT: node id now derived from our external address (BEP 42)"
+                ),
+                HostEvent::Peers { .. } | HostEvent::Announced { .. } => {}
+            }
+        }
+        if now >= self.next_persist {
+            self.next_persist = now + PERSIST_SECS * 1000;
+            self.persist();
+        }
+        found
+    }
+
+    fn schedule_new(&mut self, now: Millis, catalog: &Catalog) {
+        if catalog.len() <= self.scheduled {
+            return;
+        }
+        let new: Vec<u32> = (self.scheduled as u32..catalog.len() as u32)
+            .filter(|&t| self.hosted_here(t))
+            .collect();
+        self.scheduled = catalog.len();
+        let n = new.len().max(1) as Millis;
+        let interval = self.settings.lookup_interval.as_millis() as Millis;
+        let spread = interval.min(STAGGER_MS * n);
+        let first = if now < FIRST_LOOKUP_MS {
+            FIRST_LOOKUP_MS
+        } else {
+            now
+        };
+        for (k, t) in new.into_iter().enumerate() {
+            self.due
+                .push(Reverse((first + k as Millis * spread / n, t)));
+        }
+    }
+
+    fn start_due(&mut self, now: Millis, catalog: &Catalog) {
+        let mut later = Vec::new();
+        while let Some(&Reverse((at, torrent))) = self.due.peek() {
+            if at > now {
+                break;
+            }
+            self.due.pop();
+            let Some(t) = catalog.try_get(torrent) else {
+                continue;
+            };
+            if catalog.is_removed(torrent) {
+                later.push((now + self.interval_ms(catalog, torrent), torrent));
+                continue;
+            }
+            let node = self.node_of(torrent);
+            if self.host.lookups_running(node) >= self.settings.max_lookups {
+                later.push((now + 100, torrent));
+                continue;
+            }
+            let started = self.lookups_started.entry(torrent).or_insert(0);
+            let scrape = *started % SCRAPE_EVERY == SCRAPE_EVERY - 1;
+            let options = GetPeersOptions {
+                scrape,
+                noseed: false,
+                announce: (self.settings.announce && self.announce_port != 0).then_some(
+                    AnnounceOptions {
+                        port: self.announce_port,
+                        implied_port: false,
+                        seed: false,
+                    },
+                ),
+            };
+            match self
+                .host
+                .get_peers(node, u64::from(torrent), Id20(t.wire_hash), options, now)
+            {
+                Ok(_) => *self.lookups_started.entry(torrent).or_insert(0) += 1,
+                Err(LookupError::NoNodes) => later.push((now + RETRY_MS, torrent)),
+                Err(LookupError::TooManyLookups(_)) => later.push((now + 500, torrent)),
+            }
+        }
+        for (at, t) in later {
+            self.due.push(Reverse((at, t)));
+        }
+    }
+
+    /// Sends the good nodes to the database.
+    fn persist(&mut self) {
+        let seen_at = self.epoch_unix_ms + self.now as i64;
+        let nodes: Vec<DhtNodeRecord> = self
+            .host
+            .good_nodes(self.now)
+            .into_iter()
+            .take(MAX_PERSISTED)
+            .map(|(id, addr)| DhtNodeRecord {
+                id: id.0,
+                addr,
+                seen_at,
+            })
+            .collect();
+        // An empty table (a node that never joined) does not wipe what an earlier run kept.
+        if !nodes.is_empty() {
+            self.records.send(Record::DhtNodes(nodes));
+        }
+    }
+}
+
+impl Drop for ScanDht {
+    /// The worker stops: its good nodes are kept for the next run (the record sender
+    /// flushes when it is dropped, after this).
+    fn drop(&mut self) {
+        if self.host.is_running() {
+            self.persist();
+        }
+    }
+}
