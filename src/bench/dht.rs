@@ -6,8 +6,8 @@
 //!   (127.77.x.y, `--nodes` of them) and answers `ping`, `find_node` and `get_peers` with
 //!   correct KRPC: the 8 nodes closest to the target, a token, and for info-hashes it is
 //!   among the closest to, 8 peers.
-//! - The engine side: one worker hosting one `DhtNode` on its UDP socket, bootstrapped from
-//!   the simulated nodes, keeping `--lookups` `get_peers` lookups for random info-hashes
+//! - The engine side: one worker hosting one `DhtNode` on its UDP socket through the scan's
+//!   glue ([`crate::dht::host::DhtHost`]), bootstrapped from the simulated nodes, keeping `--lookups` `get_peers` lookups for random info-hashes
 //!   running (each α = 3 queries in flight).
 //! - The floor: the cheapest loop that gets the same answers from the same simulated DHT: one
 //!   plain socket, prebuilt `find_node` queries sent with `sendmmsg`, answers taken with
@@ -31,7 +31,8 @@ use crate::engine::{
     DatagramQueue, Millis, ProbeDone, ProbeRequest, Worker, WorkerConfig, WorkerDriver,
 };
 use crate::limits;
-use crate::proto::dht::{DhtConfig, DhtNode, Event, GetPeersOptions};
+use crate::dht::host::{DhtHost, HostConfig, HostEvent};
+use crate::proto::dht::{DhtConfig, GetPeersOptions};
 use crate::proto::krpc::{self, Body, Id20, Message, NodeV4, Query, QueryKind, Response, Want};
 
 /// Nodes in a `nodes` answer, and peers a simulated node holds per info-hash.
@@ -210,39 +211,24 @@ struct EngineRound {
     cpu_secs: f64,
 }
 
-/// Our node on an engine worker, keeping `lookups` get_peers lookups running.
+/// Our node on an engine worker (through the scan's own glue, [`DhtHost`]), keeping
+/// `lookups` get_peers lookups running.
 struct NodeDriver {
-    node: Option<DhtNode>,
-    local: Option<SocketAddr>,
-    bootstrap: Vec<SocketAddr>,
+    host: DhtHost,
     lookups: usize,
     next_target: u64,
-    epoch: Instant,
-    seed: [u8; 32],
     round: EngineRound,
 }
 
 impl NodeDriver {
-    fn flush(&mut self, out: &mut DatagramQueue) {
-        let (Some(node), Some(local)) = (self.node.as_mut(), self.local) else {
-            return;
-        };
-        // Until the arena is full; the rest stays queued in the node (bounded there).
-        while out.free_slots() > 0 {
-            let Some(d) = node.poll_transmit() else {
-                break;
-            };
-            if out.push(local, d.to, &d.bytes).is_err() {
-                self.round.send_refused += 1;
-            }
-        }
-        while let Some(e) = node.poll_event() {
+    fn events(&mut self) {
+        while let Some(e) = self.host.poll_event() {
             match e {
-                Event::LookupDone(r) => {
+                HostEvent::LookupDone { result, .. } => {
                     self.round.lookups_done += 1;
-                    self.round.lookup_queries += r.queries as u64;
+                    self.round.lookup_queries += result.queries as u64;
                 }
-                Event::Peers { peers, .. } => self.round.peers += peers.len() as u64,
+                HostEvent::Peers { peers, .. } => self.round.peers += peers.len() as u64,
                 _ => {}
             }
         }
@@ -259,73 +245,59 @@ impl WorkerDriver for NodeDriver {
         None
     }
     fn on_udp_bound(&mut self, udp: &[SocketAddr]) {
-        let now = Instant::now();
-        let config = DhtConfig {
-            ipv6: false,
-            max_lookups: self.lookups,
-            ..DhtConfig::default()
-        };
-        let mut node = DhtNode::new(config, self.seed, now);
-        // An empty bootstrap list cannot happen: the network has at least 16 nodes.
-        let _ = node.bootstrap(&self.bootstrap, now);
-        self.node = Some(node);
-        self.local = udp.first().copied();
+        self.host.on_udp_bound(udp, 0);
     }
     fn datagram(
         &mut self,
-        _now: Millis,
-        _local: SocketAddr,
+        now: Millis,
+        local: SocketAddr,
         from: SocketAddr,
         bytes: &[u8],
         out: &mut DatagramQueue,
     ) {
-        if let Some(node) = self.node.as_mut() {
-            node.handle_datagram(from, bytes, Instant::now());
-        }
-        self.flush(out);
+        self.host.handle_datagram(now, local, from, bytes);
+        self.host.poll_transmit(now, out);
+        self.events();
     }
-    fn poll_datagrams(&mut self, _now: Millis, out: &mut DatagramQueue) {
-        let now = Instant::now();
-        let Some(node) = self.node.as_mut() else {
-            return;
-        };
-        if node.next_deadline() <= now {
-            node.tick(now);
-        }
-        while node.lookup_count() < self.lookups {
+    fn poll_datagrams(&mut self, now: Millis, out: &mut DatagramQueue) {
+        while self.host.lookups_running(0) < self.lookups {
             self.next_target += 1;
             let target = sha1_id(&self.next_target.to_be_bytes());
-            if node
-                .get_peers(target, GetPeersOptions::default(), now)
+            let key = self.next_target;
+            if self
+                .host
+                .get_peers(0, key, target, GetPeersOptions::default(), now)
                 .is_err()
             {
                 // No nodes yet (the bootstrap is under way): lookups start on a later call.
                 break;
             }
         }
-        self.flush(out);
+        self.host.poll_transmit(now, out);
+        self.events();
     }
     fn next_wakeup(&self) -> Option<Millis> {
-        let node = self.node.as_ref()?;
-        Some(
-            node.next_deadline()
-                .saturating_duration_since(self.epoch)
-                .as_millis() as Millis,
-        )
+        self.host.next_deadline()
     }
 }
 
 fn engine_round(args: &DhtBenchArgs, bootstrap: &[SocketAddr], secs: f64, seed: u8) -> EngineRound {
     let stop = AtomicBool::new(false);
     let epoch = Instant::now();
-    let mut driver = NodeDriver {
-        node: None,
-        local: None,
+    let host = DhtHost::new(HostConfig {
+        node: DhtConfig {
+            // Our bootstrap lookups and refreshes count against the limit too.
+            max_lookups: args.lookups + 16,
+            ..DhtConfig::default()
+        },
         bootstrap: bootstrap.to_vec(),
+        seed: Some([seed; 32]),
+        ..HostConfig::default()
+    });
+    let mut driver = NodeDriver {
+        host,
         lookups: args.lookups,
         next_target: u64::from(seed) << 40,
-        epoch,
-        seed: [seed; 32],
         round: EngineRound::default(),
     };
     let (started, cpu) = (Instant::now(), super::thread_cpu_secs());
@@ -346,12 +318,11 @@ fn engine_round(args: &DhtBenchArgs, bootstrap: &[SocketAddr], secs: f64, seed: 
     let mut round = std::mem::take(&mut driver.round);
     round.secs = started.elapsed().as_secs_f64();
     round.cpu_secs = super::thread_cpu_secs() - cpu;
-    if let Some(node) = &driver.node {
-        let stats = node.stats();
-        round.replies = stats.replies;
-        round.queries = stats.datagrams_out;
-        round.timeouts = stats.timeouts;
-    }
+    let stats = driver.host.node_stats();
+    round.replies = stats.replies;
+    round.queries = stats.datagrams_out;
+    round.timeouts = stats.timeouts;
+    round.send_refused = driver.host.stats().send_refused;
     if let Err(e) = result {
         eprintln!("bench dht: engine worker: {e}");
     }
