@@ -25,13 +25,13 @@ use std::time::{Duration, Instant};
 
 use sha1::{Digest, Sha1};
 
+use crate::dht::host::{DhtHost, HostConfig, HostEvent};
 use crate::engine::exchange::Exchange;
 use crate::engine::net::RawSockAddr;
 use crate::engine::{
     DatagramQueue, Millis, ProbeDone, ProbeRequest, Worker, WorkerConfig, WorkerDriver,
 };
 use crate::limits;
-use crate::dht::host::{DhtHost, HostConfig, HostEvent};
 use crate::proto::dht::{DhtConfig, GetPeersOptions};
 use crate::proto::krpc::{self, Body, Id20, Message, NodeV4, Query, QueryKind, Response, Want};
 
