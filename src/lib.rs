@@ -10,6 +10,7 @@
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod crawl;
 pub mod dht;
 pub mod inputs;
 pub mod limits;

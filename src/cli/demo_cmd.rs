@@ -104,6 +104,7 @@ fn demo(args: &DemoArgs) -> Result<(), String> {
     let report_args = crate::cli::report_cmd::ReportArgs {
         json: args.json,
         plots: None,
+        crawl: false,
         config: ConfigArgs {
             config: None,
             set: vec![format!("database={:?}", database.display().to_string())],

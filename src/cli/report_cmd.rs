@@ -23,6 +23,10 @@ pub struct ReportArgs {
     /// sensitivity) as SVG and PNG into this directory (created if missing).
     #[arg(long, value_name = "DIR")]
     pub plots: Option<std::path::PathBuf>,
+    /// Only the DHT crawl's summary (`swarmscan crawl`): runs, distinct info-hashes, the most
+    /// reported ones.
+    #[arg(long)]
+    pub crawl: bool,
     /// Configuration (the database path comes from here).
     #[command(flatten)]
     pub config: ConfigArgs,
@@ -66,6 +70,18 @@ pub fn run_report(args: &ReportArgs) -> i32 {
         Ok(s) => s,
         Err(code) => return code,
     };
+    if args.crawl {
+        return match crate::crawl::report(&store, args.json) {
+            Ok(text) => {
+                println!("{text}");
+                0
+            }
+            Err(e) => {
+                eprintln!("swarmscan: report --crawl: {e}");
+                1
+            }
+        };
+    }
     let report = match store.report() {
         Ok(r) => r,
         Err(e) => {
