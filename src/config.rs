@@ -655,7 +655,9 @@ pub const KEY_DOCS: &[(&str, &str)] = &[
     ("dht.node_ids", "DHT nodes (node ids) in all, 1–8; node i runs on worker i % workers."),
     (
         "dht.lookup_secs",
-        "Interval between get_peers lookups of one torrent, seconds (first lookups staggered).",
+        "Interval between get_peers lookups of one torrent, seconds (first lookups staggered; a\n\
+         torrent still waiting for metadata at least every 60 s). Every 4th lookup of a torrent is a\n\
+         BEP 33 scrape (seeds/downloaders estimates in `swarmscan report`).",
     ),
     ("dht.max_lookups", "Lookups of torrents one node runs at once (1–64); the rest wait their turn."),
     ("dht.read_only", "BEP 43 read-only nodes: query the DHT, answer no one (others do not add us)."),

@@ -116,7 +116,8 @@ impl From<&Config> for ProbeSettings {
         ProbeSettings {
             peer_id,
             listen_port: config.net.announce_port,
-            dht_port: 0, // no DHT node yet: send no `port` message
+            // Resolved at start from the listen addresses when `dht.enabled` (session::build).
+            dht_port: 0,
             client: concat!("swarmscan/", env!("CARGO_PKG_VERSION")).to_string(),
             quiet_timeout_ms: peer.quiet_timeout_ms,
             incoming_handshake_ms: peer.incoming_handshake_ms,

@@ -534,6 +534,19 @@ impl DhtHost {
         }
     }
 
+    /// Another source says our address is `ip` (see `DhtNode::external_address_hint`): a
+    /// vote for every node of ours, under the voter address `voter`.
+    pub fn external_address_hint(&mut self, voter: SocketAddr, ip: IpAddr, now: Millis) {
+        let now_i = self.instant(now);
+        for n in &mut self.nodes {
+            n.node.external_address_hint(voter, ip, now_i);
+            // Events (a decided address, a new node id) come with the next poll.
+        }
+        for i in 0..self.nodes.len() {
+            self.collect_events(i);
+        }
+    }
+
     /// Next event.
     pub fn poll_event(&mut self) -> Option<HostEvent> {
         self.events.pop_front()
@@ -766,6 +779,40 @@ mod tests {
         assert!(done.replies >= 4 && done.queries >= done.replies);
         assert_eq!(host.lookups_running(0), 0);
         assert!(host.good_nodes(3000).len() >= 4);
+    }
+
+    #[test]
+    fn a_tracker_reported_address_is_one_vote_for_the_bep42_id() {
+        let mut host = DhtHost::new(HostConfig {
+            seed: Some([2; 32]),
+            ..HostConfig::default()
+        });
+        host.on_udp_bound(&[addr("0.0.0.0:6881")], 0);
+        let before = host.nodes()[0].1;
+        let ours: IpAddr = [198, 51, 100, 7].into();
+        let trackers = addr("0.0.0.0:0");
+        // Trackers alone (one voter, however often they say it) do not decide.
+        for _ in 0..5 {
+            host.external_address_hint(trackers, ours, 10);
+        }
+        assert_eq!(host.nodes()[0].1, before);
+        assert!(host.poll_event().is_none());
+        // Two DHT nodes agreeing with them do: the id follows BEP 42.
+        host.external_address_hint(addr("192.0.2.1:6881"), ours, 20);
+        host.external_address_hint(addr("192.0.2.2:6881"), ours, 30);
+        let after = host.nodes()[0].1;
+        assert_ne!(after, before);
+        assert!(crate::proto::krpc::bep42_id_matches(&after, ours));
+        let events: Vec<HostEvent> = std::iter::from_fn(|| host.poll_event()).collect();
+        assert!(
+            events.contains(&HostEvent::ExternalAddress { node: 0, ip: ours }),
+            "{events:?}"
+        );
+        assert!(events.contains(&HostEvent::NodeIdChanged {
+            node: 0,
+            old: before,
+            new: after
+        }));
     }
 
     #[test]

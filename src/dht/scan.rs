@@ -16,6 +16,9 @@
 //!   its peers are handed back to the driver, which routes them to their owning workers.
 //! - **Nodes from peers**: a peer's `port` message names its DHT node; it is pinged once
 //!   (and enters the routing table when it answers).
+//! - **Our address**: the nodes' BEP 42 ids follow the `ip` our queries' answers name (a
+//!   vote of distinct nodes, in the node core); a tracker's BEP 24 `external ip` (from
+//!   [`OwnAddresses`]) is one more vote, all trackers together counting as one voter.
 //! - **Persistence**: the good nodes go to the database (`DhtNodes`) every
 //!   [`PERSIST_SECS`] and when the worker stops; the next run feeds them to its nodes.
 
@@ -29,8 +32,10 @@ use crate::engine::Millis;
 use crate::proto::dht::{AnnounceOptions, DhtConfig, GetPeersOptions, LookupError, LookupKind};
 use crate::proto::krpc::Id20;
 use crate::scan::catalog::Catalog;
+use crate::scan::own_addr::OwnAddresses;
 use crate::store::record::{DhtLookupRecord, DhtNodeRecord, DiscoveryRecord, PeerSource, Record};
 use crate::store::writer::RecordSender;
+use std::sync::Arc;
 
 /// Every this many lookups of a torrent, one is a BEP 33 scrape (the first is not).
 pub const SCRAPE_EVERY: u32 = 4;
@@ -68,6 +73,10 @@ pub struct ScanDht {
     epoch_unix_ms: i64,
     next_persist: Millis,
     now: Millis,
+    /// Where trackers' `external ip` is learned, and those voted for already.
+    own: Option<Arc<OwnAddresses>>,
+    tracker_ips_voted: Vec<std::net::IpAddr>,
+    next_own_check: Millis,
 }
 
 impl ScanDht {
@@ -113,6 +122,42 @@ impl ScanDht {
             epoch_unix_ms,
             next_persist: PERSIST_SECS * 1000,
             now: 0,
+            own: None,
+            tracker_ips_voted: Vec::new(),
+            next_own_check: 0,
+        }
+    }
+
+    /// Trackers' `external ip` reports (in `own`) become votes on our external address.
+    pub fn with_own_addresses(mut self, own: Arc<OwnAddresses>) -> ScanDht {
+        self.own = Some(own);
+        self
+    }
+
+    /// New tracker-reported addresses, at most once a second: one vote each, under the
+    /// trackers' voter address (unspecified, port 0: no node has it).
+    fn vote_tracker_addresses(&mut self, now: Millis) {
+        let Some(own) = &self.own else {
+            return;
+        };
+        if now < self.next_own_check {
+            return;
+        }
+        self.next_own_check = now + 1000;
+        for ip in own.from_trackers() {
+            if self.tracker_ips_voted.contains(&ip) {
+                continue;
+            }
+            if self.tracker_ips_voted.len() >= 64 {
+                self.tracker_ips_voted.remove(0);
+            }
+            self.tracker_ips_voted.push(ip);
+            let voter = if ip.is_ipv6() {
+                SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0))
+            } else {
+                SocketAddr::from(([0, 0, 0, 0], 0))
+            };
+            self.host.external_address_hint(voter, ip, now);
         }
     }
 
@@ -193,6 +238,7 @@ impl ScanDht {
         if !self.host.is_running() {
             return Vec::new();
         }
+        self.vote_tracker_addresses(now);
         self.schedule_new(now, catalog);
         self.start_due(now, catalog);
         self.host.poll_transmit(now, out);
@@ -369,5 +415,283 @@ impl Drop for ScanDht {
         if self.host.is_running() {
             self.persist();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::krpc::{Body, Message, QueryKind, Response};
+    use crate::scan::catalog::CatalogTorrent;
+    use crate::store::anon::{Anonymizer, IpMode};
+    use crate::store::record::{TorrentRecord, TorrentSource};
+    use crate::store::writer::{Writer, WriterOptions};
+    use crate::store::Store;
+    use std::sync::atomic::AtomicU32;
+    use std::time::Duration;
+
+    type Sent = Vec<(SocketAddr, SocketAddr, Vec<u8>)>;
+
+    /// One fake DHT node at every address: it answers find_node with no nodes and get_peers
+    /// with `peers` (or, asked to scrape, with bloom filters only, as libtorrent does).
+    fn answer(dht: &mut ScanDht, sent: Sent, now: Millis, peers: &[SocketAddr]) -> (u32, u32) {
+        let (mut get_peers, mut scrapes) = (0, 0);
+        for (local, to, bytes) in sent {
+            let msg = crate::proto::krpc::decode(&bytes).unwrap();
+            let Body::Query(q) = &msg.body else { continue };
+            let mut r = Response::with_id(Id20([to.port() as u8; 20]));
+            match &q.kind {
+                QueryKind::GetPeers { scrape: true, .. } => {
+                    scrapes += 1;
+                    r.token = Some(b"t".to_vec());
+                    r.seeds_filter = Some(Box::default());
+                    r.peers_filter = Some(Box::default());
+                }
+                QueryKind::GetPeers { .. } => {
+                    get_peers += 1;
+                    r.token = Some(b"t".to_vec());
+                    r.values = Some(peers.to_vec());
+                }
+                QueryKind::FindNode { .. } => r.nodes = Some(Vec::new()),
+                _ => {}
+            }
+            let reply = Message::new(msg.transaction_id.clone(), Body::Response(r)).encode();
+            dht.datagram(now, local, to, &reply);
+        }
+        (get_peers, scrapes)
+    }
+
+    #[test]
+    fn torrents_are_looked_up_staggered_on_their_own_node_and_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("scan.sqlite");
+        let store = Store::open(&path).unwrap();
+        let mut torrents = Vec::new();
+        for (i, pieces) in [(1u8, 10u32), (2, 0), (3, 10)] {
+            let db_id = store
+                .upsert_torrent(&TorrentRecord {
+                    info_hash_v1: Some([i; 20]),
+                    info_hash_v2: None,
+                    name: None,
+                    piece_count: None,
+                    piece_length: None,
+                    total_size: None,
+                    source: TorrentSource::Hash,
+                    added_at: 1,
+                    trackers: Vec::new(),
+                })
+                .unwrap();
+            torrents.push(CatalogTorrent {
+                db_id,
+                wire_hash: [i; 20],
+                alt_hash: None,
+                name: format!("t{i}"),
+                piece_count: AtomicU32::new(pieces),
+                total_size: 0,
+                trackers: Vec::new(),
+            });
+        }
+        let catalog = Catalog::new(torrents);
+        let options = WriterOptions {
+            batch_rows: 1,
+            batch_ms: 10,
+            channel_capacity: 1024,
+            threshold: 0.98,
+            unwritable: Duration::from_secs(60),
+            geo: Default::default(),
+        };
+        let writer = Writer::start(store, Anonymizer::new(IpMode::Full, [1; 32]), options).unwrap();
+        let settings = DhtSettings {
+            enabled: true,
+            bootstrap: Vec::new(),
+            // Two nodes over two workers: worker 0 runs node 0, which looks up torrents 0, 2.
+            node_ids: 2,
+            lookup_interval: Duration::from_secs(3600),
+            max_lookups: 8,
+            read_only: false,
+            announce: false,
+        };
+        let mut dht = ScanDht::new(
+            settings,
+            0,
+            2,
+            vec!["127.0.0.9:7000".parse().unwrap()],
+            &[],
+            0,
+            writer.sender(),
+            1_000_000,
+        );
+        dht.on_udp_bound(&["127.0.0.5:6881".parse().unwrap()], 0);
+        let peers: Vec<SocketAddr> = vec!["127.0.1.1:6000".parse().unwrap()];
+        let mut found: Vec<(u32, Vec<SocketAddr>)> = Vec::new();
+        let (mut get_peers, mut scrapes) = (0, 0);
+        let mut first_lookup_at = None;
+        // Five minutes in 100 ms steps: the torrent without metadata is looked up every
+        // minute, the others once (their interval is an hour).
+        for step in 0..3000u64 {
+            let now = step * 100;
+            let mut sent: Sent = Vec::new();
+            found.extend(dht.poll(now, &catalog, &mut sent));
+            let (g, s) = answer(&mut dht, sent, now, &peers);
+            if g + s > 0 && first_lookup_at.is_none() {
+                first_lookup_at = Some(now);
+            }
+            get_peers += g;
+            scrapes += s;
+            assert!(dht.next_deadline().is_some());
+        }
+        assert!(
+            first_lookup_at.is_some_and(|t| t >= FIRST_LOOKUP_MS),
+            "{first_lookup_at:?}"
+        );
+        // Torrent 1 is node 1's (worker 1): never looked up here.
+        assert!(found.iter().all(|(t, _)| *t == 0 || *t == 2), "{found:?}");
+        assert!(found.iter().all(|(_, p)| *p == peers));
+        let lookups_of = |t: u32| found.iter().filter(|(x, _)| *x == t).count();
+        // Torrent 0 (metadata known): one lookup. Torrent 2 has metadata too.
+        assert_eq!(lookups_of(0), 1);
+        assert_eq!(lookups_of(2), 1);
+        assert!(get_peers >= 2 && scrapes == 0, "{get_peers} {scrapes}");
+        drop(dht);
+        writer.finish().unwrap();
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        let rows: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM discovery_requests WHERE source = 4",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(rows, 2);
+        let kept: i64 = conn
+            .query_row("SELECT count(*) FROM dht_nodes", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(kept, 1, "the answering node is kept at stop");
+    }
+
+    #[test]
+    fn a_node_named_by_a_port_message_is_pinged_once_and_joins_when_it_answers() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("p.sqlite")).unwrap();
+        let writer = Writer::start(
+            store,
+            Anonymizer::new(IpMode::Full, [1; 32]),
+            WriterOptions {
+                batch_rows: 1,
+                batch_ms: 10,
+                channel_capacity: 64,
+                threshold: 0.98,
+                unwritable: Duration::from_secs(60),
+                geo: Default::default(),
+            },
+        )
+        .unwrap();
+        let settings = DhtSettings {
+            enabled: true,
+            bootstrap: Vec::new(),
+            node_ids: 1,
+            lookup_interval: Duration::from_secs(900),
+            max_lookups: 8,
+            read_only: false,
+            announce: false,
+        };
+        let mut dht = ScanDht::new(settings, 0, 1, Vec::new(), &[], 0, writer.sender(), 0);
+        let catalog = Catalog::new(Vec::new());
+        let peer_node: SocketAddr = "127.0.0.7:6881".parse().unwrap();
+        assert!(
+            !dht.node_from_peer(peer_node, 0),
+            "no node runs before the sockets are bound"
+        );
+        dht.on_udp_bound(&["127.0.0.5:6881".parse().unwrap()], 0);
+        assert!(dht.node_from_peer(peer_node, 10));
+        assert!(
+            dht.node_from_peer(peer_node, 20),
+            "known already: not pinged again"
+        );
+        // A public node named by a peer is not reachable from loopback: never pinged.
+        assert!(dht.node_from_peer("203.0.113.9:6881".parse().unwrap(), 20));
+        let mut sent: Sent = Vec::new();
+        dht.poll(30, &catalog, &mut sent);
+        let pings: Vec<&SocketAddr> = sent.iter().map(|(_, to, _)| to).collect();
+        assert_eq!(pings, vec![&peer_node]);
+        assert_eq!(dht.host().routing_nodes(), 0);
+        answer(&mut dht, sent, 40, &[]);
+        assert_eq!(
+            dht.host().routing_nodes(),
+            1,
+            "it answered: in the routing table"
+        );
+        drop(dht);
+        writer.finish().unwrap();
+    }
+
+    #[test]
+    fn a_torrent_waiting_for_metadata_is_looked_up_every_minute_with_scrapes_between() {
+        let catalog = Catalog::new(vec![CatalogTorrent {
+            db_id: 1,
+            wire_hash: [7; 20],
+            alt_hash: None,
+            name: "magnet".into(),
+            piece_count: AtomicU32::new(0),
+            total_size: 0,
+            trackers: Vec::new(),
+        }]);
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("m.sqlite")).unwrap();
+        store
+            .upsert_torrent(&TorrentRecord {
+                info_hash_v1: Some([7; 20]),
+                info_hash_v2: None,
+                name: None,
+                piece_count: None,
+                piece_length: None,
+                total_size: None,
+                source: TorrentSource::Magnet,
+                added_at: 1,
+                trackers: Vec::new(),
+            })
+            .unwrap();
+        let options = WriterOptions {
+            batch_rows: 1,
+            batch_ms: 10,
+            channel_capacity: 1024,
+            threshold: 0.98,
+            unwritable: Duration::from_secs(60),
+            geo: Default::default(),
+        };
+        let writer = Writer::start(store, Anonymizer::new(IpMode::Full, [1; 32]), options).unwrap();
+        let settings = DhtSettings {
+            enabled: true,
+            bootstrap: Vec::new(),
+            node_ids: 1,
+            lookup_interval: Duration::from_secs(900),
+            max_lookups: 8,
+            read_only: false,
+            announce: false,
+        };
+        let mut dht = ScanDht::new(
+            settings,
+            0,
+            1,
+            vec!["127.0.0.9:7000".parse().unwrap()],
+            &[],
+            0,
+            writer.sender(),
+            0,
+        );
+        dht.on_udp_bound(&["127.0.0.5:6881".parse().unwrap()], 0);
+        let (mut get_peers, mut scrapes) = (0, 0);
+        for step in 0..(4 * 60 * 10 - 50) {
+            let now = step * 100;
+            let mut sent: Sent = Vec::new();
+            dht.poll(now, &catalog, &mut sent);
+            let (g, s) = answer(&mut dht, sent, now, &[]);
+            get_peers += g;
+            scrapes += s;
+        }
+        // Lookups at 3 s, 63 s, 123 s, 183 s: the fourth is a scrape.
+        assert_eq!((get_peers, scrapes), (3, 1));
+        drop(dht);
+        writer.finish().unwrap();
     }
 }

@@ -85,6 +85,14 @@ impl OwnAddresses {
         Self::learn(&self.from_trackers, ip)
     }
 
+    /// The addresses trackers reported (BEP 24 `external ip`), oldest first.
+    pub fn from_trackers(&self) -> Vec<IpAddr> {
+        self.from_trackers
+            .read()
+            .map(|s| s.clone())
+            .unwrap_or_default()
+    }
+
     /// A peer says this is our address (extension handshake `yourip`). Returns true when new.
     pub fn learn_from_peer(&self, ip: IpAddr) -> bool {
         Self::learn(&self.from_peers, ip)

@@ -129,16 +129,19 @@ impl Built {
                 .into_iter()
                 .enumerate()
                 .map(|(i, d)| {
-                    d.with_dht(crate::dht::scan::ScanDht::new(
-                        s.dht.clone(),
-                        i,
-                        workers,
-                        bootstrap.clone(),
-                        &remembered,
-                        listen_port,
-                        writer.sender(),
-                        epoch_unix_ms,
-                    ))
+                    d.with_dht(
+                        crate::dht::scan::ScanDht::new(
+                            s.dht.clone(),
+                            i,
+                            workers,
+                            bootstrap.clone(),
+                            &remembered,
+                            listen_port,
+                            writer.sender(),
+                            epoch_unix_ms,
+                        )
+                        .with_own_addresses(own.clone()),
+                    )
                 })
                 .collect();
         }

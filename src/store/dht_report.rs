@@ -81,3 +81,106 @@ impl Store {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::anon::{Anonymizer, IpMode};
+    use crate::store::record::{
+        DhtLookupRecord, DhtNodeRecord, Record, TorrentRecord, TorrentSource,
+    };
+    use crate::store::writer::{Writer, WriterOptions};
+
+    fn torrent(byte: u8, pieces: Option<u32>) -> TorrentRecord {
+        TorrentRecord {
+            info_hash_v1: Some([byte; 20]),
+            info_hash_v2: None,
+            name: pieces.map(|_| format!("torrent {byte}")),
+            piece_count: pieces,
+            piece_length: pieces.map(|_| 16_384),
+            total_size: pieces.map(|p| u64::from(p) * 16_384),
+            source: TorrentSource::Magnet,
+            added_at: 1,
+            trackers: Vec::new(),
+        }
+    }
+
+    fn lookup(torrent_id: i64, at: i64, scrape: bool, est: Option<(f64, f64)>) -> Record {
+        Record::DhtLookup(DhtLookupRecord {
+            at,
+            torrent_id,
+            duration_ms: 800,
+            queried: 10,
+            replies: if at == 3 { 0 } else { 8 },
+            timeouts: 2,
+            peers: if scrape { 0 } else { 4 },
+            scrape,
+            seeds_estimate: est.map(|e| e.0),
+            peers_estimate: est.map(|e| e.1),
+        })
+    }
+
+    #[test]
+    fn lookups_estimates_waiting_torrents_and_kept_nodes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dht.sqlite");
+        let store = Store::open(&path).unwrap();
+        let known = store.upsert_torrent(&torrent(0xaa, Some(10))).unwrap();
+        store.upsert_torrent(&torrent(0xbb, None)).unwrap();
+        let _untouched = store.upsert_torrent(&torrent(0xcc, Some(5))).unwrap();
+        let options = WriterOptions {
+            batch_rows: 1,
+            batch_ms: 10,
+            channel_capacity: 64,
+            threshold: 0.98,
+            unwritable: std::time::Duration::from_secs(60),
+            geo: Default::default(),
+        };
+        let writer = Writer::start(store, Anonymizer::new(IpMode::Hmac, [1; 32]), options).unwrap();
+        let mut tx = writer.sender();
+        tx.send(lookup(known, 1, false, None));
+        tx.send(lookup(known, 2, true, Some((12.4, 30.0))));
+        tx.send(lookup(known, 3, false, None));
+        tx.send(lookup(known, 4, true, Some((15.6, 31.0))));
+        let node = |last: u8, seen_at| DhtNodeRecord {
+            id: [last; 20],
+            addr: format!("192.0.2.{last}:6881").parse().unwrap(),
+            seen_at,
+        };
+        // Two workers' nodes: both kept; a node seen again is updated, not doubled.
+        tx.send(Record::DhtNodes(vec![node(1, 100), node(2, 100)]));
+        tx.send(Record::DhtNodes(vec![node(2, 200), node(3, 200)]));
+        drop(tx);
+        writer.finish().unwrap();
+
+        let store = Store::open(&path).unwrap();
+        let r = store.dht_report().unwrap();
+        assert_eq!(r.nodes_kept, 3);
+        assert_eq!(r.torrents.len(), 2, "{r:?}");
+        let k = &r.torrents[0];
+        assert_eq!(k.info_hash, "aa".repeat(20));
+        assert_eq!(
+            (k.lookups, k.nodes_queried, k.peers_received, k.failed),
+            (4, 40, 8, 1)
+        );
+        assert_eq!(
+            (k.seeds_estimate, k.peers_estimate),
+            (Some(15.6), Some(31.0))
+        );
+        assert!(!k.waiting_for_metadata);
+        let w = &r.torrents[1];
+        assert!(w.waiting_for_metadata && w.lookups == 0, "{w:?}");
+        let text = crate::cli::report_cmd::render_report(&store.report().unwrap());
+        assert!(text.contains("(waiting for metadata)"), "{text}");
+        assert!(
+            text.contains("DHT nodes kept for the next run: 3"),
+            "{text}"
+        );
+        let mut nodes = store.dht_nodes().unwrap();
+        assert_eq!(nodes.len(), 3);
+        assert_eq!(nodes[0].seen_at, 200);
+        nodes.sort_by_key(|n| n.id);
+        assert_eq!(nodes[1].addr, "192.0.2.2:6881".parse().unwrap());
+        assert_eq!(nodes[1].seen_at, 200);
+    }
+}

@@ -908,6 +908,15 @@ impl DhtNode {
         true
     }
 
+    /// Another source (a tracker's BEP 24 `external ip`) says our address is `ip`: one vote
+    /// in the same election as the replies' `ip` fields, under the voter address `voter`
+    /// (one vote per voter, so one source alone never decides).
+    pub fn external_address_hint(&mut self, voter: SocketAddr, ip: IpAddr, now: Instant) {
+        if !ip.is_unspecified() && !ip.is_multicast() {
+            self.vote_external(voter, ip, now);
+        }
+    }
+
     /// Ping a node (its id, if known, must match the answer).
     pub fn ping(&mut self, addr: SocketAddr, id: Option<Id20>, now: Instant) -> bool {
         self.family_enabled(&addr) && self.send_query(addr, id, QueryKind::Ping, Purpose::Ping, now)
