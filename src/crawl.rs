@@ -541,3 +541,58 @@ pub fn report(store: &Store, json: bool) -> Result<String, String> {
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u8) -> Id20 {
+        Id20([n; 20])
+    }
+
+    #[test]
+    fn sightings_keep_first_and_last_time_per_node_and_the_report_counts_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("crawl.sqlite")).unwrap();
+        let seen = |h: u8, node: u8, at: i64| Sighting {
+            info_hash: id(h),
+            node_id: id(node),
+            at,
+        };
+        // Out of order across batches: first is the earliest, last the latest.
+        store_sightings(&store, &[seen(1, 10, 5_000), seen(1, 11, 6_000)]).unwrap();
+        store_sightings(
+            &store,
+            &[seen(1, 10, 9_000), seen(1, 10, 2_000), seen(2, 10, 7_000)],
+        )
+        .unwrap();
+        let rows: Vec<(Vec<u8>, Vec<u8>, i64, i64)> = store
+            .connection()
+            .prepare("SELECT info_hash, node_id, first_seen, last_seen FROM crawl_sightings ORDER BY 1, 2")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                (vec![1; 20], vec![10; 20], 2_000, 9_000),
+                (vec![1; 20], vec![11; 20], 6_000, 6_000),
+                (vec![2; 20], vec![10; 20], 7_000, 7_000),
+            ]
+        );
+        let text = report(&store, false).unwrap();
+        assert!(
+            text.contains("2 distinct info-hashes from 2 nodes (3 info-hash/node pairs)"),
+            "{text}"
+        );
+        // The info-hash two nodes reported comes first.
+        let first = text.lines().find(|l| l.contains("0101010101")).unwrap();
+        assert!(first.trim_start().starts_with("2 "), "{text}");
+        let json: serde_json::Value = serde_json::from_str(&report(&store, true).unwrap()).unwrap();
+        assert_eq!(json["info_hashes"], 2);
+        assert_eq!(json["top"][0]["nodes"], 2);
+        assert_eq!(json["top"][0]["first_seen"], 2_000);
+    }
+}
