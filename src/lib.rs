@@ -11,6 +11,7 @@ pub mod bench;
 pub mod bttest;
 pub mod cli;
 pub mod config;
+pub mod crawl;
 pub mod dht;
 pub mod inputs;
 pub mod limits;

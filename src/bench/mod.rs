@@ -8,6 +8,7 @@
 //! (the fake swarm answers as an MSE responder), and a micro-measurement of the DH
 //! exponentiation: encrypted and plaintext probes/s come from the same run.
 
+pub mod dht;
 pub mod fake_swarm;
 pub mod handshake;
 pub mod utp;
@@ -57,6 +58,9 @@ enum BenchCommand {
     Utp(utp::UtpBenchArgs),
     /// `swarmscan sink` under a connection and datagram flood, against a kernel baseline.
     Sink(crate::sink::bench::SinkBenchArgs),
+    /// KRPC queries/s and lookups/s of one worker's DHT node against a simulated DHT on
+    /// loopback, relative to a sendmmsg/recvmmsg floor.
+    Dht(dht::DhtBenchArgs),
     /// (internal) The fake swarm, run as a child process by `bench probes`.
     #[command(hide = true)]
     FakeSwarm(FakeSwarmArgs),
@@ -144,6 +148,7 @@ pub fn run(args: &BenchArgs) -> i32 {
         }
         BenchCommand::Watch(a) => watch::run(a),
         BenchCommand::Utp(a) => utp::run(a),
+        BenchCommand::Dht(a) => dht::run(a),
         BenchCommand::FakeSwarm(a) => run_fake_swarm(a),
         BenchCommand::FakeUtpSwarm(a) => utp::run_fake_utp_swarm(a),
         BenchCommand::Sink(a) => crate::sink::bench::run(a).map_err(std::io::Error::other),

@@ -1,4 +1,4 @@
-//! bttest runs in the database (tables `bttest_runs`, `bttest_flows`, migration v8), and
+//! bttest runs in the database (tables `bttest_runs`, `bttest_flows`, migration v9), and
 //! their summary for `swarmscan report --bttest`.
 //!
 //! A run is one `bttest client` invocation, written in one transaction when it ends (a few
@@ -174,7 +174,7 @@ pub fn runs(store: &Store) -> Result<Vec<RunSummary>, StoreError> {
         .map_err(|e| store.err(e))
 }
 
-/// Whether the database has any bttest run (a database from before v8 has none).
+/// Whether the database has any bttest run (a database from before v9 has none).
 pub fn has_runs(store: &Store) -> Result<bool, StoreError> {
     store
         .connection()

@@ -106,6 +106,7 @@ fn demo(args: &DemoArgs) -> Result<(), String> {
         bttest: false,
         plots: None,
         sink: false,
+        crawl: false,
         config: ConfigArgs {
             config: None,
             set: vec![format!("database={:?}", database.display().to_string())],

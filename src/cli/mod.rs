@@ -39,6 +39,8 @@ enum Command {
     Probe(probe_cmd::ProbeArgs),
     /// Show what a torrent file, magnet link or info-hash contains.
     Inspect(inspect::InspectArgs),
+    /// Walk the DHT with BEP 51 sample_infohashes and record the info-hashes nodes hold.
+    Crawl(crate::crawl::CrawlArgs),
     /// Benchmarks: probe throughput of the engine against a fake swarm.
     Bench(crate::bench::BenchArgs),
     /// Print the documented default configuration (or the effective one with --config/--set; --check FILE validates).
@@ -77,6 +79,7 @@ pub fn main() -> i32 {
         Command::Probe(args) => probe_cmd::probe(&args),
         Command::Inspect(args) => inspect::run(&args),
         Command::Bench(args) => crate::bench::run(&args),
+        Command::Crawl(args) => crate::crawl::run(&args),
         Command::Config(args) => config_cmd::run(&args),
         Command::Report(args) => report_cmd::run_report(&args),
         Command::Peers(args) => report_cmd::run_peers(&args),

@@ -29,6 +29,10 @@ pub struct ReportArgs {
     /// Report what `swarmscan sink` recorded instead (protocols, sources, countries, local times).
     #[arg(long)]
     pub sink: bool,
+    /// Only the DHT crawl's summary (`swarmscan crawl`): runs, distinct info-hashes, the most
+    /// reported ones.
+    #[arg(long)]
+    pub crawl: bool,
     /// Configuration (the database path comes from here).
     #[command(flatten)]
     pub config: ConfigArgs,
@@ -77,6 +81,18 @@ pub fn run_report(args: &ReportArgs) -> i32 {
     }
     if args.sink {
         return crate::sink::report::run(&store, args.json, args.plots.as_deref());
+    }
+    if args.crawl {
+        return match crate::crawl::report(&store, args.json) {
+            Ok(text) => {
+                println!("{text}");
+                0
+            }
+            Err(e) => {
+                eprintln!("swarmscan: report --crawl: {e}");
+                1
+            }
+        };
     }
     let report = match store.report() {
         Ok(r) => r,

@@ -43,7 +43,7 @@ use std::time::{Duration, Instant};
 use crate::engine::{DatagramQueue, Millis};
 use crate::proto::dht::{
     DhtConfig, DhtNode, DhtStats, Event, GetPeersOptions, LookupError, LookupId, LookupResult,
-    NodeStatus,
+    NodeStatus, Samples,
 };
 use crate::proto::krpc::Id20;
 
@@ -152,6 +152,10 @@ pub enum HostEvent {
         peer: SocketAddr,
         seed: bool,
     },
+    /// A node answered one of our `sample_infohashes` queries (BEP 51; `swarmscan crawl`).
+    Samples { node: usize, samples: Box<Samples> },
+    /// A `sample_infohashes` query of ours failed (no answer, an error or garbage).
+    SamplesFailed { node: usize, from: SocketAddr },
 }
 
 /// Counters of the host, beyond the nodes' own [`DhtStats`].
@@ -419,6 +423,14 @@ impl DhtHost {
                     peer,
                     seed,
                 },
+                Event::Samples(samples) => HostEvent::Samples {
+                    node: n.index,
+                    samples: Box::new(samples),
+                },
+                Event::SamplesFailed { from } => HostEvent::SamplesFailed {
+                    node: n.index,
+                    from,
+                },
             };
             self.events.push_back(ev);
         }
@@ -470,6 +482,27 @@ impl DhtHost {
         self.nodes[i].lookups.insert(id, key);
         self.collect_events(i);
         Ok(id)
+    }
+
+    /// Sends a BEP 51 `sample_infohashes` for `target` from node `node` to `addr` (id, if
+    /// known, must match the answer); the answer comes back as [`HostEvent::Samples`] or
+    /// [`HostEvent::SamplesFailed`]. False when it could not be sent (no such node, the
+    /// address unreachable from its socket, its queues full).
+    pub fn sample_infohashes(
+        &mut self,
+        node: usize,
+        addr: SocketAddr,
+        id: Option<Id20>,
+        target: Id20,
+        now: Millis,
+    ) -> bool {
+        let now_i = self.instant(now);
+        let Some(i) = self.position(node) else {
+            return false;
+        };
+        let n = &mut self.nodes[i];
+        n.local_for(&addr).is_some_and(|l| reachable(&l, &addr))
+            && n.node.sample_infohashes(addr, id, target, now_i)
     }
 
     /// Lookups running on node `node` that this host started (not its upkeep).

@@ -306,7 +306,10 @@ impl ScanDht {
                     id = %crate::proto::hex::encode(&new.0),
                     "DHT: node id now derived from our external address (BEP 42)"
                 ),
-                HostEvent::Peers { .. } | HostEvent::Announced { .. } => {}
+                HostEvent::Peers { .. }
+                | HostEvent::Announced { .. }
+                | HostEvent::Samples { .. }
+                | HostEvent::SamplesFailed { .. } => {}
             }
         }
         if now >= self.next_persist {

@@ -353,6 +353,27 @@ const MIGRATIONS: &[&str] = &[
         looked_up_at INTEGER NOT NULL
     ) WITHOUT ROWID;
     "#,
+    // v12: `swarmscan crawl` (BEP 51 sample_infohashes): each info-hash a node reported, by node
+    // id (no address is stored), first and last time; one row per crawl run.
+    r#"
+    CREATE TABLE crawl_sightings (
+        info_hash  BLOB NOT NULL,
+        node_id    BLOB NOT NULL,
+        first_seen INTEGER NOT NULL,
+        last_seen  INTEGER NOT NULL,
+        PRIMARY KEY (info_hash, node_id)
+    ) WITHOUT ROWID;
+    CREATE TABLE crawl_runs (
+        id          INTEGER PRIMARY KEY,
+        started     INTEGER NOT NULL,
+        ended       INTEGER NOT NULL,
+        queries     INTEGER NOT NULL,
+        answers     INTEGER NOT NULL,
+        failures    INTEGER NOT NULL,
+        sightings   INTEGER NOT NULL,
+        nodes_known INTEGER NOT NULL
+    );
+    "#,
 ];
 
 /// A store error; messages name the database file.

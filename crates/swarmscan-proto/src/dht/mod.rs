@@ -21,6 +21,8 @@ mod rate_limit;
 pub mod routing;
 
 #[cfg(test)]
+mod sim_adversarial;
+#[cfg(test)]
 mod sim_tests;
 #[cfg(test)]
 mod tests;
@@ -177,6 +179,26 @@ pub enum Event {
         peer: SocketAddr,
         seed: bool,
     },
+    /// A node answered our [`DhtNode::sample_infohashes`] (BEP 51).
+    Samples(Samples),
+    /// A `sample_infohashes` query went unanswered (or was answered with an error or
+    /// garbage).
+    SamplesFailed { from: SocketAddr },
+}
+
+/// One `sample_infohashes` answer (BEP 51).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Samples {
+    pub from: SocketAddr,
+    pub id: Id20,
+    /// Info-hashes the node stores (a sample of them).
+    pub samples: Vec<Id20>,
+    /// How many info-hashes it stores in all, if it said.
+    pub num: Option<i64>,
+    /// Seconds before its sample changes (BEP 51: do not ask again sooner), if it said.
+    pub interval: Option<i64>,
+    /// Nodes close to the target (IPv4 and IPv6), to walk on.
+    pub nodes: Vec<(Id20, SocketAddr)>,
 }
 
 /// Why a lookup was not started.
@@ -213,6 +235,8 @@ enum Purpose {
     Lookup(LookupId),
     Ping,
     Announce,
+    /// A BEP 51 `sample_infohashes` the owner asked for.
+    Sample,
 }
 
 #[derive(Clone, Debug)]
@@ -700,6 +724,9 @@ impl DhtNode {
                 }
                 self.advance(l, now);
             }
+            if out.purpose == Purpose::Sample {
+                self.push_event(Event::SamplesFailed { from });
+            }
             return;
         };
         if let Some(ip) = msg.external_ip {
@@ -713,6 +740,30 @@ impl DhtNode {
         if let Purpose::Lookup(l) = out.purpose {
             self.lookup_reply(l, from, &r);
             self.advance(l, now);
+        }
+        if out.purpose == Purpose::Sample {
+            let nodes4 = r
+                .nodes
+                .iter()
+                .flatten()
+                .map(|n| (n.id, SocketAddr::V4(n.addr)));
+            let nodes6 = r
+                .nodes6
+                .iter()
+                .flatten()
+                .map(|n| (n.id, SocketAddr::V6(n.addr)));
+            let nodes = nodes4
+                .chain(nodes6)
+                .filter(|(id, a)| *id != self.id && a.port() != 0 && self.family_enabled(a))
+                .collect();
+            self.push_event(Event::Samples(Samples {
+                from,
+                id: r.id,
+                samples: r.samples.unwrap_or_default(),
+                num: r.num,
+                interval: r.interval,
+                nodes,
+            }));
         }
     }
 
@@ -869,6 +920,28 @@ impl DhtNode {
     /// Ping a node (its id, if known, must match the answer).
     pub fn ping(&mut self, addr: SocketAddr, id: Option<Id20>, now: Instant) -> bool {
         self.family_enabled(&addr) && self.send_query(addr, id, QueryKind::Ping, Purpose::Ping, now)
+    }
+
+    /// Ask `addr` for a sample of the info-hashes it stores (BEP 51), and nodes close to
+    /// `target`; the answer comes as [`Event::Samples`], a failure as
+    /// [`Event::SamplesFailed`]. False when the query could not be sent (family disabled,
+    /// outstanding table or queue full).
+    pub fn sample_infohashes(
+        &mut self,
+        addr: SocketAddr,
+        id: Option<Id20>,
+        target: Id20,
+        now: Instant,
+    ) -> bool {
+        self.family_enabled(&addr)
+            && addr.port() != 0
+            && self.send_query(
+                addr,
+                id,
+                QueryKind::SampleInfohashes { target },
+                Purpose::Sample,
+                now,
+            )
     }
 
     /// Remember a node from elsewhere (the database, a peer's `port` message): it waits among
@@ -1037,6 +1110,9 @@ impl DhtNode {
             self.stats.timeouts += 1;
             if let Some(id) = out.node_id {
                 self.table_mut(addr.is_ipv6()).failed(&id, addr, now);
+            }
+            if out.purpose == Purpose::Sample {
+                self.push_event(Event::SamplesFailed { from: addr });
             }
             if let Purpose::Lookup(l) = out.purpose {
                 let retry = self

@@ -936,3 +936,73 @@ fn ipv6_nodes_live_in_their_own_table_and_answer_as_nodes6() {
     assert!(ask(&mut only4, v6, &fq, t0()).is_none());
     assert!(!only4.ping(v6, None, t0()));
 }
+
+/// Carry every datagram `from` sends to `to` (one hop).
+fn deliver(from: &mut DhtNode, from_addr: SocketAddr, to: &mut DhtNode, now: Instant) {
+    while let Some(d) = from.poll_transmit() {
+        to.handle_datagram(from_addr, &d.bytes, now);
+    }
+}
+
+#[test]
+fn sample_infohashes_client_reports_samples_nodes_and_interval() {
+    let (a_addr, b_addr) = (local(1, 6881), local(2, 6881));
+    let mut a = node();
+    let mut b = DhtNode::new(test_config(), [7; 32], t0());
+    // b stores two info-hashes (announced to it by another host) and knows one node.
+    let announcer = local(5, 40000);
+    for n in [100u8, 101] {
+        let gp = query(
+            b"g1",
+            other_id(5),
+            QueryKind::GetPeers {
+                info_hash: other_id(n),
+                noseed: false,
+                scrape: false,
+            },
+        );
+        let token = response(&ask(&mut b, announcer, &gp, t0()).unwrap())
+            .token
+            .clone()
+            .unwrap();
+        let ann = query(
+            b"a1",
+            other_id(5),
+            QueryKind::AnnouncePeer {
+                info_hash: other_id(n),
+                port: 6881,
+                implied_port: false,
+                token,
+                seed: false,
+            },
+        );
+        ask(&mut b, announcer, &ann, t0()).unwrap();
+    }
+    assert!(confirm(&mut b, other_id(9), local(9, 6881), t0()));
+    events(&mut b);
+
+    assert!(a.sample_infohashes(b_addr, None, other_id(1), t0()));
+    deliver(&mut a, a_addr, &mut b, t0());
+    deliver(&mut b, b_addr, &mut a, t0());
+    let got = events(&mut a);
+    let [Event::Samples(s)] = got.as_slice() else {
+        panic!("one Samples event: {got:?}");
+    };
+    assert_eq!((s.from, s.id), (b_addr, b.id()));
+    let mut samples = s.samples.clone();
+    samples.sort();
+    let mut expected = vec![other_id(100), other_id(101)];
+    expected.sort();
+    assert_eq!(samples, expected);
+    assert_eq!(s.num, Some(2));
+    assert_eq!(s.interval, Some(SAMPLE_INTERVAL_SECS));
+    assert_eq!(s.nodes, [(other_id(9), local(9, 6881))]);
+
+    // No answer: a failure once the query times out.
+    assert!(a.sample_infohashes(local(3, 6881), None, other_id(1), t0()));
+    sent(&mut a);
+    a.tick(t0() + a.config().query_timeout + Duration::from_millis(1));
+    assert!(events(&mut a).contains(&Event::SamplesFailed {
+        from: local(3, 6881)
+    }));
+}

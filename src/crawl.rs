@@ -1,0 +1,598 @@
+//! `swarmscan crawl`: walk the DHT with BEP 51 `sample_infohashes` and record the info-hashes
+//! the nodes hold (no peer is probed).
+//!
+//! One engine worker runs our DHT node ([`DhtHost`], bootstrapped from `dht.bootstrap` and
+//! the nodes the last scan kept) on the UDP sockets of `net.listen`. The crawl keeps a bounded
+//! set of known nodes (the routing table's, and those the answers name) and asks each in turn
+//! for a sample with a random target, so the answers' `nodes` spread the walk over the key
+//! space. A node is asked again only after the `interval` it gave (BEP 51; at least
+//! [`MIN_INTERVAL`]), a node that fails twice is dropped, and queries go out at most `--rate`
+//! per second. Each (info-hash, node id) sighting is stored with its first and last time; the
+//! worker hands sightings over in batches and this thread (the only one writing) stores them,
+//! so a stop (`--for`, SIGINT, SIGTERM) loses nothing already received.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::config::ConfigArgs;
+use crate::dht::host::{DhtHost, HostConfig, HostEvent};
+use crate::engine::exchange::Exchange;
+use crate::engine::{
+    DatagramQueue, Millis, ProbeDone, ProbeRequest, Worker, WorkerConfig, WorkerDriver,
+};
+use crate::proto::dht::DhtConfig;
+use crate::proto::krpc::Id20;
+use crate::store::Store;
+
+/// Least time before a node is asked again, whatever `interval` it gave.
+pub const MIN_INTERVAL: Duration = Duration::from_secs(60);
+/// Longest `interval` honoured (BEP 51's maximum, 6 hours).
+const MAX_INTERVAL: Duration = Duration::from_secs(6 * 3600);
+/// Nodes remembered at once; beyond that new ones are ignored until some are dropped.
+const MAX_KNOWN: usize = 200_000;
+/// Unanswered (or refused) samples before a node is dropped.
+const MAX_FAILURES: u8 = 2;
+/// A node that failed waits this long before it is asked again.
+const RETRY_AFTER: Duration = Duration::from_secs(30);
+/// Sightings are handed to the storing thread this often (and at the end).
+const FLUSH_EVERY_MS: Millis = 500;
+
+#[derive(clap::Args, Debug)]
+pub struct CrawlArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Stop by itself after this long: 90s, 15m, 2h, 3d (or plain seconds). Without it the
+    /// crawl runs until SIGINT/SIGTERM.
+    #[arg(long = "for", value_name = "DURATION", value_parser = crate::cli::run_cmd::parse_duration)]
+    pub duration: Option<Duration>,
+    /// `sample_infohashes` queries per second, at most (1 to 10000).
+    #[arg(long, default_value_t = 50, value_parser = crate::limits::count::<u32>(1, 10_000))]
+    pub rate: u32,
+    /// Print a JSON summary at the end.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One info-hash reported by one node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sighting {
+    pub info_hash: Id20,
+    pub node_id: Id20,
+    /// Unix milliseconds.
+    pub at: i64,
+}
+
+/// Counters of a crawl.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CrawlStats {
+    pub queries: u64,
+    pub answers: u64,
+    pub failures: u64,
+    pub samples: u64,
+    pub nodes_known: u64,
+    pub nodes_dropped: u64,
+}
+
+enum ToStore {
+    Sightings(Vec<Sighting>),
+    Done(CrawlStats),
+}
+
+struct Known {
+    id: Option<Id20>,
+    failures: u8,
+}
+
+/// The crawl on a worker (see the module docs).
+struct CrawlDriver {
+    host: DhtHost,
+    known: HashMap<SocketAddr, Known>,
+    /// Nodes to ask now, in turn.
+    due: VecDeque<SocketAddr>,
+    /// Nodes waiting for their interval to pass.
+    waiting: BinaryHeap<Reverse<(Millis, SocketAddr)>>,
+    rate: f64,
+    tokens: f64,
+    last_refill: Millis,
+    last_table_scan: Option<Millis>,
+    last_flush: Millis,
+    batch: Vec<Sighting>,
+    tx: mpsc::Sender<ToStore>,
+    /// Unix milliseconds at engine time 0.
+    unix_origin: i64,
+    next_target: u64,
+    stats: CrawlStats,
+}
+
+impl CrawlDriver {
+    fn learn(&mut self, addr: SocketAddr, id: Option<Id20>) {
+        if self.known.len() >= MAX_KNOWN || addr.port() == 0 {
+            return;
+        }
+        if let std::collections::hash_map::Entry::Vacant(v) = self.known.entry(addr) {
+            v.insert(Known { id, failures: 0 });
+            self.due.push_back(addr);
+            self.stats.nodes_known += 1;
+        }
+    }
+
+    fn target(&mut self) -> Id20 {
+        // Spread over the key space: a hash of a counter and the origin.
+        self.next_target += 1;
+        let mut h = sha1::Sha1::default();
+        sha1::Digest::update(&mut h, self.next_target.to_be_bytes());
+        sha1::Digest::update(&mut h, self.unix_origin.to_be_bytes());
+        Id20(sha1::Digest::finalize(h).into())
+    }
+
+    fn events(&mut self, now: Millis) {
+        while let Some(e) = self.host.poll_event() {
+            match e {
+                HostEvent::Samples { samples, .. } => {
+                    self.stats.answers += 1;
+                    let at = self.unix_origin + now as i64;
+                    for h in &samples.samples {
+                        self.batch.push(Sighting {
+                            info_hash: *h,
+                            node_id: samples.id,
+                            at,
+                        });
+                    }
+                    self.stats.samples += samples.samples.len() as u64;
+                    if let Some(k) = self.known.get_mut(&samples.from) {
+                        k.failures = 0;
+                        k.id = Some(samples.id);
+                    }
+                    let interval = Duration::from_secs(samples.interval.unwrap_or(0).max(0) as u64)
+                        .clamp(MIN_INTERVAL, MAX_INTERVAL);
+                    self.waiting.push(Reverse((
+                        now + interval.as_millis() as Millis,
+                        samples.from,
+                    )));
+                    for (id, addr) in &samples.nodes {
+                        self.learn(*addr, Some(*id));
+                    }
+                }
+                HostEvent::SamplesFailed { from, .. } => {
+                    self.stats.failures += 1;
+                    let Some(k) = self.known.get_mut(&from) else {
+                        continue;
+                    };
+                    k.failures += 1;
+                    if k.failures >= MAX_FAILURES {
+                        self.known.remove(&from);
+                        self.stats.nodes_dropped += 1;
+                    } else {
+                        self.waiting
+                            .push(Reverse((now + RETRY_AFTER.as_millis() as Millis, from)));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        if !self.batch.is_empty() {
+            let _ = self
+                .tx
+                .send(ToStore::Sightings(std::mem::take(&mut self.batch)));
+        }
+    }
+}
+
+impl WorkerDriver for CrawlDriver {
+    type Conv = Exchange;
+    fn next_probe(&mut self, _: Millis) -> Option<ProbeRequest<Exchange>> {
+        None
+    }
+    fn probe_done(&mut self, _: Millis, _: ProbeDone<Exchange>) {}
+    fn incoming(&mut self, _: Millis, _: SocketAddr, _: SocketAddr) -> Option<(u64, Exchange)> {
+        None
+    }
+    fn on_udp_bound(&mut self, udp: &[SocketAddr]) {
+        self.host.on_udp_bound(udp, 0);
+    }
+    fn datagram(
+        &mut self,
+        now: Millis,
+        local: SocketAddr,
+        from: SocketAddr,
+        bytes: &[u8],
+        _out: &mut DatagramQueue,
+    ) {
+        // Only KRPC (a bencoded dict) goes to the node; nothing else is ours to answer.
+        if bytes.first() == Some(&b'd') {
+            self.host.handle_datagram(now, local, from, bytes);
+        }
+    }
+    fn poll_datagrams(&mut self, now: Millis, out: &mut DatagramQueue) {
+        // The routing table's nodes join the walk (every second).
+        if self.last_table_scan.is_none_or(|t| now >= t + 1000) {
+            self.last_table_scan = Some(now);
+            let nodes: Vec<(Id20, SocketAddr)> = self
+                .host
+                .node(0)
+                .map(|n| {
+                    n.table(false)
+                        .nodes()
+                        .chain(n.table(true).nodes())
+                        .map(|e| (e.id, e.addr))
+                        .collect()
+                })
+                .unwrap_or_default();
+            for (id, addr) in nodes {
+                self.learn(addr, Some(id));
+            }
+        }
+        while let Some(&Reverse((at, addr))) = self.waiting.peek() {
+            if at > now {
+                break;
+            }
+            self.waiting.pop();
+            if self.known.contains_key(&addr) {
+                self.due.push_back(addr);
+            }
+        }
+        let elapsed = now.saturating_sub(self.last_refill) as f64 / 1000.0;
+        self.last_refill = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.rate.max(1.0));
+        while self.tokens >= 1.0 {
+            let Some(addr) = self.due.pop_front() else {
+                break;
+            };
+            let Some(id) = self.known.get(&addr).map(|k| k.id) else {
+                continue;
+            };
+            let target = self.target();
+            if self.host.sample_infohashes(0, addr, id, target, now) {
+                self.tokens -= 1.0;
+                self.stats.queries += 1;
+            } else {
+                // Unreachable from our socket, or the node's queues are full: later.
+                self.waiting
+                    .push(Reverse((now + RETRY_AFTER.as_millis() as Millis, addr)));
+            }
+        }
+        self.host.poll_transmit(now, out);
+        self.events(now);
+        if now >= self.last_flush + FLUSH_EVERY_MS {
+            self.last_flush = now;
+            self.flush();
+        }
+    }
+    fn next_wakeup(&self) -> Option<Millis> {
+        // Queries go out in small steps so the rate is kept evenly.
+        let step = (1000.0 / self.rate).clamp(1.0, 100.0) as Millis;
+        let own = self.last_refill + step;
+        Some(self.host.next_deadline().map_or(own, |d| d.min(own)))
+    }
+}
+
+impl Drop for CrawlDriver {
+    fn drop(&mut self) {
+        self.flush();
+        let _ = self.tx.send(ToStore::Done(self.stats.clone()));
+    }
+}
+
+fn now_unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Stores sightings: one row per (info-hash, node id), first and last time seen.
+pub fn store_sightings(store: &Store, sightings: &[Sighting]) -> Result<(), String> {
+    let tx = store
+        .connection()
+        .unchecked_transaction()
+        .map_err(|e| e.to_string())?;
+    {
+        let mut stmt = tx
+            .prepare_cached(
+                "INSERT INTO crawl_sightings (info_hash, node_id, first_seen, last_seen)
+                 VALUES (?1, ?2, ?3, ?3)
+                 ON CONFLICT (info_hash, node_id) DO UPDATE SET
+                   first_seen = MIN(first_seen, excluded.first_seen),
+                   last_seen = MAX(last_seen, excluded.last_seen)",
+            )
+            .map_err(|e| e.to_string())?;
+        for s in sightings {
+            stmt.execute(rusqlite::params![
+                &s.info_hash.0[..],
+                &s.node_id.0[..],
+                s.at
+            ])
+            .map_err(|e| e.to_string())?;
+        }
+    }
+    tx.commit().map_err(|e| e.to_string())
+}
+
+pub fn run(args: &CrawlArgs) -> i32 {
+    crate::logging::init();
+    match crawl(args) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("swarmscan: crawl: {e}");
+            1
+        }
+    }
+}
+
+fn crawl(args: &CrawlArgs) -> Result<(), String> {
+    let config = args.config.load().map_err(|e| e.to_string())?;
+    let settings: crate::dht::DhtSettings = (&config).into();
+    let store = Store::open(&config.database).map_err(|e| e.to_string())?;
+    let remembered: Vec<(Id20, SocketAddr)> = store
+        .dht_nodes()
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .map(|n| (Id20(n.id), n.addr))
+        .collect();
+    let udp: Vec<SocketAddr> = config.net.listen.clone();
+    if udp.is_empty() {
+        return Err("net.listen is empty: the DHT node needs a UDP address".into());
+    }
+    let bootstrap = crate::dht::bootstrap::resolve_bootstrap_system(&settings.bootstrap, &udp);
+    if bootstrap.is_empty() && remembered.is_empty() {
+        return Err(
+            "no DHT node to start from: dht.bootstrap gives none this socket can reach, and the database remembers none".into(),
+        );
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone())
+            .map_err(|e| format!("signal handler: {e}"))?;
+    }
+    let started = now_unix_ms();
+    let (tx, rx) = mpsc::channel::<ToStore>();
+    let host = DhtHost::new(HostConfig {
+        node: DhtConfig {
+            read_only: settings.read_only,
+            ..DhtConfig::default()
+        },
+        bootstrap,
+        remembered,
+        ..HostConfig::default()
+    });
+    let driver = CrawlDriver {
+        host,
+        known: HashMap::new(),
+        due: VecDeque::new(),
+        waiting: BinaryHeap::new(),
+        rate: args.rate as f64,
+        tokens: 1.0,
+        last_refill: 0,
+        last_table_scan: None,
+        last_flush: 0,
+        batch: Vec::new(),
+        tx,
+        unix_origin: started,
+        next_target: 0,
+        stats: CrawlStats::default(),
+    };
+    let worker_stop = stop.clone();
+    let cfg = WorkerConfig {
+        max_in_flight: 1,
+        ring_entries: 1024,
+        recv_buffers: 16,
+        udp,
+        ..WorkerConfig::default()
+    };
+    let worker = std::thread::Builder::new()
+        .name("crawl-worker".into())
+        .spawn(move || -> Result<(), String> {
+            let mut driver = driver;
+            let mut worker = Worker::<Exchange>::new(cfg, Instant::now())
+                .map_err(|e| format!("UDP worker: {e}"))?;
+            worker
+                .run(&mut driver, &worker_stop)
+                .map_err(|e| format!("UDP worker: {e}"))?;
+            Ok(())
+        })
+        .map_err(|e| format!("worker thread: {e}"))?;
+    let deadline = args.duration.map(|d| Instant::now() + d);
+    let mut stats = None;
+    let mut stored = 0u64;
+    let mut store_error = None;
+    loop {
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            stop.store(true, Ordering::SeqCst);
+        }
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(ToStore::Sightings(s)) => {
+                stored += s.len() as u64;
+                if let Err(e) = store_sightings(&store, &s) {
+                    // Keep receiving (and report at the end): the worker must not block.
+                    store_error.get_or_insert(e);
+                }
+            }
+            Ok(ToStore::Done(s)) => stats = Some(s),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    let worker_result = worker
+        .join()
+        .map_err(|_| "the crawl worker panicked".to_string())?;
+    let stats = stats.unwrap_or_default();
+    let ended = now_unix_ms();
+    store
+        .connection()
+        .execute(
+            "INSERT INTO crawl_runs (started, ended, queries, answers, failures, sightings, nodes_known)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            rusqlite::params![
+                started,
+                ended,
+                stats.queries as i64,
+                stats.answers as i64,
+                stats.failures as i64,
+                stored as i64,
+                stats.nodes_known as i64
+            ],
+        )
+        .map_err(|e| e.to_string())?;
+    if let Some(e) = store_error {
+        return Err(format!(
+            "storing sightings in {}: {e}",
+            config.database.display()
+        ));
+    }
+    worker_result?;
+    let distinct: i64 = store
+        .connection()
+        .query_row(
+            "SELECT COUNT(DISTINCT info_hash) FROM crawl_sightings",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(|e| e.to_string())?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "seconds": (ended - started) as f64 / 1000.0,
+                "stats": stats,
+                "sightings_stored": stored,
+                "info_hashes_in_database": distinct,
+            })
+        );
+    } else {
+        println!(
+            "swarmscan: crawled {:.0}s: {} sample_infohashes queries, {} answers, {} failed, {} nodes known; {} sightings stored, {distinct} distinct info-hashes in {}",
+            (ended - started) as f64 / 1000.0,
+            stats.queries,
+            stats.answers,
+            stats.failures,
+            stats.nodes_known,
+            stored,
+            config.database.display()
+        );
+    }
+    Ok(())
+}
+
+/// The crawl section of `swarmscan report --crawl`.
+pub fn report(store: &Store, json: bool) -> Result<String, String> {
+    let conn = store.connection();
+    let q = |sql: &str| -> Result<i64, String> {
+        conn.query_row(sql, [], |r| r.get::<_, Option<i64>>(0))
+            .map(|v| v.unwrap_or(0))
+            .map_err(|e| e.to_string())
+    };
+    let runs = q("SELECT COUNT(*) FROM crawl_runs")?;
+    let queries = q("SELECT SUM(queries) FROM crawl_runs")?;
+    let answers = q("SELECT SUM(answers) FROM crawl_runs")?;
+    let hashes = q("SELECT COUNT(DISTINCT info_hash) FROM crawl_sightings")?;
+    let nodes = q("SELECT COUNT(DISTINCT node_id) FROM crawl_sightings")?;
+    let sightings = q("SELECT COUNT(*) FROM crawl_sightings")?;
+    let mut stmt = conn
+        .prepare(
+            "SELECT info_hash, COUNT(*) AS nodes, MIN(first_seen), MAX(last_seen)
+             FROM crawl_sightings GROUP BY info_hash ORDER BY nodes DESC, info_hash LIMIT 20",
+        )
+        .map_err(|e| e.to_string())?;
+    let top: Vec<(String, i64, i64, i64)> = stmt
+        .query_map([], |r| {
+            Ok((
+                crate::proto::hex::encode(&r.get::<_, Vec<u8>>(0)?),
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+            ))
+        })
+        .map_err(|e| e.to_string())?
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    if json {
+        let top: Vec<serde_json::Value> = top
+            .iter()
+            .map(|(h, n, f, l)| {
+                serde_json::json!({"info_hash": h, "nodes": n, "first_seen": f, "last_seen": l})
+            })
+            .collect();
+        return Ok(serde_json::json!({
+            "crawl_runs": runs,
+            "queries": queries,
+            "answers": answers,
+            "info_hashes": hashes,
+            "reporting_nodes": nodes,
+            "sightings": sightings,
+            "top": top,
+        })
+        .to_string());
+    }
+    let mut out = format!(
+        "DHT crawl (BEP 51 sample_infohashes)\n  runs {runs}, queries {queries}, answers {answers}\n  {hashes} distinct info-hashes from {nodes} nodes ({sightings} info-hash/node pairs)\n"
+    );
+    if !top.is_empty() {
+        out.push_str("  most reported (nodes, info-hash):\n");
+        for (h, n, _, _) in &top {
+            out.push_str(&format!("  {n:>6}  {h}\n"));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u8) -> Id20 {
+        Id20([n; 20])
+    }
+
+    #[test]
+    fn sightings_keep_first_and_last_time_per_node_and_the_report_counts_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("crawl.sqlite")).unwrap();
+        let seen = |h: u8, node: u8, at: i64| Sighting {
+            info_hash: id(h),
+            node_id: id(node),
+            at,
+        };
+        // Out of order across batches: first is the earliest, last the latest.
+        store_sightings(&store, &[seen(1, 10, 5_000), seen(1, 11, 6_000)]).unwrap();
+        store_sightings(
+            &store,
+            &[seen(1, 10, 9_000), seen(1, 10, 2_000), seen(2, 10, 7_000)],
+        )
+        .unwrap();
+        let rows: Vec<(Vec<u8>, Vec<u8>, i64, i64)> = store
+            .connection()
+            .prepare("SELECT info_hash, node_id, first_seen, last_seen FROM crawl_sightings ORDER BY 1, 2")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                (vec![1; 20], vec![10; 20], 2_000, 9_000),
+                (vec![1; 20], vec![11; 20], 6_000, 6_000),
+                (vec![2; 20], vec![10; 20], 7_000, 7_000),
+            ]
+        );
+        let text = report(&store, false).unwrap();
+        assert!(
+            text.contains("2 distinct info-hashes from 2 nodes (3 info-hash/node pairs)"),
+            "{text}"
+        );
+        // The info-hash two nodes reported comes first.
+        let first = text.lines().find(|l| l.contains("0101010101")).unwrap();
+        assert!(first.trim_start().starts_with("2 "), "{text}");
+        let json: serde_json::Value = serde_json::from_str(&report(&store, true).unwrap()).unwrap();
+        assert_eq!(json["info_hashes"], 2);
+        assert_eq!(json["top"][0]["nodes"], 2);
+        assert_eq!(json["top"][0]["first_seen"], 2_000);
+    }
+}
