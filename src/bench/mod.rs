@@ -10,6 +10,7 @@
 
 pub mod fake_swarm;
 pub mod handshake;
+pub mod memory;
 pub mod utp;
 pub mod watch;
 
@@ -53,6 +54,8 @@ enum BenchCommand {
     Peers(crate::scan::bench_peers::PeersBenchArgs),
     /// Memory per watched (held) connection: the real probe watching fake peers.
     Watch(watch::WatchArgs),
+    /// Peak memory of a real scan on the 1 GB profile under a full load, against its limits.
+    Memory(memory::MemoryArgs),
     /// uTP probe throughput against a fake uTP swarm, against TCP's in the same run.
     Utp(utp::UtpBenchArgs),
     /// (internal) The fake swarm, run as a child process by `bench probes`.
@@ -141,6 +144,7 @@ pub fn run(args: &BenchArgs) -> i32 {
             return crate::scan::bench_peers::run(a);
         }
         BenchCommand::Watch(a) => watch::run(a),
+        BenchCommand::Memory(a) => memory::run(a),
         BenchCommand::Utp(a) => utp::run(a),
         BenchCommand::FakeSwarm(a) => run_fake_swarm(a),
         BenchCommand::FakeUtpSwarm(a) => utp::run_fake_utp_swarm(a),
