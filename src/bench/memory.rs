@@ -76,6 +76,9 @@ struct Peak {
     /// difference over the queue is the memory per queued record.
     rss_queue_empty: u64,
     rss_queue_max: u64,
+    /// VmRSS at the last sample before the run's time is up (the load still held, the
+    /// transients of the start over, the shutdown not begun).
+    rss_last: u64,
 }
 
 impl Peak {
@@ -86,6 +89,7 @@ impl Peak {
     fn json(&self) -> serde_json::Value {
         serde_json::json!({
             "peak_rss_bytes": self.peak(),
+            "rss_at_end_bytes": self.rss_last,
             "peers_known_max": self.known_max,
             "in_flight_max": self.in_flight_max,
             "watched_max": self.watched_max,
@@ -203,7 +207,9 @@ pub fn run(args: &MemoryArgs) -> std::io::Result<()> {
     let per_watched = per(&watched, watched.watched_max);
     let per_record = (backlog.writer_queue_max > 0 && backlog.rss_queue_empty > 0).then(|| {
         round2(
-            backlog.rss_queue_max.saturating_sub(backlog.rss_queue_empty) as f64
+            backlog
+                .rss_queue_max
+                .saturating_sub(backlog.rss_queue_empty) as f64
                 / backlog.writer_queue_max as f64,
         )
     });
@@ -306,6 +312,9 @@ impl Bench<'_> {
             }
             if let Some(status) = read_status(pid) {
                 peak.rss_max = peak.rss_max.max(status.0);
+                if Instant::now() + Duration::from_secs(1) < stall_end {
+                    peak.rss_last = status.0;
+                }
                 peak.hwm = peak.hwm.max(status.1);
             }
             let rss_now = read_status(pid).map_or(0, |s| s.0);
@@ -433,7 +442,11 @@ fn unit_limit(key: &str) -> std::io::Result<u64> {
         "K" => 1 << 10,
         "M" => 1 << 20,
         "G" => 1 << 30,
-        _ => return Err(std::io::Error::other(format!("{key}={value}: unknown unit"))),
+        _ => {
+            return Err(std::io::Error::other(format!(
+                "{key}={value}: unknown unit"
+            )))
+        }
     };
     digits
         .parse::<u64>()
