@@ -11,6 +11,7 @@
 pub mod dht;
 pub mod fake_swarm;
 pub mod handshake;
+pub mod memory;
 pub mod utp;
 pub mod watch;
 
@@ -54,6 +55,8 @@ enum BenchCommand {
     Peers(crate::scan::bench_peers::PeersBenchArgs),
     /// Memory per watched (held) connection: the real probe watching fake peers.
     Watch(watch::WatchArgs),
+    /// Peak memory of a real scan on the 1 GB profile under a full load, against its limits.
+    Memory(memory::MemoryArgs),
     /// uTP probe throughput against a fake uTP swarm, against TCP's in the same run.
     Utp(utp::UtpBenchArgs),
     /// `swarmscan sink` under a connection and datagram flood, against a kernel baseline.
@@ -147,6 +150,7 @@ pub fn run(args: &BenchArgs) -> i32 {
             return crate::scan::bench_peers::run(a);
         }
         BenchCommand::Watch(a) => watch::run(a),
+        BenchCommand::Memory(a) => memory::run(a),
         BenchCommand::Utp(a) => utp::run(a),
         BenchCommand::Dht(a) => dht::run(a),
         BenchCommand::FakeSwarm(a) => run_fake_swarm(a),

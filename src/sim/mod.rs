@@ -104,7 +104,7 @@ impl Default for SimOptions {
 }
 
 /// Builds a v1 torrent whose pieces are random: the content never exists, only its shape.
-fn make_torrent(
+pub(crate) fn make_torrent(
     name: &str,
     pieces: u32,
     piece_length: u64,

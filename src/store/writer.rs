@@ -157,7 +157,8 @@ impl Default for BatchRecords {
 pub struct WriterMetrics {
     /// Iterations of the writer thread's loop: its heartbeat (a stuck writer stops it).
     pub loops: AtomicU64,
-    /// Messages waiting in the channel, as the writer last saw it.
+    /// Messages waiting in the channel, as the writer or a producer last saw it (producers
+    /// update it too, so a writer stuck in a commit does not freeze the gauge at its last value).
     pub queued: AtomicU64,
     /// How long each successful commit attempt took (records applied, aggregates, COMMIT).
     pub commit_seconds: CommitSeconds,
@@ -443,7 +444,11 @@ impl RecordSender {
             return;
         }
         match self.tx.try_send(Msg::Record(record)) {
-            Ok(()) => {}
+            Ok(()) => {
+                self.metrics
+                    .queued
+                    .store(self.tx.len() as u64, Ordering::Relaxed);
+            }
             Err(TrySendError::Full(Msg::Record(r))) => {
                 self.metrics.backpressure.fetch_add(1, Ordering::Relaxed);
                 self.push_overflow(r);
