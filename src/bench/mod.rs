@@ -177,28 +177,7 @@ fn run_fake_swarm(args: &FakeSwarmArgs) -> std::io::Result<()> {
     };
     let (listeners, port) = fake_swarm::bind(&cfg)?;
     println!("READY {port}");
-    let stop = Arc::new(AtomicBool::new(false));
-    // Stop when the parent closes our stdin (or dies), or at the time limit.
-    let watcher_stop = stop.clone();
-    std::thread::spawn(move || {
-        let mut sink = [0u8; 64];
-        let mut stdin = std::io::stdin();
-        while let Ok(n) = stdin.read(&mut sink) {
-            if n == 0 {
-                break;
-            }
-        }
-        watcher_stop.store(true, Ordering::Relaxed);
-    });
-    let limit_stop = stop.clone();
-    let max = Duration::from_secs(args.max_seconds);
-    std::thread::spawn(move || {
-        let until = Instant::now() + max;
-        while !limit_stop.load(Ordering::Relaxed) && Instant::now() < until {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        limit_stop.store(true, Ordering::Relaxed);
-    });
+    let stop = stop_on_stdin_or_after(args.max_seconds);
     fake_swarm::serve(&cfg, listeners, stop)
 }
 
