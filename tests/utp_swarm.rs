@@ -19,6 +19,15 @@
 //!   (that is what libtorrent does with incoming TCP off), on plaintext and MSE alike, so
 //!   swarmscan turns to uTP; the leechers also dial swarmscan over uTP themselves.
 //!
+//! * Path outages: when `utp1` and `utpin1` (both quit on finishing) have 24 of their 128
+//!   pieces, every UDP datagram between each and swarmscan's address is dropped for
+//!   [`OUTAGE`] (iptables, deleted on every exit path). libtorrent times its side of the uTP
+//!   connection out after three unanswered sends (about 3.5 s) and then ignores the
+//!   connection's packets without a RESET; swarmscan has to notice on its own (its liveness
+//!   keep-alive goes unanswered) and visit the leecher again before it finishes and quits.
+//!   `utp1` dialled swarmscan (watched on its incoming connection), `utpin1` was reached by
+//!   swarmscan's own probe (watched on that one).
+//!
 //! Asserted: every leecher that finished is confirmed and its row's transport includes `utp`
 //! (for `utpin*` leechers never `incoming`: swarmscan's outgoing uTP probes saw them); no other
 //! peer is confirmed (the seeder never); the report's transport table names uTP. The
@@ -40,12 +49,47 @@ use swarmscan::store::anon::Anonymizer;
 
 mod common;
 use common::process::{read_to_string_lossy, wait_collecting, ChildGuard, StdoutLines};
-use common::{free_port_on_all, now_ms, python_with_libtorrent, test_dir};
+use common::{free_port_on_all, now_ms, python_with_libtorrent, test_dir, IptablesGuard};
 
 /// Leechers (kinds utp, utpenc, utpin and utpinenc in turn: two of each).
 const LEECHERS: usize = 8;
 /// How long swarmscan scans. The last leecher starts 58 s after "go" and needs about 30 s.
 const SCAN_SECS: u64 = 110;
+/// How long the path between an outage's leecher and swarmscan is down.
+const OUTAGE: Duration = Duration::from_secs(6);
+/// Leechers whose path to swarmscan goes down, and at how many pieces.
+const OUTAGE_LEECHERS: [&str; 2] = ["utp1", "utpin1"];
+const OUTAGE_AT_PIECES: u64 = 24;
+
+/// A path outage between one leecher and swarmscan (see the module docs).
+struct Outage {
+    name: &'static str,
+    ip: IpAddr,
+    started: Option<(Instant, i64)>,
+    ended_ms: Option<i64>,
+    rules: Option<IptablesGuard>,
+}
+
+impl Outage {
+    /// Starts or ends the outage as the leecher's progress and the clock say.
+    fn step(&mut self, truth: &Truth) {
+        let pieces = truth.last_pieces.get(self.name).copied().unwrap_or(0);
+        match (&self.started, &self.rules) {
+            (None, _) if pieces >= OUTAGE_AT_PIECES => {
+                let mut rules = IptablesGuard::new();
+                rules.drop_udp_between(self.ip, "127.0.0.1".parse().unwrap());
+                self.rules = Some(rules);
+                self.started = Some((Instant::now(), now_ms()));
+            }
+            (Some((at, _)), Some(_)) if at.elapsed() >= OUTAGE => {
+                self.rules = None;
+                self.ended_ms = Some(now_ms());
+            }
+            _ => {}
+        }
+    }
+}
+
 /// A finished leecher must have finished this long before the scan ended (else the swarm was
 /// too slow on this machine for the test to say anything).
 const FINISH_MARGIN_MS: i64 = 8_000;
@@ -345,6 +389,22 @@ fn confirms_exactly_the_finished_leechers_that_speak_utp_only() {
         truth.plan.iter().filter(|p| p.kind != "seeder").count(),
         LEECHERS
     );
+    let mut outages: Vec<Outage> = OUTAGE_LEECHERS
+        .iter()
+        .map(|&name| Outage {
+            name,
+            ip: truth
+                .plan
+                .iter()
+                .find(|p| p.name == name)
+                .unwrap_or_else(|| panic!("{name} in the plan"))
+                .addrs[0]
+                .0,
+            started: None,
+            ended_ms: None,
+            rules: None,
+        })
+        .collect();
 
     // swarmscan as a user runs it.
     let listen_port = free_port_on_all(&["127.0.0.1", "::1"]);
@@ -391,12 +451,19 @@ fn confirms_exactly_the_finished_leechers_that_speak_utp_only() {
         &lines,
         |line| {
             let _ = writeln!(jsonl, "{line}");
-            truth.take(line)
+            truth.take(line);
+            for outage in &mut outages {
+                outage.step(&truth);
+            }
         },
         || {},
         &scan_log,
     );
     let scan_ended_ms = now_ms();
+    // Every path is up again, whatever happened.
+    for outage in &mut outages {
+        outage.rules = None;
+    }
     assert!(
         status.success(),
         "swarmscan run failed ({status}): {}",
@@ -433,6 +500,22 @@ fn confirms_exactly_the_finished_leechers_that_speak_utp_only() {
             FINISH_MARGIN_MS / 1000,
             truth.last_pieces.get(&p.name),
             read_to_string_lossy(&driver_log)
+        );
+    }
+
+    // The outages happened, and ended before their leecher crossed (else they tested nothing).
+    for o in &outages {
+        let crossed = truth.crossed.get(o.name).copied();
+        assert!(
+            o.started.is_some()
+                && o.ended_ms
+                    .zip(crossed)
+                    .is_some_and(|(ended, crossed)| ended < crossed),
+            "the outage of {} did not happen within its download (started {:?}, ended {:?},              crossed {crossed:?}, last pieces {:?})",
+            o.name,
+            o.started.map(|(_, ms)| ms),
+            o.ended_ms,
+            truth.last_pieces.get(o.name)
         );
     }
 
@@ -663,6 +746,16 @@ fn confirms_exactly_the_finished_leechers_that_speak_utp_only() {
         started.elapsed().as_secs_f64()
     )];
     summary.extend(lines);
+    for o in &outages {
+        summary.push(format!(
+            "  outage of {} ({}): {} to {}, crossed at {}",
+            o.name,
+            o.ip,
+            rel(o.started.map(|(_, ms)| ms), scan_started_ms),
+            rel(o.ended_ms, scan_started_ms),
+            rel(truth.crossed.get(o.name).copied(), scan_started_ms)
+        ));
+    }
     summary.push("  per kind: confirmed/finished, crossings seen".into());
     for (kind, (finished, confirmed, seen)) in &per_kind {
         let seen: Vec<String> = seen.iter().map(|(s, n)| format!("{s} {n}")).collect();

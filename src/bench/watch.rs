@@ -309,6 +309,8 @@ pub fn run(args: &WatchArgs) -> std::io::Result<()> {
         sample_ms: defaults.sample_ms,
         keepalive_ms: args.keepalive_ms,
         silence_ms: defaults.silence_ms,
+        // TCP only here (no liveness keep-alives; see `UTP_LIVENESS_MS`).
+        liveness_ms: None,
     };
     let shared = Arc::new(WatchShared::default());
     let drivers: Vec<_> = (0..args.workers)

@@ -337,6 +337,15 @@ impl Default for WatchSettings {
 pub const KEEPALIVE_MS: Millis = 60_000;
 /// A watched peer that sent nothing (not even a keep-alive) for this long is gone.
 pub const SILENCE_MS: Millis = 300_000;
+/// On a watched uTP connection, a keep-alive once neither side sent anything for this long
+/// ([`WatchPlan::liveness_ms`]). A uTP path that loses a few datagrams in a row (loss, a
+/// stalled host) makes libtorrent time its side out after three unanswered sends, and it then
+/// ignores the connection's packets without a RESET: only our keep-alive going unacknowledged
+/// (`proto::utp::MAX_TRANSMISSIONS` sends) shows the connection is dead, so that the watch
+/// ends and the peer is visited again within seconds rather than after `SILENCE_MS`. TCP
+/// needs none: the kernel retransmits for minutes and reports a dead connection itself.
+/// Cost: one 24-byte datagram and its acknowledgement per idle watched uTP connection and 5 s.
+pub const UTP_LIVENESS_MS: Millis = 5_000;
 
 /// One watched connection.
 #[derive(Debug, Clone, Copy)]
@@ -1038,6 +1047,7 @@ impl ScanDriver {
                 sample_ms: self.watch.sample_ms,
                 keepalive_ms: self.watch.keepalive_ms,
                 silence_ms: self.watch.silence_ms,
+                liveness_ms: conv.report().utp.then_some(UTP_LIVENESS_MS),
             },
         );
         self.watched.insert(

@@ -98,29 +98,33 @@ impl IptablesGuard {
 
     /// Rejects TCP SYNs to `ip`:`port` (inbound connections), as a NAT in front of a client does.
     pub fn reject_syn(&mut self, ip: IpAddr, port: u16) {
-        let program = if ip.is_ipv4() {
-            "iptables"
-        } else {
-            "ip6tables"
-        };
-        let spec: Vec<String> = [
-            "-p",
-            "tcp",
-            "--syn",
-            "-d",
-            &ip.to_string(),
-            "--dport",
-            &port.to_string(),
-            "-m",
-            "comment",
-            "--comment",
-            &self.comment,
-            "-j",
+        let (ip, port) = (ip.to_string(), port.to_string());
+        self.insert(
+            ip_family_program(ip.contains(':')),
+            &["-p", "tcp", "--syn", "-d", &ip, "--dport", &port],
             "REJECT",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        );
+    }
+
+    /// Drops every UDP datagram between `a` and `b`, both ways: the path between them is down
+    /// (for uTP, until the guard is dropped).
+    pub fn drop_udp_between(&mut self, a: IpAddr, b: IpAddr) {
+        assert_eq!(a.is_ipv4(), b.is_ipv4(), "one family");
+        let program = ip_family_program(a.is_ipv6());
+        for (from, to) in [(a, b), (b, a)] {
+            let (from, to) = (from.to_string(), to.to_string());
+            self.insert(program, &["-p", "udp", "-s", &from, "-d", &to], "DROP");
+        }
+    }
+
+    /// Inserts `matches` with our comment and `target` at the head of INPUT.
+    fn insert(&mut self, program: &'static str, matches: &[&str], target: &str) {
+        let mut spec: Vec<String> = matches.iter().map(|s| s.to_string()).collect();
+        spec.extend(
+            ["-m", "comment", "--comment", &self.comment, "-j", target]
+                .iter()
+                .map(|s| s.to_string()),
+        );
         let status = Command::new(program)
             .args(["-w", "-I", "INPUT"])
             .args(&spec)
@@ -130,6 +134,14 @@ impl IptablesGuard {
             "{program} -I INPUT {spec:?}: {status:?}"
         );
         self.rules.push((program, spec));
+    }
+}
+
+fn ip_family_program(ipv6: bool) -> &'static str {
+    if ipv6 {
+        "ip6tables"
+    } else {
+        "iptables"
     }
 }
 

@@ -285,6 +285,12 @@ pub struct WatchPlan {
     pub keepalive_ms: Millis,
     /// End the watch after this long without a message from the peer.
     pub silence_ms: Millis,
+    /// When set, also a keep-alive once neither side has sent anything for this long: on a
+    /// transport that cannot tell a dead path from an idle one by itself. A uTP peer whose
+    /// stack timed the connection out (libtorrent does after three unanswered sends) just
+    /// stops answering; our keep-alive going unacknowledged is what ends the connection, so
+    /// the watch ends in seconds instead of after `silence_ms`.
+    pub liveness_ms: Option<Millis>,
 }
 
 #[derive(Debug)]
@@ -300,6 +306,16 @@ struct Watch {
     last_progress_at: Millis,
     /// The peer sends its haves in bursts (see [`AskReason::Progress`]).
     batched: bool,
+}
+
+impl Watch {
+    /// When the liveness keep-alive is due: `liveness_ms` after the later of the peer's last
+    /// message and our last send (never without `liveness_ms`).
+    fn liveness_check_at(&self, last_message: Millis) -> Millis {
+        self.plan.liveness_ms.map_or(Millis::MAX, |l| {
+            last_message.max(self.last_sent).saturating_add(l)
+        })
+    }
 }
 
 /// A read that brings at least this many new pieces after at least [`BATCH_GAP_MS`] without
@@ -681,6 +697,7 @@ impl Probe {
         if let Some(w) = self.watch.as_ref().filter(|_| !self.done) {
             return (self.last_message + w.plan.silence_ms)
                 .min(w.last_sent + w.plan.keepalive_ms)
+                .min(w.liveness_check_at(self.last_message))
                 .min(w.next_sample);
         }
         let mut d = (self.last_message + settings.quiet_timeout_ms)
@@ -712,7 +729,9 @@ impl Probe {
             if now >= self.last_message + w.plan.silence_ms {
                 return self.finish(settings, now, ProbeEnd::QuietTimeout, send);
             }
-            if now >= w.last_sent + w.plan.keepalive_ms {
+            if now >= w.last_sent + w.plan.keepalive_ms
+                || now >= w.liveness_check_at(self.last_message)
+            {
                 Message::KeepAlive.encode_into(send);
                 w.last_sent = now;
             }
@@ -1758,6 +1777,7 @@ mod tests {
         sample_ms: 10_000,
         keepalive_ms: 60_000,
         silence_ms: 300_000,
+        liveness_ms: None,
     };
 
     #[test]
@@ -1860,6 +1880,48 @@ mod tests {
             Some(0.5),
             "a watch that ends keeps its progress"
         );
+    }
+
+    #[test]
+    fn with_liveness_a_quiet_watched_connection_gets_a_keepalive_once_both_sides_are_silent() {
+        let (mut p, s) = answered_probe(50);
+        p.watch(
+            600,
+            WatchPlan {
+                liveness_ms: Some(5_000),
+                ..PLAN
+            },
+        );
+        let mut out = Vec::new();
+        // The peer's last message was at 100 ms, our last send is the watch start (600 ms).
+        assert_eq!(p.deadline(&s), 5_600);
+        assert_eq!(p.on_deadline(&s, 5_600, &mut out), Step::Continue);
+        assert_eq!(out, msg(Message::KeepAlive));
+        out.clear();
+        // A peer that keeps talking holds the check off: 5 s after its last message.
+        for at in [6_000, 9_000, 12_000] {
+            assert_eq!(
+                p.on_bytes(&s, &no_torrents, at, &msg(Message::Have(60)), &mut out),
+                Step::Continue
+            );
+        }
+        assert_eq!(p.deadline(&s), 10_600, "the sample comes first");
+        assert_eq!(p.on_deadline(&s, 10_600, &mut out), Step::Ask);
+        assert_eq!(p.take_ask(), Some(AskReason::Sample));
+        assert!(out.is_empty());
+        assert_eq!(p.deadline(&s), 17_000);
+        assert_eq!(p.on_deadline(&s, 17_000, &mut out), Step::Continue);
+        assert_eq!(out, msg(Message::KeepAlive));
+        out.clear();
+        // Silent on both sides again: every 5 s (the transport says whether it got through).
+        assert_eq!(p.deadline(&s), 20_600, "the next sample");
+        assert_eq!(p.on_deadline(&s, 20_600, &mut out), Step::Ask);
+        p.take_ask();
+        assert_eq!(p.deadline(&s), 22_000);
+        // Without liveness, the same watch sends nothing before a minute (see above).
+        let (mut q, s) = answered_probe(50);
+        q.watch(600, PLAN);
+        assert_eq!(q.deadline(&s), 10_600);
     }
 
     #[test]

@@ -52,8 +52,11 @@ pub const MIN_RTO_US: u64 = 500_000;
 pub const MAX_RTO_US: u64 = 8_000_000;
 /// Transmissions of a SYN before the connection counts as timed out.
 pub const MAX_SYN_TRANSMISSIONS: u32 = 3;
-/// Transmissions of a DATA or FIN packet before the connection counts as timed out.
-pub const MAX_TRANSMISSIONS: u32 = 5;
+/// Transmissions of a DATA or FIN packet before the connection counts as timed out (the last
+/// timeout expires 0.5 + 1 + 2 + 4 = 7.5 s after the first send at the minimum timeout).
+/// libtorrent gives up after three (`utp_num_resends`); we wait one more, and a peer that
+/// timed out its side answers nothing, so more would only delay noticing a dead connection.
+pub const MAX_TRANSMISSIONS: u32 = 4;
 /// Duplicate acks (or later packets selectively acked) that trigger a fast resend.
 const FAST_RESEND_THRESHOLD: u32 = 3;
 
