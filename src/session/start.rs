@@ -191,8 +191,8 @@ impl Built {
             tracing::warn!(
                 not_resumed = resumed.over_max_peers,
                 max_peers = s.max_peers,
-                "peers of the database left out: engine.max_peers reached (their rows stay; \
-                 discovery brings them back when there is room)"
+                "peers of the database not resumed: engine.max_peers reached (their rows stay \
+                 as they are; they are not scanned in this run)"
             );
         }
         for (i, t) in inputs.iter().enumerate() {
