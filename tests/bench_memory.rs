@@ -61,6 +61,7 @@ fn bench_memory_puts_every_load_on_a_real_scan() {
         "peak_rss_bytes",
         "ratio_peak_to_memory_high",
         "bytes_per_known_peer",
+        "bytes_per_known_peer_held",
         "bytes_per_in_flight_probe",
         "bytes_per_watched_connection",
         "bytes_per_queued_record",

@@ -21,7 +21,10 @@
 //!
 //! Phases: baseline (the torrent only), each load alone, then all of them at once. Costs per
 //! item are (phase peak − baseline peak) / items reached, items read from the scan's own
-//! `/metrics` (peers known, probes in flight, watched connections, writer queue).
+//! `/metrics` (peers known, probes in flight, watched connections, writer queue). The known
+//! phase is a resume of that many peers: besides its peak per peer, the RSS near its end
+//! less the baseline's, per peer, is what the peers cost once the start is over (the
+//! difference is the start's transient).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -203,6 +206,11 @@ pub fn run(args: &MemoryArgs) -> std::io::Result<()> {
         (n > 0).then(|| round2((p.peak() as f64 - base).max(0.0) / n as f64))
     };
     let per_known = per(&known, known.known_max);
+    // The known phase is the resume of `--known` peers: its peak over what it holds once the
+    // start is over is the start's transient.
+    let per_known_held = (known.known_max > 0).then(|| {
+        round2(known.rss_last.saturating_sub(baseline.rss_last) as f64 / known.known_max as f64)
+    });
     let per_in_flight = per(&in_flight, in_flight.in_flight_max);
     let per_watched = per(&watched, watched.watched_max);
     let per_record = (backlog.writer_queue_max > 0 && backlog.rss_queue_empty > 0).then(|| {
@@ -222,6 +230,7 @@ pub fn run(args: &MemoryArgs) -> std::io::Result<()> {
         "ratio_peak_to_memory_high": round3(full.peak() as f64 / memory_high as f64),
         "ratio_peak_to_memory_max": round3(full.peak() as f64 / memory_max as f64),
         "bytes_per_known_peer": per_known,
+        "bytes_per_known_peer_held": per_known_held,
         "bytes_per_in_flight_probe": per_in_flight,
         "bytes_per_watched_connection": per_watched,
         "bytes_per_queued_record": per_record,

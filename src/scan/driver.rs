@@ -573,9 +573,11 @@ impl ScanDriver {
         &self.table
     }
 
-    /// Adds a peer known from an earlier run, with its state and next visit.
-    pub fn restore(&mut self, peer: RestoredPeer) {
-        if let Inserted::New(idx) = self.table.insert(peer.torrent, peer.addr, peer.sources, 0) {
+    /// Adds a peer known from an earlier run, with its state and next visit. False when the
+    /// table is full (`engine.max_peers`): the peer is left out, counted as `peer_table_full`.
+    pub fn restore(&mut self, peer: RestoredPeer) -> bool {
+        let inserted = self.table.insert(peer.torrent, peer.addr, peer.sources, 0);
+        if let Inserted::New(idx) = inserted {
             let p = self.table.get_mut(idx);
             p.progress = peer.progress;
             p.flags = peer.flags & !(flag::IN_FLIGHT | flag::WATCHED_INCOMING);
@@ -595,6 +597,11 @@ impl ScanDriver {
         self.counters
             .known_peers
             .store(self.table.len() as u64, Ordering::Relaxed);
+        if matches!(inserted, Inserted::Full) {
+            self.counters.table_full.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        true
     }
 
     fn secs(now: Millis) -> u32 {

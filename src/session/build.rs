@@ -16,7 +16,7 @@ use crate::scan::peer_ids::PeerIds;
 use crate::service::notify::Notifier;
 use crate::settings::ScanSettings;
 use crate::store::writer::Writer;
-use crate::store::{PeerResume, Store};
+use crate::store::Store;
 
 /// How a scan is run.
 #[derive(Debug, Clone, Default)]
@@ -61,8 +61,6 @@ pub(super) struct Built {
     pub(super) metrics_listener: Option<std::net::TcpListener>,
     /// Every torrent scanned: those given plus those already in the database.
     pub(super) inputs: Vec<TorrentInput>,
-    /// Peers of the database, to come back with their state.
-    pub(super) resume: Vec<PeerResume>,
     pub(super) writer: Writer,
     pub(super) catalog: Arc<Catalog>,
     /// The engine's settings with the worker count and listen ports resolved.
@@ -111,10 +109,11 @@ impl Built {
             None => None,
         };
 
-        // Resume state, read before the writer takes the database: the torrents already in it
-        // (from `add` or an earlier run) and their peers. A torrent `swarmscan remove` took out
-        // is resumed only when it is given again (that adds it back).
-        let (resume, known_torrents) = {
+        // The torrents already in the database (from `add` or an earlier run), read before the
+        // writer takes it. A torrent `swarmscan remove` took out is resumed only when it is
+        // given again (that adds it back). Their peers are streamed into the peer tables later
+        // (`start`), once the tables exist: never all of them in one list.
+        let known_torrents = {
             let store = Store::open(&s.database).map_err(|e| e.to_string())?;
             for t in &inputs {
                 let id = store.upsert_torrent(&t.record).map_err(|e| e.to_string())?;
@@ -130,7 +129,7 @@ impl Built {
                 .collect();
             let mut known = store.torrents().map_err(|e| e.to_string())?;
             known.retain(|row| !removed.contains(&row.id));
-            (store.load_peers().map_err(|e| e.to_string())?, known)
+            known
         };
         let mut inputs = inputs;
         for row in known_torrents {
@@ -244,7 +243,6 @@ impl Built {
             notifier,
             metrics_listener,
             inputs,
-            resume,
             writer,
             catalog,
             engine,

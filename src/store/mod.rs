@@ -1,7 +1,7 @@
 //! SQLite store: schema and migrations, the batched writer thread, report queries.
 //!
 //! * [`Store`] opens (or creates) a database, migrates it to the current schema, registers
-//!   torrents, and answers read queries ([`Store::load_peers`] for restart resume, the
+//!   torrents, and answers read queries ([`Store::for_each_peer_resume`] for restart resume, the
 //!   [`report`] functions, [`Store::for_each_peer`]).
 //! * [`Writer`] takes the connection over and runs it on one thread; producers send
 //!   [`Record`]s through [`RecordSender`]s (never blocking, never dropping).
@@ -870,8 +870,8 @@ impl Store {
             .ok_or_else(|| StoreError::UnknownTorrent(hash.to_string()))
     }
 
-    /// Every peer with its next visit time, so that a restarted scan resumes its schedule.
-    /// (For very large databases prefer [`Store::for_each_peer_resume`], which streams.)
+    /// Every peer with its next visit time, in one list (tests and small databases; a scan
+    /// resumes with [`Store::for_each_peer_resume`], which streams).
     pub fn load_peers(&self) -> Result<Vec<PeerResume>, StoreError> {
         let mut peers = Vec::new();
         self.for_each_peer_resume(|p| peers.push(p))?;
@@ -912,17 +912,19 @@ impl Store {
     }
 
     /// Calls `f` with every peer's resume information, in row order, without holding all rows.
+    /// The rows are one snapshot (a read transaction): a writer committing meanwhile on another
+    /// connection (WAL) is not seen halfway.
     pub fn for_each_peer_resume(&self, mut f: impl FnMut(PeerResume)) -> Result<(), StoreError> {
-        let full = self
-            .conn
+        // Dropped at the end: a rollback, which for a read transaction only ends the snapshot.
+        let snapshot = self.conn.unchecked_transaction().map_err(|e| self.err(e))?;
+        let full = snapshot
             .query_row("SELECT value FROM meta WHERE key = 'privacy.ip'", [], |r| {
                 r.get::<_, String>(0)
             })
             .optional()
             .map_err(|e| self.err(e))?
             .is_some_and(|m| m == "full");
-        let mut stmt = self
-            .conn
+        let mut stmt = snapshot
             .prepare(
                 "SELECT torrent_id, ip_key, port, next_visit_at, contacts > 0, last_progress, confirmed, consecutive_failures
                  FROM peers ORDER BY id",
