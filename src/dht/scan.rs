@@ -649,7 +649,10 @@ mod tests {
         assert_eq!(load(&counters.lookups_finished), 2);
         assert_eq!(load(&counters.peers_found), 2);
         assert_eq!(load(&counters.lookups_running), 0);
-        assert!(load(&counters.queries_sent) >= 3, "bootstrap and two lookups");
+        assert!(
+            load(&counters.queries_sent) >= 3,
+            "bootstrap and two lookups"
+        );
         assert_eq!(load(&counters.replies), load(&counters.queries_sent));
         assert_eq!(load(&counters.timeouts), 0);
         assert_eq!(counters.good_nodes(), 1, "the one answering address");

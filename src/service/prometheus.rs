@@ -27,9 +27,7 @@ use prometheus_client::registry::Registry;
 
 use crate::scan::driver::WorkerCounters;
 use crate::scan::own_addr::OwnAddresses;
-use crate::scan::udp_counters::{
-    DhtCounters, UdpTrackerCounters, UtpCounters, MAX_DHT_NODES,
-};
+use crate::scan::udp_counters::{DhtCounters, UdpTrackerCounters, UtpCounters, MAX_DHT_NODES};
 use crate::store::writer::WriterMetrics;
 
 /// Everything the endpoint reads, shared with the scan.
@@ -266,10 +264,7 @@ impl ScanMetrics {
             "dht_bytes",
             "KRPC bytes our DHT nodes received (in) and sent (out).",
             "direction",
-            &[
-                ("in", dht(|d| &d.bytes_in)),
-                ("out", dht(|d| &d.bytes_out)),
-            ],
+            &[("in", dht(|d| &d.bytes_in)), ("out", dht(|d| &d.bytes_out))],
         )?;
         counters_by(
             e,
@@ -355,9 +350,8 @@ impl ScanMetrics {
             }
         }
 
-        let trackers = &|f: fn(&UdpTrackerCounters) -> &AtomicU64| {
-            self.sum(move |c| f(&c.udp_trackers))
-        };
+        let trackers =
+            &|f: fn(&UdpTrackerCounters) -> &AtomicU64| self.sum(move |c| f(&c.udp_trackers));
         counters_by(
             e,
             "udp_tracker_replies_dropped",

@@ -4,8 +4,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 
 use super::monitor::Ended;
-use crate::scan::udp_counters::{DhtSummary, UdpDatagramSummary, UdpTrackerSummary, UtpSummary};
 use super::start::Running;
+use crate::scan::udp_counters::{DhtSummary, UdpDatagramSummary, UdpTrackerSummary, UtpSummary};
 
 /// What a finished scan did.
 #[derive(Debug, Clone, serde::Serialize)]

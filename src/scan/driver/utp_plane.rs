@@ -896,7 +896,8 @@ mod tests {
         assert_eq!((load(&c.accepted), load(&c.incoming_refused)), (1, 0));
         let sent = out.take_queued();
         assert!(
-            sent.iter().any(|(from, to, _)| *from == local && *to == peer),
+            sent.iter()
+                .any(|(from, to, _)| *from == local && *to == peer),
             "the SYN is answered: {sent:?}"
         );
         d.utp_publish_gauges();
@@ -923,17 +924,39 @@ mod tests {
         let c = UtpCounters::default();
         let closed = |errno| Ending::Closed(Some(errno));
         let counter = |incoming, connected: Option<Millis>, ending| {
-            c.ending(incoming, connected, ending).map(|a| a as *const AtomicU64)
+            c.ending(incoming, connected, ending)
+                .map(|a| a as *const AtomicU64)
         };
         let is = |a: &AtomicU64| Some(a as *const AtomicU64);
-        assert_eq!(counter(false, None, closed(libc::ETIMEDOUT)), is(&c.connect_timed_out));
-        assert_eq!(counter(false, None, closed(libc::ECONNREFUSED)), is(&c.connect_refused));
-        assert_eq!(counter(false, None, closed(libc::ECANCELED)), is(&c.connect_cancelled));
-        assert_eq!(counter(false, None, closed(libc::EHOSTUNREACH)), is(&c.connect_failed));
-        assert_eq!(counter(false, None, closed(libc::EPROTO)), is(&c.connect_failed));
+        assert_eq!(
+            counter(false, None, closed(libc::ETIMEDOUT)),
+            is(&c.connect_timed_out)
+        );
+        assert_eq!(
+            counter(false, None, closed(libc::ECONNREFUSED)),
+            is(&c.connect_refused)
+        );
+        assert_eq!(
+            counter(false, None, closed(libc::ECANCELED)),
+            is(&c.connect_cancelled)
+        );
+        assert_eq!(
+            counter(false, None, closed(libc::EHOSTUNREACH)),
+            is(&c.connect_failed)
+        );
+        assert_eq!(
+            counter(false, None, closed(libc::EPROTO)),
+            is(&c.connect_failed)
+        );
         // Once connected, only a reset by the peer is counted (`connected` counted it up).
-        assert_eq!(counter(false, Some(5), closed(libc::ECONNRESET)), is(&c.reset_by_peer));
-        assert_eq!(counter(true, Some(5), closed(libc::ECONNRESET)), is(&c.reset_by_peer));
+        assert_eq!(
+            counter(false, Some(5), closed(libc::ECONNRESET)),
+            is(&c.reset_by_peer)
+        );
+        assert_eq!(
+            counter(true, Some(5), closed(libc::ECONNRESET)),
+            is(&c.reset_by_peer)
+        );
         assert_eq!(counter(false, Some(5), Ending::Finished), None);
         assert_eq!(counter(true, Some(5), Ending::Closed(None)), None);
         assert_eq!(counter(false, Some(5), closed(libc::ETIMEDOUT)), None);
