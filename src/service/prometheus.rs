@@ -9,7 +9,8 @@
 //! Labels are bounded sets only: probe kind, outcome class, transport, address family,
 //! discovery source and result, client name (from the peer-id's fixed table, at most 64
 //! names), country (ISO code of the GeoIP lookup: the first 30 seen in a run, then `other`,
-//! and `unknown`). Never an address or an info-hash.
+//! and `unknown`), the UDP plane's fixed results, reasons and states, and the DHT node number
+//! (at most `dht::host::MAX_NODE_IDS`). Never an address or an info-hash.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
