@@ -473,7 +473,9 @@ fn metrics_endpoint_serves_the_scan_in_a_format_prometheus_parses() {
         let (families, samples) = parse_with_prometheus_client(&body);
         let answered = value(&samples, "swarmscan_probes_total{") > 20.0
             && value(&samples, "swarmscan_writer_batches_total") > 0.0
-            && value(&samples, "swarmscan_client_answers_total{") > 0.0;
+            && value(&samples, "swarmscan_client_answers_total{") > 0.0
+            // The first DHT lookups are due 3 s after the start.
+            && value(&samples, "swarmscan_dht_lookups_no_nodes_total") > 0.0;
         if answered || start.elapsed() > Duration::from_secs(30) {
             break (families, samples, body);
         }
@@ -496,6 +498,34 @@ fn metrics_endpoint_serves_the_scan_in_a_format_prometheus_parses() {
         ("swarmscan_confirmed_downloads_by_country", "counter"),
         ("swarmscan_threads_stalled", "gauge"),
         ("swarmscan_build_info", "gauge"),
+        // The UDP plane.
+        ("swarmscan_udp_datagrams_received", "counter"),
+        ("swarmscan_utp_connects_started", "counter"),
+        ("swarmscan_utp_connects", "counter"),
+        ("swarmscan_utp_incoming", "counter"),
+        ("swarmscan_utp_connections", "gauge"),
+        ("swarmscan_utp_reset_by_peer", "counter"),
+        ("swarmscan_utp_resets_sent", "counter"),
+        ("swarmscan_utp_resets_suppressed", "counter"),
+        ("swarmscan_utp_ignored_packets", "counter"),
+        ("swarmscan_dht_queries_sent", "counter"),
+        ("swarmscan_dht_replies", "counter"),
+        ("swarmscan_dht_query_timeouts", "counter"),
+        ("swarmscan_dht_replies_unmatched", "counter"),
+        ("swarmscan_dht_queries_received", "counter"),
+        ("swarmscan_dht_garbage", "counter"),
+        ("swarmscan_dht_datagrams", "counter"),
+        ("swarmscan_dht_bytes", "counter"),
+        ("swarmscan_dht_datagrams_unsent", "counter"),
+        ("swarmscan_dht_lookups_started", "counter"),
+        ("swarmscan_dht_lookups", "counter"),
+        ("swarmscan_dht_lookups_no_nodes", "counter"),
+        ("swarmscan_dht_lookups_running", "gauge"),
+        ("swarmscan_dht_lookup_peers", "counter"),
+        ("swarmscan_dht_announces_received", "counter"),
+        ("swarmscan_dht_routing_nodes", "gauge"),
+        ("swarmscan_udp_tracker_replies_dropped", "counter"),
+        ("swarmscan_udp_tracker_requests_unsent", "counter"),
     ] {
         assert_eq!(
             families.get(family).map(String::as_str),
@@ -539,6 +569,58 @@ fn metrics_endpoint_serves_the_scan_in_a_format_prometheus_parses() {
             "swarmscan_peers_stored_total{country=\"unknown\"}"
         ) > 0.0,
         "{text}"
+    );
+    // The UDP plane. Every uTP connect that is over is counted once, under one result, and
+    // each outgoing uTP probe recorded had its connect counted first.
+    let utp_started = value(&samples, "swarmscan_utp_connects_started_total");
+    assert!(
+        value(&samples, "swarmscan_utp_connects_total{") <= utp_started,
+        "{text}"
+    );
+    let utp_probes: f64 = samples
+        .iter()
+        .filter(|(n, _)| {
+            n.starts_with("swarmscan_probes_total{")
+                && n.contains("transport=\"utp")
+                && !n.contains("kind=\"incoming\"")
+        })
+        .map(|(_, v)| v)
+        .sum();
+    assert!(utp_started >= utp_probes, "{text}");
+    // Loopback sockets and no bootstrap: the DHT node runs, knows nobody, and says so.
+    assert!(
+        samples
+            .iter()
+            .any(|(n, _)| n
+                == "swarmscan_dht_routing_nodes{family=\"ipv4\",node=\"0\",status=\"good\"}"),
+        "{text}"
+    );
+    assert_eq!(value(&samples, "swarmscan_dht_lookups_started_total"), 0.0);
+    assert!(
+        value(&samples, "swarmscan_dht_lookups_no_nodes_total") > 0.0,
+        "{text}"
+    );
+    // The simulation's UDP tracker answered (connect, announce) on the workers' sockets, and
+    // nothing it sent was taken for a forgery.
+    if value(
+        &samples,
+        "swarmscan_discovery_requests_total{result=\"ok\",source=\"tracker_udp\"}",
+    ) > 0.0
+    {
+        assert!(
+            value(
+                &samples,
+                "swarmscan_udp_datagrams_received_total{kind=\"tracker\"}"
+            ) >= 2.0,
+            "{text}"
+        );
+    }
+    assert_eq!(
+        value(
+            &samples,
+            "swarmscan_udp_tracker_replies_dropped_total{reason=\"forged\"}"
+        ),
+        0.0
     );
     // Bounded labels only: no address, no info-hash.
     assert!(!text.contains("127."), "an address in the metrics: {text}");

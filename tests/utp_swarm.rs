@@ -412,6 +412,8 @@ fn confirms_exactly_the_finished_leechers_that_speak_utp_only() {
     let scan_log = dir.join("swarmscan.log");
     let scan_args = vec![
         "run".to_string(),
+        // The run summary as JSON on stdout (swarmscan.out), read at the end.
+        "--json".into(),
         "--set".into(),
         format!("database={}", db.display()),
         "--set".into(),
@@ -697,6 +699,33 @@ fn confirms_exactly_the_finished_leechers_that_speak_utp_only() {
                 ));
             }
         }
+    }
+    // The run summary's uTP counters saw what the clients did: swarmscan's uTP connects came
+    // up (the clients speak nothing else), and nothing the tracker sent looked forged.
+    let out = read_to_string_lossy(&dir.join("swarmscan.out"));
+    match serde_json::from_str::<Json>(out.trim()) {
+        Ok(summary) => {
+            let utp = &summary["utp"];
+            let n = |v: &Json| v.as_u64().unwrap_or(0);
+            if n(&utp["connected"]) == 0 || n(&utp["connected"]) > n(&utp["connects_started"]) {
+                failures.push(format!(
+                    "run summary: uTP connects started/connected do not add up: {utp}"
+                ));
+            }
+            if n(&summary["udp_datagrams"]["utp"]) == 0 {
+                failures.push(format!(
+                    "run summary: no uTP datagram received: {}",
+                    summary["udp_datagrams"]
+                ));
+            }
+            if n(&summary["udp_trackers"]["replies_forged"]) != 0 {
+                failures.push(format!(
+                    "run summary: the tracker's replies taken for forgeries: {}",
+                    summary["udp_trackers"]
+                ));
+            }
+        }
+        Err(e) => failures.push(format!("run --json printed no summary ({e}): {out}")),
     }
     // The report's transport table counts the uTP peers.
     let utp_in_report: i64 = report["transports"]

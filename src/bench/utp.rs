@@ -183,9 +183,9 @@ fn scan_phase(
     for (driver, _) in &finished {
         counts.ok += driver.counters.probes_ok.load(Ordering::Relaxed);
         counts.done += driver.counters.probes_done.load(Ordering::Relaxed);
-        let s = driver.utp_stats();
-        counts.utp_started += s.started;
-        counts.resets_sent += s.resets_sent;
+        let utp = &driver.counters.utp;
+        counts.utp_started += utp.connects_started.load(Ordering::Relaxed);
+        counts.resets_sent += utp.resets_sent.load(Ordering::Relaxed);
     }
     Ok(counts)
 }

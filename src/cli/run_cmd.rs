@@ -150,6 +150,9 @@ pub fn run(args: &RunArgs) -> i32 {
                         crate::logging::say(format_args!("swarmscan: {n} {what}"));
                     }
                 }
+                for line in udp_plane_lines(&summary) {
+                    crate::logging::say(format_args!("swarmscan: {line}"));
+                }
                 if summary.own_address_dropped > 0 {
                     crate::logging::say(format_args!(
                         "swarmscan: {} addresses from trackers and PEX were our own (announced port {}) and were not probed",
@@ -164,6 +167,49 @@ pub fn run(args: &RunArgs) -> i32 {
             1
         }
     }
+}
+
+/// The UDP plane's part of the closing summary: a line each for uTP, the DHT and dropped
+/// UDP tracker replies, when they did anything.
+fn udp_plane_lines(summary: &crate::session::RunSummary) -> Vec<String> {
+    let mut lines = Vec::new();
+    let u = &summary.utp;
+    if u.connects_started + u.accepted + u.incoming_refused > 0 {
+        lines.push(format!(
+            "uTP: {} connects ({} connected, {} timed out, {} refused, {} failed), {} incoming accepted ({} refused), {} reset by the peer",
+            u.connects_started,
+            u.connected,
+            u.connect_timed_out,
+            u.connect_refused,
+            u.connect_failed,
+            u.accepted,
+            u.incoming_refused,
+            u.reset_by_peer
+        ));
+    }
+    let d = &summary.dht;
+    if d.queries_sent + d.queries_answered + d.lookups_started + d.lookups_no_nodes > 0 {
+        lines.push(format!(
+            "DHT: {} queries sent ({} replies, {} timed out), {} answered; {} lookups ({} without an answer, {} could not start: no nodes known), {} peers found; {} good nodes at the stop",
+            d.queries_sent,
+            d.replies,
+            d.timeouts,
+            d.queries_answered,
+            d.lookups_finished,
+            d.lookups_failed,
+            d.lookups_no_nodes,
+            d.peers_found,
+            d.good_nodes
+        ));
+    }
+    let t = &summary.udp_trackers;
+    if t.replies_forged + t.replies_late + t.replies_short > 0 {
+        lines.push(format!(
+            "UDP tracker replies dropped: {} forged (transaction id not ours for that address), {} late, {} short",
+            t.replies_forged, t.replies_late, t.replies_short
+        ));
+    }
+    lines
 }
 
 #[cfg(test)]

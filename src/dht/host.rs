@@ -167,6 +167,9 @@ pub struct HostStats {
     pub send_refused: u64,
     /// KRPC datagrams on a socket no node of ours uses.
     pub no_node: u64,
+    /// Replies one node on a shared socket did not match and passed to the next (counted
+    /// in that node's `replies_unmatched`, yet not unmatched by the host).
+    pub passed_on: u64,
 }
 
 struct HostedNode {
@@ -344,6 +347,7 @@ impl DhtHost {
                 self.collect_events(i);
                 return;
             }
+            self.stats.passed_on += 1;
         }
         self.nodes[last].node.handle_datagram(from, bytes, now_i);
         self.collect_events(last);
@@ -589,11 +593,40 @@ impl DhtHost {
             s.queries_dropped += x.queries_dropped;
             s.garbage += x.garbage;
             s.replies_unmatched += x.replies_unmatched;
+            s.queries_sent += x.queries_sent;
             s.replies += x.replies;
             s.timeouts += x.timeouts;
             s.queue_full += x.queue_full;
         }
         s
+    }
+
+    /// Each node's routing tables by status: (global node number, [ipv4, ipv6] × [good,
+    /// questionable, bad] entries).
+    pub fn routing_status(&self, now: Millis) -> Vec<(usize, [[u64; 3]; 2])> {
+        let now_i = self.instant(now);
+        self.nodes
+            .iter()
+            .map(|n| {
+                let mut counts = [[0u64; 3]; 2];
+                for (family, v6) in [false, true].into_iter().enumerate() {
+                    for e in n.node.table(v6).nodes() {
+                        let status = match e.status(now_i) {
+                            NodeStatus::Good => 0,
+                            NodeStatus::Questionable => 1,
+                            NodeStatus::Bad => 2,
+                        };
+                        counts[family][status] += 1;
+                    }
+                }
+                (n.index, counts)
+            })
+            .collect()
+    }
+
+    /// Lookups this host started that are still running, on all its nodes.
+    pub fn lookups_running_all(&self) -> usize {
+        self.nodes.iter().map(|n| n.lookups.len()).sum()
     }
 
     /// Routing table entries of all nodes here.
@@ -832,6 +865,12 @@ mod tests {
         answer_all(&mut host, sent, 5, &[], &[]);
         let s = host.node_stats();
         assert_eq!(s.replies, 2, "{s:?}");
+        // Node 0 saw node 1's reply first and passed it on: not unmatched for the host.
+        assert_eq!(
+            (s.replies_unmatched, host.stats().passed_on),
+            (1, 1),
+            "{s:?}"
+        );
         // A query to the shared socket is answered once.
         let q = Message::new(
             b"aa".to_vec(),

@@ -33,8 +33,10 @@ use crate::proto::dht::{AnnounceOptions, DhtConfig, GetPeersOptions, LookupError
 use crate::proto::krpc::Id20;
 use crate::scan::catalog::Catalog;
 use crate::scan::own_addr::OwnAddresses;
+use crate::scan::udp_counters::DhtCounters;
 use crate::store::record::{DhtLookupRecord, DhtNodeRecord, DiscoveryRecord, PeerSource, Record};
 use crate::store::writer::RecordSender;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// Every this many lookups of a torrent, one is a BEP 33 scrape (the first is not).
@@ -77,6 +79,22 @@ pub struct ScanDht {
     own: Option<Arc<OwnAddresses>>,
     tracker_ips_voted: Vec<std::net::IpAddr>,
     next_own_check: Millis,
+    lookups: LookupCounts,
+}
+
+/// The scan's lookups so far (published with [`ScanDht::publish`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LookupCounts {
+    pub started: u64,
+    pub finished: u64,
+    /// Finished with no reply from any node.
+    pub failed: u64,
+    /// Could not start: the node knew no other node.
+    pub no_nodes: u64,
+    /// Distinct peers of each finished lookup, summed.
+    pub peers_found: u64,
+    /// `announce_peer` queries other nodes sent ours.
+    pub announces_received: u64,
 }
 
 impl ScanDht {
@@ -125,6 +143,7 @@ impl ScanDht {
             own: None,
             tracker_ips_voted: Vec::new(),
             next_own_check: 0,
+            lookups: LookupCounts::default(),
         }
     }
 
@@ -164,6 +183,55 @@ impl ScanDht {
     /// The host under this (its nodes, stats).
     pub fn host(&self) -> &DhtHost {
         &self.host
+    }
+
+    /// The scan's lookups so far.
+    pub fn lookup_counts(&self) -> LookupCounts {
+        self.lookups
+    }
+
+    /// Copies the nodes' counters, their routing tables and the lookup counts into `c` (the
+    /// worker's metrics; cheap enough for once a second: a few hundred table entries).
+    pub fn publish(&self, c: &DhtCounters, now: Millis) {
+        let set = |a: &AtomicU64, v: u64| a.store(v, Ordering::Relaxed);
+        let node = self.host.node_stats();
+        let host = self.host.stats();
+        set(&c.queries_sent, node.queries_sent);
+        set(&c.replies, node.replies);
+        set(&c.timeouts, node.timeouts);
+        set(
+            &c.replies_unmatched,
+            node.replies_unmatched.saturating_sub(host.passed_on),
+        );
+        set(&c.queries_answered, node.queries_answered);
+        set(&c.queries_errors, node.errors_sent);
+        set(&c.queries_dropped, node.queries_dropped);
+        set(&c.garbage, node.garbage + host.no_node);
+        set(&c.datagrams_in, node.datagrams_in);
+        set(&c.datagrams_out, node.datagrams_out);
+        set(&c.bytes_in, node.bytes_in);
+        set(&c.bytes_out, node.bytes_out);
+        set(&c.unsent_unreachable, host.unreachable_dropped);
+        set(&c.unsent_queue_full, node.queue_full + host.send_refused);
+        let l = &self.lookups;
+        set(&c.lookups_started, l.started);
+        set(&c.lookups_finished, l.finished);
+        set(&c.lookups_failed, l.failed);
+        set(&c.lookups_no_nodes, l.no_nodes);
+        set(&c.peers_found, l.peers_found);
+        set(&c.announces_received, l.announces_received);
+        set(&c.lookups_running, self.host.lookups_running_all() as u64);
+        for (index, counts) in self.host.routing_status(now) {
+            let Some(gauges) = c.nodes.get(index) else {
+                continue;
+            };
+            gauges.running.store(true, Ordering::Relaxed);
+            for (family, statuses) in counts.iter().enumerate() {
+                for (status, n) in statuses.iter().enumerate() {
+                    set(&gauges.routing[family][status], *n);
+                }
+            }
+        }
     }
 
     /// The worker's sockets are bound: start the nodes.
@@ -249,6 +317,9 @@ impl ScanDht {
                     let torrent = key as u32;
                     let next = now + self.interval_ms(catalog, torrent);
                     self.due.push(Reverse((next, torrent)));
+                    self.lookups.finished += 1;
+                    self.lookups.failed += u64::from(result.replies == 0);
+                    self.lookups.peers_found += result.peers.len() as u64;
                     let Some(t) = catalog.try_get(torrent) else {
                         continue;
                     };
@@ -306,8 +377,8 @@ impl ScanDht {
                     id = %crate::proto::hex::encode(&new.0),
                     "DHT: node id now derived from our external address (BEP 42)"
                 ),
+                HostEvent::Announced { .. } => self.lookups.announces_received += 1,
                 HostEvent::Peers { .. }
-                | HostEvent::Announced { .. }
                 | HostEvent::Samples { .. }
                 | HostEvent::SamplesFailed { .. } => {}
             }
@@ -377,8 +448,14 @@ impl ScanDht {
                 .host
                 .get_peers(node, u64::from(torrent), Id20(t.wire_hash), options, now)
             {
-                Ok(_) => *self.lookups_started.entry(torrent).or_insert(0) += 1,
-                Err(LookupError::NoNodes) => later.push((now + RETRY_MS, torrent)),
+                Ok(_) => {
+                    *self.lookups_started.entry(torrent).or_insert(0) += 1;
+                    self.lookups.started += 1;
+                }
+                Err(LookupError::NoNodes) => {
+                    self.lookups.no_nodes += 1;
+                    later.push((now + RETRY_MS, torrent));
+                }
                 Err(LookupError::TooManyLookups(_)) => later.push((now + 500, torrent)),
             }
         }
@@ -553,6 +630,37 @@ mod tests {
         assert_eq!(lookups_of(0), 1);
         assert_eq!(lookups_of(2), 1);
         assert!(get_peers >= 2 && scrapes == 0, "{get_peers} {scrapes}");
+        // What the worker's metrics get: two lookups, one peer each, the answering node good.
+        let counters = DhtCounters::default();
+        dht.publish(&counters, 3000 * 100);
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        assert_eq!(
+            dht.lookup_counts(),
+            LookupCounts {
+                started: 2,
+                finished: 2,
+                failed: 0,
+                no_nodes: 0,
+                peers_found: 2,
+                announces_received: 0,
+            }
+        );
+        assert_eq!(load(&counters.lookups_started), 2);
+        assert_eq!(load(&counters.lookups_finished), 2);
+        assert_eq!(load(&counters.peers_found), 2);
+        assert_eq!(load(&counters.lookups_running), 0);
+        assert!(
+            load(&counters.queries_sent) >= 3,
+            "bootstrap and two lookups"
+        );
+        assert_eq!(load(&counters.replies), load(&counters.queries_sent));
+        assert_eq!(load(&counters.timeouts), 0);
+        assert_eq!(counters.good_nodes(), 1, "the one answering address");
+        assert!(counters.nodes[0].running.load(Ordering::Relaxed));
+        assert!(
+            !counters.nodes[1].running.load(Ordering::Relaxed),
+            "node 1 is worker 1's"
+        );
         drop(dht);
         writer.finish().unwrap();
         let conn = rusqlite::Connection::open(&path).unwrap();
@@ -623,6 +731,11 @@ mod tests {
             1,
             "it answered: in the routing table"
         );
+        let counters = DhtCounters::default();
+        dht.publish(&counters, 50);
+        assert_eq!(counters.queries_sent.load(Ordering::Relaxed), 1, "one ping");
+        assert_eq!(counters.replies.load(Ordering::Relaxed), 1);
+        assert_eq!(counters.good_nodes(), 1);
         drop(dht);
         writer.finish().unwrap();
     }

@@ -18,6 +18,7 @@ use super::peer_table::{flag, owner_worker, Inserted, PeerIdx, PeerTable, NOT_SC
 use super::revisit::{
     contact_time, speed_since_last_contact, RevisitPolicy, RevisitWheel, VisitResult,
 };
+use super::udp_counters::{DhtCounters, UdpTrackerCounters, UtpCounters};
 use super::udp_demux::{classify, DatagramKind};
 use super::udp_tracker::UdpTrackers;
 use crate::config::Encryption;
@@ -33,7 +34,7 @@ use crate::store::record::{
 use crate::store::writer::RecordSender;
 
 mod utp_plane;
-pub use utp_plane::{UtpSettings, UtpStats};
+pub use utp_plane::UtpSettings;
 
 /// A peer session ([`PeerSession`]: encryption layer and probe, sans-IO) adapted to the
 /// engine's conversation contract: it supplies the session's settings, torrent lookup and
@@ -303,6 +304,12 @@ pub struct WorkerCounters {
     pub udp_utp: AtomicU64,
     pub udp_tracker: AtomicU64,
     pub udp_other: AtomicU64,
+    /// uTP connections and probes (see [`utp_plane`]).
+    pub utp: UtpCounters,
+    /// The worker's DHT nodes and lookups (copied from them about once a second).
+    pub dht: DhtCounters,
+    /// UDP tracker requests and the replies dropped.
+    pub udp_trackers: UdpTrackerCounters,
 }
 
 /// How the scan watches peers (connections kept open to see the threshold crossing live).
@@ -495,7 +502,7 @@ impl ScanDriver {
 
     /// Runs the UDP tracker requests discovery routes to this worker.
     pub fn with_udp_trackers(mut self, trackers: UdpTrackers) -> ScanDriver {
-        self.udp_trackers = Some(trackers);
+        self.udp_trackers = Some(trackers.with_counters(self.counters.clone()));
         self
     }
 
@@ -1494,7 +1501,11 @@ impl WorkerDriver for ScanDriver {
                 + self.wheel.due_count(&self.table, Self::secs(now));
             self.counters.due_queue.store(due as u64, Ordering::Relaxed);
             self.unpark(now);
+            if let Some(d) = &self.dht {
+                d.publish(&self.counters.dht, now);
+            }
         }
+        self.utp_publish_gauges();
         self.last_tick = now;
         self.handle_inbox(now);
         self.flush_outbox();
@@ -1659,6 +1670,9 @@ const INCOMING_TOKEN: u64 = 1 << 63;
 impl Drop for ScanDriver {
     fn drop(&mut self) {
         self.utp_cancel_all();
+        if let Some(d) = &self.dht {
+            d.publish(&self.counters.dht, self.last_tick);
+        }
         self.flush_outbox();
         self.counters
             .mse_incoming_refused

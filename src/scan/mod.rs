@@ -15,5 +15,6 @@ pub mod peer_table;
 pub mod rdns;
 pub mod revisit;
 pub mod tls;
+pub mod udp_counters;
 pub mod udp_demux;
 pub mod udp_tracker;

@@ -13,11 +13,16 @@
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender};
 
+use super::driver::WorkerCounters;
+use super::udp_counters::bump;
 use crate::engine::{DatagramQueue, Millis};
-use crate::proto::tracker_udp::client::{Answer, Client, ClientSettings, Query, RequestId};
+use crate::proto::tracker_udp::client::{
+    Answer, Client, ClientSettings, Dropped, Query, RequestId,
+};
 
 /// Where a request's outcome goes: the answer, or the error text recorded for it.
 pub type Reply = Box<dyn FnOnce(Result<Answer, String>) + Send>;
@@ -71,6 +76,7 @@ pub fn channels(
             client: Client::new(secret(), settings),
             jobs,
             replies: HashMap::new(),
+            counters: Arc::default(),
         })
         .collect();
     (UdpTrackerRoute { workers: txs }, per_worker)
@@ -84,9 +90,17 @@ pub struct UdpTrackers {
     client: Client,
     jobs: Receiver<UdpTrackerJob>,
     replies: HashMap<RequestId, Reply>,
+    /// The worker's counters (its own until [`UdpTrackers::with_counters`]).
+    counters: Arc<WorkerCounters>,
 }
 
 impl UdpTrackers {
+    /// Count into the worker's counters (`udp_trackers`).
+    pub fn with_counters(mut self, counters: Arc<WorkerCounters>) -> UdpTrackers {
+        self.counters = counters;
+        self
+    }
+
     /// A tracker reply (or anything that looks like one) from `from`.
     pub fn on_datagram(
         &mut self,
@@ -97,6 +111,12 @@ impl UdpTrackers {
     ) {
         if let Err(why) = self.client.handle_datagram(now, from, bytes) {
             tracing::trace!(%from, ?why, "UDP tracker datagram dropped");
+            let c = &self.counters.udp_trackers;
+            bump(match why {
+                Dropped::Forged => &c.replies_forged,
+                Dropped::NotPending => &c.replies_late,
+                Dropped::TooShort => &c.replies_short,
+            });
         }
         self.flush(out);
     }
@@ -139,6 +159,7 @@ impl UdpTrackers {
                 .ok_or(crate::engine::SendRefused::NoSocket)
                 .and_then(|local| out.push(local, to, &bytes));
             if let Err(e) = sent {
+                bump(&self.counters.udp_trackers.requests_unsent);
                 // Like a datagram lost on the way: the retransmission sends it again.
                 tracing::debug!(tracker = %to, "UDP tracker request not sent: {e}");
             }
@@ -169,6 +190,56 @@ mod tests {
         }
         assert_eq!(used.len(), 4, "64 trackers use every worker");
         assert_eq!(tracker_worker(addrs[0], 1), 0);
+    }
+
+    #[test]
+    fn replies_dropped_are_counted_by_why() {
+        use crate::proto::tracker_udp::{AddressFamily, Request, Response};
+        use std::sync::atomic::Ordering;
+        let (route, mut workers) = channels(1, ClientSettings::default(), || [1; 32]);
+        let mut worker = workers.remove(0);
+        let local: SocketAddr = "127.0.0.1:6881".parse().unwrap();
+        let tracker = SocketAddr::from(([127, 0, 0, 9], 1337));
+        let mut out = DatagramQueue::unbound(16, 2048, vec![local]);
+        let job = UdpTrackerJob {
+            tracker,
+            query: Query::Scrape(vec![[0; 20]]),
+            reply: Box::new(|_| {}),
+        };
+        assert!(route.send(job).is_ok());
+        worker.poll(0, &mut out);
+        let sent = out.take_queued();
+        let [(_, to, connect)] = &sent[..] else {
+            panic!("one connect: {sent:?}")
+        };
+        assert_eq!(*to, tracker);
+        let Ok(Request::Connect { transaction_id }) = Request::decode(connect) else {
+            panic!("a connect request")
+        };
+        let reply = |transaction_id| {
+            Response::Connect {
+                transaction_id,
+                connection_id: 7,
+            }
+            .to_bytes(AddressFamily::V4)
+        };
+        let counted = |w: &UdpTrackers| {
+            let c = &w.counters.udp_trackers;
+            [&c.replies_forged, &c.replies_late, &c.replies_short]
+                .map(|a| a.load(Ordering::Relaxed))
+        };
+        // A transaction id we never gave, and ours from another address: forged.
+        worker.on_datagram(1, tracker, &reply(transaction_id ^ 1), &mut out);
+        let elsewhere = SocketAddr::from(([127, 0, 0, 10], 1337));
+        worker.on_datagram(2, elsewhere, &reply(transaction_id), &mut out);
+        assert_eq!(counted(&worker), [2, 0, 0]);
+        assert!(out.take_queued().is_empty(), "nothing sent for a forgery");
+        // The real reply moves the request on (the scrape goes out); said again, it is late.
+        worker.on_datagram(3, tracker, &reply(transaction_id), &mut out);
+        assert_eq!(out.take_queued().len(), 1, "the scrape");
+        worker.on_datagram(4, tracker, &reply(transaction_id), &mut out);
+        worker.on_datagram(5, tracker, &[0, 0, 0, 0], &mut out);
+        assert_eq!(counted(&worker), [2, 1, 1]);
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //! Labels are bounded sets only: probe kind, outcome class, transport, address family,
 //! discovery source and result, client name (from the peer-id's fixed table, at most 64
 //! names), country (ISO code of the GeoIP lookup: the first 30 seen in a run, then `other`,
-//! and `unknown`). Never an address or an info-hash.
+//! and `unknown`), the UDP plane's fixed results, reasons and states, and the DHT node number
+//! (at most `dht::host::MAX_NODE_IDS`). Never an address or an info-hash.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -27,6 +28,7 @@ use prometheus_client::registry::Registry;
 
 use crate::scan::driver::WorkerCounters;
 use crate::scan::own_addr::OwnAddresses;
+use crate::scan::udp_counters::{DhtCounters, UdpTrackerCounters, UtpCounters, MAX_DHT_NODES};
 use crate::store::writer::WriterMetrics;
 
 /// Everything the endpoint reads, shared with the scan.
@@ -75,6 +77,36 @@ fn counter(
     c.encode(e.encode_descriptor(name, help, None, c.metric_type())?)
 }
 
+/// One counter family with a single label: a series per (label value, count).
+fn counters_by(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    label: &str,
+    series: &[(&str, u64)],
+) -> Result<(), std::fmt::Error> {
+    let mut m = e.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for &(value, n) in series {
+        ConstCounter::new(n).encode(m.encode_family(&[(label, value)])?)?;
+    }
+    Ok(())
+}
+
+/// One gauge family with a single label.
+fn gauges_by(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    label: &str,
+    series: &[(&str, u64)],
+) -> Result<(), std::fmt::Error> {
+    let mut m = e.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for &(value, n) in series {
+        ConstGauge::new(n as i64).encode(m.encode_family(&[(label, value)])?)?;
+    }
+    Ok(())
+}
+
 fn histogram(
     e: &mut DescriptorEncoder,
     name: &str,
@@ -84,6 +116,264 @@ fn histogram(
     let (sum, count, buckets) = h.snapshot();
     let mut m = e.encode_descriptor(name, help, None, MetricType::Histogram)?;
     m.encode_histogram::<prometheus_client::encoding::NoLabelSet>(sum, count, &buckets, None)
+}
+
+impl ScanMetrics {
+    /// The UDP plane: datagrams by protocol, uTP connections, the DHT nodes and lookups,
+    /// UDP tracker replies dropped (`scan::udp_counters`).
+    fn encode_udp_plane(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        counters_by(
+            e,
+            "udp_datagrams_received",
+            "Datagrams received on the workers' UDP sockets, by the protocol they look like \
+             (krpc: DHT, utp, tracker: UDP tracker replies, other).",
+            "kind",
+            &[
+                ("krpc", self.sum(|c| &c.udp_krpc)),
+                ("utp", self.sum(|c| &c.udp_utp)),
+                ("tracker", self.sum(|c| &c.udp_tracker)),
+                ("other", self.sum(|c| &c.udp_other)),
+            ],
+        )?;
+
+        let utp = |f: fn(&UtpCounters) -> &AtomicU64| self.sum(move |c| f(&c.utp));
+        counter(
+            e,
+            "utp_connects_started",
+            "Outgoing uTP connects started (SYN sent).",
+            utp(|u| &u.connects_started),
+        )?;
+        counters_by(
+            e,
+            "utp_connects",
+            "Outgoing uTP connects that are over, by result: connected; timed_out (no answer \
+             to the SYN); refused (RESET or ICMP port unreachable); failed (another ICMP \
+             error, a protocol error); cancelled (the scan stopped).",
+            "result",
+            &[
+                ("connected", utp(|u| &u.connected)),
+                ("timed_out", utp(|u| &u.connect_timed_out)),
+                ("refused", utp(|u| &u.connect_refused)),
+                ("failed", utp(|u| &u.connect_failed)),
+                ("cancelled", utp(|u| &u.connect_cancelled)),
+            ],
+        )?;
+        counters_by(
+            e,
+            "utp_incoming",
+            "Incoming uTP connections (SYNs): accepted, or refused because the worker's \
+             share of peer.max_incoming was alive.",
+            "result",
+            &[
+                ("accepted", utp(|u| &u.accepted)),
+                ("refused", utp(|u| &u.incoming_refused)),
+            ],
+        )?;
+        gauges_by(
+            e,
+            "utp_connections",
+            "uTP connections open: carrying an outgoing or an incoming probe, or closing \
+             (probe over, our FIN not yet acknowledged).",
+            "state",
+            &[
+                ("outgoing", utp(|u| &u.open_outgoing)),
+                ("incoming", utp(|u| &u.open_incoming)),
+                ("closing", utp(|u| &u.closing)),
+            ],
+        )?;
+        counter(
+            e,
+            "utp_reset_by_peer",
+            "Established uTP connections the peer ended with RESET.",
+            utp(|u| &u.reset_by_peer),
+        )?;
+        counter(
+            e,
+            "utp_resets_sent",
+            "RESETs sent for uTP packets of no connection of ours.",
+            utp(|u| &u.resets_sent),
+        )?;
+        counter(
+            e,
+            "utp_resets_suppressed",
+            "Such RESETs not sent (over the per-worker rate limit).",
+            utp(|u| &u.resets_suppressed),
+        )?;
+        counter(
+            e,
+            "utp_ignored_packets",
+            "uTP packets of known connections ignored as protocol violations.",
+            utp(|u| &u.ignored_packets),
+        )?;
+
+        let dht = |f: fn(&DhtCounters) -> &AtomicU64| self.sum(move |c| f(&c.dht));
+        counter(
+            e,
+            "dht_queries_sent",
+            "KRPC queries our DHT nodes sent (lookups, pings, announces; retries included).",
+            dht(|d| &d.queries_sent),
+        )?;
+        counter(
+            e,
+            "dht_replies",
+            "Replies (answers or errors) to our DHT queries.",
+            dht(|d| &d.replies),
+        )?;
+        counter(
+            e,
+            "dht_query_timeouts",
+            "DHT queries of ours that got no reply in time.",
+            dht(|d| &d.timeouts),
+        )?;
+        counter(
+            e,
+            "dht_replies_unmatched",
+            "DHT replies dropped: a transaction id we never gave their sender (forged or \
+             late).",
+            dht(|d| &d.replies_unmatched),
+        )?;
+        counters_by(
+            e,
+            "dht_queries_received",
+            "DHT queries other nodes sent ours: answered, answered with an error, or dropped \
+             (rate limit, size budget, read-only mode, full queue).",
+            "result",
+            &[
+                ("answered", dht(|d| &d.queries_answered)),
+                ("error", dht(|d| &d.queries_errors)),
+                ("dropped", dht(|d| &d.queries_dropped)),
+            ],
+        )?;
+        counter(
+            e,
+            "dht_garbage",
+            "Datagrams that looked like KRPC but were not (or reached a socket no node uses).",
+            dht(|d| &d.garbage),
+        )?;
+        counters_by(
+            e,
+            "dht_datagrams",
+            "KRPC datagrams our DHT nodes received (in) and sent (out).",
+            "direction",
+            &[
+                ("in", dht(|d| &d.datagrams_in)),
+                ("out", dht(|d| &d.datagrams_out)),
+            ],
+        )?;
+        counters_by(
+            e,
+            "dht_bytes",
+            "KRPC bytes our DHT nodes received (in) and sent (out).",
+            "direction",
+            &[("in", dht(|d| &d.bytes_in)), ("out", dht(|d| &d.bytes_out))],
+        )?;
+        counters_by(
+            e,
+            "dht_datagrams_unsent",
+            "DHT datagrams not sent: unreachable (a loopback-bound node addressed another \
+             host) or queue_full (the node's or the worker's send queue).",
+            "reason",
+            &[
+                ("unreachable", dht(|d| &d.unsent_unreachable)),
+                ("queue_full", dht(|d| &d.unsent_queue_full)),
+            ],
+        )?;
+        counter(
+            e,
+            "dht_lookups_started",
+            "DHT get_peers lookups of the scanned torrents started.",
+            dht(|d| &d.lookups_started),
+        )?;
+        let finished = dht(|d| &d.lookups_finished);
+        let failed = dht(|d| &d.lookups_failed);
+        counters_by(
+            e,
+            "dht_lookups",
+            "DHT lookups finished: ok (some node answered) or no_answer.",
+            "result",
+            &[
+                ("ok", finished.saturating_sub(failed)),
+                ("no_answer", failed),
+            ],
+        )?;
+        counter(
+            e,
+            "dht_lookups_no_nodes",
+            "DHT lookups that could not start: the node knew no other node yet (retried).",
+            dht(|d| &d.lookups_no_nodes),
+        )?;
+        gauge(
+            e,
+            "dht_lookups_running",
+            "DHT lookups of the scanned torrents under way.",
+            dht(|d| &d.lookups_running),
+        )?;
+        counter(
+            e,
+            "dht_lookup_peers",
+            "Peers DHT lookups found (distinct within each lookup, summed over lookups).",
+            dht(|d| &d.peers_found),
+        )?;
+        counter(
+            e,
+            "dht_announces_received",
+            "announce_peer queries other nodes sent to ours.",
+            dht(|d| &d.announces_received),
+        )?;
+        {
+            let mut m = e.encode_descriptor(
+                "dht_routing_nodes",
+                "Entries in each DHT node's routing tables, by node (dht.node_ids number), \
+                 family and status (good: answered within 15 minutes; questionable; bad).",
+                None,
+                MetricType::Gauge,
+            )?;
+            for node in 0..MAX_DHT_NODES {
+                let running = self
+                    .workers
+                    .iter()
+                    .any(|c| c.dht.nodes[node].running.load(Ordering::Relaxed));
+                if !running {
+                    continue;
+                }
+                let node_label = node.to_string();
+                for (f, family) in ["ipv4", "ipv6"].into_iter().enumerate() {
+                    for (st, status) in ["good", "questionable", "bad"].into_iter().enumerate() {
+                        let n = self.sum(|c| &c.dht.nodes[node].routing[f][st]);
+                        let labels = [
+                            ("node", node_label.as_str()),
+                            ("family", family),
+                            ("status", status),
+                        ];
+                        ConstGauge::new(n as i64).encode(m.encode_family(&labels)?)?;
+                    }
+                }
+            }
+        }
+
+        let trackers =
+            &|f: fn(&UdpTrackerCounters) -> &AtomicU64| self.sum(move |c| f(&c.udp_trackers));
+        counters_by(
+            e,
+            "udp_tracker_replies_dropped",
+            "UDP tracker replies dropped: forged (a transaction id we never gave that \
+             address), late (valid, but nothing waits for it any more), short.",
+            "reason",
+            &[
+                ("forged", trackers(|t| &t.replies_forged)),
+                ("late", trackers(|t| &t.replies_late)),
+                ("short", trackers(|t| &t.replies_short)),
+            ],
+        )?;
+        counter(
+            e,
+            "udp_tracker_requests_unsent",
+            "UDP tracker requests the worker's send queue refused (sent again on their \
+             retransmission timer).",
+            trackers(|t| &t.requests_unsent),
+        )?;
+        Ok(())
+    }
 }
 
 impl Collector for ScanMetrics {
@@ -328,6 +618,7 @@ impl Collector for ScanMetrics {
             "Addresses from trackers and PEX that were our own.",
             self.own.dropped(),
         )?;
+        self.encode_udp_plane(&mut e)?;
         gauge(
             &mut e,
             "threads_stalled",

@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 
 use super::monitor::Ended;
 use super::start::Running;
+use crate::scan::udp_counters::{DhtSummary, UdpDatagramSummary, UdpTrackerSummary, UtpSummary};
 
 /// What a finished scan did.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -46,6 +47,14 @@ pub struct RunSummary {
     /// Metadata offers turned away while `peer.metadata_fetches_per_torrent` /
     /// `peer.metadata_fetches` were under way.
     pub metadata_refused_busy: u64,
+    /// uTP connects by how they ended, incoming uTP connections, RESETs.
+    pub utp: UtpSummary,
+    /// DHT queries, replies, lookups, peers found, good nodes at the stop.
+    pub dht: DhtSummary,
+    /// UDP tracker replies dropped (forged, late, short) and requests not sent.
+    pub udp_trackers: UdpTrackerSummary,
+    /// Datagrams received on the UDP sockets, by protocol.
+    pub udp_datagrams: UdpDatagramSummary,
 }
 
 impl Running {
@@ -114,6 +123,10 @@ impl Running {
             metadata_fetches: metadata.started.load(Ordering::Relaxed),
             metadata_refused_too_large: metadata.refused_too_large.load(Ordering::Relaxed),
             metadata_refused_busy: metadata.refused_busy.load(Ordering::Relaxed),
+            utp: UtpSummary::of(&self.counters),
+            dht: DhtSummary::of(&self.counters),
+            udp_trackers: UdpTrackerSummary::of(&self.counters),
+            udp_datagrams: UdpDatagramSummary::of(&self.counters),
         })
     }
 }

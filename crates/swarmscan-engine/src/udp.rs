@@ -282,6 +282,33 @@ impl DatagramQueue {
     pub fn pending(&self) -> usize {
         self.in_flight + self.queued.len()
     }
+
+    /// A queue no ring drains, sending "from" `locals`: drives a driver's datagram path
+    /// without sockets (unit tests, benchmarks); [`DatagramQueue::take_queued`] empties it.
+    pub fn unbound(
+        send_slots: usize,
+        max_datagram: usize,
+        locals: Vec<SocketAddr>,
+    ) -> DatagramQueue {
+        DatagramQueue::new(send_slots, max_datagram, locals)
+    }
+
+    /// Takes the datagrams queued and not yet submitted, oldest first: (local, to, bytes).
+    /// Only for a queue no ring drains ([`DatagramQueue::unbound`]).
+    pub fn take_queued(&mut self) -> Vec<(SocketAddr, SocketAddr, Vec<u8>)> {
+        let mut out = Vec::with_capacity(self.queued.len());
+        for index in std::mem::take(&mut self.queued) {
+            let slot = &self.slots[index as usize];
+            let start = index as usize * self.max_datagram;
+            out.push((
+                self.locals[slot.socket],
+                slot.to_addr,
+                self.bytes[start..start + slot.len].to_vec(),
+            ));
+            self.free.push(index);
+        }
+        out
+    }
 }
 
 struct UdpSocket {

@@ -34,7 +34,8 @@ use crate::engine::DatagramQueue;
 use crate::proto::probe::ProbeEnd;
 use crate::proto::session::Fallback;
 use crate::proto::utp::{self, CloseReason, PacketType, State, UtpConnection};
-use std::sync::atomic::Ordering;
+use crate::scan::udp_counters::{bump, UtpCounters};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// RESETs sent for packets of unknown connections, per worker and second.
 pub const MAX_RESETS_PER_SEC: u32 = 200;
@@ -114,17 +115,6 @@ struct UtpProbe {
     linger_until: Millis,
 }
 
-/// Counters of the uTP plane (logged when the worker ends).
-#[derive(Debug, Default, Clone, Copy)]
-pub struct UtpStats {
-    pub started: u64,
-    pub accepted: u64,
-    pub incoming_refused: u64,
-    pub resets_sent: u64,
-    pub resets_suppressed: u64,
-    pub ignored_packets: u64,
-}
-
 /// The worker's uTP connections, timers, budget and transport memory.
 pub struct UtpPlane {
     settings: UtpSettings,
@@ -140,7 +130,6 @@ pub struct UtpPlane {
     unsent: Vec<(SocketAddr, SocketAddr, Vec<u8>)>,
     /// (second, RESETs sent in it).
     resets: (Millis, u32),
-    pub stats: UtpStats,
 }
 
 impl UtpPlane {
@@ -162,7 +151,6 @@ impl UtpPlane {
             ways: HashMap::new(),
             unsent: Vec::new(),
             resets: (0, 0),
-            stats: UtpStats::default(),
         }
     }
 
@@ -247,6 +235,34 @@ fn close_errno(reason: CloseReason, connected: bool) -> Option<i32> {
     }
 }
 
+impl UtpCounters {
+    /// The counter a connection handed back this way adds to, if any: how an outgoing
+    /// connect that never came up ended, or an established connection the peer reset.
+    fn ending(
+        &self,
+        incoming: bool,
+        connected_at: Option<Millis>,
+        ending: Ending,
+    ) -> Option<&AtomicU64> {
+        let errno = match ending {
+            Ending::Closed(errno) => errno,
+            Ending::Finished => None,
+        };
+        if connected_at.is_some() {
+            return (errno == Some(libc::ECONNRESET)).then_some(&self.reset_by_peer);
+        }
+        if incoming {
+            return None;
+        }
+        Some(match errno {
+            Some(libc::ETIMEDOUT) => &self.connect_timed_out,
+            Some(libc::ECONNREFUSED) => &self.connect_refused,
+            Some(libc::ECANCELED) => &self.connect_cancelled,
+            _ => &self.connect_failed,
+        })
+    }
+}
+
 impl ScanDriver {
     /// uTP (`net.utp`) with this worker's budgets.
     pub fn with_utp(mut self, settings: UtpSettings) -> ScanDriver {
@@ -261,9 +277,18 @@ impl ScanDriver {
             .wrapping_add(self.worker as u64 + 1)
     }
 
-    /// The uTP plane's counters so far.
-    pub fn utp_stats(&self) -> UtpStats {
-        self.utp.stats
+    /// Sets the gauges of open connections (the counters are counted as things happen).
+    pub(super) fn utp_publish_gauges(&self) {
+        let c = &self.counters.utp;
+        let live = self.utp.outgoing + self.utp.incoming;
+        c.open_outgoing
+            .store(self.utp.outgoing as u64, Ordering::Relaxed);
+        c.open_incoming
+            .store(self.utp.incoming as u64, Ordering::Relaxed);
+        c.closing.store(
+            self.utp.conns.len().saturating_sub(live) as u64,
+            Ordering::Relaxed,
+        );
     }
 
     /// The engine asks for a probe: due peers are taken one by one; those whose way is uTP
@@ -318,7 +343,7 @@ impl ScanDriver {
         let (conn, syn) = UtpConnection::connect(id, seq, now_us);
         self.utp.unsent.push((local, remote, syn));
         self.utp.outgoing += 1;
-        self.utp.stats.started += 1;
+        bump(&self.counters.utp.connects_started);
         let mut p = UtpProbe {
             conn,
             conv: Some(req.conv.over_utp()),
@@ -359,7 +384,7 @@ impl ScanDriver {
         if let Some(mut p) = self.utp.conns.remove(&(from, ours)) {
             let now_us = self.utp.now_us();
             if p.conn.on_datagram(bytes, now_us).is_err() {
-                self.utp.stats.ignored_packets += 1;
+                bump(&self.counters.utp.ignored_packets);
                 p.ignored += 1;
                 if p.ignored > MAX_IGNORED_PACKETS {
                     if let Some(reset) = p.conn.reset(now_us) {
@@ -390,7 +415,7 @@ impl ScanDriver {
             self.utp.resets = (second, 0);
         }
         if self.utp.resets.1 >= MAX_RESETS_PER_SEC {
-            self.utp.stats.resets_suppressed += 1;
+            bump(&self.counters.utp.resets_suppressed);
             return;
         }
         let seq = self.utp.random() as u16;
@@ -398,7 +423,7 @@ impl ScanDriver {
         if let Some(reset) = utp::reset_for_unknown(bytes, seq, now_us) {
             if reset.len() <= bytes.len() && out.push(local, from, &reset).is_ok() {
                 self.utp.resets.1 += 1;
-                self.utp.stats.resets_sent += 1;
+                bump(&self.counters.utp.resets_sent);
             }
         }
     }
@@ -418,7 +443,7 @@ impl ScanDriver {
             return;
         }
         if self.utp.incoming >= self.utp.settings.max_incoming {
-            self.utp.stats.incoming_refused += 1;
+            bump(&self.counters.utp.incoming_refused);
             return;
         }
         if self.blocklist.blocks(&from) {
@@ -452,7 +477,7 @@ impl ScanDriver {
         };
         p.conn.write(&send);
         self.utp.incoming += 1;
-        self.utp.stats.accepted += 1;
+        bump(&self.counters.utp.accepted);
         self.utp_drive(now, p, out);
     }
 
@@ -524,6 +549,7 @@ impl ScanDriver {
             let mut closed = None;
             if p.connected_at.is_none() && p.conn.is_connected() {
                 p.connected_at = Some(now);
+                bump(&self.counters.utp.connected);
                 conv.on_connected(now, &mut send);
             }
             if p.connected_at.is_some() {
@@ -595,6 +621,9 @@ impl ScanDriver {
         if let Ending::Closed(errno) = ending {
             conv.on_closed(now, errno);
         }
+        if let Some(counter) = self.counters.utp.ending(p.incoming, p.connected_at, ending) {
+            bump(counter);
+        }
         if p.incoming {
             self.utp.incoming -= 1;
         } else {
@@ -623,7 +652,8 @@ impl ScanDriver {
                 self.utp_hand_back(now, &mut p, Ending::Closed(Some(libc::ECANCELED)));
             }
         }
-        tracing::debug!(worker = self.worker, stats = ?self.utp.stats, "uTP plane ended");
+        self.utp_publish_gauges();
+        tracing::debug!(worker = self.worker, counters = ?self.counters.utp, "uTP plane ended");
     }
 
     /// When the uTP plane wants the worker awake next.
@@ -848,6 +878,88 @@ mod tests {
         d.on_udp_bound(&["[::1]:6881".parse().unwrap()]);
         assert!(!d.transport_after_probe(idx, refused(false), NO_FALLBACK, false));
         assert!(!d.utp.prefers_utp(idx));
+    }
+
+    fn load(a: &AtomicU64) -> u64 {
+        a.load(Ordering::Relaxed)
+    }
+
+    #[test]
+    fn incoming_syns_are_counted_as_accepted_or_refused_and_strays_get_a_counted_reset() {
+        let local: SocketAddr = "127.0.0.1:6881".parse().unwrap();
+        let peer: SocketAddr = "127.0.0.9:7001".parse().unwrap();
+        let mut out = DatagramQueue::unbound(16, 2048, vec![local]);
+        let (_w, _dir, _, mut d) = driver(UtpMode::Fallback);
+        let (_peer_conn, syn) = UtpConnection::connect(100, 1, 0);
+        d.utp_datagram(10, local, peer, &syn, &mut out);
+        let c = &d.counters.utp;
+        assert_eq!((load(&c.accepted), load(&c.incoming_refused)), (1, 0));
+        let sent = out.take_queued();
+        assert!(
+            sent.iter()
+                .any(|(from, to, _)| *from == local && *to == peer),
+            "the SYN is answered: {sent:?}"
+        );
+        d.utp_publish_gauges();
+        assert_eq!(load(&c.open_incoming), 1);
+        assert_eq!(load(&c.open_outgoing), 0);
+        // Our STATE, sent back from another address, names no connection there: RESET.
+        let (_, _, state) = &sent[0];
+        let stranger: SocketAddr = "127.0.0.10:7002".parse().unwrap();
+        d.utp_datagram(20, local, stranger, state, &mut out);
+        assert_eq!(load(&d.counters.utp.resets_sent), 1);
+        assert!(out.take_queued().iter().any(|(_, to, _)| *to == stranger));
+
+        // No room for incoming connections: the SYN is ignored, and counted.
+        let (_w, _dir, _, mut d) = driver(UtpMode::Fallback);
+        d.utp.settings.max_incoming = 0;
+        d.utp_datagram(10, local, peer, &syn, &mut out);
+        let c = &d.counters.utp;
+        assert_eq!((load(&c.accepted), load(&c.incoming_refused)), (0, 1));
+        assert!(out.take_queued().is_empty());
+    }
+
+    #[test]
+    fn each_way_a_utp_connection_ends_has_its_counter() {
+        let c = UtpCounters::default();
+        let closed = |errno| Ending::Closed(Some(errno));
+        let counter = |incoming, connected: Option<Millis>, ending| {
+            c.ending(incoming, connected, ending)
+                .map(|a| a as *const AtomicU64)
+        };
+        let is = |a: &AtomicU64| Some(a as *const AtomicU64);
+        assert_eq!(
+            counter(false, None, closed(libc::ETIMEDOUT)),
+            is(&c.connect_timed_out)
+        );
+        assert_eq!(
+            counter(false, None, closed(libc::ECONNREFUSED)),
+            is(&c.connect_refused)
+        );
+        assert_eq!(
+            counter(false, None, closed(libc::ECANCELED)),
+            is(&c.connect_cancelled)
+        );
+        assert_eq!(
+            counter(false, None, closed(libc::EHOSTUNREACH)),
+            is(&c.connect_failed)
+        );
+        assert_eq!(
+            counter(false, None, closed(libc::EPROTO)),
+            is(&c.connect_failed)
+        );
+        // Once connected, only a reset by the peer is counted (`connected` counted it up).
+        assert_eq!(
+            counter(false, Some(5), closed(libc::ECONNRESET)),
+            is(&c.reset_by_peer)
+        );
+        assert_eq!(
+            counter(true, Some(5), closed(libc::ECONNRESET)),
+            is(&c.reset_by_peer)
+        );
+        assert_eq!(counter(false, Some(5), Ending::Finished), None);
+        assert_eq!(counter(true, Some(5), Ending::Closed(None)), None);
+        assert_eq!(counter(false, Some(5), closed(libc::ETIMEDOUT)), None);
     }
 
     #[test]

@@ -225,6 +225,8 @@ pub struct DhtStats {
     pub garbage: u64,
     /// Replies whose transaction id we did not issue to their source.
     pub replies_unmatched: u64,
+    /// Queries we sent (lookups, pings, announces, samples; retries included).
+    pub queries_sent: u64,
     pub replies: u64,
     pub timeouts: u64,
     pub queue_full: u64,
@@ -886,6 +888,7 @@ impl DhtNode {
         if !self.push_datagram(to, msg.encode()) {
             return false;
         }
+        self.stats.queries_sent += 1;
         let deadline = now + self.config.query_timeout;
         self.outstanding.insert(
             (to, seq),

@@ -642,6 +642,11 @@ fn accepts_libtorrents_replies() {
         n.table(false).contains(&lt_id, lt),
         "libtorrent is in our table"
     );
+    assert_eq!(
+        (n.stats().queries_sent, n.stats().replies),
+        (1, 1),
+        "one ping sent, one reply"
+    );
 
     // get_peers lookup: its `nodes` become candidates, its values peers, its filters estimates.
     let options = GetPeersOptions {
