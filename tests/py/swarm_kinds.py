@@ -26,8 +26,8 @@ Kinds, taken in turn (so that every kind is spread over the whole run):
   utpinenc as utpin, with encryption forced both ways.
 --kinds picks the kinds (comma-separated, taken in turn; default plain,nat,enc,v6).
 The seeder listens on 127.0.0.x and on ::1. In every kind, every second leecher (from the first)
-quits the moment it finishes (it exits on libtorrent's torrent_finished_alert); the others keep
-seeding until the end.
+quits the moment it finishes (on libtorrent's torrent_finished_alert it exits the way
+libtorrent clients do: see quit_like_a_client); the others keep seeding until the end.
 
 Protocol on stdout, JSON lines (times are Unix milliseconds):
   {"event": "torrent", "path", "info_hash", "pieces", "piece_length", "size"}
@@ -150,6 +150,29 @@ def session_settings(kind, listen, outgoing, rate):
     return settings
 
 
+def quit_like_a_client(s, h, limit_secs=2.0):
+    """Quits the moment the download finished, the way libtorrent clients exit (qBittorrent
+    and Deluge alike): pause the session, save resume data, then destroy the session (its
+    destructor tells the trackers it stopped, waiting at most stop_tracker_timeout, 5 s).
+
+    Pausing first closes the peer connections while the network still runs. That matters over
+    uTP: libtorrent holds a small write back for one round trip while an earlier one is unacked
+    (Nagle), so the last `have`s of a burst of finished pieces wait for the peer's ack; on a
+    paused connection they are flushed before its FIN. Destroying the session at once instead
+    closes the UDP socket with them inside, so no peer ever sees those pieces (seen in a capture:
+    the crossing `have` never left the client). Not os._exit() at once either: that is a crash,
+    and loses queued `have`s over TCP too.
+    """
+    s.pause()
+    h.save_resume_data()
+    deadline = time.monotonic() + limit_secs
+    while time.monotonic() < deadline:
+        s.wait_for_alert(50)
+        if any(isinstance(a, (lt.save_resume_data_alert, lt.save_resume_data_failed_alert))
+               for a in s.pop_alerts()):
+            return
+
+
 def run_client(argv):
     """One libtorrent session with one torrent; reports on stdout until stdin closes."""
     ap = argparse.ArgumentParser(prog="swarm_kinds.py client")
@@ -209,13 +232,8 @@ def run_client(argv):
                 at = now_ms()
                 emit({"event": "finished", "name": name, "at": at})
                 if args.quits:
-                    # Quit the moment it finishes, the way a client exits: libtorrent's own
-                    # shutdown (the session's destructor closes its connections and tells
-                    # the trackers it stopped, waiting at most stop_tracker_timeout, 5 s).
-                    # Not os._exit() at once: that is a crash, and a crash right after the
-                    # last pieces can lose `have` messages libtorrent had queued but not yet
-                    # written, which no peer could ever see.
                     emit({"event": "quit", "name": name, "at": now_ms()})
+                    quit_like_a_client(s, h)
                     del h, a
                     del s
                     sys.stdout.flush()
