@@ -6,10 +6,14 @@
 //! set of known nodes (the routing table's, and those the answers name) and asks each in turn
 //! for a sample with a random target, so the answers' `nodes` spread the walk over the key
 //! space. A node is asked again only after the `interval` it gave (BEP 51; at least
-//! [`MIN_INTERVAL`]), a node that fails twice is dropped, and queries go out at most `--rate`
-//! per second. Each (info-hash, node id) sighting is stored with its first and last time; the
+//! [`MIN_INTERVAL`]), a node that fails twice is dropped, and queries go out at most
+//! `dht.crawl_rate` (or `--rate`) per second. Each (info-hash, node id) sighting is stored with its first and last time; the
 //! worker hands sightings over in batches and this thread (the only one writing) stores them,
 //! so a stop (`--for`, SIGINT, SIGTERM) loses nothing already received.
+//!
+//! The crawl is a DHT activity: with `dht.enabled = false` it refuses to start. Like `run`
+//! and `sink` it holds the database's instance lock (`service::instance`) while it runs, and
+//! ignores SIGUSR1 (which `add`/`remove` send only to a `run`).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -41,6 +45,8 @@ const MAX_FAILURES: u8 = 2;
 const RETRY_AFTER: Duration = Duration::from_secs(30);
 /// Sightings are handed to the storing thread this often (and at the end).
 const FLUSH_EVERY_MS: Millis = 500;
+/// Most `sample_infohashes` queries per second (`dht.crawl_rate`, `--rate`).
+pub const MAX_RATE: u32 = 10_000;
 
 #[derive(clap::Args, Debug)]
 pub struct CrawlArgs {
@@ -50,9 +56,10 @@ pub struct CrawlArgs {
     /// crawl runs until SIGINT/SIGTERM.
     #[arg(long = "for", value_name = "DURATION", value_parser = crate::cli::run_cmd::parse_duration)]
     pub duration: Option<Duration>,
-    /// `sample_infohashes` queries per second, at most (1 to 10000).
-    #[arg(long, default_value_t = 50, value_parser = crate::limits::count::<u32>(1, 10_000))]
-    pub rate: u32,
+    /// `sample_infohashes` queries per second, at most (1 to 10000); overrides
+    /// `dht.crawl_rate` (default 50).
+    #[arg(long, value_parser = crate::limits::count::<u32>(1, MAX_RATE as u64))]
+    pub rate: Option<u32>,
     /// Print a JSON summary at the end.
     #[arg(long)]
     pub json: bool,
@@ -317,7 +324,47 @@ pub fn store_sightings(store: &Store, sightings: &[Sighting]) -> Result<(), Stri
 
 pub fn run(args: &CrawlArgs) -> i32 {
     crate::logging::init();
-    match crawl(args) {
+    let config = match args.config.load() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("swarmscan: crawl: {e}");
+            return 2;
+        }
+    };
+    if !config.dht.enabled {
+        eprintln!(
+            "swarmscan: crawl: dht.enabled = false: the crawl is a DHT activity (a DHT node of \
+             ours queries other nodes) and does not run with the DHT turned off; set \
+             dht.enabled = true to crawl"
+        );
+        return 2;
+    }
+    let rate = args.rate.unwrap_or(config.dht.crawl_rate);
+    // Handlers before the lock file names this process: SIGUSR1's default action would end
+    // it, and a SIGINT between the lock and the crawl must still stop it cleanly.
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        if let Err(e) = signal_hook::flag::register(sig, stop.clone()) {
+            eprintln!("swarmscan: crawl: signal handler: {e}");
+            return 1;
+        }
+    }
+    if let Err(e) = crate::service::instance::ignore_wake_signal() {
+        eprintln!("swarmscan: crawl: {e}");
+        return 1;
+    }
+    // One run, crawl or sink per database, held until this function returns.
+    let _instance = match crate::service::instance::InstanceLock::acquire(
+        &config.database,
+        crate::service::instance::Holder::Crawl,
+    ) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("swarmscan: crawl: {e}");
+            return 2;
+        }
+    };
+    match crawl(args, &config, rate, stop) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("swarmscan: crawl: {e}");
@@ -326,9 +373,13 @@ pub fn run(args: &CrawlArgs) -> i32 {
     }
 }
 
-fn crawl(args: &CrawlArgs) -> Result<(), String> {
-    let config = args.config.load().map_err(|e| e.to_string())?;
-    let settings: crate::dht::DhtSettings = (&config).into();
+fn crawl(
+    args: &CrawlArgs,
+    config: &crate::config::Config,
+    rate: u32,
+    stop: Arc<AtomicBool>,
+) -> Result<(), String> {
+    let settings: crate::dht::DhtSettings = config.into();
     let store = Store::open(&config.database).map_err(|e| e.to_string())?;
     let remembered: Vec<(Id20, SocketAddr)> = store
         .dht_nodes()
@@ -346,11 +397,6 @@ fn crawl(args: &CrawlArgs) -> Result<(), String> {
             "no DHT node to start from: dht.bootstrap gives none this socket can reach, and the database remembers none".into(),
         );
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, stop.clone())
-            .map_err(|e| format!("signal handler: {e}"))?;
-    }
     let started = now_unix_ms();
     let (tx, rx) = mpsc::channel::<ToStore>();
     let host = DhtHost::new(HostConfig {
@@ -367,7 +413,7 @@ fn crawl(args: &CrawlArgs) -> Result<(), String> {
         known: HashMap::new(),
         due: VecDeque::new(),
         waiting: BinaryHeap::new(),
-        rate: args.rate as f64,
+        rate: f64::from(rate),
         tokens: 1.0,
         last_refill: 0,
         last_table_scan: None,
@@ -460,6 +506,7 @@ fn crawl(args: &CrawlArgs) -> Result<(), String> {
             "{}",
             serde_json::json!({
                 "seconds": (ended - started) as f64 / 1000.0,
+                "rate": rate,
                 "stats": stats,
                 "sightings_stored": stored,
                 "info_hashes_in_database": distinct,
@@ -467,7 +514,7 @@ fn crawl(args: &CrawlArgs) -> Result<(), String> {
         );
     } else {
         println!(
-            "swarmscan: crawled {:.0}s: {} sample_infohashes queries, {} answers, {} failed, {} nodes known; {} sightings stored, {distinct} distinct info-hashes in {}",
+            "swarmscan: crawled {:.0}s: {} sample_infohashes queries (at most {rate}/s), {} answers, {} failed, {} nodes known; {} sightings stored, {distinct} distinct info-hashes in {}",
             (ended - started) as f64 / 1000.0,
             stats.queries,
             stats.answers,
