@@ -273,8 +273,11 @@ fn a_crawl_holds_its_database_against_a_second_crawl_a_sink_and_a_run_and_surviv
         let (code, _, err) = output(&mut swarmscan_on(&db, &args, &sets));
         assert_eq!(code, Some(2), "{args:?}: {err}");
         assert!(
-            err.contains(&format!("swarmscan: {}: the database {}", args[0], db.display()))
-                && err.contains(&format!("in use by a running `swarmscan crawl` (pid {pid}"))
+            err.contains(&format!(
+                "swarmscan: {}: the database {}",
+                args[0],
+                db.display()
+            )) && err.contains(&format!("in use by a running `swarmscan crawl` (pid {pid}"))
                 && err.contains("crawl.sqlite.pid"),
             "{args:?}: {err}"
         );
@@ -283,7 +286,9 @@ fn a_crawl_holds_its_database_against_a_second_crawl_a_sink_and_a_run_and_surviv
     let (code, added, err) = output(&mut swarmscan_on(&db, &["add", hash], &[]));
     assert_eq!(code, Some(0), "{err}");
     assert!(
-        added.contains(&format!("a `swarmscan crawl` (pid {pid}) holds this database")),
+        added.contains(&format!(
+            "a `swarmscan crawl` (pid {pid}) holds this database"
+        )),
         "{added}"
     );
     // A SIGUSR1 from elsewhere (an older `add`, a hand) does not end it either.

@@ -595,8 +595,11 @@ fn a_sink_holds_its_database_against_a_second_sink_a_crawl_and_a_run_and_survive
         let err = text(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
         assert!(
-            err.contains(&format!("swarmscan: {}: the database {}", args[0], db.display()))
-                && err.contains(&format!("in use by a running `swarmscan sink` (pid {pid}"))
+            err.contains(&format!(
+                "swarmscan: {}: the database {}",
+                args[0],
+                db.display()
+            )) && err.contains(&format!("in use by a running `swarmscan sink` (pid {pid}"))
                 && err.contains("sink.sqlite.pid"),
             "{args:?}: {err}"
         );
@@ -604,7 +607,9 @@ fn a_sink_holds_its_database_against_a_second_sink_a_crawl_and_a_run_and_survive
     // `add` stores the torrent and names the sink instead of signalling it.
     let added = text(&swarmscan(&["add", hash], &db).stdout);
     assert!(
-        added.contains(&format!("a `swarmscan sink` (pid {pid}) holds this database")),
+        added.contains(&format!(
+            "a `swarmscan sink` (pid {pid}) holds this database"
+        )),
         "{added}"
     );
     // A SIGUSR1 from elsewhere (an older `add`, a hand) does not end it either.

@@ -116,9 +116,7 @@ impl InstanceLock {
             if let Err(e) = file
                 .set_len(0)
                 .and_then(|()| file.rewind())
-                .and_then(|()| {
-                    writeln!(file, "{}\n{}", std::process::id(), holder.command())
-                })
+                .and_then(|()| writeln!(file, "{}\n{}", std::process::id(), holder.command()))
                 .and_then(|()| file.flush())
             {
                 tracing::warn!(
