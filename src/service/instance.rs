@@ -119,10 +119,15 @@ impl InstanceLock {
                 .and_then(|()| writeln!(file, "{}\n{}", std::process::id(), holder.command()))
                 .and_then(|()| file.flush())
             {
+                let consequence = match holder {
+                    Holder::Run => "add and remove reach this scan at its next poll",
+                    Holder::Crawl | Holder::Sink => {
+                        "a second run, crawl or sink is still refused, without the holder named"
+                    }
+                };
                 tracing::warn!(
-                    "lock file {}: pid not written ({e}); add and remove reach this {} at its next poll",
-                    path.display(),
-                    holder.command()
+                    "lock file {}: pid not written ({e}); {consequence}",
+                    path.display()
                 );
             }
             return Ok(InstanceLock { file, path });
