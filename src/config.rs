@@ -315,6 +315,8 @@ pub struct DhtSection {
     pub read_only: bool,
     /// `announce_peer` ourselves to the closest nodes after each lookup.
     pub announce: bool,
+    /// `swarmscan crawl`: `sample_infohashes` queries per second, at most.
+    pub crawl_rate: u32,
 }
 
 /// The well-known DHT routers, the default `dht.bootstrap`.
@@ -334,6 +336,7 @@ impl Default for DhtSection {
             max_lookups: 8,
             read_only: false,
             announce: false,
+            crawl_rate: 50,
         }
     }
 }
@@ -854,6 +857,12 @@ pub const KEY_DOCS: &[(&str, &str)] = &[
          we count.",
     ),
     (
+        "dht.crawl_rate",
+        "`swarmscan crawl`: BEP 51 sample_infohashes queries per second, at most (1–10000); the\n\
+         crawl's --rate overrides it. The crawl is a DHT activity: it refuses to run when\n\
+         dht.enabled = false.",
+    ),
+    (
         "bttest.listen",
         "Control address of `swarmscan bttest server`; the test ports listen on the same IP.\n\
          Loopback by default; a server for real paths uses e.g. \"0.0.0.0:6880\". Also the port\n\
@@ -1215,6 +1224,12 @@ impl Config {
         check_count(d.node_ids as u64, 1, crate::dht::host::MAX_NODE_IDS as u64)
             .map_err(named("dht.node_ids"))?;
         check_count(d.max_lookups as u64, 1, 64).map_err(named("dht.max_lookups"))?;
+        check_count(
+            u64::from(d.crawl_rate),
+            1,
+            u64::from(crate::crawl::MAX_RATE),
+        )
+        .map_err(named("dht.crawl_rate"))?;
         for entry in &d.bootstrap {
             check_bootstrap_entry(entry).map_err(named("dht.bootstrap"))?;
         }

@@ -6,10 +6,20 @@
 //! set of known nodes (the routing table's, and those the answers name) and asks each in turn
 //! for a sample with a random target, so the answers' `nodes` spread the walk over the key
 //! space. A node is asked again only after the `interval` it gave (BEP 51; at least
-//! [`MIN_INTERVAL`]), a node that fails twice is dropped, and queries go out at most `--rate`
-//! per second. Each (info-hash, node id) sighting is stored with its first and last time; the
-//! worker hands sightings over in batches and this thread (the only one writing) stores them,
-//! so a stop (`--for`, SIGINT, SIGTERM) loses nothing already received.
+//! [`MIN_INTERVAL`]), a node that fails twice is dropped, and queries go out at most
+//! `dht.crawl_rate` (or `--rate`) per second. Each (info-hash, node id) sighting is stored
+//! with its first and last time; the worker hands sightings over in batches and this thread
+//! (the only one writing) stores them, so a stop (`--for`, SIGINT, SIGTERM) loses nothing
+//! already received.
+//!
+//! A database that refuses a commit (disk full, I/O error, locked) loses nothing either: the
+//! sightings are held ([`Held`]) and stored again with back-off, as the scan's writer does;
+//! when the database has refused every commit for `store.unwritable_secs` the crawl stops
+//! and exits 1 saying why and how many sightings were not stored, rather than crawl on blind.
+//!
+//! The crawl is a DHT activity: with `dht.enabled = false` it refuses to start. Like `run`
+//! and `sink` it holds the database's instance lock (`service::instance`) while it runs, and
+//! ignores SIGUSR1 (which `add`/`remove` send only to a `run`).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -41,6 +51,14 @@ const MAX_FAILURES: u8 = 2;
 const RETRY_AFTER: Duration = Duration::from_secs(30);
 /// Sightings are handed to the storing thread this often (and at the end).
 const FLUSH_EVERY_MS: Millis = 500;
+/// Most `sample_infohashes` queries per second (`dht.crawl_rate`, `--rate`).
+pub const MAX_RATE: u32 = 10_000;
+/// Sightings held for a database that refuses commits before the crawl gives up early
+/// (about 50 MB; at the default rate, hours of answers).
+const MAX_HELD: usize = 1_000_000;
+/// First and longest wait between two attempts to store held sightings.
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(2);
 
 #[derive(clap::Args, Debug)]
 pub struct CrawlArgs {
@@ -50,9 +68,10 @@ pub struct CrawlArgs {
     /// crawl runs until SIGINT/SIGTERM.
     #[arg(long = "for", value_name = "DURATION", value_parser = crate::cli::run_cmd::parse_duration)]
     pub duration: Option<Duration>,
-    /// `sample_infohashes` queries per second, at most (1 to 10000).
-    #[arg(long, default_value_t = 50, value_parser = crate::limits::count::<u32>(1, 10_000))]
-    pub rate: u32,
+    /// `sample_infohashes` queries per second, at most (1 to 10000); overrides
+    /// `dht.crawl_rate` (default 50).
+    #[arg(long, value_parser = crate::limits::count::<u32>(1, MAX_RATE as u64))]
+    pub rate: Option<u32>,
     /// Print a JSON summary at the end.
     #[arg(long)]
     pub json: bool,
@@ -287,6 +306,107 @@ fn now_unix_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// Sightings received and not yet stored, tried again with back-off while the database
+/// refuses commits (the whole set each time, in one transaction: storing is idempotent).
+struct Held {
+    database: std::path::PathBuf,
+    unwritable: Duration,
+    sightings: Vec<Sighting>,
+    /// Sightings committed.
+    stored: u64,
+    /// Sightings dropped after giving up.
+    not_stored: u64,
+    failing: Option<Failing>,
+    /// Why the crawl gave up on the database.
+    gave_up: Option<String>,
+}
+
+struct Failing {
+    since: Instant,
+    retry_at: Instant,
+    backoff: Duration,
+}
+
+impl Held {
+    fn new(database: &std::path::Path, unwritable: Duration) -> Held {
+        Held {
+            database: database.to_path_buf(),
+            unwritable,
+            sightings: Vec::new(),
+            stored: 0,
+            not_stored: 0,
+            failing: None,
+            gave_up: None,
+        }
+    }
+
+    fn take(&mut self, sightings: Vec<Sighting>) {
+        if self.gave_up.is_some() {
+            self.not_stored += sightings.len() as u64;
+        } else {
+            self.sightings.extend(sightings);
+        }
+    }
+
+    /// Stores what is held, unless a retry is not due yet. Gives up when the database has
+    /// refused every commit for `unwritable`, or sooner when it holds [`MAX_HELD`].
+    fn store(&mut self, store: &Store, now: Instant) {
+        if self.gave_up.is_some()
+            || self.sightings.is_empty()
+            || self.failing.as_ref().is_some_and(|f| now < f.retry_at)
+        {
+            return;
+        }
+        let e = match store_sightings(store, &self.sightings) {
+            Ok(()) => {
+                self.stored += self.sightings.len() as u64;
+                self.sightings.clear();
+                if let Some(f) = self.failing.take() {
+                    tracing::warn!(
+                        "crawl: the database {} is writable again after {:.1} s",
+                        self.database.display(),
+                        now.duration_since(f.since).as_secs_f64()
+                    );
+                }
+                return;
+            }
+            Err(e) => e,
+        };
+        let f = self.failing.get_or_insert_with(|| {
+            tracing::warn!(
+                "crawl: the database {} refused a commit ({e}); holding the sightings and \
+                 retrying (giving up after store.unwritable_secs = {:.0})",
+                self.database.display(),
+                self.unwritable.as_secs_f64()
+            );
+            Failing {
+                since: now,
+                retry_at: now,
+                backoff: RETRY_FIRST / 2,
+            }
+        });
+        f.backoff = (f.backoff * 2).min(RETRY_MAX);
+        f.retry_at = now + f.backoff;
+        let failed_for = now.duration_since(f.since);
+        let too_many = self.sightings.len() >= MAX_HELD;
+        if failed_for >= self.unwritable || too_many {
+            let held = if too_many {
+                format!(" and {MAX_HELD} sightings wait")
+            } else {
+                String::new()
+            };
+            self.gave_up = Some(format!(
+                "the database {} stayed unwritable for {:.0} s (store.unwritable_secs = {}){held}: {e}",
+                self.database.display(),
+                failed_for.as_secs_f64(),
+                self.unwritable.as_secs_f64(),
+            ));
+            self.not_stored += self.sightings.len() as u64;
+            self.sightings = Vec::new();
+        }
+    }
+}
+
 /// Stores sightings: one row per (info-hash, node id), first and last time seen.
 pub fn store_sightings(store: &Store, sightings: &[Sighting]) -> Result<(), String> {
     let tx = store
@@ -317,7 +437,47 @@ pub fn store_sightings(store: &Store, sightings: &[Sighting]) -> Result<(), Stri
 
 pub fn run(args: &CrawlArgs) -> i32 {
     crate::logging::init();
-    match crawl(args) {
+    let config = match args.config.load() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("swarmscan: crawl: {e}");
+            return 2;
+        }
+    };
+    if !config.dht.enabled {
+        eprintln!(
+            "swarmscan: crawl: dht.enabled = false: the crawl is a DHT activity (a DHT node of \
+             ours queries other nodes) and does not run with the DHT turned off; set \
+             dht.enabled = true to crawl"
+        );
+        return 2;
+    }
+    let rate = args.rate.unwrap_or(config.dht.crawl_rate);
+    // Handlers before the lock file names this process: SIGUSR1's default action would end
+    // it, and a SIGINT between the lock and the crawl must still stop it cleanly.
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        if let Err(e) = signal_hook::flag::register(sig, stop.clone()) {
+            eprintln!("swarmscan: crawl: signal handler: {e}");
+            return 1;
+        }
+    }
+    if let Err(e) = crate::service::instance::ignore_wake_signal() {
+        eprintln!("swarmscan: crawl: {e}");
+        return 1;
+    }
+    // One run, crawl or sink per database, held until this function returns.
+    let _instance = match crate::service::instance::InstanceLock::acquire(
+        &config.database,
+        crate::service::instance::Holder::Crawl,
+    ) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("swarmscan: crawl: {e}");
+            return 2;
+        }
+    };
+    match crawl(args, &config, rate, stop) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("swarmscan: crawl: {e}");
@@ -326,9 +486,13 @@ pub fn run(args: &CrawlArgs) -> i32 {
     }
 }
 
-fn crawl(args: &CrawlArgs) -> Result<(), String> {
-    let config = args.config.load().map_err(|e| e.to_string())?;
-    let settings: crate::dht::DhtSettings = (&config).into();
+fn crawl(
+    args: &CrawlArgs,
+    config: &crate::config::Config,
+    rate: u32,
+    stop: Arc<AtomicBool>,
+) -> Result<(), String> {
+    let settings: crate::dht::DhtSettings = config.into();
     let store = Store::open(&config.database).map_err(|e| e.to_string())?;
     let remembered: Vec<(Id20, SocketAddr)> = store
         .dht_nodes()
@@ -346,11 +510,6 @@ fn crawl(args: &CrawlArgs) -> Result<(), String> {
             "no DHT node to start from: dht.bootstrap gives none this socket can reach, and the database remembers none".into(),
         );
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, stop.clone())
-            .map_err(|e| format!("signal handler: {e}"))?;
-    }
     let started = now_unix_ms();
     let (tx, rx) = mpsc::channel::<ToStore>();
     let host = DhtHost::new(HostConfig {
@@ -367,7 +526,7 @@ fn crawl(args: &CrawlArgs) -> Result<(), String> {
         known: HashMap::new(),
         due: VecDeque::new(),
         waiting: BinaryHeap::new(),
-        rate: args.rate as f64,
+        rate: f64::from(rate),
         tokens: 1.0,
         last_refill: 0,
         last_table_scan: None,
@@ -400,53 +559,60 @@ fn crawl(args: &CrawlArgs) -> Result<(), String> {
         .map_err(|e| format!("worker thread: {e}"))?;
     let deadline = args.duration.map(|d| Instant::now() + d);
     let mut stats = None;
-    let mut stored = 0u64;
-    let mut store_error = None;
+    // Validated by `Config::validate` (at most a year).
+    let unwritable = Duration::try_from_secs_f64(config.store.unwritable_secs)
+        .unwrap_or(Duration::from_secs(300));
+    let mut held = Held::new(&config.database, unwritable);
     loop {
         if deadline.is_some_and(|d| Instant::now() >= d) {
             stop.store(true, Ordering::SeqCst);
         }
+        // Keeps receiving after giving up: the worker must never block on us.
         match rx.recv_timeout(Duration::from_millis(200)) {
-            Ok(ToStore::Sightings(s)) => {
-                stored += s.len() as u64;
-                if let Err(e) = store_sightings(&store, &s) {
-                    // Keep receiving (and report at the end): the worker must not block.
-                    store_error.get_or_insert(e);
-                }
-            }
+            Ok(ToStore::Sightings(s)) => held.take(s),
             Ok(ToStore::Done(s)) => stats = Some(s),
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+        held.store(&store, Instant::now());
+        if let Some(why) = &held.gave_up {
+            if !stop.swap(true, Ordering::SeqCst) {
+                tracing::error!("stopping the crawl: {why}");
+            }
         }
     }
     let worker_result = worker
         .join()
         .map_err(|_| "the crawl worker panicked".to_string())?;
+    // What is still held waits for the database, at most `store.unwritable_secs` in all.
+    while !held.sightings.is_empty() && held.gave_up.is_none() {
+        let now = Instant::now();
+        if let Some(f) = &held.failing {
+            std::thread::sleep(f.retry_at.saturating_duration_since(now));
+        }
+        held.store(&store, Instant::now());
+    }
     let stats = stats.unwrap_or_default();
     let ended = now_unix_ms();
-    store
-        .connection()
-        .execute(
-            "INSERT INTO crawl_runs (started, ended, queries, answers, failures, sightings, nodes_known)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            rusqlite::params![
-                started,
-                ended,
-                stats.queries as i64,
-                stats.answers as i64,
-                stats.failures as i64,
-                stored as i64,
-                stats.nodes_known as i64
-            ],
-        )
-        .map_err(|e| e.to_string())?;
-    if let Some(e) = store_error {
-        return Err(format!(
-            "storing sightings in {}: {e}",
-            config.database.display()
-        ));
+    let run_row = store.connection().execute(
+        "INSERT INTO crawl_runs (started, ended, queries, answers, failures, sightings, nodes_known)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        rusqlite::params![
+            started,
+            ended,
+            stats.queries as i64,
+            stats.answers as i64,
+            stats.failures as i64,
+            held.stored as i64,
+            stats.nodes_known as i64
+        ],
+    );
+    if let Some(why) = held.gave_up {
+        return Err(format!("{why}; {} sightings not stored", held.not_stored));
     }
+    run_row.map_err(|e| format!("database {}: {e}", config.database.display()))?;
     worker_result?;
+    let stored = held.stored;
     let distinct: i64 = store
         .connection()
         .query_row(
@@ -460,6 +626,7 @@ fn crawl(args: &CrawlArgs) -> Result<(), String> {
             "{}",
             serde_json::json!({
                 "seconds": (ended - started) as f64 / 1000.0,
+                "rate": rate,
                 "stats": stats,
                 "sightings_stored": stored,
                 "info_hashes_in_database": distinct,
@@ -467,7 +634,7 @@ fn crawl(args: &CrawlArgs) -> Result<(), String> {
         );
     } else {
         println!(
-            "swarmscan: crawled {:.0}s: {} sample_infohashes queries, {} answers, {} failed, {} nodes known; {} sightings stored, {distinct} distinct info-hashes in {}",
+            "swarmscan: crawled {:.0}s: {} sample_infohashes queries (at most {rate}/s), {} answers, {} failed, {} nodes known; {} sightings stored, {distinct} distinct info-hashes in {}",
             (ended - started) as f64 / 1000.0,
             stats.queries,
             stats.answers,
@@ -594,5 +761,67 @@ mod tests {
         assert_eq!(json["info_hashes"], 2);
         assert_eq!(json["top"][0]["nodes"], 2);
         assert_eq!(json["top"][0]["first_seen"], 2_000);
+    }
+
+    #[test]
+    fn sightings_a_locked_database_refuses_are_held_stored_later_or_given_up_on_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("crawl.sqlite");
+        let store = Store::open(&path).unwrap();
+        // Refused at once rather than after SQLite's usual busy wait.
+        store
+            .connection()
+            .busy_timeout(Duration::from_millis(1))
+            .unwrap();
+        let seen = |h: u8| Sighting {
+            info_hash: id(h),
+            node_id: id(100),
+            at: 1_000,
+        };
+        let rows = || -> i64 {
+            rusqlite::Connection::open(&path)
+                .unwrap()
+                .query_row("SELECT COUNT(*) FROM crawl_sightings", [], |r| r.get(0))
+                .unwrap()
+        };
+        let mut held = Held::new(&path, Duration::from_millis(300));
+        let blocker = rusqlite::Connection::open(&path).unwrap();
+        blocker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        let t0 = Instant::now();
+        held.take(vec![seen(1), seen(2)]);
+        held.store(&store, t0);
+        assert_eq!(
+            (held.sightings.len(), held.stored),
+            (2, 0),
+            "held, not lost"
+        );
+        assert!(held.failing.is_some() && held.gave_up.is_none());
+        // Not retried before its back-off; retried (with what came meanwhile) after it.
+        held.take(vec![seen(3)]);
+        blocker.execute_batch("ROLLBACK").unwrap();
+        held.store(&store, t0 + Duration::from_millis(10));
+        assert_eq!(held.stored, 0);
+        held.store(&store, t0 + Duration::from_millis(150));
+        assert_eq!((held.sightings.len(), held.stored), (0, 3));
+        assert!(held.failing.is_none());
+        assert_eq!(rows(), 3);
+        // Refused for longer than `unwritable`: given up, with the database and key named.
+        blocker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        held.take(vec![seen(4), seen(5)]);
+        held.store(&store, t0 + Duration::from_secs(1));
+        assert!(held.gave_up.is_none());
+        held.store(&store, t0 + Duration::from_secs(2));
+        let why = held.gave_up.clone().expect("gave up");
+        assert!(
+            why.contains("crawl.sqlite")
+                && why.contains("stayed unwritable")
+                && why.contains("store.unwritable_secs = 0.3"),
+            "{why}"
+        );
+        // What arrives afterwards is counted, not held.
+        held.take(vec![seen(6)]);
+        assert_eq!((held.sightings.len(), held.not_stored), (0, 3));
+        blocker.execute_batch("ROLLBACK").unwrap();
+        assert_eq!(rows(), 3, "what was stored before stays");
     }
 }

@@ -302,6 +302,7 @@ impl From<&Config> for crate::dht::DhtSettings {
             max_lookups: d.max_lookups as usize,
             read_only: d.read_only,
             announce: d.announce,
+            crawl_rate: d.crawl_rate,
         }
     }
 }

@@ -14,6 +14,12 @@
 //!
 //! Every child process is killed when the test ends, on every path; every wait is bounded.
 //! The test takes about 30 s.
+//!
+//! The other tests need no DHT to answer (their bootstrap node is a loopback port nothing
+//! listens on): a crawl holds its database like `run` does (a second crawl, a sink or a run
+//! on it is refused naming the crawl; `add` names it and does not signal it; a stray SIGUSR1
+//! does not end it), refuses to run with `dht.enabled = false`, and takes its rate from
+//! `dht.crawl_rate` (range-checked, `--rate` overrides it).
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -22,8 +28,10 @@ use std::time::{Duration, Instant};
 use serde_json::Value as Json;
 
 mod common;
-use common::process::{read_to_string_lossy, ChildGuard, StdoutLines};
+use common::process::{free_udp_port, read_to_string_lossy, ChildGuard, StdoutLines};
 use common::{free_port_on_all, now_ms, python_with_libtorrent as python, test_dir};
+
+const BIN: &str = env!("CARGO_BIN_EXE_swarmscan");
 
 const NODES: usize = 6;
 /// How long the crawl runs before SIGINT.
@@ -188,5 +196,167 @@ fn crawl_finds_the_info_hashes_libtorrents_dht_nodes_hold() {
                 assert!(text.contains(h.as_str()), "{h} missing: {text}");
             }
         }
+    }
+}
+
+/// `swarmscan ARGS` on `db`, listening on a free loopback port, its DHT bootstrap node a
+/// loopback port where nothing answers, plus `sets`.
+fn swarmscan_on(db: &Path, args: &[&str], sets: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .args(["--set", &format!("database={:?}", db.display().to_string())])
+        .args([
+            "--set",
+            &format!(
+                "net.listen=[\"127.0.0.1:{}\"]",
+                free_port_on_all(&["127.0.0.1"])
+            ),
+        ])
+        .args([
+            "--set",
+            &format!("dht.bootstrap=[\"127.0.0.1:{}\"]", free_udp_port()),
+        ]);
+    for set in sets {
+        cmd.args(["--set", set]);
+    }
+    cmd.stdin(Stdio::null());
+    cmd
+}
+
+fn output(cmd: &mut Command) -> (Option<i32>, String, String) {
+    let out = cmd.output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_crawl_holds_its_database_against_a_second_crawl_a_sink_and_a_run_and_survives_add() {
+    let tmp = test_dir("swarmscan-crawl-lock-");
+    let db = tmp.path().join("crawl.sqlite");
+    let pid_file = tmp.path().join("crawl.sqlite.pid");
+    let log = tmp.path().join("crawl.log");
+    let out = tmp.path().join("crawl.out");
+    let mut crawl = ChildGuard::spawn(
+        "swarmscan crawl",
+        swarmscan_on(&db, &["crawl", "--for", "2m", "--json"], &[])
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(&log).unwrap()),
+    );
+    let pid = crawl.child.id();
+    let limit = Instant::now() + Duration::from_secs(20);
+    while std::fs::read_to_string(&pid_file).unwrap_or_default() != format!("{pid}\ncrawl\n") {
+        assert!(
+            Instant::now() < limit && crawl.child.try_wait().unwrap().is_none(),
+            "the crawl did not name itself in {}: {}",
+            pid_file.display(),
+            read_to_string_lossy(&log)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // A second crawl, a sink and a run on the same database: refused, naming the crawl.
+    let hash = "0123456789abcdef0123456789abcdef01234567";
+    let sink_port = free_port_on_all(&["127.0.0.1"]);
+    let sink_tcp = format!("sink.tcp=[\"127.0.0.1:{sink_port}\"]");
+    let sink_udp = format!("sink.udp=[\"127.0.0.1:{sink_port}\"]");
+    for (args, sets) in [
+        (vec!["crawl", "--for", "5s"], vec![]),
+        (
+            vec!["sink", "--for", "5s"],
+            vec![sink_tcp.as_str(), sink_udp.as_str()],
+        ),
+        (vec!["run", "--for", "5s", hash], vec![]),
+    ] {
+        let (code, _, err) = output(&mut swarmscan_on(&db, &args, &sets));
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains(&format!(
+                "swarmscan: {}: the database {}",
+                args[0],
+                db.display()
+            )) && err.contains(&format!("in use by a running `swarmscan crawl` (pid {pid}"))
+                && err.contains("crawl.sqlite.pid"),
+            "{args:?}: {err}"
+        );
+    }
+    // `add` stores the torrent and names the crawl instead of signalling it.
+    let (code, added, err) = output(&mut swarmscan_on(&db, &["add", hash], &[]));
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        added.contains(&format!(
+            "a `swarmscan crawl` (pid {pid}) holds this database"
+        )),
+        "{added}"
+    );
+    // A SIGUSR1 from elsewhere (an older `add`, a hand) does not end it either.
+    // Safety: kill(2) with a pid of our own live child and a valid signal number.
+    assert_eq!(unsafe { libc::kill(pid as libc::pid_t, libc::SIGUSR1) }, 0);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        crawl.child.try_wait().unwrap().is_none(),
+        "the crawl ended on SIGUSR1 or add: {}",
+        read_to_string_lossy(&log)
+    );
+
+    // Safety: as above.
+    assert_eq!(unsafe { libc::kill(pid as libc::pid_t, libc::SIGINT) }, 0);
+    let status = crawl.wait_timeout(Duration::from_secs(20));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}: {}",
+        read_to_string_lossy(&log)
+    );
+    let summary: Json = serde_json::from_str(read_to_string_lossy(&out).trim()).unwrap();
+    assert_eq!(summary["rate"], 50, "dht.crawl_rate's default: {summary}");
+    assert!(!pid_file.exists(), "the lock file goes with the crawl");
+    // The database is free again: the next crawl takes it.
+    let (code, _, err) = output(&mut swarmscan_on(&db, &["crawl", "--for", "1s"], &[]));
+    assert_eq!(code, Some(0), "{err}");
+}
+
+#[test]
+fn a_crawl_with_the_dht_disabled_is_refused_before_it_touches_the_database() {
+    let tmp = test_dir("swarmscan-crawl-nodht-");
+    let db = tmp.path().join("crawl.sqlite");
+    let (code, out, err) = output(&mut swarmscan_on(
+        &db,
+        &["crawl", "--for", "5s"],
+        &["dht.enabled=false"],
+    ));
+    assert_eq!(code, Some(2), "{out}{err}");
+    assert!(
+        err.starts_with("swarmscan: crawl: dht.enabled = false")
+            && err.contains("set dht.enabled = true to crawl"),
+        "{err}"
+    );
+    assert!(!db.exists() && !tmp.path().join("crawl.sqlite.pid").exists());
+}
+
+#[test]
+fn the_crawl_rate_is_a_range_checked_config_key_that_rate_overrides() {
+    let tmp = test_dir("swarmscan-crawl-rate-");
+    let db = tmp.path().join("crawl.sqlite");
+    for bad in ["0", "10001", "-3", "2.5"] {
+        let set = format!("dht.crawl_rate={bad}");
+        let (code, _, err) = output(&mut swarmscan_on(&db, &["crawl", "--for", "5s"], &[&set]));
+        assert_eq!(code, Some(2), "{set}: {err}");
+        assert!(err.contains("`dht.crawl_rate`"), "{set}: {err}");
+        // Not a whole number of the key's type: the type error names the key too.
+        if bad == "0" || bad == "10001" {
+            assert!(err.contains("1..=10000"), "{set}: {err}");
+        }
+    }
+    assert!(!db.exists(), "nothing stored by a refused crawl");
+    for (args, want) in [
+        (vec!["crawl", "--for", "300ms", "--json"], 7),
+        (vec!["crawl", "--for", "300ms", "--json", "--rate", "9"], 9),
+    ] {
+        let (code, out, err) = output(&mut swarmscan_on(&db, &args, &["dht.crawl_rate=7"]));
+        assert_eq!(code, Some(0), "{args:?}: {err}");
+        let summary: Json = serde_json::from_str(out.trim()).unwrap();
+        assert_eq!(summary["rate"], want, "{args:?}: {summary}");
     }
 }

@@ -402,7 +402,7 @@ fn sighup_applies_live_keys_names_restart_ones_and_survives_a_bad_file() {
         wait_until(Duration::from_secs(30), || std::fs::read_to_string(
             &pid_file
         )
-        .is_ok_and(|p| p.trim() == scan.child.id().to_string())
+        .is_ok_and(|p| p == format!("{}\nrun\n", scan.child.id()))
             && db.exists()
             && attempts(&db, torrent_id(&db, "demo-torrent-1")) > 0),
         "the scan runs and names itself in the pid file:\n{}",
@@ -419,15 +419,15 @@ fn sighup_applies_live_keys_names_restart_ones_and_survives_a_bad_file() {
     assert_eq!(second.status.code(), Some(2), "{}", text(&second));
     let err = String::from_utf8_lossy(&second.stderr);
     assert!(
-        err.contains("in use by another running scan")
+        err.contains("in use by a running `swarmscan run`")
             && err.contains(&format!("pid {}", scan.child.id()))
             && err.contains("scan.sqlite.pid"),
         "{}",
         text(&second)
     );
     assert_eq!(
-        std::fs::read_to_string(&pid_file).unwrap().trim(),
-        scan.child.id().to_string(),
+        std::fs::read_to_string(&pid_file).unwrap(),
+        format!("{}\nrun\n", scan.child.id()),
         "the lock file still names the first scan"
     );
     assert!(scan.running());

@@ -7,6 +7,11 @@
 //! A second test (root only) builds two network namespaces joined by veth, installs
 //! tuning/sink-redirect.nft in the sink's, and checks that connections and datagrams to any
 //! port of the address arrive with their original destination port.
+//!
+//! Two more hold the sink to what `run` promises: one sink per database (a second sink, a
+//! crawl or a run on it is refused naming the sink; `add` names it and does not signal it; a
+//! stray SIGUSR1 does not end it), and a database that stays unwritable stops the sink with a
+//! clear error and a non-zero exit, keeping what was committed before.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -31,6 +36,17 @@ fn db_set(db: &Path) -> String {
 /// Starts the sink on `addr` (TCP and UDP) with `prefix` (e.g. `ip netns exec NS`) and waits
 /// until it says it listens.
 fn start_sink(prefix: &[&str], db: &Path, addr: &str, log: &Path) -> ChildGuard {
+    start_sink_with(prefix, db, addr, log, &[])
+}
+
+/// [`start_sink`] with more `--set`s.
+fn start_sink_with(
+    prefix: &[&str],
+    db: &Path,
+    addr: &str,
+    log: &Path,
+    sets: &[&str],
+) -> ChildGuard {
     let (program, pre) = match prefix.split_first() {
         Some((p, rest)) => (*p, rest.to_vec()),
         None => (BIN, Vec::new()),
@@ -45,6 +61,7 @@ fn start_sink(prefix: &[&str], db: &Path, addr: &str, log: &Path) -> ChildGuard 
         .args(["--set", &format!("sink.tcp=[\"{addr}\"]")])
         .args(["--set", &format!("sink.udp=[\"{addr}\"]")])
         .args(["--set", "sink.idle_secs=2"])
+        .args(sets.iter().flat_map(|s| ["--set", s]))
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(log).unwrap());
     let sink = ChildGuard::spawn("swarmscan sink", &mut cmd);
@@ -527,4 +544,143 @@ fn local_time_and_country_come_from_the_city_database() {
         report.contains("1 by GeoIP time zone, 1 by longitude, 1 unknown"),
         "{report}"
     );
+}
+
+/// Sends one UDP datagram from a fresh socket to `addr`.
+fn knock(addr: &str, bytes: &[u8]) {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.send_to(bytes, addr).unwrap();
+}
+
+fn sink_flow_count(db: &Path) -> i64 {
+    rusqlite::Connection::open(db)
+        .unwrap()
+        .query_row("SELECT COUNT(*) FROM sink_flows", [], |r| r.get(0))
+        .unwrap()
+}
+
+#[test]
+fn a_sink_holds_its_database_against_a_second_sink_a_crawl_and_a_run_and_survives_add() {
+    let dir = test_dir("sink-lock-");
+    let db = dir.path().join("sink.sqlite");
+    let pid_file = dir.path().join("sink.sqlite.pid");
+    let log = dir.path().join("sink.log");
+    let port = common::free_port_on_all(&["127.0.0.1"]);
+    let addr = format!("127.0.0.1:{port}");
+    let mut sink = start_sink(&[], &db, &addr, &log);
+    let pid = sink.child.id();
+    assert_eq!(
+        std::fs::read_to_string(&pid_file).unwrap(),
+        format!("{pid}\nsink\n"),
+        "the lock file names the sink"
+    );
+
+    let hash = "0123456789abcdef0123456789abcdef01234567";
+    let other = common::free_port_on_all(&["127.0.0.1"]);
+    let listen = format!("net.listen=[\"127.0.0.1:{other}\"]");
+    let sink_tcp = format!("sink.tcp=[\"127.0.0.1:{other}\"]");
+    let sink_udp = format!("sink.udp=[\"127.0.0.1:{other}\"]");
+    let bootstrap = format!("dht.bootstrap=[\"127.0.0.1:{other}\"]");
+    for (args, sets) in [
+        (vec!["sink", "--for", "5s"], vec![&sink_tcp, &sink_udp]),
+        (vec!["crawl", "--for", "5s"], vec![&listen, &bootstrap]),
+        (vec!["run", "--for", "5s", hash], vec![&listen]),
+    ] {
+        let out = Command::new(BIN)
+            .args(&args)
+            .args(["--set", &db_set(&db)])
+            .args(sets.iter().flat_map(|s| ["--set", s.as_str()]))
+            .output()
+            .unwrap();
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains(&format!(
+                "swarmscan: {}: the database {}",
+                args[0],
+                db.display()
+            )) && err.contains(&format!("in use by a running `swarmscan sink` (pid {pid}"))
+                && err.contains("sink.sqlite.pid"),
+            "{args:?}: {err}"
+        );
+    }
+    // `add` stores the torrent and names the sink instead of signalling it.
+    let added = text(&swarmscan(&["add", hash], &db).stdout);
+    assert!(
+        added.contains(&format!(
+            "a `swarmscan sink` (pid {pid}) holds this database"
+        )),
+        "{added}"
+    );
+    // A SIGUSR1 from elsewhere (an older `add`, a hand) does not end it either.
+    // Safety: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGUSR1) }, 0);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        sink.child.try_wait().unwrap().is_none(),
+        "the sink ended on SIGUSR1 or add: {}",
+        read_to_string_lossy(&log)
+    );
+    knock(&addr, b"still listening");
+    std::thread::sleep(Duration::from_millis(300));
+    let summary = stop_sink(sink, &log);
+    assert_eq!(summary["stored"], 1, "{summary}");
+    assert_eq!(sink_flow_count(&db), 1);
+    assert!(!pid_file.exists(), "the lock file goes with the sink");
+}
+
+#[test]
+fn a_database_that_stays_unwritable_stops_the_sink_with_a_clear_error_keeping_what_was_stored() {
+    let dir = test_dir("sink-unwritable-");
+    let db = dir.path().join("sink.sqlite");
+    let log = dir.path().join("sink.log");
+    let port = common::free_port_on_all(&["127.0.0.1"]);
+    let addr = format!("127.0.0.1:{port}");
+    let mut sink = start_sink_with(
+        &[],
+        &db,
+        &addr,
+        &log,
+        &["sink.idle_secs=0.2", "store.unwritable_secs=2"],
+    );
+    // A flow stored while the database takes commits.
+    knock(&addr, b"before");
+    let limit = Instant::now() + Duration::from_secs(20);
+    while sink_flow_count(&db) < 1 {
+        assert!(Instant::now() < limit, "{}", read_to_string_lossy(&log));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Another connection holds the database's write lock: every commit of the sink's writer
+    // is refused ("database is locked", after SQLite's 5 s busy wait), as on a full disk.
+    let blocker = rusqlite::Connection::open(&db).unwrap();
+    blocker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let locked_at = Instant::now();
+    knock(&addr, b"while locked");
+    let status = sink.wait_timeout(Duration::from_secs(60));
+    let took = locked_at.elapsed();
+    let stderr = read_to_string_lossy(&log);
+    eprintln!(
+        "exit {status:?} {:.1} s after the lock; stderr:\n{stderr}",
+        took.as_secs_f64()
+    );
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(1),
+        "the sink stops by itself (long before --for 120s) with a non-zero exit"
+    );
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with(&format!("swarmscan: sink: the database {}", db.display()))
+            && last.contains("stayed unwritable")
+            && last.contains("store.unwritable_secs = 2")
+            && last.contains("records not stored"),
+        "a clear last word: {last:?}"
+    );
+    assert!(stderr.contains("stopping the sink"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    blocker.execute_batch("ROLLBACK").unwrap();
+    drop(blocker);
+    // What was committed before stays; the lock went with the sink.
+    assert_eq!(sink_flow_count(&db), 1);
+    assert!(!dir.path().join("sink.sqlite.pid").exists());
 }

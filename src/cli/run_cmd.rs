@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::torrents_cmd::parse_label;
 use crate::config::ConfigArgs;
 use crate::inputs::load_inputs;
-use crate::service::instance::InstanceLock;
+use crate::service::instance::{Holder, InstanceLock};
 use crate::session::{run_scan, Reload, RunOptions};
 
 #[derive(clap::Args, Debug)]
@@ -81,8 +81,8 @@ pub fn run(args: &RunArgs) -> i32 {
             return 1;
         }
     }
-    // One scan per database, held until this function returns.
-    let _instance = match InstanceLock::acquire(&config.database) {
+    // One run, crawl or sink per database, held until this function returns.
+    let _instance = match InstanceLock::acquire(&config.database, Holder::Run) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("swarmscan: run: {e}");

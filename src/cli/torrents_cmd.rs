@@ -144,10 +144,19 @@ pub fn add(args: &AddArgs) -> i32 {
 }
 
 /// Wakes the scan running on `database`, if any, and says so (it would see the change within
-/// two seconds anyway).
+/// two seconds anyway). A crawl or sink holding the database is named, never signalled.
 fn tell_running_scan(database: &std::path::Path) {
-    if let Some(pid) = crate::service::instance::wake_running_scan(database) {
-        println!("the scan running on this database (pid {pid}) picks the change up now");
+    use crate::service::instance::{wake_running_scan, Wake};
+    match wake_running_scan(database) {
+        Wake::Nobody => {}
+        Wake::Woken(pid) => {
+            println!("the scan running on this database (pid {pid}) picks the change up now")
+        }
+        Wake::NotAScan { pid, holder } => println!(
+            "a `swarmscan {}` (pid {pid}) holds this database and scans no torrents: the next \
+             `swarmscan run` on it, once that ends, picks the change up",
+            holder.command()
+        ),
     }
 }
 

@@ -22,4 +22,6 @@ pub struct DhtSettings {
     pub read_only: bool,
     /// Announce our listen port after each lookup.
     pub announce: bool,
+    /// `swarmscan crawl`'s queries per second (`--rate` overrides it).
+    pub crawl_rate: u32,
 }

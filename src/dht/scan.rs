@@ -588,6 +588,7 @@ mod tests {
             max_lookups: 8,
             read_only: false,
             announce: false,
+            crawl_rate: 50,
         };
         let mut dht = ScanDht::new(
             settings,
@@ -704,6 +705,7 @@ mod tests {
             max_lookups: 8,
             read_only: false,
             announce: false,
+            crawl_rate: 50,
         };
         let mut dht = ScanDht::new(settings, 0, 1, Vec::new(), &[], 0, writer.sender(), 0);
         let catalog = Catalog::new(Vec::new());
@@ -784,6 +786,7 @@ mod tests {
             max_lookups: 8,
             read_only: false,
             announce: false,
+            crawl_rate: 50,
         };
         let mut dht = ScanDht::new(
             settings,

@@ -1,8 +1,11 @@
-//! One scan per database: `swarmscan run` holds an exclusive lock on `<database>.pid` (which
-//! names its process id) for as long as it runs. A second `run` on the same database finds
-//! the lock taken and stops before touching anything; `swarmscan add` and `remove` find the
-//! running scan through it and wake it with SIGUSR1 (it would see their change within two
-//! seconds anyway, by polling the `torrents` table).
+//! One long-running command per database: `swarmscan run`, `crawl` and `sink` each hold an
+//! exclusive lock on `<database>.pid` for as long as they run. The file names the holder: its
+//! process id on the first line (so it reads as a pid file), the command on the second. A
+//! second of any of them on the same database finds the lock taken and stops before touching
+//! anything, naming the holder. `swarmscan add` and `remove` find the holder through the file
+//! and wake it with SIGUSR1 only when it is a `run` (which would see their change within two
+//! seconds anyway, by polling the `torrents` table); a crawl or a sink scans no torrents, so
+//! they only say so (and both ignore SIGUSR1, whose default action would end them).
 //!
 //! The lock is `flock(2)` on the open file, so it goes away with the process however it ends
 //! (a crash leaves a stale file, never a stale lock). A file removed and created again while
@@ -21,7 +24,44 @@ pub fn pid_path(database: &Path) -> PathBuf {
     PathBuf::from(p)
 }
 
-/// The exclusive lock of a running scan on its database; released (and the file removed)
+/// The commands that take a database for themselves while they run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Holder {
+    /// `swarmscan run`: the scan, woken by `add` and `remove`.
+    Run,
+    /// `swarmscan crawl`: the DHT crawl.
+    Crawl,
+    /// `swarmscan sink`: the passive sink.
+    Sink,
+}
+
+impl Holder {
+    /// The subcommand, as written in the lock file and in messages.
+    pub fn command(self) -> &'static str {
+        match self {
+            Holder::Run => "run",
+            Holder::Crawl => "crawl",
+            Holder::Sink => "sink",
+        }
+    }
+
+    fn parse(command: &str) -> Option<Holder> {
+        [Holder::Run, Holder::Crawl, Holder::Sink]
+            .into_iter()
+            .find(|h| h.command() == command)
+    }
+}
+
+/// What the lock file of a held database says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Holding {
+    pub pid: u32,
+    /// `None` for a file naming only a pid (written by a swarmscan from before crawl and sink
+    /// took the lock, when only `run` did).
+    pub holder: Option<Holder>,
+}
+
+/// The exclusive lock of a running command on its database; released (and the file removed)
 /// when dropped.
 #[derive(Debug)]
 pub struct InstanceLock {
@@ -30,8 +70,9 @@ pub struct InstanceLock {
 }
 
 impl InstanceLock {
-    /// Takes the database for this process, or says which scan has it.
-    pub fn acquire(database: &Path) -> Result<InstanceLock, String> {
+    /// Takes the database for this process (`holder` says which command it runs), or says
+    /// which process has it.
+    pub fn acquire(database: &Path, holder: Holder) -> Result<InstanceLock, String> {
         let path = pid_path(database);
         // Bounded: a second try is needed only when the file was replaced under us.
         for _ in 0..3 {
@@ -45,11 +86,21 @@ impl InstanceLock {
             match try_flock(&file, libc::LOCK_EX) {
                 Ok(true) => {}
                 Ok(false) => {
-                    let pid = read_pid(&mut file)
-                        .map_or_else(|| "unknown pid".to_string(), |p| format!("pid {p}"));
+                    let holding = read_holding(&mut file);
+                    let pid = holding
+                        .map_or_else(|| "unknown pid".to_string(), |h| format!("pid {}", h.pid));
+                    let (who, hint) = match holding.and_then(|h| h.holder) {
+                        Some(Holder::Run) => (
+                            "a running `swarmscan run`",
+                            " — add torrents to the running scan with `swarmscan add`",
+                        ),
+                        Some(Holder::Crawl) => ("a running `swarmscan crawl`", ""),
+                        Some(Holder::Sink) => ("a running `swarmscan sink`", ""),
+                        None => ("another running swarmscan", ""),
+                    };
                     return Err(format!(
-                        "the database {} is in use by another running scan ({pid}; lock file {}): \
-                         one scan per database — add torrents to the running one with `swarmscan add`",
+                        "the database {} is in use by {who} ({pid}; lock file {}): \
+                         one run, crawl or sink per database at a time{hint}",
                         database.display(),
                         path.display()
                     ));
@@ -59,17 +110,23 @@ impl InstanceLock {
             if !same_file(&file, &path) {
                 continue;
             }
-            // The lock is what keeps a second scan out; the pid inside only lets `add` and
-            // `remove` wake us (without it they wait for the next poll), so a disk too full
-            // for a few bytes does not stop the scan.
+            // The lock is what keeps a second command out; the pid inside only lets `add` and
+            // `remove` wake a scan (without it they wait for the next poll) and name the
+            // holder, so a disk too full for a few bytes does not stop us.
             if let Err(e) = file
                 .set_len(0)
                 .and_then(|()| file.rewind())
-                .and_then(|()| writeln!(file, "{}", std::process::id()))
+                .and_then(|()| writeln!(file, "{}\n{}", std::process::id(), holder.command()))
                 .and_then(|()| file.flush())
             {
+                let consequence = match holder {
+                    Holder::Run => "add and remove reach this scan at its next poll",
+                    Holder::Crawl | Holder::Sink => {
+                        "a second run, crawl or sink is still refused, without the holder named"
+                    }
+                };
                 tracing::warn!(
-                    "lock file {}: pid not written ({e}); add and remove reach this scan at its next poll",
+                    "lock file {}: pid not written ({e}); {consequence}",
                     path.display()
                 );
             }
@@ -121,36 +178,77 @@ fn same_file(file: &File, path: &Path) -> bool {
     }
 }
 
-fn read_pid(file: &mut File) -> Option<u32> {
+/// The pid (first line) and command (second line, if any) of a lock file.
+fn read_holding(file: &mut File) -> Option<Holding> {
     let mut text = String::new();
     file.rewind().ok()?;
     file.read_to_string(&mut text).ok()?;
-    text.trim().parse().ok()
+    let mut lines = text.lines();
+    let pid = lines.next()?.trim().parse().ok()?;
+    let holder = lines.next().and_then(|c| Holder::parse(c.trim()));
+    Some(Holding { pid, holder })
 }
 
-/// The process id of the scan running on `database`, if one is.
-pub fn running_scan(database: &Path) -> Option<u32> {
+/// Who holds `database` now, if anyone does.
+pub fn holding(database: &Path) -> Option<Holding> {
     let mut file = File::open(pid_path(database)).ok()?;
     match try_flock(&file, libc::LOCK_SH) {
-        // Nobody holds it: a stale file (the scan ended without removing it).
+        // Nobody holds it: a stale file (the holder ended without removing it).
         Ok(true) => {
             unlock(&file);
             None
         }
-        Ok(false) => read_pid(&mut file),
+        Ok(false) => read_holding(&mut file),
         Err(_) => None,
     }
 }
 
-/// Wakes the scan running on `database` (SIGUSR1) so it reads the `torrents` table now; its
-/// pid when there was one to wake. Never an error: the scan polls the table anyway.
-pub fn wake_running_scan(database: &Path) -> Option<u32> {
-    let pid = running_scan(database)?;
-    let pid_t = libc::pid_t::try_from(pid).ok().filter(|&p| p > 0)?;
-    // Safety: kill(2) only sends a signal; the pid is that of the process holding the lock,
+/// Makes SIGUSR1 harmless to a command that holds a database but scans no torrents (a crawl,
+/// a sink): its default action would end the process. `add` and `remove` never send it to
+/// them; this covers a stray `kill -USR1` and an older `add`. Call it before taking the lock.
+pub fn ignore_wake_signal() -> Result<(), String> {
+    // A handler rather than SIG_IGN, which children would inherit across exec.
+    let ignored = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGUSR1, ignored)
+        .map(|_| ())
+        .map_err(|e| format!("signal handler: {e}"))
+}
+
+/// What [`wake_running_scan`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    /// Nothing holds the database (or the scan could not be signalled).
+    Nobody,
+    /// The scan with this pid was sent SIGUSR1.
+    Woken(u32),
+    /// A crawl or a sink holds the database: not signalled (it scans no torrents).
+    NotAScan { pid: u32, holder: Holder },
+}
+
+/// Wakes the scan running on `database` (SIGUSR1) so it reads the `torrents` table now. Only a
+/// `run` is signalled; a crawl or sink holding the database is reported, not woken. Never an
+/// error: the scan polls the table anyway.
+pub fn wake_running_scan(database: &Path) -> Wake {
+    let Some(holding) = holding(database) else {
+        return Wake::Nobody;
+    };
+    // A file naming no command was written by a swarmscan in which only `run` took the lock.
+    if let Some(holder) = holding.holder.filter(|&h| h != Holder::Run) {
+        return Wake::NotAScan {
+            pid: holding.pid,
+            holder,
+        };
+    }
+    let Some(pid_t) = libc::pid_t::try_from(holding.pid).ok().filter(|&p| p > 0) else {
+        return Wake::Nobody;
+    };
+    // Safety: kill(2) only sends a signal; the pid is that of the `run` holding the lock,
     // which registered a SIGUSR1 handler before it wrote its pid.
-    let sent = unsafe { libc::kill(pid_t, libc::SIGUSR1) } == 0;
-    sent.then_some(pid)
+    if unsafe { libc::kill(pid_t, libc::SIGUSR1) } == 0 {
+        Wake::Woken(holding.pid)
+    } else {
+        Wake::Nobody
+    }
 }
 
 #[cfg(test)]
@@ -161,38 +259,91 @@ mod tests {
     fn one_lock_per_database_with_the_holder_named() {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("scan.sqlite");
-        assert_eq!(running_scan(&db), None, "no lock file: nothing runs");
-        let lock = InstanceLock::acquire(&db).unwrap();
+        assert_eq!(holding(&db), None, "no lock file: nothing runs");
+        let lock = InstanceLock::acquire(&db, Holder::Run).unwrap();
         let text = std::fs::read_to_string(pid_path(&db)).unwrap();
-        assert_eq!(text.trim(), std::process::id().to_string());
-        // flock(2) locks belong to the open file: a second open in this process conflicts too.
-        let e = InstanceLock::acquire(&db).unwrap_err();
-        assert!(
-            e.contains("in use by another running scan")
-                && e.contains(&format!("pid {}", std::process::id()))
-                && e.contains("scan.sqlite.pid"),
-            "{e}"
+        assert_eq!(text, format!("{}\nrun\n", std::process::id()));
+        // flock(2) locks belong to the open file: a second open in this process conflicts too,
+        // whichever command it is for.
+        for second in [Holder::Run, Holder::Crawl, Holder::Sink] {
+            let e = InstanceLock::acquire(&db, second).unwrap_err();
+            assert!(
+                e.contains("in use by a running `swarmscan run`")
+                    && e.contains(&format!("pid {}", std::process::id()))
+                    && e.contains("scan.sqlite.pid")
+                    && e.contains("swarmscan add"),
+                "{e}"
+            );
+        }
+        assert_eq!(
+            holding(&db),
+            Some(Holding {
+                pid: std::process::id(),
+                holder: Some(Holder::Run)
+            })
         );
-        assert_eq!(running_scan(&db), Some(std::process::id()));
         drop(lock);
         assert!(!pid_path(&db).exists(), "removed at the end");
-        assert_eq!(running_scan(&db), None);
-        // A stale file left by a crash does not stop the next scan.
-        std::fs::write(pid_path(&db), "999999\n").unwrap();
-        assert_eq!(
-            running_scan(&db),
-            None,
-            "a stale file is not a running scan"
-        );
-        let again = InstanceLock::acquire(&db).unwrap();
+        assert_eq!(holding(&db), None);
+        // A stale file left by a crash does not stop the next command.
+        std::fs::write(pid_path(&db), "999999\ncrawl\n").unwrap();
+        assert_eq!(holding(&db), None, "a stale file is not a running command");
+        let again = InstanceLock::acquire(&db, Holder::Crawl).unwrap();
         drop(again);
+    }
+
+    #[test]
+    fn a_crawl_or_sink_holding_the_database_is_named_and_never_signalled() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("crawl.sqlite");
+        for holder in [Holder::Crawl, Holder::Sink] {
+            let lock = InstanceLock::acquire(&db, holder).unwrap();
+            let e = InstanceLock::acquire(&db, Holder::Run).unwrap_err();
+            let named = format!("in use by a running `swarmscan {}`", holder.command());
+            assert!(
+                e.contains(&named) && e.contains("crawl.sqlite") && !e.contains("swarmscan add"),
+                "{e}"
+            );
+            // Were this process signalled, SIGUSR1's default action would end the test run.
+            assert_eq!(
+                wake_running_scan(&db),
+                Wake::NotAScan {
+                    pid: std::process::id(),
+                    holder
+                }
+            );
+            drop(lock);
+        }
+        assert_eq!(wake_running_scan(&db), Wake::Nobody);
+    }
+
+    #[test]
+    fn a_lock_file_naming_only_a_pid_is_read_as_an_older_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("old.sqlite");
+        let lock = InstanceLock::acquire(&db, Holder::Sink).unwrap();
+        // As an older swarmscan wrote it (only `run` took the lock then).
+        std::fs::write(pid_path(&db), "4242\n").unwrap();
+        assert_eq!(
+            holding(&db),
+            Some(Holding {
+                pid: 4242,
+                holder: None
+            })
+        );
+        let e = InstanceLock::acquire(&db, Holder::Run).unwrap_err();
+        assert!(
+            e.contains("in use by another running swarmscan (pid 4242"),
+            "{e}"
+        );
+        drop(lock);
     }
 
     #[test]
     fn an_unwritable_lock_file_is_an_error_naming_it() {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("missing-dir").join("scan.sqlite");
-        let e = InstanceLock::acquire(&db).unwrap_err();
+        let e = InstanceLock::acquire(&db, Holder::Sink).unwrap_err();
         assert!(
             e.contains("lock file") && e.contains("scan.sqlite.pid"),
             "{e}"

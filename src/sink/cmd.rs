@@ -33,6 +33,8 @@ pub fn run(args: &SinkArgs) -> i32 {
         eprintln!("swarmscan: sink: {e}");
         return 2;
     }
+    // Handlers before the lock file names this process: SIGUSR1's default action would end
+    // it (`add`/`remove` signal only a `run`, but a stray one must not cost the flows).
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         if let Err(e) = signal_hook::flag::register(sig, stop.clone()) {
@@ -40,6 +42,21 @@ pub fn run(args: &SinkArgs) -> i32 {
             return 1;
         }
     }
+    if let Err(e) = crate::service::instance::ignore_wake_signal() {
+        eprintln!("swarmscan: sink: {e}");
+        return 1;
+    }
+    // One run, crawl or sink per database, held until this function returns.
+    let _instance = match crate::service::instance::InstanceLock::acquire(
+        &config.database,
+        crate::service::instance::Holder::Sink,
+    ) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("swarmscan: sink: {e}");
+            return 2;
+        }
+    };
     match super::run(&config, args.duration, &stop) {
         Ok(summary) => {
             if args.json {

@@ -21,7 +21,11 @@
 //!   `sink.max_udp_flows` flows the oldest is stored early.
 //! * Each flow becomes one `sink_flows` row through the batched writer (source per
 //!   `privacy.ip`, GeoIP per `geo.*` looked up with the real address). SIGINT/SIGTERM or
-//!   `--for` stop it; open connections and flows are stored as `stopped`.
+//!   `--for` stop it; open connections and flows are stored as `stopped`. So does a writer
+//!   that gives up on a database unwritable for `store.unwritable_secs` (as in `run`): the
+//!   sink stops at once and exits non-zero naming the database, instead of running on blind.
+//! * Like `run` and `crawl`, `swarmscan sink` holds the database's instance lock while it
+//!   runs (`service::instance`), and ignores SIGUSR1.
 //!
 //! Memory is bounded by the two caps: per connection a slot, a kernel socket and at most
 //! `keep_bytes`; per UDP flow about 200 bytes plus its kept details; and by a bound on the
@@ -138,21 +142,13 @@ pub fn run(
         })
         .collect();
     let started = Instant::now();
+    let writer_ref = &writer;
     let result = std::thread::scope(|scope| {
-        let timer = duration.map(|d| {
-            scope.spawn(move || {
-                while started.elapsed() < d && !stop.load(Ordering::Relaxed) {
-                    std::thread::sleep(Duration::from_millis(20).min(d));
-                }
-                stop.store(true, Ordering::Relaxed);
-            })
-        });
+        let watch = scope.spawn(move || watch(writer_ref, started, duration, stop));
         let result = crate::engine::run_workers(&settings.engine, drivers, stop);
-        // The timer ends with the run (a failed start leaves the flag set for it).
+        // The watch ends with the run (a failed start leaves the flag set for it).
         stop.store(true, Ordering::Relaxed);
-        if let Some(t) = timer {
-            let _ = t.join();
-        }
+        let _ = watch.join();
         result
     });
     let mut summary = SinkSummary {
@@ -194,6 +190,35 @@ fn add_stats(summary: &mut SinkSummary, s: &WorkerStats) {
     summary.accept_errors += s.accept_errors;
     summary.udp_recv_enobufs += s.udp_recv_enobufs;
     summary.udp_truncated += s.udp_recv_truncated;
+}
+
+/// Stops the sink (sets `stop`) when `duration` has passed, or at once when the writer can
+/// no longer store what the sink sees: it gave up on a database that stayed unwritable for
+/// `store.unwritable_secs`, or its thread ended. As `run` does, the sink never goes on blind;
+/// [`Writer::finish`](crate::store::Writer::finish) then returns the writer's error.
+fn watch(
+    writer: &crate::store::Writer,
+    started: Instant,
+    duration: Option<Duration>,
+    stop: &AtomicBool,
+) {
+    let metrics = writer.metrics();
+    let step = Duration::from_millis(20).min(duration.unwrap_or(Duration::MAX));
+    while !stop.load(Ordering::Relaxed) {
+        if duration.is_some_and(|d| started.elapsed() >= d) {
+            break;
+        }
+        if let Some(why) = metrics.failure() {
+            tracing::error!("stopping the sink: {why}");
+            break;
+        }
+        if writer.ended() {
+            tracing::error!("stopping the sink: the writer thread ended");
+            break;
+        }
+        std::thread::sleep(step);
+    }
+    stop.store(true, Ordering::Relaxed);
 }
 
 /// Milliseconds since the Unix epoch.

@@ -22,8 +22,9 @@
 //! the channel fills, records wait in the producers' overflow queues, and the workers start no
 //! new probe (see `ScanDriver::next_probe`) until the writer catches up. When the database has
 //! refused every commit for `unwritable` (`store.unwritable_secs`), the writer gives up: it
-//! logs why, sets [`WriterMetrics::failure`] (the scan stops probing), counts what it held as
-//! lost, and [`Writer::finish`] returns [`StoreError::Unwritable`] (non-zero exit).
+//! logs why, sets [`WriterMetrics::failure`] (the scan, or the sink, watches it and stops),
+//! counts what it held as lost, and [`Writer::finish`] returns [`StoreError::Unwritable`]
+//! (non-zero exit).
 //!
 //! Counts (`committed`, [`WriterCounts`], the `runs.records` column) are what committed
 //! transactions hold, never what was sent. A torrent registration commits what is pending and
@@ -182,7 +183,7 @@ pub struct WriterMetrics {
     pub failed_commits: AtomicU64,
     /// Records held in the writer's spool while the database refuses commits.
     pub spooled: AtomicU64,
-    /// Set when the writer gave up: why. The scan stops and exits non-zero.
+    /// Set when the writer gave up: why. The scan (or sink) stops and exits non-zero.
     pub failure: std::sync::Mutex<Option<String>>,
     /// Fault injection for tests: while set, every commit attempt fails as if the disk were
     /// full (the open transaction is rolled back and the spool kept, as for a real failure).
@@ -948,8 +949,7 @@ impl WriterThread {
         if now.duration_since(since) >= self.options.unwritable {
             let lost = self.spool.len() as u64;
             let why = format!(
-                "the database {} stayed unwritable for {:.0} s (store.unwritable_secs = {}): {}; \
-                 stopped probing",
+                "the database {} stayed unwritable for {:.0} s (store.unwritable_secs = {}): {}",
                 self.store.path.display(),
                 now.duration_since(since).as_secs_f64(),
                 self.options.unwritable.as_secs_f64(),
