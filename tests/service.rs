@@ -272,8 +272,10 @@ fn notifies_ready_status_watchdog_and_stopping_on_path_and_abstract_sockets() {
             })
             .max()
             .unwrap_or(0);
+        // A line per probe would make at least as many lines as probes (the fixed lines of
+        // the start and the summary come on top).
         assert!(
-            probes > 2 * err.lines().count() as u64,
+            probes > err.lines().count() as u64,
             "{value}: {probes} probes, {} log lines: {err}",
             err.lines().count()
         );
