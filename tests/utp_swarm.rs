@@ -20,7 +20,7 @@
 //!   swarmscan turns to uTP; the leechers also dial swarmscan over uTP themselves.
 //!
 //! * Path outages: when `utp1` and `utpin1` (both quit on finishing) have 24 of their 128
-//!   pieces, every UDP datagram between each and swarmscan's address is dropped for
+//!   pieces, every UDP datagram between each and swarmscan's UDP ports is dropped for
 //!   [`OUTAGE`] (iptables, deleted on every exit path). libtorrent times its side of the uTP
 //!   connection out after three unanswered sends (about 3.5 s) and then ignores the
 //!   connection's packets without a RESET; swarmscan has to notice on its own (its liveness
@@ -60,11 +60,16 @@ const OUTAGE: Duration = Duration::from_secs(6);
 /// Leechers whose path to swarmscan goes down, and at how many pieces.
 const OUTAGE_LEECHERS: [&str; 2] = ["utp1", "utpin1"];
 const OUTAGE_AT_PIECES: u64 = 24;
+/// swarmscan's UDP ports an outage cuts: one per worker from the listen port (more than any
+/// test machine's cores).
+const OUTAGE_WORKER_PORTS: u16 = 64;
 
 /// A path outage between one leecher and swarmscan (see the module docs).
 struct Outage {
     name: &'static str,
     ip: IpAddr,
+    /// swarmscan's UDP ports (first, last).
+    ports: (u16, u16),
     started: Option<(Instant, i64)>,
     ended_ms: Option<i64>,
     rules: Option<IptablesGuard>,
@@ -77,7 +82,7 @@ impl Outage {
         match (&self.started, &self.rules) {
             (None, _) if pieces >= OUTAGE_AT_PIECES => {
                 let mut rules = IptablesGuard::new();
-                rules.drop_udp_between(self.ip, "127.0.0.1".parse().unwrap());
+                rules.drop_udp_between(self.ip, "127.0.0.1".parse().unwrap(), self.ports);
                 self.rules = Some(rules);
                 self.started = Some((Instant::now(), now_ms()));
             }
@@ -400,6 +405,7 @@ fn confirms_exactly_the_finished_leechers_that_speak_utp_only() {
                 .unwrap_or_else(|| panic!("{name} in the plan"))
                 .addrs[0]
                 .0,
+            ports: (0, 0),
             started: None,
             ended_ms: None,
             rules: None,
@@ -408,6 +414,14 @@ fn confirms_exactly_the_finished_leechers_that_speak_utp_only() {
 
     // swarmscan as a user runs it.
     let listen_port = free_port_on_all(&["127.0.0.1", "::1"]);
+    // Worker i's UDP socket is on listen_port + i: the outages cut those ports only (so that
+    // another test's clients on the same 127.0.0.x addresses are not touched).
+    for o in &mut outages {
+        o.ports = (
+            listen_port,
+            listen_port.saturating_add(OUTAGE_WORKER_PORTS - 1),
+        );
+    }
     let db = dir.join("scan.sqlite");
     let scan_log = dir.join("swarmscan.log");
     let scan_args = vec![

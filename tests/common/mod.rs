@@ -106,15 +106,17 @@ impl IptablesGuard {
         );
     }
 
-    /// Drops every UDP datagram between `a` and `b`, both ways: the path between them is down
-    /// (for uTP, until the guard is dropped).
-    pub fn drop_udp_between(&mut self, a: IpAddr, b: IpAddr) {
+    /// Drops every UDP datagram between `a` and `b`'s ports `b_ports` (first, last), both ways:
+    /// the path between them is down (for uTP, until the guard is dropped).
+    pub fn drop_udp_between(&mut self, a: IpAddr, b: IpAddr, b_ports: (u16, u16)) {
         assert_eq!(a.is_ipv4(), b.is_ipv4(), "one family");
         let program = ip_family_program(a.is_ipv6());
-        for (from, to) in [(a, b), (b, a)] {
-            let (from, to) = (from.to_string(), to.to_string());
-            self.insert(program, &["-p", "udp", "-s", &from, "-d", &to], "DROP");
-        }
+        let ports = format!("{}:{}", b_ports.0, b_ports.1);
+        let (a, b) = (a.to_string(), b.to_string());
+        let to_b = ["-p", "udp", "-s", &a, "-d", &b, "--dport", &ports];
+        let from_b = ["-p", "udp", "-s", &b, "--sport", &ports, "-d", &a];
+        self.insert(program, &to_b, "DROP");
+        self.insert(program, &from_b, "DROP");
     }
 
     /// Inserts `matches` with our comment and `target` at the head of INPUT.
