@@ -79,6 +79,29 @@ fn probe(args: &[&str]) -> (Option<i32>, String, String) {
     )
 }
 
+/// Runs the probe with `--json`, asserts its exit code and gives its JSON.
+fn probe_json(args: &[&str], code: i32) -> serde_json::Value {
+    let mut args = args.to_vec();
+    args.push("--json");
+    let (got, text, err) = probe(&args);
+    assert_eq!(got, Some(code), "{text}{err}");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+/// Runs the probe and asserts that `needles` appear in its transcript in this order.
+fn probe_transcript(args: &[&str], code: i32, needles: &[&str]) -> String {
+    let (got, text, err) = probe(args);
+    assert_eq!(got, Some(code), "{text}{err}");
+    let mut at = 0;
+    for needle in needles {
+        match text[at..].find(needle) {
+            Some(i) => at += i + needle.len(),
+            None => panic!("missing {needle:?} (in this order) in:\n{text}"),
+        }
+    }
+    text
+}
+
 /// A partial peer that accepts only RC4-encrypted connections: on the defaults (`fallback`)
 /// the probe is hung up on in plaintext, retries over MSE/PE as a scan does, and shows the
 /// decrypted conversation: the peer's bitfield and its progress.
@@ -88,30 +111,24 @@ fn probe_talks_mse_to_a_peer_that_requires_it() {
     let hash = info["info_hash"].as_str().unwrap();
     let addr = format!("127.0.0.1:{}", info["port"]);
 
-    let (code, text, err) = probe(&[&addr, hash, "--pieces", "50"]);
-    assert_eq!(code, Some(0), "{text}{err}");
-    let mut at = 0;
-    for needle in [
-        "(plaintext, attempt 1 of the probe)",
-        "PeerClosed [broken]: the peer hung up on plaintext, trying MSE/PE",
-        "(MSE/PE (RC4 or plaintext offered), attempt 2 of the probe)",
-        "connected; MSE/PE handshake done: RC4-encrypted stream",
-        "-> handshake",
-        "<- handshake",
-        "<- bitfield (7 bytes, 30 bits set)",
-        "end: Answered; progress 60.0% (30 of 50 pieces, from Bitfield)",
-        "transport tcp+mse (rc4); attempts 2",
-    ] {
-        match text[at..].find(needle) {
-            Some(i) => at += i + needle.len(),
-            None => panic!("missing {needle:?} (in this order) in:\n{text}"),
-        }
-    }
+    probe_transcript(
+        &[&addr, hash, "--pieces", "50"],
+        0,
+        &[
+            "(plaintext, attempt 1 of the probe)",
+            "PeerClosed [broken]: the peer hung up on plaintext, trying MSE/PE",
+            "(MSE/PE (RC4 or plaintext offered), attempt 2 of the probe)",
+            "connected; MSE/PE handshake done: RC4-encrypted stream",
+            "-> handshake",
+            "<- handshake",
+            "<- bitfield (7 bytes, 30 bits set)",
+            "end: Answered; progress 60.0% (30 of 50 pieces, from Bitfield)",
+            "transport tcp+mse (rc4); attempts 2",
+        ],
+    );
 
     // MSE from the start: one connection.
-    let (code, text, err) = probe(&[&addr, hash, "--encryption", "require", "--json"]);
-    assert_eq!(code, Some(0), "{text}{err}");
-    let r: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let r = probe_json(&[&addr, hash, "--encryption", "require"], 0);
     assert_eq!(
         (&r["transport"], &r["mse"], &r["attempts"]),
         (&"tcp+mse".into(), &"rc4".into(), &1.into()),
@@ -132,34 +149,23 @@ fn probe_requiring_encryption_fails_clearly_against_a_plaintext_only_peer() {
     let (_seeder, info) = seeder(20, "plain");
     let hash = info["info_hash"].as_str().unwrap();
     let addr = format!("127.0.0.1:{}", info["port"]);
-    let (code, text, err) = probe(&[&addr, hash, "--encryption", "require"]);
-    assert_eq!(code, Some(1), "{text}{err}");
-    let mut at = 0;
-    for needle in [
-        "over TCP (MSE/PE (RC4 or plaintext offered), attempt 1 of the probe)",
-        "trying uTP (net.utp = \"fallback\")",
-        "over uTP (MSE/PE (RC4 or plaintext offered), attempt 2 of the probe)",
-        "MSE/PE failed and encryption is \"require\": no plaintext retry",
-        "transport utp+mse; attempts 2",
-    ] {
-        match text[at..].find(needle) {
-            Some(i) => at += i + needle.len(),
-            None => panic!("missing {needle:?} (in this order) in:\n{text}"),
-        }
-    }
+    let text = probe_transcript(
+        &[&addr, hash, "--encryption", "require"],
+        1,
+        &[
+            "over TCP (MSE/PE (RC4 or plaintext offered), attempt 1 of the probe)",
+            "trying uTP (net.utp = \"fallback\")",
+            "over uTP (MSE/PE (RC4 or plaintext offered), attempt 2 of the probe)",
+            "MSE/PE failed and encryption is \"require\": no plaintext retry",
+            "transport utp+mse; attempts 2",
+        ],
+    );
     assert!(!text.contains("(plaintext, attempt"), "{text}");
     assert!(!text.contains("<- handshake"), "{text}");
-    let (code, text, _) = probe(&[
-        &addr,
-        hash,
-        "--encryption",
-        "require",
-        "--transport",
-        "tcp",
-        "--json",
-    ]);
-    assert_eq!(code, Some(1));
-    let r: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let r = probe_json(
+        &[&addr, hash, "--encryption", "require", "--transport", "tcp"],
+        1,
+    );
     assert_eq!(r["handshake"], false, "{r}");
     assert_eq!(
         (&r["transport"], &r["attempts"]),
@@ -167,20 +173,6 @@ fn probe_requiring_encryption_fails_clearly_against_a_plaintext_only_peer() {
         "{r}"
     );
     assert!(r["error_class"].is_string(), "{r}");
-}
-
-/// Runs the probe and asserts that `needles` appear in its transcript in this order.
-fn probe_transcript(args: &[&str], code: i32, needles: &[&str]) -> String {
-    let (got, text, err) = probe(args);
-    assert_eq!(got, Some(code), "{text}{err}");
-    let mut at = 0;
-    for needle in needles {
-        match text[at..].find(needle) {
-            Some(i) => at += i + needle.len(),
-            None => panic!("missing {needle:?} (in this order) in:\n{text}"),
-        }
-    }
-    text
 }
 
 /// A peer that speaks only uTP (libtorrent with TCP off both ways) is read by `probe` on its
@@ -209,9 +201,7 @@ fn probe_reads_a_utp_only_peer_on_the_defaults() {
     );
     assert_eq!(text.matches("over uTP").count(), 1, "{text}");
 
-    let (code, text, err) = probe(&[&addr, hash, "--json"]);
-    assert_eq!(code, Some(0), "{text}{err}");
-    let r: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let r = probe_json(&[&addr, hash], 0);
     assert_eq!(
         (&r["transport"], &r["utp"]),
         (&"utp".into(), &true.into()),
@@ -256,9 +246,7 @@ fn probe_over_utp_only_fails_clearly_against_a_tcp_only_peer() {
     );
     assert!(!text.contains("over TCP"), "{text}");
     // The same peer on the defaults: TCP first, and it answers.
-    let (code, text, err) = probe(&[&addr, hash, "--json"]);
-    assert_eq!(code, Some(0), "{text}{err}");
-    let r: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let r = probe_json(&[&addr, hash], 0);
     assert_eq!(
         (&r["transport"], &r["attempts"]),
         (&"tcp".into(), &1.into()),
@@ -331,17 +319,10 @@ fn probe_reads_an_encryption_forcing_utp_only_peer() {
         ],
     );
     // Encryption required and uTP named: one connection, the metadata fetched through it.
-    let (code, text, err) = probe(&[
-        &addr,
-        hash,
-        "--encryption",
-        "require",
-        "--transport",
-        "utp",
-        "--json",
-    ]);
-    assert_eq!(code, Some(0), "{text}{err}");
-    let r: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let r = probe_json(
+        &[&addr, hash, "--encryption", "require", "--transport", "utp"],
+        0,
+    );
     assert_eq!(
         (&r["transport"], &r["mse"], &r["attempts"]),
         (&"utp+mse".into(), &"rc4".into(), &1.into()),
