@@ -776,6 +776,14 @@ mod tests {
         assert!(e.contains("\"always\"") && e.contains("require"), "{e}");
     }
 
+    #[test]
+    fn transport_values_name_one_transport_and_refuse_the_rest() {
+        assert_eq!(parse_transport("tcp"), Ok(OnlyTransport::Tcp));
+        assert_eq!(parse_transport("utp"), Ok(OnlyTransport::Utp));
+        let e = parse_transport("uTP").unwrap_err();
+        assert!(e.contains("\"uTP\"") && e.contains("tcp, utp"), "{e}");
+    }
+
     /// The transcript decodes the tap: messages in order, garbage named once and not past.
     #[test]
     fn transcript_decodes_messages_and_stops_at_garbage() {
