@@ -1,6 +1,7 @@
 //! `swarmscan probe` against real libtorrent peers: by .torrent-less info-hash only, so the
-//! probe must fetch the metadata (BEP 9) to learn the piece count and measure progress; and
-//! over MSE/PE, as the scan talks to a peer that requires encryption.
+//! probe must fetch the metadata (BEP 9) to learn the piece count and measure progress; over
+//! MSE/PE, as the scan talks to a peer that requires encryption; and over uTP (BEP 29), as the
+//! scan talks to a peer that speaks only uTP (`net.utp`), encryption forced or not.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -26,6 +27,16 @@ fn seeder(pieces: u32, encryption: &str) -> (Kill, serde_json::Value) {
 /// Starts a libtorrent peer of `pieces` pieces that lacks `missing` of them; `encryption` is
 /// "plain", "forced" or "forced-rc4" (see tests/data/lt_probe_target.py).
 fn peer(pieces: u32, encryption: &str, missing: u32) -> (Kill, serde_json::Value) {
+    peer_on(pieces, encryption, missing, "both")
+}
+
+/// As [`peer`], speaking over `transports`: "both", "tcp" (uTP off) or "utp" (TCP off).
+fn peer_on(
+    pieces: u32,
+    encryption: &str,
+    missing: u32,
+    transports: &str,
+) -> (Kill, serde_json::Value) {
     let py = python();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/lt_probe_target.py");
     let mut child = Kill(
@@ -35,6 +46,7 @@ fn peer(pieces: u32, encryption: &str, missing: u32) -> (Kill, serde_json::Value
                 &pieces.to_string(),
                 encryption,
                 &missing.to_string(),
+                transports,
             ])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -67,6 +79,29 @@ fn probe(args: &[&str]) -> (Option<i32>, String, String) {
     )
 }
 
+/// Runs the probe with `--json`, asserts its exit code and gives its JSON.
+fn probe_json(args: &[&str], code: i32) -> serde_json::Value {
+    let mut args = args.to_vec();
+    args.push("--json");
+    let (got, text, err) = probe(&args);
+    assert_eq!(got, Some(code), "{text}{err}");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+/// Runs the probe and asserts that `needles` appear in its transcript in this order.
+fn probe_transcript(args: &[&str], code: i32, needles: &[&str]) -> String {
+    let (got, text, err) = probe(args);
+    assert_eq!(got, Some(code), "{text}{err}");
+    let mut at = 0;
+    for needle in needles {
+        match text[at..].find(needle) {
+            Some(i) => at += i + needle.len(),
+            None => panic!("missing {needle:?} (in this order) in:\n{text}"),
+        }
+    }
+    text
+}
+
 /// A partial peer that accepts only RC4-encrypted connections: on the defaults (`fallback`)
 /// the probe is hung up on in plaintext, retries over MSE/PE as a scan does, and shows the
 /// decrypted conversation: the peer's bitfield and its progress.
@@ -76,33 +111,27 @@ fn probe_talks_mse_to_a_peer_that_requires_it() {
     let hash = info["info_hash"].as_str().unwrap();
     let addr = format!("127.0.0.1:{}", info["port"]);
 
-    let (code, text, err) = probe(&[&addr, hash, "--pieces", "50"]);
-    assert_eq!(code, Some(0), "{text}{err}");
-    let mut at = 0;
-    for needle in [
-        "(plaintext, attempt 1 of the probe)",
-        "PeerClosed: the peer hung up on plaintext, trying MSE/PE",
-        "(MSE/PE (RC4 or plaintext offered), attempt 2 of the probe)",
-        "connected; MSE/PE handshake done: RC4-encrypted stream",
-        "-> handshake",
-        "<- handshake",
-        "<- bitfield (7 bytes, 30 bits set)",
-        "end: Answered; progress 60.0% (30 of 50 pieces, from Bitfield)",
-        "transport mse (rc4); attempts 2",
-    ] {
-        match text[at..].find(needle) {
-            Some(i) => at += i + needle.len(),
-            None => panic!("missing {needle:?} (in this order) in:\n{text}"),
-        }
-    }
+    probe_transcript(
+        &[&addr, hash, "--pieces", "50"],
+        0,
+        &[
+            "(plaintext, attempt 1 of the probe)",
+            "PeerClosed [broken]: the peer hung up on plaintext, trying MSE/PE",
+            "(MSE/PE (RC4 or plaintext offered), attempt 2 of the probe)",
+            "connected; MSE/PE handshake done: RC4-encrypted stream",
+            "-> handshake",
+            "<- handshake",
+            "<- bitfield (7 bytes, 30 bits set)",
+            "end: Answered; progress 60.0% (30 of 50 pieces, from Bitfield)",
+            "transport tcp+mse (rc4); attempts 2",
+        ],
+    );
 
     // MSE from the start: one connection.
-    let (code, text, err) = probe(&[&addr, hash, "--encryption", "require", "--json"]);
-    assert_eq!(code, Some(0), "{text}{err}");
-    let r: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let r = probe_json(&[&addr, hash, "--encryption", "require"], 0);
     assert_eq!(
         (&r["transport"], &r["mse"], &r["attempts"]),
-        (&"mse".into(), &"rc4".into(), &1.into()),
+        (&"tcp+mse".into(), &"rc4".into(), &1.into()),
         "{r}"
     );
     assert_eq!(
@@ -112,31 +141,214 @@ fn probe_talks_mse_to_a_peer_that_requires_it() {
     );
 }
 
-/// `--encryption require` against a peer that refuses MSE/PE: one failed attempt, said
-/// plainly, no plaintext retry, exit code 1.
+/// `--encryption require` against a peer that refuses MSE/PE: no plaintext retry, said
+/// plainly; the peer hangs up on MSE over TCP, so uTP is tried as a scan would (`net.utp`
+/// default), with MSE again; exit code 1.
 #[test]
 fn probe_requiring_encryption_fails_clearly_against_a_plaintext_only_peer() {
     let (_seeder, info) = seeder(20, "plain");
     let hash = info["info_hash"].as_str().unwrap();
     let addr = format!("127.0.0.1:{}", info["port"]);
-    let (code, text, err) = probe(&[&addr, hash, "--encryption", "require"]);
-    assert_eq!(code, Some(1), "{text}{err}");
-    for needle in [
-        "attempt 1 of the probe",
-        "MSE/PE failed and encryption is \"require\": no plaintext retry",
-        "transport mse; attempts 1",
-    ] {
-        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
-    }
-    assert!(!text.contains("attempt 2"), "{text}");
+    let text = probe_transcript(
+        &[&addr, hash, "--encryption", "require"],
+        1,
+        &[
+            "over TCP (MSE/PE (RC4 or plaintext offered), attempt 1 of the probe)",
+            "trying uTP (net.utp = \"fallback\")",
+            "over uTP (MSE/PE (RC4 or plaintext offered), attempt 2 of the probe)",
+            "MSE/PE failed and encryption is \"require\": no plaintext retry",
+            "transport utp+mse; attempts 2",
+        ],
+    );
+    assert!(!text.contains("(plaintext, attempt"), "{text}");
     assert!(!text.contains("<- handshake"), "{text}");
-    let (code, text, _) = probe(&[&addr, hash, "--encryption", "require", "--json"]);
-    assert_eq!(code, Some(1));
-    let r: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let r = probe_json(
+        &[&addr, hash, "--encryption", "require", "--transport", "tcp"],
+        1,
+    );
     assert_eq!(r["handshake"], false, "{r}");
     assert_eq!(
         (&r["transport"], &r["attempts"]),
-        (&"mse".into(), &1.into())
+        (&"tcp+mse".into(), &1.into()),
+        "{r}"
+    );
+    assert!(r["error_class"].is_string(), "{r}");
+}
+
+/// A peer that speaks only uTP (libtorrent with TCP off both ways) is read by `probe` on its
+/// defaults as a scan reads it: TCP first, which the peer hangs up on whatever the
+/// encryption, then uTP at once; the bitfield and progress come over uTP, and so does the
+/// metadata when only the info-hash is given.
+#[test]
+fn probe_reads_a_utp_only_peer_on_the_defaults() {
+    let (_peer, info) = peer_on(50, "plain", 20, "utp");
+    let hash = info["info_hash"].as_str().unwrap();
+    let addr = format!("127.0.0.1:{}", info["port"]);
+    let text = probe_transcript(
+        &[&addr, hash, "--pieces", "50"],
+        0,
+        &[
+            "over TCP (plaintext, attempt 1 of the probe)",
+            "the peer hung up on every encryption over TCP, trying uTP (net.utp = \"fallback\")",
+            "over uTP (plaintext, attempt",
+            "connected; plaintext BitTorrent",
+            "-> handshake",
+            "<- handshake",
+            "<- bitfield (7 bytes, 30 bits set)",
+            "end: Answered; progress 60.0% (30 of 50 pieces, from Bitfield)",
+            "transport utp; attempts",
+        ],
+    );
+    assert_eq!(text.matches("over uTP").count(), 1, "{text}");
+
+    let r = probe_json(&[&addr, hash], 0);
+    assert_eq!(
+        (&r["transport"], &r["utp"]),
+        (&"utp".into(), &true.into()),
+        "{r}"
+    );
+    assert_eq!(
+        (r["pieces_have"].as_u64(), r["piece_count"].as_u64()),
+        (Some(30), Some(50)),
+        "the piece count from the metadata, fetched over uTP: {r}"
+    );
+    assert!(r["error_class"].is_null(), "{r}");
+    let tried = r["tried"].as_array().unwrap();
+    let (last, before) = tried.split_last().unwrap();
+    assert_eq!(last["transport"], "utp", "{r}");
+    assert!(!before.is_empty(), "TCP tried first: {r}");
+    for t in before {
+        assert!(t["transport"].as_str().unwrap().starts_with("tcp"), "{r}");
+        assert!(
+            t["error_class"].is_string(),
+            "a failed try has its class: {r}"
+        );
+    }
+}
+
+/// `--transport utp` against a peer with uTP off: one uTP attempt, which times out (the
+/// peer's UDP socket takes the SYN and never answers), named with the scan's uTP error
+/// class; TCP, which would work, is not tried.
+#[test]
+fn probe_over_utp_only_fails_clearly_against_a_tcp_only_peer() {
+    let (_seeder, info) = peer_on(20, "plain", 0, "tcp");
+    let hash = info["info_hash"].as_str().unwrap();
+    let addr = format!("127.0.0.1:{}", info["port"]);
+    let text = probe_transcript(
+        &[&addr, hash, "--transport", "utp"],
+        1,
+        &[
+            "over uTP (plaintext, attempt 1 of the probe)",
+            "[utp_timed_out]: --transport utp: the other transport is not tried",
+            "end: SocketError(110: Connection timed out (os error 110)) [utp_timed_out]",
+            "transport utp; attempts 1",
+        ],
+    );
+    assert!(!text.contains("over TCP"), "{text}");
+    // The same peer on the defaults: TCP first, and it answers.
+    let r = probe_json(&[&addr, hash], 0);
+    assert_eq!(
+        (&r["transport"], &r["attempts"]),
+        (&"tcp".into(), &1.into()),
+        "{r}"
+    );
+}
+
+/// Nothing at the address listens on UDP (only a TCP listener that is closed before the
+/// probe): the kernel's port unreachable makes uTP's connect fail at once, as
+/// `utp_refused`; on the defaults TCP is refused first (`refused`) and uTP tried at once.
+#[test]
+fn probe_names_utp_refused_when_nothing_listens_on_udp() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    drop(listener);
+    let hash = "0123456789abcdef0123456789abcdef01234567";
+    probe_transcript(
+        &[&addr, hash, "--transport", "utp"],
+        1,
+        &[
+            "over uTP (plaintext, attempt 1 of the probe)",
+            "[utp_refused]: --transport utp: the other transport is not tried",
+            "transport utp; attempts 1",
+        ],
+    );
+    probe_transcript(
+        &[&addr, hash],
+        1,
+        &[
+            "over TCP (plaintext, attempt 1 of the probe)",
+            "[refused]: no connection over TCP, trying uTP (net.utp = \"fallback\")",
+            "over uTP (plaintext, attempt 2 of the probe)",
+            "end: SocketError(111: Connection refused (os error 111)) [utp_refused]",
+            "transport utp; attempts 2",
+        ],
+    );
+    // `net.utp = "off"`: TCP only, and the transcript says why uTP was not tried.
+    probe_transcript(
+        &[&addr, hash, "--set", "net.utp=\"off\""],
+        1,
+        &[
+            "[refused]: net.utp = \"off\": uTP is not tried",
+            "attempts 1",
+        ],
+    );
+}
+
+/// A uTP-only peer that forces encryption (RC4 only): on the defaults, TCP is given up as for
+/// any uTP-only peer, uTP's plaintext is hung up on too, and MSE/PE over uTP reads the
+/// peer's progress through the RC4 stream.
+#[test]
+fn probe_reads_an_encryption_forcing_utp_only_peer() {
+    let (_peer, info) = peer_on(40, "forced-rc4", 10, "utp");
+    let hash = info["info_hash"].as_str().unwrap();
+    let addr = format!("127.0.0.1:{}", info["port"]);
+    probe_transcript(
+        &[&addr, hash, "--pieces", "40"],
+        0,
+        &[
+            "over TCP (plaintext, attempt 1 of the probe)",
+            "trying uTP (net.utp = \"fallback\")",
+            "over uTP (plaintext, attempt",
+            "the peer hung up on plaintext, trying MSE/PE",
+            "over uTP (MSE/PE (RC4 or plaintext offered), attempt",
+            "connected; MSE/PE handshake done: RC4-encrypted stream",
+            "<- handshake",
+            "<- bitfield (5 bytes, 30 bits set)",
+            "end: Answered; progress 75.0% (30 of 40 pieces, from Bitfield)",
+            "transport utp+mse (rc4)",
+        ],
+    );
+    // Encryption required and uTP named: one connection, the metadata fetched through it.
+    let r = probe_json(
+        &[&addr, hash, "--encryption", "require", "--transport", "utp"],
+        0,
+    );
+    assert_eq!(
+        (&r["transport"], &r["mse"], &r["attempts"]),
+        (&"utp+mse".into(), &"rc4".into(), &1.into()),
+        "{r}"
+    );
+    assert_eq!(
+        (r["pieces_have"].as_u64(), r["piece_count"].as_u64()),
+        (Some(30), Some(40)),
+        "{r}"
+    );
+}
+
+/// A wrong `--transport` is refused before anything is dialled, naming the flag and values.
+#[test]
+fn probe_refuses_an_unknown_transport() {
+    let (code, text, err) = probe(&[
+        "127.0.0.1:9",
+        "0123456789abcdef0123456789abcdef01234567",
+        "--transport",
+        "quic",
+    ]);
+    assert_eq!(code, Some(2), "{text}{err}");
+    assert!(text.is_empty(), "{text}");
+    assert!(
+        err.contains("--transport") && err.contains("tcp, utp"),
+        "{err}"
     );
 }
 

@@ -2,20 +2,23 @@
 //!
 //! It runs the code a scan runs, not a copy of it: the scan's conversation
 //! ([`ProbeConv`], the engine adapter of `proto::session::PeerSession`, MSE included, with the
-//! worker's key and pads) on one real engine worker, with the probe settings a scan derives
-//! from the same configuration, and the scan's encryption policy: which way to talk first
-//! ([`use_mse`]) and when to try again at once the other way ([`retry_other_way`]). The
-//! session's tap ([`PeerSession::with_tap`](crate::proto::session::PeerSession::with_tap))
-//! gives the plaintext BitTorrent messages both ways, also when the wire is encrypted.
+//! worker's key and pads) on one real engine worker, over TCP or over uTP on the scan's uTP
+//! plane ([`utp_plane`]: the worker's UDP socket, its connections and timers), with the probe
+//! settings a scan derives from the same configuration, and the scan's policies: which
+//! encryption first ([`use_mse`]) and when to try again at once the other way
+//! ([`retry_other_way`]); which transport first and when to switch (`net.utp`:
+//! [`utp_plane::next_way`]), unless `--transport` names one. The session's tap
+//! ([`PeerSession::with_tap`](crate::proto::session::PeerSession::with_tap)) gives the
+//! plaintext BitTorrent messages both ways, also when the wire is encrypted.
 
 use std::io::Write;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use crate::config::{ConfigArgs, Encryption};
+use crate::config::{ConfigArgs, Encryption, UtpMode};
 use crate::engine::worker::{ProbeDone, ProbeRequest, WorkerDriver};
-use crate::engine::{EngineConfig, Millis, Verdict};
+use crate::engine::{DatagramQueue, EngineConfig, Millis, Verdict};
 use crate::inputs::load_inputs;
 use crate::proto::hex;
 use crate::proto::magnet::TorrentRef;
@@ -23,9 +26,11 @@ use crate::proto::peer_wire::{self, Message};
 use crate::proto::probe::{ProbeEnd, ProbeReport, ProbeSettings};
 use crate::proto::session::{Fallback, PlainTap};
 use crate::scan::catalog::{Catalog, CatalogTorrent};
-use crate::scan::driver::{retry_other_way, use_mse, ProbeConv};
+use crate::scan::driver::utp_plane::{self, TransportTry, UtpHost, UtpPlane, UtpSettings, Way};
+use crate::scan::driver::{error_class, retry_other_way, stored_as_success, use_mse, ProbeConv};
+use crate::scan::udp_counters::UtpCounters;
 use crate::settings::ScanSettings;
-use crate::store::record::ProbeEvent;
+use crate::store::record::{ProbeEvent, Transport};
 
 #[derive(clap::Args, Debug)]
 pub struct ProbeArgs {
@@ -43,10 +48,16 @@ pub struct ProbeArgs {
     /// net.encryption (fallback).
     #[arg(long, value_name = "WHEN", value_parser = parse_encryption)]
     pub encryption: Option<Encryption>,
+    /// Talk over this transport only: tcp, or utp (uTP, BEP 29, on a UDP socket of a port of
+    /// the kernel's choosing). Default: both, as net.utp orders them (fallback: TCP first,
+    /// uTP when TCP is refused, times out or hangs up on every encryption; prefer: uTP
+    /// first, TCP when uTP gets no answer; off: TCP only).
+    #[arg(long, value_name = "ONLY", value_parser = parse_transport)]
+    pub transport: Option<OnlyTransport>,
     /// Quiet timeout in milliseconds (default: peer.quiet_timeout_ms, 6000).
     #[arg(long, value_parser = crate::limits::count::<u64>(1, crate::limits::MAX_MS))]
     pub quiet_timeout_ms: Option<u64>,
-    /// Connect timeout in milliseconds (default: peer.connect_timeout_ms, 5000).
+    /// Connect timeout in milliseconds, TCP and uTP (default: peer.connect_timeout_ms, 5000).
     #[arg(long, value_parser = crate::limits::count::<u64>(1, crate::limits::MAX_MS))]
     pub connect_timeout_ms: Option<u64>,
     /// Print the result as JSON.
@@ -67,12 +78,29 @@ fn parse_encryption(s: &str) -> Result<Encryption, String> {
     }
 }
 
-/// Connections one probe may take: the scan's policy retries at most twice in a row
-/// (plaintext → MSE → plaintext under `fallback`); the cap only keeps the loop bounded.
-const MAX_ATTEMPTS: usize = 3;
+/// The one transport `--transport` allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnlyTransport {
+    Tcp,
+    Utp,
+}
+
+fn parse_transport(s: &str) -> Result<OnlyTransport, String> {
+    match s {
+        "tcp" => Ok(OnlyTransport::Tcp),
+        "utp" => Ok(OnlyTransport::Utp),
+        _ => Err(format!("{s:?} is not one of tcp, utp")),
+    }
+}
+
+/// Connections one probe may take. The scan's policies retry at once at most twice in a
+/// row per transport (plaintext → MSE → plaintext under `fallback`) and switch transport
+/// once per chain; the cap only keeps the loop bounded.
+const MAX_ATTEMPTS: usize = 6;
 
 /// One connection of the probe, as it ended.
 struct Attempt {
+    utp: bool,
     mse: bool,
     started_at: Millis,
     connect_ms: Option<Millis>,
@@ -82,13 +110,52 @@ struct Attempt {
     report: ProbeReport,
 }
 
-/// A worker's driver that probes one peer: one connection, and another the other way when the
-/// scan's policy would retry at once.
+impl Attempt {
+    /// "tcp", "utp+mse", ...: the way this connection was tried, named as the store names
+    /// transports (`+mse` here means MSE/PE was attempted; `report.mse` says whether it
+    /// got through).
+    fn transport(&self) -> String {
+        let base = if self.utp {
+            Transport::UTP
+        } else {
+            Transport::TCP
+        };
+        let t = if self.mse {
+            base | Transport::MSE
+        } else {
+            base
+        };
+        t.names()
+    }
+
+    /// How it ended, with the scan's error class when it learned no progress.
+    fn outcome(&self) -> String {
+        let end = end_text(&self.report.end);
+        if stored_as_success(&self.report) {
+            end
+        } else {
+            format!("{end} [{}]", error_class(&self.report).name())
+        }
+    }
+}
+
+/// A worker's driver that probes one peer: one connection, and others at once where the
+/// scan's policies would retry (the other encryption, the other transport).
 struct OnePeer {
     addr: SocketAddr,
     settings: Arc<ProbeSettings>,
     catalog: Arc<Catalog>,
     encryption: Encryption,
+    /// `net.utp`: the transports' order.
+    utp_mode: UtpMode,
+    /// `--transport`: the only transport tried.
+    only: Option<OnlyTransport>,
+    /// The transport to try next and whether this probe switched already, as the scan keeps
+    /// it per peer.
+    way: Way,
+    utp: UtpPlane,
+    /// The plane's counters (a scan exports them; `probe` tells each connection's end).
+    utp_counters: UtpCounters,
     /// The peer's encryption flags, as the scan keeps them (`peer_table::flag`).
     flags: u8,
     /// Makes the peer-id of each connection differ, as a scan's probes do.
@@ -98,6 +165,25 @@ struct OnePeer {
     /// The last connection ended and no other is due.
     finished: bool,
     attempts: Vec<Attempt>,
+}
+
+impl OnePeer {
+    fn next_over_utp(&self) -> bool {
+        match self.only {
+            Some(only) => only == OnlyTransport::Utp,
+            None => self.utp_mode != UtpMode::Off && self.way.utp,
+        }
+    }
+}
+
+impl UtpHost for OnePeer {
+    fn utp(&self) -> &UtpPlane {
+        &self.utp
+    }
+
+    fn utp_parts(&mut self) -> (&mut UtpPlane, &UtpCounters) {
+        (&mut self.utp, &self.utp_counters)
+    }
 }
 
 impl WorkerDriver for OnePeer {
@@ -123,11 +209,17 @@ impl WorkerDriver for OnePeer {
         } else {
             conv
         };
-        Some(ProbeRequest {
+        let req = ProbeRequest {
             addr: self.addr,
             token: self.attempts.len() as u64,
             conv,
-        })
+        };
+        if self.next_over_utp() {
+            // Given back only without a UDP socket of the peer's family (then TCP, as in a
+            // scan); `probe` binds one whenever uTP may be used.
+            return utp_plane::start(self, now, req);
+        }
+        Some(req)
     }
 
     fn on_ask(
@@ -146,34 +238,91 @@ impl WorkerDriver for OnePeer {
     }
 
     fn probe_done(&mut self, _now: Millis, done: ProbeDone<ProbeConv>) {
+        let tried = TransportTry::of(&done);
         let mse = done.conv.mse_attempted();
         let fallback = done.conv.session().fallback();
         let tap = done.conv.session().tap().cloned().unwrap_or_default();
+        let report = done.conv.into_report();
         self.attempts.push(Attempt {
+            utp: report.utp,
             mse,
             started_at: done.started_at,
             connect_ms: done.connect_ms,
             total_ms: done.total_ms,
             fallback,
             tap,
-            report: done.conv.into_report(),
+            report,
         });
-        if self.attempts.len() < MAX_ATTEMPTS {
-            if let Some(flags) = retry_other_way(self.encryption, self.flags, fallback, mse) {
-                self.flags = flags;
-                self.pending = true;
-                return;
-            }
+        let encryption_retry = retry_other_way(self.encryption, self.flags, fallback, mse);
+        if let Some(flags) = encryption_retry {
+            self.flags = flags;
         }
-        self.finished = true;
+        let retry = match self.only {
+            Some(_) => encryption_retry.is_some(),
+            None => {
+                let next = utp_plane::next_way(
+                    self.utp_mode,
+                    self.way,
+                    self.flags,
+                    tried,
+                    fallback,
+                    encryption_retry.is_some(),
+                    self.utp.reaches(self.addr),
+                );
+                self.way = next.way;
+                self.flags = next.flags;
+                next.retry
+            }
+        };
+        if retry && self.attempts.len() < MAX_ATTEMPTS {
+            self.pending = true;
+        } else {
+            self.finished = true;
+        }
     }
 
     fn incoming(&mut self, _: Millis, _: SocketAddr, _: SocketAddr) -> Option<(u64, ProbeConv)> {
         None
     }
 
+    fn on_udp_bound(&mut self, udp: &[SocketAddr]) {
+        self.utp.on_udp_bound(udp);
+    }
+
+    fn datagram(
+        &mut self,
+        now: Millis,
+        local: SocketAddr,
+        from: SocketAddr,
+        bytes: &[u8],
+        out: &mut DatagramQueue,
+    ) {
+        utp_plane::datagram(self, now, local, from, bytes, out);
+    }
+
+    fn poll_datagrams(&mut self, now: Millis, out: &mut DatagramQueue) {
+        utp_plane::poll(self, now, out);
+    }
+
+    fn datagram_error(
+        &mut self,
+        now: Millis,
+        _local: SocketAddr,
+        to: SocketAddr,
+        errno: i32,
+        _out: &mut DatagramQueue,
+    ) {
+        utp_plane::datagram_error(self, now, to, errno);
+    }
+
+    fn next_wakeup(&self) -> Option<Millis> {
+        self.utp.next_wakeup()
+    }
+
     fn should_stop(&self) -> bool {
-        self.finished
+        // A uTP connection that ended lingers until our FIN is delivered (at most
+        // `utp_plane::LINGER_MS`), as in a scan.
+        self.finished && self.utp.is_idle()
     }
 }
 
@@ -197,23 +346,40 @@ pub fn probe(args: &ProbeArgs) -> i32 {
     if let Some(ms) = args.quiet_timeout_ms {
         settings.quiet_timeout_ms = ms;
     }
+    let may_use_utp = match args.transport {
+        Some(only) => only == OnlyTransport::Utp,
+        None => scan.utp != UtpMode::Off,
+    };
+    // uTP runs on a UDP socket of the peer's family, on a port of the kernel's choosing.
+    let udp = if may_use_utp {
+        let any = if args.addr.is_ipv4() {
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+        } else {
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+        };
+        vec![SocketAddr::new(any, 0)]
+    } else {
+        Vec::new()
+    };
+    let connect_timeout_ms = args
+        .connect_timeout_ms
+        .unwrap_or(scan.engine.connect_timeout_ms);
     let engine = EngineConfig {
         workers: 1,
         max_in_flight: 1,
         max_held: 0,
         max_incoming: 0,
         connects_per_sec: 0,
-        connect_timeout_ms: args
-            .connect_timeout_ms
-            .unwrap_or(scan.engine.connect_timeout_ms),
+        connect_timeout_ms,
         listen: Vec::new(),
         pin_cores: false,
-        // One connection: a few buffers of the scan's size do (both are powers of two).
+        // One connection: a few buffers of the scan's size do (all are powers of two).
         recv_buffers: scan.engine.recv_buffers.min(64),
         recv_buffer_size: scan.engine.recv_buffer_size,
         ring_entries: scan.engine.ring_entries.min(256),
-        // No UDP: the probe is one TCP connection.
-        udp: Vec::new(),
+        udp,
+        udp_recv_buffers: scan.engine.udp_recv_buffers.min(64),
+        udp_send_slots: scan.engine.udp_send_slots.min(64),
         ..scan.engine.clone()
     };
     let catalog = Catalog::with_metadata_limits(
@@ -232,11 +398,25 @@ pub fn probe(args: &ProbeArgs) -> i32 {
     let unix_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
+    let utp_settings = UtpSettings {
+        mode: scan.utp,
+        max_in_flight: 1,
+        // No SYN of anyone is accepted: `probe` only dials.
+        max_incoming: 0,
+        connects_per_sec: 0,
+        connect_burst: 1,
+        connect_timeout_ms,
+    };
     let driver = OnePeer {
         addr: args.addr,
         settings: Arc::new(settings),
         catalog,
         encryption,
+        utp_mode: scan.utp,
+        only: args.transport,
+        way: Way::first(scan.utp),
+        utp: UtpPlane::new(utp_settings, unix_ms),
+        utp_counters: UtpCounters::default(),
         flags: 0,
         nonce: unix_ms.wrapping_mul(1_000_003),
         pending: true,
@@ -258,12 +438,17 @@ pub fn probe(args: &ProbeArgs) -> i32 {
         eprintln!("swarmscan: probe: the engine ended before the probe started");
         return 1;
     };
+    let ways = Ways {
+        encryption,
+        utp: scan.utp,
+        only: args.transport,
+    };
     let mut out = std::io::stdout().lock();
     // Not println!: a failed write (stdout closed) must not panic.
     let _ = if args.json {
         write_json(&mut out, &attempts)
     } else {
-        write_transcript(&mut out, args.addr, encryption, &attempts)
+        write_transcript(&mut out, args.addr, ways, &attempts)
     };
     if last.report.handshake {
         0
@@ -272,32 +457,105 @@ pub fn probe(args: &ProbeArgs) -> i32 {
     }
 }
 
-/// The way a connection talked: "mse" or "plain".
-fn transport(a: &Attempt) -> &'static str {
-    if a.mse {
-        "mse"
-    } else {
-        "plain"
-    }
-}
-
-/// The last connection's report, with its transport and the number of connections.
+/// The last connection's report, with its transport, its error class (when it learned no
+/// progress), the number of connections and each connection's transport and end.
 fn write_json(out: &mut impl Write, attempts: &[Attempt]) -> std::io::Result<()> {
     let Some(last) = attempts.last() else {
         return Ok(());
     };
+    let class =
+        |a: &Attempt| (!stored_as_success(&a.report)).then(|| error_class(&a.report).name());
     let mut json = serde_json::to_value(&last.report).unwrap_or_default();
     if let Some(map) = json.as_object_mut() {
-        map.insert("transport".into(), transport(last).into());
+        map.insert("transport".into(), last.transport().into());
+        map.insert("error_class".into(), class(last).into());
         map.insert("attempts".into(), attempts.len().into());
+        let tried: Vec<serde_json::Value> = attempts
+            .iter()
+            .map(|a| {
+                serde_json::json!({
+                    "transport": a.transport(),
+                    "connect_ms": a.connect_ms,
+                    "end": a.report.end,
+                    "error_class": class(a),
+                })
+            })
+            .collect();
+        map.insert("tried".into(), tried.into());
     }
     writeln!(out, "{json}")
+}
+
+/// The settings that chose the probe's connections, for the transcript's explanations.
+#[derive(Clone, Copy)]
+struct Ways {
+    encryption: Encryption,
+    utp: UtpMode,
+    only: Option<OnlyTransport>,
+}
+
+fn transport_title(utp: bool) -> &'static str {
+    if utp {
+        "uTP"
+    } else {
+        "TCP"
+    }
+}
+
+/// Why the probe went on after `a` (whose successor is `next`), or, for the last one, why
+/// it did not; None when there is nothing to explain.
+fn after_attempt(a: &Attempt, next: Option<&Attempt>, ways: Ways) -> Option<String> {
+    let gave_up = a.connect_ms.is_none() || a.fallback.hung_up;
+    let over = transport_title(a.utp);
+    match next {
+        Some(n) if n.utp != a.utp => {
+            let why = if a.connect_ms.is_none() {
+                format!("no connection over {over}")
+            } else {
+                format!("the peer hung up on every encryption over {over}")
+            };
+            Some(format!(
+                "{why}, trying {} (net.utp = {:?})",
+                transport_title(n.utp),
+                utp_mode_name(ways.utp)
+            ))
+        }
+        Some(_) if !a.mse && a.fallback.hung_up => {
+            Some("the peer hung up on plaintext, trying MSE/PE".into())
+        }
+        Some(_) if a.mse => Some("MSE/PE failed, trying plaintext".into()),
+        Some(_) => Some("trying the other way".into()),
+        None if a.report.handshake => None,
+        None if a.mse && a.fallback.mse_failed && ways.encryption == Encryption::Require => {
+            Some("MSE/PE failed and encryption is \"require\": no plaintext retry".into())
+        }
+        None if !a.mse && a.fallback.hung_up && ways.encryption == Encryption::Off => Some(
+            "the peer hung up on plaintext (it may require encryption) and encryption is \"off\""
+                .into(),
+        ),
+        None if gave_up && ways.only.is_some() => Some(format!(
+            "--transport {}: the other transport is not tried",
+            if a.utp { "utp" } else { "tcp" }
+        )),
+        None if gave_up && ways.utp == UtpMode::Off => {
+            Some("net.utp = \"off\": uTP is not tried".into())
+        }
+        None => None,
+    }
+}
+
+fn utp_mode_name(mode: UtpMode) -> &'static str {
+    match mode {
+        UtpMode::Off => "off",
+        UtpMode::Fallback => "fallback",
+        UtpMode::Prefer => "prefer",
+    }
 }
 
 fn write_transcript(
     out: &mut impl Write,
     addr: SocketAddr,
-    encryption: Encryption,
+    ways: Ways,
     attempts: &[Attempt],
 ) -> std::io::Result<()> {
     for (i, a) in attempts.iter().enumerate() {
@@ -308,56 +566,32 @@ fn write_transcript(
         };
         writeln!(
             out,
-            "{:>6} ms connecting to {addr} ({way}, attempt {} of the probe)",
+            "{:>6} ms connecting to {addr} over {} ({way}, attempt {} of the probe)",
             a.started_at,
+            transport_title(a.utp),
             i + 1
         )?;
-        let Some(connect_ms) = a.connect_ms else {
-            writeln!(
-                out,
-                "{:>6} ms {}",
-                a.started_at + a.total_ms,
-                end_text(&a.report.end)
-            )?;
-            continue;
-        };
-        let up = a.started_at + connect_ms;
-        let encrypted = match (a.mse, a.report.mse, &a.report.end) {
-            (false, _, _) => "plaintext BitTorrent".to_string(),
-            (true, Some("rc4"), _) => "MSE/PE handshake done: RC4-encrypted stream".to_string(),
-            (true, Some(other), _) => format!("MSE/PE handshake done: {other} stream"),
-            (true, None, ProbeEnd::MseFailed(e)) => format!("MSE/PE handshake failed: {e}"),
-            (true, None, _) => "MSE/PE handshake did not complete".to_string(),
-        };
-        writeln!(out, "{up:>6} ms connected; {encrypted}")?;
-        let mut transcript = Transcript::default();
-        for chunk in &a.tap.chunks {
-            transcript.log(out, chunk.at, chunk.outgoing, &chunk.bytes)?;
+        if let Some(connect_ms) = a.connect_ms {
+            let up = a.started_at + connect_ms;
+            let encrypted = match (a.mse, a.report.mse, &a.report.end) {
+                (false, _, _) => "plaintext BitTorrent".to_string(),
+                (true, Some("rc4"), _) => "MSE/PE handshake done: RC4-encrypted stream".to_string(),
+                (true, Some(other), _) => format!("MSE/PE handshake done: {other} stream"),
+                (true, None, ProbeEnd::MseFailed(e)) => format!("MSE/PE handshake failed: {e}"),
+                (true, None, _) => "MSE/PE handshake did not complete".to_string(),
+            };
+            writeln!(out, "{up:>6} ms connected; {encrypted}")?;
+            let mut transcript = Transcript::default();
+            for chunk in &a.tap.chunks {
+                transcript.log(out, chunk.at, chunk.outgoing, &chunk.bytes)?;
+            }
         }
         let ended = a.started_at + a.total_ms;
-        let last = i + 1 == attempts.len();
-        match (last, a.mse) {
-            (false, false) if a.fallback.hung_up => writeln!(
-                out,
-                "{ended:>6} ms {}: the peer hung up on plaintext, trying MSE/PE",
-                end_text(&a.report.end)
-            )?,
-            (false, _) => writeln!(
-                out,
-                "{ended:>6} ms {}: trying the other way",
-                end_text(&a.report.end)
-            )?,
-            (true, true) if a.fallback.mse_failed && encryption == Encryption::Require => {
-                writeln!(
-                    out,
-                    "{ended:>6} ms MSE/PE failed and encryption is \"require\": no plaintext retry"
-                )?
-            }
-            (true, false) if a.fallback.hung_up && encryption == Encryption::Off => writeln!(
-                out,
-                "{ended:>6} ms the peer hung up on plaintext (it may require encryption) and encryption is \"off\""
-            )?,
-            _ => {}
+        match after_attempt(a, attempts.get(i + 1), ways) {
+            Some(why) => writeln!(out, "{ended:>6} ms {}: {why}", a.outcome())?,
+            // A connection that never came up: its end is all there is to tell.
+            None if a.connect_ms.is_none() => writeln!(out, "{ended:>6} ms {}", a.outcome())?,
+            None => {}
         }
     }
     let Some(a) = attempts.last() else {
@@ -378,14 +612,14 @@ fn write_transcript(
         _ => "unknown".to_string(),
     };
     let transport = match r.mse {
-        Some(crypto) => format!("mse ({crypto})"),
-        None => transport(a).to_string(),
+        Some(crypto) => format!("{} ({crypto})", a.transport()),
+        None => a.transport(),
     };
     writeln!(
         out,
         "{:>6} ms end: {}; progress {progress}; client {}; transport {transport}; attempts {}",
         a.started_at + a.total_ms,
-        end_text(&r.end),
+        a.outcome(),
         r.client.as_deref().unwrap_or("-"),
         attempts.len()
     )
@@ -540,6 +774,14 @@ mod tests {
         }
         let e = parse_encryption("always").unwrap_err();
         assert!(e.contains("\"always\"") && e.contains("require"), "{e}");
+    }
+
+    #[test]
+    fn transport_values_name_one_transport_and_refuse_the_rest() {
+        assert_eq!(parse_transport("tcp"), Ok(OnlyTransport::Tcp));
+        assert_eq!(parse_transport("utp"), Ok(OnlyTransport::Utp));
+        let e = parse_transport("uTP").unwrap_err();
+        assert!(e.contains("\"uTP\"") && e.contains("tcp, utp"), "{e}");
     }
 
     /// The transcript decodes the tap: messages in order, garbage named once and not past.

@@ -33,7 +33,7 @@ use crate::store::record::{
 };
 use crate::store::writer::RecordSender;
 
-mod utp_plane;
+pub mod utp_plane;
 pub use utp_plane::UtpSettings;
 
 /// A peer session ([`PeerSession`]: encryption layer and probe, sans-IO) adapted to the
@@ -433,8 +433,11 @@ pub struct ScanDriver {
     udp_trackers: Option<UdpTrackers>,
     /// Our DHT nodes on this worker and the lookups of its torrents (`dht.enabled`).
     dht: Option<crate::dht::scan::ScanDht>,
-    /// uTP connections, timers and transport memory (see [`utp_plane`]).
+    /// uTP connections and timers (see [`utp_plane`]).
     utp: utp_plane::UtpPlane,
+    /// Transport memory (`net.utp`): the peers whose way differs from the setting's default
+    /// (the peer table's flags byte is full).
+    utp_ways: HashMap<PeerIdx, utp_plane::Way>,
     /// Reverse DNS of peers (worker 0 only, `geo.reverse_dns`).
     rdns: Option<super::rdns::ReverseDns>,
     pub counters: Arc<WorkerCounters>,
@@ -495,6 +498,7 @@ impl ScanDriver {
             udp_trackers: None,
             dht: None,
             utp: utp_plane::UtpPlane::new(UtpSettings::default(), epoch_unix_ms as u64),
+            utp_ways: HashMap::new(),
             rdns: None,
             counters: Arc::new(WorkerCounters::default()),
         }
@@ -1520,6 +1524,7 @@ impl WorkerDriver for ScanDriver {
 
     fn on_udp_bound(&mut self, udp: &[SocketAddr]) {
         self.udp_locals = udp.to_vec();
+        self.utp.on_udp_bound(udp);
         if let Some(d) = &mut self.dht {
             d.on_udp_bound(udp, self.last_tick);
         }
@@ -1551,7 +1556,7 @@ impl WorkerDriver for ScanDriver {
             }
             DatagramKind::Utp => {
                 self.counters.udp_utp.fetch_add(1, Ordering::Relaxed);
-                self.utp_datagram(now, local, from, bytes, out);
+                utp_plane::datagram(self, now, local, from, bytes, out);
                 return;
             }
             DatagramKind::TrackerReply => {
@@ -1584,7 +1589,7 @@ impl WorkerDriver for ScanDriver {
                 |record| records.send(record),
             );
         }
-        self.utp_poll(now, out);
+        utp_plane::poll(self, now, out);
     }
 
     fn datagram_error(
@@ -1598,7 +1603,7 @@ impl WorkerDriver for ScanDriver {
         if let Some(trackers) = &mut self.udp_trackers {
             trackers.on_error(to, errno, out);
         }
-        self.utp_unreachable(now, to, errno);
+        utp_plane::datagram_error(self, now, to, errno);
     }
 
     fn next_wakeup(&self) -> Option<Millis> {
@@ -1606,7 +1611,7 @@ impl WorkerDriver for ScanDriver {
         let inbox = self.last_tick + 50;
         let deadlines = [
             self.dht.as_ref().and_then(|d| d.next_deadline()),
-            self.utp_wakeup(),
+            self.utp.next_wakeup(),
         ];
         Some(deadlines.into_iter().flatten().fold(inbox, Millis::min))
     }
@@ -1669,7 +1674,9 @@ const INCOMING_TOKEN: u64 = 1 << 63;
 
 impl Drop for ScanDriver {
     fn drop(&mut self) {
-        self.utp_cancel_all();
+        utp_plane::cancel_all(self, self.last_tick);
+        self.utp_publish_gauges();
+        tracing::debug!(worker = self.worker, counters = ?self.counters.utp, "uTP plane ended");
         if let Some(d) = &self.dht {
             d.publish(&self.counters.dht, self.last_tick);
         }
