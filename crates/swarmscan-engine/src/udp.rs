@@ -36,8 +36,10 @@
 //!   hands each to [`WorkerDriver::datagram_error`](crate::WorkerDriver::datagram_error) with
 //!   the destination the failed datagram was sent to; each counts in `udp_send_errors`. The
 //!   kernel also reports the error once on the socket's next operation: when that is a send,
-//!   that datagram did not leave, so a failed send is sent once more (`udp_send_retries`) and
-//!   reported only when it fails again.
+//!   that datagram did not leave, whatever its destination. So a failed send first drains the
+//!   error queue; when that holds errors (they explain the failure) the datagram is sent again
+//!   (`udp_send_retries`, up to 4 times, then dropped as `udp_send_given_up`), and only a
+//!   failure the queue does not explain is reported for the datagram's own destination.
 //! - Timers of UDP protocols are the driver's: it gets `tick` and `poll_datagrams` every
 //!   iteration and the worker sleeps no later than
 //!   [`WorkerDriver::next_wakeup`](crate::WorkerDriver::next_wakeup).
@@ -125,6 +127,11 @@ const SOCKET_BUFFER_BYTES: usize = 1 << 20;
 /// ICMP errors taken from a socket's error queue per report (the rest wait for the next).
 const ERRORS_PER_DRAIN: usize = 64;
 
+/// Sends of one datagram after failures that queued ICMP errors explained (each one belongs
+/// to an earlier datagram to another address); past this, under a storm of such errors, the
+/// datagram is dropped like a lost one (`udp_send_given_up`), never blamed on its address.
+const MAX_SEND_RETRIES: u8 = 4;
+
 /// Why [`DatagramQueue::push`] refused a datagram (it was not sent; counted in
 /// `udp_send_dropped`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,8 +169,9 @@ struct SendSlot {
     to_addr: SocketAddr,
     len: usize,
     socket: usize,
-    /// Sent once more after a first failure (see `UdpPlane::on_send`).
-    retried: bool,
+    /// Times sent again after a failure that other datagrams' ICMP errors explained (see
+    /// `UdpPlane::on_send`).
+    retries: u8,
 }
 
 /// Datagrams the driver wants sent, in a fixed arena of send slots (see the module docs).
@@ -195,7 +203,7 @@ impl DatagramQueue {
                 to_addr: dummy,
                 len: 0,
                 socket: 0,
-                retried: false,
+                retries: 0,
             })
             .collect();
         DatagramQueue {
@@ -245,7 +253,7 @@ impl DatagramQueue {
         slot.to_addr = to;
         slot.len = bytes.len();
         slot.socket = socket;
-        slot.retried = false;
+        slot.retries = 0;
         self.queued.push(index);
         Ok(())
     }
@@ -635,23 +643,30 @@ impl UdpPlane {
         let Some(slot) = self.queue.slots.get_mut(index as usize) else {
             return;
         };
-        let (socket, to) = (slot.socket, slot.to_addr);
+        let (socket, to, retries) = (slot.socket, slot.to_addr, slot.retries);
         self.queue.in_flight -= 1;
-        if res < 0 && !slot.retried {
-            // The kernel reports an ICMP error on the socket's next operation: when that is
-            // a send, the datagram never left, whatever its destination. Report the queued
-            // errors (with their own destinations) and send it once more; a second failure
-            // is its own.
-            slot.retried = true;
+        if res >= 0 {
+            self.queue.free.push(index);
+            stats.udp_sent += 1;
+            return;
+        }
+        // The kernel reports an ICMP error (port unreachable, …) on the socket's next
+        // operation, whatever that operation's destination: a send can fail for an earlier
+        // datagram to another address. Such errors are also in the socket's error queue with
+        // their own destinations, and reading the queue clears the pending one. So: report
+        // the queued errors; if there were any, the failure was theirs and the datagram goes
+        // out again (a busy socket meeting gone peers can fail several sends in a row); only
+        // a failure the queue does not explain belongs to this datagram's destination.
+        let explained = self.drain_socket_errors(socket, driver, now, stats) > 0;
+        if explained && retries < MAX_SEND_RETRIES {
+            self.queue.slots[index as usize].retries += 1;
             stats.udp_send_retries += 1;
             self.queue.queued.push(index);
-            self.errors_pending.push(socket);
-            self.drain_errors(driver, now, stats);
             return;
         }
         self.queue.free.push(index);
-        if res >= 0 {
-            stats.udp_sent += 1;
+        if explained {
+            stats.udp_send_given_up += 1;
         } else {
             stats.udp_send_errors += 1;
             let local = self.sockets[socket].local;
@@ -685,15 +700,30 @@ impl UdpPlane {
         stats: &mut WorkerStats,
     ) {
         while let Some(i) = self.errors_pending.pop() {
-            let (fd, local) = (self.sockets[i].socket.as_raw_fd(), self.sockets[i].local);
-            for _ in 0..ERRORS_PER_DRAIN {
-                let Some((to, errno)) = read_queued_error(fd) else {
-                    break;
-                };
-                stats.udp_send_errors += 1;
-                driver.datagram_error(now, local, to, errno, &mut self.queue);
-            }
+            self.drain_socket_errors(i, driver, now, stats);
         }
+    }
+
+    /// Reads socket `i`'s error queue (at most [`ERRORS_PER_DRAIN`]) and tells the driver of
+    /// each error; returns how many there were.
+    fn drain_socket_errors<D: WorkerDriver>(
+        &mut self,
+        i: usize,
+        driver: &mut D,
+        now: Millis,
+        stats: &mut WorkerStats,
+    ) -> usize {
+        let (fd, local) = (self.sockets[i].socket.as_raw_fd(), self.sockets[i].local);
+        let mut read = 0;
+        while read < ERRORS_PER_DRAIN {
+            let Some((to, errno)) = read_queued_error(fd) else {
+                break;
+            };
+            read += 1;
+            stats.udp_send_errors += 1;
+            driver.datagram_error(now, local, to, errno, &mut self.queue);
+        }
+        read
     }
 
     /// Unregisters the receive buffers and frees everything; only when not [`busy`](Self::busy).

@@ -474,6 +474,63 @@ fn a_send_that_meets_another_datagrams_icmp_error_is_sent_again() {
     assert_eq!(w.stats().udp_send_errors, 20, "{:?}", w.stats());
 }
 
+#[test]
+fn a_stream_of_other_datagrams_icmp_errors_is_never_blamed_on_a_live_destination() {
+    // A scan that keeps sending to peers that went away meets a port unreachable on most of
+    // its sends; a send can fail several times in a row for others' errors.
+    let mut w = worker(config(&[V4]));
+    let p = peer(V4);
+    p.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+    let live = p.local_addr().unwrap();
+    let mut d = UdpDriver::default();
+    let closed: Vec<SocketAddr> = (0..8).map(|_| closed_port(V4)).collect();
+    const ROUNDS: usize = 40;
+    let total = (ROUNDS * (closed.len() + 1)) as u64;
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut round = 0;
+    loop {
+        // One round per loop iteration: the live datagram first, then the gone ones, whose
+        // errors meet the next iteration's first sends (the live one's resend among them).
+        if round < ROUNDS {
+            d.outbox.push_back((live, vec![round as u8]));
+            for &c in &closed {
+                d.outbox.push_back((c, b"gone?".to_vec()));
+            }
+            round += 1;
+        }
+        w.step(&mut d, 1).expect("step");
+        let mut buf = [0u8; 16];
+        while let Ok((n, _)) = p.recv_from(&mut buf) {
+            got.extend_from_slice(&buf[..n]);
+        }
+        let stats = w.stats();
+        if d.outbox.is_empty()
+            && stats.udp_sent + stats.udp_send_given_up + stats.udp_send_errors >= total
+            && got.len() as u64 + stats.udp_send_given_up >= ROUNDS as u64
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "timed out: {got:?} {stats:?}");
+    }
+    assert!(
+        d.errors.iter().all(|e| e.1 != live),
+        "errors blamed on the live peer: {:?} ({:?})",
+        d.errors.iter().filter(|e| e.1 == live).count(),
+        w.stats()
+    );
+    assert!(
+        d.errors.iter().any(|e| closed.contains(&e.1)),
+        "the closed ports' errors are reported: {:?}",
+        w.stats()
+    );
+    assert!(w.stats().udp_send_retries >= 1, "{:?}", w.stats());
+    // Every live datagram arrived, in order, unless a storm made the worker give some up.
+    let given_up = w.stats().udp_send_given_up as usize;
+    assert!(got.len() + given_up >= ROUNDS, "{got:?} {:?}", w.stats());
+    assert!(got.windows(2).all(|p| p[0] < p[1]), "{got:?}");
+}
+
 /// Records each datagram's original destination (`datagram_to`).
 #[derive(Default)]
 struct OriginalDst(Vec<(SocketAddr, Option<SocketAddr>, Vec<u8>)>);

@@ -306,9 +306,12 @@ pub struct WorkerStats {
     /// Failed UDP sends plus ICMP errors reported for sent datagrams (each one also went to
     /// `datagram_error`).
     pub udp_send_errors: u64,
-    /// Failed sends sent once more (the failure is often an earlier datagram's ICMP error,
-    /// reported on the socket's next operation).
+    /// Failed sends sent again: the failure was an earlier datagram's ICMP error, reported
+    /// on the socket's next operation (the error queue held it).
     pub udp_send_retries: u64,
+    /// Datagrams dropped after several sends in a row failed on other datagrams' ICMP errors
+    /// (never reported for their own destination).
+    pub udp_send_given_up: u64,
     /// Datagrams the queue refused (arena full, too large, no such socket): never sent.
     pub udp_send_dropped: u64,
     /// UDP receives that found their buffer ring empty (re-armed at the next iteration).
