@@ -305,8 +305,12 @@ pub struct TransportTry {
 impl TransportTry {
     pub fn of(done: &ProbeDone<ProbeConv>) -> TransportTry {
         let report = done.conv.report();
+        // ECONNRESET before the connection came up: the peer accepted and reset at once, before
+        // reading a byte (a connect's result is the socket's pending error, and the reset can
+        // beat the completion); whether it is seen there or as a hang-up right after the
+        // connect is a race, and both must lead to the other transport.
         let refused = matches!(report.end, ProbeEnd::SocketError(e)
-            if e == libc::ECONNREFUSED || e == libc::ETIMEDOUT);
+            if e == libc::ECONNREFUSED || e == libc::ETIMEDOUT || e == libc::ECONNRESET);
         TransportTry {
             utp: report.utp,
             connect_failed: done.connect_ms.is_none() && refused,
