@@ -239,6 +239,31 @@ fn synthetic_study_reports_plots_and_exports() {
     assert_eq!(us["peers"], us_peers);
 
     check_plots(dir.path(), database);
+    // Figure 5.4 draws and names both series of every torrent set: the three sets' reported
+    // counts grow alike here, so their lines lie on each other and only their markers (in
+    // each set's darker shade) tell them apart.
+    let fig = std::fs::read_to_string(dir.path().join("plots/fig5_4_downloads.svg")).unwrap();
+    for label in ["1-10GB", "&lt;1GB", "&gt;10GB", "(all)"] {
+        for series in ["confirmed", "reported by scrape"] {
+            assert!(
+                fig.contains(&format!("{label}: {series}")),
+                "{label}: {series}"
+            );
+        }
+    }
+    // The text report has one country table and one AS table, by torrent set.
+    let text = ok(&["report", "--set", &format!("database={database}")]);
+    for title in [
+        "Peers and confirmed downloads by country",
+        "Peers and confirmed downloads by autonomous system",
+    ] {
+        assert_eq!(text.matches(title).count(), 1, "{title}\n{text}");
+    }
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("(all) ") && l.contains(" US ")),
+        "{text}"
+    );
     check_exports(dir.path(), database);
 }
 

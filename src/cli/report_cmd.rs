@@ -678,9 +678,9 @@ fn geo_key_table_text(
             built.get(..10).unwrap_or("-")
         ));
     }
+    let what = if names[0] == "asn" { "AS" } else { names[0] };
     out.push_str(&format!(
-        "per torrent set; shares of the set's peers and confirmed downloads with {} known)\n",
-        names[0]
+        "per torrent set; shares of the set's peers and confirmed downloads whose {what} is known)\n"
     ));
     if !t.rows.is_empty() {
         let rows: Vec<Vec<String>> = t
