@@ -614,24 +614,32 @@ fn draw_downloads<DB: DrawingBackend>(
     unit: TimeUnit,
 ) -> DrawResult<DB> {
     // The log axis starts at 1: counts of 0 are not drawn.
-    let lines: Vec<(&String, Vec<(f64, f64)>, Vec<(f64, f64)>)> = labels
+    let lines: Vec<(Line, Line)> = labels
         .iter()
         .map(|(label, points)| {
             (
-                label,
-                points
-                    .iter()
-                    .filter(|p| p.1 > 0)
-                    .map(|p| (p.0, p.1 as f64))
-                    .collect(),
-                points
-                    .iter()
-                    .filter_map(|p| p.2.filter(|r| *r > 0).map(|r| (p.0, r as f64)))
-                    .collect(),
+                Line {
+                    label: format!("{label}: confirmed"),
+                    points: points
+                        .iter()
+                        .filter(|p| p.1 > 0)
+                        .map(|p| (p.0, p.1 as f64))
+                        .collect(),
+                },
+                Line {
+                    label: format!("{label}: reported by scrape"),
+                    points: points
+                        .iter()
+                        .filter_map(|p| p.2.filter(|r| *r > 0).map(|r| (p.0, r as f64)))
+                        .collect(),
+                },
             )
         })
         .collect();
-    if lines.iter().all(|l| l.1.is_empty() && l.2.is_empty()) {
+    if lines
+        .iter()
+        .all(|l| l.0.points.is_empty() && l.1.points.is_empty())
+    {
         return draw_empty(
             area,
             "no confirmed download yet, and no scrape-reported download since the first scrape",
@@ -645,7 +653,7 @@ fn draw_downloads<DB: DrawingBackend>(
         * 1.02;
     let y_max = lines
         .iter()
-        .flat_map(|l| l.1.iter().chain(&l.2).map(|p| p.1))
+        .flat_map(|l| l.0.points.iter().chain(&l.1.points).map(|p| p.1))
         .fold(10.0, f64::max)
         * 1.5;
     // Reported counts are often ten times ours: a log axis shows both.
@@ -664,17 +672,11 @@ fn draw_downloads<DB: DrawingBackend>(
         .light_line_style(RGBColor(0xee, 0xee, 0xee))
         .draw()?;
     let slots = 2 * lines.len();
-    for (i, (label, confirmed, reported)) in lines.into_iter().enumerate() {
+    for (i, (confirmed, reported)) in lines.into_iter().enumerate() {
         draw_line_pair(
             &mut chart,
-            Line {
-                label: format!("{label}: confirmed"),
-                points: confirmed,
-            },
-            Line {
-                label: format!("{label}: reported by scrape"),
-                points: reported,
-            },
+            confirmed,
+            reported,
             color(i),
             (i, slots),
             (0.0, x_max),
