@@ -239,6 +239,31 @@ fn synthetic_study_reports_plots_and_exports() {
     assert_eq!(us["peers"], us_peers);
 
     check_plots(dir.path(), database);
+    // Figure 5.4 draws and names both series of every torrent set: the three sets' reported
+    // counts grow alike here, so their lines lie on each other and only their markers (in
+    // each set's darker shade) tell them apart.
+    let fig = std::fs::read_to_string(dir.path().join("plots/fig5_4_downloads.svg")).unwrap();
+    for label in ["1-10GB", "&lt;1GB", "&gt;10GB", "(all)"] {
+        for series in ["confirmed", "reported by scrape"] {
+            assert!(
+                fig.contains(&format!("{label}: {series}")),
+                "{label}: {series}"
+            );
+        }
+    }
+    // The text report has one country table and one AS table, by torrent set.
+    let text = ok(&["report", "--set", &format!("database={database}")]);
+    for title in [
+        "Peers and confirmed downloads by country",
+        "Peers and confirmed downloads by autonomous system",
+    ] {
+        assert_eq!(text.matches(title).count(), 1, "{title}\n{text}");
+    }
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("(all) ") && l.contains(" US ")),
+        "{text}"
+    );
     check_exports(dir.path(), database);
 }
 
@@ -284,19 +309,38 @@ fn simulated_swarm_scan_reports_plots_and_exports() {
     assert_eq!(report["torrents"][0]["labels"][0], "first");
     // The simulated peers send real peer-ids: the client table has their clients.
     assert!(!study["clients"]["rows"].as_array().unwrap().is_empty());
-    // No GeoIP columns in this build's schema: empty tables that say why.
-    let geo = Connection::open(database)
-        .unwrap()
-        .prepare("SELECT 1 FROM pragma_table_info('peers') WHERE name = 'country'")
-        .unwrap()
-        .exists([])
-        .unwrap();
-    if !geo {
-        assert!(study["countries"]["note"]
+    // The demo configures no GeoIP database: empty country tables that say why, in the JSON
+    // and once in the text report.
+    assert!(study["countries"]["rows"].as_array().unwrap().is_empty());
+    assert!(
+        study["countries"]["note"]
             .as_str()
             .unwrap()
-            .contains("GeoIP"));
-    }
+            .contains("no GeoIP database configured"),
+        "{}",
+        study["countries"]
+    );
+    assert!(report["geo"]["countries"]["note"]
+        .as_str()
+        .unwrap()
+        .contains("geo.city_db was not set"));
+    let text = ok(&["report", "--set", &format!("database={database}")]);
+    assert_eq!(
+        text.matches("Peers and confirmed downloads by country")
+            .count(),
+        1,
+        "{text}"
+    );
+    assert_eq!(
+        text.matches("Peers and confirmed downloads by autonomous system")
+            .count(),
+        1,
+        "{text}"
+    );
+    assert!(
+        text.contains("no peer has a country: geo.city_db was not set"),
+        "{text}"
+    );
     for row in study["threshold_sensitivity"].as_array().unwrap() {
         let at_98 = &row["points"].as_array().unwrap()[8];
         assert_eq!(at_98[1], row["stored_confirmed"], "{row}");

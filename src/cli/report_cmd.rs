@@ -8,7 +8,7 @@
 //! Exit codes: 0 ok, 2 bad configuration or missing database, 1 other errors.
 
 use crate::config::ConfigArgs;
-use crate::store::report::Report;
+use crate::store::report::{GeoReport, Report};
 use crate::store::study::{KeyTable, StudyTables, THRESHOLDS};
 use crate::store::{PeerRow, Store, StoreError, UnixMs};
 use std::io::Write as _;
@@ -609,19 +609,7 @@ pub fn render_report(r: &Report) -> String {
         opt_i(g.p99_ms)
     ));
 
-    out.push_str(&geo_table_text(
-        "Peers and confirmed downloads by country",
-        &["country", "continent"],
-        &r.geo.countries,
-        usize::MAX,
-    ));
-    out.push_str(&geo_table_text(
-        "Peers and confirmed downloads by autonomous system",
-        &["asn", "organisation"],
-        &r.geo.asns,
-        GEO_TEXT_ROWS,
-    ));
-    out.push_str(&render_study(&r.study));
+    out.push_str(&render_study(&r.study, &r.geo));
     out
 }
 
@@ -668,104 +656,67 @@ fn render_key_table(title: &str, key: &str, detail: Option<&str>, t: &KeyTable) 
     out
 }
 
-/// Rows of a long table (autonomous systems) the text report shows; `--json` has them all.
-const GEO_TEXT_ROWS: usize = 30;
-
-/// One geo table of the text report: a heading naming the database, the rows (at most
-/// `max_rows`), a line for the peers without a value, and the note saying why.
-fn geo_table_text(
+/// A country or AS table of the text report: the study's table by torrent set (as table 5.6
+/// is), its heading naming the database the values came from, and why peers have no value
+/// (the report's `geo` section words it best: never set, or no entry in the database).
+fn geo_key_table_text(
     title: &str,
-    names: &[&str; 2],
-    t: &crate::store::report::GeoTable,
-    max_rows: usize,
+    names: [&str; 2],
+    t: &KeyTable,
+    geo: &crate::store::report::GeoTable,
 ) -> String {
-    let mut out = format!("\n{title}");
-    match &t.source {
-        Some(s) => out.push_str(&format!(
-            " ({}, built {}; shares of all peers and of all confirmed downloads)\n",
+    let mut out = format!("\n{title} (");
+    if let Some(s) = &geo.source {
+        let built = iso_time(
+            i64::try_from(s.build_epoch)
+                .ok()
+                .map(|e| e.saturating_mul(1000)),
+        );
+        out.push_str(&format!(
+            "{}, built {}; ",
             s.database_type,
-            iso_time(
-                i64::try_from(s.build_epoch)
-                    .ok()
-                    .map(|e| e.saturating_mul(1000))
-            )
-            .get(..10)
-            .unwrap_or("-")
-        )),
-        None => out.push_str(" (shares of all peers and of all confirmed downloads)\n"),
+            built.get(..10).unwrap_or("-")
+        ));
     }
-    let share = |v: f64| format!("{:.1}%", v * 100.0);
-    let mut rows: Vec<Vec<String>> = t
-        .rows
-        .iter()
-        .take(max_rows)
-        .map(|row| {
-            vec![
-                if names[0] == "asn" {
-                    format!("AS{}", row.key)
-                } else {
-                    row.key.clone()
-                },
-                row.detail.clone().unwrap_or_else(|| "-".into()),
-                row.peers.to_string(),
-                share(row.peer_share),
-                row.evaluated.to_string(),
-                row.confirmed.to_string(),
-                row.confirmed_share.map_or_else(|| "-".into(), share),
-            ]
-        })
-        .collect();
-    if t.rows.len() > max_rows {
-        let rest = &t.rows[max_rows..];
-        let peers: i64 = rest.iter().map(|r| r.peers).sum();
-        let confirmed: i64 = rest.iter().map(|r| r.confirmed).sum();
-        rows.push(vec![
-            format!("{} more", rest.len()),
-            "(report --json has them)".into(),
-            peers.to_string(),
-            share(rest.iter().map(|r| r.peer_share).sum()),
-            rest.iter().map(|r| r.evaluated).sum::<i64>().to_string(),
-            confirmed.to_string(),
-            rest.iter()
-                .map(|r| r.confirmed_share)
-                .sum::<Option<f64>>()
-                .map_or_else(|| "-".into(), share),
-        ]);
-    }
-    let unknown = t.not_looked_up + t.no_entry;
-    if unknown > 0 && !t.rows.is_empty() {
-        let total: i64 = t.rows.iter().map(|r| r.peers).sum::<i64>() + unknown;
-        let confirmed: i64 = t.rows.iter().map(|r| r.confirmed).sum::<i64>() + t.unknown_confirmed;
-        rows.push(vec![
-            "unknown".into(),
-            String::new(),
-            unknown.to_string(),
-            share(unknown as f64 / total.max(1) as f64),
-            t.unknown_evaluated.to_string(),
-            t.unknown_confirmed.to_string(),
-            if confirmed > 0 {
-                share(t.unknown_confirmed as f64 / confirmed as f64)
-            } else {
-                "-".into()
-            },
-        ]);
-    }
-    if !rows.is_empty() {
+    let what = if names[0] == "asn" { "AS" } else { names[0] };
+    out.push_str(&format!(
+        "per torrent set; shares of the set's peers and confirmed downloads whose {what} is known)\n"
+    ));
+    if !t.rows.is_empty() {
+        let rows: Vec<Vec<String>> = t
+            .rows
+            .iter()
+            .map(|k| {
+                vec![
+                    k.label.clone(),
+                    k.key.clone(),
+                    k.detail.clone().unwrap_or_else(|| "-".into()),
+                    k.peers.to_string(),
+                    share_cell(Some(k.share_peers)),
+                    k.confirmed.to_string(),
+                    share_cell(k.share_confirmed),
+                ]
+            })
+            .collect();
         out.push_str(&table(
             &[
+                "label",
                 names[0],
                 names[1],
                 "peers",
                 "share",
-                "evaluated",
                 "confirmed",
-                "share",
+                "share_confirmed",
             ],
             &rows,
         ));
     }
-    match &t.note {
+    match geo.note.as_ref().or(t.note.as_ref()) {
         Some(note) => out.push_str(&format!("{note}\n")),
+        None if t.unknown_peers > 0 => out.push_str(&format!(
+            "peers with no {} (all torrents): {}\n",
+            names[0], t.unknown_peers
+        )),
         None if t.rows.is_empty() => out.push_str("no peers yet\n"),
         None => {}
     }
@@ -782,7 +733,7 @@ pub fn rate(bps: f64) -> String {
 }
 
 /// The text form of the study's planned tables.
-pub fn render_study(s: &StudyTables) -> String {
+pub fn render_study(s: &StudyTables, geo: &GeoReport) -> String {
     let mut out = String::new();
     out.push_str("\nConfirmed downloads per torrent set (label; thesis table 5.6 by set)\n");
     let rows: Vec<Vec<String>> = s
@@ -824,17 +775,17 @@ pub fn render_study(s: &StudyTables) -> String {
         None,
         &s.host_domains,
     ));
-    out.push_str(&render_key_table(
-        "Peers and confirmed downloads by country (GeoIP)",
-        "country",
-        None,
+    out.push_str(&geo_key_table_text(
+        "Peers and confirmed downloads by country",
+        ["country", "continent"],
         &s.countries,
+        &geo.countries,
     ));
-    out.push_str(&render_key_table(
+    out.push_str(&geo_key_table_text(
         "Peers and confirmed downloads by autonomous system",
-        "asn",
-        Some("organisation"),
+        ["asn", "organisation"],
         &s.asns,
+        &geo.asns,
     ));
     out.push_str("\nDownload speed by country (per peer the highest speed between two contacts)\n");
     if let Some(note) = &s.speed_by_country.note {
@@ -896,44 +847,81 @@ mod tests {
     }
 
     #[test]
-    fn the_text_as_table_shows_the_largest_and_sums_the_rest() {
-        use crate::store::report::{GeoRow, GeoTable};
-        let rows: Vec<GeoRow> = (0..GEO_TEXT_ROWS as i64 + 5)
-            .map(|i| GeoRow {
-                key: (64_500 + i).to_string(),
-                detail: Some(format!("Net {i}")),
-                peers: 100 - i,
-                peer_share: (100 - i) as f64 / 10_000.0,
-                evaluated: 1,
-                confirmed: i % 2,
-                confirmed_share: Some((i % 2) as f64 / 20.0),
-            })
-            .collect();
-        let t = GeoTable {
-            source: None,
-            rows,
-            not_looked_up: 0,
-            no_entry: 7,
-            unknown_evaluated: 2,
-            unknown_confirmed: 1,
-            note: Some("7 of N peers have no AS number".into()),
+    fn one_country_table_by_torrent_set_with_the_geo_note() {
+        use crate::store::geo::GeoSource;
+        use crate::store::report::GeoTable;
+        use crate::store::study::KeyCount;
+        let row = |label: &str, key: &str, peers| KeyCount {
+            label: label.into(),
+            key: key.into(),
+            detail: Some("EU".into()),
+            peers,
+            share_peers: peers as f64 / 4.0,
+            confirmed: 1,
+            share_confirmed: Some(0.5),
         };
-        let text = geo_table_text("By AS", &["asn", "organisation"], &t, GEO_TEXT_ROWS);
+        let study = KeyTable {
+            rows: vec![
+                row("films", "DE", 3),
+                row("(all)", "DE", 3),
+                row("(all)", "SE", 1),
+            ],
+            unknown_peers: 2,
+            note: None,
+        };
+        let geo = GeoTable {
+            source: Some(GeoSource {
+                path: "/var/lib/geo/city.mmdb".into(),
+                database_type: "GeoLite2-City".into(),
+                build_epoch: 1_700_000_000,
+            }),
+            rows: Vec::new(),
+            not_looked_up: 0,
+            no_entry: 2,
+            unknown_evaluated: 0,
+            unknown_confirmed: 0,
+            note: Some("2 of 6 peers have no country: 0 stored while geo.city_db was not set, 2 with no entry in the database".into()),
+        };
+        let text = geo_key_table_text("By country", ["country", "continent"], &study, &geo);
         let lines: Vec<&str> = text.trim_start().lines().collect();
-        // Title, header, 30 rows, "5 more", unknown, note.
-        assert_eq!(lines.len(), 2 + GEO_TEXT_ROWS + 3, "{text}");
-        assert!(lines[2].starts_with("AS64500  Net 0 "), "{}", lines[2]);
-        let more: Vec<&str> = lines[2 + GEO_TEXT_ROWS].split_whitespace().collect();
-        // The 5 smallest: 70 + 69 + 68 + 67 + 66 peers, 2 confirmed (odd i).
-        assert_eq!(more[..2], ["5", "more"]);
         assert!(
-            lines[2 + GEO_TEXT_ROWS].contains(" 340 "),
-            "{}",
-            lines[2 + GEO_TEXT_ROWS]
+            lines[0].starts_with("By country (GeoLite2-City, built 2023-11-14; per torrent set;"),
+            "{text}"
         );
-        let unknown: Vec<&str> = lines[3 + GEO_TEXT_ROWS].split_whitespace().collect();
-        assert_eq!(unknown[..4], ["unknown", "7", "0.2%", "2"], "{text}");
-        assert_eq!(lines.last(), Some(&"7 of N peers have no AS number"));
+        assert_eq!(
+            lines[1].split_whitespace().collect::<Vec<_>>(),
+            [
+                "label",
+                "country",
+                "continent",
+                "peers",
+                "share",
+                "confirmed",
+                "share_confirmed"
+            ]
+        );
+        assert_eq!(
+            lines[2].split_whitespace().collect::<Vec<_>>(),
+            ["films", "DE", "EU", "3", "75.0%", "1", "50.0%"]
+        );
+        assert_eq!(lines.len(), 6, "{text}");
+        assert_eq!(lines[5], geo.note.as_deref().unwrap());
+        // Without a database or any value: the study's own note, no table.
+        let empty = KeyTable {
+            rows: Vec::new(),
+            unknown_peers: 6,
+            note: Some("no peer has a country (no GeoIP database configured)".into()),
+        };
+        let none = GeoTable {
+            source: None,
+            note: None,
+            ..geo
+        };
+        let text = geo_key_table_text("By country", ["country", "continent"], &empty, &none);
+        assert_eq!(
+            text.trim_start().lines().nth(1),
+            Some("no peer has a country (no GeoIP database configured)")
+        );
     }
 
     #[test]

@@ -8,8 +8,9 @@
 //! counts in both groups, so groups are not summed.
 //!
 //! Peer descriptions (`peers.country`, `continent`, `asn`, `as_org`, `host_domain`) come from
-//! the GeoIP / reverse-DNS columns when the database has them; a database without them gets
-//! empty tables and a note that says so, never an error.
+//! the GeoIP / reverse-DNS columns, which every database has (opening one migrates it to the
+//! current schema); peers without a value are counted apart, and an empty table carries a note
+//! saying why.
 //!
 //! Threshold sensitivity: a peer counts as a confirmed download at threshold `t` when its first
 //! known progress is below `t` and a later stored progress (the last contact below the scan's
@@ -251,7 +252,7 @@ fn label_order(label: &str) -> (u8, &str) {
 }
 
 impl Store {
-    /// The `peers` columns present (the GeoIP / reverse-DNS columns may not be).
+    /// The `peers` columns of this database (the export's schema lists them).
     pub(crate) fn peer_columns(&self) -> Result<Vec<String>, StoreError> {
         let mut stmt = self
             .conn
@@ -425,25 +426,14 @@ impl Store {
     }
 
     /// Peers and confirmed downloads by the value of a `peers` column (with an optional
-    /// detail column); an empty table with a note when the column is missing.
+    /// detail column); an empty table says why with `unknown_note`.
     fn column_table(
         &self,
-        columns: &[String],
         column: &str,
         detail: Option<&str>,
         key_sql: &str,
-        missing_note: &str,
         unknown_note: &str,
     ) -> Result<KeyTable, StoreError> {
-        if !columns.iter().any(|c| c == column)
-            || detail.is_some_and(|d| !columns.iter().any(|c| c == d))
-        {
-            return Ok(KeyTable {
-                rows: Vec::new(),
-                unknown_peers: self.count_where("1")?,
-                note: Some(missing_note.to_string()),
-            });
-        }
         let detail_sql = detail.map_or("NULL".to_string(), |d| format!("p.{d}"));
         // Counted here in one sequential pass, the peers without a value too: a GROUP BY would
         // sort a million rows, and a second query would read them all again.
@@ -492,21 +482,8 @@ impl Store {
 
     /// Host domains, with a note on how many peers reverse DNS answered (`geo_lookup` bit
     /// [`LOOKED_UP`](super::host_domain::LOOKED_UP)) and how many it never asked about.
-    fn host_domain_table(&self, columns: &[String]) -> Result<KeyTable, StoreError> {
-        let mut t = self.column_table(
-            columns,
-            "host_domain",
-            None,
-            "p.host_domain",
-            "not resolved: this database has no peers.host_domain column",
-            "",
-        )?;
-        if !["host_domain", "geo_lookup"]
-            .iter()
-            .all(|c| columns.iter().any(|have| have == c))
-        {
-            return Ok(t);
-        }
+    fn host_domain_table(&self) -> Result<KeyTable, StoreError> {
+        let mut t = self.column_table("host_domain", None, "p.host_domain", "")?;
         let (looked_up, no_name): (i64, i64) = self
             .conn
             .query_row(
@@ -536,13 +513,7 @@ impl Store {
 
     /// Download speed by country: per peer the highest speed between two contacts
     /// (`max_speed`, pieces per second) times the torrent's piece length.
-    pub fn speed_table(&self, columns: &[String]) -> Result<SpeedTable, StoreError> {
-        if !columns.iter().any(|c| c == "country") {
-            return Ok(SpeedTable {
-                rows: Vec::new(),
-                note: Some(GEO_MISSING.to_string()),
-            });
-        }
+    pub fn speed_table(&self) -> Result<SpeedTable, StoreError> {
         let groups = self.label_groups()?;
         let mut speeds: HashMap<(String, String), Vec<f64>> = HashMap::new();
         let mut stmt = self
@@ -654,7 +625,6 @@ impl Store {
         &self,
         torrents: &[super::report::TorrentReport],
     ) -> Result<StudyTables, StoreError> {
-        let columns = self.peer_columns()?;
         let sort = |mut t: KeyTable| {
             // top_rows groups by label name; put "(none)" and "(all)" last.
             t.rows
@@ -664,24 +634,20 @@ impl Store {
         Ok(StudyTables {
             labels: self.label_reports(torrents)?,
             clients: sort(self.client_table()?),
-            host_domains: sort(self.host_domain_table(&columns)?),
+            host_domains: sort(self.host_domain_table()?),
             countries: sort(self.column_table(
-                &columns,
                 "country",
-                None,
+                Some("continent"),
                 "p.country",
-                GEO_MISSING,
                 "no peer has a country (no GeoIP database configured, or no address in it)",
             )?),
             asns: sort(self.column_table(
-                &columns,
                 "asn",
                 Some("as_org"),
                 "'AS' || p.asn",
-                GEO_MISSING,
                 "no peer has an ASN (no ASN database configured, or no address in it)",
             )?),
-            speed_by_country: self.speed_table(&columns)?,
+            speed_by_country: self.speed_table()?,
             threshold_sensitivity: self.threshold_sensitivity()?,
         })
     }
@@ -812,8 +778,6 @@ impl Store {
         Ok(out)
     }
 }
-
-const GEO_MISSING: &str = "this database has no GeoIP columns (peers.country, asn): made by a swarmscan without GeoIP support";
 
 #[cfg(test)]
 mod tests {
@@ -1047,30 +1011,43 @@ mod tests {
         assert_eq!(clients.rows[0].share_peers, 0.4);
         assert_eq!(clients.rows[0].share_confirmed, Some(1.0));
 
-        let columns = store.peer_columns().unwrap();
+        // No GeoIP values yet: empty tables whose note says why.
         let tables = store.study_tables(&[]).unwrap();
         assert!(tables.countries.rows.is_empty());
-        assert!(tables.countries.note.as_deref().unwrap().contains("GeoIP"));
+        assert_eq!(
+            tables.countries.note.as_deref(),
+            Some("no peer has a country (no GeoIP database configured, or no address in it)")
+        );
+        assert_eq!(tables.countries.unknown_peers, 5);
         assert!(tables
             .host_domains
             .note
             .as_deref()
             .unwrap()
             .contains("reverse DNS off"));
-        assert!(store.speed_table(&columns).unwrap().note.is_some());
+        assert!(store.speed_table().unwrap().note.is_some());
 
         // Once the columns hold values (the writer's GeoIP lookups), the same queries fill the
         // tables.
         store
             .conn
             .execute_batch(
-                "UPDATE peers SET country = 'DE', asn = 3320, as_org = 'DTAG' WHERE port <= 2;
+                "UPDATE peers SET country = 'DE', continent = 'EU', asn = 3320, as_org = 'DTAG' WHERE port <= 2;
                  UPDATE peers SET max_speed = 2.0 WHERE port = 1;",
             )
             .unwrap();
         let tables = store.study_tables(&[]).unwrap();
         let de = &tables.countries.rows[0];
-        assert_eq!((de.key.as_str(), de.peers, de.confirmed), ("DE", 2, 1));
+        assert_eq!(
+            (
+                de.key.as_str(),
+                de.detail.as_deref(),
+                de.peers,
+                de.confirmed
+            ),
+            ("DE", Some("EU"), 2, 1)
+        );
+        assert!(tables.countries.note.is_none());
         assert_eq!(tables.countries.unknown_peers, 3);
         let asn = &tables.asns.rows[0];
         assert_eq!(
