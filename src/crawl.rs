@@ -19,7 +19,15 @@
 //!
 //! The crawl is a DHT activity: with `dht.enabled = false` it refuses to start. Like `run`
 //! and `sink` it holds the database's instance lock (`service::instance`) while it runs, and
-//! ignores SIGUSR1 (which `add`/`remove` send only to a `run`).
+//! ignores SIGUSR1 (which `add`/`remove` send only to a `run`); SIGHUP (a unit's reload, a
+//! logrotate) is logged and changes nothing, its settings being read at start.
+//!
+//! A database path that stops naming the file the crawl writes (removed, replaced by another
+//! file, renamed; see `store::place`) is noticed within [`PLACE_CHECK_EVERY`]: the crawl
+//! stops, stores what it holds into its own file, saves that where the user will find it
+//! (back at the path, or next to the other file) and exits 1 saying where.
+//!
+//! [`PLACE_CHECK_EVERY`]: crate::store::writer::PLACE_CHECK_EVERY
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};

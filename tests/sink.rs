@@ -640,11 +640,10 @@ fn a_sighup_does_not_end_a_sink_and_it_says_nothing_was_reloaded() {
     let mut sink = start_sink(&[], &db, &addr, &log);
     knock(&addr, b"before the reload");
     // What `systemctl reload` (ExecReload=kill -HUP) or a logrotate postrotate sends.
+    let pid = sink.child.id() as i32;
     // Safety: kill(2) on our own child's pid.
-    assert_eq!(
-        unsafe { libc::kill(sink.child.id() as i32, libc::SIGHUP) },
-        0
-    );
+    let sent = unsafe { libc::kill(pid, libc::SIGHUP) };
+    assert_eq!(sent, 0);
     let limit = Instant::now() + Duration::from_secs(10);
     while !read_to_string_lossy(&log).contains("SIGHUP") {
         assert!(
