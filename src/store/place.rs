@@ -5,8 +5,8 @@
 //! process ends, after `mv other.sqlite scan.sqlite` into a file nobody can find, and a
 //! `-wal` removed under a live connection holds the newest commits where no reader looks. No
 //! call fails. So [`Placement`] remembers the device and inode of the main file and its
-//! `-wal` and `-shm` as opened, and [`Placement::check`] compares them with the path (three
-//! `stat` calls, about a microsecond each; the writer checks after every commit).
+//! `-wal` and `-shm` as opened, and [`Placement::check`] compares them with the path (two
+//! `stat` calls, 1.1 µs together measured on ext4; the writer checks after every commit).
 //!
 //! When the path no longer names our file, [`save_moved`] closes the connection so that
 //! nothing is lost and nothing foreign is touched:
@@ -218,9 +218,11 @@ fn remove_our_companions(place: &Placement) {
     }
 }
 
-/// Closes `conn` after its database moved (see the module docs): checkpoints, saves a copy where the
-/// user will find it, never writes a file that is not ours. Returns where everything this
-/// database held is now, or why it could not be saved (then it is lost with the process).
+/// Closes `conn` after its database moved (see the module docs): checkpoints, saves a copy
+/// where the user will find it, never writes a file that is not ours. Returns where everything
+/// this database held is now, or why it could not be saved (then it is lost with the process).
+/// (A `-wal` replaced by another file is the one case not covered: SQLite's own close removes
+/// whatever is at that name.)
 pub fn save_moved(conn: Connection, mut place: Placement) -> Result<String, String> {
     // Checked again: the user may have put it back meanwhile, or moved it on.
     let Some(moved) = place.check() else {
