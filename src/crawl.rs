@@ -19,7 +19,15 @@
 //!
 //! The crawl is a DHT activity: with `dht.enabled = false` it refuses to start. Like `run`
 //! and `sink` it holds the database's instance lock (`service::instance`) while it runs, and
-//! ignores SIGUSR1 (which `add`/`remove` send only to a `run`).
+//! ignores SIGUSR1 (which `add`/`remove` send only to a `run`); SIGHUP (a unit's reload, a
+//! logrotate) is logged and changes nothing, its settings being read at start.
+//!
+//! A database path that stops naming the file the crawl writes (removed, replaced by another
+//! file, renamed; see `store::place`) is noticed within [`PLACE_CHECK_EVERY`]: the crawl
+//! stops, stores what it holds into its own file, saves that where the user will find it
+//! (back at the path, or next to the other file) and exits 1 saying where.
+//!
+//! [`PLACE_CHECK_EVERY`]: crate::store::writer::PLACE_CHECK_EVERY
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -466,6 +474,10 @@ pub fn run(args: &CrawlArgs) -> i32 {
         eprintln!("swarmscan: crawl: {e}");
         return 1;
     }
+    if let Err(e) = crate::service::instance::ignore_reload_signal("crawl") {
+        eprintln!("swarmscan: crawl: {e}");
+        return 1;
+    }
     // One run, crawl or sink per database, held until this function returns.
     let _instance = match crate::service::instance::InstanceLock::acquire(
         &config.database,
@@ -493,7 +505,7 @@ fn crawl(
     stop: Arc<AtomicBool>,
 ) -> Result<(), String> {
     let settings: crate::dht::DhtSettings = config.into();
-    let store = Store::open(&config.database).map_err(|e| e.to_string())?;
+    let mut store = Store::open(&config.database).map_err(|e| e.to_string())?;
     let remembered: Vec<(Id20, SocketAddr)> = store
         .dht_nodes()
         .map_err(|e| e.to_string())?
@@ -563,6 +575,9 @@ fn crawl(
     let unwritable = Duration::try_from_secs_f64(config.store.unwritable_secs)
         .unwrap_or(Duration::from_secs(300));
     let mut held = Held::new(&config.database, unwritable);
+    // The database path stopped naming our file (removed, replaced, renamed): what happened.
+    let mut moved: Option<String> = None;
+    let mut last_place_check = Instant::now();
     loop {
         if deadline.is_some_and(|d| Instant::now() >= d) {
             stop.store(true, Ordering::SeqCst);
@@ -578,6 +593,20 @@ fn crawl(
         if let Some(why) = &held.gave_up {
             if !stop.swap(true, Ordering::SeqCst) {
                 tracing::error!("stopping the crawl: {why}");
+            }
+        }
+        // As the scan's writer does (`store::place`): sightings go on into our own file
+        // until the stop, which then saves it where it can be found.
+        if moved.is_none() && last_place_check.elapsed() >= crate::store::writer::PLACE_CHECK_EVERY
+        {
+            last_place_check = Instant::now();
+            if let Some(m) = store.check_place() {
+                let why = m.describe(&config.database);
+                tracing::error!(
+                    "stopping the crawl: {why}; saving what it holds where it can be found"
+                );
+                stop.store(true, Ordering::SeqCst);
+                moved = Some(why);
             }
         }
     }
@@ -607,6 +636,17 @@ fn crawl(
             stats.nodes_known as i64
         ],
     );
+    if let Some(why) = moved {
+        let mut not_stored = held.not_stored;
+        let saved = store.close_moved().unwrap_or_else(|e| {
+            not_stored += held.stored;
+            format!("{e}: what it held ends with this process")
+        });
+        let gave_up = held.gave_up.map(|g| format!("; {g}")).unwrap_or_default();
+        return Err(format!(
+            "{why}; {saved}{gave_up}; {not_stored} sightings not stored"
+        ));
+    }
     if let Some(why) = held.gave_up {
         return Err(format!("{why}; {} sightings not stored", held.not_stored));
     }

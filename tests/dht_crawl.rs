@@ -18,8 +18,9 @@
 //! The other tests need no DHT to answer (their bootstrap node is a loopback port nothing
 //! listens on): a crawl holds its database like `run` does (a second crawl, a sink or a run
 //! on it is refused naming the crawl; `add` names it and does not signal it; a stray SIGUSR1
-//! does not end it), refuses to run with `dht.enabled = false`, and takes its rate from
-//! `dht.crawl_rate` (range-checked, `--rate` overrides it).
+//! does not end it, nor does SIGHUP), refuses to run with `dht.enabled = false`, takes its
+//! rate from `dht.crawl_rate` (range-checked, `--rate` overrides it), and stops when its
+//! database is removed, putting it back.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -359,4 +360,104 @@ fn the_crawl_rate_is_a_range_checked_config_key_that_rate_overrides() {
         let summary: Json = serde_json::from_str(out.trim()).unwrap();
         assert_eq!(summary["rate"], want, "{args:?}: {summary}");
     }
+}
+
+/// Starts `swarmscan crawl --for 2m --json` on `dir/crawl.sqlite` (a bootstrap node that never
+/// answers) and waits until it holds the database. Returns it, its log and its stdout file.
+fn start_quiet_crawl(dir: &Path) -> (ChildGuard, std::path::PathBuf, std::path::PathBuf) {
+    let db = dir.join("crawl.sqlite");
+    let pid_file = dir.join("crawl.sqlite.pid");
+    let log = dir.join("crawl.log");
+    let out = dir.join("crawl.out");
+    let mut crawl = ChildGuard::spawn(
+        "swarmscan crawl",
+        swarmscan_on(&db, &["crawl", "--for", "2m", "--json"], &[])
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(&log).unwrap()),
+    );
+    let pid = crawl.child.id();
+    let limit = Instant::now() + Duration::from_secs(20);
+    while std::fs::read_to_string(&pid_file).unwrap_or_default() != format!("{pid}\ncrawl\n") {
+        assert!(
+            Instant::now() < limit && crawl.child.try_wait().unwrap().is_none(),
+            "the crawl did not start: {}",
+            read_to_string_lossy(&log)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (crawl, log, out)
+}
+
+#[test]
+fn a_sighup_does_not_end_a_crawl_and_it_says_nothing_was_reloaded() {
+    let tmp = test_dir("swarmscan-crawl-hup-");
+    let (mut crawl, log, out) = start_quiet_crawl(tmp.path());
+    let pid = crawl.child.id() as libc::pid_t;
+    // What `systemctl reload` (ExecReload=kill -HUP) or a logrotate postrotate sends.
+    // Safety: kill(2) with a pid of our own live child and a valid signal number.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    let limit = Instant::now() + Duration::from_secs(10);
+    while !read_to_string_lossy(&log).contains("SIGHUP") {
+        assert!(
+            Instant::now() < limit && crawl.child.try_wait().unwrap().is_none(),
+            "no word on SIGHUP: {:?}",
+            crawl.child.try_wait()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        crawl.child.try_wait().unwrap().is_none(),
+        "the crawl ended on SIGHUP: {}",
+        read_to_string_lossy(&log)
+    );
+    let said = read_to_string_lossy(&log);
+    assert!(
+        said.contains("SIGHUP: `swarmscan crawl` reads its configuration only at start; nothing reloaded, it goes on"),
+        "{said}"
+    );
+    // Safety: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    let status = crawl.wait_timeout(Duration::from_secs(20));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}: {}",
+        read_to_string_lossy(&log)
+    );
+    let summary: Json = serde_json::from_str(read_to_string_lossy(&out).trim()).unwrap();
+    assert!(summary["seconds"].as_f64().is_some(), "{summary}");
+}
+
+#[test]
+fn a_crawl_whose_database_is_removed_stops_and_puts_it_back() {
+    let tmp = test_dir("swarmscan-crawl-removed-");
+    let db = tmp.path().join("crawl.sqlite");
+    let (mut crawl, log, _) = start_quiet_crawl(tmp.path());
+    std::fs::remove_file(&db).unwrap();
+    let removed = Instant::now();
+    let status = crawl
+        .wait_timeout(Duration::from_secs(30))
+        .expect("the crawl stops by itself");
+    let took = removed.elapsed();
+    let said = read_to_string_lossy(&log);
+    assert_eq!(status.code(), Some(1), "{said}");
+    assert!(
+        took < Duration::from_secs(15),
+        "stopped in {took:?}: {said}"
+    );
+    assert_eq!(
+        said.lines().last().unwrap_or_default(),
+        format!(
+            "swarmscan: crawl: the database {0} was removed while it was open; everything \
+             this database held is restored at {0}; 0 sightings not stored",
+            db.display()
+        ),
+        "{said}"
+    );
+    // Back at its path, with this crawl's run row (written after the removal).
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let runs: i64 = conn
+        .query_row("SELECT count(*) FROM crawl_runs", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(runs, 1);
 }

@@ -8,9 +8,10 @@
 //! tuning/sink-redirect.nft in the sink's, and checks that connections and datagrams to any
 //! port of the address arrive with their original destination port.
 //!
-//! Two more hold the sink to what `run` promises: one sink per database (a second sink, a
+//! More hold the sink to what `run` promises: one sink per database (a second sink, a
 //! crawl or a run on it is refused naming the sink; `add` names it and does not signal it; a
-//! stray SIGUSR1 does not end it), and a database that stays unwritable stops the sink with a
+//! stray SIGUSR1 does not end it), a SIGHUP (`systemctl reload`, logrotate) does not end it
+//! and loses no flow, and a database that stays unwritable stops the sink with a
 //! clear error and a non-zero exit, keeping what was committed before.
 
 use std::path::{Path, PathBuf};
@@ -627,6 +628,50 @@ fn a_sink_holds_its_database_against_a_second_sink_a_crawl_and_a_run_and_survive
     assert_eq!(summary["stored"], 1, "{summary}");
     assert_eq!(sink_flow_count(&db), 1);
     assert!(!pid_file.exists(), "the lock file goes with the sink");
+}
+
+#[test]
+fn a_sighup_does_not_end_a_sink_and_it_says_nothing_was_reloaded() {
+    let dir = test_dir("sink-hup-");
+    let db = dir.path().join("sink.sqlite");
+    let log = dir.path().join("sink.log");
+    let port = common::free_port_on_all(&["127.0.0.1"]);
+    let addr = format!("127.0.0.1:{port}");
+    let mut sink = start_sink(&[], &db, &addr, &log);
+    knock(&addr, b"before the reload");
+    // What `systemctl reload` (ExecReload=kill -HUP) or a logrotate postrotate sends.
+    let pid = sink.child.id() as i32;
+    // Safety: kill(2) on our own child's pid.
+    let sent = unsafe { libc::kill(pid, libc::SIGHUP) };
+    assert_eq!(sent, 0);
+    let limit = Instant::now() + Duration::from_secs(10);
+    while !read_to_string_lossy(&log).contains("SIGHUP") {
+        assert!(
+            Instant::now() < limit && sink.child.try_wait().unwrap().is_none(),
+            "no word on SIGHUP: {}",
+            read_to_string_lossy(&log)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        sink.child.try_wait().unwrap().is_none(),
+        "the sink ended on SIGHUP: {}",
+        read_to_string_lossy(&log)
+    );
+    assert!(
+        read_to_string_lossy(&log).contains(
+            "SIGHUP: `swarmscan sink` reads its configuration only at start; nothing reloaded, it goes on"
+        ),
+        "{}",
+        read_to_string_lossy(&log)
+    );
+    knock(&addr, b"after the reload");
+    std::thread::sleep(Duration::from_millis(300));
+    // Both flows, the one open across the SIGHUP and the one after it.
+    let summary = stop_sink(sink, &log);
+    assert_eq!(summary["stored"], 2, "{summary}");
+    assert_eq!(sink_flow_count(&db), 2);
 }
 
 #[test]

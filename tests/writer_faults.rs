@@ -1,6 +1,6 @@
 //! The writer under faults, with the real binary scanning the built-in simulated swarm
-//! (loopback only): a full disk that is freed again, a disk that stays full, and `kill -9` at
-//! random moments.
+//! (loopback only): a full disk that is freed again, a disk that stays full, `kill -9` at
+//! random moments, and a database file removed or replaced under the running scan.
 //!
 //! The full disk is a small tmpfs mounted over an empty directory inside a private mount
 //! namespace (`unshare -m`, run as root): only the scanner sees it; the test fills and frees it
@@ -332,6 +332,197 @@ fn a_disk_that_stays_full_stops_the_scan_with_a_clear_error_and_a_non_zero_exit(
         "a clear last word: {last:?}\n{log}"
     );
     assert!(!log.contains("panicked"), "{log}");
+}
+
+/// Starts `swarmscan run --for 60s` on the simulation (octet `octet`) with its database at
+/// `db`, lets it scan 4 s, does `mischief` to the database file and waits for the exit.
+/// Returns the exit status, the seconds from the mischief to the exit, the log, the outcomes
+/// stored just before the mischief, and the outcomes the run handed to its writer (one trace
+/// line per finished probe).
+fn scan_while_the_database_moves(
+    octet: u8,
+    dir: &Path,
+    mischief: impl FnOnce(&Path),
+) -> (std::process::ExitStatus, f64, String, i64, usize) {
+    let sim = sim(octet);
+    let torrents = write_torrents(&sim, dir);
+    let db = dir.join("scan.sqlite");
+    let log_path = dir.join("log");
+    let mut args = vec!["run".to_string(), "--for".into(), "60s".into()];
+    args.extend(scan_args(&db, &[]));
+    args.extend(torrents);
+    let mut cmd = Command::new(binary());
+    cmd.args(&args)
+        .env("SWARMSCAN_LOG", "warn,swarmscan::scan::driver=trace")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap());
+    let mut child = ChildGuard::spawn("swarmscan", &mut cmd);
+    std::thread::sleep(Duration::from_secs(4));
+    let before = {
+        let conn =
+            rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .unwrap();
+        query_i64(&conn, "SELECT sum(count) FROM outcome_counts")
+    };
+    mischief(&db);
+    let at = Instant::now();
+    let status = wait_exit(&mut child, Duration::from_secs(40));
+    let took = at.elapsed().as_secs_f64();
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let handed = log
+        .lines()
+        .filter(|l| l.contains("connection ended"))
+        .count();
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| !l.contains("connection ended"))
+        .collect();
+    eprintln!(
+        "exit {:?} {took:.1} s after the mischief; {before} outcomes stored before it, \
+         {handed} probes finished in all; log:\n{}",
+        status.code(),
+        warnings.join("\n")
+    );
+    (status, took, warnings.join("\n"), before, handed)
+}
+
+fn integrity_and_outcomes(path: &Path) -> i64 {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    let check: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok", "{}", path.display());
+    assert_eq!(query_i64(&conn, "SELECT count(*) FROM torrents"), 2);
+    query_i64(&conn, "SELECT sum(count) FROM outcome_counts")
+}
+
+#[test]
+fn a_database_removed_mid_scan_stops_it_and_is_restored_with_every_outcome() {
+    let dir = common::test_dir("writer-removed-");
+    let (status, took, log, before, handed) =
+        scan_while_the_database_moves(121, dir.path(), |db| {
+            std::fs::remove_file(db).unwrap();
+        });
+    let db = dir.path().join("scan.sqlite");
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(took < 20.0, "stopped long before --for 60s: {took:.1} s");
+    let last = log.lines().last().unwrap_or_default();
+    assert_eq!(
+        last,
+        format!(
+            "swarmscan: run: the database {0} was removed while it was open; everything this \
+             database held is restored at {0}; 0 records not stored",
+            db.display()
+        ),
+        "a clear last word\n{log}"
+    );
+    // Back at its path, alone: the removed file's log and shared memory are not left
+    // beside it (the next opener would take them for the restored file's own).
+    let mut names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("scan.sqlite"))
+        .collect();
+    names.sort();
+    assert_eq!(names, ["scan.sqlite"], "{log}");
+    // With what was written into the removed file too.
+    let stored = integrity_and_outcomes(&db);
+    eprintln!("outcomes stored: {stored}");
+    assert!(before > 0, "the scan stored outcomes before the removal");
+    assert!(
+        stored > before,
+        "outcomes stored after the removal are kept: {stored} vs {before}"
+    );
+    assert!(
+        stored as usize <= handed,
+        "{stored} stored, {handed} probed"
+    );
+    assert!(!log.contains("panicked"), "{log}");
+    // A restart (systemd's Restart=on-failure) carries on from the restored file: its
+    // torrents and peers come back without being given again.
+    let mut args = vec![
+        "run".to_string(),
+        "--json".into(),
+        "--for".into(),
+        "3s".into(),
+    ];
+    args.extend(scan_args(&db, &[]));
+    let out = Command::new(binary())
+        .args(&args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let summary: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    assert_eq!(summary["torrents"].as_i64(), Some(2), "{summary}");
+    assert_eq!(summary["peers_known"].as_i64(), Some(50), "{summary}");
+}
+
+#[test]
+fn a_database_replaced_mid_scan_is_not_written_and_the_scan_saves_its_own_next_to_it() {
+    let dir = common::test_dir("writer-replaced-");
+    let (status, took, log, before, handed) =
+        scan_while_the_database_moves(122, dir.path(), |db| {
+            // Someone else's SQLite file moved in over ours.
+            let other = db.with_file_name("theirs.sqlite");
+            let conn = rusqlite::Connection::open(&other).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE notes (text TEXT); INSERT INTO notes VALUES ('not a scan');",
+            )
+            .unwrap();
+            drop(conn);
+            std::fs::rename(&other, db).unwrap();
+        });
+    let db = dir.path().join("scan.sqlite");
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(took < 20.0, "stopped long before --for 60s: {took:.1} s");
+    let last = log.lines().last().unwrap_or_default();
+    let prefix = format!(
+        "swarmscan: run: the database {0} was replaced by another file while it was open; \
+         everything this database held is saved in {0}.saved-",
+        db.display()
+    );
+    assert!(
+        last.starts_with(&prefix)
+            && last.ends_with(&format!(
+                " (the file now at {} was not touched); 0 records not stored",
+                db.display()
+            )),
+        "a clear last word: {last:?}\n{log}"
+    );
+    // The other file holds its own table and row, nothing of ours.
+    let theirs =
+        rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    let tables: Vec<String> = theirs
+        .prepare("SELECT name FROM sqlite_master")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    assert_eq!(tables, ["notes"], "{log}");
+    assert_eq!(query_i64(&theirs, "SELECT count(*) FROM notes"), 1);
+    drop(theirs);
+    // Ours is next to it, complete.
+    let saved = last[prefix.len() - format!("{}.saved-", db.display()).len()..]
+        .split(" (the file now at")
+        .next()
+        .unwrap()
+        .to_string();
+    let stored = integrity_and_outcomes(Path::new(&saved));
+    eprintln!("{saved}: {stored} outcomes");
+    assert!(
+        stored > before,
+        "outcomes stored after the replacement are kept: {stored} vs {before}"
+    );
+    assert!(
+        stored as usize <= handed,
+        "{stored} stored, {handed} probed"
+    );
 }
 
 /// Seconds of the day of an RFC 3339 UTC timestamp (`2026-12-02T02:30:01.123456Z`).

@@ -214,6 +214,27 @@ pub fn ignore_wake_signal() -> Result<(), String> {
         .map_err(|e| format!("signal handler: {e}"))
 }
 
+/// Makes SIGHUP harmless to a crawl or a sink: its default action would end the process, and a
+/// systemd `ExecReload=` or a logrotate `postrotate` sends it to every process of a unit. Only
+/// `run` reloads its configuration; these read theirs at start, so a log line says that
+/// nothing was reloaded and the command goes on. Call it before taking the lock.
+pub fn ignore_reload_signal(command: &'static str) -> Result<(), String> {
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])
+        .map_err(|e| format!("signal handler: {e}"))?;
+    std::thread::Builder::new()
+        .name("sighup".into())
+        .spawn(move || {
+            for _ in signals.forever() {
+                tracing::warn!(
+                    "SIGHUP: `swarmscan {command}` reads its configuration only at start; \
+                     nothing reloaded, it goes on (restart it to apply a change)"
+                );
+            }
+        })
+        .map(|_| ())
+        .map_err(|e| format!("signal thread: {e}"))
+}
+
 /// What [`wake_running_scan`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wake {

@@ -46,6 +46,10 @@ pub fn run(args: &SinkArgs) -> i32 {
         eprintln!("swarmscan: sink: {e}");
         return 1;
     }
+    if let Err(e) = crate::service::instance::ignore_reload_signal("sink") {
+        eprintln!("swarmscan: sink: {e}");
+        return 1;
+    }
     // One run, crawl or sink per database, held until this function returns.
     let _instance = match crate::service::instance::InstanceLock::acquire(
         &config.database,

@@ -25,7 +25,10 @@
 //!   that gives up on a database unwritable for `store.unwritable_secs` (as in `run`): the
 //!   sink stops at once and exits non-zero naming the database, instead of running on blind.
 //! * Like `run` and `crawl`, `swarmscan sink` holds the database's instance lock while it
-//!   runs (`service::instance`), and ignores SIGUSR1.
+//!   runs (`service::instance`), and ignores SIGUSR1; SIGHUP is logged and changes nothing
+//!   (the sink's settings are read at start). A database removed or replaced under it stops
+//!   it like an unwritable one, saved where it can be found (the writer's rule,
+//!   `store::place`).
 //!
 //! Memory is bounded by the two caps: per connection a slot, a kernel socket and at most
 //! `keep_bytes`; per UDP flow about 200 bytes plus its kept details; and by a bound on the

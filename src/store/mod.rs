@@ -64,6 +64,7 @@ pub mod dht_report;
 pub mod export;
 pub mod geo;
 pub mod host_domain;
+pub mod place;
 pub mod record;
 pub mod report;
 pub mod study;
@@ -417,6 +418,10 @@ pub enum StoreError {
     /// The database refused every commit for longer than `store.unwritable_secs`.
     #[error("{0}")]
     Unwritable(String),
+    /// The database path stopped naming the open database (removed, replaced, renamed, its
+    /// log removed): the message says what happened and where the data are now.
+    #[error("{0}")]
+    Moved(String),
     /// A `geo.*` database cannot be used (the message names the key and the file).
     #[error("{0}")]
     Geo(#[from] geo::GeoError),
@@ -434,6 +439,8 @@ pub enum StoreError {
 pub struct Store {
     conn: Connection,
     path: PathBuf,
+    /// The files the path named when it was opened (see [`place`]).
+    place: place::Placement,
 }
 
 impl std::fmt::Debug for Store {
@@ -647,8 +654,11 @@ impl Store {
         let mut store = Store {
             conn,
             path: path.to_path_buf(),
+            place: place::Placement::record(path),
         };
         store.migrate(version)?;
+        // The log and shared-memory files exist now: remembered with the main file.
+        let _ = store.place.check();
         Ok(store)
     }
 
@@ -685,6 +695,18 @@ impl Store {
         self.conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .map_err(|e| self.err(e))
+    }
+
+    /// None while the path still names the database this store has open (and its `-wal` the
+    /// log it writes); otherwise what happened (see [`place`]).
+    pub fn check_place(&mut self) -> Option<place::Moved> {
+        self.place.check()
+    }
+
+    /// Closes a database whose path no longer names it, saving it where the user will find
+    /// it (see [`place::save_moved`]): where everything is now, or why it could not be saved.
+    pub fn close_moved(self) -> Result<String, String> {
+        place::save_moved(self.conn, self.place)
     }
 
     /// The underlying connection (for tests and ad-hoc queries).

@@ -1648,3 +1648,182 @@ fn a_bad_geo_database_stops_the_writer_before_it_starts() {
         "{e}"
     );
 }
+
+/// A writer on `dir/name` that has committed 100 outcomes; `mischief` then happens to the
+/// files, 50 more outcomes are sent, and the writer is finished. Returns the writer's
+/// complaint (why it stopped) and the error `finish` returned.
+fn writer_whose_database_moves(
+    dir: &std::path::Path,
+    name: &str,
+    mischief: impl FnOnce(&std::path::Path),
+) -> (String, String) {
+    let path = dir.join(name);
+    let store = Store::open(&path).unwrap();
+    let tid = store.upsert_torrent(&torrent(1, Some(100))).unwrap();
+    let writer = Writer::start(store, full(), options(10, 20, 64)).unwrap();
+    let metrics = writer.metrics();
+    let mut tx = writer.sender();
+    let mut send = |range: std::ops::Range<u32>| {
+        for i in range {
+            tx.send(outcome(
+                tid,
+                &format!("127.6.{}.{}:6881", i / 200, i % 200 + 1),
+                ProbeEvent::FirstContact,
+                T0,
+                ok(10),
+            ));
+        }
+        tx.pump();
+    };
+    send(0..100);
+    writer.handle().flush().unwrap();
+    assert!(metrics.failure().is_none());
+    mischief(&path);
+    send(100..150);
+    writer.handle().flush().unwrap();
+    wait_for("the writer to notice", 5, || metrics.failure().is_some());
+    let why = metrics.failure().unwrap();
+    drop(tx);
+    let ended = match writer.finish() {
+        Err(StoreError::Moved(msg)) => msg,
+        other => panic!("expected Moved, got {other:?}"),
+    };
+    (why, ended)
+}
+
+/// Outcomes, peers and the run's record count in the database at `path`, and its integrity.
+fn outcomes_peers_records(path: &std::path::Path) -> (i64, i64, i64) {
+    let store = Store::open_existing(path).unwrap();
+    let check: String = store
+        .connection()
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok", "{}", path.display());
+    (
+        count(&store, "SELECT coalesce(sum(count), 0) FROM outcome_counts"),
+        count(&store, "SELECT count(*) FROM peers"),
+        count(&store, "SELECT coalesce(sum(records), 0) FROM runs"),
+    )
+}
+
+fn names_in(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_database_removed_under_the_writer_is_restored_at_its_path_with_every_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let (why, ended) = writer_whose_database_moves(dir.path(), "gone.sqlite", |path| {
+        std::fs::remove_file(path).unwrap();
+    });
+    let path = dir.path().join("gone.sqlite");
+    assert!(why.contains("gone.sqlite was removed"), "{why}");
+    assert!(
+        ended.contains("was removed")
+            && ended.contains(&format!("restored at {}", path.display()))
+            && ended.ends_with("; 0 records not stored"),
+        "{ended}"
+    );
+    // Our log and shared memory are gone from the old names; only the restored file is left.
+    assert_eq!(names_in(dir.path()), ["gone.sqlite"]);
+    assert_eq!(outcomes_peers_records(&path), (150, 150, 150));
+}
+
+#[test]
+fn a_database_replaced_under_the_writer_is_not_written_and_ours_is_saved_next_to_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (why, ended) = writer_whose_database_moves(dir.path(), "ours.sqlite", |path| {
+        let other = path.with_file_name("theirs.sqlite");
+        let conn = rusqlite::Connection::open(&other).unwrap();
+        conn.execute_batch("CREATE TABLE notes (text TEXT); INSERT INTO notes VALUES ('mine');")
+            .unwrap();
+        drop(conn);
+        std::fs::rename(&other, path).unwrap();
+    });
+    let path = dir.path().join("ours.sqlite");
+    assert!(why.contains("replaced by another file"), "{why}");
+    assert!(
+        ended.contains("was not touched") && ended.ends_with("; 0 records not stored"),
+        "{ended}"
+    );
+    let names = names_in(dir.path());
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert_eq!(names[0], "ours.sqlite");
+    assert!(names[1].starts_with("ours.sqlite.saved-"), "{names:?}");
+    assert!(ended.contains(&names[1]), "{ended}");
+    // The other file: still only its own table and row (opened as it is, not migrated).
+    let theirs = rusqlite::Connection::open(&path).unwrap();
+    let tables: Vec<String> = theirs
+        .prepare("SELECT name FROM sqlite_master")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    assert_eq!(tables, ["notes"]);
+    let check: String = theirs
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+    drop(theirs);
+    assert_eq!(
+        outcomes_peers_records(&dir.path().join(&names[1])),
+        (150, 150, 150)
+    );
+}
+
+#[test]
+fn a_database_renamed_under_the_writer_keeps_everything_at_its_new_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let (why, ended) = writer_whose_database_moves(dir.path(), "scan.sqlite", |path| {
+        std::fs::rename(path, path.with_file_name("week1.sqlite")).unwrap();
+    });
+    let week1 = dir.path().join("week1.sqlite");
+    assert!(
+        why.contains(&format!("renamed to {}", week1.display())),
+        "{why}"
+    );
+    assert!(
+        ended.contains(&format!("is in {}", week1.display()))
+            && ended.ends_with("; 0 records not stored"),
+        "{ended}"
+    );
+    // Nothing left at the old name (a fresh start there begins a new database).
+    assert_eq!(names_in(dir.path()), ["week1.sqlite"]);
+    assert_eq!(outcomes_peers_records(&week1), (150, 150, 150));
+}
+
+#[test]
+fn a_write_ahead_log_removed_under_the_writer_stops_it_with_everything_in_the_main_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (why, ended) = writer_whose_database_moves(dir.path(), "wal.sqlite", |path| {
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        std::fs::remove_file(wal).unwrap();
+    });
+    assert!(why.contains("wal.sqlite-wal was removed"), "{why}");
+    assert!(ended.ends_with("; 0 records not stored"), "{ended}");
+    assert_eq!(
+        outcomes_peers_records(&dir.path().join("wal.sqlite")),
+        (150, 150, 150)
+    );
+}
+
+#[test]
+fn a_database_in_place_is_not_reported_moved() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("still.sqlite");
+    let mut store = Store::open(&path).unwrap();
+    store.upsert_torrent(&torrent(1, None)).unwrap();
+    assert_eq!(store.check_place(), None);
+    // A second connection opening and closing leaves the log where it was.
+    drop(Store::open_existing(&path).unwrap());
+    assert_eq!(store.check_place(), None);
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(store.check_place(), Some(place::Moved::Removed));
+}

@@ -26,6 +26,15 @@
 //! counts what it held as lost, and [`Writer::finish`] returns [`StoreError::Unwritable`]
 //! (non-zero exit).
 //!
+//! The database's path is checked after every commit and at least every
+//! [`PLACE_CHECK_EVERY`] (see [`super::place`]): when it no longer names the file the writer
+//! has open (removed, replaced by another file, renamed, its `-wal` removed), the writer logs
+//! what happened and sets [`WriterMetrics::failure`] (the scan or sink stops), goes on
+//! committing into its own file until the stop, and then saves that file where the user will
+//! find it: put back at the path when removed, next to the other file when replaced (never
+//! into it), left at its new name when renamed. [`Writer::finish`] returns
+//! [`StoreError::Moved`] saying where everything is and how many records were not stored.
+//!
 //! Counts (`committed`, [`WriterCounts`], the `runs.records` column) are what committed
 //! transactions hold, never what was sent. A torrent registration commits what is pending and
 //! then the torrent row in a transaction of its own before answering.
@@ -129,6 +138,9 @@ pub const COMMIT_SECONDS_BOUNDS: &[f64] = &[
 pub const BATCH_RECORDS_BOUNDS: &[f64] = &[
     1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 50000.0,
 ];
+/// The writer checks at least this often (and after every commit) that the database path
+/// still names the file it writes.
+pub const PLACE_CHECK_EVERY: Duration = Duration::from_secs(1);
 /// The writer thread wakes at least this often when idle, so its heartbeat
 /// ([`WriterMetrics::loops`]) moves while it is healthy (the systemd watchdog reads it).
 pub const IDLE_BEAT: Duration = Duration::from_millis(250);
@@ -183,7 +195,8 @@ pub struct WriterMetrics {
     pub failed_commits: AtomicU64,
     /// Records held in the writer's spool while the database refuses commits.
     pub spooled: AtomicU64,
-    /// Set when the writer gave up: why. The scan (or sink) stops and exits non-zero.
+    /// Set when the writer gave up, or when the database path stopped naming the database it
+    /// writes: why. The scan (or sink) stops and exits non-zero.
     pub failure: std::sync::Mutex<Option<String>>,
     /// Fault injection for tests: while set, every commit attempt fails as if the disk were
     /// full (the open transaction is rolled back and the spool kept, as for a real failure).
@@ -192,7 +205,8 @@ pub struct WriterMetrics {
 }
 
 impl WriterMetrics {
-    /// Why the writer gave up, once it has (the database stayed unwritable too long).
+    /// Why the writer gave up, once it has (the database stayed unwritable too long), or
+    /// why it wants the scan stopped (the database path no longer names its file).
     pub fn failure(&self) -> Option<String> {
         self.failure.lock().ok().and_then(|f| f.clone())
     }
@@ -228,6 +242,16 @@ pub struct WriterCounts {
     pub backpressure: u64,
 }
 
+/// How the writer thread ended.
+struct ThreadEnd {
+    counts: WriterCounts,
+    /// The connection to close; None when it was closed after the database moved.
+    conn: Option<Connection>,
+    /// The database moved: what happened, and where its content is now (or why it could not
+    /// be saved).
+    moved: Option<(String, Result<String, String>)>,
+}
+
 enum Msg {
     Record(Record),
     Register(TorrentRecord, Sender<Result<TorrentId, String>>),
@@ -238,7 +262,7 @@ enum Msg {
 /// The running writer thread.
 pub struct Writer {
     tx: Sender<Msg>,
-    thread: Option<JoinHandle<Result<(WriterCounts, Connection), StoreError>>>,
+    thread: Option<JoinHandle<Result<ThreadEnd, StoreError>>>,
     metrics: Arc<WriterMetrics>,
     /// Addresses to look up in reverse DNS, for worker 0 (`reverse_dns` on).
     host_lookups: Option<crossbeam_channel::Receiver<std::net::IpAddr>>,
@@ -295,7 +319,34 @@ impl Writer {
                 state.host_lookups = lookups;
                 state.run(rx);
                 let counts = state.counts.clone();
-                Ok((counts, state.store.conn))
+                let committed = state.run_records;
+                match state.moved.take() {
+                    None => Ok(ThreadEnd {
+                        counts,
+                        conn: Some(state.store.conn),
+                        moved: None,
+                    }),
+                    Some(why) => {
+                        let saved = state.store.close_moved().map_err(|e| {
+                            format!(
+                                "{e}: what it held ends with this process ({committed} records \
+                                 of this run among them)"
+                            )
+                        });
+                        if let Err(e) = &saved {
+                            state
+                                .metrics
+                                .lost
+                                .fetch_add(committed.max(0) as u64, Ordering::Relaxed);
+                            tracing::error!("writer: {why}; {e}");
+                        }
+                        Ok(ThreadEnd {
+                            counts,
+                            conn: None,
+                            moved: Some((why, saved)),
+                        })
+                    }
+                }
             })
             .map_err(StoreError::Io)?;
         Ok(Writer {
@@ -359,14 +410,26 @@ impl Writer {
     pub fn finish(mut self) -> Result<WriterCounts, StoreError> {
         let _ = self.tx.send(Msg::Shutdown);
         let thread = self.thread.take().expect("finish is called once");
-        let (mut counts, conn) = thread.join().map_err(|p| {
+        let end = thread.join().map_err(|p| {
             let message = crate::threads::panic_message(&*p);
             StoreError::Io(std::io::Error::other(format!(
                 "thread 'swarmscan-writer' panicked: {message}"
             )))
         })??;
+        let mut counts = end.counts;
+        let lost = self.metrics.lost.load(Ordering::Relaxed);
+        if let Some((why, saved)) = end.moved {
+            let saved = saved.unwrap_or_else(|e| e);
+            return Err(StoreError::Moved(format!(
+                "{why}; {saved}; {lost} records not stored"
+            )));
+        }
+        let Some(conn) = end.conn else {
+            return Err(StoreError::Io(std::io::Error::other(
+                "the writer closed the database early",
+            )));
+        };
         if let Some(why) = self.metrics.failure() {
-            let lost = self.metrics.lost.load(Ordering::Relaxed);
             let _ = conn.close();
             return Err(StoreError::Unwritable(format!(
                 "{why}; {lost} records not stored"
@@ -580,6 +643,9 @@ struct WriterThread {
     failing: Option<Failing>,
     /// Why the writer gave up (the database stayed unwritable past `options.unwritable`).
     gave_up: Option<String>,
+    /// The database path stopped naming our file: what happened (the file is saved at the end).
+    moved: Option<String>,
+    last_place_check: Instant,
     run_id: i64,
     /// Committed activity window and record count of this run (the `runs` row).
     run_window: Option<(UnixMs, UnixMs)>,
@@ -657,6 +723,8 @@ impl WriterThread {
             spool_cap,
             failing: None,
             gave_up: None,
+            moved: None,
+            last_place_check: Instant::now(),
             run_id,
             run_window: None,
             run_records: 0,
@@ -672,6 +740,9 @@ impl WriterThread {
                 .queued
                 .store(rx.len() as u64, Ordering::Relaxed);
             crate::threads::debug_stall_point("writer");
+            if self.last_place_check.elapsed() >= PLACE_CHECK_EVERY {
+                self.check_place();
+            }
             if self.gave_up.is_some() {
                 self.discard_until_shutdown(&rx);
                 return;
@@ -964,6 +1035,24 @@ impl WriterThread {
             }
             self.gave_up = Some(why);
         }
+    }
+
+    /// Notices a database path that no longer names our file (see [`super::place`]): logs it
+    /// once and asks for the stop. Commits go on into our own file, which is saved at the end.
+    fn check_place(&mut self) {
+        self.last_place_check = Instant::now();
+        if self.moved.is_some() {
+            return;
+        }
+        let Some(moved) = self.store.check_place() else {
+            return;
+        };
+        let why = moved.describe(&self.store.path);
+        tracing::error!("writer: {why}; stopping, then saving what it holds where it can be found");
+        if let Ok(mut slot) = self.metrics.failure.lock() {
+            slot.get_or_insert_with(|| why.clone());
+        }
+        self.moved = Some(why);
     }
 
     /// A commit went through after failures.
@@ -1387,6 +1476,7 @@ impl WriterThread {
                 self.spool.clear();
                 self.applied = 0;
                 self.recovered();
+                self.check_place();
             }
             Err(e) => {
                 self.abort();
