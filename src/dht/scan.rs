@@ -784,6 +784,62 @@ mod tests {
     }
 
     #[test]
+    fn the_next_run_starts_with_the_node_ids_this_one_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ids.sqlite");
+        // One run of `node_ids` nodes on one worker; the ids it started with and the rows
+        // it left.
+        let run = |node_ids: usize| {
+            let store = Store::open(&path).unwrap();
+            let kept = store.dht_node_ids().unwrap();
+            let writer = Writer::start(
+                store,
+                Anonymizer::new(IpMode::Hmac, [1; 32]),
+                WriterOptions {
+                    batch_rows: 1,
+                    batch_ms: 10,
+                    channel_capacity: 64,
+                    threshold: 0.98,
+                    unwritable: Duration::from_secs(60),
+                    geo: Default::default(),
+                    reverse_dns: false,
+                },
+            )
+            .unwrap();
+            let settings = DhtSettings {
+                enabled: true,
+                bootstrap: Vec::new(),
+                node_ids,
+                lookup_interval: Duration::from_secs(900),
+                max_lookups: 8,
+                read_only: false,
+                announce: false,
+                crawl_rate: 50,
+            };
+            let mut dht = ScanDht::new(settings, 0, 1, Vec::new(), &[], &kept, 0, writer.sender(), 0);
+            dht.on_udp_bound(&["127.0.0.5:6881".parse().unwrap()], 0);
+            let ids: Vec<Id20> = dht.host().nodes().iter().map(|n| n.1).collect();
+            drop(dht);
+            writer.finish().unwrap();
+            (ids, Store::open(&path).unwrap().dht_node_ids().unwrap())
+        };
+        let (first, rows) = run(2);
+        assert_eq!(first.len(), 2);
+        assert_ne!(first[0], first[1]);
+        assert_eq!(
+            rows.iter().map(|r| (r.node, Id20(r.id), r.external_ip)).collect::<Vec<_>>(),
+            [(0, first[0], None), (1, first[1], None)],
+            "on loopback the ids are random, derived from no address"
+        );
+        let (second, _) = run(1);
+        assert_eq!(second, [first[0]], "fewer nodes: node 0 keeps its id");
+        let (third, rows) = run(3);
+        assert_eq!(&third[..2], &first[..], "node 1's id waited in the database");
+        assert!(!first.contains(&third[2]), "a new node number gets a new id");
+        assert_eq!(rows.len(), 3);
+    }
+
+    #[test]
     fn a_torrent_waiting_for_metadata_is_looked_up_every_minute_with_scrapes_between() {
         let catalog = Catalog::new(vec![CatalogTorrent {
             db_id: 1,
