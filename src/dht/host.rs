@@ -350,10 +350,7 @@ impl DhtHost {
                     .node
                     .external_ip(primary_v6)
                     .filter(|ip| !bep42_exempt(*ip) && bep42_id_matches(&id, *ip));
-                let kept = n
-                    .kept
-                    .filter(|k| k.id == id)
-                    .and_then(|k| k.external_ip);
+                let kept = n.kept.filter(|k| k.id == id).and_then(|k| k.external_ip);
                 KeptNodeId {
                     node: n.index,
                     id,

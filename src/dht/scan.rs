@@ -816,7 +816,17 @@ mod tests {
                 announce: false,
                 crawl_rate: 50,
             };
-            let mut dht = ScanDht::new(settings, 0, 1, Vec::new(), &[], &kept, 0, writer.sender(), 0);
+            let mut dht = ScanDht::new(
+                settings,
+                0,
+                1,
+                Vec::new(),
+                &[],
+                &kept,
+                0,
+                writer.sender(),
+                0,
+            );
             dht.on_udp_bound(&["127.0.0.5:6881".parse().unwrap()], 0);
             let ids: Vec<Id20> = dht.host().nodes().iter().map(|n| n.1).collect();
             drop(dht);
@@ -827,15 +837,24 @@ mod tests {
         assert_eq!(first.len(), 2);
         assert_ne!(first[0], first[1]);
         assert_eq!(
-            rows.iter().map(|r| (r.node, Id20(r.id), r.external_ip)).collect::<Vec<_>>(),
+            rows.iter()
+                .map(|r| (r.node, Id20(r.id), r.external_ip))
+                .collect::<Vec<_>>(),
             [(0, first[0], None), (1, first[1], None)],
             "on loopback the ids are random, derived from no address"
         );
         let (second, _) = run(1);
         assert_eq!(second, [first[0]], "fewer nodes: node 0 keeps its id");
         let (third, rows) = run(3);
-        assert_eq!(&third[..2], &first[..], "node 1's id waited in the database");
-        assert!(!first.contains(&third[2]), "a new node number gets a new id");
+        assert_eq!(
+            &third[..2],
+            &first[..],
+            "node 1's id waited in the database"
+        );
+        assert!(
+            !first.contains(&third[2]),
+            "a new node number gets a new id"
+        );
         assert_eq!(rows.len(), 3);
     }
 

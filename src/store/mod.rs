@@ -927,7 +927,9 @@ impl Store {
     pub fn dht_node_ids(&self) -> Result<Vec<record::DhtNodeIdRecord>, StoreError> {
         let mut stmt = self
             .conn
-            .prepare("SELECT node, node_id, external_ip, updated_at FROM dht_node_ids ORDER BY node")
+            .prepare(
+                "SELECT node, node_id, external_ip, updated_at FROM dht_node_ids ORDER BY node",
+            )
             .map_err(|e| self.err(e))?;
         let rows = stmt
             .query_map([], |r| {
