@@ -45,7 +45,7 @@ use crate::proto::dht::{
     DhtConfig, DhtNode, DhtStats, Event, GetPeersOptions, LookupError, LookupId, LookupResult,
     NodeStatus, Samples,
 };
-use crate::proto::krpc::Id20;
+use crate::proto::krpc::{bep42_exempt, bep42_id_matches, Id20};
 
 /// Most nodes one host runs in all (`dht.node_ids` is checked against it).
 pub const MAX_NODE_IDS: usize = 8;
@@ -106,6 +106,11 @@ pub struct HostConfig {
     pub bootstrap: Vec<SocketAddr>,
     /// Nodes remembered from an earlier run: (id, address), fed to every node of the family.
     pub remembered: Vec<(Id20, SocketAddr)>,
+    /// Our nodes' ids from an earlier run, by node number: each node this host runs starts
+    /// with its number's id (BEP 42 replaces it if our external address turns out to be
+    /// another); numbers without one get a random id. Ignored for node 0 when
+    /// `node.node_id` fixes its id.
+    pub kept_ids: Vec<KeptNodeId>,
     /// 32 random bytes per node (keys its transaction ids and tokens); `None`: from the OS.
     pub seed: Option<[u8; 32]>,
 }
@@ -119,9 +124,20 @@ impl Default for HostConfig {
             node: DhtConfig::default(),
             bootstrap: Vec::new(),
             remembered: Vec::new(),
+            kept_ids: Vec::new(),
             seed: None,
         }
     }
+}
+
+/// A node id kept from an earlier run (see [`HostConfig::kept_ids`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeptNodeId {
+    /// Global node number.
+    pub node: usize,
+    pub id: Id20,
+    /// Our external address the id was derived from (BEP 42); `None`: not derived.
+    pub external_ip: Option<IpAddr>,
 }
 
 /// What the host reports.
@@ -181,6 +197,8 @@ struct HostedNode {
     local6: Option<SocketAddr>,
     /// Our lookups: their caller's key.
     lookups: HashMap<LookupId, u64>,
+    /// The id kept from an earlier run this node started with, if any.
+    kept: Option<KeptNodeId>,
 }
 
 impl HostedNode {
@@ -252,6 +270,13 @@ impl DhtHost {
             if index != 0 {
                 cfg.node_id = None;
             }
+            let kept = self
+                .config
+                .kept_ids
+                .iter()
+                .find(|k| k.node == index && cfg.node_id.is_none())
+                .copied();
+            cfg.initial_node_id = kept.map(|k| k.id);
             let seed = match self.config.seed {
                 Some(mut s) => {
                     s[0] ^= index as u8;
@@ -285,6 +310,8 @@ impl DhtHost {
             tracing::info!(
                 node = index,
                 id = %crate::proto::hex::encode(&node.id().0),
+                kept = kept.is_some(),
+                derived_for = ?kept.and_then(|k| k.external_ip),
                 ipv4 = ?local4,
                 ipv6 = ?local6,
                 bootstrap = boot.len(),
@@ -296,6 +323,7 @@ impl DhtHost {
                 local4,
                 local6,
                 lookups: HashMap::new(),
+                kept,
             });
         }
     }
@@ -305,6 +333,30 @@ impl DhtHost {
         self.nodes
             .iter()
             .map(|n| (n.index, n.node.id(), n.local4, n.local6))
+            .collect()
+    }
+
+    /// The ids of the nodes this host runs, to keep for the next run, each with the external
+    /// address it was derived from: the one the node's vote names if the id fits it (BEP 42,
+    /// not an exempt address), else, while the node still has the id it started with, the
+    /// address that id was kept with (no vote yet, or an exempt one), else none.
+    pub fn node_ids(&self) -> Vec<KeptNodeId> {
+        self.nodes
+            .iter()
+            .map(|n| {
+                let id = n.node.id();
+                let primary_v6 = !n.node.config().ipv4;
+                let voted = n
+                    .node
+                    .external_ip(primary_v6)
+                    .filter(|ip| !bep42_exempt(*ip) && bep42_id_matches(&id, *ip));
+                let kept = n.kept.filter(|k| k.id == id).and_then(|k| k.external_ip);
+                KeptNodeId {
+                    node: n.index,
+                    id,
+                    external_ip: voted.or(kept),
+                }
+            })
             .collect()
     }
 
@@ -846,6 +898,112 @@ mod tests {
             old: before,
             new: after
         }));
+    }
+
+    /// Three voters (a tracker and two DHT nodes) name `ip` as our address.
+    fn vote(host: &mut DhtHost, ip: IpAddr, now: Millis) {
+        for voter in ["0.0.0.0:0", "192.0.2.1:6881", "192.0.2.2:6881"] {
+            host.external_address_hint(addr(voter), ip, now);
+        }
+    }
+
+    #[test]
+    fn kept_ids_start_their_nodes_and_new_numbers_get_new_ids() {
+        let ours: IpAddr = [198, 51, 100, 7].into();
+        let derived = crate::proto::krpc::bep42_node_id(ours, 1, [4; 17]);
+        let random = Id20([0x55; 20]);
+        let kept = |node, id, external_ip| KeptNodeId {
+            node,
+            id,
+            external_ip,
+        };
+        let kept_ids = vec![
+            kept(0, derived, Some(ours)),
+            kept(2, random, None),
+            // From a run with more nodes: not used, not lost (the store keeps it).
+            kept(5, Id20([0x66; 20]), None),
+        ];
+        let mut host = DhtHost::new(HostConfig {
+            node_ids: 3,
+            kept_ids: kept_ids.clone(),
+            seed: Some([5; 32]),
+            ..HostConfig::default()
+        });
+        host.on_udp_bound(&[addr("0.0.0.0:6881")], 0);
+        let ids = host.node_ids();
+        assert_eq!(ids.len(), 3);
+        assert_eq!(ids[0], kept_ids[0], "no vote yet: kept with its address");
+        assert_eq!(ids[2], kept_ids[1]);
+        assert_eq!(ids[1].node, 1);
+        assert!(
+            !kept_ids.iter().any(|k| k.id == ids[1].id),
+            "a new number gets a new id"
+        );
+        assert_eq!(ids[1].external_ip, None);
+
+        // The vote names the address node 0's id was derived for: it stays; the random ids
+        // of nodes 1 and 2 give way to BEP 42 ones for it.
+        vote(&mut host, ours, 10);
+        let after = host.node_ids();
+        assert_eq!(after[0], kept_ids[0]);
+        for n in &after[1..] {
+            assert!(crate::proto::krpc::bep42_id_matches(&n.id, ours));
+            assert_eq!(n.external_ip, Some(ours));
+        }
+
+        // A node id fixed by the configuration wins over a kept one.
+        let fixed = Id20([0x77; 20]);
+        let mut host = DhtHost::new(HostConfig {
+            node: DhtConfig {
+                node_id: Some(fixed),
+                ..DhtConfig::default()
+            },
+            kept_ids,
+            ..HostConfig::default()
+        });
+        host.on_udp_bound(&[addr("0.0.0.0:6881")], 0);
+        assert_eq!(host.node_ids()[0].id, fixed);
+    }
+
+    #[test]
+    fn a_kept_id_gives_way_when_our_address_changed() {
+        let old_ip: IpAddr = [198, 51, 100, 7].into();
+        let new_ip: IpAddr = [203, 0, 113, 9].into();
+        let derived = crate::proto::krpc::bep42_node_id(old_ip, 1, [4; 17]);
+        let mut host = DhtHost::new(HostConfig {
+            kept_ids: vec![KeptNodeId {
+                node: 0,
+                id: derived,
+                external_ip: Some(old_ip),
+            }],
+            ..HostConfig::default()
+        });
+        host.on_udp_bound(&[addr("0.0.0.0:6881")], 0);
+        vote(&mut host, new_ip, 10);
+        let now = host.node_ids()[0];
+        assert_ne!(now.id, derived);
+        assert!(crate::proto::krpc::bep42_id_matches(&now.id, new_ip));
+        assert_eq!(now.external_ip, Some(new_ip));
+
+        // An exempt (private) address keeps the id, and is not what it was derived from.
+        let mut host = DhtHost::new(HostConfig {
+            kept_ids: vec![KeptNodeId {
+                node: 0,
+                id: derived,
+                external_ip: Some(old_ip),
+            }],
+            ..HostConfig::default()
+        });
+        host.on_udp_bound(&[addr("0.0.0.0:6881")], 0);
+        vote(&mut host, [192, 168, 1, 20].into(), 10);
+        assert_eq!(
+            host.node_ids()[0],
+            KeptNodeId {
+                node: 0,
+                id: derived,
+                external_ip: Some(old_ip)
+            }
+        );
     }
 
     #[test]

@@ -20,13 +20,15 @@
 //!   vote of distinct nodes, in the node core); a tracker's BEP 24 `external ip` (from
 //!   [`OwnAddresses`]) is one more vote, all trackers together counting as one voter.
 //! - **Persistence**: the good nodes go to the database (`DhtNodes`) every
-//!   [`PERSIST_SECS`] and when the worker stops; the next run feeds them to its nodes.
+//!   [`PERSIST_SECS`] and when the worker stops; the next run feeds them to its nodes. The
+//!   nodes' ids (`DhtNodeIds`) go with them, and at once when one changes; the next run
+//!   starts each node number with its id (BEP 42 replaces it if our address moved).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashSet};
 use std::net::SocketAddr;
 
-use super::host::{DatagramSink, DhtHost, HostConfig, HostEvent};
+use super::host::{DatagramSink, DhtHost, HostConfig, HostEvent, KeptNodeId};
 use super::DhtSettings;
 use crate::engine::Millis;
 use crate::proto::dht::{AnnounceOptions, DhtConfig, GetPeersOptions, LookupError, LookupKind};
@@ -34,7 +36,9 @@ use crate::proto::krpc::Id20;
 use crate::scan::catalog::Catalog;
 use crate::scan::own_addr::OwnAddresses;
 use crate::scan::udp_counters::DhtCounters;
-use crate::store::record::{DhtLookupRecord, DhtNodeRecord, DiscoveryRecord, PeerSource, Record};
+use crate::store::record::{
+    DhtLookupRecord, DhtNodeIdRecord, DhtNodeRecord, DiscoveryRecord, PeerSource, Record,
+};
 use crate::store::writer::RecordSender;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -100,7 +104,7 @@ pub struct LookupCounts {
 impl ScanDht {
     /// Worker `worker`'s DHT side. `bootstrap` is resolved already
     /// ([`super::bootstrap::resolve_bootstrap_system`]); `remembered` are the nodes the last
-    /// run kept.
+    /// run kept, `kept_ids` its nodes' ids.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         settings: DhtSettings,
@@ -108,6 +112,7 @@ impl ScanDht {
         workers: usize,
         bootstrap: Vec<SocketAddr>,
         remembered: &[DhtNodeRecord],
+        kept_ids: &[DhtNodeIdRecord],
         announce_port: u16,
         records: RecordSender,
         epoch_unix_ms: i64,
@@ -124,6 +129,14 @@ impl ScanDht {
             node,
             bootstrap,
             remembered: remembered.iter().map(|n| (Id20(n.id), n.addr)).collect(),
+            kept_ids: kept_ids
+                .iter()
+                .map(|k| KeptNodeId {
+                    node: k.node as usize,
+                    id: Id20(k.id),
+                    external_ip: k.external_ip,
+                })
+                .collect(),
             seed: None,
         });
         ScanDht {
@@ -237,6 +250,9 @@ impl ScanDht {
     /// The worker's sockets are bound: start the nodes.
     pub fn on_udp_bound(&mut self, udp: &[SocketAddr], now: Millis) {
         self.host.on_udp_bound(udp, now);
+        // The ids are kept from the start: a run killed before its first persist keeps them.
+        self.now = now;
+        self.persist_ids();
     }
 
     /// A KRPC datagram.
@@ -372,11 +388,15 @@ impl ScanDht {
                 HostEvent::ExternalAddress { node, ip } => {
                     tracing::info!(node, %ip, "DHT: our external address, as other nodes see it")
                 }
-                HostEvent::NodeIdChanged { node, new, .. } => tracing::info!(
-                    node,
-                    id = %crate::proto::hex::encode(&new.0),
-                    "DHT: node id now derived from our external address (BEP 42)"
-                ),
+                HostEvent::NodeIdChanged { node, new, .. } => {
+                    tracing::info!(
+                        node,
+                        id = %crate::proto::hex::encode(&new.0),
+                        "DHT: node id now derived from our external address (BEP 42)"
+                    );
+                    // Kept at once: a crash before the next persist must not lose it.
+                    self.persist_ids();
+                }
                 HostEvent::Announced { .. } => self.lookups.announces_received += 1,
                 HostEvent::Peers { .. }
                 | HostEvent::Samples { .. }
@@ -464,8 +484,28 @@ impl ScanDht {
         }
     }
 
-    /// Sends the good nodes to the database.
+    /// Sends this worker's node ids to the database.
+    fn persist_ids(&mut self) {
+        let updated_at = self.epoch_unix_ms + self.now as i64;
+        let ids: Vec<DhtNodeIdRecord> = self
+            .host
+            .node_ids()
+            .into_iter()
+            .map(|k| DhtNodeIdRecord {
+                node: k.node as u32,
+                id: k.id.0,
+                external_ip: k.external_ip,
+                updated_at,
+            })
+            .collect();
+        if !ids.is_empty() {
+            self.records.send(Record::DhtNodeIds(ids));
+        }
+    }
+
+    /// Sends the node ids and the good nodes to the database.
     fn persist(&mut self) {
+        self.persist_ids();
         let seen_at = self.epoch_unix_ms + self.now as i64;
         let nodes: Vec<DhtNodeRecord> = self
             .host
@@ -596,6 +636,7 @@ mod tests {
             2,
             vec!["127.0.0.9:7000".parse().unwrap()],
             &[],
+            &[],
             0,
             writer.sender(),
             1_000_000,
@@ -707,7 +748,7 @@ mod tests {
             announce: false,
             crawl_rate: 50,
         };
-        let mut dht = ScanDht::new(settings, 0, 1, Vec::new(), &[], 0, writer.sender(), 0);
+        let mut dht = ScanDht::new(settings, 0, 1, Vec::new(), &[], &[], 0, writer.sender(), 0);
         let catalog = Catalog::new(Vec::new());
         let peer_node: SocketAddr = "127.0.0.7:6881".parse().unwrap();
         assert!(
@@ -740,6 +781,81 @@ mod tests {
         assert_eq!(counters.good_nodes(), 1);
         drop(dht);
         writer.finish().unwrap();
+    }
+
+    #[test]
+    fn the_next_run_starts_with_the_node_ids_this_one_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ids.sqlite");
+        // One run of `node_ids` nodes on one worker; the ids it started with and the rows
+        // it left.
+        let run = |node_ids: usize| {
+            let store = Store::open(&path).unwrap();
+            let kept = store.dht_node_ids().unwrap();
+            let writer = Writer::start(
+                store,
+                Anonymizer::new(IpMode::Hmac, [1; 32]),
+                WriterOptions {
+                    batch_rows: 1,
+                    batch_ms: 10,
+                    channel_capacity: 64,
+                    threshold: 0.98,
+                    unwritable: Duration::from_secs(60),
+                    geo: Default::default(),
+                    reverse_dns: false,
+                },
+            )
+            .unwrap();
+            let settings = DhtSettings {
+                enabled: true,
+                bootstrap: Vec::new(),
+                node_ids,
+                lookup_interval: Duration::from_secs(900),
+                max_lookups: 8,
+                read_only: false,
+                announce: false,
+                crawl_rate: 50,
+            };
+            let mut dht = ScanDht::new(
+                settings,
+                0,
+                1,
+                Vec::new(),
+                &[],
+                &kept,
+                0,
+                writer.sender(),
+                0,
+            );
+            dht.on_udp_bound(&["127.0.0.5:6881".parse().unwrap()], 0);
+            let ids: Vec<Id20> = dht.host().nodes().iter().map(|n| n.1).collect();
+            drop(dht);
+            writer.finish().unwrap();
+            (ids, Store::open(&path).unwrap().dht_node_ids().unwrap())
+        };
+        let (first, rows) = run(2);
+        assert_eq!(first.len(), 2);
+        assert_ne!(first[0], first[1]);
+        assert_eq!(
+            rows.iter()
+                .map(|r| (r.node, Id20(r.id), r.external_ip))
+                .collect::<Vec<_>>(),
+            [(0, first[0], None), (1, first[1], None)],
+            "on loopback the ids are random, derived from no address"
+        );
+        let (second, _) = run(1);
+        assert_eq!(second, [first[0]], "fewer nodes: node 0 keeps its id");
+        let (third, rows) = run(3);
+        assert_eq!(
+            &third[..2],
+            &first[..],
+            "node 1's id waited in the database"
+        );
+        assert!(
+            !first.contains(&third[2]),
+            "a new node number gets a new id"
+        );
+        assert_eq!(rows.len(), 3);
     }
 
     #[test]
@@ -793,6 +909,7 @@ mod tests {
             0,
             1,
             vec!["127.0.0.9:7000".parse().unwrap()],
+            &[],
             &[],
             0,
             writer.sender(),

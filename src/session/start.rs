@@ -148,9 +148,16 @@ impl Built {
                     tracing::warn!("DHT nodes of the last run not read: {e}");
                     Vec::new()
                 });
+            let kept_ids = crate::store::Store::open(&s.database)
+                .and_then(|store| store.dht_node_ids())
+                .unwrap_or_else(|e| {
+                    tracing::warn!("DHT node ids of the last run not read (new ids): {e}");
+                    Vec::new()
+                });
             tracing::info!(
                 bootstrap = bootstrap.len(),
                 remembered = remembered.len(),
+                kept_ids = kept_ids.len(),
                 nodes = s.dht.node_ids,
                 "DHT: starting nodes"
             );
@@ -165,6 +172,7 @@ impl Built {
                             workers,
                             bootstrap.clone(),
                             &remembered,
+                            &kept_ids,
                             listen_port,
                             writer.sender(),
                             epoch_unix_ms,

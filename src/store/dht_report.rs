@@ -87,7 +87,7 @@ mod tests {
     use super::*;
     use crate::store::anon::{Anonymizer, IpMode};
     use crate::store::record::{
-        DhtLookupRecord, DhtNodeRecord, Record, TorrentRecord, TorrentSource,
+        DhtLookupRecord, DhtNodeIdRecord, DhtNodeRecord, Record, TorrentRecord, TorrentSource,
     };
     use crate::store::writer::{Writer, WriterOptions};
 
@@ -183,5 +183,65 @@ mod tests {
         nodes.sort_by_key(|n| n.id);
         assert_eq!(nodes[1].addr, "192.0.2.2:6881".parse().unwrap());
         assert_eq!(nodes[1].seen_at, 200);
+    }
+
+    #[test]
+    fn node_ids_are_kept_by_node_number_with_the_address_they_were_derived_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ids.sqlite");
+        let store = Store::open(&path).unwrap();
+        assert!(store.dht_node_ids().unwrap().is_empty(), "a new database");
+        let options = WriterOptions {
+            batch_rows: 1,
+            batch_ms: 10,
+            channel_capacity: 64,
+            threshold: 0.98,
+            unwritable: std::time::Duration::from_secs(60),
+            geo: Default::default(),
+            reverse_dns: false,
+        };
+        // Anonymised database: our own address is stored as it is (it is not a peer's).
+        let writer = Writer::start(store, Anonymizer::new(IpMode::Hmac, [1; 32]), options).unwrap();
+        let mut tx = writer.sender();
+        let ours: std::net::IpAddr = "203.0.113.7".parse().unwrap();
+        let id = |node: u32, byte: u8, external_ip, updated_at| DhtNodeIdRecord {
+            node,
+            id: [byte; 20],
+            external_ip,
+            updated_at,
+        };
+        // A run of three nodes, then one of two (dht.node_ids lowered) whose node 1 moved.
+        tx.send(Record::DhtNodeIds(vec![
+            id(0, 1, Some(ours), 100),
+            id(1, 2, None, 100),
+            id(2, 3, None, 100),
+        ]));
+        tx.send(Record::DhtNodeIds(vec![
+            id(0, 1, Some(ours), 200),
+            id(1, 4, Some(ours), 200),
+        ]));
+        drop(tx);
+        writer.finish().unwrap();
+
+        let store = Store::open(&path).unwrap();
+        assert_eq!(
+            store.dht_node_ids().unwrap(),
+            [
+                id(0, 1, Some(ours), 200),
+                id(1, 4, Some(ours), 200),
+                id(2, 3, None, 100),
+            ],
+            "upserted by node number; node 2's id stays for a run with three nodes again"
+        );
+        // Rows edited into something that is no id are skipped, not fatal.
+        store
+            .conn
+            .execute_batch(
+                "INSERT INTO dht_node_ids VALUES (3, x'0102', NULL, 1);
+                 INSERT INTO dht_node_ids VALUES (4, zeroblob(20), 'not an address', 1);
+                 INSERT INTO dht_node_ids VALUES (-1, zeroblob(20), NULL, 1);",
+            )
+            .unwrap();
+        assert_eq!(store.dht_node_ids().unwrap().len(), 3);
     }
 }

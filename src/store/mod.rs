@@ -375,6 +375,17 @@ const MIGRATIONS: &[&str] = &[
         nodes_known INTEGER NOT NULL
     );
     "#,
+    // v13: each DHT node's id (by node number, 0..dht.node_ids), so a restart keeps the ids
+    // other nodes know us by, with the external address a BEP 42 id was derived for (ours,
+    // not a peer's: stored as is whatever privacy.ip says; NULL when the id is not derived).
+    r#"
+    CREATE TABLE dht_node_ids (
+        node        INTEGER PRIMARY KEY,
+        node_id     BLOB NOT NULL,
+        external_ip TEXT,
+        updated_at  INTEGER NOT NULL
+    );
+    "#,
 ];
 
 /// A store error; messages name the database file.
@@ -928,6 +939,48 @@ impl Store {
                 id,
                 addr: std::net::SocketAddr::new(ip, port),
                 seen_at,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The DHT node ids kept by the last run (`Record::DhtNodeIds`), by node number. Rows
+    /// that are not an id (edited by hand) are skipped.
+    pub fn dht_node_ids(&self) -> Result<Vec<record::DhtNodeIdRecord>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT node, node_id, external_ip, updated_at FROM dht_node_ids ORDER BY node",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, Vec<u8>>(1)?,
+                    r.get::<_, Option<String>>(2)?,
+                    r.get::<_, i64>(3)?,
+                ))
+            })
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (node, id, external_ip, updated_at) = row.map_err(|e| self.err(e))?;
+            let (Ok(node), Ok(id)) = (u32::try_from(node), <[u8; 20]>::try_from(id)) else {
+                continue;
+            };
+            let external_ip = match external_ip {
+                None => None,
+                Some(text) => match text.parse::<std::net::IpAddr>() {
+                    Ok(ip) => Some(ip),
+                    Err(_) => continue,
+                },
+            };
+            out.push(record::DhtNodeIdRecord {
+                node,
+                id,
+                external_ip,
+                updated_at,
             });
         }
         Ok(out)

@@ -216,6 +216,19 @@ pub struct DhtNodeRecord {
     pub seen_at: UnixMs,
 }
 
+/// One of our DHT nodes' id, to start the next run with (table `dht_node_ids`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DhtNodeIdRecord {
+    /// The node's number, 0..`dht.node_ids`.
+    pub node: u32,
+    pub id: [u8; 20],
+    /// Our external address the id was derived from (BEP 42); `None`: not derived from one
+    /// (random, or our address is exempt: loopback, private).
+    pub external_ip: Option<std::net::IpAddr>,
+    /// When it was written.
+    pub updated_at: UnixMs,
+}
+
 /// Periodic statistics from the engine.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct StatsRecord {
@@ -511,6 +524,9 @@ pub enum Record {
     DhtLookup(DhtLookupRecord),
     /// The DHT nodes worth contacting in the next run (replaces those kept before).
     DhtNodes(Vec<DhtNodeRecord>),
+    /// Our DHT nodes' ids, kept for the next run (upserted by node number; other numbers'
+    /// rows stay).
+    DhtNodeIds(Vec<DhtNodeIdRecord>),
     /// An incoming connection that could not be tied to a torrent we scan (unknown info-hash,
     /// or no BitTorrent handshake): counted in table 5.7 under `incoming`, no peer row.
     UnmatchedIncoming {
@@ -586,7 +602,7 @@ impl Record {
             Record::Stats(s) => Some(s.at),
             Record::UnmatchedIncoming { at, .. } => Some(*at),
             Record::DhtLookup(l) => Some(l.at),
-            Record::DhtNodes(_) => None,
+            Record::DhtNodes(_) | Record::DhtNodeIds(_) => None,
             Record::SinkFlow(f) => Some(f.last_at),
             Record::HostDomain(h) => Some(h.at),
         }

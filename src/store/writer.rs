@@ -1145,6 +1145,22 @@ impl WriterThread {
                     [],
                 )?;
             }
+            Record::DhtNodeIds(ids) => {
+                for n in ids {
+                    self.store
+                        .conn
+                        .prepare_cached(
+                            "INSERT OR REPLACE INTO dht_node_ids (node, node_id, external_ip, updated_at)
+                                VALUES (?1, ?2, ?3, ?4)",
+                        )?
+                        .execute(params![
+                            n.node,
+                            &n.id[..],
+                            n.external_ip.map(|ip| ip.to_string()),
+                            n.updated_at
+                        ])?;
+                }
+            }
             Record::UnmatchedIncoming { error, .. } => {
                 self.sums
                     .outcome_counts

@@ -72,6 +72,10 @@ pub struct DhtConfig {
     /// A fixed node id; `None`: random, then BEP 42-derived once our external address is
     /// known (and not exempt).
     pub node_id: Option<Id20>,
+    /// The id to start with when `node_id` is `None` (one kept from an earlier run); unlike
+    /// `node_id` it is not fixed: BEP 42 replaces it once the vote names an external address
+    /// it was not derived from. `None`: random.
+    pub initial_node_id: Option<Id20>,
     pub bep42: Bep42Policy,
     /// BEP 42's exemption of loopback and private addresses from the check (and from
     /// deriving our own id). Off only to test the check itself on 127.x.
@@ -124,6 +128,7 @@ impl Default for DhtConfig {
             ipv6: true,
             read_only: false,
             node_id: None,
+            initial_node_id: None,
             bep42: Bep42Policy::PreferVerified,
             bep42_exempt_local: true,
             external_ip_votes: 3,
@@ -295,7 +300,10 @@ impl DhtNode {
     /// transaction ids and tokens) and fixed in simulations.
     pub fn new(config: DhtConfig, seed: [u8; 32], now: Instant) -> Self {
         let mut rng = SeededRng::new(seed);
-        let id = config.node_id.unwrap_or_else(|| Id20(rng.bytes()));
+        let id = config
+            .node_id
+            .or(config.initial_node_id)
+            .unwrap_or_else(|| Id20(rng.bytes()));
         let require = config.bep42 == Bep42Policy::RequireVerified;
         DhtNode {
             table4: RoutingTable::new(id, require, now),

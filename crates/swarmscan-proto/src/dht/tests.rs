@@ -493,6 +493,63 @@ fn external_address_vote_gives_a_bep42_id() {
     assert_eq!(n.id(), old);
 }
 
+/// Replies from 127.0.0.2.. that name `seen` as our address, one per voter.
+fn vote_external(n: &mut DhtNode, seen: IpAddr, voters: u8) {
+    for i in 2..2 + voters {
+        let from = local(i, 6881);
+        assert!(n.ping(from, None, t0()));
+        let (_, q) = sent(n).pop().unwrap();
+        let mut reply = Message::new(
+            q.transaction_id,
+            Body::Response(Response::with_id(other_id(i))),
+        );
+        reply.external_ip = Some(SocketAddr::new(seen, 6881));
+        n.handle_datagram(from, &reply.encode(), t0());
+    }
+}
+
+#[test]
+fn an_initial_id_is_kept_while_the_vote_agrees_and_replaced_when_it_does_not() {
+    let public = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7));
+    let kept = bep42_node_id(public, 5, [7; 17]);
+    let with_kept = || {
+        node_with(DhtConfig {
+            initial_node_id: Some(kept),
+            ..test_config()
+        })
+    };
+    let mut n = with_kept();
+    assert_eq!(n.id(), kept);
+    vote_external(&mut n, public, 4);
+    assert_eq!(events(&mut n), [Event::ExternalAddress(public)]);
+    assert_eq!(n.id(), kept, "derived for the address the vote names: kept");
+
+    let moved = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 20));
+    let mut n = with_kept();
+    vote_external(&mut n, moved, 4);
+    assert_eq!(
+        events(&mut n),
+        [
+            Event::ExternalAddress(moved),
+            Event::NodeIdChanged {
+                old: kept,
+                new: n.id()
+            }
+        ]
+    );
+    assert!(bep42_id_matches(&n.id(), moved));
+
+    // A fixed id (`node_id`) wins over an initial one and never moves.
+    let fixed = other_id(99);
+    let mut n = node_with(DhtConfig {
+        node_id: Some(fixed),
+        initial_node_id: Some(kept),
+        ..test_config()
+    });
+    vote_external(&mut n, moved, 4);
+    assert_eq!(n.id(), fixed);
+}
+
 #[test]
 fn bep42_policy_decides_who_enters_the_table() {
     let public = SocketAddr::from(([203, 0, 113, 9], 6881));
