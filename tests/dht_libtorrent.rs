@@ -18,14 +18,16 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
 
 mod common;
-use common::process::{read_to_string_lossy, wait_collecting, ChildGuard, StdoutLines};
+use common::process::{read_to_string_lossy, wait_collecting, ChildGuard};
+use common::swarm::{
+    read_until, spawn_driver, swarmscan_peers, swarmscan_query, swarmscan_report, DatabaseFrom,
+};
 use common::{free_port_on_all, now_ms, python_with_libtorrent as python, test_dir};
 
 const LEECHERS: usize = 3;
@@ -70,28 +72,6 @@ impl Truth {
     }
 }
 
-fn swarmscan_out(dir: &Path, config: &Path, args: &[&str]) -> String {
-    let out_path = dir.join(format!("{}.out", args.join("_")));
-    let err_path = dir.join(format!("{}.err", args.join("_")));
-    let mut cmd = ChildGuard::spawn(
-        "swarmscan (read-only command)",
-        Command::new(env!("CARGO_BIN_EXE_swarmscan"))
-            .args(args)
-            .arg("--config")
-            .arg(config)
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&out_path).unwrap())
-            .stderr(std::fs::File::create(&err_path).unwrap()),
-    );
-    let status = cmd.wait_timeout(Duration::from_secs(30));
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "swarmscan {args:?} failed or hung ({status:?}): {}",
-        read_to_string_lossy(&err_path)
-    );
-    read_to_string_lossy(&out_path)
-}
-
 /// Our node ids as logged at start ("DHT node started ... id=<40 hex digits>").
 fn our_node_ids(log: &str) -> Vec<String> {
     log.lines()
@@ -120,32 +100,26 @@ fn finds_a_trackerless_swarm_through_libtorrents_dht_from_a_magnet_link() {
     let swarm_log = dir.join("swarm.log");
     let workdir = dir.join("swarm");
     std::fs::create_dir_all(&workdir).unwrap();
-    let mut swarm = ChildGuard::spawn(
-        "dht_swarm.py",
-        Command::new(&py)
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/dht_swarm.py"))
-            .arg("--workdir")
+    let (mut swarm, lines) = spawn_driver(&py, "dht_swarm.py", &swarm_log, |cmd| {
+        cmd.arg("--workdir")
             .arg(&workdir)
             .args(["--base-port", &base_port.to_string()])
             .args(["--leechers", &LEECHERS.to_string()])
             .args(["--our-node", &format!("127.0.0.1:{listen_port}")])
             .args(["--max-secs", &(SCAN_SECS + 40).to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&swarm_log).unwrap()),
-    );
+    });
     let mut swarm_in = swarm.child.stdin.take().unwrap();
-    let lines = StdoutLines::of(&mut swarm);
     let mut truth = Truth::default();
-    while truth.torrent.is_none() || truth.clients.is_empty() {
-        match lines.recv_timeout(Duration::from_secs(30)) {
-            Ok(line) => truth.take(&line),
-            Err(e) => panic!(
-                "dht_swarm.py made no torrent and seeder within 30 s ({e}): {}",
-                read_to_string_lossy(&swarm_log)
-            ),
-        }
-    }
+    read_until(
+        &lines,
+        Duration::from_secs(30),
+        "dht_swarm.py made no torrent and seeder",
+        &swarm_log,
+        |line| {
+            truth.take(line);
+            truth.torrent.is_some() && !truth.clients.is_empty()
+        },
+    );
     let torrent = truth.torrent.clone().unwrap();
     let info_hash = torrent["info_hash"].as_str().unwrap().to_string();
     let magnet = torrent["magnet"].as_str().unwrap().to_string();
@@ -263,10 +237,7 @@ fn finds_a_trackerless_swarm_through_libtorrents_dht_from_a_magnet_link() {
         lookups >= 3 && queried >= lookups && replies > 0,
         "lookups {lookups}, queried {queried}"
     );
-    let peers: Vec<Json> = swarmscan_out(dir, &config, &["peers", "--json"])
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let peers = swarmscan_peers(dir, DatabaseFrom::Config(&config));
     for (ip, client) in &truth.clients {
         let port = client["port"].as_u64().unwrap();
         let row = peers
@@ -293,8 +264,7 @@ fn finds_a_trackerless_swarm_through_libtorrents_dht_from_a_magnet_link() {
     assert_eq!(confirmed, finished, "confirmed peers vs finished leechers");
 
     // The report lists the DHT among the sources and in its own section.
-    let report: Json =
-        serde_json::from_str(&swarmscan_out(dir, &config, &["report", "--json"])).unwrap();
+    let report = swarmscan_report(dir, DatabaseFrom::Config(&config));
     let dht_source = report["sources"]
         .as_array()
         .unwrap()
@@ -314,7 +284,10 @@ fn finds_a_trackerless_swarm_through_libtorrents_dht_from_a_magnet_link() {
         info_hash.as_str()
     );
     assert_eq!(report["dht"]["torrents"][0]["waiting_for_metadata"], false);
-    assert!(swarmscan_out(dir, &config, &["report"]).contains("DHT: get_peers lookups"));
+    assert!(
+        swarmscan_query(dir, DatabaseFrom::Config(&config), &["report"])
+            .contains("DHT: get_peers lookups")
+    );
 
     // libtorrent's nodes learned of ours.
     let ours = our_node_ids(&log);

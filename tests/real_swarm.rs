@@ -39,9 +39,12 @@ const SNAPSHOT_SLACK_MS: i64 = 1_500;
 
 mod common;
 use common::process::{
-    free_tcp_port, free_udp_port, read_to_string_lossy, wait_collecting, ChildGuard, StdoutLines,
+    free_tcp_port, free_udp_port, read_to_string_lossy, wait_collecting, ChildGuard,
 };
-use common::python_with_libtorrent as python;
+use common::swarm::{
+    read_until, spawn_driver, stop_driver, swarmscan_peers, swarmscan_report, DatabaseFrom,
+};
+use common::{now_ms, python_with_libtorrent as python, test_dir};
 
 fn aquatic_udp() -> PathBuf {
     let path = std::env::var_os("SWARMSCAN_AQUATIC_UDP").map(PathBuf::from);
@@ -53,13 +56,6 @@ fn aquatic_udp() -> PathBuf {
              or set SWARMSCAN_AQUATIC_UDP=/path/to/aquatic_udp."
         ),
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
 }
 
 /// Starts aquatic_udp on 127.0.0.1:`port` only and waits until it answers a BEP 15 connect.
@@ -228,39 +224,12 @@ fn observations(db: &Path) -> BTreeMap<(String, u16), PeerObs> {
     .collect()
 }
 
-/// Runs a read-only swarmscan command (`peers`, `report`) and returns its stdout.
-fn swarmscan_json(dir: &Path, config: &Path, args: &[&str]) -> String {
-    let out_path = dir.join(format!("{}.out", args[0]));
-    let err_path = dir.join(format!("{}.err", args[0]));
-    let mut cmd = ChildGuard::spawn(
-        "swarmscan (read-only command)",
-        Command::new(env!("CARGO_BIN_EXE_swarmscan"))
-            .args(args)
-            .arg("--config")
-            .arg(config)
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&out_path).unwrap())
-            .stderr(std::fs::File::create(&err_path).unwrap()),
-    );
-    let status = cmd.wait_timeout(Duration::from_secs(30));
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "swarmscan {args:?} failed or hung ({status:?}): {}",
-        read_to_string_lossy(&err_path)
-    );
-    read_to_string_lossy(&out_path)
-}
-
 #[test]
 fn confirms_exactly_the_finished_leechers_of_a_real_swarm() {
     let started = Instant::now();
     let py = python();
-    let mut tmp = tempfile::Builder::new()
-        .prefix("swarmscan-real-swarm-")
-        .tempdir()
-        .unwrap();
     // SWARMSCAN_KEEP_TEST_DIR=1 keeps the logs and the database (also of a failed run).
-    tmp.disable_cleanup(std::env::var_os("SWARMSCAN_KEEP_TEST_DIR").is_some());
+    let tmp = test_dir("swarmscan-real-swarm-");
     eprintln!("real swarm: working in {}", tmp.path().display());
     let dir = tmp.path();
 
@@ -274,30 +243,24 @@ fn confirms_exactly_the_finished_leechers_of_a_real_swarm() {
     let workdir = dir.join("swarm");
     std::fs::create_dir_all(&workdir).unwrap();
     let base_port = free_tcp_port("127.0.0.2");
-    let mut driver = ChildGuard::spawn(
-        "real_swarm.py",
-        Command::new(&py)
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/real_swarm.py"))
-            .args(["--tracker", &tracker_url, "--workdir"])
+    let (mut driver, lines) = spawn_driver(&py, "real_swarm.py", &driver_log, |cmd| {
+        cmd.args(["--tracker", &tracker_url, "--workdir"])
             .arg(&workdir)
             .args(["--leechers", &LEECHERS.to_string()])
             .args(["--base-port", &base_port.to_string()])
             .args(["--max-secs", &(SCAN_SECS + 30).to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&driver_log).unwrap()),
-    );
-    let lines = StdoutLines::of(&mut driver);
+    });
     let mut truth = Truth::default();
-    while truth.torrent.is_none() {
-        match lines.recv_timeout(Duration::from_secs(30)) {
-            Ok(line) => truth.take(&line),
-            Err(e) => panic!(
-                "real_swarm.py made no torrent within 30 s ({e}): {}",
-                read_to_string_lossy(&driver_log)
-            ),
-        }
-    }
+    read_until(
+        &lines,
+        Duration::from_secs(30),
+        "real_swarm.py made no torrent",
+        &driver_log,
+        |line| {
+            truth.take(line);
+            truth.torrent.is_some()
+        },
+    );
     let torrent = truth.torrent.clone().unwrap();
     let torrent_path = torrent["path"].as_str().unwrap().to_string();
 
@@ -360,11 +323,9 @@ fn confirms_exactly_the_finished_leechers_of_a_real_swarm() {
     });
 
     // Stop the swarm (closing its stdin ends the driver and, through theirs, its clients).
-    drop(driver.child.stdin.take());
-    let driver_status = driver.wait_timeout(Duration::from_secs(20));
-    for line in lines.finish() {
-        truth.take(&line);
-    }
+    let driver_status = stop_driver(&mut driver, lines, Duration::from_secs(20), |line| {
+        truth.take(line)
+    });
     assert!(
         driver_status.is_some_and(|s| s.success()) && truth.ended,
         "real_swarm.py did not end cleanly ({driver_status:?}): {}",
@@ -402,12 +363,8 @@ fn confirms_exactly_the_finished_leechers_of_a_real_swarm() {
     );
 
     // What swarmscan stored.
-    let peers: Vec<Json> = swarmscan_json(dir, &config, &["peers", "--json"])
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let report: Json =
-        serde_json::from_str(&swarmscan_json(dir, &config, &["report", "--json"])).unwrap();
+    let peers = swarmscan_peers(dir, DatabaseFrom::Config(&config));
+    let report = swarmscan_report(dir, DatabaseFrom::Config(&config));
     let obs = observations(&db);
     let info_hash = torrent["info_hash"].as_str().unwrap();
 

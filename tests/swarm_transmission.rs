@@ -74,7 +74,11 @@ use swarmscan::config::IpMode;
 use swarmscan::store::anon::Anonymizer;
 
 mod common;
-use common::process::{read_to_string_lossy, wait_collecting, ChildGuard, StdoutLines};
+use common::process::{read_to_string_lossy, wait_collecting, ChildGuard};
+use common::swarm::{
+    read_until, secs_from, spawn_driver, start_bittorrent_tracker, stop_driver, swarmscan_peers,
+    swarmscan_report, tail, DatabaseFrom,
+};
 use common::{free_port_on_all, now_ms, python_with_libtorrent, test_dir};
 
 /// How long swarmscan scans. The last leecher to finish (a quitter) does so about 110 s after
@@ -166,18 +170,6 @@ fn require_tool(program: &str, arg: &str, what: &str) {
     );
 }
 
-fn bittorrent_tracker_package() -> PathBuf {
-    let dir = std::env::var_os("SWARMSCAN_BITTORRENT_TRACKER").map(PathBuf::from);
-    match dir {
-        Some(d) if d.join("server.js").is_file() => d,
-        other => panic!(
-            "this test needs the npm package bittorrent-tracker 11, its directory in env \
-             SWARMSCAN_BITTORRENT_TRACKER (got {other:?}). Run scripts/test (it installs it into \
-             ~/.cache/swarmscan/npm) or set it to .../node_modules/bittorrent-tracker."
-        ),
-    }
-}
-
 /// A base port such that base..base+n are free for TCP and UDP on every address in `ips`.
 fn free_port_run(ips: &[&str], n: u16) -> u16 {
     // Below the kernel's ephemeral range (32768–60999 by default): the daemons bind these
@@ -198,45 +190,6 @@ fn free_port_run(ips: &[&str], n: u16) -> u16 {
         }
     }
     panic!("no run of {n} free ports on {ips:?}");
-}
-
-/// Starts bittorrent-tracker on 127.0.0.1:`port` (HTTP and UDP) and [::1]:`port` (UDP) and
-/// waits until it says it listens.
-fn start_tracker(dir: &Path, port: u16) -> ChildGuard {
-    let log = dir.join("tracker.log");
-    let mut tracker = ChildGuard::spawn(
-        "bittorrent-tracker",
-        Command::new("node")
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/js/bittorrent_tracker.mjs"))
-            .arg(bittorrent_tracker_package())
-            .arg(port.to_string())
-            .args(["127.0.0.1", "127.0.0.1", "::1"])
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&log).unwrap())
-            .stderr(std::fs::File::create(dir.join("tracker.err")).unwrap()),
-    );
-    let start = Instant::now();
-    loop {
-        if read_to_string_lossy(&log)
-            .lines()
-            .any(|l| l.ends_with(" listening"))
-        {
-            return tracker;
-        }
-        if let Ok(Some(status)) = tracker.child.try_wait() {
-            panic!(
-                "bittorrent-tracker exited at start ({status}): {}{}",
-                read_to_string_lossy(&log),
-                read_to_string_lossy(&dir.join("tracker.err"))
-            );
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "bittorrent-tracker did not listen on port {port} within 20 s: {}",
-            read_to_string_lossy(&dir.join("tracker.err"))
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// What the clients said about themselves (the driver's JSON lines).
@@ -332,36 +285,6 @@ fn observations(db: &Path) -> BTreeMap<(String, u16), Obs> {
     rows.map(Result::unwrap).collect()
 }
 
-/// Runs a read-only swarmscan command against the scan's database; returns its stdout.
-fn swarmscan_cmd(dir: &Path, db: &Path, args: &[&str]) -> String {
-    let out_path = dir.join(format!("{}.out", args[0]));
-    let err_path = dir.join(format!("{}.err", args[0]));
-    let mut cmd = ChildGuard::spawn(
-        "swarmscan (read-only command)",
-        Command::new(env!("CARGO_BIN_EXE_swarmscan"))
-            .args(args)
-            .arg("--set")
-            .arg(format!("database={}", db.display()))
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&out_path).unwrap())
-            .stderr(std::fs::File::create(&err_path).unwrap()),
-    );
-    let status = cmd.wait_timeout(Duration::from_secs(30));
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "swarmscan {args:?} failed or hung ({status:?}): {}",
-        read_to_string_lossy(&err_path)
-    );
-    read_to_string_lossy(&out_path)
-}
-
-fn secs_from(t: Option<i64>, origin: i64) -> String {
-    t.map_or("-".into(), |t| {
-        format!("{:+.1}s", (t - origin) as f64 / 1000.0)
-    })
-}
-
 fn pct(p: Option<f64>) -> String {
     p.map_or("-".into(), |p| format!("{:.1}%", p * 100.0))
 }
@@ -386,7 +309,7 @@ fn confirms_every_finished_transmission_leecher_and_nothing_else() {
     eprintln!("transmission swarm: working in {}", dir.display());
 
     let tracker_port = free_port_on_all(&["127.0.0.1", "::1"]);
-    let _tracker = start_tracker(dir, tracker_port);
+    let _tracker = start_bittorrent_tracker(dir, tracker_port, "127.0.0.1");
     let tracker_url = format!("http://127.0.0.1:{tracker_port}/announce");
 
     // Peer ports: the seeder's, then one per leecher (each on its own address, TCP and uTP);
@@ -409,11 +332,8 @@ fn confirms_every_finished_transmission_leecher_and_nothing_else() {
     let driver_log = dir.join("driver.log");
     let workdir = dir.join("swarm");
     std::fs::create_dir_all(&workdir).unwrap();
-    let mut driver = ChildGuard::spawn(
-        "swarm_transmission.py",
-        Command::new(&py)
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/swarm_transmission.py"))
-            .args(["--tracker", &tracker_url, "--workdir"])
+    let (mut driver, lines) = spawn_driver(&py, "swarm_transmission.py", &driver_log, |cmd| {
+        cmd.args(["--tracker", &tracker_url, "--workdir"])
             .arg(&workdir)
             .args(["--base-port", &base_port.to_string()])
             .args(["--rpc-base-port", &rpc_base_port.to_string()])
@@ -421,21 +341,18 @@ fn confirms_every_finished_transmission_leecher_and_nothing_else() {
             .args(["--size", &TORRENT_SIZE.to_string()])
             .args(["--plan", &plan.join(";")])
             .args(["--max-secs", &(SCAN_SECS + 40).to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&driver_log).unwrap()),
-    );
-    let lines = StdoutLines::of(&mut driver);
+    });
     let mut truth = Truth::default();
-    while truth.torrent.is_none() {
-        match lines.recv_timeout(Duration::from_secs(30)) {
-            Ok(line) => truth.take(&line),
-            Err(e) => panic!(
-                "swarm_transmission.py made no torrent within 30 s ({e}): {}",
-                read_to_string_lossy(&driver_log)
-            ),
-        }
-    }
+    read_until(
+        &lines,
+        Duration::from_secs(30),
+        "swarm_transmission.py made no torrent",
+        &driver_log,
+        |line| {
+            truth.take(line);
+            truth.torrent.is_some()
+        },
+    );
     let torrent = truth.torrent.clone().unwrap();
     let torrent_path = torrent["path"].as_str().unwrap().to_string();
 
@@ -490,11 +407,9 @@ fn confirms_every_finished_transmission_leecher_and_nothing_else() {
     );
 
     // Stop the swarm: closing its stdin ends the driver, which stops every daemon.
-    drop(driver.child.stdin.take());
-    let driver_status = driver.wait_timeout(Duration::from_secs(30));
-    for line in lines.finish() {
-        truth.take(&line);
-    }
+    let driver_status = stop_driver(&mut driver, lines, Duration::from_secs(30), |line| {
+        truth.take(line)
+    });
     assert!(
         driver_status.is_some_and(|s| s.success()) && truth.ended,
         "swarm_transmission.py did not end cleanly ({driver_status:?}): {}",
@@ -554,12 +469,8 @@ fn confirms_every_finished_transmission_leecher_and_nothing_else() {
         &PathBuf::from(format!("{}.key", db.display())),
     )
     .expect("HMAC key file next to the database");
-    let peers: Vec<Json> = swarmscan_cmd(dir, &db, &["peers", "--json"])
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let report: Json =
-        serde_json::from_str(&swarmscan_cmd(dir, &db, &["report", "--json"])).unwrap();
+    let peers = swarmscan_peers(dir, DatabaseFrom::Path(&db));
+    let report = swarmscan_report(dir, DatabaseFrom::Path(&db));
     let obs = observations(&db);
     let info_hash = torrent["info_hash"].as_str().unwrap();
     let has_crossing_seen = peers.iter().any(|p| p.get("crossing_seen").is_some());
@@ -859,9 +770,4 @@ fn confirms_every_finished_transmission_leecher_and_nothing_else() {
         announces.join("\n"),
         tail(&read_to_string_lossy(&scan_log), 40)
     );
-}
-
-fn tail(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
 }

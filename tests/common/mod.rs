@@ -2,7 +2,9 @@
 // Each test binary uses its own part of this module.
 #![allow(dead_code)]
 
+pub mod kinds_swarm;
 pub mod process;
+pub mod swarm;
 
 use std::net::{IpAddr, TcpListener, UdpSocket};
 use std::path::Path;

@@ -1,6 +1,6 @@
 // The npm `bittorrent-tracker` (v11) server with its default settings (HTTP, UDP over IPv4 and
 // IPv6, WebSocket, stats page; announce interval 10 min), bound to loopback addresses only.
-// For tests/swarm_defaults.rs:
+// For the swarm tests (tests/common/swarm.rs starts it):
 //
 //   node tests/js/bittorrent_tracker.mjs PACKAGE_DIR PORT HTTP_HOST UDP4_HOST UDP6_HOST
 //
