@@ -151,9 +151,10 @@ def session_settings(kind, listen, outgoing, rate):
 
 
 def quit_like_a_client(s, h, limit_secs=2.0):
-    """Quits the moment the download finished, the way libtorrent clients exit (qBittorrent
-    and Deluge alike): pause the session, save resume data, then destroy the session (its
-    destructor tells the trackers it stopped, waiting at most stop_tracker_timeout, 5 s).
+    """Quits as soon as the download finished, the way libtorrent clients exit (qBittorrent
+    and Deluge alike): a second later, pause the session, save resume data, then destroy the
+    session (its destructor tells the trackers it stopped, waiting at most
+    stop_tracker_timeout, 5 s).
 
     Pausing first closes the peer connections while the network still runs. That matters over
     uTP: libtorrent holds a small write back for one round trip while an earlier one is unacked
@@ -163,6 +164,14 @@ def quit_like_a_client(s, h, limit_secs=2.0):
     the crossing `have` never left the client). Not os._exit() at once either: that is a crash,
     and loses queued `have`s over TCP too.
     """
+    # A moment first (qBittorrent's "exit when downloads complete" even counts down before
+    # it exits): libtorrent writes the `have`s of the last pieces at the end of its network
+    # loop, and over uTP a close drops what is not in a packet yet (seen: the crossing `have`
+    # of a burst lost although the session was paused, not destroyed, right after finishing).
+    linger = time.monotonic() + 1.0
+    while time.monotonic() < linger:
+        s.wait_for_alert(50)
+        s.pop_alerts()
     s.pause()
     h.save_resume_data()
     deadline = time.monotonic() + limit_secs
