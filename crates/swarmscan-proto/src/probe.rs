@@ -304,6 +304,10 @@ struct Watch {
     below: (Millis, u32),
     /// When the last read brought new pieces.
     last_progress_at: Millis,
+    /// A read brought new pieces during this watch: only a burst after that is evidence of
+    /// batching (a peer idle since the watch began, e.g. with no source yet, then getting
+    /// several pieces at once, is not batching).
+    progressed: bool,
     /// The peer sends its haves in bursts (see [`AskReason::Progress`]).
     batched: bool,
 }
@@ -593,6 +597,7 @@ impl Probe {
             crossed: self.report.pieces_have >= plan.notify_have,
             below: (now, self.report.pieces_have),
             last_progress_at: now,
+            progressed: false,
             batched: false,
         });
     }
@@ -880,10 +885,15 @@ impl Probe {
         }
         if have > have_before {
             let gap = now.saturating_sub(w.last_progress_at);
-            if !w.batched && have - have_before >= BATCH_MIN_PIECES && gap >= BATCH_GAP_MS {
+            if !w.batched
+                && w.progressed
+                && have - have_before >= BATCH_MIN_PIECES
+                && gap >= BATCH_GAP_MS
+            {
                 w.batched = true;
             }
             w.last_progress_at = now;
+            w.progressed = true;
             if w.batched && self.ask.is_none() {
                 self.ask = Some(AskReason::Progress);
             }
@@ -1942,14 +1952,39 @@ mod tests {
             matches!(p.take_ask(), Some(AskReason::Crossed(c)) if c.have == 98 && c.below_have == 96 && c.below_at == 600)
         );
         assert!(
-            p.haves_batched(),
-            "4 pieces at once after 4.4 s without any"
+            !p.haves_batched(),
+            "the first pieces of the watch, even 4 at once after 4.4 s, are no evidence of batching"
         );
         p.on_closed(5001, None);
         let r = p.into_report();
         assert_eq!(r.end, ProbeEnd::PeerClosed);
         assert_eq!(r.pieces_have, 100);
         assert!(r.succeeded());
+    }
+
+    #[test]
+    fn a_peer_idle_since_the_watch_began_is_not_taken_for_batching_at_its_first_burst() {
+        let (mut p, s) = answered_probe(0);
+        p.watch(600, PLAN);
+        let mut out = Vec::new();
+        let batch = |from: u32, n: u32| -> Vec<u8> {
+            (from..from + n)
+                .flat_map(|i| msg(Message::Have(i)))
+                .collect()
+        };
+        // Nothing for 8 s (no source yet), then several pieces in one read.
+        assert_eq!(
+            p.on_bytes(&s, &no_torrents, 8_600, &batch(0, 5), &mut out),
+            Step::Continue
+        );
+        assert!(!p.haves_batched());
+        // A burst after a gap once it has progressed: batching.
+        assert_eq!(
+            p.on_bytes(&s, &no_torrents, 20_000, &batch(5, 10), &mut out),
+            Step::Ask
+        );
+        assert_eq!(p.take_ask(), Some(AskReason::Progress));
+        assert!(p.haves_batched());
     }
 
     #[test]
