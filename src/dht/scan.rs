@@ -609,15 +609,7 @@ mod tests {
             });
         }
         let catalog = Catalog::new(torrents);
-        let options = WriterOptions {
-            batch_rows: 1,
-            batch_ms: 10,
-            channel_capacity: 1024,
-            threshold: 0.98,
-            unwritable: Duration::from_secs(60),
-            geo: Default::default(),
-            reverse_dns: false,
-        };
+        let options = WriterOptions::immediate();
         let writer = Writer::start(store, Anonymizer::new(IpMode::Full, [1; 32]), options).unwrap();
         let settings = DhtSettings {
             enabled: true,
@@ -727,15 +719,7 @@ mod tests {
         let writer = Writer::start(
             store,
             Anonymizer::new(IpMode::Full, [1; 32]),
-            WriterOptions {
-                batch_rows: 1,
-                batch_ms: 10,
-                channel_capacity: 64,
-                threshold: 0.98,
-                unwritable: Duration::from_secs(60),
-                geo: Default::default(),
-                reverse_dns: false,
-            },
+            WriterOptions::immediate(),
         )
         .unwrap();
         let settings = DhtSettings {
@@ -795,15 +779,7 @@ mod tests {
             let writer = Writer::start(
                 store,
                 Anonymizer::new(IpMode::Hmac, [1; 32]),
-                WriterOptions {
-                    batch_rows: 1,
-                    batch_ms: 10,
-                    channel_capacity: 64,
-                    threshold: 0.98,
-                    unwritable: Duration::from_secs(60),
-                    geo: Default::default(),
-                    reverse_dns: false,
-                },
+                WriterOptions::immediate(),
             )
             .unwrap();
             let settings = DhtSettings {
@@ -884,15 +860,7 @@ mod tests {
                 trackers: Vec::new(),
             })
             .unwrap();
-        let options = WriterOptions {
-            batch_rows: 1,
-            batch_ms: 10,
-            channel_capacity: 1024,
-            threshold: 0.98,
-            unwritable: Duration::from_secs(60),
-            geo: Default::default(),
-            reverse_dns: false,
-        };
+        let options = WriterOptions::immediate();
         let writer = Writer::start(store, Anonymizer::new(IpMode::Full, [1; 32]), options).unwrap();
         let settings = DhtSettings {
             enabled: true,

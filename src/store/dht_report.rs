@@ -128,15 +128,7 @@ mod tests {
         let known = store.upsert_torrent(&torrent(0xaa, Some(10))).unwrap();
         store.upsert_torrent(&torrent(0xbb, None)).unwrap();
         let _untouched = store.upsert_torrent(&torrent(0xcc, Some(5))).unwrap();
-        let options = WriterOptions {
-            batch_rows: 1,
-            batch_ms: 10,
-            channel_capacity: 64,
-            threshold: 0.98,
-            unwritable: std::time::Duration::from_secs(60),
-            geo: Default::default(),
-            reverse_dns: false,
-        };
+        let options = WriterOptions::immediate();
         let writer = Writer::start(store, Anonymizer::new(IpMode::Hmac, [1; 32]), options).unwrap();
         let mut tx = writer.sender();
         tx.send(lookup(known, 1, false, None));
@@ -191,15 +183,7 @@ mod tests {
         let path = dir.path().join("ids.sqlite");
         let store = Store::open(&path).unwrap();
         assert!(store.dht_node_ids().unwrap().is_empty(), "a new database");
-        let options = WriterOptions {
-            batch_rows: 1,
-            batch_ms: 10,
-            channel_capacity: 64,
-            threshold: 0.98,
-            unwritable: std::time::Duration::from_secs(60),
-            geo: Default::default(),
-            reverse_dns: false,
-        };
+        let options = WriterOptions::immediate();
         // Anonymised database: our own address is stored as it is (it is not a peer's).
         let writer = Writer::start(store, Anonymizer::new(IpMode::Hmac, [1; 32]), options).unwrap();
         let mut tx = writer.sender();

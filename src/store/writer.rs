@@ -78,6 +78,22 @@ pub struct WriterOptions {
     pub reverse_dns: bool,
 }
 
+#[cfg(test)]
+impl WriterOptions {
+    /// Every record committed within 10 ms, for tests that read back what they sent.
+    pub(crate) fn immediate() -> WriterOptions {
+        WriterOptions {
+            batch_rows: 1,
+            batch_ms: 10,
+            channel_capacity: 1024,
+            threshold: 0.98,
+            unwritable: Duration::from_secs(60),
+            geo: Default::default(),
+            reverse_dns: false,
+        }
+    }
+}
+
 /// How far apart two crossings at one address may be to be one download seen twice.
 pub const SAME_CROSSING_MS: i64 = 10_000;
 
